@@ -1,0 +1,89 @@
+"""The ``polarprune`` command: a thin dispatcher over ``polarprune.commands.<name>`` modules.
+
+Each command module defines ``register(subparsers)``, which adds its sub-parser and sets
+``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from . import __version__
+from .errors import PolarpruneError
+
+# The order is the order of `polarprune --help`.
+COMMAND_MODULES = [
+    "demo",
+    "run",
+    "train",
+    "prune",
+    "mask",
+    "eval",
+    "inspect",
+    "flops",
+    "recipes",
+    "models",
+]
+
+DESCRIPTION = (
+    "Structured channel pruning of CNNs through sparsity training: the polarization "
+    "regularizer (NeurIPS 2020), Network Slimming (L1) and MaskSparsity."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polarprune", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"polarprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"polarprune.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"polarprune.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line printed for an error (first line of its message)."""
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else type(exc).__name__
+    if isinstance(exc, PolarpruneError):
+        return f"polarprune: error: {message}"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"polarprune: error: {message}"
+    return f"polarprune: error: {type(exc).__name__}: {message} (run with --debug for the traceback)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("polarprune: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
+    except SystemExit as exc:  # argparse
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    except BaseException as exc:  # noqa: BLE001 - the one place where errors become one line
+        if debug:
+            traceback.print_exc()
+        print(error_line(exc), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Configuration as data: YAML recipes plus ``key=value`` overrides, validated before anything runs.
+
+A *training config* (``TrainConfig``) describes one training run: model, data, optimisation,
+sparsity regularizer. A *recipe* (see ``polarprune.pipeline``) composes several of them into
+stages. Every section forbids unknown keys, so a typo is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import PolarpruneError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which network to build (``polarprune.models.create``)."""
+
+    name: str = "small_cnn"
+    num_classes: int | None = Field(None, ge=1, description="None: taken from the data set")
+    bn_init: float | None = Field(None, description="initial BN gamma; 0.5 in the polarization recipes")
+    weights: str | None = Field(None, description="local state-dict file to start from (e.g. torchvision's)")
+    checkpoint: str | None = Field(None, description="start from this polarprune checkpoint or pruned model")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra constructor options")
+
+
+class DataConfig(Section):
+    """Which data set, where, and how it is batched."""
+
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
+    root: str | None = Field(None, description="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has train/ and val/ or test/)")
+    download: bool = False
+    batch_size: int = Field(128, ge=1, description="per process")
+    eval_batch_size: int = Field(256, ge=1)
+    workers: int = Field(4, ge=0, description="loader processes for file-backed data sets")
+    train_subset: int | None = Field(None, ge=1, description="use only this many training images (fixed random subset)")
+    eval_subset: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=8, description="imagefolder: crop size (224 default); small images stay in memory")
+    augment: bool = True
+    in_memory_max_size: int = Field(64, ge=8, description="imagefolder images at most this size are decoded once into memory")
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule per epoch (with optional linear warm-up, per step)."""
+
+    type: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[float] = Field(default_factory=list, description="epochs, or fractions of the run if all < 1")
+    gammas: list[float] | float = Field(0.1, description="factor per milestone (one value for all)")
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    first_epoch_lr: float | None = Field(None, gt=0, description="lr for epoch 0 only (the polarization CIFAR recipe's 0.01)")
+    min_lr: float = Field(0.0, ge=0, description="cosine floor")
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> "ScheduleConfig":
+        if isinstance(self.gammas, list) and self.milestones and len(self.gammas) != len(self.milestones):
+            raise ValueError(
+                f"schedule.gammas has {len(self.gammas)} values but schedule.milestones has {len(self.milestones)}"
+            )
+        if self.milestones != sorted(self.milestones):
+            raise ValueError("schedule.milestones must be increasing")
+        return self
+
+
+class TrainSection(Section):
+    """Optimisation settings of one training run."""
+
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    bn_weight_decay: bool = Field(True, description="apply weight decay to BN gammas/betas (and other 1-d params)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    amp: bool = Field(False, description="mixed precision on CUDA (bf16 autocast on CPU)")
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    channels_last: bool = False
+    sync_bn: bool = Field(False, description="SyncBatchNorm under DDP")
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+    progress: bool = True
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke tests)")
+
+
+class SparsityConfig(Section):
+    """The sparsity regularizer on BN scaling factors (REFERENCE section 2)."""
+
+    regularizer: Literal["none", "l1", "polarization", "mask-l1"] = "none"
+    lbd: float = Field(1e-4, ge=0, description="lambda, the regularizer's strength")
+    t: float = Field(1.0, ge=0, description="polarization: weight of the L1 part (larger: more channels to 0)")
+    alpha: float = Field(1.0, ge=0, description="polarization: scale of the mean")
+    clamp: float | None = Field(1.0, gt=0, description="polarization: clamp gammas to [0, clamp] after each step; null: no clamp")
+    detach_mean: bool = Field(False, description="polarization: stop the gradient through the mean (pol_grad)")
+    include: list[str] = Field(default_factory=list, description="fnmatch patterns of BN names to regularize (empty: default choice)")
+    exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of BN names not to regularize")
+    mask: str | None = Field(None, description="mask-l1: mask file (True = keep)")
+    flops_weighted: bool = False
+    weight_min: float = Field(0.5, gt=0)
+    weight_max: float = Field(1.5, gt=0)
+    target_macs_ratio: float | None = Field(None, gt=0, le=1, description="stop regularizing once a trial prune leaves MACs <= this fraction")
+    monitor: bool = Field(True, description="trial-prune every epoch and log the MACs grad/fixed would leave")
+
+
+class TrainConfig(Section):
+    """One training run (``polarprune train CONFIG``)."""
+
+    seed: int = 0
+    deterministic: bool = False
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    out: str = Field("runs/train", description="output folder (checkpoints, metrics, TensorBoard)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+
+    @model_validator(mode="after")
+    def _check_mask(self) -> "TrainConfig":
+        if self.sparsity.regularizer == "mask-l1" and not self.sparsity.mask:
+            raise ValueError("sparsity.mask: required when sparsity.regularizer is mask-l1")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise PolarpruneError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise PolarpruneError(f"{p}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolarpruneError(f"{p}: a config must be a YAML mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], parsed YAML value)."""
+    if "=" not in item:
+        raise PolarpruneError(f"override {item!r}: expected key=value (for example train.lr=0.05)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise PolarpruneError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted ``key=value`` overrides set (sections are created)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise PolarpruneError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins; neither input is modified."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line naming the first offending key, its problem and the value given."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    if err["type"] == "missing":
+        return f"{source}: missing key {key!r}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return f"{source}: {msg}" if key == "(top level)" else f"{source}: {key}: {msg}"
+    given = err.get("input")
+    shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__
+    return f"{source}: {key}: {msg} (got {shown})"
+
+
+def validate(schema: type[Section], data: dict[str, Any], source: str = "config") -> Any:
+    """Validate ``data`` against ``schema``; any problem is a one-line PolarpruneError."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise PolarpruneError(format_validation_error(exc, source)) from None
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training config from YAML (or defaults when ``path`` is None) and apply overrides."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return validate(TrainConfig, data, source=str(path) if path else "config")
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    """The config as YAML (what a run really used, saved next to its results)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
