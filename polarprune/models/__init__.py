@@ -93,6 +93,12 @@ def create(
         init_bn_gamma(model, bn_init)
     if weights:
         _load_weights(model, name, weights)
+    model.polarprune_spec = {  # type: ignore[assignment]
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "options": dict(options),
+    }
     return model
 
 
