@@ -1,0 +1,500 @@
+"""The training engine: one plain loop with extension points, checkpoints and exact resume.
+
+``run_training(cfg)`` builds data and model from a ``TrainConfig`` (or takes a model, e.g. a
+pruned one to fine-tune), trains with SGD, evaluates every epoch, logs metrics
+(``metrics.jsonl`` and TensorBoard), writes ``last.pt`` every epoch and ``best.pt`` on
+improvement, and resumes from ``last.pt`` when the output folder already holds one.
+The sparsity regularizers hook in through ``TrainHook`` (see ``hooks.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from ..config import TrainConfig, dump_yaml
+from ..errors import PolarpruneError
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    load_any_model,
+    load_state_strict,
+    model_spec,
+    read_checkpoint,
+)
+from .hooks import TrainHook
+from .schedule import lr_at
+
+FAULT_ENV = "POLARPRUNE_FAULT_KILL_AT_STEP"
+
+
+@dataclass
+class TrainResult:
+    """What a training run leaves: the trained model (unwrapped) and its numbers."""
+
+    model: nn.Module
+    out_dir: Path
+    final_top1: float
+    best_top1: float
+    final_top5: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available (the local rank's GPU under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PolarpruneError(f"device {name!r}: CUDA is not available on this machine (use device=cpu)")
+        if name == "cuda" and dist.env_world_size() > 1:
+            name = f"cuda:{dist.local_rank()}"
+    elif name != "cpu":
+        raise PolarpruneError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; in deterministic mode also pin the algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, bn_weight_decay: bool) -> list[dict[str, Any]]:
+    """SGD parameter groups; BN scaling factors and shifts skip weight decay when switched off."""
+    if bn_weight_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    bn_params = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters(recurse=False)
+    }
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in bn_params]
+    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in bn_params]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The model a config asks for: from a checkpoint/pruned file, or fresh from the registry."""
+    from ..models import create, init_bn_gamma
+
+    if cfg.model.checkpoint:
+        model = load_any_model(cfg.model.checkpoint)
+        if cfg.model.bn_init is not None:
+            init_bn_gamma(model, cfg.model.bn_init)
+        return model
+    classes = cfg.model.num_classes or num_classes
+    if cfg.model.num_classes and cfg.model.num_classes != num_classes:
+        raise PolarpruneError(
+            f"model.num_classes is {cfg.model.num_classes} but data set {cfg.data.name!r} has {num_classes} classes"
+        )
+    return create(
+        cfg.model.name,
+        classes,
+        in_channels=in_channels,
+        bn_init=cfg.model.bn_init,
+        weights=cfg.model.weights,
+        **cfg.model.options,
+    )
+
+
+def _fault_step() -> tuple[str, int] | None:
+    """Fault injection for tests: ``[PATH_SUBSTRING:]STEP`` kills this process at that step."""
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    where, _, step = raw.rpartition(":")
+    return where, int(step)
+
+
+def _log(message: str) -> None:
+    if dist.is_main():
+        print(message, file=sys.stderr, flush=True)
+
+
+class _Writer:
+    """TensorBoard on rank 0 when available, otherwise a no-op."""
+
+    def __init__(self, log_dir: Path, enabled: bool) -> None:
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(log_dir))
+            except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+                self.tb = None
+
+    def scalars(self, metrics: dict[str, Any], step: int) -> None:
+        if self.tb is None:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) and mean loss, summed over all ranks."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(labels[:, None])
+        totals[0] += hits[:, :1].sum()
+        totals[1] += hits.sum()
+        totals[2] += criterion(logits.float(), labels)
+        totals[3] += labels.numel()
+    dist.all_reduce_sum(totals)
+    model.train(was_training)
+    n = max(totals[3].item(), 1.0)
+    return {"top1": 100.0 * totals[0].item() / n, "top5": 100.0 * totals[1].item() / n, "loss": totals[2].item() / n}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Holds the state of one run; ``fit()`` trains the remaining epochs."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model: nn.Module | None = None,
+        hooks: list[TrainHook] | None = None,
+        resume: bool = True,
+    ) -> None:
+        from ..data import build_data, probe_batch
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        dist.init_from_env(self.device.type)
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.out_dir = Path(cfg.out)
+        self.data = build_data(cfg.data, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
+        if len(self.data.train_loader) == 0 and cfg.train.epochs > 0:
+            raise PolarpruneError(
+                f"data.batch_size {cfg.data.batch_size} is larger than the training set "
+                f"({self.data.train_size} images over {dist.world_size()} process(es))"
+            )
+        self.model = model if model is not None else build_model(cfg, self.data.num_classes, self.data.in_channels)
+        self.spec = model_spec(self.model)
+        self.model.to(self.device)
+        if cfg.train.channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.example_inputs = probe_batch(self.data, 8).to(self.device)
+        self.hooks = list(hooks) if hooks is not None else self._default_hooks()
+        t = cfg.train
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.model, t.weight_decay, t.bn_weight_decay),
+            lr=t.lr,
+            momentum=t.momentum,
+            nesterov=t.nesterov and t.momentum > 0,
+        )
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.start_epoch = 0
+        self.global_step = 0
+        self.best_top1 = -1.0
+        self.history: list[dict[str, Any]] = []
+        if resume and (self.out_dir / "last.pt").is_file():
+            self._resume(self.out_dir / "last.pt")
+        self.train_model: nn.Module = self._wrap_ddp()
+
+    # -- set-up
+
+    def _default_hooks(self) -> list[TrainHook]:
+        if self.cfg.sparsity.regularizer == "none" and not self.cfg.sparsity.monitor:
+            return []
+        from ..sparsity import build_hooks
+
+        return build_hooks(self.cfg.sparsity, self.model, self.example_inputs)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.cfg.train.amp:
+            return None
+        if self.device.type == "cpu":
+            return torch.bfloat16
+        return torch.float16 if self.cfg.train.amp_dtype == "float16" else torch.bfloat16
+
+    def _wrap_ddp(self) -> nn.Module:
+        if not dist.is_initialized():
+            return self.model
+        model = self.model
+        if self.cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.model = model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    # -- checkpoints
+
+    def _hook_states(self) -> dict[str, Any]:
+        return {type(h).__name__: h.state_dict() for h in self.hooks if hasattr(h, "state_dict")}
+
+    def _checkpoint(self, epoch: int, *, full: bool) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "spec": self.spec,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "epoch": epoch,
+            "config": self.cfg.model_dump(mode="json"),
+            "best_top1": self.best_top1,
+            "history": self.history,
+        }
+        if full:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                global_step=self.global_step,
+                rng={
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+                hooks=self._hook_states(),
+            )
+        return state
+
+    def _resume(self, path: Path) -> None:
+        ckpt = read_checkpoint(path)
+        if ckpt.get("spec") != self.spec:
+            raise PolarpruneError(
+                f"{path}: the checkpoint's architecture differs from this run's model; "
+                "use another out folder or delete the checkpoint"
+            )
+        load_state_strict(self.model, ckpt["model"], str(path))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        for hook in self.hooks:
+            saved = ckpt.get("hooks", {}).get(type(hook).__name__)
+            if saved is not None and hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(saved)
+        self.start_epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best_top1 = float(ckpt["best_top1"])
+        self.history = list(ckpt["history"])
+        _log(f"resumed from {path} at epoch {self.start_epoch}")
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        if dist.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(self._checkpoint(epoch, full=True), self.out_dir / "last.pt")
+            if improved:
+                atomic_torch_save(self._checkpoint(epoch, full=False), self.out_dir / "best.pt")
+            tmp = self.out_dir / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+            os.replace(tmp, self.out_dir / "metrics.jsonl")
+        dist.barrier()
+
+    # -- training
+
+    def _train_epoch(self, epoch: int, writer: _Writer) -> dict[str, float]:
+        cfg = self.cfg.train
+        loader = self.data.train_loader
+        loader.set_epoch(epoch)
+        steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+        self.train_model.train()
+        fault = _fault_step()
+        kill_here = fault is not None and fault[0] in str(self.out_dir)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss_sum, correct, count
+        bar = self._progress(steps, epoch)
+        start = time.perf_counter()
+        for i, (images, labels) in enumerate(loader):
+            if i >= steps:
+                break
+            if kill_here and self.global_step == fault[1]:  # type: ignore[index]
+                os.kill(os.getpid(), signal.SIGKILL)
+            lr = lr_at(self.cfg.train.schedule, cfg.lr, epoch + i / steps, cfg.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, logits, labels = self._step(images, labels)
+            self.global_step += 1
+            with torch.no_grad():
+                n = labels.numel()
+                sums[0] += loss.detach() * n
+                sums[1] += logits.argmax(1).eq(labels).sum()
+                sums[2] += n
+            if bar is not None:
+                bar.update(1)
+                if i % 10 == 0 or i == steps - 1:
+                    done = max(sums[2].item(), 1.0)
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(
+                        loss=f"{sums[0].item() / done:.3f}",
+                        acc=f"{100 * sums[1].item() / done:.1f}",
+                        img_s=f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}",
+                        lr=f"{lr:.4g}",
+                    )
+        elapsed = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        dist.all_reduce_sum(sums)
+        count = max(sums[2].item(), 1.0)
+        return {
+            "train_loss": sums[0].item() / count,
+            "train_top1": 100.0 * sums[1].item() / count,
+            "images_per_s": count / max(elapsed, 1e-9),
+            "lr": lr_at(self.cfg.train.schedule, cfg.lr, float(epoch), cfg.epochs),
+        }
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step; the hooks act between backward and step and after the step."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last and self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.train_model(images)
+            loss = self.criterion(logits, labels)
+        total = loss.float()
+        for hook in self.hooks:
+            term = hook.loss_term(self.model)
+            if term is not None:
+                total = total + term
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        for hook in self.hooks:
+            hook.after_backward(self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        for hook in self.hooks:
+            hook.after_step(self.model)
+        return loss, logits, labels
+
+    def _progress(self, steps: int, epoch: int) -> Any:
+        if not (self.cfg.train.progress and dist.is_main() and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False, dynamic_ncols=True)
+
+    def fit(self, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train from ``start_epoch`` to ``epochs``, evaluating, logging and checkpointing each epoch."""
+        cfg = self.cfg
+        total = cfg.train.epochs
+        writer = _Writer(self.out_dir / "tb", enabled=dist.is_main() and self.start_epoch < total)
+        if dist.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+        for hook in self.hooks:
+            hook.on_train_start(self.model, total)
+        final = self.history[-1] if self.history else {}
+        try:
+            for epoch in range(self.start_epoch, total):
+                t0 = time.perf_counter()
+                row: dict[str, Any] = {"epoch": epoch + 1}
+                row.update(self._train_epoch(epoch, writer))
+                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == total:
+                    metrics = evaluate(
+                        self.model, self.data.eval_loader, self.device,
+                        amp_dtype=self.amp_dtype, channels_last=cfg.train.channels_last and self.device.type == "cuda",
+                    )
+                    row.update({"eval_top1": metrics["top1"], "eval_top5": metrics["top5"], "eval_loss": metrics["loss"]})
+                for hook in self.hooks:
+                    row.update(hook.on_epoch_end(self.model, epoch, writer.tb))
+                row["epoch_time_s"] = time.perf_counter() - t0
+                improved = "eval_top1" in row and row["eval_top1"] > self.best_top1
+                if improved:
+                    self.best_top1 = row["eval_top1"]
+                self.history.append(row)
+                self._save(epoch + 1, improved)
+                writer.scalars(row, epoch + 1)
+                final = row
+                _log(_epoch_line(row, total))
+                if on_epoch is not None:
+                    on_epoch(row)
+        finally:
+            writer.close()
+        top1 = final.get("eval_top1")
+        top5 = final.get("eval_top5")
+        if top1 is None:  # nothing trained (epochs=0): evaluate what we have
+            metrics = evaluate(self.model, self.data.eval_loader, self.device)
+            top1, top5 = metrics["top1"], metrics["top5"]
+        return TrainResult(
+            model=self.model,
+            out_dir=self.out_dir,
+            final_top1=float(top1),
+            best_top1=max(self.best_top1, float(top1)),
+            final_top5=float(top5),
+            history=self.history,
+            resumed_from_epoch=self.start_epoch,
+        )
+
+
+def _epoch_line(row: dict[str, Any], total: int) -> str:
+    parts = [f"epoch {row['epoch']}/{total}", f"loss {row['train_loss']:.4f}", f"train {row['train_top1']:.2f}%"]
+    if "eval_top1" in row:
+        parts.append(f"top1 {row['eval_top1']:.2f}%")
+    parts.append(f"lr {row['lr']:.4g}")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    for key in ("trial_macs_ratio_grad", "gamma_frac_below_0.01"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.3f}")
+    return " | ".join(parts)
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    model: nn.Module | None = None,
+    hooks: list[TrainHook] | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train as ``cfg`` says (resuming from ``cfg.out``/last.pt if present) and return the result."""
+    return Trainer(cfg, model=model, hooks=hooks, resume=resume).fit()
