@@ -1,0 +1,465 @@
+"""Count a model's multiply-accumulates (MACs), FLOPs and parameters, per image.
+
+The counter runs one forward pass under a ``TorchDispatchMode`` and prices every aten
+operator that reaches it, so it needs no per-module hooks: it follows any torchvision CNN, a
+pruned model of irregular widths, and functional code (``x + y``, ``F.relu``, ``torch.cat``,
+``F.pad``) alike.
+
+Conventions (docs/flops.md has the full table):
+
+* ``macs``: multiply-accumulates of convolutions and matrix products only (linear layers; for
+  transformers also attention's products), no bias terms. The papers' headline metric:
+  ``k_h*k_w*(C_in/groups)*C_out*H_out*W_out`` per conv, ``in*out`` per linear row.
+* ``flops``: everything. One MAC counts as one FLOP (the seeds' convention, so that ``flops``
+  >= ``macs`` and both read in the same unit); plus bias adds (1 per output element),
+  BatchNorm in eval mode (2 per element: the folded scale and shift), norms that compute
+  statistics at run time (4 per element, +2 with an affine scale and shift), activations and
+  element-wise arithmetic (1 per output element), max/avg pooling (kernel area per output
+  element), adaptive/global pooling and reductions (1 per input element), softmax (3 per
+  element). Ops that only move data (view, cat, slicing, pad, copies) cost 0.
+* ``params``: every parameter of the model (shared ones once); buffers are not parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .errors import PolarpruneError
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Per-image cost of one forward pass: MACs, FLOPs (MACs included) and parameter count."""
+
+    macs: int
+    flops: int
+    params: int
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"macs": ..., "flops": ..., "params": ...}`` (plain ints, JSON-ready)."""
+        return {"macs": self.macs, "flops": self.flops, "params": self.params}
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of one operator call: ``flops`` includes ``macs`` (one MAC counts as one FLOP)."""
+
+    macs: int = 0
+    flops: int = 0
+
+    def __add__(self, other: OpCost) -> OpCost:
+        return OpCost(self.macs + other.macs, self.flops + other.flops)
+
+
+FREE = OpCost()
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """Per-image totals plus where they come from.
+
+    ``per_op`` maps an aten operator name (in-place variants folded into the plain name, e.g.
+    ``relu_`` -> ``relu``) to its per-image cost; ``uncounted`` names the operators that ran
+    but have no cost rule (counted as 0), with their number of calls per forward pass.
+    """
+
+    cost: ModelCost
+    per_op: dict[str, OpCost] = field(default_factory=dict)
+    uncounted: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure formulas
+
+
+def conv_macs(input_shape: Sequence[int], weight_shape: Sequence[int], output_shape: Sequence[int], transposed: bool = False) -> int:
+    """MACs of one convolution call (whole batch, any number of spatial dims).
+
+    A weight of shape ``(C_out, C_in/groups, *kernel)`` makes every output element cost
+    ``prod(weight_shape[1:])`` MACs. A transposed conv's weight is ``(C_in, C_out/groups,
+    *kernel)`` and every *input* element is spread over that many outputs.
+    """
+    per_element = math.prod(weight_shape[1:])
+    return math.prod(input_shape if transposed else output_shape) * per_element
+
+
+def matmul_macs(left_shape: Sequence[int], output_shape: Sequence[int]) -> int:
+    """MACs of a matrix product (mm, bmm, mv, dot): output elements times the inner size."""
+    return math.prod(output_shape) * left_shape[-1]
+
+
+def pool_window(kernel_size: int | Sequence[int], spatial_dims: int) -> int:
+    """Elements in one pooling window; a single size means a square/cubic window."""
+    sizes = [kernel_size] if isinstance(kernel_size, int) else list(kernel_size)
+    if len(sizes) == 1:
+        sizes = sizes * spatial_dims
+    return math.prod(int(s) for s in sizes)
+
+
+def per_image(total: int, batch_size: int) -> int:
+    """``total / batch_size`` rounded to the nearest integer, in exact integer arithmetic."""
+    return (2 * total + batch_size) // (2 * batch_size)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (a parameter shared by two modules counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def format_units(count: int | float) -> str:
+    """Short human form: ``125.49 M``, ``4.11 G``, ``855.77 K``, ``640``."""
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost rules: aten op name -> (bound arguments, output) -> OpCost
+
+Args = dict[str, Any]
+Rule = Callable[[Args, Any], OpCost]
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    """The main output of an op (ops such as batch norm return a tuple, output first)."""
+    if isinstance(value, (tuple, list)):
+        return value[0]
+    return value
+
+
+def _numel(value: Any) -> int:
+    tensor = _first_tensor(value)
+    return tensor.numel() if isinstance(tensor, torch.Tensor) else 1
+
+
+def _convolution(args: Args, out: Any) -> OpCost:
+    x, weight = args["input"], args["weight"]
+    macs = conv_macs(x.shape, weight.shape, _first_tensor(out).shape, bool(args.get("transposed", False)))
+    bias = _numel(out) if args.get("bias") is not None else 0
+    return OpCost(macs, macs + bias)
+
+
+def _matmul(left: str, bias: str | None = None) -> Rule:
+    """Rule for a matrix product whose left operand is argument ``left``; ``bias``: added term."""
+
+    def rule(args: Args, out: Any) -> OpCost:
+        macs = matmul_macs(args[left].shape, _first_tensor(out).shape)
+        extra = _numel(out) if bias is not None and args.get(bias) is not None else 0
+        return OpCost(macs, macs + extra)
+
+    return rule
+
+
+def _linear(args: Args, out: Any) -> OpCost:
+    macs = _numel(out) * args["weight"].shape[-1]
+    return OpCost(macs, macs + (_numel(out) if args.get("bias") is not None else 0))
+
+
+def _addmm_activation(args: Args, out: Any) -> OpCost:
+    base = _matmul("mat1", "self")(args, out)
+    return OpCost(base.macs, base.flops + _numel(out))
+
+
+def _per_output_element(flops: int) -> Rule:
+    return lambda args, out: OpCost(0, flops * _numel(out))
+
+
+def _per_input_element(flops: int) -> Rule:
+    return lambda args, out: OpCost(0, flops * args["self"].numel())
+
+
+def _batch_norm(args: Args, out: Any) -> OpCost:
+    """Eval mode folds BN into a scale and a shift; with batch statistics it is a full norm."""
+    if args.get("training", False):
+        return _runtime_norm(args, out)
+    return OpCost(0, 2 * args["input"].numel())
+
+
+def _batch_norm_with_stats(args: Args, out: Any) -> OpCost:
+    return _runtime_norm(args, out)
+
+
+def _runtime_norm(args: Args, out: Any) -> OpCost:
+    """Layer/group/instance norm (and BN on batch statistics): mean 1, variance 2, normalise 1."""
+    per_element = 4 + (2 if args.get("weight") is not None else 0)
+    return OpCost(0, per_element * args["input"].numel())
+
+
+def _pool(spatial_dims: int) -> Rule:
+    def rule(args: Args, out: Any) -> OpCost:
+        return OpCost(0, pool_window(args["kernel_size"], spatial_dims) * _numel(out))
+
+    return rule
+
+
+def _attention_scores(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[int, int]:
+    """(MACs, score elements) of softmax(Q K^T) V for (..., L, E) shaped q, k, v."""
+    batch = math.prod(query.shape[:-2])
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    scores = batch * q_len * k_len
+    return scores * (query.shape[-1] + value.shape[-1]), scores
+
+
+def _sdpa(args: Args, out: Any) -> OpCost:
+    """Fused scaled dot-product attention: two products, plus scale and softmax per score."""
+    macs, scores = _attention_scores(args["query"], args["key"], args["value"])
+    return OpCost(macs, macs + 4 * scores)
+
+
+def _native_mha(args: Args, out: Any) -> OpCost:
+    """nn.MultiheadAttention's fused eval path: q/k/v projections, attention, out projection."""
+    query, key, value = args["query"], args["key"], args["value"]
+    embed, heads = int(args["embed_dim"]), int(args["num_head"])
+    q_rows, k_rows, v_rows = query.numel() // embed, key.numel() // embed, value.numel() // embed
+    projections = (q_rows + k_rows + v_rows) * embed * embed
+    batch = q_rows // query.shape[-2]
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    scores = batch * heads * q_len * k_len
+    attention = 2 * batch * q_len * k_len * embed  # Q K^T and A V summed over heads
+    out_projection = q_rows * embed * embed
+    macs = projections + attention + out_projection
+    biases = (q_rows + k_rows + v_rows + q_rows) * embed
+    return OpCost(macs, macs + biases + 4 * scores)
+
+
+ACTIVATIONS = (
+    "relu", "relu6", "hardtanh", "sigmoid", "silu", "hardswish", "hardsigmoid", "gelu", "tanh",
+    "elu", "selu", "celu", "leaky_relu", "prelu", "_prelu_kernel", "mish", "softplus", "softshrink",
+    "hardshrink", "threshold", "log_sigmoid_forward", "rrelu_with_noise", "glu", "logit",
+)
+ELEMENTWISE = (
+    "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod",
+    "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "pow", "exp", "exp2", "expm1", "log",
+    "log2", "log10", "log1p", "sqrt", "rsqrt", "reciprocal", "neg", "abs", "square", "erf", "sign",
+    "sin", "cos", "floor", "ceil", "round", "trunc", "eq", "ne", "lt", "le", "gt", "ge",
+)
+TWO_PER_ELEMENT = ("addcmul", "addcdiv", "lerp")
+REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "prod", "logsumexp", "nansum")
+ADAPTIVE_POOLS = (
+    "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "mkldnn_adaptive_avg_pool2d",
+)
+WINDOW_POOLS = (
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+    "max_pool3d_with_indices", "avg_pool1d", "avg_pool2d", "avg_pool3d", "mkldnn_max_pool2d",
+    "mkldnn_max_pool3d",
+)
+SOFTMAXES = ("_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax")
+
+# Operators that only create, move or reinterpret data: 0 FLOPs, and not reported as uncounted.
+FREE_OPS = frozenset(
+    {
+        "view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand",
+        "expand_as", "squeeze", "unsqueeze", "flatten", "unflatten", "slice", "select", "index",
+        "index_select", "gather", "narrow", "cat", "stack", "split", "split_with_sizes", "chunk",
+        "unbind", "constant_pad_nd", "pad", "reflection_pad1d", "reflection_pad2d",
+        "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
+        "clone", "copy", "_to_copy", "contiguous", "detach", "alias", "lift_fresh",
+        "lift_fresh_copy", "as_strided", "empty", "empty_like", "empty_strided", "zeros",
+        "zeros_like", "ones", "ones_like", "full", "full_like", "new_zeros", "new_ones", "new_empty",
+        "new_full", "new_empty_strided", "fill", "zero", "randn", "rand", "randint", "arange",
+        "scalar_tensor", "roll", "flip", "masked_fill", "where", "channel_shuffle",
+        "pixel_shuffle", "pixel_unshuffle", "upsample_nearest1d", "upsample_nearest2d",
+        "upsample_nearest3d", "repeat", "tile", "unfold", "embedding", "dropout", "native_dropout",
+        "bernoulli", "_local_scalar_dense", "item", "unsafe_split", "split_copy", "view_copy",
+        "index_put", "masked_scatter", "set", "resize", "_assert_async", "_assert_tensor_metadata",
+    }
+)
+
+
+def _rules() -> dict[str, Rule]:
+    table: dict[str, Rule] = {}
+    for name in ("convolution", "_convolution", "convolution_overrideable"):
+        table[name] = _convolution
+    table.update(
+        mm=_matmul("self"),
+        bmm=_matmul("self"),
+        mv=_matmul("self"),
+        dot=_matmul("self"),
+        vdot=_matmul("self"),
+        addmm=_matmul("mat1", bias="self"),
+        baddbmm=_matmul("batch1", bias="self"),
+        addmv=_matmul("mat", bias="self"),
+        addbmm=lambda args, out: OpCost(
+            math.prod(args["batch1"].shape) * args["batch2"].shape[-1],
+            math.prod(args["batch1"].shape) * args["batch2"].shape[-1] + _numel(out),
+        ),
+        linear=_linear,
+        _addmm_activation=_addmm_activation,
+        native_batch_norm=_batch_norm,
+        _native_batch_norm_legit=_batch_norm,
+        _native_batch_norm_legit_no_training=_batch_norm,
+        _batch_norm_no_update=_batch_norm,
+        cudnn_batch_norm=_batch_norm,
+        miopen_batch_norm=_batch_norm,
+        _batch_norm_with_update=_batch_norm_with_stats,
+        native_layer_norm=_runtime_norm,
+        native_group_norm=_runtime_norm,
+        _fused_rms_norm=_runtime_norm,
+        _native_multi_head_attention=_native_mha,
+    )
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "scaled_dot_product_attention",
+    ):
+        table[name] = _sdpa
+    for name in ACTIVATIONS + ELEMENTWISE:
+        table[name] = _per_output_element(1)
+    for name in TWO_PER_ELEMENT:
+        table[name] = _per_output_element(2)
+    for name in SOFTMAXES:
+        table[name] = _per_output_element(3)
+    for name in REDUCTIONS + ADAPTIVE_POOLS:
+        table[name] = _per_input_element(1)
+    table["linalg_vector_norm"] = _per_input_element(2)
+    for name in WINDOW_POOLS:
+        table[name] = _pool(int(re.search(r"(\d)d", name).group(1)))  # type: ignore[union-attr]
+    return table
+
+
+RULES: dict[str, Rule] = _rules()
+
+
+def op_name(func: Any) -> str:
+    """Name under which an operator is priced: in-place ``relu_`` -> ``relu``; other namespaces
+    keep theirs (``torchvision::nms``)."""
+    packet = getattr(func, "_overloadpacket", None)
+    name = getattr(packet, "__name__", None) or getattr(func, "__name__", str(func))
+    if name.endswith("_") and not name.endswith("__"):
+        name = name[:-1]
+    namespace = getattr(func, "namespace", "aten")
+    return name if namespace == "aten" else f"{namespace}::{name}"
+
+
+def bind_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
+    """Map an operator's positional and keyword arguments to its schema's argument names."""
+    names = [a.name for a in func._schema.arguments]
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+class CostCounter(TorchDispatchMode):
+    """Dispatch mode that prices every aten call made while it is active (whole batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_op: dict[str, OpCost] = {}
+        self.uncounted: Counter[str] = Counter()
+
+    @property
+    def total(self) -> OpCost:
+        return sum(self.per_op.values(), FREE)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if not hasattr(func, "_schema"):  # higher-order operators: run them uncounted
+            self.uncounted[str(func)] += 1
+            return func(*args, **kwargs)
+        name = op_name(func)
+        rule = RULES.get(name)
+        if rule is None and name not in FREE_OPS:
+            # An op we do not know may be built from ones we do: price its decomposition.
+            with self:
+                result = func.decompose(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        out = func(*args, **kwargs)
+        if rule is not None:
+            self.per_op[name] = self.per_op.get(name, FREE) + rule(bind_arguments(func, args, kwargs), out)
+        elif name not in FREE_OPS:
+            self.uncounted[name] += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """The tensor the model is run on: the given one, or one random image of shape (C, H, W).
+
+    The random image comes from a private generator (the global RNG is left alone) and takes
+    the device and floating dtype of the model's first parameter.
+    """
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    if isinstance(input_shape, torch.Tensor):
+        if input_shape.dim() < 1 or input_shape.shape[0] < 1:
+            raise PolarpruneError(f"example input must have a batch dimension of at least 1, got shape {tuple(input_shape.shape)}")
+        return input_shape.to(device)
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise PolarpruneError(f"input shape must be positive integers (C, H, W), got {shape!r}")
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((1, *shape), generator=generator).to(device=device, dtype=dtype)
+
+
+def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> CostProfile:
+    """Run one forward pass (eval mode, no grad) and return per-image totals and per-op costs.
+
+    ``input_shape`` is (C, H, W) for one image, or an example batch whose counts are divided
+    by its batch size. Every module's training flag is restored afterwards, so BN running
+    statistics and the model's mode are unchanged.
+    """
+    x = example_input(model, input_shape)
+    batch = x.shape[0]
+    modes = [(module, module.training) for module in model.modules()]
+    counter = CostCounter()
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(x)
+    except PolarpruneError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PolarpruneError(
+            f"cannot run {type(model).__name__} on an input of shape {tuple(x.shape)}: {first}"
+        ) from exc
+    finally:
+        for module, training in modes:
+            module.training = training
+    per_op = {name: OpCost(per_image(c.macs, batch), per_image(c.flops, batch)) for name, c in sorted(counter.per_op.items())}
+    total = counter.total
+    cost = ModelCost(per_image(total.macs, batch), per_image(total.flops, batch), count_params(model))
+    return CostProfile(cost, per_op, dict(counter.uncounted))
+
+
+def count_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> ModelCost:
+    """Per-image MACs, FLOPs and parameter count of ``model`` (see the module docstring)."""
+    return profile_model(model, input_shape).cost
+
+
+__all__ = [
+    "ModelCost",
+    "OpCost",
+    "CostProfile",
+    "CostCounter",
+    "count_model",
+    "profile_model",
+    "count_params",
+    "conv_macs",
+    "matmul_macs",
+    "pool_window",
+    "per_image",
+    "format_units",
+    "example_input",
+    "op_name",
+    "RULES",
+    "FREE_OPS",
+]
