@@ -43,11 +43,13 @@ class DataConfig(Section):
     batch_size: int = Field(128, ge=1, description="per process")
     eval_batch_size: int = Field(256, ge=1)
     workers: int = Field(4, ge=0, description="loader processes for file-backed data sets")
-    train_subset: int | None = Field(None, ge=1, description="use only this many training images (fixed random subset)")
-    eval_subset: int | None = Field(None, ge=1)
-    image_size: int | None = Field(None, ge=8, description="imagefolder: crop size (224 default); small images stay in memory")
+    train_subset: int | None = Field(None, ge=1, description="use only this many training images (fixed stratified subset); fake: the training set size (512 default)")
+    eval_subset: int | None = Field(None, ge=1, description="as train_subset, for the evaluation set; fake: its size (256 default)")
+    image_size: int | None = Field(None, ge=8, description="imagefolder: crop size (224 default; small images stay in memory at their own size); fake: image side (32 default)")
     augment: bool = True
     in_memory_max_size: int = Field(64, ge=8, description="imagefolder images at most this size are decoded once into memory")
+    num_classes: int = Field(10, ge=1, description="fake: number of classes")
+    channels: int = Field(3, ge=1, description="fake: image channels")
 
 
 class ScheduleConfig(Section):
