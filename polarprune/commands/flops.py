@@ -1,0 +1,108 @@
+"""``polarprune flops``: per-image MACs, FLOPs and parameters of a model name or a model file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from torch import nn
+
+from ..errors import PolarpruneError
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+CIFAR_INPUT_SIZE = 32
+IMAGENET_INPUT_SIZE = 224
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "flops",
+        help="count a model's MACs, FLOPs and parameters",
+        description=(
+            "Count the per-image conv+linear multiply-accumulates (MACs, the papers' headline "
+            "metric), the FLOPs of all layers (one MAC = one FLOP) and the parameters of a model "
+            "name or of a pruned model file. docs/flops.md describes the conventions."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="a model name (`polarprune models`) or a model file written by polarprune")
+    p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of a named model (default 10; a file knows its own)")
+    p.add_argument(
+        "--input-size", type=int, default=None, metavar="S",
+        help=f"input height and width (default {CIFAR_INPUT_SIZE} for the CIFAR/digits models, {IMAGENET_INPUT_SIZE} otherwise)",
+    )
+    p.add_argument("--in-channels", type=int, default=None, metavar="C", help="input channels (default 3, or what a model file records)")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"macs", "flops", "params"} and nothing else')
+    p.set_defaults(func=run)
+
+
+def looks_like_path(text: str) -> bool:
+    """True when MODEL was meant as a file (a folder separator or a model-file suffix)."""
+    return os.sep in text or "/" in text or text.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+def load_model_file(path: str) -> nn.Module:
+    """Load a polarprune model file (``polarprune.serialization.load``) as a module."""
+    from .. import serialization  # imported lazily: only needed for files
+
+    loaded = serialization.load(path)
+    if isinstance(loaded, nn.Module):
+        model: object = loaded
+    elif isinstance(loaded, (tuple, list)):  # e.g. (model, metadata)
+        model = next((item for item in loaded if isinstance(item, nn.Module)), None)
+    else:  # e.g. a record with a .model attribute
+        model = getattr(loaded, "model", None)
+    if not isinstance(model, nn.Module):
+        raise PolarpruneError(f"{path}: not a model file (got {type(loaded).__name__})")
+    return model
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
+    """The model to count and a short description of it for the table."""
+    from ..models import create
+
+    if os.path.isfile(args.model):
+        return load_model_file(args.model), args.model
+    if looks_like_path(args.model):
+        raise PolarpruneError(f"model file not found: {args.model}")
+    model = create(args.model, args.num_classes, in_channels=args.in_channels or 3)
+    return model, f"{args.model} ({args.num_classes} classes)"
+
+
+def default_input_size(model: nn.Module) -> int:
+    """32 for the hand-written CIFAR/digits models, 224 for everything else."""
+    from ..models import is_cifar_model
+
+    name = getattr(model, "polarprune_spec", {}).get("name")
+    return CIFAR_INPUT_SIZE if isinstance(name, str) and is_cifar_model(name) else IMAGENET_INPUT_SIZE
+
+
+def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str, int]) -> str:
+    """Small aligned table: counts with thousands separators and a G/M/K form."""
+    from ..flops import format_units
+
+    rows = [("MACs", cost["macs"]), ("FLOPs", cost["flops"]), ("params", cost["params"])]
+    width = max(len(f"{value:,}") for _, value in rows)
+    lines = [f"{description}, input {'x'.join(map(str, input_shape))}, per image"]
+    lines += [f"  {label:<7}{value:>{width},}  ({format_units(value)})" for label, value in rows]
+    lines.append("  (MACs: conv + linear multiply-accumulates; FLOPs: all layers, 1 MAC = 1 FLOP)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..flops import count_model
+
+    for option, value in (("--num-classes", args.num_classes), ("--input-size", args.input_size), ("--in-channels", args.in_channels)):
+        if value is not None and value < 1:
+            raise PolarpruneError(f"{option} must be >= 1, got {value}")
+    model, description = resolve_model(args)
+    spec = getattr(model, "polarprune_spec", {})
+    channels = args.in_channels or int(spec.get("in_channels", 3))
+    size = args.input_size or default_input_size(model)
+    input_shape = (channels, size, size)
+    cost = count_model(model, input_shape).as_dict()
+    if args.json:
+        print(json.dumps(cost))
+    else:
+        print(format_table(description, input_shape, cost))
+    return 0
