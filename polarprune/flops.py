@@ -167,6 +167,12 @@ def _linear(args: Args, out: Any) -> OpCost:
     return OpCost(macs, macs + (_numel(out) if args.get("bias") is not None else 0))
 
 
+def _addbmm(args: Args, out: Any) -> OpCost:
+    """``self + sum_b batch1[b] @ batch2[b]``: every batch's product, then one bias add."""
+    macs = math.prod(args["batch1"].shape) * args["batch2"].shape[-1]
+    return OpCost(macs, macs + _numel(out))
+
+
 def _addmm_activation(args: Args, out: Any) -> OpCost:
     base = _matmul("mat1", "self")(args, out)
     return OpCost(base.macs, base.flops + _numel(out))
@@ -185,10 +191,6 @@ def _batch_norm(args: Args, out: Any) -> OpCost:
     if args.get("training", False):
         return _runtime_norm(args, out)
     return OpCost(0, 2 * args["input"].numel())
-
-
-def _batch_norm_with_stats(args: Args, out: Any) -> OpCost:
-    return _runtime_norm(args, out)
 
 
 def _runtime_norm(args: Args, out: Any) -> OpCost:
@@ -292,10 +294,7 @@ def _rules() -> dict[str, Rule]:
         addmm=_matmul("mat1", bias="self"),
         baddbmm=_matmul("batch1", bias="self"),
         addmv=_matmul("mat", bias="self"),
-        addbmm=lambda args, out: OpCost(
-            math.prod(args["batch1"].shape) * args["batch2"].shape[-1],
-            math.prod(args["batch1"].shape) * args["batch2"].shape[-1] + _numel(out),
-        ),
+        addbmm=_addbmm,
         linear=_linear,
         _addmm_activation=_addmm_activation,
         native_batch_norm=_batch_norm,
@@ -304,7 +303,7 @@ def _rules() -> dict[str, Rule]:
         _batch_norm_no_update=_batch_norm,
         cudnn_batch_norm=_batch_norm,
         miopen_batch_norm=_batch_norm,
-        _batch_norm_with_update=_batch_norm_with_stats,
+        _batch_norm_with_update=_runtime_norm,
         native_layer_norm=_runtime_norm,
         native_group_norm=_runtime_norm,
         _fused_rms_norm=_runtime_norm,
