@@ -255,7 +255,7 @@ class Trainer:
     # -- set-up
 
     def _default_hooks(self) -> list[TrainHook]:
-        if self.cfg.sparsity.regularizer == "none" and not self.cfg.sparsity.monitor:
+        if self.cfg.sparsity.regularizer == "none":
             return []
         from ..sparsity import build_hooks
 

@@ -1,0 +1,189 @@
+"""Training engine: exact resume after SIGKILL, hook order and gradients, atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fixtures import make_cifar10
+from polarprune.config import TrainConfig, dump_yaml, validate
+from polarprune.errors import PolarpruneError
+from polarprune.training import TrainHook
+from polarprune.training.checkpoint import atomic_torch_save, load_model_from_checkpoint, read_checkpoint
+from polarprune.training.engine import FAULT_ENV, parameter_groups, run_training
+
+
+def digits_config(out: Path, **train) -> TrainConfig:
+    data = {
+        "out": str(out),
+        "seed": 1,
+        "deterministic": True,
+        "model": {"name": "small_cnn", "options": {"width": 8}},
+        "data": {"name": "digits", "batch_size": 64},
+        "train": {"epochs": 2, "lr": 0.05, "progress": False, **train},
+    }
+    return validate(TrainConfig, data)
+
+
+def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_resnet20_killed_in_epoch_2_resumes_to_identical_weights(tmp_path):
+    """Acceptance: 2 epochs on a CIFAR fixture, SIGKILL during epoch 2, resume == uninterrupted."""
+    root = tmp_path / "data"
+    make_cifar10(root, n_train=96, n_test=32)
+    base = {
+        "seed": 3,
+        "deterministic": True,
+        "device": "cpu",
+        "model": {"name": "resnet20"},
+        "data": {"name": "cifar10", "root": str(root), "batch_size": 16},
+        "train": {"epochs": 2, "lr": 0.05, "progress": False,
+                  "schedule": {"type": "multistep", "milestones": [1], "gammas": [0.5]}},
+    }
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(dump_yaml(validate(TrainConfig, base)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "polarprune", "train", str(cfg_path)]
+
+    straight = tmp_path / "straight"
+    subprocess.run(cmd + [f"out={straight}"], env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    steps_per_epoch = 96 // 16
+    kill_env = {**env, FAULT_ENV: f"killed:{steps_per_epoch + 2}"}  # third step of epoch 2
+    proc = subprocess.run(cmd + [f"out={killed}"], env=kill_env, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-500:]
+    assert read_checkpoint(killed / "last.pt")["epoch"] == 1  # the last complete checkpoint survived
+    resumed = subprocess.run(cmd + [f"out={killed}"], env=env, capture_output=True, text=True, check=True)
+    assert "resumed from" in resumed.stderr
+
+    a = read_checkpoint(straight / "last.pt")
+    b = read_checkpoint(killed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    assert state_equal(a["model"], b["model"])
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_completed_run_is_not_trained_again(tmp_path):
+    cfg = digits_config(tmp_path / "run", epochs=1)
+    first = run_training(cfg)
+    again = run_training(cfg)
+    assert again.resumed_from_epoch == 1
+    assert len(again.history) == 1
+    assert again.final_top1 == pytest.approx(first.final_top1)
+    assert first.final_top1 > 25  # one epoch of a width-8 net is already far above chance (10%)
+
+
+class RecordingHook(TrainHook):
+    """Records the order of calls and the gradient it sees after backward."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.grad_norms: list[float] = []
+
+    def loss_term(self, model):
+        self.calls.append("loss_term")
+        return None
+
+    def after_backward(self, model):
+        self.calls.append("after_backward")
+        self.grad_norms.append(float(model.classifier[-1].weight.grad.norm()))
+
+    def after_step(self, model):
+        self.calls.append("after_step")
+
+    def on_epoch_end(self, model, epoch, writer=None):
+        self.calls.append("epoch_end")
+        return {"hook_metric": 1.5}
+
+
+def test_hooks_run_in_order_and_metrics_are_logged(tmp_path):
+    hook = RecordingHook()
+    result = run_training(digits_config(tmp_path / "run", epochs=1, max_steps_per_epoch=3), hooks=[hook])
+    assert hook.calls == ["loss_term", "after_backward", "after_step"] * 3 + ["epoch_end"]
+    assert all(n > 0 for n in hook.grad_norms)
+    assert result.history[0]["hook_metric"] == 1.5
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"hook_metric": 1.5' in lines[0]
+
+
+class ZeroGradHook(TrainHook):
+    """Zeroes every gradient after backward: the step must then leave weights unchanged (no wd, no momentum)."""
+
+    def after_backward(self, model):
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+
+def test_after_backward_really_acts_before_the_step(tmp_path):
+    cfg = digits_config(tmp_path / "run", epochs=1, max_steps_per_epoch=2, weight_decay=0.0, momentum=0.0)
+    from polarprune.training.engine import Trainer
+
+    trainer = Trainer(cfg, hooks=[ZeroGradHook()])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bn_weight_decay_switch():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    groups = parameter_groups(model, 5e-4, bn_weight_decay=False)
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(model[1].weight), id(model[1].bias)}
+    assert len(parameter_groups(model, 5e-4, bn_weight_decay=True)) == 1
+
+
+def test_amp_bf16_on_cpu_trains(tmp_path):
+    result = run_training(digits_config(tmp_path / "run", epochs=1, amp=True))
+    assert result.final_top1 > 30
+
+
+def test_checkpoint_roundtrip_rebuilds_model(tmp_path):
+    result = run_training(digits_config(tmp_path / "run", epochs=1))
+    model = load_model_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert state_equal(model.state_dict(), {k: v.cpu() for k, v in result.model.state_dict().items()})
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ck.pt"
+    atomic_torch_save({"format": "x", "v": torch.ones(3)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"bad": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path):
+    run_training(digits_config(tmp_path / "run", epochs=1))
+    data = (tmp_path / "run" / "last.pt").read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PolarpruneError, match="truncated or corrupt"):
+        read_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(PolarpruneError, match="not a polarprune training checkpoint"):
+        read_checkpoint(foreign)
+
+
+def test_batch_larger_than_data_is_a_clear_error(tmp_path):
+    cfg = digits_config(tmp_path / "run", epochs=1)
+    cfg.data.batch_size = 5000
+    with pytest.raises(PolarpruneError, match="data.batch_size 5000"):
+        run_training(cfg)
