@@ -1,0 +1,49 @@
+"""``polarprune eval MODEL --data NAME``: accuracy, MACs, params and CPU latency of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint or pruned model",
+                       description="Top-1/top-5 of a training checkpoint (.pt) or polarprune model file "
+                                   "(.safetensors) on a data set's evaluation split, with MACs, params and "
+                                   "CPU latency at batch 1.")
+    p.add_argument("model", help="checkpoint (.pt) or model file (.safetensors)")
+    p.add_argument("--data", required=True, choices=["digits", "cifar10", "cifar100", "imagefolder", "fake"], help="data set")
+    p.add_argument("--data-root", help="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has val/ or test/)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--subset", type=int, help="evaluate on this many images only")
+    p.add_argument("--image-size", type=int, help="imagefolder crop size (default 224)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import DataConfig
+    from ..data import build_data
+    from ..errors import PolarpruneError
+    from ..report import stage_row
+    from ..training.checkpoint import load_any_model
+    from ..training.engine import evaluate, resolve_device
+
+    if args.batch_size < 1:
+        raise PolarpruneError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = load_any_model(args.model)
+    data = build_data(DataConfig(name=args.data, root=args.data_root, eval_batch_size=args.batch_size,
+                                 eval_subset=args.subset, image_size=args.image_size, train_subset=None))
+    device = resolve_device(args.device)
+    metrics = evaluate(model.to(device), data.eval_loader, device)
+    row = stage_row(str(args.model), model, metrics["top1"], (data.in_channels, *data.input_size))
+    result = {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "images": data.eval_size,
+              "macs": row["macs"], "flops": row["flops"], "params": row["params"], "latency_ms": row["latency_ms"]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images")
+        print(f"MACs {result['macs']:,}  FLOPs {result['flops']:,}  params {result['params']:,}  "
+              f"CPU latency (batch 1) {result['latency_ms']:.3f} ms")
+    return 0

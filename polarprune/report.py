@@ -1,0 +1,126 @@
+"""Run summaries: per-stage accuracy, MACs, FLOPs, params and CPU latency, as a table, JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .flops import count_model
+
+MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "finetune", "scratch")
+
+
+@torch.no_grad()
+def cpu_latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int = 1, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time (ms) of one eval-mode forward pass on the CPU."""
+    model = model.cpu().eval()
+    x = torch.randn(batch, *input_shape)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def stage_row(name: str, model: nn.Module, top1: float | None, input_shape: Sequence[int]) -> dict[str, Any]:
+    """One stage's numbers (``top1`` in percent)."""
+    cost = count_model(model, tuple(input_shape))
+    return {
+        "name": name,
+        "top1": None if top1 is None else round(float(top1), 4),
+        "macs": cost.macs,
+        "flops": cost.flops,
+        "params": cost.params,
+        "latency_ms": round(cpu_latency_ms(model, input_shape), 4),
+    }
+
+
+def add_reductions(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reductions of every stage against the first, and the final stage's headline numbers."""
+    if not rows:
+        return {}
+    ref = rows[0]
+    for row in rows:
+        row["macs_reduction"] = round(1.0 - row["macs"] / ref["macs"], 6) if ref["macs"] else 0.0
+        row["flops_reduction"] = round(1.0 - row["flops"] / ref["flops"], 6) if ref["flops"] else 0.0
+        row["params_reduction"] = round(1.0 - row["params"] / ref["params"], 6) if ref["params"] else 0.0
+        row["latency_speedup"] = round(ref["latency_ms"] / row["latency_ms"], 4) if row["latency_ms"] else None
+        if row["top1"] is not None and ref["top1"] is not None:
+            row["top1_change"] = round(row["top1"] - ref["top1"], 4)
+    last = rows[-1]
+    keys = ("macs_reduction", "flops_reduction", "params_reduction", "latency_speedup", "top1_change")
+    return {"reference_stage": ref["name"], "final_stage": last["name"], **{k: last.get(k) for k in keys}}
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A fixed-width table of the stages (for the terminal)."""
+    header = f"{'stage':<14} {'top-1 %':>8} {'MACs':>9} {'FLOPs':>9} {'params':>9} {'latency ms':>11} {'MACs -':>8} {'params -':>9}"
+    lines = [header, "-" * len(header)]
+    for row in summary["stages"]:
+        top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
+        lines.append(
+            f"{row['name']:<14} {top1:>8} {_human(row['macs']):>9} {_human(row['flops']):>9} "
+            f"{_human(row['params']):>9} {row['latency_ms']:>11.3f} {100 * row['macs_reduction']:>7.1f}% "
+            f"{100 * row['params_reduction']:>8.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def format_markdown(summary: dict[str, Any]) -> str:
+    """The summary as Markdown (``summary.md``)."""
+    out = [f"# {summary['recipe']}", ""]
+    if summary.get("description"):
+        out += [summary["description"], ""]
+    out += [
+        "| stage | top-1 (%) | MACs | FLOPs | params | CPU latency, batch 1 (ms) | MACs reduction | params reduction |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary["stages"]:
+        top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
+        out.append(
+            f"| {row['name']} | {top1} | {row['macs']:,} | {row['flops']:,} | {row['params']:,} | "
+            f"{row['latency_ms']:.3f} | {100 * row['macs_reduction']:.1f}% | {100 * row['params_reduction']:.1f}% |"
+        )
+    red = summary.get("reductions", {})
+    if red:
+        out += [
+            "",
+            f"Against `{red['reference_stage']}`, `{red['final_stage']}` removes "
+            f"{100 * red['macs_reduction']:.1f}% of the MACs and {100 * red['params_reduction']:.1f}% of the "
+            f"parameters"
+            + (f", top-1 change {red['top1_change']:+.2f} points" if red.get("top1_change") is not None else "")
+            + (f", CPU latency x{red['latency_speedup']:.2f} faster." if red.get("latency_speedup") else "."),
+        ]
+    plots = summary.get("plots") or []
+    if plots:
+        out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    """``summary.json`` and ``summary.md`` in the run folder."""
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / "summary.md", format_markdown(summary))
