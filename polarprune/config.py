@@ -112,6 +112,12 @@ class SparsityConfig(Section):
     target_macs_ratio: float | None = Field(None, gt=0, le=1, description="stop regularizing once a trial prune leaves MACs <= this fraction")
     monitor: bool = Field(True, description="trial-prune every epoch and log the MACs grad/fixed would leave")
 
+    @model_validator(mode="after")
+    def _check_weights(self) -> "SparsityConfig":
+        if self.weight_min > self.weight_max:
+            raise ValueError(f"weight_min ({self.weight_min}) exceeds weight_max ({self.weight_max})")
+        return self
+
 
 class TrainConfig(Section):
     """One training run (``polarprune train CONFIG``)."""

@@ -1,0 +1,334 @@
+"""Sparsity regularizers on BN scaling factors (REFERENCE section 2), and the hook that applies them.
+
+The math is a handful of pure functions on a list of gamma tensors (one per regularized BN):
+
+- ``l1_penalty`` / ``add_l1_subgradient_``: Network Slimming's ``lambda * sum |gamma|``, applied
+  as the subgradient ``lambda * sign(gamma)`` added to ``gamma.grad`` after ``backward()``;
+  with a *regularize* mask it is MaskSparsity's mask-L1 (only masked channels get it).
+- ``polarization_penalty``: ``lambda * (t * sum|g| - sum|g - alpha * mean(g)|)`` with ONE mean
+  over all regularized gammas of the network; added to the loss, autograd gives the subgradient.
+- ``clamp_``: gammas back into ``[0, clamp]`` after every optimizer step (polarization).
+- ``flops_weights``: per-layer lambda factors, linearly mapped from the MACs one channel costs.
+
+``SparsityHook`` calls them at the right moments of a training step (``training.hooks``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..training.hooks import TrainHook
+
+log = logging.getLogger(__name__)
+
+L1_LIKE = ("l1", "mask-l1")
+
+
+# ----------------------------------------------------------------------------- pure math
+
+
+def _per_layer_factors(gammas: Sequence[Tensor], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(gammas)
+    if len(weights) != len(gammas):
+        raise ValueError(f"got {len(weights)} layer weights for {len(gammas)} gamma tensors")
+    return [float(w) for w in weights]
+
+
+def l1_penalty(gammas: Sequence[Tensor], lbd: float, weights: Sequence[float] | None = None) -> Tensor:
+    """``lambda * sum_l w_l * sum_i |gamma_li|`` in fp32 (the value the L1 subgradient descends)."""
+    factors = _per_layer_factors(gammas, weights)
+    with torch.autocast(gammas[0].device.type, enabled=False):
+        total = sum(w * g.float().abs().sum() for w, g in zip(factors, gammas))
+    return lbd * total  # type: ignore[return-value]
+
+
+def l1_scales(
+    gammas: Sequence[Tensor],
+    lbd: float,
+    regularize: Sequence[Tensor | None] | None = None,
+    weights: Sequence[float] | None = None,
+) -> list[Tensor]:
+    """Per-channel factors ``lambda * w_l * regularize_li`` (float32, on each gamma's device).
+
+    ``regularize[l]`` is a bool vector, True where the channel is pushed to 0 (mask-L1: the
+    channels marked for removal), or None for "all channels". Precompute these once: the
+    per-step update is then one fused multiply-add per layer.
+    """
+    factors = _per_layer_factors(gammas, weights)
+    masks = list(regularize) if regularize is not None else [None] * len(gammas)
+    if len(masks) != len(gammas):
+        raise ValueError(f"got {len(masks)} masks for {len(gammas)} gamma tensors")
+    scales = []
+    for g, w, m in zip(gammas, factors, masks):
+        if m is None:
+            scales.append(torch.full(g.shape, lbd * w, dtype=torch.float32, device=g.device))
+        else:
+            if m.shape != g.shape:
+                raise ValueError(f"mask of shape {tuple(m.shape)} for a gamma of shape {tuple(g.shape)}")
+            scales.append(m.to(device=g.device, dtype=torch.float32) * (lbd * w))
+    return scales
+
+
+@torch.no_grad()
+def add_scaled_sign_(gammas: Sequence[Tensor], scales: Sequence[Tensor]) -> None:
+    """``gamma.grad += scale * sign(gamma)`` for every layer, with multi-tensor (foreach) ops.
+
+    A gamma without a gradient (unused in this step) gets one of zeros first.
+    """
+    grads = []
+    for g in gammas:
+        if g.grad is None:
+            g.grad = torch.zeros_like(g)
+        grads.append(g.grad)
+    signs = torch._foreach_sign(list(gammas))
+    if grads[0].dtype == scales[0].dtype:
+        torch._foreach_addcmul_(grads, signs, list(scales))
+    else:  # e.g. fp16/bf16 parameters: compute in fp32, write back in the grad's dtype
+        for grad, sign, scale in zip(grads, signs, scales):
+            grad.add_((sign.float() * scale).to(grad.dtype))
+
+
+def add_l1_subgradient_(
+    gammas: Sequence[Tensor],
+    lbd: float,
+    regularize: Sequence[Tensor | None] | None = None,
+    weights: Sequence[float] | None = None,
+) -> None:
+    """Add ``lambda * w_l * sign(gamma) * regularize`` to each ``gamma.grad`` in place.
+
+    ``regularize[l]``: bool vector, True = this channel is regularized (mask-L1 gives it to the
+    channels marked for REMOVAL, i.e. the inverse of a keep mask); None = the whole layer.
+    Channels outside the mask get exactly nothing. For repeated calls precompute
+    ``l1_scales`` and use ``add_scaled_sign_``.
+    """
+    if not gammas:
+        return
+    add_scaled_sign_(gammas, l1_scales(gammas, lbd, regularize, weights))
+
+
+def flat_layer_weights(gammas: Sequence[Tensor], weights: Sequence[float] | None) -> Tensor | None:
+    """One float32 vector with each layer's weight repeated over its channels (None: unweighted)."""
+    if weights is None:
+        return None
+    factors = _per_layer_factors(gammas, weights)
+    return torch.cat(
+        [torch.full((g.numel(),), w, dtype=torch.float32, device=g.device) for g, w in zip(gammas, factors)]
+    )
+
+
+def polarization_penalty(
+    gammas: Sequence[Tensor],
+    lbd: float,
+    t: float,
+    alpha: float = 1.0,
+    detach_mean: bool = False,
+    weights: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """``lambda * sum_i w_i * (t*|g_i| - |g_i - alpha*mean(g)|)`` over ALL regularized gammas.
+
+    ``mean(g)`` is one global mean over the concatenation of every layer's gammas (not per
+    layer), as in the paper: channels are compared network-wide. It is part of the graph
+    unless ``detach_mean`` (the ``pol_grad`` variant). ``weights``: one factor per layer
+    (FLOPs weighting) or a precomputed per-channel vector (``flat_layer_weights``).
+    Computed in fp32 with autocast off, whatever the surrounding precision. The value can be
+    negative: it is not a norm.
+    """
+    with torch.autocast(gammas[0].device.type, enabled=False):
+        flat = torch.cat([g.reshape(-1).float() for g in gammas])
+        mean = flat.mean()
+        if detach_mean:
+            mean = mean.detach()
+        per_channel = t * flat.abs() - (flat - alpha * mean).abs()
+        if weights is not None:
+            w = weights if isinstance(weights, Tensor) else flat_layer_weights(gammas, list(weights))
+            per_channel = per_channel * w.to(per_channel.device)  # type: ignore[union-attr]
+        return lbd * per_channel.sum()
+
+
+@torch.no_grad()
+def clamp_(gammas: Sequence[Tensor], max_value: float | None) -> None:
+    """Clamp every gamma into ``[0, max_value]`` in place (None: only the lower bound 0)."""
+    params = list(gammas)
+    if not params:
+        return
+    torch._foreach_clamp_min_(params, 0.0)
+    if max_value is not None:
+        torch._foreach_clamp_max_(params, float(max_value))
+
+
+def linear_map(values: Mapping[str, float], low: float, high: float) -> dict[str, float]:
+    """Map ``values`` linearly onto ``[low, high]`` (min -> low, max -> high).
+
+    When all values are equal there is nothing to rank: every layer gets ``(low + high) / 2``.
+    """
+    if not values:
+        return {}
+    v_min, v_max = min(values.values()), max(values.values())
+    if v_max - v_min <= 1e-12 * max(abs(v_max), 1.0):
+        return {name: (low + high) / 2.0 for name in values}
+    return {name: low + (v - v_min) / (v_max - v_min) * (high - low) for name, v in values.items()}
+
+
+def flops_weights(channel_macs: Mapping[str, float], weight_min: float, weight_max: float) -> dict[str, float]:
+    """Per-layer lambda factors: layers whose channels cost more MACs get a larger lambda.
+
+    ``channel_macs[bn]`` is the MACs one channel of that BN's layer costs (producer conv's MACs
+    per output channel plus consumers' MACs per input channel, see
+    ``monitor.ChannelCostModel.channel_macs``), linearly mapped into ``[weight_min, weight_max]``.
+    """
+    if weight_min > weight_max:
+        raise ValueError(f"weight_min {weight_min} exceeds weight_max {weight_max}")
+    return linear_map(channel_macs, weight_min, weight_max)
+
+
+# ----------------------------------------------------------------------------- the hook
+
+
+class SparsityHook(TrainHook):
+    """Applies one regularizer (``l1``, ``mask-l1`` or ``polarization``) to the named BN gammas.
+
+    Where it acts in a step (see ``training.hooks``): ``l1``/``mask-l1`` add their subgradient
+    in ``after_backward`` (gradients all-reduced and unscaled there); ``polarization`` adds its
+    penalty through ``loss_term`` and clamps in ``after_step``. With ``target_macs_ratio`` a
+    trial prune (``grad`` strategy) runs at every epoch end; once it leaves at most that
+    fraction of the MACs, lambda is 0 for the rest of the run. ``state_dict`` keeps that
+    decision across a resume.
+    """
+
+    def __init__(
+        self,
+        regularizer: str,
+        bn_names: Sequence[str],
+        *,
+        lbd: float,
+        t: float = 1.0,
+        alpha: float = 1.0,
+        detach_mean: bool = False,
+        clamp: float | None = None,
+        layer_weights: Mapping[str, float] | None = None,
+        keep_masks: Mapping[str, Tensor] | None = None,
+        target_macs_ratio: float | None = None,
+        trial: Any | None = None,
+    ) -> None:
+        if regularizer not in ("l1", "mask-l1", "polarization"):
+            raise ValueError(f"unknown regularizer {regularizer!r}")
+        if regularizer == "mask-l1" and keep_masks is None:
+            raise ValueError("mask-l1 needs keep masks")
+        if target_macs_ratio is not None and trial is None:
+            raise ValueError("target_macs_ratio needs a trial pruner")
+        self.regularizer = regularizer
+        self.bn_names = list(bn_names)
+        self.base_lbd = float(lbd)
+        self.lbd = float(lbd)
+        self.t = float(t)
+        self.alpha = float(alpha)
+        self.detach_mean = bool(detach_mean)
+        self.clamp = clamp
+        self.layer_weights = dict(layer_weights) if layer_weights is not None else None
+        self.keep_masks = {k: v.bool().cpu() for k, v in keep_masks.items()} if keep_masks is not None else None
+        self.target_macs_ratio = target_macs_ratio
+        self.trial = trial
+        self.target_reached = False
+        self.reached_epoch: int | None = None
+        self._model_id: int | None = None
+        self._gammas: list[Tensor] = []
+        self._scales: list[Tensor] | None = None
+        self._flat_weights: Tensor | None = None
+
+    # -- the gammas of the model the engine passes (resolved once per model object)
+
+    def gammas(self, model: nn.Module) -> list[Tensor]:
+        """The regularized gamma parameters of ``model``, in ``bn_names`` order."""
+        if self._model_id != id(model):
+            self._gammas = [model.get_submodule(name).weight for name in self.bn_names]  # type: ignore[misc]
+            self._model_id = id(model)
+            self._scales = None
+            self._flat_weights = None
+        return self._gammas
+
+    def _weights_list(self) -> list[float] | None:
+        if self.layer_weights is None:
+            return None
+        return [self.layer_weights.get(name, 1.0) for name in self.bn_names]
+
+    def _l1_scales(self, gammas: list[Tensor]) -> list[Tensor]:
+        if self._scales is None:
+            regularize = None
+            if self.regularizer == "mask-l1":
+                assert self.keep_masks is not None
+                regularize = [~self.keep_masks[name] for name in self.bn_names]
+            self._scales = l1_scales(gammas, self.lbd, regularize, self._weights_list())
+        return self._scales
+
+    # -- TrainHook
+
+    def loss_term(self, model: nn.Module) -> Tensor | None:
+        if self.regularizer != "polarization" or self.lbd == 0.0:
+            return None
+        gammas = self.gammas(model)
+        if self.layer_weights is not None and self._flat_weights is None:
+            self._flat_weights = flat_layer_weights(gammas, self._weights_list())
+        return polarization_penalty(gammas, self.lbd, self.t, self.alpha, self.detach_mean, self._flat_weights)
+
+    def after_backward(self, model: nn.Module) -> None:
+        if self.regularizer not in L1_LIKE or self.lbd == 0.0:
+            return
+        gammas = self.gammas(model)
+        add_scaled_sign_(gammas, self._l1_scales(gammas))
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.regularizer == "polarization" and self.clamp is not None:
+            clamp_(self.gammas(model), self.clamp)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, writer: Any | None = None) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.target_macs_ratio is not None and not self.target_reached:
+            ratio = self.trial.macs_ratio(model, "grad", epoch=epoch)  # type: ignore[union-attr]
+            metrics["trial_macs_ratio_grad"] = ratio
+            if ratio <= self.target_macs_ratio:
+                self.set_lambda(0.0)
+                self.target_reached = True
+                self.reached_epoch = epoch
+                log.warning(
+                    "sparsity: trial prune (grad) leaves %.3f of the MACs <= target %.3f after epoch %d; "
+                    "lambda set to 0 for the rest of training", ratio, self.target_macs_ratio, epoch + 1,
+                )
+        metrics["lambda"] = self.lbd
+        metrics["sparsity_target_reached"] = float(self.target_reached)
+        return metrics
+
+    def set_lambda(self, value: float) -> None:
+        """Change the strength (the precomputed L1 factors are rebuilt on the next step)."""
+        self.lbd = float(value)
+        self._scales = None
+
+    # -- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint: the current lambda and whether the MACs target was met."""
+        return {"lbd": self.lbd, "target_reached": self.target_reached, "reached_epoch": self.reached_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.set_lambda(float(state.get("lbd", self.base_lbd)))
+        self.target_reached = bool(state.get("target_reached", False))
+        reached = state.get("reached_epoch")
+        self.reached_epoch = int(reached) if reached is not None else None
+
+
+__all__ = [
+    "l1_penalty",
+    "l1_scales",
+    "add_scaled_sign_",
+    "add_l1_subgradient_",
+    "polarization_penalty",
+    "flat_layer_weights",
+    "clamp_",
+    "linear_map",
+    "flops_weights",
+    "SparsityHook",
+]
