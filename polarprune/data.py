@@ -395,7 +395,7 @@ class _FileDataset(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (OSError, ValueError) as exc:
-            raise PolarpruneError(f"{path}: cannot read the image ({exc})") from None
+            raise _image_error(path, exc) from None
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, sample_seed = item
@@ -441,6 +441,12 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
         for step in range(len(self)):
             where = global_batch_slice(step, self.batch_size, self.world_size, self.rank)
             yield list(zip(order[where].tolist(), seeds[where].tolist()))
+
+
+def _image_error(path: str, exc: BaseException) -> PolarpruneError:
+    """One line naming an unreadable image file (PIL repeats the path in its message)."""
+    reason = str(exc).replace(f" '{path}'", "").strip() or type(exc).__name__
+    return PolarpruneError(f"{path}: cannot read the image ({reason})")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -733,7 +739,7 @@ def image_size_of(path: str) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, ValueError) as exc:
-        raise PolarpruneError(f"{path}: cannot read the image ({exc})") from None
+        raise _image_error(path, exc) from None
 
 
 def small_image_size(samples: list[tuple[str, int]], max_side: int) -> tuple[int, int] | None:
@@ -758,7 +764,7 @@ def _decode_one(path: str, size: tuple[int, int]) -> np.ndarray:
                 rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError) as exc:
-        raise PolarpruneError(f"{path}: cannot read the image ({exc})") from None
+        raise _image_error(path, exc) from None
 
 
 def decode_images(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:

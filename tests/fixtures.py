@@ -8,6 +8,9 @@
   ``encoding="latin1"`` gives ``"data"``, ``"labels"`` (what torchvision uses).
 - ``make_imagefolder(root)``: ``<root>/<split>/<class>/<n>.png`` (or .jpg).
 
+Import it in tests as ``from fixtures import make_cifar10`` (pytest puts ``tests/`` on the
+path, there is no ``tests/__init__.py``).
+
 The images are *learnable*: each class has its own colour and stripe direction plus noise, so
 an end-to-end test reaches better-than-chance accuracy within a few steps. Everything is
 deterministic (fixed seeds). Nothing here is meant for users; the md5 sums of these files

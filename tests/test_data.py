@@ -403,6 +403,18 @@ def test_file_loader_two_ranks_equal_one_rank_of_double_batch(tmp_path: Path):
         assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
 
 
+@pytest.mark.parametrize("size,workers", [(72, 1), (8, 0)])
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, size: int, workers: int):
+    root = make_imagefolder(tmp_path / "if", n_per_class=2, size=size, classes=2)
+    broken = root / "val" / "class1" / "0001.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(PolarpruneError) as info:
+        bundle = build_data(DataConfig(name="imagefolder", root=str(root), image_size=16, workers=workers))
+        list(bundle.eval_loader)  # the file loader reads it in a worker process
+    message = str(info.value)
+    assert message.startswith(f"{broken}: cannot read the image") and "\n" not in message
+
+
 def test_imagefolder_missing_root_names_the_path(tmp_path: Path):
     with pytest.raises(PolarpruneError, match=str(tmp_path / "absent")):
         build_data(DataConfig(name="imagefolder", root=str(tmp_path / "absent")))
@@ -492,3 +504,4 @@ def test_real_cifar10_archive(monkeypatch: pytest.MonkeyPatch):
     images, labels = next(iter(bundle.train_loader))
     assert images.shape == (50, 3, 32, 32) and bundle.train_loader.padding == 4
     assert all(abs(m - c) < 0.02 for m, c in zip(bundle.mean, pdata.CIFAR10_MEAN))
+    assert all(abs(s - c) < 0.02 for s, c in zip(bundle.std, pdata.CIFAR10_STD))
