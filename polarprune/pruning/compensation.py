@@ -1,0 +1,229 @@
+"""Shift compensation: fold the constant output of removed channels into their consumers.
+
+A BN channel with gamma = 0 outputs the constant beta (act(beta) after its activation), and
+the next layer sees it. Removing the channel drops that constant; compensation adds it back
+where it is read, before the channel is removed:
+
+- a consumer conv (weight ``W``) gains ``sum_k W[:, c, k] * const_c`` in its bias (a bias is
+  created when it has none) or, when the conv feeds a BN directly, that BN's ``running_mean``
+  is lowered by the same amount (no new parameter);
+- a consumer linear layer: ``W[:, c] * const_c`` into its bias, or into the following BN1d;
+- an option-A placement shortcut: the constant goes into the ``fill`` of the output channel
+  the removed input was placed at;
+- a residual block whose branch is removed becomes ``relu(shortcut(x) + shift)`` where
+  ``shift`` is the branch's constant output.
+
+What is compensated: the *constant part* of a removed channel, i.e. its value when the
+gamma of every BN of its group is 0 (beta, carried through activations, residual
+additions, pooling and subsampling). It is measured, not derived: one forward pass of a copy
+whose removed channels have gamma = 0 records every consumer's input on those channels. A
+channel that is not constant there (it reaches a consumer without passing a BN of its group)
+is not compensated (noted). With gamma != 0 the channel also carries a varying part
+``gamma * x_hat``; that part is dropped, not compensated.
+
+Exactness: exact for linear consumers and convs without zero padding. A conv with zero
+padding ``p`` saw zeros in the padded border where the fold now adds the constant: output
+positions within ``p`` of the border differ by at most
+``sum_c |const_c| * sum_{padded taps} |W[o, c, tap]|`` (bounded by ``sum_c |const_c| *
+sum_k |W[o, c, k]|``); interior positions are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, ModelAnalysis, deleted_with_block, is_depthwise, run_model
+from .modules import ChannelPlacementShortcut
+from .resolve import BlockInfo, Decision
+
+CONSTANT_TOLERANCE = 1e-5
+
+
+@dataclass
+class CompensationResult:
+    """Block shifts (original channels) for removed branches, and what was (not) folded."""
+
+    block_shifts: dict[str, Tensor] = field(default_factory=dict)
+    folded_channels: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def conv_fold_delta(weight: Tensor, groups: int, removed: list[int], const: Tensor) -> Tensor:
+    """Per output channel: ``sum_k W[o, c, k] * const_c`` over the removed inputs ``c``.
+
+    ``weight`` is ``(C_out, C_in/groups, *kernel)``; a grouped conv only adds the inputs of the
+    output's own conv group.
+    """
+    out_channels, per_group = weight.shape[0], weight.shape[1]
+    rows = out_channels // groups
+    tap_sums = weight.detach().reshape(out_channels, per_group, -1).sum(dim=2)
+    delta = torch.zeros(out_channels, dtype=weight.dtype, device=weight.device)
+    for c, value in zip(removed, const.tolist()):
+        g, local = divmod(c, per_group)
+        delta[g * rows : (g + 1) * rows] += tap_sums[g * rows : (g + 1) * rows, local] * value
+    return delta
+
+
+def linear_fold_delta(weight: Tensor, removed: list[int], const: Tensor) -> Tensor:
+    """``W[:, removed] @ const``."""
+    index = torch.as_tensor(removed, dtype=torch.long, device=weight.device)
+    return weight.detach().index_select(1, index) @ const.to(weight.dtype).to(weight.device)
+
+
+def constant_channels(x: Tensor, channels: list[int]) -> tuple[list[int], Tensor, list[int]]:
+    """Split ``channels`` of a captured input (N, C, ...) into constant ones and their value.
+
+    Returns (constant channels, their values, non-constant channels).
+    """
+    constant, values, varying = [], [], []
+    for c in channels:
+        plane = x[:, c].float()
+        value = plane.reshape(-1)[plane.numel() // 2]
+        if float((plane - value).abs().max()) <= CONSTANT_TOLERANCE * (1.0 + float(value.abs())):
+            constant.append(c)
+            values.append(float(value))
+        else:
+            varying.append(c)
+    return constant, torch.tensor(values, dtype=torch.float32), varying
+
+
+def _zero_removed_gammas(model: nn.Module, decision: Decision) -> None:
+    with torch.no_grad():
+        for (name, side), idxs in decision.removed.items():
+            if side != BOTH or not idxs:
+                continue
+            module = model.get_submodule(name)
+            if isinstance(module, BN_TYPES) and module.weight is not None:
+                module.weight[sorted(idxs)] = 0.0
+
+
+def _consumers(model: nn.Module, decision: Decision) -> dict[str, list[int]]:
+    gone = list(decision.removed_blocks)
+    result = {}
+    for (name, side), idxs in decision.removed.items():
+        if side != IN or not idxs or deleted_with_block(name, gone):
+            continue
+        module = model.get_submodule(name)
+        if isinstance(module, CONV_TYPES + (nn.Linear, ChannelPlacementShortcut)) and not is_depthwise(module):
+            result[name] = sorted(idxs)
+    return result
+
+
+def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision, consumers: Mapping[str, list[int]]) -> dict[str, Tensor]:
+    """Inputs of the consumers, captured on a copy whose removed channels have gamma = 0."""
+    scratch = copy.deepcopy(model).eval()
+    _zero_removed_gammas(scratch, decision)
+    captured: dict[str, Tensor] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            if name not in captured:
+                captured[name] = inputs[0].detach().clone()
+
+        return hook
+
+    handles = [scratch.get_submodule(name).register_forward_pre_hook(record(name)) for name in consumers]
+    try:
+        with torch.no_grad():
+            run_model(scratch, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def following_bn(analysis: ModelAnalysis, name: str) -> str | None:
+    """The BN that directly and only reads layer ``name``'s output, if any."""
+    successors = analysis.successors.get(name, [])
+    if len(successors) == 1 and successors[0]:
+        module = analysis.model.get_submodule(successors[0])
+        if isinstance(module, BN_TYPES) and module.running_mean is not None:
+            return successors[0]
+    return None
+
+
+def _add_bias(module: nn.Module, delta: Tensor) -> None:
+    with torch.no_grad():
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=module.weight.requires_grad)
+        module.bias += delta.to(module.bias.dtype)
+
+
+def fold_into(analysis: ModelAnalysis, model: nn.Module, name: str, removed: list[int], const: Tensor) -> None:
+    """Fold the constants of removed inputs ``removed`` of layer ``name`` (original coordinates)."""
+    module = model.get_submodule(name)
+    if isinstance(module, ChannelPlacementShortcut):
+        with torch.no_grad():
+            for c, value in zip(removed, const.tolist()):
+                target = int(module.placement[c])
+                if target >= 0:
+                    module.fill[target] += value
+        return
+    if isinstance(module, nn.Linear):
+        delta = linear_fold_delta(module.weight, removed, const)
+    else:
+        delta = conv_fold_delta(module.weight, module.groups, removed, const.to(module.weight.device))
+    bn_name = following_bn(analysis, name) if module.bias is None else None
+    if bn_name is not None:
+        bn = model.get_submodule(bn_name)
+        with torch.no_grad():
+            bn.running_mean -= delta.to(bn.running_mean.dtype)
+    else:
+        _add_bias(module, delta)
+
+
+def branch_constant(block_module: nn.Module, block: BlockInfo, in_channels: int, size: int = 16) -> Tensor:
+    """The branch output of a block whose ``emptied_bns`` have gamma = 0 (interior value)."""
+    scratch = copy.deepcopy(block_module).eval()
+    prefix = block.name + "."
+    with torch.no_grad():
+        for bn in block.emptied_bns:
+            scratch.get_submodule(bn[len(prefix):]).weight.zero_()
+        reference = next(scratch.parameters())
+        x = torch.zeros(1, in_channels, size, size, dtype=reference.dtype, device=reference.device)
+        for attr in block.branch:
+            x = getattr(scratch, attr)(x)
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        return x[0, :, h, w].clone()
+
+
+def compensate(model: nn.Module, analysis: ModelAnalysis, decision: Decision, example_inputs: Any) -> CompensationResult:
+    """Fold every removed channel's constant part into its consumers (in place, original shapes)."""
+    result = CompensationResult()
+    consumers = _consumers(model, decision)
+    captured = measure_constants(model, example_inputs, decision, consumers) if consumers else {}
+    skipped = 0
+    for name, removed in consumers.items():
+        if name not in captured:
+            result.notes.append(f"{name}: not reached by the example input, not compensated")
+            continue
+        constant, values, varying = constant_channels(captured[name], removed)
+        skipped += len(varying)
+        if constant:
+            fold_into(analysis, model, name, constant, values)
+            result.folded_channels += len(constant)
+    if skipped:
+        result.notes.append(f"compensation: {skipped} removed input channel(s) are not constant when their BNs have gamma = 0, not compensated")
+    for name, block in decision.removed_blocks.items():
+        module = model.get_submodule(name)
+        first = getattr(module, block.branch[0])
+        result.block_shifts[name] = branch_constant(module, block, first.in_channels)
+    return result
+
+
+__all__ = [
+    "CompensationResult",
+    "compensate",
+    "conv_fold_delta",
+    "linear_fold_delta",
+    "constant_channels",
+    "measure_constants",
+    "branch_constant",
+    "following_bn",
+    "fold_into",
+]

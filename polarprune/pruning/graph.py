@@ -1,0 +1,299 @@
+"""Channel groups from Torch-Pruning's dependency graph, and a cheap MACs model of a pruning.
+
+Torch-Pruning traces the model once and tells which layers share channels (a *group*): the
+producers of a channel (convs, linears), the BNs and depthwise convs that act on it, the
+consumers that read it (convs, linears), through residual additions, concatenations and
+flatten -> linear. polarprune only *reads* the groups: the decisions (which channels go) and
+the surgery (slicing weights) are its own, so that all groups can be resolved at once in the
+original coordinates (concatenations shift indices when groups are pruned one by one).
+
+A group is left whole (``prunable = False``) when it reaches the model output (the classifier's
+outputs), when it holds a layer type the surgery cannot slice, or when it contains no BN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import PolarpruneError
+from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SLICEABLE = CONV_TYPES + BN_TYPES + (nn.Linear, ChannelPlacementShortcut, ChannelShift)
+
+OUT, IN, BOTH = "out", "in", "both"
+
+
+@dataclass
+class GroupItem:
+    """One layer side in a group: ``idxs[j]`` of ``module_name`` (on ``side``) is group channel ``root_idxs[j]``."""
+
+    module_name: str
+    module: nn.Module
+    side: str  # "out" (producer), "in" (consumer) or "both" (channel-wise: BN, depthwise conv, shift)
+    idxs: list[int]
+    root_idxs: list[int]
+
+
+@dataclass
+class ChannelGroup:
+    """Channels coupled across layers: they are kept or removed together.
+
+    ``name`` is the first BN of the group (or its root layer), ``bn_names`` every BN that acts on
+    the group's channels, ``residual`` is True when several layers produce the channels (a
+    residual addition), ``prunable`` False (with ``reason``) when the group must stay whole.
+    """
+
+    name: str
+    num_channels: int
+    bn_names: list[str]
+    residual: bool
+    prunable: bool
+    reason: str = ""
+    items: list[GroupItem] = field(default_factory=list, repr=False)
+
+    def bn_items(self) -> list[GroupItem]:
+        """Items whose module is a BatchNorm."""
+        return [it for it in self.items if isinstance(it.module, BN_TYPES)]
+
+    def producers(self) -> list[GroupItem]:
+        """Convs/linears that produce the group's channels (outputs), not channel-wise layers."""
+        return [it for it in self.items if it.side == OUT and isinstance(it.module, CONV_TYPES + (nn.Linear,))]
+
+
+@dataclass
+class LayerCost:
+    """What the MACs of one conv/linear call depend on: ``macs = area * in/groups * out * positions``."""
+
+    kernel_area: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    positions: int  # output positions per image (H_out*W_out for a 2-D conv)
+    depthwise: bool
+
+    def macs(self, in_channels: int, out_channels: int) -> int:
+        groups = in_channels if self.depthwise else self.groups
+        if groups == 0:
+            return 0
+        return self.kernel_area * (in_channels // groups) * out_channels * self.positions
+
+
+@dataclass
+class ModelAnalysis:
+    """Everything decisions need about a model, computed once: groups and the MACs model."""
+
+    model: nn.Module
+    groups: list[ChannelGroup]
+    layer_costs: dict[str, LayerCost]
+    module_names: dict[nn.Module, str]
+    successors: dict[str, list[str]]  # module name -> names of the graph nodes it feeds
+
+    def group_by_name(self) -> dict[str, ChannelGroup]:
+        return {g.name: g for g in self.groups}
+
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """A conv whose groups equal its input and output channels (one filter per channel)."""
+    return isinstance(conv, CONV_TYPES) and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def is_grouped(conv: nn.Module) -> bool:
+    """A grouped conv that is not depthwise: its channels must stay balanced per conv group."""
+    return isinstance(conv, CONV_TYPES) and conv.groups > 1 and not is_depthwise(conv)
+
+
+def _as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    raise PolarpruneError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def run_model(model: nn.Module, example_inputs: Any) -> Any:
+    """``model(*example_inputs)`` for a tensor or a tuple of tensors."""
+    return model(*_as_input_tuple(example_inputs))
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
+    """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored)."""
+    import torch_pruning as tp
+
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=_as_input_tuple(example_inputs),
+                customized_pruners=torch_pruning_pruners(),
+                verbose=False,
+            )
+    except PolarpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tracing failures are reported as one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PolarpruneError(f"cannot trace {type(model).__name__} for pruning: {first}") from exc
+    finally:
+        for m, training in modes:
+            m.training = training
+    return graph
+
+
+def _item_side(graph: Any, module: nn.Module, handler: Any) -> str:
+    pruner = graph.get_pruner_of_module(module)
+    if pruner is None:
+        return BOTH
+    if pruner.prune_out_channels == pruner.prune_in_channels:
+        return BOTH
+    return OUT if handler == pruner.prune_out_channels else IN
+
+
+def _terminal_modules(graph: Any) -> set[Any]:
+    """Graph nodes whose output is a model output (no successors)."""
+    return {module for module, node in graph.module2node.items() if not node.outputs}
+
+
+def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: set[Any]) -> ChannelGroup:
+    import torch_pruning as tp
+
+    items: list[GroupItem] = []
+    reason = ""
+    num_channels = len(tp_group[0].idxs)
+    for entry in tp_group:
+        dep, idxs = entry.dep, entry.idxs
+        module = dep.target.module
+        root_idxs = list(entry.root_idxs)
+        if isinstance(module, tp.ops._OutputOp) or (module in terminals and _item_side(graph, module, dep.handler) != IN):
+            reason = reason or "reaches the model output"
+            continue
+        if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
+            if isinstance(module, nn.Parameter):
+                reason = reason or "holds a bare parameter"
+            continue  # operator nodes (add, cat, relu, reshape...) hold no weights
+        name = names.get(module, "")
+        if not isinstance(module, SLICEABLE):
+            reason = reason or f"holds a {type(module).__name__} ({name}) that surgery does not slice"
+            continue
+        items.append(GroupItem(name, module, _item_side(graph, module, dep.handler), list(map(int, idxs)), list(map(int, root_idxs))))
+    bn_names = []
+    for it in items:
+        if isinstance(it.module, BN_TYPES) and it.module_name not in bn_names:
+            bn_names.append(it.module_name)
+    producers = {it.module_name for it in items if it.side == OUT}
+    shift_or_place = any(isinstance(it.module, (ChannelShift, ChannelPlacementShortcut)) and it.side != IN for it in items)
+    residual = len(producers) > 1 or shift_or_place
+    if not bn_names and not reason:
+        reason = "has no BatchNorm"
+    root_name = names.get(tp_group[0].dep.target.module, "?")
+    return ChannelGroup(
+        name=bn_names[0] if bn_names else root_name,
+        num_channels=num_channels,
+        bn_names=bn_names,
+        residual=residual,
+        prunable=not reason,
+        reason=reason,
+        items=items,
+    )
+
+
+def _layer_costs(model: nn.Module, example_inputs: Any, names: dict[nn.Module, str]) -> dict[str, LayerCost]:
+    """Record the output positions of every conv/linear in one forward pass (no grad)."""
+    costs: dict[str, LayerCost] = {}
+    batch = _as_input_tuple(example_inputs)[0].shape[0]
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        name = names[module]
+        if isinstance(module, CONV_TYPES):
+            positions = output.numel() // (output.shape[0] * output.shape[1])
+            costs[name] = LayerCost(math.prod(module.kernel_size), module.in_channels, module.out_channels,
+                                    module.groups, costs[name].positions + positions if name in costs else positions,
+                                    is_depthwise(module))
+        else:
+            positions = output.numel() // (batch * output.shape[-1])
+            costs[name] = LayerCost(1, module.in_features, module.out_features, 1,
+                                    costs[name].positions + positions if name in costs else positions, False)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV_TYPES + (nn.Linear,))]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_model(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return costs
+
+
+def analyze(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
+    """Trace ``model`` once: its channel groups, who feeds whom, and its per-layer MACs model."""
+    graph = build_dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    terminals = _terminal_modules(graph)
+    groups = [_convert_group(graph, g, names, terminals) for g in graph.get_all_groups(root_module_types=CONV_TYPES + (nn.Linear,))]
+    successors: dict[str, list[str]] = {}
+    for module, node in graph.module2node.items():
+        if module in names:
+            successors[names[module]] = [names.get(o.module, "") for o in node.outputs]
+    return ModelAnalysis(model, groups, _layer_costs(model, example_inputs, names), names, successors)
+
+
+def estimate_macs(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[int]], removed_modules: Iterable[str] = ()) -> int:
+    """Per-image conv+linear MACs after removing ``removed[(module, side)]`` channel indices.
+
+    ``removed_modules`` are layers deleted with a removed residual branch (they cost nothing).
+    Matches ``polarprune.flops.count_model(...).macs`` for models made only of conv/linear MACs.
+    """
+    gone = list(removed_modules)
+    total = 0
+    for name, cost in analysis.layer_costs.items():
+        if deleted_with_block(name, gone):
+            continue
+        out_removed = len(removed.get((name, OUT), ())) + len(removed.get((name, BOTH), ()))
+        in_removed = len(removed.get((name, IN), ())) + len(removed.get((name, BOTH), ()))
+        total += cost.macs(cost.in_channels - in_removed, cost.out_channels - out_removed)
+    return total
+
+
+def deleted_with_block(name: str, removed_blocks: Sequence[str]) -> bool:
+    """True for layers of a removed block's branch (its ``downsample`` shortcut stays)."""
+    for block in removed_blocks:
+        if name == block or name.startswith(block + "."):
+            return not (name == f"{block}.downsample" or name.startswith(f"{block}.downsample."))
+    return False
+
+
+def modules_under(prefixes: Sequence[str], names: Iterable[str]) -> set[str]:
+    """Names equal to or nested under one of ``prefixes``."""
+    return {n for n in names for p in prefixes if n == p or n.startswith(p + ".")}
+
+
+__all__ = [
+    "GroupItem",
+    "ChannelGroup",
+    "ModelAnalysis",
+    "LayerCost",
+    "analyze",
+    "estimate_macs",
+    "build_dependency_graph",
+    "is_depthwise",
+    "is_grouped",
+    "run_model",
+    "modules_under",
+    "deleted_with_block",
+    "OUT",
+    "IN",
+    "BOTH",
+]

@@ -1,0 +1,170 @@
+"""The ``plan``: plain JSON data that turns a freshly built model into a pruned architecture.
+
+``model.polarprune_spec["plan"]`` = ``{"version": 1, "replace": [...], "modules": {...}}``:
+
+- ``replace``: structural changes in order, ``{"name": qualified name, "kind": ...}`` with kind
+  ``"placement_shortcut"`` (an option-A ``PadShortcut`` became a ``ChannelPlacementShortcut``)
+  or ``"shortcut_block"`` (a residual block whose branch was removed: ``ShortcutOnlyBlock``);
+- ``modules``: for every layer whose shape differs from the unpruned architecture, its new
+  constructor shape: Conv ``in_channels/out_channels/groups/bias``, BN ``num_features``, Linear
+  ``in_features/out_features/bias``, placement shortcut ``stride/in_channels/out_channels``,
+  shift ``num_channels``.
+
+The plan is computed by comparing the pruned model with the unpruned architecture, so pruning
+a pruned model again yields a plan that describes the result from scratch (plans compose).
+Applying a plan creates uninitialised parameters of the right shapes; weights come from the
+state dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PolarpruneError
+from .graph import BN_TYPES, CONV_TYPES
+from .modules import ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock
+
+PLAN_VERSION = 1
+PLACEMENT_SHORTCUT = "placement_shortcut"
+SHORTCUT_BLOCK = "shortcut_block"
+
+
+def module_shape(module: nn.Module) -> dict[str, Any] | None:
+    """The shape description of a layer the surgery can change, or None."""
+    kind = type(module).__name__
+    if isinstance(module, CONV_TYPES):
+        return {"type": kind, "in_channels": module.in_channels, "out_channels": module.out_channels,
+                "groups": module.groups, "bias": module.bias is not None}
+    if isinstance(module, BN_TYPES):
+        return {"type": kind, "num_features": module.num_features}
+    if isinstance(module, nn.Linear):
+        return {"type": kind, "in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+    if isinstance(module, ChannelPlacementShortcut):
+        return {"type": kind, "stride": module.stride, "in_channels": module.in_channels, "out_channels": module.out_channels}
+    if isinstance(module, ChannelShift):
+        return {"type": kind, "num_channels": module.num_channels}
+    return None
+
+
+def make_plan(pruned: nn.Module, base: nn.Module) -> dict[str, Any]:
+    """The plan that turns ``base`` (the unpruned architecture) into ``pruned``'s architecture."""
+    base_modules = dict(base.named_modules())
+    replace = []
+    modules: dict[str, dict[str, Any]] = {}
+    for name, module in pruned.named_modules():
+        if isinstance(module, ShortcutOnlyBlock) and not isinstance(base_modules.get(name), ShortcutOnlyBlock):
+            replace.append({"name": name, "kind": SHORTCUT_BLOCK})
+        elif isinstance(module, ChannelPlacementShortcut) and not isinstance(base_modules.get(name), ChannelPlacementShortcut):
+            replace.append({"name": name, "kind": PLACEMENT_SHORTCUT})
+        shape = module_shape(module)
+        if shape is not None and (name not in base_modules or module_shape(base_modules[name]) != shape):
+            modules[name] = shape
+    return {"version": PLAN_VERSION, "replace": replace, "modules": modules}
+
+
+def _empty(*shape: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    kwargs = {"dtype": like.dtype, "device": like.device} if like is not None else {}
+    return torch.zeros(*shape, **kwargs)
+
+
+def _get(model: nn.Module, name: str, where: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise PolarpruneError(f"{where}: the plan names layer {name!r}, which the architecture does not have") from None
+
+
+def _int(entry: dict[str, Any], key: str, name: str, where: str) -> int:
+    value = entry.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise PolarpruneError(f"{where}: plan entry {name!r} needs a nonnegative integer {key!r}, got {value!r}")
+    return value
+
+
+def resize_module(module: nn.Module, shape: dict[str, Any], name: str, where: str = "plan") -> None:
+    """Give ``module`` the shape ``shape`` (new uninitialised parameters and buffers)."""
+    kind = shape.get("type")
+    if kind != type(module).__name__:
+        raise PolarpruneError(f"{where}: plan entry {name!r} is a {kind}, the layer is a {type(module).__name__}")
+    if isinstance(module, CONV_TYPES):
+        cin, cout, groups = (_int(shape, k, name, where) for k in ("in_channels", "out_channels", "groups"))
+        if groups < 1 or cin % groups or cout % groups:
+            raise PolarpruneError(f"{where}: plan entry {name!r}: channels {cin}->{cout} do not divide into {groups} groups")
+        module.in_channels, module.out_channels, module.groups = cin, cout, groups
+        module.weight = nn.Parameter(_empty(cout, cin // groups, *module.kernel_size, like=module.weight))
+        module.bias = nn.Parameter(_empty(cout, like=module.weight)) if shape.get("bias") else None
+    elif isinstance(module, BN_TYPES):
+        n = _int(shape, "num_features", name, where)
+        module.num_features = n
+        if module.affine:
+            module.weight = nn.Parameter(_empty(n, like=module.weight))
+            module.bias = nn.Parameter(_empty(n, like=module.bias))
+        if module.running_mean is not None:
+            module.running_mean = _empty(n, like=module.running_mean)
+            module.running_var = torch.ones_like(module.running_mean)
+    elif isinstance(module, nn.Linear):
+        fin, fout = _int(shape, "in_features", name, where), _int(shape, "out_features", name, where)
+        module.in_features, module.out_features = fin, fout
+        module.weight = nn.Parameter(_empty(fout, fin, like=module.weight))
+        module.bias = nn.Parameter(_empty(fout, like=module.weight)) if shape.get("bias") else None
+    elif isinstance(module, ChannelPlacementShortcut):
+        cin, cout = _int(shape, "in_channels", name, where), _int(shape, "out_channels", name, where)
+        module.stride = _int(shape, "stride", name, where)
+        module.in_channels, module.out_channels = cin, cout
+        module.placement = torch.full((cin,), -1, dtype=torch.long)
+        module.fill = _empty(cout, like=module.fill)
+    elif isinstance(module, ChannelShift):
+        n = _int(shape, "num_channels", name, where)
+        module.num_channels = n
+        module.shift = nn.Parameter(_empty(n, like=module.shift))
+
+
+def _replace(model: nn.Module, entry: dict[str, Any], plan_modules: dict[str, Any], where: str) -> None:
+    from ..models.cifar_resnet import PadShortcut
+    from .surgery import set_module
+
+    name, kind = entry.get("name"), entry.get("kind")
+    if not isinstance(name, str):
+        raise PolarpruneError(f"{where}: plan replacement without a layer name: {entry!r}")
+    old = _get(model, name, where)
+    if kind == PLACEMENT_SHORTCUT:
+        shape = plan_modules.get(name)
+        if not isinstance(old, PadShortcut) or not isinstance(shape, dict):
+            raise PolarpruneError(f"{where}: plan replacement {name!r}: expected an option-A shortcut with a shape entry")
+        new: nn.Module = ChannelPlacementShortcut(old.stride, _int(shape, "in_channels", name, where), _int(shape, "out_channels", name, where), [-1] * _int(shape, "in_channels", name, where))
+    elif kind == SHORTCUT_BLOCK:
+        shape = plan_modules.get(f"{name}.shift")
+        if not isinstance(shape, dict):
+            raise PolarpruneError(f"{where}: plan replacement {name!r}: missing the shape of {name}.shift")
+        new = ShortcutOnlyBlock(getattr(old, "downsample", None), _int(shape, "num_channels", name, where))
+    else:
+        raise PolarpruneError(f"{where}: plan replacement {name!r} has unknown kind {kind!r}")
+    set_module(model, name, new)
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any] | None, where: str = "plan") -> nn.Module:
+    """Turn a freshly built model into the planned architecture (in place; returns it)."""
+    if not plan:
+        return model
+    if not isinstance(plan, dict) or plan.get("version") != PLAN_VERSION:
+        raise PolarpruneError(f"{where}: unsupported plan (version {plan.get('version') if isinstance(plan, dict) else plan!r})")
+    modules = plan.get("modules", {})
+    replace = plan.get("replace", [])
+    if not isinstance(modules, dict) or not isinstance(replace, list):
+        raise PolarpruneError(f"{where}: the plan's 'modules' must be a mapping and 'replace' a list")
+    for entry in replace:
+        if not isinstance(entry, dict):
+            raise PolarpruneError(f"{where}: bad plan replacement {entry!r}")
+        _replace(model, entry, modules, where)
+    for name, shape in modules.items():
+        if not isinstance(shape, dict):
+            raise PolarpruneError(f"{where}: plan entry {name!r} must be a mapping")
+        resize_module(_get(model, name, where), shape, name, where)
+    return model
+
+
+__all__ = ["PLAN_VERSION", "make_plan", "apply_plan", "module_shape", "resize_module"]
