@@ -39,6 +39,8 @@ from .hooks import TrainHook
 from .schedule import lr_at
 
 FAULT_ENV = "POLARPRUNE_FAULT_KILL_AT_STEP"
+FAULT_RANK_ENV = "POLARPRUNE_FAULT_RANK"  # only this rank is killed (default: every rank)
+FAULT_SIGNAL_ENV = "POLARPRUNE_FAULT_SIGNAL"  # KILL (default) or STOP (a hung process)
 
 
 @dataclass
@@ -129,6 +131,18 @@ def _fault_step() -> tuple[str, int] | None:
         return None
     where, _, step = raw.rpartition(":")
     return where, int(step)
+
+
+def _fault_applies_here(out_dir: Path) -> bool:
+    """Whether the injected fault targets this run folder and this rank (``POLARPRUNE_FAULT_RANK``)."""
+    fault = _fault_step()
+    wanted_rank = os.environ.get(FAULT_RANK_ENV)
+    return fault is not None and fault[0] in str(out_dir) and (not wanted_rank or int(wanted_rank) == dist.env_rank())
+
+
+def _inject_fault() -> None:
+    sig = signal.SIGSTOP if os.environ.get(FAULT_SIGNAL_ENV, "KILL").upper() == "STOP" else signal.SIGKILL
+    os.kill(os.getpid(), sig)
 
 
 def _log(message: str) -> None:
@@ -272,9 +286,8 @@ class Trainer:
         if not dist.is_initialized():
             return self.model
         model = self.model
-        if self.cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            self.model = model
+        if self.cfg.train.sync_bn:  # a view sharing self.model's tensors; self.model keeps plain BNs
+            model = dist.sync_batchnorm_view(self.model, self.device.type)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
@@ -350,7 +363,7 @@ class Trainer:
         steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
         self.train_model.train()
         fault = _fault_step()
-        kill_here = fault is not None and fault[0] in str(self.out_dir)
+        kill_here = _fault_applies_here(self.out_dir)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss_sum, correct, count
         bar = self._progress(steps, epoch)
         start = time.perf_counter()
@@ -358,7 +371,7 @@ class Trainer:
             if i >= steps:
                 break
             if kill_here and self.global_step == fault[1]:  # type: ignore[index]
-                os.kill(os.getpid(), signal.SIGKILL)
+                _inject_fault()
             lr = lr_at(self.cfg.train.schedule, cfg.lr, epoch + i / steps, cfg.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -459,6 +472,10 @@ class Trainer:
                 _log(_epoch_line(row, total))
                 if on_epoch is not None:
                     on_epoch(row)
+        except Exception as exc:  # a peer died or hung: one clear line instead of a gloo/NCCL traceback
+            if dist.is_collective_failure(exc):
+                raise PolarpruneError(dist.collective_failure_message(exc, f"training {self.out_dir}")) from exc
+            raise
         finally:
             writer.close()
         top1 = final.get("eval_top1")
