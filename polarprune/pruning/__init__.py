@@ -146,8 +146,8 @@ def _rows(analysis: ModelAnalysis, decision: Decision, strategy: str) -> list[Gr
     for group in analysis.prunable_groups():
         keep = decision.group_keep.get(group.name)
         after = group.num_channels if keep is None else int(keep.sum())
-        if group.bn_names and all(deleted_with_block(bn, gone) for bn in group.bn_names):
-            after = 0
+        if gone and all(deleted_with_block(item.module_name, gone) for item in group.items):
+            after = 0  # the group lived inside removed residual branches
         if group.name in decision.thresholds:
             threshold: float | dict[str, float] | None = decision.thresholds[group.name]
         else:

@@ -92,14 +92,19 @@ def constant_channels(x: Tensor, channels: list[int]) -> tuple[list[int], Tensor
     return constant, torch.tensor(values, dtype=torch.float32), varying
 
 
-def _zero_removed_gammas(model: nn.Module, decision: Decision) -> None:
+def _zero_removed_gammas(model: nn.Module, decision: Decision) -> list[tuple[Tensor, list[int], Tensor]]:
+    """Set gamma = 0 on every removed BN channel; returns what to put back."""
+    saved = []
     with torch.no_grad():
         for (name, side), idxs in decision.removed.items():
             if side != BOTH or not idxs:
                 continue
             module = model.get_submodule(name)
             if isinstance(module, BN_TYPES) and module.weight is not None:
-                module.weight[sorted(idxs)] = 0.0
+                index = sorted(idxs)
+                saved.append((module.weight, index, module.weight[index].clone()))
+                module.weight[index] = 0.0
+    return saved
 
 
 def _consumers(model: nn.Module, decision: Decision) -> dict[str, list[int]]:
@@ -115,9 +120,10 @@ def _consumers(model: nn.Module, decision: Decision) -> dict[str, list[int]]:
 
 
 def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision, consumers: Mapping[str, list[int]]) -> dict[str, Tensor]:
-    """Inputs of the consumers, captured on a copy whose removed channels have gamma = 0."""
-    scratch = copy.deepcopy(model).eval()
-    _zero_removed_gammas(scratch, decision)
+    """Inputs of the consumers in a forward pass where the removed channels have gamma = 0.
+
+    The gammas are zeroed in place and restored afterwards (no copy of the model).
+    """
     captured: dict[str, Tensor] = {}
 
     def record(name: str) -> Any:
@@ -127,13 +133,21 @@ def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision,
 
         return hook
 
-    handles = [scratch.get_submodule(name).register_forward_pre_hook(record(name)) for name in consumers]
+    modes = [(m, m.training) for m in model.modules()]
+    saved = _zero_removed_gammas(model, decision)
+    handles = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in consumers]
     try:
+        model.eval()
         with torch.no_grad():
-            run_model(scratch, example_inputs)
+            run_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for weight, index, values in saved:
+                weight[index] = values
+        for m, training in modes:
+            m.training = training
     return captured
 
 

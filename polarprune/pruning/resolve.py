@@ -139,17 +139,27 @@ def group_scores(group: ChannelGroup, model: nn.Module, scored: set[str], rule: 
 
 
 def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded: Sequence[str]) -> Tensor:
-    """Keep mask over the group's channels from the per-BN keep masks of its scored BNs."""
+    """Keep mask over the group's channels from the per-BN keep masks of its scored BNs.
+
+    BNs inside ``excluded`` (removed residual branches, whose output is now a constant shift) do
+    not vote; a channel that only they covered carries no signal any more and is removed.
+    Channels no scored BN covers are kept.
+    """
     votes: list[list[bool]] = [[] for _ in range(group.num_channels)]
+    constant_only = [False] * group.num_channels
     for item in group.bn_items():
-        if item.module_name in bn_keep and not _inside(item.module_name, excluded):
-            mask = bn_keep[item.module_name]
-            for idx, root in zip(item.idxs, item.root_idxs):
+        if item.module_name not in bn_keep:
+            continue
+        mask = bn_keep[item.module_name]
+        for idx, root in zip(item.idxs, item.root_idxs):
+            if _inside(item.module_name, excluded):
+                constant_only[root] = True
+            else:
                 votes[root].append(bool(mask[idx]))
     keep = []
-    for column in votes:
+    for column, constant in zip(votes, constant_only):
         if not column:
-            keep.append(True)
+            keep.append(not constant)
         elif rule == "any":
             keep.append(any(column))
         elif rule == "all":

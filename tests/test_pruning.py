@@ -1,0 +1,395 @@
+"""Physical pruning: exact equivalence, compensation and its bound, groups and rules, block removal,
+flops-target, the torchvision models, repeated prunes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from polarprune import serialization
+from polarprune.errors import PolarpruneError
+from polarprune.flops import count_model
+from polarprune.models import create
+from polarprune.models.cifar_resnet import PadShortcut
+from polarprune.pruning import channel_groups, plan_pruning, prunable_bn_names, prune_model
+from polarprune.pruning.modules import ChannelPlacementShortcut
+from polarprune.pruning.resolve import balance_segments, keep_at_least
+
+BN = nn.modules.batchnorm._BatchNorm
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine is shared: one intra-op thread keeps these tests fast and steady."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomise_bns(model: nn.Module, seed: int = 0, low: float = 0.2) -> None:
+    """Random running statistics and affine parameters (gammas in [low, 1]) in every BN."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, BN):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(low + torch.rand(n, generator=g) * (1 - low))
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def zero_half(model: nn.Module, x: torch.Tensor, beta: float = 0.0, only: str | None = None, seed: int = 1) -> dict[str, set[int]]:
+    """Zero the gammas (and set the betas to ``beta``) of half of every prunable group's channels,
+    in every BN of the group. ``only``: restrict to groups whose name contains it."""
+    chosen = {}
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for group in channel_groups(model, x):
+            if not group.prunable or (only is not None and only not in group.name):
+                continue
+            drop = set(torch.randperm(group.num_channels, generator=g)[: group.num_channels // 2].tolist())
+            chosen[group.name] = drop
+            for item in group.bn_items():
+                bn = model.get_submodule(item.module_name)
+                for idx, root in zip(item.idxs, item.root_idxs):
+                    if root in drop:
+                        bn.weight[idx] = 0.0
+                        bn.bias[idx] = beta
+    return chosen
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+# --------------------------------------------------------------------------------------------
+# exact equivalence
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [("resnet56", 32), ("vgg16", 32), ("resnet50", 64), ("mobilenet_v2", 64)],
+)
+def test_zero_gamma_and_beta_channels_prune_exactly(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = create(name).eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, size, size)
+    zero_half(model, x)
+    before = outputs(model, x)
+    pruned, report = prune_model(model, x, "fixed")
+    after = outputs(pruned, x)
+    assert (after - before).abs().max().item() < 1e-4
+    assert report.max_abs_output_diff < 1e-4
+    assert report.macs_after < 0.6 * report.macs_before
+    # inner and residual groups really lost channels
+    assert any(r.channels_after < r.channels_before for r in report.rows if not r.residual)
+    if name in ("resnet56", "resnet50", "mobilenet_v2"):
+        residual = [r for r in report.rows if r.residual]
+        assert residual and all(r.channels_after < r.channels_before for r in residual)
+    # the original is untouched (inplace=False) and its mode restored
+    assert torch.equal(outputs(model, x), before)
+
+
+def test_option_a_shortcut_is_replaced_exactly() -> None:
+    pad = PadShortcut(2, 16)
+    place = ChannelPlacementShortcut.from_pad_shortcut(2, 16, 16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    a, b = pad(x), place(y)
+    assert torch.equal(a, b)
+    weights = torch.randn_like(a)
+    (a * weights).sum().backward()
+    (b * weights).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+
+
+def test_resnet56_option_a_residual_channels_and_save_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create("resnet56").eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 32, 32)
+    zero_half(model, x)
+    pruned, report = prune_model(model, x, "fixed")
+    stages = {r.group: r for r in report.rows if r.residual}
+    assert len(stages) == 3
+    # stage 1 (the stem's group) loses exactly the zeroed half; stages 2 and 3 keep the channels
+    # that an option-A shortcut fills with a kept channel, but still lose some
+    assert stages["bn1"].channels_after == 8
+    assert all(r.channels_after < r.channels_before for r in stages.values())
+    assert any(r["kind"] == "placement_shortcut" for r in pruned.polarprune_spec["plan"]["replace"])
+    path = tmp_path / "r56.safetensors"
+    serialization.save(pruned, path)
+    loaded = serialization.load(path)
+    assert torch.equal(outputs(loaded, x), outputs(pruned, x))
+
+
+# --------------------------------------------------------------------------------------------
+# compensation
+
+
+@pytest.mark.parametrize("name,size", [("resnet56", 32), ("resnet50", 64), ("mobilenet_v2", 64)])
+def test_compensation_reduces_the_difference(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = create(name).eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, size, size)
+    zero_half(model, x, beta=0.3)
+    _, report = prune_model(model, x, "fixed")
+    assert report.max_abs_output_diff_uncompensated is not None
+    assert report.max_abs_output_diff_uncompensated > 1e-3
+    assert report.max_abs_output_diff < 0.5 * report.max_abs_output_diff_uncompensated
+    _, plain = prune_model(model, x, "fixed", compensate=False)
+    assert plain.max_abs_output_diff == pytest.approx(report.max_abs_output_diff_uncompensated, rel=1e-4, abs=1e-6)
+
+
+def test_compensation_is_exact_for_the_vgg_fc_head() -> None:
+    torch.manual_seed(0)
+    model = create("vgg16").eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 32, 32)
+    zero_half(model, x, beta=0.5, only="classifier")  # BN1d of the 512-unit FC layer
+    pruned, report = prune_model(model, x, "fixed")
+    assert [r.channels_after for r in report.rows if r.group == "classifier.1"] == [256]
+    assert report.max_abs_output_diff_uncompensated > 1e-2
+    assert report.max_abs_output_diff < 1e-4
+
+
+def test_compensation_is_exact_for_1x1_consumers() -> None:
+    # bottleneck bn2 channels feed conv3 (1x1, no padding): folded into bn3's running mean
+    torch.manual_seed(0)
+    model = create("resnet50").eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.endswith(".bn2"):
+                m.weight[: m.num_features // 2] = 0.0
+                m.bias[: m.num_features // 2] = 0.4
+    pruned, report = prune_model(model, x, "fixed")
+    assert report.max_abs_output_diff_uncompensated > 1e-3
+    assert report.max_abs_output_diff < 1e-4
+    assert pruned.layer1[0].conv3.bias is None  # no new parameter: the BN absorbed it
+
+
+def test_compensation_border_bound_of_a_padded_conv() -> None:
+    """conv3x3(pad 1) consumer: interior exact, border within sum_c |const_c| * sum_k |W[o,c,k]|."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1, bias=False)
+    ).eval()
+    randomise_bns(model)
+    removed = [1, 4, 6]
+    beta = torch.tensor([0.7, 0.2, 0.5])
+    with torch.no_grad():
+        model[1].weight[removed] = 0.0
+        model[1].bias[removed] = beta
+    x = torch.randn(2, 3, 10, 10)
+    before = outputs(model, x)
+    pruned, report = prune_model(model, x, "fixed")
+    after = outputs(pruned, x)
+    assert pruned[3].in_channels == 5
+    diff = (after - before).abs()
+    assert diff[..., 1:-1, 1:-1].max().item() < 1e-5
+    bound = (model[3].weight[:, removed].abs().sum(dim=(2, 3)) * beta.relu()).sum(dim=1)  # per output channel
+    assert diff.amax(dim=(0, 2, 3)).le(bound + 1e-5).all()
+    assert diff.max().item() > 1e-3  # the border really differs: the bound is not vacuous
+    assert report.max_abs_output_diff == pytest.approx(diff.max().item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# groups, rules, strategies on models
+
+
+def test_groups_of_resnet56() -> None:
+    model = create("resnet56")
+    x = torch.randn(1, 3, 32, 32)
+    groups = channel_groups(model, x)
+    residual = [g for g in groups if g.residual]
+    assert [g.num_channels for g in residual] == [16, 32, 64]
+    assert len(residual[0].bn_names) == 1 + 9  # stem + bn2 of the 9 blocks of stage 1
+    assert not [g for g in groups if g.name == "fc"][0].prunable
+    names = prunable_bn_names(model, x)
+    assert len(names) == 1 + 27 * 2 and names[0] == "bn1"
+
+
+def _vote_model() -> tuple[nn.Module, torch.Tensor]:
+    model = create("resnet20").eval()
+    randomise_bns(model, low=0.5)
+    stage1 = ["bn1", "layer1.0.bn2", "layer1.1.bn2", "layer1.2.bn2"]
+    with torch.no_grad():
+        for channel, zeros in ((0, 4), (1, 1), (2, 2), (3, 3)):
+            for bn in stage1[:zeros]:
+                model.get_submodule(bn).weight[channel] = 0.0
+    return model, torch.randn(1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("rule,expected", [("any", [False, True, True, True]), ("all", [False, False, False, False]), ("mean", [False, True, True, False])])
+def test_group_rules(rule: str, expected: list[bool]) -> None:
+    model, x = _vote_model()
+    masks = plan_pruning(model, x, "fixed", group_rule=rule)
+    assert masks["layer1.1.bn2"][:4].tolist() == expected
+    assert torch.equal(masks["bn1"], masks["layer1.2.bn2"])  # one mask for the whole group
+    assert masks["layer1.1.bn2"][4:].all()
+
+
+def test_bn_names_choose_the_voters() -> None:
+    model, x = _vote_model()
+    # without the stem (as the polarization code regularizes ResNet-56), channel 1 is only zero
+    # in the stem: the bn2 voters remove nothing of it; channel 3 is zero in 2 of 3 bn2s
+    voters = [n for n in prunable_bn_names(model, x) if n != "bn1"]
+    masks = plan_pruning(model, x, "fixed", bn_names=voters, group_rule="all")
+    assert masks["bn1"][:4].tolist() == [False, True, False, False]
+    with pytest.raises(PolarpruneError, match="no BatchNorm layer named"):
+        plan_pruning(model, x, "fixed", bn_names=["layer9.bn1"])
+
+
+def test_ratio_strategies_halve_every_group() -> None:
+    model = create("resnet20").eval()
+    randomise_bns(model)
+    x = torch.randn(1, 3, 32, 32)
+    for strategy in ("uniform", "l1-norm", "random"):
+        pruned, report = prune_model(model, x, strategy, ratio=0.5, seed=3)
+        assert all(r.channels_after == r.channels_before // 2 for r in report.rows), strategy
+        assert pruned.layer3[2].conv1.in_channels == 32
+
+
+def test_mask_strategy_and_errors() -> None:
+    model = create("resnet20").eval()
+    randomise_bns(model)
+    x = torch.randn(1, 3, 32, 32)
+    keep = torch.tensor([True, False] * 8)
+    pruned, report = prune_model(model, x, "mask", masks={"layer1.0.bn1": keep})
+    assert pruned.layer1[0].conv1.out_channels == 8
+    assert pruned.layer1[1].conv1.out_channels == 16  # no mask: whole
+    assert torch.equal(pruned.layer1[0].bn1.weight, model.layer1[0].bn1.weight[keep])
+    with pytest.raises(PolarpruneError, match="has 3 entries"):
+        prune_model(model, x, "mask", masks={"layer1.0.bn1": [1, 0, 1]})
+    with pytest.raises(PolarpruneError, match="not a BatchNorm"):
+        prune_model(model, x, "mask", masks={"layer1.0.conv1": keep})
+    with pytest.raises(PolarpruneError, match="needs masks"):
+        prune_model(model, x, "mask")
+    with pytest.raises(PolarpruneError, match="unknown pruning strategy"):
+        prune_model(model, x, "search")
+
+
+def test_min_channels_and_block_removal() -> None:
+    model = create("resnet20").eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 32, 32)
+    # everything under the threshold: every branch goes, residual groups keep min_channels
+    pruned, report = prune_model(model, x, "fixed", threshold=2.0)
+    assert len(report.removed_blocks) == 9
+    assert [r.channels_after for r in report.rows if r.residual] == [1, 1, 1]
+    assert outputs(pruned, x).shape == (2, 10)
+    pruned, report = prune_model(model, x, "fixed", threshold=2.0, remove_empty_blocks=False, min_channels=2)
+    assert report.removed_blocks == []
+    assert all(r.channels_after == 2 for r in report.rows)
+
+
+def test_emptied_branch_becomes_its_shortcut_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    randomise_bns(model)
+    with torch.no_grad():
+        for block in (model.layer1[1], model.layer2[0]):  # layer2.0 has the option-A shortcut
+            block.bn1.weight.zero_()
+            block.bn1.bias.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    pruned, report = prune_model(model, x, "fixed")
+    assert report.removed_blocks == ["layer1.1", "layer2.0"]
+    assert report.max_abs_output_diff < 1e-4  # the branch's constant bn2(0) moved into the shift
+    assert type(pruned.layer2[0]).__name__ == "ShortcutOnlyBlock"
+    path = tmp_path / "blocks.safetensors"
+    serialization.save(pruned, path)
+    assert torch.equal(outputs(serialization.load(path), x), outputs(pruned, x))
+    kept, _ = prune_model(model, x, "fixed", remove_empty_blocks=False)
+    assert kept.layer1[1].conv1.out_channels == 1
+
+
+def test_flops_target_half_of_resnet56() -> None:
+    torch.manual_seed(0)
+    model = create("resnet56").eval()
+    randomise_bns(model, low=0.0)
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune_model(model, x, "flops-target", target_macs_reduction=0.5)
+    assert abs(report.macs_reduction - 0.5) < 0.02
+    assert report.macs_after == count_model(pruned, x).macs
+    assert 0.0 < report.options["threshold"] < 1.0
+    with pytest.raises(PolarpruneError, match="target_macs_reduction"):
+        prune_model(model, x, "flops-target")
+
+
+def test_repeated_prunes_compose(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create("resnet56").eval()
+    randomise_bns(model, low=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    once, first = prune_model(model, x, "fixed", threshold=0.3)
+    twice, second = prune_model(once, x, "fixed", threshold=0.6)
+    assert second.macs_after < first.macs_after
+    rebuilt = serialization.build_model(twice.polarprune_spec)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in twice.state_dict().items()}
+    path = tmp_path / "twice.safetensors"
+    serialization.save(twice, path)
+    assert torch.equal(outputs(serialization.load(path), x), outputs(twice, x))
+
+
+def test_inplace_and_modes() -> None:
+    model = create("resnet20")
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    copy_model, _ = prune_model(model, x, "uniform", ratio=0.5)
+    assert model.training and copy_model.training
+    assert model.layer1[0].conv1.out_channels == 16
+    same, _ = prune_model(model, x, "uniform", ratio=0.5, inplace=True)
+    assert same is model and model.layer1[0].conv1.out_channels == 8
+
+
+def test_balance_and_keep_helpers() -> None:
+    keep = torch.tensor([True, True, True, False, False, False])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])
+    segs = [[0, 1, 2], [3, 4, 5]]
+    assert balance_segments(keep, scores, segs, "max").tolist() == [True, True, True, True, True, True]
+    assert balance_segments(keep, scores, segs, "mean").tolist() == [True, True, False, True, True, False]
+    assert keep_at_least(torch.zeros(4, dtype=torch.bool), torch.tensor([0.1, 0.4, 0.3, 0.2]), 2).tolist() == [False, True, True, False]
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision models: about half the channels, forward, MACs, save/load
+
+TORCHVISION = [
+    pytest.param("resnet18"),
+    pytest.param("resnet50"),
+    pytest.param("mobilenet_v2"),
+    pytest.param("efficientnet_b0"),
+    pytest.param("regnet_x_400mf"),
+    pytest.param("vgg16_bn", marks=pytest.mark.slow),
+    pytest.param("densenet121", marks=pytest.mark.slow),
+    pytest.param("resnext50_32x4d", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_prune_to_half(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create(name, num_classes=10).eval()
+    randomise_bns(model, low=0.1)
+    x = torch.randn(1, 3, 64, 64)
+    pruned, report = prune_model(model, x, "uniform", ratio=0.5)
+    assert report.channels_after == pytest.approx(report.channels_before / 2, rel=0.05)
+    assert report.macs_reduction > 0.4
+    assert outputs(pruned, x).shape == (1, 10)
+    path = tmp_path / f"{name}.safetensors"
+    serialization.save(pruned, path, extra={"report": report.summary()})
+    loaded = serialization.load(path)
+    assert torch.equal(outputs(loaded, x), outputs(pruned, x))
+    assert serialization.read_metadata(path)["extra"]["report"]["macs_after"] == report.macs_after
