@@ -7,7 +7,14 @@ The multi-process tests launch real process groups on the CPU (gloo) through tor
 from __future__ import annotations
 
 import copy
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +195,200 @@ def test_single_process_helpers_are_identities():
     assert dist.all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
     assert dist.broadcast_object({"a": 1}) == {"a": 1}
     assert dist.init_from_env("cpu") is False
+
+
+# ----------------------------------------------------------------------------- multi-process runs (gloo)
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+PER_PROCESS_BATCH = 16
+REGULARIZERS = {
+    "none": {"regularizer": "none"},
+    "polarization": {"regularizer": "polarization", "lbd": 2e-3, "t": 1.2, "monitor": False},
+    "l1": {"regularizer": "l1", "lbd": 2e-3, "monitor": False},
+    "mask-l1": {"regularizer": "mask-l1", "lbd": 2e-3, "monitor": False},
+}
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """One thread per process, the repository importable, no inherited torchrun variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS_DIR)]))
+    env.update(extra)
+    return env
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def digits_run(out: Path, batch_size: int, sparsity: dict, mask: Path, **train) -> dict:
+    """A few steps of small_cnn on digits with synchronised BN (the equivalence setting)."""
+    sparsity = dict(sparsity)
+    if sparsity["regularizer"] == "mask-l1":
+        sparsity["mask"] = str(mask)
+    return {
+        "seed": 5,
+        "deterministic": True,
+        "device": "cpu",
+        "out": str(out),
+        "model": {"name": "small_cnn", "bn_init": 0.5, "options": {"width": 8}},
+        "data": {"name": "digits", "batch_size": batch_size, "eval_batch_size": 128},
+        "train": {"epochs": 2, "lr": 0.05, "progress": False, "sync_bn": True, "max_steps_per_epoch": 3,
+                  "schedule": {"type": "constant"}, **train},
+        "sparsity": sparsity,
+    }
+
+
+def write_half_mask(path: Path) -> None:
+    """A mask-l1 file removing every second channel of the regularized BNs of small_cnn."""
+    from polarprune.sparsity import regularized_bn_names, save_mask
+
+    model = create("small_cnn", 10, in_channels=1, width=8)
+    names = regularized_bn_names(model, torch.randn(2, 1, 8, 8), [], [])
+    masks = {n: torch.arange(model.get_submodule(n).num_features) % 2 == 0 for n in names}
+    save_mask(masks, path, "small_cnn")
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |a| (0 for equal tensors), in float64."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() if a.numel() else 0.0
+
+
+def final_state(out: Path) -> dict[str, torch.Tensor]:
+    from polarprune.training.checkpoint import read_checkpoint
+
+    return read_checkpoint(out / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def ddp_equivalence(tmp_path_factory) -> dict:
+    """Every regularizer trained by 2 processes x batch B (one torchrun launch) and by 1 process
+    x batch 2B (one launch): same seed, the same global sample order and augmentations."""
+    root = tmp_path_factory.mktemp("ddp")
+    mask = root / "mask.json"
+    write_half_mask(mask)
+    summaries = {}
+    for label, nproc, batch in (("ddp", 2, PER_PROCESS_BATCH), ("single", 1, 2 * PER_PROCESS_BATCH)):
+        plan = {
+            "runs": [digits_run(root / label / name, batch, sparsity, mask) for name, sparsity in REGULARIZERS.items()],
+            "summary": str(root / f"{label}.json"),
+        }
+        (root / f"{label}-plan.json").write_text(json.dumps(plan))
+        worker = [str(TESTS_DIR / "ddp_worker.py"), str(root / f"{label}-plan.json")]
+        cmd = torchrun(nproc, *worker) if nproc > 1 else [sys.executable, *worker]
+        proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summaries[label] = json.loads((root / f"{label}.json").read_text())
+    return {"root": root, "summaries": summaries, "mask": mask}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regularizer", list(REGULARIZERS))
+def test_two_processes_train_what_one_process_with_the_double_batch_trains(ddp_equivalence, regularizer):
+    root = ddp_equivalence["root"]
+    ddp = final_state(root / "ddp" / regularizer)
+    single = final_state(root / "single" / regularizer)
+    assert ddp.keys() == single.keys()
+    for key in ddp:  # weights, BN running statistics and batch counters
+        assert relative_difference(single[key], ddp[key]) <= 1e-5, key
+    info = ddp_equivalence["summaries"]["ddp"][str(root / "ddp" / regularizer)]
+    assert info == {**info, "ranks_identical": True, "world_size": 2}
+    assert ddp_equivalence["summaries"]["single"][str(root / "single" / regularizer)]["world_size"] == 1
+    assert len(list((root / "ddp" / regularizer / "tb").glob("events.*"))) == 1  # rank 0 logs alone
+
+
+@pytest.mark.slow
+def test_the_regularizers_act_under_ddp(ddp_equivalence):
+    """The equivalence above is not vacuous: each regularizer moves the gammas far more than the
+    DDP/single-process difference, in its own direction."""
+    from polarprune.sparsity.masks import load_mask
+
+    root = ddp_equivalence["root"]
+    plain = final_state(root / "ddp" / "none")
+    runs = {name: final_state(root / "ddp" / name) for name in REGULARIZERS if name != "none"}
+    gamma_keys = [k for k in plain if k.endswith(".weight") and plain[k].dim() == 1 and "classifier.3" not in k]
+    for name, state in runs.items():
+        assert max(relative_difference(plain[k], state[k]) for k in gamma_keys) > 1e-3, name
+    # L1 shrinks every regularized gamma relative to no regularizer: the total |gamma| drops
+    assert sum(runs["l1"][k].abs().sum() for k in gamma_keys) < sum(plain[k].abs().sum() for k in gamma_keys)
+    # polarization clamps to [0, 1]
+    assert all(runs["polarization"][k].min() >= 0 and runs["polarization"][k].max() <= 1 for k in gamma_keys)
+    # mask-L1 pushes only the channels marked for removal: kept channels see no L1 at all
+    masks = load_mask(ddp_equivalence["mask"], create("small_cnn", 10, in_channels=1, width=8))
+    shrink_removed = sum((plain[f"{n}.weight"] - runs["mask-l1"][f"{n}.weight"])[~keep].sum() for n, keep in masks.items())
+    shrink_kept = sum((plain[f"{n}.weight"] - runs["mask-l1"][f"{n}.weight"])[keep].sum() for n, keep in masks.items())
+    assert shrink_removed > 0 and shrink_removed > 5 * abs(shrink_kept)
+
+
+@pytest.mark.slow
+def test_killed_rank_fails_the_run_quickly_and_the_rerun_resumes_exactly(ddp_equivalence, tmp_path):
+    """SIGKILL of rank 1 in epoch 2: torchrun exits non-zero long before the collective timeout,
+    naming the killed rank; the same command again resumes every rank from rank 0's last.pt and
+    ends with the weights of the uninterrupted 2-process run."""
+    from polarprune.config import dump_yaml, validate, TrainConfig
+    from polarprune.training.checkpoint import read_checkpoint
+    from polarprune.training.engine import FAULT_ENV, FAULT_RANK_ENV
+
+    out = tmp_path / "victim"
+    cfg = digits_run(out, PER_PROCESS_BATCH, REGULARIZERS["polarization"], ddp_equivalence["mask"])
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(dump_yaml(validate(TrainConfig, cfg)))
+    cmd = torchrun(2, "-m", "polarprune", "train", str(config_file))
+
+    env = worker_env(**{FAULT_ENV: "victim:4", FAULT_RANK_ENV: "1", dist.TIMEOUT_ENV: "200"})
+    start = time.monotonic()
+    failed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
+    elapsed = time.monotonic() - start
+    assert failed.returncode != 0
+    assert elapsed < 90, f"took {elapsed:.0f} s: the survivors waited for the collective timeout"
+    assert "SIGKILL" in failed.stderr  # torchrun's root cause: the killed rank
+    ours = [line for line in failed.stderr.splitlines() if line.startswith("polarprune: error:")]
+    assert all("distributed run failed on rank 0 while training" in line for line in ours), ours
+    assert read_checkpoint(out / "last.pt")["epoch"] == 1  # the completed epoch survived
+
+    resumed = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("resumed from") == 1  # logged by rank 0 only
+    uninterrupted = final_state(ddp_equivalence["root"] / "ddp" / "polarization")
+    after_resume = final_state(out)
+    assert all(torch.equal(uninterrupted[k], after_resume[k]) for k in uninterrupted)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_hung_rank_fails_the_others_after_the_collective_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP) without dying, so no connection closes: rank 0 gives up after
+    POLARPRUNE_DIST_TIMEOUT seconds with one clear error line (processes started by hand with
+    torchrun's variables, so that nothing else tears the group down)."""
+    from polarprune.training.engine import FAULT_ENV, FAULT_RANK_ENV, FAULT_SIGNAL_ENV
+
+    cfg = digits_run(tmp_path / "hang", PER_PROCESS_BATCH, REGULARIZERS["none"], tmp_path / "unused")
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps(cfg))  # JSON is YAML
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+              FAULT_ENV: "hang:2", FAULT_RANK_ENV: "1", FAULT_SIGNAL_ENV: "STOP", dist.TIMEOUT_ENV: "4"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "polarprune", "train", str(config_file)],
+                         env=worker_env(**common, RANK=str(r), LOCAL_RANK=str(r)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
+    try:
+        _, err = procs[0].communicate(timeout=120)
+        assert procs[0].returncode == 1
+        errors = [line for line in err.splitlines() if line.strip()]
+        assert errors[-1].startswith("polarprune: error: distributed run failed on rank 0 while training"), err[-2000:]
+        assert "Traceback" not in err
+        assert procs[1].poll() is None  # still stopped: only the timeout could have freed rank 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
