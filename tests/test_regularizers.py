@@ -313,14 +313,22 @@ def test_cost_model_matches_flops_counter(name: str, shape: tuple[int, ...]) -> 
     assert not cost.undecoded
 
 
-def test_cost_model_pad_shortcut_couples_stages() -> None:
+def test_cost_model_option_a_shortcut_links_stages_one_way() -> None:
     model = create("resnet20", 10)  # option A: stage-2 shortcut = stage-1 channels placed at 8..23
     cost = ChannelCostModel.probe(model, torch.randn(1, 3, 32, 32))
     classes = cost.channel_classes()
-    for c in range(16):
-        assert classes["layer1.2.bn2"][c] == classes["layer2.0.bn2"][c + 8] == classes["bn1"][c]
-    assert classes["layer2.0.bn2"][0] != classes["layer1.0.bn2"][0]
+    stage1 = ["bn1"] + [f"layer1.{i}.bn2" for i in range(3)]
+    stage2 = [f"layer2.{i}.bn2" for i in range(3)]
+    for c in range(16):  # the residual additions couple channel c of every stage-1 output BN
+        assert len({int(classes[bn][c]) for bn in stage1}) == 1
+        assert int(classes["layer1.2.bn2"][c]) != int(classes["layer2.0.bn2"][c + 8])  # stages decided apart
     assert classes["layer1.0.bn1"][0] != classes["layer1.0.bn2"][0]
+    scored = {bn: torch.zeros(cost.bn_channels[bn], dtype=torch.bool) for bn in stage1[1:] + stage2}
+    scored["layer1.0.bn2"][3] = True  # stage 1 keeps channel 3 only
+    masks = cost.resolve(scored)
+    assert masks["bn1"].nonzero().flatten().tolist() == [3]  # the stem follows its group (no vote)
+    # stage 2 voted everything away, but its channel 3 + 8 carries the kept stage-1 channel 3
+    assert all(masks[bn].nonzero().flatten().tolist() == [11] for bn in stage2)
 
 
 def test_cost_model_depthwise_coupling() -> None:

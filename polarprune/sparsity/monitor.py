@@ -119,11 +119,22 @@ class LayerInfo:
 
 @dataclass
 class ChannelSource:
-    """Input channels ``inputs`` of a layer read channels ``channels`` of BN ``bn``."""
+    """Input channels ``inputs`` of a layer read channels ``channels`` of BN ``bn``.
+
+    ``owner[k]`` is True when this BN decides whether input ``inputs[k]`` exists (see
+    ``mark_owners``); a non-owner only keeps the channel alive while it is itself kept.
+    """
 
     bn: str
     inputs: Tensor
     channels: Tensor
+    owner: Tensor | None = None
+
+    def owned(self) -> tuple[Tensor, Tensor]:
+        """(inputs, channels) of the owned entries."""
+        if self.owner is None:
+            return self.inputs, self.channels
+        return self.inputs[self.owner], self.channels[self.owner]
 
 
 @dataclass
@@ -148,6 +159,8 @@ class ChannelCostModel:
     sources: dict[str, list[ChannelSource]] = field(default_factory=dict)  # layer -> sources
     undecoded: dict[str, int] = field(default_factory=dict)  # layer -> input channels not decodable
     other_params: int = 0
+    _classes: dict[str, Tensor] | None = field(default=None, repr=False)
+    _carry_links: dict[tuple[str, str], tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     # -- construction
 
@@ -190,6 +203,8 @@ class ChannelCostModel:
                             idx = torch.nonzero(good).flatten()
                             cost.sources.setdefault(layer, []).append(ChannelSource(name, idx, ch_a[idx]))
                 cost.undecoded = {k: int(v.sum()) for k, v in undecoded.items() if int(v.sum())}
+                for layer, srcs in cost.sources.items():
+                    mark_owners(srcs, cost.bn_channels, info[layer].in_channels)
         finally:
             for m, training in modes:
                 m.training = training
@@ -208,7 +223,7 @@ class ChannelCostModel:
             info = self.layers[layer]
             for src in sources:
                 if src.bn == bn:
-                    total += src.inputs.numel() / self.bn_channels[bn] * info.macs_per_in_channel
+                    total += src.owned()[0].numel() / self.bn_channels[bn] * info.macs_per_in_channel
         return total
 
     # -- trial prunes
@@ -289,7 +304,8 @@ class ChannelCostModel:
         for sources in self.sources.values():
             owner: dict[int, int] = {}
             for src in sources:
-                for j, c in zip(src.inputs.tolist(), src.channels.tolist()):
+                inputs, channels = src.owned()
+                for j, c in zip(inputs.tolist(), channels.tolist()):
                     node = offsets[src.bn] + c
                     if j in owner:
                         ra, rb = find(node), find(owner[j])
@@ -299,6 +315,59 @@ class ChannelCostModel:
                         owner[j] = node
         roots = torch.tensor([find(i) for i in range(total)], dtype=torch.long)
         return {bn: roots[offsets[bn] : offsets[bn] + ch] for bn, ch in self.bn_channels.items()}
+
+    def resolve(self, keep: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-BN decisions of the scored BNs -> consistent keep masks of every affected BN.
+
+        Coupled channels get one decision (``resolve_coupled``: kept if any scored BN keeps
+        it). Then a channel that carries a kept channel of another BN through a re-placing
+        path (option-A shortcut) is kept too, until nothing changes.
+        """
+        if self._classes is None:
+            self._classes = self.channel_classes()
+            self._carry_links = self.carry_links()
+        classes = self._classes
+        masks = resolve_coupled(keep, classes)
+        changed = True
+        while changed:
+            changed = False
+            for (carrier, owner), (carried_ch, owner_ch) in self._carry_links.items():
+                if owner not in masks:
+                    continue
+                alive = masks[carrier][carried_ch] if carrier in masks else torch.ones(carried_ch.shape, dtype=torch.bool)
+                need = owner_ch[alive & ~masks[owner][owner_ch]]
+                if need.numel():
+                    forced = classes[owner][need]
+                    for bn in masks:
+                        masks[bn] = masks[bn] | torch.isin(classes[bn], forced)
+                    changed = True
+        return masks
+
+    def carry_links(self) -> dict[tuple[str, str], tuple[Tensor, Tensor]]:
+        """(carrier BN, owner BN) -> (carrier channels, owner channels) that meet at a layer input
+        where the owner decides and the carrier arrives re-placed (non-owner entries)."""
+        pairs: dict[tuple[str, str], set[tuple[int, int]]] = {}
+        for sources in self.sources.values():
+            owned_at: dict[int, list[tuple[str, int]]] = {}
+            for src in sources:
+                inputs, channels = src.owned()
+                for j, c in zip(inputs.tolist(), channels.tolist()):
+                    owned_at.setdefault(j, []).append((src.bn, c))
+            for src in sources:
+                if src.owner is None or bool(src.owner.all()):
+                    continue
+                carried = ~src.owner
+                for j, c in zip(src.inputs[carried].tolist(), src.channels[carried].tolist()):
+                    for bn, oc in owned_at.get(j, []):
+                        pairs.setdefault((src.bn, bn), set()).add((c, oc))
+        links = {}
+        for key, entries in pairs.items():
+            ordered = sorted(entries)
+            links[key] = (
+                torch.tensor([a for a, _ in ordered], dtype=torch.long),
+                torch.tensor([b for _, b in ordered], dtype=torch.long),
+            )
+        return links
 
     def coupled_groups(self) -> list[list[str]]:
         """BN names whose channels share a class with another BN's (the residual groups), in order."""
@@ -347,6 +416,31 @@ def resolve_coupled(keep: Mapping[str, Tensor], classes: Mapping[str, Tensor]) -
         if bn in keep or voted[cls].any():
             out[bn] = torch.where(voted[cls], kept[cls], torch.ones_like(kept[cls]))
     return out
+
+
+def mark_owners(sources: Sequence[ChannelSource], bn_channels: Mapping[str, int], in_channels: int) -> None:
+    """Set ``owner`` on each source of one layer input: which BNs decide if a channel exists.
+
+    A *direct* source is a BN as wide as the layer input whose channel ``c`` arrives at input
+    ``c`` (an element-wise path: activations, residual additions). Where an input channel has
+    direct sources, only they own it; sources that arrive re-placed (channel padding of an
+    option-A shortcut, concatenation, flatten) own a channel only where no direct source
+    does. This is how the pruning module sees an option-A shortcut: it reads the previous
+    stage's channels (a consumer there) and writes into the next stage's channels (a producer
+    that does not vote), so the stages are decided separately; a next-stage channel that
+    carries a kept previous-stage channel stays (``ChannelCostModel.resolve``).
+    """
+    direct_any = torch.zeros(in_channels, dtype=torch.bool)
+    flags = []
+    for src in sources:
+        if bn_channels[src.bn] == in_channels:
+            direct = src.inputs == src.channels
+        else:
+            direct = torch.zeros(src.inputs.shape, dtype=torch.bool)
+        direct_any[src.inputs[direct]] = True
+        flags.append(direct)
+    for src, direct in zip(sources, flags):
+        src.owner = direct | ~direct_any[src.inputs]
 
 
 def _first_image(example_inputs: Any) -> Tensor:
@@ -479,11 +573,43 @@ def _nothing(layer: LayerInfo) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------- trial prunes
 
 
+def residual_block_inner_bns(model: nn.Module) -> list[list[str]]:
+    """Inner BNs of each residual block whose branch pruning may remove (as ``prune_model`` does)."""
+    try:
+        from ..pruning.resolve import find_blocks
+    except ImportError:  # pruning module without block removal: every layer keeps a channel
+        return []
+    return [list(block.inner_bns) for block in find_blocks(model).values()]
+
+
+def empty_blocks_or_one_channel(
+    keep: Mapping[str, Tensor], scores: Mapping[str, Tensor], block_inner_bns: Sequence[Sequence[str]]
+) -> dict[str, Tensor]:
+    """A block whose inner BN keeps nothing loses all its inner channels (its branch goes);
+    every other BN keeps at least its largest-|gamma| channel."""
+    out = dict(keep)
+    inner = set()
+    for bns in block_inner_bns:
+        inner.update(bns)
+        if any(bn in out and not bool(out[bn].any()) for bn in bns):
+            for bn in bns:
+                if bn in out:
+                    out[bn] = torch.zeros_like(out[bn])
+    for bn, mask in out.items():
+        if bn not in inner and not bool(mask.any()):
+            mask = mask.clone()
+            mask[int(torch.argmax(scores[bn]))] = True
+            out[bn] = mask
+    return out
+
+
 class TrialPruner:
     """What a strategy would prune now: keep masks from the gammas and the MACs/params they leave.
 
     The per-BN decisions of ``select_channels`` (on the regularized BNs) are made consistent over
-    coupled channels (``resolve_coupled``) and priced by a ``ChannelCostModel`` probed once.
+    coupled channels (``ChannelCostModel.resolve``) and priced by a ``ChannelCostModel`` probed
+    once. As in ``prune_model``: a residual block whose inner BN (``bn1``, bottleneck ``bn2``)
+    loses every channel loses its whole branch; any other layer keeps its best channel.
     Results are cached per (strategy, epoch), so several hooks can ask in the same epoch.
     """
 
@@ -499,7 +625,7 @@ class TrialPruner:
         self.bn_names = list(bn_names)
         self.threshold = float(threshold)
         self.cost = cost_model if cost_model is not None else ChannelCostModel.probe(model, example_inputs)
-        self.classes = self.cost.channel_classes()
+        self.block_inner_bns = residual_block_inner_bns(model)
         self._cache: dict[tuple[str, int], tuple[float, float]] = {}
 
     def keep_masks(self, model: nn.Module, strategy: str) -> dict[str, Tensor]:
@@ -510,10 +636,11 @@ class TrialPruner:
         level = strategies_log.level
         strategies_log.setLevel(logging.ERROR)  # the per-layer "not polarized" warnings are for real prunes
         try:
-            chosen = select_channels(gamma_scores(model, self.bn_names), strategy, threshold=self.threshold)
+            scores = gamma_scores(model, self.bn_names)
+            chosen = select_channels(scores, strategy, threshold=self.threshold, min_channels=0)
         finally:
             strategies_log.setLevel(level)
-        return resolve_coupled(chosen.keep, self.classes)
+        return self.cost.resolve(empty_blocks_or_one_channel(chosen.keep, scores, self.block_inner_bns))
 
     def ratios(self, model: nn.Module, strategy: str, epoch: int | None = None) -> tuple[float, float]:
         """(MACs ratio, params ratio) after/before for ``strategy``; cached when ``epoch`` is given."""
