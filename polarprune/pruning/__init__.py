@@ -143,7 +143,8 @@ def _rows(analysis: ModelAnalysis, decision: Decision, strategy: str) -> list[Gr
 
     rows = []
     gone = list(decision.removed_blocks)
-    for group in analysis.prunable_groups():
+    order = {name: i for i, name in enumerate(n for n, _ in analysis.model.named_modules())}
+    for group in sorted(analysis.prunable_groups(), key=lambda g: order.get(g.name, len(order))):
         keep = decision.group_keep.get(group.name)
         after = group.num_channels if keep is None else int(keep.sum())
         if gone and all(deleted_with_block(item.module_name, gone) for item in group.items):
