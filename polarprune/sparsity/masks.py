@@ -167,18 +167,20 @@ def mask_from_strategy(
     strategy: str,
     *,
     bn_names: Sequence[str] | None = None,
+    all_layers: bool = False,
     **options: Any,
 ) -> dict[str, Tensor]:
     """Keep masks that pruning ``model`` with ``strategy`` would give, per BN.
 
     Goes through ``polarprune.pruning.plan_pruning``, so BNs coupled by residual additions
     share one mask (the group votes by ``group_rule``). Only the BNs of ``bn_names`` (when
-    given) are scored and returned.
+    given) are scored; they are the ones returned, unless ``all_layers`` (then every BN of a
+    prunable group is, e.g. a non-voting stem BN that follows its residual group).
     """
     from ..pruning import plan_pruning
 
     plan = plan_pruning(model, example_inputs, strategy=strategy, bn_names=list(bn_names) if bn_names is not None else None, **options)
-    if bn_names is not None:
+    if bn_names is not None and not all_layers:
         plan = {name: plan[name] for name in bn_names if name in plan}
     return {name: torch.as_tensor(mask).to(torch.bool).cpu() for name, mask in plan.items()}
 

@@ -124,30 +124,36 @@ def regularized_bn_names(
     example_inputs: Any | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    *,
+    option: str = "sparsity",
 ) -> list[str]:
     """BN module names whose gammas the regularizer acts on, in definition order.
 
     ``include`` patterns replace the default choice (each must match some BN, or the call
     fails naming it); ``exclude`` patterns remove names. Raises ``PolarpruneError`` when
-    nothing is left.
+    nothing is left. ``option`` names the options in messages (``sparsity`` ->
+    ``sparsity.include``; ``--bn`` -> ``--bn-include``).
     """
+    sep = "-" if option.startswith("--") else "."
     candidates = all_bn_names(model)
     if include:
         for pattern in include:
             if not match_patterns(candidates, [pattern]):
                 raise PolarpruneError(
-                    f"sparsity.include pattern {pattern!r} matches no BatchNorm layer of {type(model).__name__}"
+                    f"{option}{sep}include pattern {pattern!r} matches no BatchNorm layer of {type(model).__name__}"
                 )
         chosen = match_patterns(candidates, include)
     else:
         chosen = default_bn_names(model, example_inputs)
     for pattern in exclude:
         if not match_patterns(chosen, [pattern]):
-            log.warning("sparsity.exclude pattern %r matches none of the regularized BNs", pattern)
+            log.warning("%s%sexclude pattern %r matches none of the regularized BNs", option, sep, pattern)
     dropped = set(match_patterns(chosen, exclude))
     chosen = [n for n in chosen if n not in dropped]
     if not chosen:
-        raise PolarpruneError(f"no BatchNorm layer of {type(model).__name__} is left to regularize (check sparsity.include/exclude)")
+        raise PolarpruneError(
+            f"no BatchNorm layer of {type(model).__name__} is left to regularize (check {option}{sep}include/{option}{sep}exclude)"
+        )
     return chosen
 
 

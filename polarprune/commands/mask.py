@@ -1,0 +1,119 @@
+"""``polarprune mask CHECKPOINT --strategy S --out MASK``: write a MaskSparsity mask file.
+
+The mask says which channels of each regularized BN will be kept (``1``) or pruned (``0``);
+``mask-l1`` sparsity training then pushes exactly the ``0`` channels to zero. The default,
+``--strategy fixed --threshold 0.01`` on a global-L1 checkpoint, is MaskSparsity's own choice.
+Channels are decided as ``polarprune prune`` would decide them (residual groups vote and share
+one mask). docs/sparsity.md describes the file format.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import PolarpruneError
+
+STRATEGY_CHOICES = ("fixed", "grad", "percent", "uniform", "l1-norm", "random")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mask",
+        help="write a channel mask file (MaskSparsity)",
+        description=(
+            "Decide which channels of the regularized BNs a pruning would keep and write them to a "
+            "mask file (JSON, 1 = keep) for mask-l1 sparsity training. Default: |gamma| <= 0.01 goes "
+            "(MaskSparsity's threshold on a global-L1 checkpoint), at least one channel per layer."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="fixed", help="how channels are chosen (default fixed)")
+    p.add_argument("--threshold", type=float, default=0.01, help="fixed: |gamma| threshold, channels at or below it go (default 0.01)")
+    p.add_argument("--percent", type=float, help="percent: fraction of all scored channels removed (global quantile)")
+    p.add_argument("--ratio", type=float, help="uniform / l1-norm / random: fraction removed per layer")
+    p.add_argument("--per-layer", action="store_true", help="uniform: decide every BN alone (residual-coupled BNs may differ)")
+    p.add_argument("--group-rule", choices=("any", "all", "mean"), default="any", help="how a residual group's BNs vote (default any)")
+    p.add_argument("--min-channels", type=int, default=1, help="channels every layer keeps (default 1)")
+    p.add_argument("--bn-include", action="append", default=[], metavar="PATTERN", help="mask only BNs matching this fnmatch pattern (repeatable; default: the BNs sparsity training regularizes)")
+    p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="leave out BNs matching this pattern (repeatable)")
+    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
+    p.add_argument("--out", required=True, metavar="MASK", help="mask file to write (.json)")
+    p.set_defaults(func=run)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for option combinations that cannot work."""
+    if args.strategy in ("uniform", "l1-norm", "random") and args.ratio is None:
+        raise PolarpruneError(f"--strategy {args.strategy} needs --ratio")
+    if args.ratio is not None and not 0.0 <= args.ratio <= 1.0:
+        raise PolarpruneError(f"--ratio must be in [0, 1], got {args.ratio}")
+    if args.strategy == "percent" and (args.percent is None or not 0.0 <= args.percent <= 1.0):
+        raise PolarpruneError("--strategy percent needs --percent in [0, 1] (a fraction)")
+    if args.per_layer and args.strategy != "uniform":
+        raise PolarpruneError("--per-layer only applies to --strategy uniform")
+    if args.min_channels < 0:
+        raise PolarpruneError(f"--min-channels must be >= 0, got {args.min_channels}")
+    if args.input_size is not None and args.input_size < 1:
+        raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
+    parent = Path(args.out).parent
+    if str(parent) and not parent.is_dir():
+        raise PolarpruneError(f"--out {args.out}: folder {parent} does not exist")
+
+
+def format_summary(masks: dict[str, Any]) -> str:
+    """Per-layer kept/total table with a total line."""
+    from ..sparsity.masks import summarize_masks
+
+    rows = summarize_masks(masks)
+    width = max([len("layer")] + [len(name) for name, _, _ in rows])
+    lines = [f"{'layer':<{width}}  {'kept':>6}  {'total':>6}  {'removed':>8}"]
+    for name, kept, total in rows:
+        lines.append(f"{name:<{width}}  {kept:>6}  {total:>6}  {100.0 * (total - kept) / max(total, 1):>7.1f}%")
+    kept_all = sum(k for _, k, _ in rows)
+    total_all = sum(t for _, _, t in rows)
+    lines.append(f"{'total':<{width}}  {kept_all:>6}  {total_all:>6}  {100.0 * (total_all - kept_all) / max(total_all, 1):>7.1f}%")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sparsity.masks import mask_from_strategy, save_mask, uniform_mask
+    from ..sparsity.monitor import ChannelCostModel
+    from ..sparsity.selection import regularized_bn_names
+    from ..training.checkpoint import load_any_model
+    from .prune import example_input_for
+
+    check_args(args)
+    model = load_any_model(args.checkpoint)
+    x = example_input_for(model, args.input_size)
+    names = regularized_bn_names(model, x, args.bn_include, args.bn_exclude, option="--bn")
+    options: dict[str, Any] = {"strategy": args.strategy}
+    if args.strategy == "uniform" and args.per_layer:
+        plan = uniform_mask(model, names, args.ratio)
+        options.update(ratio=args.ratio, per_layer=True)
+    else:
+        common = dict(group_rule=args.group_rule, min_channels=args.min_channels, seed=args.seed)
+        if args.strategy == "fixed":
+            common["threshold"] = args.threshold
+        elif args.strategy == "percent":
+            common["percent"] = args.percent
+        elif args.strategy in ("uniform", "l1-norm", "random"):
+            common["ratio"] = args.ratio
+        plan = mask_from_strategy(model, x, args.strategy, bn_names=names, all_layers=True, **common)
+        options.update(common)
+    masks = {name: plan[name] for name in names if name in plan}
+    missing = [name for name in names if name not in plan]
+    if not masks:
+        raise PolarpruneError(f"{args.checkpoint}: none of the {len(names)} selected BNs is in a prunable group")
+    macs_ratio, params_ratio = ChannelCostModel.probe(model, x).ratios(plan)
+    spec = getattr(model, "polarprune_spec", {}) or {}
+    options.update(source=str(args.checkpoint), estimated_macs_ratio=round(macs_ratio, 6), estimated_params_ratio=round(params_ratio, 6))
+    save_mask(masks, args.out, spec.get("name"), source=options)
+    print(format_summary(masks))
+    for name in missing:
+        print(f"note: {name}: its group cannot be pruned, left out of the mask")
+    print(f"pruning with this mask would leave {100 * macs_ratio:.1f}% of the MACs and {100 * params_ratio:.1f}% of the parameters")
+    print(f"wrote {args.out}")
+    return 0
