@@ -178,6 +178,16 @@ class _Writer:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def loader_world_size(loader: Iterable) -> int:
+    """How many ranks share ``loader``'s samples: 1 for an unsharded loader or a plain iterable
+    (then evaluation needs no all-reduce, so rank 0 can evaluate alone, e.g. while pruning)."""
+    for owner in (loader, getattr(loader, "sampler", None)):
+        size = getattr(owner, "world_size", None)
+        if isinstance(size, int):
+            return size
+    return 1
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -187,7 +197,7 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent) and mean loss, summed over all ranks."""
+    """Top-1/top-5 accuracy (percent) and mean loss, summed over all ranks when the loader is sharded."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
@@ -206,7 +216,8 @@ def evaluate(
         totals[1] += hits.sum()
         totals[2] += criterion(logits.float(), labels)
         totals[3] += labels.numel()
-    dist.all_reduce_sum(totals)
+    if loader_world_size(loader) > 1:  # a sharded loader: add the other ranks' shards
+        dist.all_reduce_sum(totals)
     model.train(was_training)
     n = max(totals[3].item(), 1.0)
     return {"top1": 100.0 * totals[0].item() / n, "top5": 100.0 * totals[1].item() / n, "loss": totals[2].item() / n}
