@@ -27,7 +27,9 @@ class _PlaceChannels(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, stride: int, src: Tensor, dst: Tensor, fill: Tensor, out_channels: int) -> Tensor:  # type: ignore[override]
         sub = x[:, :, ::stride, ::stride] if stride > 1 else x
         batch, _, height, width = sub.shape
-        out = fill.to(x.dtype).view(1, -1, 1, 1).expand(batch, out_channels, height, width).contiguous()
+        layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty((batch, out_channels, height, width), dtype=x.dtype, device=x.device, memory_format=layout)
+        out.copy_(fill.to(x.dtype).view(1, -1, 1, 1).expand(batch, out_channels, height, width))
         if src.numel():
             out.index_copy_(1, dst, sub.index_select(1, src))
         ctx.stride, ctx.in_shape = stride, x.shape
