@@ -313,6 +313,35 @@ def test_emptied_branch_becomes_its_shortcut_exactly(tmp_path: Path) -> None:
     assert torch.equal(outputs(serialization.load(path), x), outputs(pruned, x))
     kept, _ = prune_model(model, x, "fixed", remove_empty_blocks=False)
     assert kept.layer1[1].conv1.out_channels == 1
+    # prune the pruned model again: the shift of a removed branch is sliced with its group
+    again, second = prune_model(pruned, x, "uniform", ratio=0.5)
+    assert again.layer2[0].shift.num_channels == again.layer2[1].conv1.in_channels < 32
+    path = tmp_path / "again.safetensors"
+    serialization.save(again, path)
+    assert torch.equal(outputs(serialization.load(path), x), outputs(again, x))
+
+
+def test_grad_and_percent_on_a_polarized_model() -> None:
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 32, 32)
+    zero_half(model, x)
+    with torch.no_grad():  # polarized: the zeroed half sits near 0, the rest near 0.6..1
+        for m in model.modules():
+            if isinstance(m, BN):
+                small = m.weight == 0
+                m.weight[small] = torch.rand(int(small.sum())) * 0.001
+                m.weight[~small] = 0.6 + 0.4 * torch.rand(int((~small).sum()))
+    pruned, report = prune_model(model, x, "grad")
+    assert report.max_abs_output_diff < 5e-3  # only near-zero gammas (and zero betas) went
+    inner = [r for r in report.rows if not r.residual]
+    assert all(r.channels_after == r.channels_before // 2 for r in inner)
+    assert all(isinstance(r.threshold, float) and r.threshold <= 0.6 for r in inner)
+    _, by_percent = prune_model(model, x, "percent", percent=0.25)
+    thresholds = {r.threshold for r in by_percent.rows if r.threshold is not None}
+    assert len(thresholds) == 1 and thresholds.pop() < 0.001  # one global threshold among the small gammas
+    assert by_percent.channels_after < by_percent.channels_before
 
 
 def test_flops_target_half_of_resnet56() -> None:

@@ -331,6 +331,7 @@ def decide(
     if strategy == "mask":
         user = _check_masks(analysis, masks)
         bn_keep = {n: m for n, m in user.items() if n in scored}
+        notes += [f"{n}: mask ignored (its group cannot be pruned or the BN is not scored)" for n in user if n not in scored]
         scored = set(bn_keep)
         scored_groups = [g for g in groups if any(bn in scored for bn in g.bn_names)]
     elif strategy in THRESHOLD_STRATEGIES:
