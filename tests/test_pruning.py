@@ -344,6 +344,23 @@ def test_grad_and_percent_on_a_polarized_model() -> None:
     assert by_percent.channels_after < by_percent.channels_before
 
 
+def test_removed_torchvision_block_keeps_its_downsample() -> None:
+    torch.manual_seed(0)
+    model = create("resnet18").eval()
+    randomise_bns(model)
+    with torch.no_grad():
+        for block in (model.layer2[0], model.layer3[1]):  # layer2.0 has a conv+BN downsample
+            block.bn1.weight.zero_()
+            block.bn1.bias.zero_()
+    x = torch.randn(2, 3, 64, 64)
+    masks = plan_pruning(model, x, "fixed")
+    assert masks["layer2.0.downsample.1"].all() and not masks["layer2.0.bn2"].any()
+    pruned, report = prune_model(model, x, "fixed")
+    assert report.removed_blocks == ["layer2.0", "layer3.1"]
+    assert report.max_abs_output_diff < 1e-4
+    assert isinstance(pruned.layer2[0].downsample[0], nn.Conv2d)
+
+
 def test_flops_target_half_of_resnet56() -> None:
     torch.manual_seed(0)
     model = create("resnet56").eval()

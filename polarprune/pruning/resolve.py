@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
-from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, estimate_macs, is_grouped
+from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, deleted_with_block, estimate_macs, is_grouped
 from .modules import ChannelPlacementShortcut
 from .strategies import STRATEGIES, select_channels
 
@@ -84,10 +84,6 @@ def find_blocks(model: nn.Module) -> dict[str, BlockInfo]:
                 ["conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"],
             )
     return blocks
-
-
-def _inside(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
@@ -152,7 +148,7 @@ def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded
             continue
         mask = bn_keep[item.module_name]
         for idx, root in zip(item.idxs, item.root_idxs):
-            if _inside(item.module_name, excluded):
+            if deleted_with_block(item.module_name, excluded):
                 constant_only[root] = True
             else:
                 votes[root].append(bool(mask[idx]))
@@ -417,7 +413,7 @@ def decide(
     for bn in sorted(all_prunable_bns):
         mask = torch.ones(_module(model, bn).num_features, dtype=torch.bool)
         mask[sorted(removed.get((bn, BOTH), ()))] = False
-        if _inside(bn, list(removed_blocks)):
+        if deleted_with_block(bn, list(removed_blocks)):
             mask[:] = False  # the whole branch is gone
         bn_keep[bn] = mask
     bn_keep = {bn: bn_keep[bn] for bn in sorted(all_prunable_bns)}
