@@ -255,8 +255,9 @@ def prune_model(
         seconds["report"] = time.perf_counter() - tick
     finally:
         _restore(modes)
+    known = {id(module) for module, _ in modes}
     for module in work.modules():
-        if module not in dict(modes):
+        if id(module) not in known:  # the copy (or new layers): the model's mode
             module.training = model.training
     options: dict[str, Any] = {
         "threshold": found if found is not None else threshold, "percent": percent,
