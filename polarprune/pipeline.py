@@ -250,6 +250,17 @@ def read_done(stage_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+STAGE_FAULT_ENV = "POLARPRUNE_FAULT_KILL_BEFORE_DONE"
+
+
+def _fault_before_done(stage: str) -> None:
+    """Fault injection for tests: SIGKILL after a stage's work, before its done.json is written."""
+    if os.environ.get(STAGE_FAULT_ENV) == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _log(message: str) -> None:
     if dist.is_main():
         print(message, file=sys.stderr, flush=True)
@@ -317,9 +328,12 @@ class Pipeline:
                 self.records[stage] = StageRecord(stage, done)
                 continue
             _log(f"[{stage}] running")
+            if dist.is_main():
+                stage_dir.mkdir(parents=True, exist_ok=True)
             runner = getattr(self, f"_run_{stage}")
             payload = runner(stage_dir)
             payload["stage"] = stage
+            _fault_before_done(stage)
             if dist.is_main():
                 _write_json_atomic(stage_dir / "done.json", payload)
             dist.barrier()
@@ -486,7 +500,7 @@ def _layer_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         before = row.get("channels_before", row.get("before"))
         after = row.get("channels_after", row.get("after"))
         if before is not None and after is not None:
-            out.append({"name": row.get("name", "?"), "before": before, "after": after})
+            out.append({"name": row.get("name", row.get("group", "?")), "before": before, "after": after})
     return out
 
 
