@@ -439,3 +439,22 @@ def test_torchvision_models_prune_to_half(name: str, tmp_path: Path) -> None:
     loaded = serialization.load(path)
     assert torch.equal(outputs(loaded, x), outputs(pruned, x))
     assert serialization.read_metadata(path)["extra"]["report"]["macs_after"] == report.macs_after
+
+
+@pytest.mark.parametrize("name,threshold", [("resnet56", 0.5), ("resnet20", 0.97), ("mobilenet_v2", 0.5)])
+def test_macs_estimate_matches_the_counter(name: str, threshold: float) -> None:
+    """flops-target relies on the per-layer MACs model: it must equal count_model after surgery."""
+    from polarprune.pruning.graph import analyze
+    from polarprune.pruning.resolve import decide
+    from polarprune.pruning.surgery import apply_decision, replace_pad_shortcuts
+
+    torch.manual_seed(0)
+    model = create(name).eval()
+    randomise_bns(model, low=0.0)
+    x = torch.randn(1, 3, 32, 32)
+    replace_pad_shortcuts(model, x)
+    decision = decide(analyze(model, x), "fixed", threshold=threshold)
+    assert decision.estimated_macs_before == count_model(model, x).macs
+    assert (name == "resnet20") == bool(decision.removed_blocks)  # removed branches cost nothing
+    apply_decision(model, decision)
+    assert decision.estimated_macs == count_model(model, x).macs < decision.estimated_macs_before
