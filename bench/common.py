@@ -1,0 +1,203 @@
+"""Shared helpers of the benchmark scripts: what every result must record, and timing.
+
+Every result file records the machine, the library versions, the command and the seed
+(``provenance(seed)``), and is written atomically (``write_results``). Timings are taken side
+by side in one process: ``interleaved`` runs the candidates round-robin so that drifts of a
+shared machine hit all of them alike, and ``summary`` reports medians.
+
+Scripts in ``bench/`` import this as ``from common import ...`` (the script's folder is on
+``sys.path`` when it runs as ``python bench/NAME.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+DEFAULT_LIBRARIES = ("polarprune", "torch", "torchvision", "numpy", "torch-pruning")
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, CPU counts (machine and usable by this process), torch threads, GPU if any."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_model_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), where platform.processor() is empty."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def library_versions(names: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, str | None]:
+    """Installed distribution versions (None for a library that is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def command_line() -> str:
+    """The command that ran this script, as one shell line relative to the repository root."""
+    argv = list(sys.argv)
+    if argv:
+        script = Path(argv[0]).resolve()
+        try:
+            argv[0] = str(script.relative_to(REPO_ROOT))
+        except ValueError:
+            argv[0] = str(script)
+    return shlex.join(["python", *argv])
+
+
+def git_revision() -> str | None:
+    """``<commit>`` or ``<commit>+dirty`` of the repository, None outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def provenance(seed: int, libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, Any]:
+    """Everything a result must record about how it was produced."""
+    return {
+        "command": command_line(),
+        "seed": seed,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git": git_revision(),
+        "machine": machine_info(),
+        "versions": library_versions(libraries),
+    }
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def clock() -> tuple[float, float]:
+    """``(wall-clock seconds, CPU seconds of this process)``; a trial costs the difference of two.
+    CPU time leaves out the time other processes held the CPU (a shared machine), but sums
+    over threads: compare CPU times only between runs with the same thread count."""
+    return time.perf_counter(), time.process_time()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, called round-robin ``rounds`` times after
+    ``warmup`` untimed rounds: ``{name: [seconds of round 1, round 2, ...]}``."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """Median, min, max and every value (in the given unit)."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "all": list(values),
+    }
+
+
+def paired_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Ratio of each round's pair (round k of one candidate over round k of the other)."""
+    if len(numerators) != len(denominators):
+        raise ValueError(f"unpaired rounds: {len(numerators)} vs {len(denominators)}")
+    return [a / b for a, b in zip(numerators, denominators)]
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(stem: str, result: Mapping[str, Any], markdown: str, folder: Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write ``<folder>/<stem>.json`` and ``<folder>/<stem>.md`` atomically; return both paths."""
+    json_path = folder / f"{stem}.json"
+    md_path = folder / f"{stem}.md"
+    _write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    _write_atomic(md_path, markdown if markdown.endswith("\n") else markdown + "\n")
+    return json_path, md_path
+
+
+def provenance_markdown(prov: Mapping[str, Any]) -> str:
+    """A short Markdown paragraph of a ``provenance()`` record."""
+    machine = prov["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items() if v)
+    return (
+        f"Command: `{prov['command']}` (seed {prov['seed']}, git {prov['git']}, {prov['date_utc']}).\n\n"
+        f"Machine: {machine['platform']}, {machine.get('processor') or machine['machine']}, "
+        f"{machine['cpus_usable']} of {machine['cpu_count']} CPUs usable, "
+        f"torch threads {machine.get('torch_threads')}, GPU {machine.get('cuda') or 'none'}. "
+        f"Python {machine['python']}; {versions}.\n"
+    )
