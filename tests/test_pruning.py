@@ -458,3 +458,21 @@ def test_macs_estimate_matches_the_counter(name: str, threshold: float) -> None:
     assert (name == "resnet20") == bool(decision.removed_blocks)  # removed branches cost nothing
     apply_decision(model, decision)
     assert decision.estimated_macs == count_model(model, x).macs < decision.estimated_macs_before
+
+
+def test_round_to_multiples() -> None:
+    from polarprune.pruning.resolve import round_kept
+
+    keep = torch.tensor([True, False, True, False, False, False])
+    scores = torch.tensor([0.9, 0.8, 0.1, 0.7, 0.2, 0.3])
+    assert round_kept(keep, scores, 4, "up").tolist() == [True, True, True, True, False, False]
+    assert round_kept(keep, scores, 4, "nearest").tolist() == [True, True, True, True, False, False]
+    three = torch.tensor([True, True, True, False, False, False])
+    assert round_kept(three, scores, 2, "nearest").tolist() == [True, True, True, True, False, False]  # 3 -> 4 (half up)
+    assert round_kept(keep, scores, 1, "up").tolist() == keep.tolist()
+    model = create("resnet20").eval()
+    randomise_bns(model, low=0.0)
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune_model(model, x, "fixed", threshold=0.5, round_to=4)
+    assert all(r.channels_after % 4 == 0 for r in report.rows)
+    assert outputs(pruned, x).shape == (1, 10)

@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="do not score BNs matching this pattern (repeatable)")
     p.add_argument("--group-rule", choices=("any", "all", "mean"), default="any", help="how a group's BNs vote (default any)")
     p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="round every group's kept channels to a multiple of N (default 1)")
     p.add_argument("--keep-empty-blocks", action="store_true", help="keep min-channels in an emptied residual branch instead of removing it")
     p.add_argument("--no-compensate", action="store_true", help="do not fold removed channels' constant shift into their consumers")
     p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
@@ -121,6 +122,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PolarpruneError("--strategy percent needs --percent")
     if args.strategy == "flops-target" and args.target_macs_reduction is None:
         raise PolarpruneError("--strategy flops-target needs --target-macs-reduction")
+    if args.round_to < 1:
+        raise PolarpruneError(f"--round-to must be >= 1, got {args.round_to}")
     if args.min_channels < 0:
         raise PolarpruneError(f"--min-channels must be >= 0, got {args.min_channels}")
     if args.input_size is not None and args.input_size < 1:
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     pruned, report = prune_model(
         model, x, args.strategy, threshold=args.threshold, percent=args.percent, ratio=args.ratio,
         target_macs_reduction=args.target_macs_reduction, masks=masks, bn_names=bn_names,
-        group_rule=args.group_rule, min_channels=args.min_channels, remove_empty_blocks=not args.keep_empty_blocks,
+        group_rule=args.group_rule, min_channels=args.min_channels, remove_empty_blocks=not args.keep_empty_blocks, round_to=args.round_to,
         compensate=not args.no_compensate, seed=args.seed,
     )
     top1_after = _top1(pruned, args) if args.data else None

@@ -67,11 +67,13 @@ def _decision(
     group_rule: str,
     min_channels: int,
     remove_empty_blocks: bool,
+    round_to: int,
     seed: int,
 ) -> tuple[Decision, float | None]:
     if strategy not in ALL_STRATEGIES:
         raise PolarpruneError(f"unknown pruning strategy {strategy!r}; choose one of {', '.join(ALL_STRATEGIES)}")
-    common = dict(bn_names=bn_names, group_rule=group_rule, min_channels=min_channels, remove_empty_blocks=remove_empty_blocks, seed=seed)
+    common = dict(bn_names=bn_names, group_rule=group_rule, min_channels=min_channels, remove_empty_blocks=remove_empty_blocks,
+                  round_to=round_to, seed=seed)
     if strategy == "flops-target":
         if target_macs_reduction is None:
             raise PolarpruneError("strategy 'flops-target' needs target_macs_reduction in (0, 1)")
@@ -103,6 +105,7 @@ def plan_pruning(
     group_rule: str = "any",
     min_channels: int = 1,
     remove_empty_blocks: bool = True,
+    round_to: int = 1,
     compensate: bool = True,
     inplace: bool = False,
     seed: int = 0,
@@ -116,7 +119,7 @@ def plan_pruning(
         decision, _ = _decision(
             analysis, strategy, threshold=threshold, percent=percent, ratio=ratio, target_macs_reduction=target_macs_reduction,
             masks=masks, bn_names=bn_names, group_rule=group_rule, min_channels=min_channels,
-            remove_empty_blocks=remove_empty_blocks, seed=seed,
+            remove_empty_blocks=remove_empty_blocks, round_to=round_to, seed=seed,
         )
     finally:
         _restore(modes)
@@ -185,6 +188,7 @@ def prune_model(
     group_rule: str = "any",
     min_channels: int = 1,
     remove_empty_blocks: bool = True,
+    round_to: int = 1,
     compensate: bool = True,
     inplace: bool = False,
     seed: int = 0,
@@ -195,7 +199,9 @@ def prune_model(
     changes ``model`` itself (and returns it). The model runs in eval mode for the probes; the
     modes of its layers are restored, and the pruned model has the same modes.
     ``example_inputs`` (a tensor or a tuple) is what the graph is traced with and what the
-    output difference in the report is measured on.
+    output difference in the report is measured on. ``round_to`` > 1 rounds every group's kept
+    count to a multiple of it (up for threshold strategies, to the nearest for ratio ones) so
+    widths suit SIMD blocking (oneDNN uses blocks of 8 or 16 channels).
     """
     from ..flops import count_model
     from .compensation import compensate as fold_constants
@@ -222,7 +228,7 @@ def prune_model(
         decision, found = _decision(
             analysis, strategy, threshold=threshold, percent=percent, ratio=ratio, target_macs_reduction=target_macs_reduction,
             masks=masks, bn_names=bn_names, group_rule=group_rule, min_channels=min_channels,
-            remove_empty_blocks=remove_empty_blocks, seed=seed,
+            remove_empty_blocks=remove_empty_blocks, round_to=round_to, seed=seed,
         )
         seconds["decide"] = time.perf_counter() - tick
         notes = list(decision.notes)
@@ -264,7 +270,8 @@ def prune_model(
         "ratio": dict(ratio) if isinstance(ratio, Mapping) else ratio,
         "target_macs_reduction": target_macs_reduction, "masks": sorted(masks) if masks else None,
         "bn_names": list(bn_names) if bn_names is not None else None, "group_rule": group_rule,
-        "min_channels": min_channels, "remove_empty_blocks": remove_empty_blocks, "compensate": compensate, "seed": seed,
+        "min_channels": min_channels, "remove_empty_blocks": remove_empty_blocks, "round_to": round_to,
+        "compensate": compensate, "seed": seed,
     }
     seconds["total"] = time.perf_counter() - start
     report = PruneReport(

@@ -176,6 +176,29 @@ def keep_at_least(keep: Tensor, scores: Tensor, count: int) -> Tensor:
     return keep
 
 
+def round_kept(keep: Tensor, scores: Tensor, multiple: int, mode: str) -> Tensor:
+    """Kept count rounded to a multiple of ``multiple`` (at least one multiple, at most all).
+
+    ``mode="up"`` adds the best removed channels (nothing kept is removed: threshold
+    strategies); ``"nearest"`` may also drop the worst kept ones (ratio strategies).
+    """
+    size, count = keep.numel(), int(keep.sum())
+    if multiple <= 1 or count == 0 or count == size:
+        return keep
+    if mode == "up":
+        target = math.ceil(count / multiple) * multiple
+    else:
+        target = max(multiple, int(math.floor(count / multiple + 0.5)) * multiple)
+    target = min(size, target)
+    if target == count:
+        return keep
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    ranked = by_score[torch.sort(keep[by_score].to(torch.int8), descending=True, stable=True).indices]  # kept first, then by score
+    new = torch.zeros_like(keep)
+    new[ranked[:target]] = True
+    return new
+
+
 def balance_segments(keep: Tensor, scores: Tensor, segments: list[list[int]], mode: str) -> Tensor:
     """Same number of kept channels in every segment (group channel indices per conv group).
 
@@ -303,6 +326,7 @@ def decide(
     group_rule: str = "any",
     min_channels: int = 1,
     remove_empty_blocks: bool = True,
+    round_to: int = 1,
     seed: int = 0,
 ) -> Decision:
     """Resolve a strategy into per-layer removals for the analysed model (see the module docstring).
@@ -315,6 +339,8 @@ def decide(
         raise PolarpruneError(f"unknown group rule {group_rule!r}; choose one of {', '.join(GROUP_RULES)}")
     if min_channels < 0:
         raise PolarpruneError(f"min_channels must be >= 0, got {min_channels}")
+    if round_to < 1:
+        raise PolarpruneError(f"round_to must be >= 1, got {round_to}")
     model = analysis.model
     notes: list[str] = []
     scored = _check_bn_names(analysis, bn_names, notes)
@@ -392,6 +418,8 @@ def decide(
         if int(keep.sum()) != before:
             notes.append(f"{group.name}: kept {int(keep.sum())} channels (min_channels={min_channels}) instead of {before}")
         segments, problem = grouped_conv_segments(group)
+        if round_to > 1 and not segments:
+            keep = round_kept(keep, scores, round_to, "nearest" if strategy in RATIO_STRATEGIES else "up")
         if problem:
             notes.append(f"{group.name}: left whole ({problem})")
             keep = torch.ones_like(keep)
