@@ -1,0 +1,112 @@
+"""The pipeline: stages, skipping, SIGKILL anywhere + rerun == uninterrupted, summary, demo criteria."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from polarprune.errors import PolarpruneError
+from polarprune.pipeline import STAGE_FAULT_ENV, Pipeline, load_recipe, summarize
+from polarprune.training.checkpoint import read_checkpoint
+from polarprune.training.engine import FAULT_ENV
+
+# MaskSparsity has every kind of stage: training, mask, mask-sparsity, prune, fine-tune (+ scratch).
+TINY_MASKSPARSITY = [
+    "model.options.width=8",
+    "stages.baseline.train.epochs=2",
+    "stages.sparsity.train.epochs=2",
+    "stages.mask_sparsity.train.epochs=2",
+    "stages.finetune.train.epochs=2",
+    "stages.sparsity.sparsity.lbd=0.05",
+    "stages.mask_sparsity.sparsity.lbd=0.05",
+    "stages.mask.strategy=percent",
+    "stages.mask.percent=0.4",
+    "stages.scratch.budget=B",
+    "stages.scratch.train.epochs=1",
+    "train.progress=false",
+]
+
+
+def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "polarprune", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def final_state(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / stage / "last.pt")["model"]
+
+
+def test_recipe_validation_errors():
+    with pytest.raises(PolarpruneError, match="needs a stages.mask stage"):
+        load_recipe("demo-masksparsity", ["stages.mask=null"])
+    with pytest.raises(PolarpruneError, match="not an earlier stage"):
+        load_recipe("demo-polarization", ["stages.sparsity.init=finetune"])
+
+
+@pytest.mark.slow
+def test_sigkill_in_any_stage_then_rerun_matches_uninterrupted(tmp_path):
+    """Acceptance: kill (SIGKILL) in the middle of stages; the rerun skips what is complete and ends identical."""
+    args = ["run", "demo-masksparsity", *TINY_MASKSPARSITY, "--no-plots"]
+    straight = tmp_path / "straight"
+    proc = run_cli(args + ["--out", str(straight)])
+    assert proc.returncode == 0, proc.stderr[-800:]
+
+    run = tmp_path / "killed"
+    kills = [
+        {FAULT_ENV: "killed/baseline:30"},  # during baseline training (epoch 2)
+        {FAULT_ENV: "killed/mask_sparsity:25"},  # during mask-sparsity training
+        {STAGE_FAULT_ENV: "prune"},  # after pruning, before its done.json
+        {FAULT_ENV: "killed/finetune:25"},  # during fine-tuning (epoch 2: the rerun resumes it)
+    ]
+    for kill in kills:
+        proc = run_cli(args + ["--out", str(run)], kill)
+        assert proc.returncode == -9, (kill, proc.stderr[-800:])
+    proc = run_cli(args + ["--out", str(run)])
+    assert proc.returncode == 0, proc.stderr[-800:]
+    # completed stages were not redone: the last rerun only had fine-tune and scratch left
+    assert "[baseline] complete, skipped" in proc.stderr and "[prune] complete, skipped" in proc.stderr
+    assert "resumed from" in proc.stderr
+
+    for stage in ("baseline", "sparsity", "mask_sparsity", "finetune", "scratch"):
+        a, b = final_state(straight, stage), final_state(run, stage)
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    assert (straight / "mask" / "mask.json").read_text() == (run / "mask" / "mask.json").read_text()
+    s1 = json.loads((straight / "summary.json").read_text())
+    s2 = json.loads((run / "summary.json").read_text())
+    for r1, r2 in zip(s1["stages"], s2["stages"]):
+        assert (r1["name"], r1["top1"], r1["macs"], r1["params"]) == (r2["name"], r2["top1"], r2["macs"], r2["params"])
+    # Scratch-B: epochs scaled by the MACs ratio of the pruned model
+    scratch = json.loads((straight / "scratch" / "done.json").read_text())
+    prune = json.loads((straight / "prune" / "done.json").read_text())
+    assert scratch["epochs"] == max(1, round(prune["macs_before"] / prune["macs_after"]))
+
+
+@pytest.mark.slow
+def test_polarization_demo_prunes_and_keeps_accuracy(tmp_path):
+    """The demo's criteria on a shortened run: >= 30% fewer MACs, top-1 within 2 points of the unpruned stage."""
+    recipe = load_recipe("demo-polarization", ["stages.sparsity.train.epochs=30", "stages.finetune.train.epochs=5",
+                                               "train.progress=false"])
+    pipeline = Pipeline(recipe, tmp_path / "run")
+    pipeline.run()
+    summary = summarize(pipeline)
+    rows = {r["name"]: r for r in summary["stages"]}
+    assert set(rows) == {"sparsity", "prune", "finetune"}
+    assert summary["reductions"]["macs_reduction"] >= 0.30
+    assert rows["finetune"]["top1"] >= rows["sparsity"]["top1"] - 2.0
+    assert rows["finetune"]["macs"] == rows["prune"]["macs"] < rows["sparsity"]["macs"]
+    for key in ("name", "top1", "macs", "flops", "params", "latency_ms"):
+        assert key in rows["finetune"]
+    for png in ("gamma_histograms.png", "channels_per_layer.png", "accuracy_curves.png", "accuracy_vs_macs.png"):
+        assert (tmp_path / "run" / png).stat().st_size > 1000
+    md = (tmp_path / "run" / "summary.md").read_text()
+    assert "| finetune |" in md and "MACs reduction" in md
+    # a second run is a pure report: every stage skipped, same numbers
+    again = Pipeline(recipe, tmp_path / "run")
+    again.run()
+    assert all(r.data == pipeline.records[n].data for n, r in again.records.items())
