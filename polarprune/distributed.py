@@ -151,7 +151,7 @@ def collective_failure_message(exc: BaseException, during: str) -> str:
     return (
         f"distributed run failed on rank {env_rank()} while {during}: another process exited, was "
         f"killed or stopped answering (collective timeout {collective_timeout_s():g} s, "
-        f"{TIMEOUT_ENV}); torchrun's summary names the rank that failed first ({detail})"
+        f"{TIMEOUT_ENV}); the rank that failed first is named by torchrun or in its own output ({detail})"
     )
 
 
