@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            # `polarprune run RECIPE --out DIR key=value`: overrides may also follow the options
+            if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
+                args.overrides = list(args.overrides) + extras
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extras)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

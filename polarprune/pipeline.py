@@ -317,6 +317,9 @@ class Pipeline:
 
     def run(self) -> dict[str, StageRecord]:
         """Run every stage not yet complete; return the records of all stages."""
+        from .training.engine import resolve_device
+
+        dist.init_from_env(resolve_device(self.recipe.device).type)  # join the group before rank-0-only steps
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(_recipe_yaml(self.recipe))
@@ -405,8 +408,9 @@ class Pipeline:
         dist.barrier()
         kept = sum(int(m.sum()) for m in (masks or {}).values())
         total = sum(m.numel() for m in (masks or {}).values())
-        return {"kind": "mask", "mask_path": str(stage_dir / "mask.json"), "source": source,
-                "channels_kept": kept, "channels_total": total}
+        payload = {"kind": "mask", "mask_path": str(stage_dir / "mask.json"), "source": source,
+                   "channels_kept": kept, "channels_total": total}
+        return dist.broadcast_object(payload)
 
     def _run_prune(self, stage_dir: Path) -> dict[str, Any]:
         from .pruning import prune_model

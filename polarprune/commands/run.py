@@ -28,11 +28,9 @@ def run_recipe(recipe_name: str, overrides: list[str], out: str | None, plots: b
     from .. import distributed as dist
     from ..pipeline import Pipeline, load_recipe, summarize
     from ..report import format_table
-    from ..training.engine import resolve_device
 
     recipe = load_recipe(recipe_name, overrides)
     run_dir = Path(out) if out else Path("runs") / recipe.name
-    dist.init_from_env(resolve_device(recipe.device).type)  # join the group before rank-0-only steps
     pipeline = Pipeline(recipe, run_dir)
     with dist.clear_collective_errors(f"running {run_dir}"):  # a peer died: one line, not a gloo traceback
         pipeline.run()
