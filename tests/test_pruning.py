@@ -3,7 +3,6 @@ flops-target, the torchvision models, repeated prunes."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest

@@ -275,11 +275,6 @@ def deleted_with_block(name: str, removed_blocks: Sequence[str]) -> bool:
     return False
 
 
-def modules_under(prefixes: Sequence[str], names: Iterable[str]) -> set[str]:
-    """Names equal to or nested under one of ``prefixes``."""
-    return {n for n in names for p in prefixes if n == p or n.startswith(p + ".")}
-
-
 __all__ = [
     "GroupItem",
     "ChannelGroup",
@@ -291,7 +286,6 @@ __all__ = [
     "is_depthwise",
     "is_grouped",
     "run_model",
-    "modules_under",
     "deleted_with_block",
     "OUT",
     "IN",

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..errors import PolarpruneError
 from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, deleted_with_block, estimate_macs, is_grouped
 from .modules import ChannelPlacementShortcut
-from .strategies import STRATEGIES, select_channels
+from .strategies import select_channels
 
 THRESHOLD_STRATEGIES = ("grad", "fixed", "percent", "mask", "flops-target")
 RATIO_STRATEGIES = ("uniform", "l1-norm", "random")
