@@ -62,19 +62,14 @@ def test_mobilenet_v2_expansion_and_projection() -> None:
     assert "features.0.1" not in names and "features.18.1" not in names  # stem, last conv
 
 
-def test_other_models_use_prunable_groups(monkeypatch: pytest.MonkeyPatch) -> None:
-    import polarprune.pruning as pruning
-
-    calls = []
-
-    def fake_prunable(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
-        calls.append(tuple(example_inputs.shape))
-        return ["features.1.0.block.0.1"]
-
-    monkeypatch.setattr(pruning, "prunable_bn_names", fake_prunable, raising=False)
-    model = create("mobilenet_v3_small", 10)
-    assert regularized_bn_names(model, torch.randn(1, 3, 32, 32)) == ["features.1.0.block.0.1"]
-    assert calls == [(1, 3, 32, 32)]
+def test_other_models_use_prunable_groups() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4), nn.BatchNorm1d(4),
+    )
+    # the last BN acts on the model's outputs: its group cannot be pruned
+    assert regularized_bn_names(model.eval(), torch.randn(2, 3, 8, 8)) == ["1", "4"]
     with pytest.raises(PolarpruneError, match="no default list"):
         regularized_bn_names(model)
 

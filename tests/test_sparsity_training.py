@@ -110,3 +110,34 @@ def test_mask_l1_pushes_only_masked_channels(tmp_path: Path) -> None:
         assert float(g[kept].median()) > 0.2, name  # the kept ones do not
     untouched = result.model.get_submodule("features.1").weight.detach().abs()
     assert float(untouched.min()) > 0.1  # not in the mask: not regularized
+
+
+def polarize(model: torch.nn.Module, names: list[str], seed: int = 0) -> None:
+    """Gammas as after polarization: about 40 % in [0, 0.008), the rest in [0.3, 0.8)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n in names:
+            w = model.get_submodule(n).weight
+            low = torch.rand(w.shape, generator=g) < 0.4
+            w.copy_(torch.where(low, torch.rand(w.shape, generator=g) * 0.008, 0.3 + 0.5 * torch.rand(w.shape, generator=g)))
+
+
+@pytest.mark.parametrize("name,shape,options", [("resnet20", (3, 32, 32), {}), ("small_cnn", (1, 8, 8), {"in_channels": 1})])
+def test_trial_prune_matches_prune_model(name: str, shape: tuple[int, ...], options: dict) -> None:
+    from polarprune.pruning import prune_model
+    from polarprune.sparsity.monitor import TrialPruner
+
+    model = create(name, 10, **options)
+    names = regularized_bn_names(model)
+    polarize(model, names)
+    if name == "resnet20":  # an emptied block: prune_model removes its branch
+        model.get_submodule("layer2.1.bn1").weight.data.fill_(0.001)
+    x = torch.randn(2, *shape)
+    trial = TrialPruner(model, x, names)
+    for strategy in ("fixed", "grad"):
+        macs, params = trial.ratios(model, strategy)
+        _, report = prune_model(model, x, strategy, bn_names=names, compensate=False)
+        assert macs == pytest.approx(report.macs_after / report.macs_before, abs=1e-9), strategy
+        assert params == pytest.approx(report.params_after / report.params_before, abs=1e-3), strategy
+        if name == "resnet20":
+            assert report.removed_blocks == ["layer2.1"]

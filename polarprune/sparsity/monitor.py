@@ -573,34 +573,40 @@ def _nothing(layer: LayerInfo) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------- trial prunes
 
 
-def residual_block_inner_bns(model: nn.Module) -> list[list[str]]:
-    """Inner BNs of each residual block whose branch pruning may remove (as ``prune_model`` does)."""
+def residual_blocks(model: nn.Module) -> list[tuple[list[str], str]]:
+    """(inner BNs, last BN) of each residual block whose branch pruning may remove (as
+    ``prune_model`` does: CIFAR/torchvision basic blocks and bottlenecks)."""
     try:
         from ..pruning.resolve import find_blocks
     except ImportError:  # pruning module without block removal: every layer keeps a channel
         return []
-    return [list(block.inner_bns) for block in find_blocks(model).values()]
+    return [(list(block.inner_bns), block.last_bn) for block in find_blocks(model).values()]
 
 
 def empty_blocks_or_one_channel(
-    keep: Mapping[str, Tensor], scores: Mapping[str, Tensor], block_inner_bns: Sequence[Sequence[str]]
-) -> dict[str, Tensor]:
-    """A block whose inner BN keeps nothing loses all its inner channels (its branch goes);
-    every other BN keeps at least its largest-|gamma| channel."""
+    keep: Mapping[str, Tensor], scores: Mapping[str, Tensor], blocks: Sequence[tuple[Sequence[str], str]]
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Per-BN decisions -> (decisions to resolve, BNs of removed residual branches).
+
+    A block whose inner BN keeps nothing loses its branch: its BNs are returned as removed and
+    its last BN no longer votes in its residual group. Every other BN keeps at least its
+    largest-|gamma| channel.
+    """
     out = dict(keep)
-    inner = set()
-    for bns in block_inner_bns:
-        inner.update(bns)
-        if any(bn in out and not bool(out[bn].any()) for bn in bns):
-            for bn in bns:
-                if bn in out:
-                    out[bn] = torch.zeros_like(out[bn])
+    inner: set[str] = set()
+    removed: list[str] = []
+    for inner_bns, last_bn in blocks:
+        inner.update(inner_bns)
+        if any(bn in out and not bool(out[bn].any()) for bn in inner_bns):
+            removed += [*inner_bns, last_bn]
+            for bn in (*inner_bns, last_bn):
+                out.pop(bn, None)
     for bn, mask in out.items():
         if bn not in inner and not bool(mask.any()):
             mask = mask.clone()
             mask[int(torch.argmax(scores[bn]))] = True
             out[bn] = mask
-    return out
+    return out, removed
 
 
 class TrialPruner:
@@ -625,7 +631,7 @@ class TrialPruner:
         self.bn_names = list(bn_names)
         self.threshold = float(threshold)
         self.cost = cost_model if cost_model is not None else ChannelCostModel.probe(model, example_inputs)
-        self.block_inner_bns = residual_block_inner_bns(model)
+        self.blocks = residual_blocks(model)
         self._cache: dict[tuple[str, int], tuple[float, float]] = {}
 
     def keep_masks(self, model: nn.Module, strategy: str) -> dict[str, Tensor]:
@@ -640,7 +646,11 @@ class TrialPruner:
             chosen = select_channels(scores, strategy, threshold=self.threshold, min_channels=0)
         finally:
             strategies_log.setLevel(level)
-        return self.cost.resolve(empty_blocks_or_one_channel(chosen.keep, scores, self.block_inner_bns))
+        decisions, removed = empty_blocks_or_one_channel(chosen.keep, scores, self.blocks)
+        masks = self.cost.resolve(decisions)
+        for bn in removed:  # the whole branch is gone
+            masks[bn] = torch.zeros(self.cost.bn_channels[bn], dtype=torch.bool)
+        return masks
 
     def ratios(self, model: nn.Module, strategy: str, epoch: int | None = None) -> tuple[float, float]:
         """(MACs ratio, params ratio) after/before for ``strategy``; cached when ``epoch`` is given."""
