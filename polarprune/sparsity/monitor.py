@@ -33,7 +33,6 @@ from ..training.hooks import TrainHook
 
 log = logging.getLogger(__name__)
 
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 TAG_TOLERANCE = 1e-3
 SMALL_GAMMA = 0.01
