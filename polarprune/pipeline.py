@@ -31,6 +31,7 @@ from torch import nn
 from . import distributed as dist
 from .config import Section, TrainConfig, deep_merge, read_yaml, apply_overrides, validate
 from .errors import PolarpruneError
+from .fileio import atomic_write_text
 
 STAGE_ORDER = ["baseline", "sparsity", "mask", "mask_sparsity", "prune", "finetune", "scratch"]
 TRAINING_STAGES = {"baseline", "sparsity", "mask_sparsity", "finetune", "scratch"}
@@ -226,10 +227,7 @@ class StageRecord:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:

@@ -6,7 +6,6 @@ reuse; the pipeline gathers the data.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,15 +15,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from polarprune.fileio import atomic_output  # noqa: E402
 
 
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def bn_gammas(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -63,7 +64,7 @@ def gamma_histograms(
         if thresholds:
             ax.legend(loc="upper right")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def channels_per_layer(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "Channels kept per layer") -> Path:
@@ -80,7 +81,7 @@ def channels_per_layer(rows: Sequence[dict[str, Any]], path: Path, *, title: str
     ax.set_ylabel("channels")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def accuracy_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path) -> Path:
@@ -98,7 +99,7 @@ def accuracy_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path) 
     ax.set_ylabel("eval top-1 (%)")
     ax.set_title("Accuracy per stage")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -113,4 +114,4 @@ def accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs MACs")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

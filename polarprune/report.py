@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from .flops import count_model
+from .fileio import atomic_write_text
 
 MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "finetune", "scratch")
 
@@ -114,13 +114,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """``summary.json`` and ``summary.md`` in the run folder."""
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(run_dir / "summary.md", format_markdown(summary))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "summary.md", format_markdown(summary))

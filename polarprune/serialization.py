@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from . import __version__
 from .errors import PolarpruneError
+from .fileio import atomic_output
 
 FORMAT = "polarprune"
 SPEC_KEYS = ("name", "num_classes", "in_channels", "options")
@@ -83,15 +83,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise PolarpruneError(f"{target}: folder {folder} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        save_file(tensors, temp, metadata=metadata)
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_output(target) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return target
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -106,19 +104,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    from ..plots import save_figure
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[str], thresholds: dict[str, float]) -> list[Path]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import PolarpruneError
+from ..fileio import atomic_write_text
 
 DIGITS_INPUT_SIZE = 8  # small_cnn is sized for the 8x8 digits
 STRATEGY_CHOICES = ("grad", "fixed", "percent", "uniform", "l1-norm", "random", "mask", "flops-target")
@@ -90,16 +89,7 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise PolarpruneError(f"{path}: folder {folder} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _top1(model: Any, args: argparse.Namespace) -> float:

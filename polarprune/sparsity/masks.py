@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +66,7 @@ def save_mask(
     """Write a mask file atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     text = json.dumps(mask_document(masks, model_name, source), indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def read_mask_document(path: str | Path) -> dict[str, Any]:

@@ -7,8 +7,6 @@ and its state dict, never unpickled.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +14,15 @@ import torch
 from torch import nn
 
 from ..errors import PolarpruneError
+from ..fileio import atomic_output
 
 CHECKPOINT_FORMAT = "polarprune-checkpoint"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Write ``obj`` to ``path`` so that a kill at any moment leaves either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torch import nn
 from .. import distributed as dist
 from ..config import TrainConfig, dump_yaml
 from ..errors import PolarpruneError
+from ..fileio import atomic_write_text
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
@@ -360,9 +361,7 @@ class Trainer:
             atomic_torch_save(self._checkpoint(epoch, full=True), self.out_dir / "last.pt")
             if improved:
                 atomic_torch_save(self._checkpoint(epoch, full=False), self.out_dir / "best.pt")
-            tmp = self.out_dir / ".metrics.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
-            os.replace(tmp, self.out_dir / "metrics.jsonl")
+            atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
         dist.barrier()
 
     # -- training
