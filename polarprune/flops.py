@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import PolarpruneError
+from .modes import inference
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -417,11 +418,9 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
     """
     x = example_input(model, input_shape)
     batch = x.shape[0]
-    modes = [(module, module.training) for module in model.modules()]
     counter = CostCounter()
     try:
-        model.eval()
-        with torch.no_grad(), counter:
+        with inference(model), counter:
             model(x)
     except PolarpruneError:
         raise
@@ -430,9 +429,6 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
         raise PolarpruneError(
             f"cannot run {type(model).__name__} on an input of shape {tuple(x.shape)}: {first}"
         ) from exc
-    finally:
-        for module, training in modes:
-            module.training = training
     per_op = {name: OpCost(per_image(c.macs, batch), per_image(c.flops, batch)) for name, c in sorted(counter.per_op.items())}
     total = counter.total
     cost = ModelCost(per_image(total.macs, batch), per_image(total.flops, batch), count_params(model))

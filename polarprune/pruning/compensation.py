@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, ModelAnalysis, deleted_with_block, is_depthwise, run_model
+from ..modes import inference
 from .modules import ChannelPlacementShortcut
 from .resolve import BlockInfo, Decision
 
@@ -133,12 +134,10 @@ def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision,
 
         return hook
 
-    modes = [(m, m.training) for m in model.modules()]
     saved = _zero_removed_gammas(model, decision)
     handles = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in consumers]
     try:
-        model.eval()
-        with torch.no_grad():
+        with inference(model):
             run_model(model, example_inputs)
     finally:
         for h in handles:
@@ -146,8 +145,6 @@ def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision,
         with torch.no_grad():
             for weight, index, values in saved:
                 weight[index] = values
-        for m, training in modes:
-            m.training = training
     return captured
 
 

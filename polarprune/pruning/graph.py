@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..modes import inference, restored_modes
 from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -129,9 +130,8 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
     """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored)."""
     import torch_pruning as tp
 
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        with torch.enable_grad():
+        with restored_modes(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=_as_input_tuple(example_inputs),
@@ -143,9 +143,6 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - tracing failures are reported as one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PolarpruneError(f"cannot trace {type(model).__name__} for pruning: {first}") from exc
-    finally:
-        for m, training in modes:
-            m.training = training
     return graph
 
 
@@ -224,16 +221,12 @@ def _layer_costs(model: nn.Module, example_inputs: Any, names: dict[nn.Module, s
                                     costs[name].positions + positions if name in costs else positions, False)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV_TYPES + (nn.Linear,))]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with inference(model):
             run_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
     return costs
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..modes import inference
 from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, deleted_with_block, run_model
 from .modules import (
     ChannelPlacementShortcut,
@@ -156,16 +157,12 @@ def replace_pad_shortcuts(model: nn.Module, example_inputs: Any) -> list[str]:
         return hook
 
     handles = [m.register_forward_pre_hook(record(n)) for n, m in pads.items()]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with inference(model):
             run_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
     for name, pad in pads.items():
         if name not in channels:
             continue  # not used in the forward pass

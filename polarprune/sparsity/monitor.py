@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..training.hooks import TrainHook
+from ..modes import inference
 
 log = logging.getLogger(__name__)
 
@@ -173,40 +174,34 @@ class ChannelCostModel:
         unknown = [n for n in source_names if n not in bns]
         if unknown:
             raise ValueError(f"not an affine BatchNorm of the model: {unknown[0]!r}")
-        modes = [(m, m.training) for m in model.modules()]
-        try:
-            model.eval()
-            with torch.no_grad():
-                info, producer, shapes = _record_layers(model, x, layers, bns)
-                cost = cls(
-                    layers=info,
-                    bn_channels={n: int(m.num_features) for n, m in bns.items()},
-                    producer=producer,
-                )
-                counted = {id(p) for n in info for p in layers[n].parameters(recurse=False)}
-                counted |= {id(p) for m in bns.values() for p in m.parameters(recurse=False)}
-                cost.other_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-                undecoded: dict[str, Tensor] = {}
-                silent = torch.zeros_like(x)  # only the tags carry values in the tag passes
-                for name in source_names:
-                    found = [
-                        _tag_pass(model, silent, layers, info, shapes, bns, name, reverse) for reverse in (False, True)
-                    ]
-                    for layer in info:
-                        (ch_a, st_a), (ch_b, st_b) = found[0][layer], found[1][layer]
-                        good = (st_a == 1) & (st_b == 1) & (ch_a == ch_b)
-                        bad = ((st_a != 0) | (st_b != 0)) & ~good
-                        if bad.any():
-                            undecoded[layer] = undecoded.get(layer, torch.zeros_like(bad)) | bad
-                        if good.any():
-                            idx = torch.nonzero(good).flatten()
-                            cost.sources.setdefault(layer, []).append(ChannelSource(name, idx, ch_a[idx]))
-                cost.undecoded = {k: int(v.sum()) for k, v in undecoded.items() if int(v.sum())}
-                for layer, srcs in cost.sources.items():
-                    mark_owners(srcs, cost.bn_channels, info[layer].in_channels)
-        finally:
-            for m, training in modes:
-                m.training = training
+        with inference(model):
+            info, producer, shapes = _record_layers(model, x, layers, bns)
+            cost = cls(
+                layers=info,
+                bn_channels={n: int(m.num_features) for n, m in bns.items()},
+                producer=producer,
+            )
+            counted = {id(p) for n in info for p in layers[n].parameters(recurse=False)}
+            counted |= {id(p) for m in bns.values() for p in m.parameters(recurse=False)}
+            cost.other_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
+            undecoded: dict[str, Tensor] = {}
+            silent = torch.zeros_like(x)  # only the tags carry values in the tag passes
+            for name in source_names:
+                found = [
+                    _tag_pass(model, silent, layers, info, shapes, bns, name, reverse) for reverse in (False, True)
+                ]
+                for layer in info:
+                    (ch_a, st_a), (ch_b, st_b) = found[0][layer], found[1][layer]
+                    good = (st_a == 1) & (st_b == 1) & (ch_a == ch_b)
+                    bad = ((st_a != 0) | (st_b != 0)) & ~good
+                    if bad.any():
+                        undecoded[layer] = undecoded.get(layer, torch.zeros_like(bad)) | bad
+                    if good.any():
+                        idx = torch.nonzero(good).flatten()
+                        cost.sources.setdefault(layer, []).append(ChannelSource(name, idx, ch_a[idx]))
+            cost.undecoded = {k: int(v.sum()) for k, v in undecoded.items() if int(v.sum())}
+            for layer, srcs in cost.sources.items():
+                mark_owners(srcs, cost.bn_channels, info[layer].in_channels)
         if cost.undecoded:
             log.info("channel cost model: input channels with no decodable source (kept): %s", cost.undecoded)
         return cost
