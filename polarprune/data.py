@@ -269,7 +269,31 @@ def _check_rank(rank: int, world_size: int) -> None:
 # ============================================================================ in-memory loader
 
 
-class InMemoryLoader:
+class EpochSharded:
+    """Epoch selection and step count shared by the loaders: the same layout for every data path.
+
+    Subclasses set ``train``, ``dataset_size``, ``batch_size``, ``rank``, ``world_size`` and
+    ``epoch``.
+    """
+
+    train: bool
+    dataset_size: int
+    batch_size: int
+    rank: int
+    world_size: int
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentations the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.train:
+            return train_steps(self.dataset_size, self.batch_size, self.world_size)
+        return math.ceil(len(eval_shard(self.dataset_size, self.rank, self.world_size)) / self.batch_size)
+
+
+class InMemoryLoader(EpochSharded):
     """Batches of uint8 NCHW images held in memory: shuffle, crop/flip, normalise, shard.
 
     ``train=True``: per epoch a permutation plus one crop offset and flip bit per position,
@@ -315,15 +339,6 @@ class InMemoryLoader:
         self.pin_memory = pin_memory
         self.dataset_size = len(self.labels)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentations the next iteration yields."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        if self.train:
-            return train_steps(self.dataset_size, self.batch_size, self.world_size)
-        return math.ceil(len(eval_shard(self.dataset_size, self.rank, self.world_size)) / self.batch_size)
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The epoch's order and, per position of that order, crop offsets and flip bits."""
@@ -409,7 +424,7 @@ class _FileDataset(torch.utils.data.Dataset):
         return tensor, self.samples[index][1]
 
 
-class _EpochBatchSampler(torch.utils.data.Sampler):
+class _EpochBatchSampler(EpochSharded, torch.utils.data.Sampler):
     """Batches of ``(index, sample_seed)`` with the same layout as ``InMemoryLoader``."""
 
     def __init__(self, dataset_size: int, batch_size: int, *, train: bool, seed: int, rank: int, world_size: int) -> None:
@@ -420,14 +435,6 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        if self.train:
-            return train_steps(self.dataset_size, self.batch_size, self.world_size)
-        return math.ceil(len(eval_shard(self.dataset_size, self.rank, self.world_size)) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if not self.train:

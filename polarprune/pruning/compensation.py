@@ -37,8 +37,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, ModelAnalysis, deleted_with_block, is_depthwise, run_model
-from ..modes import inference
+from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, ModelAnalysis, deleted_with_block, is_depthwise, probe_with_hooks
 from .modules import ChannelPlacementShortcut
 from .resolve import BlockInfo, Decision
 
@@ -137,11 +136,8 @@ def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision,
     saved = _zero_removed_gammas(model, decision)
     handles = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in consumers]
     try:
-        with inference(model):
-            run_model(model, example_inputs)
+        probe_with_hooks(model, example_inputs, handles)
     finally:
-        for h in handles:
-            h.remove()
         with torch.no_grad():
             for weight, index, values in saved:
                 weight[index] = values

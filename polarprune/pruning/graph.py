@@ -126,6 +126,16 @@ def run_model(model: nn.Module, example_inputs: Any) -> Any:
     return model(*_as_input_tuple(example_inputs))
 
 
+def probe_with_hooks(model: nn.Module, example_inputs: Any, handles: list[Any]) -> None:
+    """One probing forward (eval, no grad, modes restored) that feeds the hooks, then removes them."""
+    try:
+        with inference(model):
+            run_model(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
     """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored)."""
     import torch_pruning as tp
@@ -221,12 +231,7 @@ def _layer_costs(model: nn.Module, example_inputs: Any, names: dict[nn.Module, s
                                     costs[name].positions + positions if name in costs else positions, False)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV_TYPES + (nn.Linear,))]
-    try:
-        with inference(model):
-            run_model(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe_with_hooks(model, example_inputs, handles)
     return costs
 
 

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
-from ..modes import inference
-from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, deleted_with_block, run_model
+from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, deleted_with_block, probe_with_hooks
 from .modules import (
     ChannelPlacementShortcut,
     ChannelShift,
@@ -156,13 +155,7 @@ def replace_pad_shortcuts(model: nn.Module, example_inputs: Any) -> list[str]:
 
         return hook
 
-    handles = [m.register_forward_pre_hook(record(n)) for n, m in pads.items()]
-    try:
-        with inference(model):
-            run_model(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe_with_hooks(model, example_inputs, [m.register_forward_pre_hook(record(n)) for n, m in pads.items()])
     for name, pad in pads.items():
         if name not in channels:
             continue  # not used in the forward pass
