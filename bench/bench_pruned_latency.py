@@ -131,12 +131,12 @@ def forward_fn(model: nn.Module, x: Tensor, calls: int) -> Any:
     return run
 
 
-def bench_model(name: str, size: int, batches: list[int], repeats: int, seed: int) -> dict[str, Any]:
+def bench_model(name: str, size: int, batches: list[int], repeats: int, seed: int, round_to: int = 1) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = create(name).eval()
     example = torch.randn(1, 3, size, size)
     randomise(model, example, seed)
-    pruned, report = prune_model(model, example, "flops-target", target_macs_reduction=0.5)
+    pruned, report = prune_model(model, example, "flops-target", target_macs_reduction=0.5, round_to=round_to)
     threshold = float(report.options["threshold"])
     expanded = expand_variant(model, plan_pruning(model, example, "fixed", threshold=threshold))
     variants = {"unpruned": model, "pruned": pruned.eval(), "expand": expanded}
@@ -248,23 +248,31 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
     parser.add_argument("--r50-batch", type=int, default=16, help="the large batch of ResNet-50 (64 takes long on a CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--round-to", type=int, default=1, help="keep channel counts in multiples of N (prune_model round_to)")
+    parser.add_argument("--models", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50")
+    parser.add_argument("--out-stem", default="pruned_latency", help="result file name under bench/results/")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
     load_start = [round(v, 2) for v in os.getloadavg()]
     result: dict[str, Any] = {"provenance": provenance(args.seed), "threads": args.threads, "load_start": load_start}
-    result["models"] = [
-        bench_model("resnet56", 32, [1, 64], args.repeats, args.seed),
-        bench_model("resnet50", 224, [1, args.r50_batch], max(3, args.repeats // 2), args.seed),
-    ]
-    result["pruning_time"] = [pruning_time(224, args.seed), pruning_time(64, args.seed)]
+    wanted = args.models.split(",")
+    result["round_to"] = args.round_to
+    result["models"] = []
+    if "resnet56" in wanted:
+        result["models"].append(bench_model("resnet56", 32, [1, 64], args.repeats, args.seed, args.round_to))
+    if "resnet50" in wanted:
+        result["models"].append(
+            bench_model("resnet50", 224, [1, args.r50_batch], max(3, args.repeats // 2), args.seed, args.round_to)
+        )
+    result["pruning_time"] = [pruning_time(224, args.seed), pruning_time(64, args.seed)] if "resnet50" in wanted else []
     result["load_end"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_seconds"] = time.time() - start
     text = markdown(result)
     print(text)
     if not args.no_write:
-        paths = write_results("pruned_latency", result, text)
+        paths = write_results(args.out_stem, result, text)
         print("wrote", *paths)
     return 0
 
