@@ -50,6 +50,7 @@ from polarprune.models import create  # noqa: E402
 from polarprune.sparsity import build_hooks  # noqa: E402
 from polarprune.sparsity.masks import save_mask, uniform_mask  # noqa: E402
 from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
+from polarprune.training.engine import optimisation_step  # noqa: E402
 from polarprune.training.hooks import TrainHook  # noqa: E402
 
 LIMIT = 1.03
@@ -73,23 +74,11 @@ class Variant:
         self.criterion = nn.CrossEntropyLoss()
 
     def step(self) -> None:
-        with torch.autocast("cpu", dtype=torch.float32, enabled=False):
-            logits = self.model(self.images)
-            loss = self.criterion(logits, self.labels)
-        total = loss.float()
-        for hook in self.hooks:
-            term = hook.loss_term(self.model)
-            if term is not None:
-                total = total + term
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        for hook in self.hooks:
-            hook.after_backward(self.model)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        for hook in self.hooks:
-            hook.after_step(self.model)
+        """Exactly the engine's step (polarprune.training.engine.optimisation_step)."""
+        optimisation_step(
+            self.model, self.model, self.images, self.labels, criterion=self.criterion,
+            optimizer=self.optimizer, scaler=self.scaler, hooks=self.hooks,
+        )
 
     def hook_work(self) -> None:
         """Only what the hooks add to a step (the penalty's own backward included)."""

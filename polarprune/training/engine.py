@@ -227,6 +227,44 @@ def evaluate(
 # ----------------------------------------------------------------------------- the loop
 
 
+def optimisation_step(
+    model: nn.Module,
+    train_model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    hooks: list[TrainHook],
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: forward (``train_model``, e.g. the DDP wrapper), loss + hook terms, backward,
+    unscale, ``after_backward`` hooks, optimizer step, ``after_step`` hooks. Hooks get ``model``.
+
+    Returns the task loss (without hook terms) and the logits.
+    """
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = train_model(images)
+        loss = criterion(logits, labels)
+    total = loss.float()
+    for hook in hooks:
+        term = hook.loss_term(model)
+        if term is not None:
+            total = total + term
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
+    for hook in hooks:
+        hook.after_backward(model)
+    scaler.step(optimizer)
+    scaler.update()
+    for hook in hooks:
+        hook.after_step(model)
+    return loss, logits
+
+
+
 class Trainer:
     """Holds the state of one run; ``fit()`` trains the remaining epochs."""
 
@@ -416,28 +454,15 @@ class Trainer:
         }
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimisation step; the hooks act between backward and step and after the step."""
+        """Move a batch to the device and take one optimisation step with the hooks."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last and self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            logits = self.train_model(images)
-            loss = self.criterion(logits, labels)
-        total = loss.float()
-        for hook in self.hooks:
-            term = hook.loss_term(self.model)
-            if term is not None:
-                total = total + term
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        for hook in self.hooks:
-            hook.after_backward(self.model)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        for hook in self.hooks:
-            hook.after_step(self.model)
+        loss, logits = optimisation_step(
+            self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
+            scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype,
+        )
         return loss, logits, labels
 
     def _progress(self, steps: int, epoch: int) -> Any:
