@@ -541,6 +541,12 @@ class ArraySplits:
     padding: int  # random-crop padding for training (0: no crop)
     flip: bool
 
+    @classmethod
+    def normalised_by_train(cls, **fields: Any) -> "ArraySplits":
+        """Splits whose normalisation (mean/std) is measured on the training images."""
+        mean, std = channel_stats(fields["train_images"])
+        return cls(mean=mean, std=std, **fields)
+
 
 def _nhwc_to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
@@ -564,15 +570,12 @@ def load_digits_splits() -> ArraySplits:
     images, labels, train_idx, test_idx = digits_split()
     tensor = torch.from_numpy(images[:, None])  # N x 1 x 8 x 8
     train_images = tensor[train_idx].contiguous()
-    mean, std = channel_stats(train_images)
-    return ArraySplits(
+    return ArraySplits.normalised_by_train(
         train_images=train_images,
         train_labels=torch.from_numpy(labels[train_idx]),
         eval_images=tensor[test_idx].contiguous(),
         eval_labels=torch.from_numpy(labels[test_idx]),
         class_names=[str(d) for d in range(10)],
-        mean=mean,
-        std=std,
         padding=1,
         flip=False,  # digits are not mirror-symmetric
     )
@@ -680,15 +683,12 @@ def load_fake_splits(cfg: DataConfig) -> ArraySplits:
 
     train_images, train_labels = draw(cfg.train_subset or FAKE_TRAIN_SIZE, 1)
     eval_images, eval_labels = draw(cfg.eval_subset or FAKE_EVAL_SIZE, 2)
-    mean, std = channel_stats(train_images)
-    return ArraySplits(
+    return ArraySplits.normalised_by_train(
         train_images=train_images,
         train_labels=train_labels,
         eval_images=eval_images,
         eval_labels=eval_labels,
         class_names=[f"class{i}" for i in range(cfg.num_classes)],
-        mean=mean,
-        std=std,
         padding=max(size // 8, 1),
         flip=True,
     )
@@ -856,15 +856,12 @@ def load_imagefolder(cfg: DataConfig) -> ArraySplits | FolderSplits:
         return FolderSplits(train_samples, eval_samples, classes, cfg.image_size or DEFAULT_IMAGE_SIZE)
     train_images, train_labels = load_decoded_split(train_dir, train_samples, size)
     eval_images, eval_labels = load_decoded_split(eval_dir, eval_samples, size)
-    mean, std = channel_stats(train_images)
-    return ArraySplits(
+    return ArraySplits.normalised_by_train(
         train_images=train_images,
         train_labels=train_labels,
         eval_images=eval_images,
         eval_labels=eval_labels,
         class_names=classes,
-        mean=mean,
-        std=std,
         padding=max(round(min(size) / 8), 1),  # 4 for 32-px images, as for CIFAR
         flip=True,
     )
