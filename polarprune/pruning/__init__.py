@@ -22,19 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..modes import restored_modes
 from .graph import ChannelGroup, ModelAnalysis, analyze, run_model
 from .report import GroupRow, PruneReport
 from .resolve import ALL_STRATEGIES, GROUP_RULES, Decision, decide, search_threshold
 from .strategies import STRATEGIES, SelectionResult, grad_threshold, select_channels
-
-
-def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
-    for module, training in modes:
-        module.training = training
 
 
 def _first_tensor(value: Any) -> Tensor:
@@ -112,8 +104,7 @@ def plan_pruning(
 ) -> dict[str, Tensor]:
     """The keep mask of every BN of a prunable group after group resolution (what
     ``prune_model`` would keep; BNs of removed branches are all False). The model is unchanged."""
-    modes = _modes(model)
-    try:
+    with restored_modes(model):
         work = _prepare(model, example_inputs, inplace=False)
         analysis = analyze(work, example_inputs)
         decision, _ = _decision(
@@ -121,18 +112,13 @@ def plan_pruning(
             masks=masks, bn_names=bn_names, group_rule=group_rule, min_channels=min_channels,
             remove_empty_blocks=remove_empty_blocks, round_to=round_to, seed=seed,
         )
-    finally:
-        _restore(modes)
     return decision.bn_keep
 
 
 def channel_groups(model: nn.Module, example_inputs: Any) -> list[ChannelGroup]:
     """Every channel group of the model (``.prunable`` False with ``.reason`` for whole ones)."""
-    modes = _modes(model)
-    try:
+    with restored_modes(model):
         return analyze(_prepare(model, example_inputs, inplace=False), example_inputs).groups
-    finally:
-        _restore(modes)
 
 
 def prunable_bn_names(model: nn.Module, example_inputs: Any) -> list[str]:
@@ -209,9 +195,9 @@ def prune_model(
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    modes = _modes(model)
+    known = {id(module) for module in model.modules()}
     first_input = _first_tensor(example_inputs)
-    try:
+    with restored_modes(model):
         model.eval()
         with torch.no_grad():
             reference = run_model(model, example_inputs)
@@ -259,9 +245,6 @@ def prune_model(
         cost_after = count_model(work, first_input)
         _attach_plan(work, notes)
         seconds["report"] = time.perf_counter() - tick
-    finally:
-        _restore(modes)
-    known = {id(module) for module, _ in modes}
     for module in work.modules():
         if id(module) not in known:  # the copy (or new layers): the model's mode
             module.training = model.training
