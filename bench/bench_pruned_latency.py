@@ -4,7 +4,9 @@ ChannelExpand-style pruning (acceptance: at batch 64 the latency cut >= 0.7 x th
 For CIFAR ResNet-56 (32x32) and torchvision ResNet-50 (224x224), with synthetic
 sparsity-trained gammas (uniform in [0, 1]; in every residual group a shared 30% of the
 channels near 0 in all its BNs) and random running statistics,
-``prune_model(strategy="flops-target", target_macs_reduction=0.5)`` gives the *pruned* model.
+``prune_model(strategy="flops-target", target_macs_reduction=0.5, round_to=N)`` gives the
+*pruned* model, once per ``--round-to`` value (default 1 and 16: without rounding, and with
+kept counts of 16 or more rounded up to multiples of 16, oneDNN's channel block on AVX-512).
 The *expand* model removes the same channels (``plan_pruning``'s masks), but ChannelExpand
 style: each block's output is sliced and scattered back to the full residual width (zeros
 elsewhere) before the addition, so the residual width and every block's input width stay
@@ -12,7 +14,7 @@ full. Blocks whose inner width reaches 0 are their shortcut in both. Both memory
 (NCHW and channels_last) are timed. All three variants run side by side, interleaved round-robin, repeated;
 the result reports medians, paired ratios and the pruning time of ResNet-50 (graph + surgery).
 
-    .venv/bin/python bench/bench_pruned_latency.py [--repeats 7] [--threads 1] [--r50-batch 16]
+    .venv/bin/python bench/bench_pruned_latency.py [--repeats 7] [--threads 1] [--r50-batch 64] [--round-to 1,16]
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def bench_model(name: str, size: int, batches: list[int], repeats: int, seed: in
     randomise(model, example, seed)
     pruned, report = prune_model(model, example, "flops-target", target_macs_reduction=0.5, round_to=round_to)
     threshold = float(report.options["threshold"])
-    expanded = expand_variant(model, plan_pruning(model, example, "fixed", threshold=threshold))
+    expanded = expand_variant(model, plan_pruning(model, example, "fixed", threshold=threshold, round_to=round_to))
     variants = {"unpruned": model, "pruned": pruned.eval(), "expand": expanded}
     macs = {k: count_model(v, example).macs for k, v in variants.items()}
     params = {k: sum(p.numel() for p in v.parameters()) for k, v in variants.items()}
@@ -148,6 +150,7 @@ def bench_model(name: str, size: int, batches: list[int], repeats: int, seed: in
     result: dict[str, Any] = {
         "model": name,
         "input_size": size,
+        "round_to": round_to,
         "threshold": threshold,
         "macs": macs,
         "macs_reduction": {k: 1 - v / macs["unpruned"] for k, v in macs.items()},
@@ -203,15 +206,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"Load average (1/5/15 min) at start {result['load_start']}, at end {result['load_end']}; "
                  f"torch threads {result['threads']}.")
     lines.append("")
-    lines.append("| model | variant | MACs | MACs cut | layout | batch | median latency (ms) | latency cut |")
-    lines.append("|---|---|---:|---:|---|---:|---:|---:|")
+    lines.append("| model | round_to | variant | MACs | MACs cut | layout | batch | median latency (ms) | latency cut |")
+    lines.append("|---|---:|---|---:|---:|---|---:|---:|---:|")
     for r in result["models"]:
         for layout, per_batch in r["latency"].items():
             for batch, lat in per_batch.items():
                 for variant in ("unpruned", "pruned", "expand"):
                     cut = "-" if variant == "unpruned" else f"{lat['latency_cut'][variant]:.1%}"
                     lines.append(
-                        f"| {r['model']} ({r['input_size']}px) | {variant} | {r['macs'][variant]:,} | "
+                        f"| {r['model']} ({r['input_size']}px) | {r['round_to']} | {variant} | {r['macs'][variant]:,} | "
                         f"{r['macs_reduction'][variant]:.1%} | {layout} | {batch} | {lat['seconds'][variant]['median'] * 1000:.2f} | {cut} |"
                     )
     lines.append("")
@@ -219,10 +222,10 @@ def markdown(result: dict[str, Any]) -> str:
         for layout, a in r["acceptance"].items():
             seconds = r["latency"][layout][str(a["batch"])]["seconds"]
             cuts = [1 - p / u for p, u in zip(seconds["pruned"]["all"], seconds["unpruned"]["all"])]
-            lines.append(f"- {r['model']}, {layout}: at batch {a['batch']} the latency cut is {a['latency_cut']:.1%} for a MACs cut of "
+            lines.append(f"- {r['model']}, round_to {r['round_to']}, {layout}: at batch {a['batch']} the latency cut is {a['latency_cut']:.1%} for a MACs cut of "
                          f"{a['macs_reduction']:.1%} (needs >= {a['required']:.1%}): {'PASS' if a['passed'] else 'FAIL'} "
                          f"(per-round cuts {min(cuts):.1%} .. {max(cuts):.1%} over {len(cuts)} rounds)")
-        lines.append(f"- {r['model']}: {r['removed_blocks']} residual branches removed; threshold {r['threshold']:.4f}; "
+        lines.append(f"- {r['model']}, round_to {r['round_to']}: {r['removed_blocks']} residual branches removed; threshold {r['threshold']:.4f}; "
                      f"max |logit diff| pruned vs unpruned {r['max_abs_logit_diff_pruned_vs_unpruned']:.3g} (random gammas: not zero)")
     lines.append("")
     lines.append("ResNet-50 pruning time (median seconds per phase of `prune_model`, `fixed` threshold 0.5):")
@@ -246,9 +249,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per batch size")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
-    parser.add_argument("--r50-batch", type=int, default=16, help="the large batch of ResNet-50 (64 takes long on a CPU)")
+    parser.add_argument("--r50-batch", type=int, default=64, help="the large batch of ResNet-50 (64: about 5 s a forward on one core)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--round-to", type=int, default=1, help="keep channel counts in multiples of N (prune_model round_to)")
+    parser.add_argument("--round-to", default="1,16", help="comma-separated prune_model round_to values, one pruned model each")
     parser.add_argument("--models", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50")
     parser.add_argument("--out-stem", default="pruned_latency", help="result file name under bench/results/")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -258,14 +261,24 @@ def main() -> int:
     load_start = [round(v, 2) for v in os.getloadavg()]
     result: dict[str, Any] = {"provenance": provenance(args.seed), "threads": args.threads, "load_start": load_start}
     wanted = args.models.split(",")
-    result["round_to"] = args.round_to
+    unknown = sorted(set(wanted) - {"resnet56", "resnet50"})
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from resnet56, resnet50")
+    try:
+        roundings = [int(v) for v in args.round_to.split(",")]
+    except ValueError:
+        parser.error(f"--round-to: expected comma-separated integers, got {args.round_to!r}")
+    result["round_to"] = roundings
     result["models"] = []
-    if "resnet56" in wanted:
-        result["models"].append(bench_model("resnet56", 32, [1, 64], args.repeats, args.seed, args.round_to))
-    if "resnet50" in wanted:
-        result["models"].append(
-            bench_model("resnet50", 224, [1, args.r50_batch], max(3, args.repeats // 2), args.seed, args.round_to)
-        )
+    for round_to in roundings:
+        if "resnet56" in wanted:
+            print(f"resnet56, round_to {round_to} ...", file=sys.stderr, flush=True)
+            result["models"].append(bench_model("resnet56", 32, [1, 64], args.repeats, args.seed, round_to))
+        if "resnet50" in wanted:
+            print(f"resnet50, round_to {round_to} ...", file=sys.stderr, flush=True)
+            result["models"].append(
+                bench_model("resnet50", 224, [1, args.r50_batch], max(3, args.repeats // 2), args.seed, round_to)
+            )
     result["pruning_time"] = [pruning_time(224, args.seed), pruning_time(64, args.seed)] if "resnet50" in wanted else []
     result["load_end"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_seconds"] = time.time() - start
