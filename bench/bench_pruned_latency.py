@@ -6,7 +6,9 @@ sparsity-trained gammas (uniform in [0, 1]; in every residual group a shared 30%
 channels near 0 in all its BNs) and random running statistics,
 ``prune_model(strategy="flops-target", target_macs_reduction=0.5, round_to=N)`` gives the
 *pruned* model, once per ``--round-to`` value (default 1 and 16: without rounding, and with
-kept counts of 16 or more rounded up to multiples of 16, oneDNN's channel block on AVX-512).
+every kept count rounded up to a multiple of 16, oneDNN's channel block on AVX-512). The
+script restarts itself with glibc told to keep freed memory (``common.STEADY_MALLOC_ENV``),
+so that page faults of freshly mapped activations do not blur the compute being compared.
 The *expand* model removes the same channels (``plan_pruning``'s masks), but ChannelExpand
 style: each block's output is sliced and scattered back to the full residual width (zeros
 elsewhere) before the addition, so the residual width and every block's input width stay
@@ -32,7 +34,17 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, paired_ratios, provenance, provenance_markdown, summary, write_results  # noqa: E402
+from common import (  # noqa: E402
+    interleaved,
+    minor_page_faults,
+    paired_ratios,
+    provenance,
+    provenance_markdown,
+    reexec_with_steady_malloc,
+    steady_malloc,
+    summary,
+    write_results,
+)
 
 from polarprune.flops import count_model  # noqa: E402
 from polarprune.models import create  # noqa: E402
@@ -169,11 +181,17 @@ def bench_model(name: str, size: int, batches: list[int], repeats: int, seed: in
             calls = max(1, 8 // batch)  # batch 1: several forwards per timed call
             times = interleaved({k: forward_fn(v, x, calls) for k, v in placed.items()}, rounds=repeats, warmup=1)
             per_forward = {k: [t / calls for t in ts] for k, ts in times.items()}
+            faults = {}
+            for k, v in placed.items():
+                before = minor_page_faults()
+                forward_fn(v, x, 1)()
+                faults[k] = minor_page_faults() - before
             ratios = {k: statistics.median(paired_ratios(per_forward[k], per_forward["unpruned"])) for k in ("pruned", "expand")}
             result["latency"][layout][str(batch)] = {
                 "seconds": {k: summary(v) for k, v in per_forward.items()},
                 "ratio_to_unpruned": ratios,
                 "latency_cut": {k: 1 - r for k, r in ratios.items()},
+                "page_faults_per_forward": faults,
             }
     big = str(max(batches))
     result["acceptance"] = {}
@@ -206,8 +224,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"Load average (1/5/15 min) at start {result['load_start']}, at end {result['load_end']}; "
                  f"torch threads {result['threads']}.")
     lines.append("")
-    lines.append("| model | round_to | variant | MACs | MACs cut | layout | batch | median latency (ms) | latency cut |")
-    lines.append("|---|---:|---|---:|---:|---|---:|---:|---:|")
+    lines.append(f"Allocator: {'glibc keeps freed memory (STEADY_MALLOC_ENV)' if result['steady_malloc'] else 'default glibc'}; "
+                 "page faults are counted over one forward after the timed rounds.")
+    lines.append("")
+    lines.append("| model | round_to | variant | MACs | MACs cut | layout | batch | median latency (ms) | latency cut | page faults / forward |")
+    lines.append("|---|---:|---|---:|---:|---|---:|---:|---:|---:|")
     for r in result["models"]:
         for layout, per_batch in r["latency"].items():
             for batch, lat in per_batch.items():
@@ -215,7 +236,8 @@ def markdown(result: dict[str, Any]) -> str:
                     cut = "-" if variant == "unpruned" else f"{lat['latency_cut'][variant]:.1%}"
                     lines.append(
                         f"| {r['model']} ({r['input_size']}px) | {r['round_to']} | {variant} | {r['macs'][variant]:,} | "
-                        f"{r['macs_reduction'][variant]:.1%} | {layout} | {batch} | {lat['seconds'][variant]['median'] * 1000:.2f} | {cut} |"
+                        f"{r['macs_reduction'][variant]:.1%} | {layout} | {batch} | {lat['seconds'][variant]['median'] * 1000:.2f} | {cut} | "
+                        f"{lat['page_faults_per_forward'][variant]:,} |"
                     )
     lines.append("")
     for r in result["models"]:
@@ -255,11 +277,16 @@ def main() -> int:
     parser.add_argument("--models", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50")
     parser.add_argument("--out-stem", default="pruned_latency", help="result file name under bench/results/")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="time with glibc's default allocator settings (page faults included) instead of restarting with STEADY_MALLOC_ENV")
     args = parser.parse_args()
+    if not args.default_malloc:
+        reexec_with_steady_malloc()
     torch.set_num_threads(args.threads)
     start = time.time()
     load_start = [round(v, 2) for v in os.getloadavg()]
-    result: dict[str, Any] = {"provenance": provenance(args.seed), "threads": args.threads, "load_start": load_start}
+    result: dict[str, Any] = {"provenance": provenance(args.seed), "threads": args.threads, "load_start": load_start,
+                              "steady_malloc": steady_malloc()}
     wanted = args.models.split(",")
     unknown = sorted(set(wanted) - {"resnet56", "resnet50"})
     if unknown:

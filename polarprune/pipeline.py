@@ -68,6 +68,7 @@ class PruneOptions(Section):
     target_macs_reduction: float | None = Field(None, gt=0, lt=1)
     group_rule: Literal["any", "all", "mean"] = "any"
     min_channels: int = Field(1, ge=1)
+    round_to: int = Field(1, ge=1, description="kept counts of at least N rounded to multiples of N (16: CPU)")
     compensate: bool = True
 
     @model_validator(mode="after")
@@ -455,6 +456,7 @@ def _prune_kwargs(opts: PruneOptions) -> dict[str, Any]:
         "target_macs_reduction": opts.target_macs_reduction,
         "group_rule": opts.group_rule,
         "min_channels": opts.min_channels,
+        "round_to": opts.round_to,
         "compensate": opts.compensate,
     }
 

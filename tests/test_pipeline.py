@@ -47,6 +47,17 @@ def test_recipe_validation_errors():
         load_recipe("demo-masksparsity", ["stages.mask=null"])
     with pytest.raises(PolarpruneError, match="not an earlier stage"):
         load_recipe("demo-polarization", ["stages.sparsity.init=finetune"])
+    with pytest.raises(PolarpruneError, match="round_to"):
+        load_recipe("demo-polarization", ["stages.prune.round_to=0"])
+
+
+def test_prune_stage_passes_its_options_to_prune_model():
+    from polarprune.pipeline import _prune_kwargs
+
+    recipe = load_recipe("demo-polarization", ["stages.prune.round_to=16", "stages.prune.min_channels=2"])
+    kwargs = _prune_kwargs(recipe.stages.prune)
+    assert kwargs["round_to"] == 16 and kwargs["min_channels"] == 2
+    assert _prune_kwargs(load_recipe("demo-polarization", []).stages.prune)["round_to"] == 1
 
 
 @pytest.mark.slow

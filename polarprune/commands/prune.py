@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="do not score BNs matching this pattern (repeatable)")
     p.add_argument("--group-rule", choices=("any", "all", "mean"), default="any", help="how a group's BNs vote (default any)")
     p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="round every group's kept channels (when N or more) up to a multiple of N; 16 suits oneDNN on AVX-512 CPUs (default 1: no rounding)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="round every group's kept channels up to a multiple of N; 16 for CPU inference (oneDNN blocks) (default 1)")
     p.add_argument("--keep-empty-blocks", action="store_true", help="keep min-channels in an emptied residual branch instead of removing it")
     p.add_argument("--no-compensate", action="store_true", help="do not fold removed channels' constant shift into their consumers")
     p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")

@@ -186,9 +186,8 @@ def prune_model(
     modes of its layers are restored, and the pruned model has the same modes.
     ``example_inputs`` (a tensor or a tuple) is what the graph is traced with and what the
     output difference in the report is measured on. ``round_to`` > 1 rounds every group's kept
-    count of at least ``round_to`` to a multiple of it (up for threshold strategies, to the
-    nearest for ratio ones) so widths fill whole SIMD blocks (oneDNN: 16 channels on AVX-512);
-    smaller counts stay as they are.
+    count to a multiple of it (up for threshold strategies, to the nearest for ratio ones) so
+    widths suit SIMD blocking (oneDNN uses blocks of 8 or 16 channels).
     """
     from ..flops import count_model
     from .compensation import compensate as fold_constants

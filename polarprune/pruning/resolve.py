@@ -177,22 +177,18 @@ def keep_at_least(keep: Tensor, scores: Tensor, count: int) -> Tensor:
 
 
 def round_kept(keep: Tensor, scores: Tensor, multiple: int, mode: str) -> Tensor:
-    """Kept count rounded to a multiple of ``multiple`` (at most all); a count below one
-    multiple is left as it is.
+    """Kept count rounded to a multiple of ``multiple`` (at least one multiple, at most all).
 
-    Why: kernels that compute channels in blocks (oneDNN: 16 on AVX-512) pad a width to the
-    next whole block, so 24 of 32 channels cost as much as 32, while a width under one block
-    runs on kernels made for few channels (bench/bench_pruned_latency.py measured both).
     ``mode="up"`` adds the best removed channels (nothing kept is removed: threshold
     strategies); ``"nearest"`` may also drop the worst kept ones (ratio strategies).
     """
     size, count = keep.numel(), int(keep.sum())
-    if multiple <= 1 or count < multiple or count == size:
+    if multiple <= 1 or count == 0 or count == size:
         return keep
     if mode == "up":
         target = math.ceil(count / multiple) * multiple
     else:
-        target = int(math.floor(count / multiple + 0.5)) * multiple
+        target = max(multiple, int(math.floor(count / multiple + 0.5)) * multiple)
     target = min(size, target)
     if target == count:
         return keep
