@@ -39,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, provenance, provenance_markdown, write_results  # noqa: E402
+from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, steady_malloc, write_results  # noqa: E402
 
 from polarprune.config import TrainConfig, deep_merge  # noqa: E402
 from polarprune.data import build_data, probe_batch  # noqa: E402
@@ -473,7 +473,8 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
         lines += ["", f"Not run (out of time): {', '.join(result['methods_not_run'])}."]
     lines += ["", "Latency: `polarprune.report.cpu_latency_ms`, medians of "
               f"{latency_rounds} round-robin rounds over all models (20 runs at batch 1, 5 at batch 64 per round); "
-              "x / unpruned: median of the per-round latency ratios to the unpruned model.",
+              "x / unpruned: median of the per-round latency ratios to the unpruned model. Allocator: "
+              + ("glibc keeps freed memory (common.STEADY_MALLOC_ENV)." if steady_malloc() else "glibc defaults (page faults included)."),
               "", f"![accuracy vs MACs]({acc_png.name})", "", f"![gamma histograms]({gam_png.name})"]
     write_results(stem, result, "\n".join(lines), folder=results_dir)
     print("\n".join(lines))
@@ -500,11 +501,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--report-only", action="store_true", help="only rebuild the result files from the cache")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator settings (batch-64 latencies then include page faults; see common.STEADY_MALLOC_ENV)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.default_malloc and argv is None:
+        reexec_with_steady_malloc()
     torch.manual_seed(args.seed)
     bench = Bench(args)
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
