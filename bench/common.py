@@ -120,9 +120,10 @@ def provenance(seed: int, libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[
 
 
 # glibc hands large freed blocks back to the kernel (trim, or munmap for blocks over the mmap
-# threshold), so the next forward pass page-faults its activations in again: on this machine
-# 20-45% of a CPU forward at batch 64, changing from process to process and shrinking with the
-# activations. Keeping freed memory makes latency measure the model's compute.
+# threshold), so the next forward pass page-faults its activations in again: 6.7k-38.7k faults
+# per batch-64 forward of ResNet-56 (results/pruned_latency_resnet56_default_malloc.md), a
+# number that changes from model to model and process to process. Keeping freed memory makes
+# latency measure the model's compute.
 STEADY_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
 
 

@@ -68,7 +68,7 @@ class PruneOptions(Section):
     target_macs_reduction: float | None = Field(None, gt=0, lt=1)
     group_rule: Literal["any", "all", "mean"] = "any"
     min_channels: int = Field(1, ge=1)
-    round_to: int = Field(1, ge=1, description="kept counts of at least N rounded to multiples of N (16: CPU)")
+    round_to: int = Field(1, ge=1, description="every kept count rounded up to a multiple of N (16 for CPU inference)")
     compensate: bool = True
 
     @model_validator(mode="after")
