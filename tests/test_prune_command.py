@@ -85,3 +85,16 @@ def test_prune_command_errors(tiny_file: Path, tmp_path: Path, capsys: pytest.Ca
     assert len(errors) == 4 and all(line.startswith("polarprune: error: ") for line in errors)
     assert "needs --ratio" in errors[1] and "nothing*" in errors[2]
     assert not out.exists()
+
+
+def test_command_strategy_lists_match_the_library() -> None:
+    """The commands keep their own strategy tuples (``--help`` must not import torch)."""
+    import typing
+
+    from polarprune.commands import mask, prune
+    from polarprune.pipeline import PruneOptions
+    from polarprune.pruning.resolve import ALL_STRATEGIES
+
+    assert set(prune.STRATEGY_CHOICES) == set(ALL_STRATEGIES)
+    assert set(typing.get_args(PruneOptions.model_fields["strategy"].annotation)) == set(ALL_STRATEGIES)
+    assert set(mask.STRATEGY_CHOICES) == set(ALL_STRATEGIES) - {"mask", "flops-target"}
