@@ -99,7 +99,6 @@ def test_target_macs_ratio_stops_and_survives_resume(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_mask_l1_pushes_only_masked_channels(tmp_path: Path) -> None:
-    model = create("small_cnn", 10, in_channels=1)
     keep = {"features.4": torch.arange(32) % 2 == 0, "features.8": torch.arange(64) < 48}
     mask = save_mask(keep, tmp_path / "mask.json", "small_cnn")
     out = tmp_path / "masked"
