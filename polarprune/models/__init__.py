@@ -1,60 +1,81 @@
-"""Model registry: ``create(name, num_classes=..., **options)`` and ``list_models()``.
+"""Model registry: ``create(name, num_classes=..., **options)``, ``list_models()``, ``register``.
 
 Names: CIFAR ResNets (``resnet20`` ... ``resnet110``, any ``resnet<6n+2>`` that is not a
 torchvision name), CIFAR VGGs (``vgg11/13/16/19``), ``small_cnn`` for the digits, and every
 torchvision classification model by its torchvision name (``resnet50``, ``mobilenet_v2``,
 ``vgg16_bn``, ...). CIFAR names win where torchvision has the same one (``vgg16``); use the
 prefix ``tv:`` to ask for torchvision's (``tv:vgg16``).
+
+What the generic code needs to know about a model (input size, which BNs the papers
+regularize, pruning rules) is its ``ModelEntry`` (``entry.py``): ``entry_for(model)``,
+``get_entry(name)``; ``register(name, builder, **fields)`` adds your own family.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+import sys
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import PolarpruneError
-from .cifar_resnet import CifarResNet
-from .cifar_vgg import VGG_CONFIGS, CifarVGG
+from . import entry as _entry
+from .cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet
+from .cifar_vgg import CifarVGG
+from .entry import METHODS, ModelEntry, register
+from .imports import trusting_code
 from .small_cnn import SmallCNN
+from . import timm_models  # noqa: F401  (registers the timm: resolver; timm itself is imported on use)
 
-CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
-TORCHVISION_PREFIX = "tv:"
-# torchvision names that we answer with our own CIFAR definitions.
-_TORCHVISION_SHADOWED = set(VGG_CONFIGS)
+DEFAULT_INPUT_SIZE = 224  # for a model no entry knows
 
 
-def _builders() -> dict[str, Callable[..., nn.Module]]:
-    table: dict[str, Callable[..., nn.Module]] = {}
-    for depth in CIFAR_RESNET_DEPTHS:
-        table[f"resnet{depth}"] = lambda num_classes, depth=depth, **kw: CifarResNet(depth, num_classes, **kw)
-    for key in VGG_CONFIGS:
-        table[key] = lambda num_classes, key=key, **kw: CifarVGG(int(key[3:]), num_classes, **kw)
-    table["small_cnn"] = lambda num_classes, **kw: SmallCNN(num_classes, **kw)
-    return table
+def _torchvision_entries() -> None:
+    """Load torchvision's families and names (imports torchvision, so only when needed)."""
+    from . import torchvision_models  # noqa: F401  (registers its entries and resolver)
 
 
-_BUILDERS = _builders()
+def get_entry(name: str) -> ModelEntry | None:
+    """The entry of a model name (ours, the user's, torchvision's), or None."""
+    found = _entry.get_entry(name)
+    if found is None:
+        _torchvision_entries()
+        found = _entry.get_entry(name)
+    return found
+
+
+def entry_for(model: nn.Module) -> ModelEntry | None:
+    """The entry of a model instance: by ``polarprune_spec["name"]`` or by its class; None if unknown.
+
+    Plain torchvision instances (built without polarprune) are recognised by their class.
+    """
+    if "torchvision" in sys.modules:  # a torchvision instance implies torchvision is loaded
+        _torchvision_entries()
+    return _entry.lookup(model)
+
+
+def default_input_size(model_or_name: nn.Module | str) -> int:
+    """The square input side the model is made for (its entry's; 224 when no entry knows it)."""
+    found = get_entry(model_or_name) if isinstance(model_or_name, str) else entry_for(model_or_name)
+    return found.input_size if found is not None else DEFAULT_INPUT_SIZE
 
 
 def torchvision_names() -> list[str]:
     """torchvision's classification model names."""
-    import torchvision
+    from .torchvision_models import names
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return names()
 
 
 def list_models() -> list[str]:
     """All names ``create`` accepts (torchvision names that we shadow appear with ``tv:``)."""
-    tv = [n if n not in _BUILDERS else TORCHVISION_PREFIX + n for n in torchvision_names()]
-    return sorted(_BUILDERS) + tv
+    from .torchvision_models import TORCHVISION_PREFIX
 
-
-def is_cifar_model(name: str) -> bool:
-    """True for the hand-written CIFAR/digits models (inputs of 32x32 or smaller)."""
-    return name in _BUILDERS
+    ours = _entry.registered_names()
+    tv = [n if n not in ours else TORCHVISION_PREFIX + n for n in torchvision_names()]
+    return ours + tv
 
 
 def init_bn_gamma(model: nn.Module, value: float) -> None:
@@ -71,24 +92,24 @@ def create(
     in_channels: int = 3,
     bn_init: float | None = None,
     weights: str | None = None,
+    trust_code: bool = False,
     **options: Any,
 ) -> nn.Module:
-    """Build a model by name.
+    """Build a model by name (a registry name, ``timm:<name>`` or ``"package.module:callable"``).
 
     ``bn_init`` sets all BN gammas (None keeps the default init of 1). ``weights`` is a local
     state-dict file (for example torchvision's pretrained ``.pth``) loaded after construction.
     Other options go to the model's constructor (``shortcut='B'`` for CIFAR ResNets, ``width``
-    for ``small_cnn``, any torchvision keyword for torchvision models).
+    for ``small_cnn``, any torchvision keyword for torchvision models). An import path is
+    imported only with ``trust_code=True`` or inside ``imports.trusting_code()`` (models/imports.py).
     """
     if num_classes < 1:
         raise PolarpruneError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
-    if name in _BUILDERS:
-        try:
-            model = _BUILDERS[name](num_classes, in_channels=in_channels, **options)
-        except (TypeError, ValueError) as exc:
-            raise PolarpruneError(f"model {name!r}: {exc}") from exc
-    else:
-        model = _create_torchvision(name.removeprefix(TORCHVISION_PREFIX), num_classes, in_channels, options)
+    found = get_entry(name)
+    if found is None:
+        raise PolarpruneError(f"unknown model {name!r}{_depth_hint(name)}; `polarprune models` lists the names")
+    with trusting_code(trust_code):
+        model = _build(found, num_classes, in_channels, options)
     if bn_init is not None:
         init_bn_gamma(model, bn_init)
     if weights:
@@ -102,21 +123,22 @@ def create(
     return model
 
 
-def _create_torchvision(name: str, num_classes: int, in_channels: int, options: dict[str, Any]) -> nn.Module:
-    import torchvision
+def _depth_hint(name: str) -> str:
+    match = re.fullmatch(r"resnet(\d+)", name)
+    if match and (int(match.group(1)) - 2) % 6 == 0:
+        return f" (CIFAR ResNets come in depths {', '.join(map(str, CIFAR_RESNET_DEPTHS))})"
+    return ""
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        match = re.fullmatch(r"resnet(\d+)", name)
-        hint = ""
-        if match and (int(match.group(1)) - 2) % 6 == 0:
-            hint = f" (CIFAR ResNets come in depths {', '.join(map(str, CIFAR_RESNET_DEPTHS))})"
-        raise PolarpruneError(f"unknown model {name!r}{hint}; `polarprune models` lists the names")
-    if in_channels != 3:
-        raise PolarpruneError(f"model {name!r}: torchvision models take 3 input channels, got in_channels={in_channels}")
+
+def _build(found: ModelEntry, num_classes: int, in_channels: int, options: dict[str, Any]) -> nn.Module:
+    """``found.builder(num_classes, **options)``, plus ``in_channels`` where it differs from the entry's."""
+    kwargs = dict(options)
+    if in_channels != found.in_channels:
+        kwargs["in_channels"] = in_channels
     try:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
-    except TypeError as exc:
-        raise PolarpruneError(f"model {name!r}: bad option: {exc}") from exc
+        return found.builder(num_classes, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise PolarpruneError(f"model {found.name!r}: {exc}") from exc
 
 
 def _load_weights(model: nn.Module, name: str, path: str) -> None:
@@ -135,4 +157,18 @@ def _load_weights(model: nn.Module, name: str, path: str) -> None:
         raise PolarpruneError(f"model {name!r}: weights {path} do not fit: {' '.join(first[:3])}") from None
 
 
-__all__ = ["create", "list_models", "torchvision_names", "is_cifar_model", "init_bn_gamma", "CifarResNet", "CifarVGG", "SmallCNN"]
+__all__ = [
+    "create",
+    "register",
+    "get_entry",
+    "entry_for",
+    "default_input_size",
+    "ModelEntry",
+    "METHODS",
+    "list_models",
+    "torchvision_names",
+    "init_bn_gamma",
+    "CifarResNet",
+    "CifarVGG",
+    "SmallCNN",
+]

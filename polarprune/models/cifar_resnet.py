@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .entry import block_bns, register
+
 
 class PadShortcut(nn.Module):
     """Option-A shortcut: spatial subsampling by ``stride`` and zero channels appended."""
@@ -86,3 +88,20 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def regularized_bns(model: nn.Module, method: str | None = None) -> list[str]:
+    """``bn1`` and ``bn2`` of every basic block; not the stem ``bn1``, not an option-B shortcut BN."""
+    return block_bns(model, [(BasicBlock, ("bn1", "bn2"))])
+
+
+for _depth in CIFAR_RESNET_DEPTHS:
+    register(
+        f"resnet{_depth}",
+        lambda num_classes, depth=_depth, **kw: CifarResNet(depth, num_classes, **kw),
+        family="cifar_resnet", input_size=32, num_classes=10,
+        classes=(CifarResNet,), bn_selection=regularized_bns,
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .entry import every_bn, register
+
 VGG_CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -41,3 +43,11 @@ class CifarVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
+
+
+for _key in VGG_CONFIGS:
+    # every conv-block BN and the BN1d of the 512-unit FC head
+    register(
+        _key, lambda num_classes, key=_key, **kw: CifarVGG(int(key[3:]), num_classes, **kw),
+        family="cifar_vgg", input_size=32, num_classes=10, classes=(CifarVGG,), bn_selection=every_bn,
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .entry import every_bn, register
+
 
 class SmallCNN(nn.Module):
     """Two conv-BN-ReLU stages (8x8 -> 4x4 -> 2x2 after pooling), an FC-BN1d-ReLU head, classifier."""
@@ -27,3 +29,9 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+register(
+    "small_cnn", lambda num_classes, **kw: SmallCNN(num_classes, **kw),
+    input_size=8, in_channels=1, num_classes=10, classes=(SmallCNN,), bn_selection=every_bn,
+)

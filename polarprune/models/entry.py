@@ -1,0 +1,181 @@
+"""Model entries: what the generic code needs to know about a model family, in one record.
+
+Each family declares its ``ModelEntry`` next to its definition (``cifar_resnet.py``,
+``cifar_vgg.py``, ``small_cnn.py``, ``torchvision_models.py``) and the generic code
+(sparsity selection, the commands' input sizes, pruning's block rules and adapters) asks
+``entry_for(model)`` instead of testing classes itself. A field left at None means "no
+family knowledge here": the caller falls back to its dependency-graph default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from ..errors import PolarpruneError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The sparsity methods whose papers choose the regularized BNs (``ModelEntry.regularized_bns``).
+METHODS = ("polarization", "l1", "masksparsity")
+
+BnSelection = Callable[[nn.Module, "str | None"], "list[str] | None"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Everything polarprune knows about one model name (timm's ``default_cfg`` idea).
+
+    ``builder(num_classes, **options)`` builds the model (``in_channels`` is passed when the
+    builder accepts it). ``mean``/``std``: the input normalisation the model's weights expect
+    (None: the data set's own, as for models trained from scratch). ``classes`` identify an instance of the family (plain instances
+    built outside polarprune are recognised by them). ``bn_selection(model, method)`` gives
+    the BN names the papers regularize for ``method`` (one of ``METHODS``, None = the
+    family's default choice), or None to use the dependency-graph default.
+    ``residual_blocks`` and ``prepare_for_pruning`` are the pruning code's slots (residual
+    block rules; an adapter run before the dependency analysis, e.g. the option-A shortcut).
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str = ""
+    input_size: int = 224
+    in_channels: int = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_classes: int = 1000
+    classes: tuple[type[nn.Module], ...] = ()
+    bn_selection: BnSelection | None = None
+    residual_blocks: Callable[[nn.Module], Any] | None = None
+    prepare_for_pruning: Callable[[nn.Module, Any], Any] | None = None
+
+    def regularized_bns(self, model: nn.Module, method: str | None = None) -> list[str] | None:
+        """The BNs the papers regularize for ``method`` on ``model`` (None: no family rule)."""
+        if method is not None and method not in METHODS:
+            raise PolarpruneError(f"unknown sparsity method {method!r}; known: {', '.join(METHODS)}")
+        return self.bn_selection(model, method) if self.bn_selection is not None else None
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelEntry))
+
+# name -> entry, for the names ``create`` builds itself (ours and the user's).
+_BY_NAME: dict[str, ModelEntry] = {}
+# class -> entry, to recognise an instance (looked up along the instance's MRO).
+_BY_CLASS: dict[type, ModelEntry] = {}
+# name -> entry or None, for names outside the table (torchvision names, prefixes such as tv:).
+_RESOLVERS: list[Callable[[str], "ModelEntry | None"]] = []
+
+
+def add(entry: ModelEntry, *, by_name: bool = True) -> ModelEntry:
+    """Put ``entry`` in the registry under its classes and (``by_name``) its name; a later one replaces.
+
+    ``by_name=False`` for a family known only by its classes (its builder needs a name first).
+    """
+    if by_name:
+        _BY_NAME[entry.name] = entry
+    for cls in entry.classes:
+        _BY_CLASS[cls] = entry
+    return entry
+
+
+def register(name: str, builder: Callable[..., nn.Module], **fields: Any) -> ModelEntry:
+    """Register a model name: ``create(name)`` builds it and the generic code uses its entry.
+
+    ``fields`` are ``ModelEntry`` fields (``input_size=32``, ``classes=(MyNet,)``,
+    ``bn_selection=...``); an unknown one is a one-line error.
+    """
+    unknown = sorted(set(fields) - set(FIELDS) - {"name", "builder"})
+    if unknown:
+        raise PolarpruneError(f"register({name!r}): unknown entry field {unknown[0]!r}; fields: {', '.join(FIELDS[2:])}")
+    if not name or not callable(builder):
+        raise PolarpruneError(f"register({name!r}): needs a non-empty name and a callable builder")
+    fields.setdefault("family", name)
+    fields["classes"] = tuple(fields.get("classes", ()))
+    return add(ModelEntry(name=name, builder=builder, **fields))
+
+
+def add_resolver(resolver: Callable[[str], ModelEntry | None]) -> None:
+    """Answer names outside the table (checked in order after it), e.g. ``tv:`` or ``timm:`` names."""
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
+
+
+def registered_names() -> list[str]:
+    """The names in the table (not those only a resolver answers)."""
+    return sorted(_BY_NAME)
+
+
+def get_entry(name: str) -> ModelEntry | None:
+    """The entry of a model name: the table first, then the resolvers; None when nobody knows it."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    for resolver in _RESOLVERS:
+        entry = resolver(name)
+        if entry is not None:
+            return entry
+    return None
+
+
+def class_entry(model: nn.Module) -> ModelEntry | None:
+    """The entry whose classes ``model`` is an instance of (the most derived class wins)."""
+    for cls in type(model).__mro__:
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
+    return None
+
+
+def lookup(model: nn.Module) -> ModelEntry | None:
+    """The entry of ``model``: its ``polarprune_spec`` name if registered, else its class, else a resolver."""
+    spec = getattr(model, "polarprune_spec", None)
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if isinstance(name, str) and name in _BY_NAME:
+        return _BY_NAME[name]
+    found = class_entry(model)
+    if found is None and isinstance(name, str):
+        found = get_entry(name)
+    return found
+
+
+def every_bn(model: nn.Module, method: str | None = None) -> list[str]:
+    """Every affine BatchNorm of the model, in definition order (a ``bn_selection``)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+    ]
+
+
+def prefixed(prefix: str, name: str) -> str:
+    """``prefix.name`` (just ``name`` at the top level)."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+def block_bns(model: nn.Module, rules: Sequence[tuple[type, Sequence[str]]]) -> list[str]:
+    """For each block of a listed class (first matching rule), its listed child BN names."""
+    names: list[str] = []
+    for prefix, module in model.named_modules():
+        for cls, children in rules:
+            if isinstance(module, cls):
+                names += [prefixed(prefix, child) for child in children]
+                break
+    return names
+
+
+__all__ = [
+    "ModelEntry",
+    "METHODS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "register",
+    "add",
+    "add_resolver",
+    "get_entry",
+    "lookup",
+    "class_entry",
+    "registered_names",
+    "every_bn",
+    "block_bns",
+]
