@@ -1,0 +1,800 @@
+"""Fill the measured numbers of the documents from the committed result files.
+
+Nobody types a measured number by hand: BENCHMARKS.md, README.md and docs/*.md mark every
+table and every figure taken from ``bench/results/*.json`` and this script writes them.
+
+Markers (HTML comments, invisible in rendered Markdown)::
+
+    <!-- render: NAME ARG ... -->
+    ...block content, written by this script...
+    <!-- /render -->
+
+or inline, inside a sentence: ``cut by <!-- render: value pruned_latency models[model=resnet56,round_to=16]/acceptance/nchw/latency_cut .1% -->37.9%<!-- /render -->``.
+A marker followed by a line break is a block (its content sits on the lines in between); one
+followed by text is inline. ``NAME`` is a key of ``RENDERERS``; the words after it are passed
+to the renderer as string arguments.
+
+Generic inline renderers (no code needed for a number that is in a file):
+
+- ``value STEM PATH [FORMAT]``: one value of ``bench/results/STEM.json``;
+- ``range STEM PATH [FORMAT]``: ``min-max`` of the values a wildcard path selects.
+
+``PATH`` is ``/``-separated keys (keys may contain dots); a list step is ``[3]`` (index),
+``[*]`` (every element) or ``[key=value,key2=v1|v2]`` (the elements whose fields match; one
+element for ``value``); ``*`` as a dict key takes every value. ``FORMAT`` is a Python format
+spec (``.1%`` -> ``53.6%``, ``.2f``, ``,d``, ``+.1f``); default ``g``.
+
+**Adding a result file** (e.g. ``bench/results/deploy_latency.json``): write a function
+``def deploy_latency_table(results: Results) -> str`` that calls
+``results.load("deploy_latency")`` and returns Markdown (``table(headers, rows)`` builds a
+table), add ``"deploy-latency": deploy_latency_table`` to ``RENDERERS``, put an empty
+``<!-- render: deploy-latency -->`` / ``<!-- /render -->`` pair where the table goes and run
+``python bench/render.py``. ``tests/test_claims.py`` then keeps the document and the file
+in step.
+
+    python bench/render.py            # rewrite the documents in place (atomically)
+    python bench/render.py --check    # exit 1 listing the blocks that differ (CI)
+
+Only the standard library and ``polarprune.fileio`` are used, so rendering takes well under a
+second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from polarprune.fileio import atomic_write_text  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+DOCUMENTS = ("BENCHMARKS.md", "README.md", "docs/*.md")
+
+MARKER = re.compile(r"<!-- render: (?P<spec>[^>]*?) -->(?P<body>.*?)<!-- /render -->", re.DOTALL)
+CITED_PATH = re.compile(r"bench/results/[A-Za-z0-9_.{},-]+\.(?:json|md|png)")
+
+
+class RenderError(Exception):
+    """A document or a result file does not allow rendering (missing file, unknown block, bad path)."""
+
+
+@dataclass
+class Results:
+    """The result files of one folder, loaded on demand; remembers which were used."""
+
+    folder: Path = RESULTS_DIR
+    used: set[str] = field(default_factory=set)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, stem: str) -> Any:
+        """The parsed ``<folder>/<stem>.json``; RenderError if it is missing or not JSON."""
+        self.used.add(stem)
+        if stem not in self._cache:
+            path = self.folder / f"{stem}.json"
+            if not path.is_file():
+                raise RenderError(f"result file {path} is missing")
+            try:
+                self._cache[stem] = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise RenderError(f"result file {path} is not valid JSON: {exc}") from exc
+        return self._cache[stem]
+
+
+Renderer = Callable[..., str]
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt(value: Any, spec: str = "g") -> str:
+    """``format(value, spec)``; RenderError for a value that is not a number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise RenderError(f"expected a number, got {value!r}")
+    return format(value, spec)
+
+
+def span(values: Iterable[float], spec: str = "g", sep: str = "-") -> str:
+    """``min-max`` of ``values`` (one value if they are all equal); ``14.9-23.4%`` for percents."""
+    values = list(values)
+    if not values:
+        raise RenderError("empty range")
+    low, high = fmt(min(values), spec), fmt(max(values), spec)
+    if low == high:
+        return low
+    if low.endswith("%") and high.endswith("%"):
+        low = low[:-1]
+    return f"{low}{sep}{high}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A Markdown table; ``align`` is one character per column (``l`` or ``r``)."""
+    align = align or "l" * len(headers)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+_STEP = re.compile(r"^(?P<key>[^\[]*)(?P<selectors>(?:\[[^\]]*\])*)$")
+
+
+def _select(items: list[Any], selector: str, path: str) -> list[Any]:
+    if selector == "*":
+        return list(items)
+    if re.fullmatch(r"-?\d+", selector):
+        try:
+            return [items[int(selector)]]
+        except IndexError as exc:
+            raise RenderError(f"{path}: index {selector} out of range ({len(items)} items)") from exc
+    conditions = []
+    for part in selector.split(","):
+        key, _, wanted = part.partition("=")
+        conditions.append((key, wanted.split("|")))
+    return [item for item in items if isinstance(item, dict)
+            and all(str(item.get(key)) in wanted for key, wanted in conditions)]
+
+
+def lookup(data: Any, path: str) -> list[Any]:
+    """Every value ``path`` selects in ``data`` (see the module docstring); RenderError if none."""
+    current = [data]
+    for step in path.split("/"):
+        match = _STEP.match(step)
+        if match is None:
+            raise RenderError(f"bad path step {step!r} in {path!r}")
+        key, selectors = match["key"], re.findall(r"\[([^\]]*)\]", match["selectors"])
+        nxt: list[Any] = []
+        for node in current:
+            if key == "*" and isinstance(node, dict):
+                nxt.extend(node.values())
+            elif key:
+                if not isinstance(node, dict) or key not in node:
+                    raise RenderError(f"{path!r}: no key {key!r}")
+                nxt.append(node[key])
+            else:
+                nxt.append(node)
+        for selector in selectors:
+            selected: list[Any] = []
+            for node in nxt:
+                if not isinstance(node, list):
+                    raise RenderError(f"{path!r}: [{selector}] applied to a non-list")
+                selected.extend(_select(node, selector, path))
+            nxt = selected
+        current = nxt
+    if not current:
+        raise RenderError(f"{path!r} selects nothing")
+    return current
+
+
+def value(results: Results, stem: str, path: str, spec: str = "g") -> str:
+    """One value of a result file, formatted."""
+    found = lookup(results.load(stem), path)
+    if len(found) != 1:
+        raise RenderError(f"{stem}:{path} selects {len(found)} values, expected one")
+    return fmt(found[0], spec)
+
+
+def value_range(results: Results, stem: str, path: str, spec: str = "g") -> str:
+    """``min-max`` of the values a wildcard path selects."""
+    return span(lookup(results.load(stem), path), spec)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _provenance(data: dict[str, Any]) -> dict[str, Any]:
+    """The provenance record of a result (older files keep machine/versions at the top level)."""
+    prov = data.get("provenance") or {}
+    machine = prov.get("machine") or data.get("machine") or {}
+    versions = prov.get("versions") or data.get("versions") or {}
+    return {"date": prov.get("date_utc") or data.get("date_utc") or "-", "machine": machine, "versions": versions,
+            "command": prov.get("command") or data.get("command") or "-"}
+
+
+def _recorded_load(data: dict[str, Any]) -> list[float]:
+    """Every 1-minute load average a result recorded."""
+    loads: list[float] = []
+    for key in ("load_average", "load_start", "load_end"):
+        if isinstance(data.get(key), list) and data[key]:
+            loads.append(data[key][0])
+    for model in data.get("models", []) if isinstance(data.get("models"), list) else []:
+        if isinstance(model, dict) and "load_average_1min" in model:
+            loads.append(model["load_average_1min"])
+    return loads
+
+
+def provenance_table(results: Results) -> str:
+    """Where and with what each result file of BENCHMARKS.md was produced."""
+    rows = []
+    for path in sorted(results.folder.glob("*.json")):
+        data = results.load(path.stem)
+        prov = _provenance(data)
+        machine, versions = prov["machine"], prov["versions"]
+        loads = _recorded_load(data)
+        rows.append([
+            f"`{path.name}`", prov["date"][:10],
+            f"{machine.get('cpus_usable', machine.get('cpu_count', '-'))} CPUs, GPU {machine.get('cuda') or 'none'}",
+            versions.get("torch", "-"), machine.get("torch_threads", "-"),
+            span(loads, ".2f") if loads else "not recorded",
+        ])
+    return table(["result file", "date (UTC)", "machine", "torch", "torch threads", "1-min load average recorded"], rows)
+
+
+# ----------------------------------------------------------------------------- section 1: methods
+
+
+def _methods(results: Results, model: str) -> dict[str, Any]:
+    return results.load(f"methods_cifar_{model}")
+
+
+def _method(data: dict[str, Any], key: str) -> dict[str, Any]:
+    for entry in data["methods"]:
+        if entry["method"] == key:
+            return entry
+    raise RenderError(f"methods_cifar_{data['model']}: no method {key!r}")
+
+
+def _drop(entry: dict[str, Any]) -> float:
+    """Top-1 points lost right after pruning (negative: gained)."""
+    return entry["prune"]["top1_before"] - entry["prune"]["top1"]
+
+
+METHOD_ROWS = (
+    ("polarization", "polarization + grad"),
+    ("l1", "L1 + global threshold"),
+    ("none", "no regularizer + global threshold"),
+    ("masksparsity", "MaskSparsity"),
+    ("tp-bnscale", "Torch-Pruning BNScalePruner"),
+    ("tp-groupnorm", "Torch-Pruning GroupNormPruner"),
+)
+
+
+def methods_table(results: Results, model: str) -> str:
+    """The six methods at matched MACs; the best after pruning and after fine-tuning in bold."""
+    data = _methods(results, model)
+    entries = [(label, _method(data, key)) for key, label in METHOD_ROWS]
+    best_pruned = max(e["prune"]["top1"] for _, e in entries)
+    best_final = max(e["finetune"]["top1"] for _, e in entries)
+    rows = []
+    for label, e in entries:
+        pruned = f"{e['prune']['top1']:.2f} ({-_drop(e):+.2f})"
+        final = f"{e['finetune']['top1']:.2f}"
+        sparsity = f"{e['sparsity']['top1']:.2f}" + (" (after mask-L1)" if e["method"] == "masksparsity" else "")
+        rows.append([
+            label, sparsity,
+            f"**{pruned}**" if e["prune"]["top1"] == best_pruned else pruned,
+            f"**{final}**" if e["finetune"]["top1"] == best_final else final,
+            f"{e['prune']['macs_reduction']:.1%}", f"{e['prune']['params_reduction']:.1%}",
+            f"{e['latency_ms']['b1_ratio']:.2f} / {e['latency_ms']['b64_ratio']:.2f}",
+        ])
+    return table(["method", "top-1 after sparsity training", "right after pruning", "after fine-tuning",
+                  "MACs red.", "params red.", "latency b1 / b64 vs unpruned"], rows)
+
+
+def methods_unpruned(results: Results, model: str) -> str:
+    """One sentence on the unpruned reference model."""
+    u = _methods(results, model)["unpruned"]
+    return (f"top-1 {u['top1']:.2f}%, {u['macs'] / 1e6:.2f} M MACs, {u['params'] / 1e3:.1f} k params, "
+            f"CPU latency {u['latency_ms']['b1']:.2f} ms (batch 1) / {u['latency_ms']['b64']:.1f} ms (batch 64)")
+
+
+def methods_protocol(results: Results, model: str) -> str:
+    """The CPU protocol's settings, as the result file records them."""
+    s = _methods(results, model)["protocol_settings"]
+    p = s["polarization"]
+    return (
+        f"Fixed stratified subsets of the shared JPEG archive: **{s['train_subset']:,} training and "
+        f"{s['eval_subset']:,} test images**; batch {s['batch_size']}; sparsity training **{s['sparsity_epochs']} epochs** "
+        f"(SGD momentum 0.9, lr {s['lr']:g} {s['schedule']['type']}, weight decay {s['weight_decay']:g} on all parameters "
+        f"incl. BN); fine-tuning **{s['finetune_epochs']} epochs** (lr {s['finetune_lr']:g} {s['finetune_schedule']['type']}); "
+        f"MaskSparsity's global-L1 and mask-L1 stages {s['ms_stage_epochs']} epochs each, both from the "
+        f"{s['sparsity_epochs']}-epoch no-regularizer run. Regularizer strengths: polarization lambda {p['lbd']:g}, "
+        f"t {p['t']:g}, clamp 1, with the paper's `--target-flops` option at {p['target_macs_ratio']:g} (lambda goes to 0 "
+        f"once `grad` would remove that share of the MACs); L1 {s['l1_lbd']:g}; MaskSparsity L1 {s['ms_l1_lbd']:g} and "
+        f"mask-L1 {s['ms_mask_lbd']:g}; Torch-Pruning BNScale reg {s['tp_bnscale_reg']:g}, GroupNorm reg "
+        f"{s['tp_groupnorm_reg']:g}."
+    )
+
+
+def methods_target(results: Results, model: str) -> str:
+    """Whether polarization's MACs target switched lambda off within the run (last epoch's record)."""
+    last = _method(_methods(results, model), "polarization")["sparsity"]["last_epoch"]
+    if last.get("sparsity_target_reached"):
+        return "reached within the run: lambda was 0 in its last epoch"
+    return f"not reached within the run: lambda was still {last['lambda']:g} in its last epoch"
+
+
+def methods_max_deviation(results: Results) -> str:
+    """The largest distance (in points, rounded up to 0.1) of any method's MACs reduction from R."""
+    worst = 0.0
+    for model in ("resnet20", "resnet56"):
+        data = _methods(results, model)
+        target = data["target_macs_reduction"]
+        worst = max(worst, *(abs(e["prune"]["macs_reduction"] - target) for e in data["methods"]))
+    return f"{math.ceil(1000 * worst - 1e-9) / 10:.1f}"
+
+
+def methods_latency_rounds(results: Results, model: str) -> str:
+    """The latency rounds and threads of the methods benchmark (from its command and machine)."""
+    prov = _provenance(_methods(results, model))
+    match = re.search(r"--latency-rounds (\d+)", prov["command"])
+    rounds = match.group(1) if match else "the default number of"
+    return f"{rounds} round-robin rounds over all seven models, median of the per-round ratios to the unpruned model (torch threads {prov['machine'].get('torch_threads')}"
+
+
+def _frac_below(gammas: list[float], limit: float = 0.01) -> float:
+    return sum(abs(g) < limit for g in gammas) / len(gammas)
+
+
+def methods_gammas(results: Results, model: str) -> str:
+    """Share of BN gammas below 0.01 after sparsity training, per method."""
+    data = _methods(results, model)
+    parts = []
+    for key, label in METHOD_ROWS:
+        share = _frac_below(_method(data, key)["gammas"])
+        parts.append(f"{label} {share:.0%}")
+    return "; ".join(parts)
+
+
+def methods_run(results: Results, model: str) -> str:
+    """Throughput and total stage wall time of a methods run."""
+    data = _methods(results, model)
+    stages = [e[stage] for e in data["methods"] for stage in ("sparsity", "finetune", "global_l1") if stage in e]
+    rates = [e["sparsity"]["images_per_s"] for e in data["methods"]]
+    minutes = sum(s["wall_s"] for s in stages) / 60
+    return (f"{span(rates, '.0f')} images/s in sparsity training, {minutes:.0f} minutes of training and fine-tuning "
+            f"wall time in all (the stages' `wall_s`)")
+
+
+def methods_drop(results: Results, model: str, methods: str) -> str:
+    """Top-1 points lost right after pruning by one method, or the range over several (``a,b,c``)."""
+    data = _methods(results, model)
+    return span([_drop(_method(data, key)) for key in methods.split(",")], ".2f")
+
+
+def methods_final(results: Results, model: str, methods: str) -> str:
+    """Top-1 after fine-tuning of one method or the range over several."""
+    data = _methods(results, model)
+    return span([_method(data, key)["finetune"]["top1"] for key in methods.split(",")], ".2f")
+
+
+def methods_final_gap(results: Results, model: str) -> str:
+    """Points between the unpruned reference and the fine-tuned methods (range)."""
+    data = _methods(results, model)
+    return span([data["unpruned"]["top1"] - e["finetune"]["top1"] for e in data["methods"]], ".2f")
+
+
+def methods_final_spread(results: Results, model: str) -> str:
+    """Points between the best and the worst method after fine-tuning."""
+    finals = [e["finetune"]["top1"] for e in _methods(results, model)["methods"]]
+    return f"{max(finals) - min(finals):.2f}"
+
+
+def methods_standard_error(results: Results, model: str) -> str:
+    """Binomial standard error (points) of a top-1 on the evaluation subset at the mean top-1, and of a difference."""
+    data = _methods(results, model)
+    p = statistics.mean(e["finetune"]["top1"] for e in data["methods"]) / 100
+    se = 100 * math.sqrt(p * (1 - p) / data["protocol_settings"]["eval_subset"])
+    return (f"a top-1 on {data['protocol_settings']['eval_subset']:,} test images at {100 * p:.0f}% has a binomial "
+            f"standard error of {se:.1f} points, so the difference of two methods has {math.sqrt(2) * se:.1f} points")
+
+
+def methods_latency_ranges(results: Results, model: str) -> str:
+    """Latency ratios of the pruned models to the unpruned one, batch 1 and 64."""
+    methods = _methods(results, model)["methods"]
+    return (f"{span([e['latency_ms']['b1_ratio'] for e in methods], '.2f')}x at batch 1 and "
+            f"{span([e['latency_ms']['b64_ratio'] for e in methods], '.2f')}x at batch 64")
+
+
+# ----------------------------------------------------------------------------- section 2: pruning time
+
+
+def pruning_time_table(results: Results) -> str:
+    """``prune_model`` time per torchvision model, with its phases."""
+    rows = []
+    for m in results.load("pruning_time")["models"]:
+        s = m["report_seconds"]
+        rows.append([
+            m["model"], f"{m['seconds_median']:.2f}",
+            " / ".join(f"{s[k]:.2f}" for k in ("graph", "decide", "compensation", "surgery")),
+            f"{m['macs_before'] / 1e9:.3f} -> {m['macs_after'] / 1e9:.3f}", f"{m['macs_reduction']:.1%}",
+            f"{m['params_before'] / 1e6:.2f} -> {m['params_after'] / 1e6:.2f}", f"{m['params_reduction']:.1%}",
+        ])
+    return table(["model", "time (s)", "graph / decide / compensation / surgery (s)", "MACs before -> after (G)",
+                  "MACs red.", "params before -> after (M)", "params red."], rows)
+
+
+def pruning_time_settings(results: Results) -> str:
+    """The settings sentence of the pruning-time benchmark."""
+    data = results.load("pruning_time")
+    prov = _provenance(data)
+    return (f"median of {data['repeats']} runs each on a fresh deep copy, torch threads "
+            f"{prov['machine'].get('torch_threads')}, load average {span(_recorded_load(data), '.1f')}")
+
+
+# ----------------------------------------------------------------------------- section 3: pruned latency
+
+
+def _latency_models(results: Results) -> list[dict[str, Any]]:
+    return results.load("pruned_latency")["models"]
+
+
+MODEL_LABELS = {"resnet56": "CIFAR ResNet-56", "resnet50": "ResNet-50 (224 px)"}
+
+
+def pruned_latency_table(results: Results) -> str:
+    """Batch-64 MACs and latency cuts, pruned vs ChannelExpand, both layouts; a pass in bold."""
+    rows = []
+    for m in _latency_models(results):
+        cells = []
+        for layout in ("nchw", "channels_last"):
+            cut = m["latency"][layout]["64"]["latency_cut"]
+            pruned = f"{cut['pruned']:.1%}"
+            if m["acceptance"][layout]["passed"]:
+                pruned = f"**{pruned}**"
+            cells.append(f"{pruned} / {cut['expand']:.1%}")
+        rows.append([MODEL_LABELS.get(m["model"], m["model"]), m["round_to"],
+                     f"{m['macs_reduction']['pruned']:.1%} / {m['macs_reduction']['expand']:.1%}", *cells])
+    return table(["model", "round_to", "MACs cut (pruned / expand)", "latency cut NCHW (pruned / expand)",
+                  "latency cut channels_last (pruned / expand)"], rows, align="lrlll")
+
+
+def pruned_latency_batch1(results: Results) -> str:
+    """Batch-1 latency cuts of the pruned models."""
+    parts = []
+    for model in ("resnet56", "resnet50"):
+        cells = []
+        for m in (m for m in _latency_models(results) if m["model"] == model):
+            cuts = [m["latency"][layout]["1"]["latency_cut"]["pruned"] for layout in ("nchw", "channels_last")]
+            cells.append(f"{cuts[0]:.1%} / {cuts[1]:.1%} (`round_to={m['round_to']}`)")
+        parts.append(f"{MODEL_LABELS[model]} " + " and ".join(cells))
+    return "Batch 1 (NCHW / channels_last): " + "; ".join(parts) + "."
+
+
+def _page_faults(data: dict[str, Any]) -> list[tuple[str, int, str, str, str, int]]:
+    """(model, round_to, layout, batch, variant, faults) of every cell."""
+    cells = []
+    for m in data["models"]:
+        for layout, per_batch in m["latency"].items():
+            for batch, lat in per_batch.items():
+                for variant, faults in lat["page_faults_per_forward"].items():
+                    cells.append((m["model"], m["round_to"], layout, batch, variant, faults))
+    return cells
+
+
+def pruned_latency_faults(results: Results, stem: str = "pruned_latency") -> str:
+    """The page faults per forward of a latency run: zero everywhere, or where they are not."""
+    cells = _page_faults(results.load(stem))
+    nonzero = [c for c in cells if c[5]]
+    if not nonzero:
+        return f"0 in all {len(cells)} cells"
+    listed = "; ".join(f"{n:,} for the {variant} {model} (`round_to={r}`, {layout}, batch {b})"
+                       for model, r, layout, b, variant, n in nonzero)
+    return f"0 in {len(cells) - len(nonzero)} of {len(cells)} cells, {listed}"
+
+
+def pruned_latency_settings(results: Results) -> str:
+    """Threads, rounds and load of the latency run."""
+    data = results.load("pruned_latency")
+    rounds = {m["model"]: m["latency"]["nchw"]["64"]["seconds"]["unpruned"]["n"] for m in data["models"]}
+    return (f"torch threads {data['threads']}, "
+            + ", ".join(f"{n} interleaved rounds for {MODEL_LABELS[k]}" for k, n in rounds.items())
+            + f"; load average {span(data['load_start'][:1] + data['load_end'][:1], '.2f')} (1 min, start and end)")
+
+
+def pruned_latency_required(results: Results) -> str:
+    """The acceptance line at batch 64 (0.7 x the MACs cut of each model)."""
+    return span([m["acceptance"]["nchw"]["required"] for m in _latency_models(results)], ".1%")
+
+
+def _round_cuts(m: dict[str, Any], layout: str, batch: str = "64") -> list[float]:
+    seconds = m["latency"][layout][batch]["seconds"]
+    return [1 - p / u for p, u in zip(seconds["pruned"]["all"], seconds["unpruned"]["all"])]
+
+
+def pruned_latency_rounds(results: Results) -> str:
+    """How many per-round cuts of the round_to=16 models fall under the acceptance line, with the range."""
+    parts = []
+    for m in (m for m in _latency_models(results) if m["round_to"] == 16):
+        for layout in ("nchw", "channels_last"):
+            cuts = _round_cuts(m, layout)
+            below = sum(c < m["acceptance"][layout]["required"] for c in cuts)
+            parts.append(f"{MODEL_LABELS[m['model']]} {layout}: {span(cuts, '.1%', ' .. ')}, "
+                         f"{below} of {len(cuts)} rounds under the line")
+    return "; ".join(parts)
+
+
+def pruned_latency_default_malloc(results: Results) -> str:
+    """What the default-allocator run of ResNet-56 measured."""
+    data = results.load("pruned_latency_resnet56_default_malloc")
+    steady = results.load("pruned_latency")
+    faults = [c[5] for c in _page_faults(data) if c[3] == "64"]
+    cut = {m["round_to"]: [m["latency"][lay]["64"]["latency_cut"]["pruned"] for lay in ("nchw", "channels_last")]
+           for m in data["models"]}
+    unpruned = data["models"][0]["latency"]["nchw"]["64"]["seconds"]["unpruned"]["median"]
+    unpruned_steady = next(m for m in steady["models"] if m["model"] == "resnet56")["latency"]["nchw"]["64"]["seconds"]["unpruned"]["median"]
+    return (f"counts {span(faults, ',d', ' to ')} page faults per batch-64 forward depending on the model and layout, "
+            f"and the ranking follows the page faults: there, unrounded widths \"win\" with {span(cut[1], '.1%')} and "
+            f"`round_to=16` \"loses\" with {span(cut[16], '.1%')}. (The unpruned ResNet-56 took {1000 * unpruned:.0f} ms "
+            f"at batch 64 (NCHW) in that run and {1000 * unpruned_steady:.0f} ms in the steady one; two runs, so only indicative.)")
+
+
+def pruned_latency_phases(results: Results) -> str:
+    """The phases of ``prune_model`` on ResNet-50 at 224 px (computed from the phases, not the file's sum key)."""
+    entry = next(t for t in results.load("pruned_latency")["pruning_time"] if t["example_input"][-1] == 224)
+    s = entry["seconds"]
+    return (f"graph {s['graph']:.2f} s, decide {s['decide']:.2f} s, surgery {s['surgery']:.2f} s "
+            f"(**{s['graph'] + s['surgery']:.2f} s for graph + surgery**, {s['graph'] + s['decide'] + s['surgery']:.2f} s "
+            f"with the decision), compensation {s['compensation']:.2f} s, {s['total']:.2f} s in total with probes and report "
+            f"(medians of {len(entry['runs'])} runs)")
+
+
+# ----------------------------------------------------------------------------- sections 3b-6
+
+
+def cifar_recipe_table(results: Results) -> str:
+    """The stages of the CIFAR-10 recipe run."""
+    rows = []
+    for s in results.load("cifar_recipe_resnet20")["summary"]["stages"]:
+        label = "prune (`grad`)" if s["name"] == "prune" else s["name"]
+        reduce = ["-", "-"] if s["name"] == "sparsity" else [f"{s['macs_reduction']:.1%}", f"{s['params_reduction']:.1%}"]
+        rows.append([label, f"{s['top1']:.2f}", f"{s['macs']:,}", f"{s['params']:,}", *reduce])
+    return table(["stage", "top-1 (%)", "MACs", "params", "MACs reduction", "params reduction"], rows, align="lrrrrr")
+
+
+def engine_table(results: Results) -> str:
+    """Engine vs bare-loop throughput."""
+    data = results.load("engine_throughput")
+    rows = []
+    for key, label in (("wall_clock", "wall clock"), ("cpu_time", "CPU time of the process")):
+        d = data[key]
+        rows.append([label, f"{d['engine_images_per_s']['median']:.1f}", f"{d['bare_images_per_s']['median']:.1f}",
+                     f"{100 * d['ratio_of_medians']:.1f} %"])
+    return table(["measure", "engine img/s", "bare img/s", "engine / bare"], rows)
+
+
+def engine_notes(results: Results) -> str:
+    """The acceptance and the spread of the engine benchmark."""
+    data = results.load("engine_throughput")
+    rounds = data["wall_clock"]["per_round_ratios"]
+    verdict = "keeps" if data["acceptance"]["passed"] else "does NOT keep"
+    return (f"The engine {verdict} >= {data['acceptance']['min_ratio']:.0%} of a bare loop's throughput (the acceptance "
+            f"line). Per-round wall-clock ratios range from {rounds['min']:.0%} to {rounds['max']:.0%} because of the other "
+            f"jobs on the machine; CPU time, which leaves out the time other processes held the CPU, is the steadier "
+            f"measure. Checkpoint + logs: {1000 * data['engine_checkpoint_log_s_per_epoch']['median']:.0f} ms per epoch.")
+
+
+REGULARIZER_LABELS = {"none": "none", "l1": "L1", "polarization": "polarization", "mask-l1": "mask-L1"}
+
+
+def regularizer_table(results: Results) -> str:
+    """Median step, paired ratio and isolated hook time per regularizer."""
+    variants = results.load("regularizer_overhead")["variants"]
+    rows = []
+    for key, label in REGULARIZER_LABELS.items():
+        v = variants[key]
+        if key == "none":
+            rows.append([label, f"{v['step_seconds']['median']:.3f}", "1", "-", "-"])
+        else:
+            rows.append([label, f"{v['step_seconds']['median']:.3f}", f"{v['paired_ratio_median']:.4f}",
+                         f"{v['hook_ms']:.3f}", f"{v['hook_overhead_fraction']:.3%}"])
+    return table(["regularizer", "median step (s)", "paired ratio to `none`", "hook work alone (ms)", "hook / step"], rows)
+
+
+def regularizer_notes(results: Results) -> str:
+    """The verdict and the one-off costs of the regularizer benchmark."""
+    data = results.load("regularizer_overhead")
+    variants = [v for k, v in data["variants"].items() if k != "none"]
+    verdict = "All within" if all(v["pass"] for v in variants) else "NOT all within"
+    return (f"{verdict} the {data['limit_ratio'] - 1:.0%} acceptance line; the isolated hook time "
+            f"({span([v['hook_ms'] for v in variants], '.2f')} ms against a "
+            f"{1000 * data['variants']['none']['step_seconds']['median']:.0f} ms step) is the precise measure, the "
+            f"end-to-end ratios carry a few percent of machine noise. Building the hooks with the trial-prune monitor "
+            f"costs {data['build_hooks_with_monitor_seconds']:.2f} s once per run; the per-epoch trial prune "
+            f"{1000 * data['monitor_epoch_end_seconds']['median']:.0f} ms.")
+
+
+def data_loader_notes(results: Results) -> str:
+    """Loader cost against a training step."""
+    data = results.load("data_loader")
+    return (f"The in-memory loader (gather, 4-px crop + flip, normalise) takes {data['loader_ms_per_batch_median']:.2f} ms "
+            f"per batch of {data['batch_size']} against {data['train_step_ms_median']:.0f} ms for a ResNet-56 training step "
+            f"({data['machine']['torch_threads']} threads, median of {data['repeats']}): "
+            f"{data['loader_over_step_median_ratio']:.2%} of a step, so CIFAR training on the CPU is never loader-bound.")
+
+
+# ----------------------------------------------------------------------------- README: demo
+
+
+DEMO_STAGE_LABELS = {"sparsity": "sparsity (polarization, {epochs} epochs)", "prune": "prune (`grad`)",
+                     "finetune": "fine-tune ({epochs} epochs)"}
+
+
+def demo_table(results: Results, method: str = "polarization") -> str:
+    """The stages of ``polarprune demo``."""
+    data = results.load(f"demo_{method}")
+    rows = []
+    for s in data["stages"]:
+        label = DEMO_STAGE_LABELS.get(s["name"], s["name"]).format(epochs=data["stage_epochs"].get(s["name"], "?"))
+        macs, params = f"{s['macs'] / 1e6:.2f} M", f"{s['params'] / 1e3:.1f} K"
+        if s["name"] == "prune":
+            macs += f" (-{s['macs_reduction']:.1%})"
+            params += f" (-{s['params_reduction']:.1%})"
+        rows.append([label, f"{s['top1']:.2f}%", macs, params])
+    return table(["stage", "top-1 (digits test split)", "MACs", "params"], rows, align="lrrr")
+
+
+def demo_seconds(results: Results, method: str = "polarization") -> str:
+    """Wall-clock seconds of the whole demo command."""
+    return f"{results.load(f'demo_{method}')['wall_seconds']:.0f}"
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+RENDERERS: dict[str, Renderer] = {
+    "value": value,
+    "range": value_range,
+    "provenance-table": provenance_table,
+    "methods-table": methods_table,
+    "methods-unpruned": methods_unpruned,
+    "methods-protocol": methods_protocol,
+    "methods-target": methods_target,
+    "methods-max-deviation": methods_max_deviation,
+    "methods-latency-rounds": methods_latency_rounds,
+    "methods-gammas": methods_gammas,
+    "methods-run": methods_run,
+    "methods-drop": methods_drop,
+    "methods-final": methods_final,
+    "methods-final-gap": methods_final_gap,
+    "methods-final-spread": methods_final_spread,
+    "methods-standard-error": methods_standard_error,
+    "methods-latency-ranges": methods_latency_ranges,
+    "pruning-time-table": pruning_time_table,
+    "pruning-time-settings": pruning_time_settings,
+    "pruned-latency-table": pruned_latency_table,
+    "pruned-latency-batch1": pruned_latency_batch1,
+    "pruned-latency-faults": pruned_latency_faults,
+    "pruned-latency-settings": pruned_latency_settings,
+    "pruned-latency-required": pruned_latency_required,
+    "pruned-latency-rounds": pruned_latency_rounds,
+    "pruned-latency-default-malloc": pruned_latency_default_malloc,
+    "pruned-latency-phases": pruned_latency_phases,
+    "cifar-recipe-table": cifar_recipe_table,
+    "engine-table": engine_table,
+    "engine-notes": engine_notes,
+    "regularizer-table": regularizer_table,
+    "regularizer-notes": regularizer_notes,
+    "data-loader-notes": data_loader_notes,
+    "demo-table": demo_table,
+    "demo-seconds": demo_seconds,
+}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class Block:
+    """One marked block of a document and what rendering gives for it."""
+
+    document: str
+    spec: str
+    current: str
+    rendered: str
+
+
+def render_spec(spec: str, results: Results) -> str:
+    """The text of one block: ``RENDERERS[name](results, *args)``."""
+    name, *args = spec.split()
+    if name not in RENDERERS:
+        raise RenderError(f"unknown block {name!r} (known: {', '.join(sorted(RENDERERS))})")
+    try:
+        return RENDERERS[name](results, *args)
+    except RenderError as exc:
+        raise RenderError(f"block '{spec}': {exc}") from exc
+    except (KeyError, IndexError, TypeError, ValueError, StopIteration) as exc:
+        raise RenderError(f"block '{spec}': {type(exc).__name__}: {exc}") from exc
+
+
+def render_text(text: str, results: Results, document: str = "<text>") -> tuple[str, list[Block]]:
+    """``text`` with every marked block filled in, and the blocks."""
+    if text.count("<!-- render:") != text.count("<!-- /render -->"):
+        raise RenderError(f"{document}: unbalanced render markers")
+    blocks: list[Block] = []
+
+    def fill(match: re.Match[str]) -> str:
+        spec, body = match["spec"].strip(), match["body"]
+        rendered = render_spec(spec, results)
+        if body.startswith("\n"):
+            rendered = "\n" + rendered.strip("\n") + "\n"
+        blocks.append(Block(document, spec, body, rendered))
+        return f"<!-- render: {spec} -->{rendered}<!-- /render -->"
+
+    return MARKER.sub(fill, text), blocks
+
+
+def _expand_braces(path: str) -> list[str]:
+    match = re.search(r"\{([^{}]*)\}", path)
+    if match is None:
+        return [path]
+    return [p for option in match.group(1).split(",")
+            for p in _expand_braces(path[:match.start()] + option + path[match.end():])]
+
+
+def cited_files(text: str) -> list[str]:
+    """Every ``bench/results/...`` file a text names (brace lists such as ``a{1,2}.json`` expanded)."""
+    return [p for cited in CITED_PATH.findall(text) for p in _expand_braces(cited)]
+
+
+def document_paths(root: Path = REPO_ROOT) -> list[Path]:
+    """The documents that carry rendered blocks or cite result files."""
+    paths: list[Path] = []
+    for pattern in DOCUMENTS:
+        paths.extend(sorted(root.glob(pattern)))
+    return paths
+
+
+@dataclass
+class Outcome:
+    """What rendering a set of documents gives: new texts, differing blocks, missing cited files."""
+
+    texts: dict[Path, str]
+    differing: list[Block]
+    missing: list[str]
+
+
+def render_documents(root: Path = REPO_ROOT, results_dir: Path | None = None) -> Outcome:
+    """Render every document under ``root`` from ``results_dir`` (default ``root/bench/results``)."""
+    results = Results(results_dir or root / "bench" / "results")
+    texts: dict[Path, str] = {}
+    differing: list[Block] = []
+    missing: list[str] = []
+    for path in document_paths(root):
+        text = path.read_text(encoding="utf-8")
+        rel = str(path.relative_to(root))
+        new_text, blocks = render_text(text, results, rel)
+        texts[path] = new_text
+        differing += [b for b in blocks if b.current != b.rendered]
+        for cited in cited_files(text):
+            if not (results.folder / Path(cited).name).is_file():
+                missing.append(f"{rel}: {cited}")
+    return Outcome(texts, differing, missing)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs or a cited file is missing")
+    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: this checkout)")
+    parser.add_argument("--results", type=Path, help="result folder (default ROOT/bench/results)")
+    args = parser.parse_args(argv)
+    try:
+        outcome = render_documents(args.root, args.results)
+    except RenderError as exc:
+        print(f"render: error: {exc}", file=sys.stderr)
+        return 2
+    for cited in outcome.missing:
+        print(f"missing result file cited by {cited}", file=sys.stderr)
+    if args.check:
+        for block in outcome.differing:
+            print(f"{block.document}: block '{block.spec}' differs from its result file", file=sys.stderr)
+        return 1 if outcome.differing or outcome.missing else 0
+    for path, text in outcome.texts.items():
+        if text != path.read_text(encoding="utf-8"):
+            atomic_write_text(path, text)
+            print(f"rendered {path.relative_to(args.root)}")
+    return 1 if outcome.missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
