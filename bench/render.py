@@ -59,7 +59,8 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOCUMENTS = ("BENCHMARKS.md", "README.md", "docs/*.md")
 
 MARKER = re.compile(r"<!-- render: (?P<spec>[^>]*?) -->(?P<body>.*?)<!-- /render -->", re.DOTALL)
-CITED_PATH = re.compile(r"bench/results/[A-Za-z0-9_.{},-]+\.(?:json|md|png)")
+CITED_PATH = re.compile(r"bench/results/[A-Za-z0-9_.{},-]+")
+CITED_SUFFIXES = (".json", ".md", ".png")
 
 
 class RenderError(Exception):
@@ -734,7 +735,8 @@ def _expand_braces(path: str) -> list[str]:
 
 def cited_files(text: str) -> list[str]:
     """Every ``bench/results/...`` file a text names (brace lists such as ``a{1,2}.json`` expanded)."""
-    return [p for cited in CITED_PATH.findall(text) for p in _expand_braces(cited)]
+    paths = [p.rstrip(".,") for cited in CITED_PATH.findall(text) for p in _expand_braces(cited)]
+    return [p for p in paths if p.endswith(CITED_SUFFIXES)]
 
 
 def document_paths(root: Path = REPO_ROOT) -> list[Path]:

@@ -1,0 +1,150 @@
+"""The claims check: every figure of BENCHMARKS.md, the README and docs/ is what bench/results gives.
+
+``bench/render.py`` renders the marked blocks from the committed result files; these tests
+re-render into a temporary copy of the documents and compare, check that every cited result
+file exists, and check the check itself (a changed result value or a missing file must make
+it fail). Standard library only, well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_render", REPO_ROOT / "bench" / "render.py")
+render = importlib.util.module_from_spec(_spec)
+sys.modules["bench_render"] = render  # dataclasses look their module up while the file runs
+_spec.loader.exec_module(render)
+
+
+@pytest.fixture()
+def copy_root(tmp_path: Path) -> Path:
+    """A copy of the documents and of bench/results, to render and to break."""
+    for path in render.document_paths(REPO_ROOT):
+        target = tmp_path / path.relative_to(REPO_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    shutil.copytree(REPO_ROOT / "bench" / "results", tmp_path / "bench" / "results")
+    return tmp_path
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_documents_equal_their_rendering_from_the_result_files(copy_root: Path) -> None:
+    assert render.main(["--root", str(copy_root)]) == 0
+    differing = []
+    for path in render.document_paths(REPO_ROOT):
+        rendered = (copy_root / path.relative_to(REPO_ROOT)).read_text()
+        if rendered != path.read_text():
+            differing.append(str(path.relative_to(REPO_ROOT)))
+    assert differing == [], f"run `python bench/render.py`: {differing} differ from bench/results"
+
+
+def test_check_passes_on_the_repository() -> None:
+    outcome = render.render_documents(REPO_ROOT)
+    assert [f"{b.document}: {b.spec}" for b in outcome.differing] == []
+    assert outcome.missing == []
+
+
+def test_documents_render_the_main_result_files() -> None:
+    results = render.Results(REPO_ROOT / "bench" / "results")
+    for path in render.document_paths(REPO_ROOT):
+        render.render_text(path.read_text(), results, str(path))
+    assert {"methods_cifar_resnet20", "methods_cifar_resnet56", "pruning_time", "pruned_latency",
+            "regularizer_overhead", "engine_throughput", "data_loader", "cifar_recipe_resnet20",
+            "demo_polarization"} <= results.used
+
+
+@pytest.mark.parametrize(
+    ("stem", "edit", "block"),
+    [
+        ("regularizer_overhead", lambda d: d["variants"]["polarization"].__setitem__("hook_ms", 0.5), "regularizer-table"),
+        ("methods_cifar_resnet56", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "methods-table resnet56"),
+        ("pruned_latency", lambda d: d["models"][1]["latency"]["nchw"]["64"]["latency_cut"].__setitem__("pruned", 0.1), "pruned-latency-table"),
+        ("demo_polarization", lambda d: d["stages"][0].__setitem__("top1", 50.0), "demo-table"),
+        ("pruning_time", lambda d: d["models"][0].__setitem__("seconds_median", 9.99), "pruning-time-table"),
+    ],
+)
+def test_changing_a_committed_result_value_fails_the_check(copy_root: Path, capsys, stem, edit, block) -> None:
+    _edit_json(copy_root / "bench" / "results" / f"{stem}.json", edit)
+    assert render.main(["--root", str(copy_root), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"block '{block}' differs" in err
+
+
+def test_an_inline_figure_in_docs_follows_its_file(copy_root: Path, capsys) -> None:
+    _edit_json(copy_root / "bench" / "results" / "pruned_latency.json",
+               lambda d: d["models"][2]["latency"]["nchw"]["64"]["latency_cut"].__setitem__("pruned", 0.5))
+    assert render.main(["--root", str(copy_root), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "docs/pruning.md" in err and "BENCHMARKS.md" in err
+    assert render.main(["--root", str(copy_root)]) == 0
+    assert "50.0%" in (copy_root / "docs" / "pruning.md").read_text()
+    assert render.main(["--root", str(copy_root), "--check"]) == 0
+
+
+def test_a_missing_result_file_fails_the_check(copy_root: Path, capsys) -> None:
+    (copy_root / "bench" / "results" / "regularizer_overhead.json").unlink()
+    assert render.main(["--root", str(copy_root), "--check"]) != 0
+    assert "regularizer_overhead.json is missing" in capsys.readouterr().err
+
+
+def test_a_missing_cited_file_fails_the_check(copy_root: Path, capsys) -> None:
+    (copy_root / "bench" / "results" / "methods_cifar_resnet20_gammas.png").unlink()
+    assert render.main(["--root", str(copy_root), "--check"]) == 1
+    assert "methods_cifar_resnet20_gammas.png" in capsys.readouterr().err
+
+
+def test_every_decimal_figure_of_a_benchmarks_table_is_rendered() -> None:
+    text = (REPO_ROOT / "BENCHMARKS.md").read_text()
+    outside = render.MARKER.sub("", text)
+    typed = [line for line in outside.splitlines()
+             if line.startswith("|") and re.search(r"\d\.\d|\d%|\d,\d{3}", line)]
+    assert typed == []
+
+
+def test_cited_files_expand_brace_lists() -> None:
+    assert render.cited_files("see `bench/results/a{1,2}.{json,md}`") == [
+        "bench/results/a1.json", "bench/results/a1.md", "bench/results/a2.json", "bench/results/a2.md"]
+
+
+def test_paths_select_by_index_filter_and_wildcard() -> None:
+    data = {"models": [{"m": "a", "r": 1, "v": {"x": 0.25, "y": 0.5}}, {"m": "b", "r": 16, "v": {"x": 0.75, "y": 1.0}}]}
+    assert render.lookup(data, "models[1]/v/x") == [0.75]
+    assert render.lookup(data, "models[m=a]/v/y") == [0.5]
+    assert render.lookup(data, "models[m=a|b,r=16]/v/x") == [0.75]
+    assert render.lookup(data, "models[*]/v/*") == [0.25, 0.5, 0.75, 1.0]
+    assert render.span(render.lookup(data, "models[*]/v/x"), ".1%") == "25.0-75.0%"
+    with pytest.raises(render.RenderError, match="no key"):
+        render.lookup(data, "models[0]/w")
+    with pytest.raises(render.RenderError, match="selects nothing"):
+        render.lookup(data, "models[m=c]/v")
+
+
+def test_unknown_block_and_unbalanced_markers_are_errors(tmp_path: Path) -> None:
+    results = render.Results(tmp_path)
+    with pytest.raises(render.RenderError, match="unknown block 'nope'"):
+        render.render_text("a <!-- render: nope -->1<!-- /render --> b", results)
+    with pytest.raises(render.RenderError, match="unbalanced"):
+        render.render_text("a <!-- render: value x y -->1 b", results)
+
+
+def test_inline_and_block_markers_keep_their_layout(tmp_path: Path) -> None:
+    (tmp_path / "r.json").write_text(json.dumps({"a": 0.1234, "b": [1, 3]}))
+    results = render.Results(tmp_path)
+    text = "x <!-- render: value r a .1% -->?<!-- /render --> y\n<!-- render: range r b[*] -->\nold\n<!-- /render -->\n"
+    new, blocks = render.render_text(text, results)
+    assert new == "x <!-- render: value r a .1% -->12.3%<!-- /render --> y\n<!-- render: range r b[*] -->\n1-3\n<!-- /render -->\n"
+    assert [b.spec for b in blocks] == ["value r a .1%", "range r b[*]"]
+    assert render.render_text(new, results)[0] == new
