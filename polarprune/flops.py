@@ -409,6 +409,21 @@ def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
     return torch.randn((1, *shape), generator=generator).to(device=device, dtype=dtype)
 
 
+def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, CostProfile]:
+    """``model(*inputs)`` (eval mode, no grad, modes restored) and its per-image cost profile.
+
+    The batch size is the first input's; one forward pass gives both the output and the counts.
+    """
+    batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
+    counter = CostCounter()
+    with inference(model), counter:
+        output = model(*inputs)
+    per_op = {name: OpCost(per_image(c.macs, batch), per_image(c.flops, batch)) for name, c in sorted(counter.per_op.items())}
+    total = counter.total
+    cost = ModelCost(per_image(total.macs, batch), per_image(total.flops, batch), count_params(model))
+    return output, CostProfile(cost, per_op, dict(counter.uncounted))
+
+
 def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> CostProfile:
     """Run one forward pass (eval mode, no grad) and return per-image totals and per-op costs.
 
@@ -417,11 +432,8 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
     statistics and the model's mode are unchanged.
     """
     x = example_input(model, input_shape)
-    batch = x.shape[0]
-    counter = CostCounter()
     try:
-        with inference(model), counter:
-            model(x)
+        return counted_forward(model, (x,))[1]
     except PolarpruneError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
@@ -429,10 +441,6 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
         raise PolarpruneError(
             f"cannot run {type(model).__name__} on an input of shape {tuple(x.shape)}: {first}"
         ) from exc
-    per_op = {name: OpCost(per_image(c.macs, batch), per_image(c.flops, batch)) for name, c in sorted(counter.per_op.items())}
-    total = counter.total
-    cost = ModelCost(per_image(total.macs, batch), per_image(total.flops, batch), count_params(model))
-    return CostProfile(cost, per_op, dict(counter.uncounted))
 
 
 def count_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> ModelCost:
@@ -447,6 +455,7 @@ __all__ = [
     "CostCounter",
     "count_model",
     "profile_model",
+    "counted_forward",
     "count_params",
     "conv_macs",
     "matmul_macs",

@@ -10,6 +10,7 @@ import torch
 
 from polarprune import serialization
 from polarprune.cli import main
+from polarprune.errors import PolarpruneError
 from polarprune.models import create
 
 REPORT_KEYS = {
@@ -67,12 +68,34 @@ def test_prune_command_from_training_checkpoint(tmp_path: Path) -> None:
     from polarprune.training.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save
 
     model = create("resnet20", num_classes=10)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(0.3 + 0.7 * torch.rand(m.num_features, generator=generator))
+        model.bn1.weight.fill_(0.001)  # the stem BN alone would remove every channel it votes on
     ckpt = tmp_path / "last.pt"
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "spec": model.polarprune_spec, "model": model.state_dict()}, ckpt)
-    out = tmp_path / "r20.safetensors"
-    assert main(["prune", str(ckpt), "--strategy", "flops-target", "--target-macs-reduction", "0.3",
-                 "--bn-exclude", "bn1", "--out", str(out)]) == 0
-    assert serialization.read_spec(out)["plan"]["modules"]
+
+    def prune(name: str, *options: str) -> tuple[dict, torch.nn.Module]:
+        out, report = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
+        assert main(["prune", str(ckpt), *options, "--out", str(out), "--report", str(report)]) == 0
+        return json.loads(report.read_text()), serialization.load(out)
+
+    def stem_width(data: dict) -> int:
+        return next(row for row in data["layers"] if row["group"] == "bn1")["channels_after"]
+
+    target = ["--strategy", "flops-target", "--target-macs-reduction", "0.3"]
+    data, pruned = prune("excluded", *target, "--bn-exclude", "bn1")
+    assert abs(data["macs_reduction"] - 0.3) <= 0.005  # flops-target's tolerance: half a point
+    assert stem_width(data) == 16  # no bn1 channel removed
+    assert torch.equal(pruned.bn1.weight, model.bn1.weight) and pruned.conv1.out_channels == 16
+    assert any(row["channels_after"] < row["channels_before"] for row in data["layers"])
+    # under the `all` rule a scored stem BN under the threshold removes its whole group (down to
+    # min_channels), as the `fixed` strategy shows; excluded, its gammas do not count
+    fixed_all = ["--strategy", "fixed", "--threshold", "0.01", "--group-rule", "all"]
+    assert stem_width(prune("all-excluded", *fixed_all, "--bn-exclude", "bn1")[0]) == 16
+    assert stem_width(prune("all-scored", *fixed_all, "--bn-include", "*bn*")[0]) == 1
 
 
 def test_prune_command_errors(tiny_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,13 +111,37 @@ def test_prune_command_errors(tiny_file: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_command_strategy_lists_match_the_library() -> None:
-    """The commands keep their own strategy tuples (``--help`` must not import torch)."""
+    """The commands take their strategy names from the one torch-free table of the library."""
     import typing
 
     from polarprune.commands import mask, prune
-    from polarprune.pipeline import PruneOptions
+    from polarprune.pruning.options import PruneOptions
     from polarprune.pruning.resolve import ALL_STRATEGIES
+    from polarprune.pruning.strategies import SELECTORS
 
     assert set(prune.STRATEGY_CHOICES) == set(ALL_STRATEGIES)
     assert set(typing.get_args(PruneOptions.model_fields["strategy"].annotation)) == set(ALL_STRATEGIES)
-    assert set(mask.STRATEGY_CHOICES) == set(ALL_STRATEGIES) - {"mask", "flops-target"}
+    assert set(mask.STRATEGY_CHOICES) == set(ALL_STRATEGIES) - {"mask", "flops-target"} == set(SELECTORS)
+
+
+def test_command_options_are_the_prune_options() -> None:
+    """Every option of ``prune`` / ``mask`` is a ``PruneOptions`` field with the model's default."""
+    import argparse
+
+    from polarprune.commands import mask, prune
+    from polarprune.pruning.options import PruneOptions
+
+    for module, fields in ((prune, prune.PRUNE_FIELDS), (mask, mask.MASK_FIELDS)):
+        parser = argparse.ArgumentParser()
+        module.register(parser.add_subparsers())
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = next(iter(sub.choices.values()))
+        defaults = {a.dest: a.default for a in command._actions}
+        for name in fields:
+            expected = PruneOptions.model_fields[name].get_default(call_default_factory=True)
+            assert defaults[name] == expected, (module.__name__, name)
+        args = command.parse_args(["x.pt", "--out", "o"])
+        assert module.options_from_args(args, fields) == PruneOptions()
+    args = command.parse_args(["x.pt", "--out", "o", "--strategy", "percent"])
+    with pytest.raises(PolarpruneError, match="needs --percent"):
+        prune.options_from_args(args, mask.MASK_FIELDS)

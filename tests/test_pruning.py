@@ -255,10 +255,41 @@ def test_ratio_strategies_halve_every_group() -> None:
     model = create("resnet20").eval()
     randomise_bns(model)
     x = torch.randn(1, 3, 32, 32)
-    for strategy in ("uniform", "l1-norm", "random"):
-        pruned, report = prune_model(model, x, strategy, ratio=0.5, seed=3)
+    # layer1.0.conv1's filter k has L1 norm 144 * 0.01 * (rank[k] + 1) (signs alternate, so only
+    # |w| counts); its BN's gamma runs the other way, 1 - rank[k] / 16
+    rank = torch.tensor([3, 12, 0, 7, 15, 9, 1, 14, 4, 11, 6, 2, 13, 8, 10, 5], dtype=torch.float32)
+    signs = torch.tensor([1.0, -1.0]).repeat(72).view(1, 16, 3, 3)
+    with torch.no_grad():
+        model.layer1[0].conv1.weight.copy_(0.01 * (rank + 1).view(16, 1, 1, 1) * signs)
+        model.layer1[0].bn1.weight.copy_(1 - rank / 16)
+    expected = {
+        "l1-norm": [1, 4, 5, 7, 9, 12, 13, 14],  # the 8 largest filter norms: rank >= 8
+        "uniform": [0, 2, 3, 6, 8, 10, 11, 15],  # the 8 largest gammas: rank < 8
+    }
+    gammas = model.layer1[0].bn1.weight.detach()
+
+    def kept_channels(pruned: nn.Module) -> list[int]:
+        """Which of layer1.0.bn1's channels survived (its gammas are all different)."""
+        kept = [int((gammas == g).nonzero()) for g in pruned.layer1[0].bn1.weight.detach()]
+        # the conv keeps the same filters (their input side shrinks with the residual stream)
+        filter_sizes = pruned.layer1[0].conv1.weight.abs().amax(dim=(1, 2, 3))
+        assert torch.allclose(filter_sizes, 0.01 * (rank[kept] + 1))
+        return sorted(kept)
+
+    kept: dict[str, list[int]] = {}
+    for strategy, seed in (("uniform", 3), ("l1-norm", 3), ("random", 3), ("random", 4)):
+        pruned, report = prune_model(model, x, strategy, ratio=0.5, seed=seed)
         assert all(r.channels_after == r.channels_before // 2 for r in report.rows), strategy
         assert pruned.layer3[2].conv1.in_channels == 32
+        kept[f"{strategy}{seed if strategy == 'random' else ''}"] = kept_channels(pruned)
+    assert kept["l1-norm"] == expected["l1-norm"]
+    assert kept["uniform"] == expected["uniform"]
+    # random: 8 of 16, neither of the score-based choices, another draw under another seed
+    assert len(kept["random3"]) == 8
+    assert kept["random3"] not in (expected["l1-norm"], expected["uniform"])
+    assert kept["random4"] != kept["random3"]
+    again = plan_pruning(model, x, "random", ratio=0.5, seed=3)["layer1.0.bn1"]
+    assert again.nonzero().flatten().tolist() == kept["random3"]  # the same draw under the same seed
 
 
 def test_mask_strategy_and_errors() -> None:
@@ -443,15 +474,15 @@ def test_torchvision_models_prune_to_half(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name,threshold", [("resnet56", 0.5), ("resnet20", 0.97), ("mobilenet_v2", 0.5)])
 def test_macs_estimate_matches_the_counter(name: str, threshold: float) -> None:
     """flops-target relies on the per-layer MACs model: it must equal count_model after surgery."""
-    from polarprune.pruning.graph import analyze
+    from polarprune.pruning.graph import analyze, prepare_for_pruning
     from polarprune.pruning.resolve import decide
-    from polarprune.pruning.surgery import apply_decision, replace_pad_shortcuts
+    from polarprune.pruning.surgery import apply_decision
 
     torch.manual_seed(0)
     model = create(name).eval()
     randomise_bns(model, low=0.0)
     x = torch.randn(1, 3, 32, 32)
-    replace_pad_shortcuts(model, x)
+    prepare_for_pruning(model, x)
     decision = decide(analyze(model, x), "fixed", threshold=threshold)
     assert decision.estimated_macs_before == count_model(model, x).macs
     assert (name == "resnet20") == bool(decision.removed_blocks)  # removed branches cost nothing
@@ -475,3 +506,103 @@ def test_round_to_multiples() -> None:
     pruned, report = prune_model(model, x, "fixed", threshold=0.5, round_to=4)
     assert all(r.channels_after % 4 == 0 for r in report.rows)
     assert outputs(pruned, x).shape == (1, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# trial prunes: one analysis, the same decisions and MACs as prune_model
+
+
+def polarize(model: nn.Module, seed: int = 0, share: float = 0.4) -> None:
+    """Gammas as after polarization: about ``share`` of every BN's channels near 0, the rest in [0.3, 0.8)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, BN):
+                low = torch.rand(m.num_features, generator=g) < share
+                m.weight.copy_(torch.where(low, torch.rand(m.num_features, generator=g) * 0.008,
+                                           0.3 + 0.5 * torch.rand(m.num_features, generator=g)))
+
+
+STRATEGY_CASES = (("grad", {}), ("fixed", {}), ("percent", {"percent": 0.3}))
+
+
+def assert_trial_matches(model: nn.Module, x: torch.Tensor, compensate: bool = False) -> list[float]:
+    from polarprune.pruning import TrialAnalysis
+
+    trial = TrialAnalysis(model, x)
+    ratios = []
+    for strategy, options in STRATEGY_CASES:
+        _, report = prune_model(model, x, strategy, compensate=compensate, **options)
+        real = report.macs_after / report.macs_before
+        assert trial.macs_ratio(model, strategy, **options) == real, strategy
+        ratios.append(real)
+    assert len(set(ratios)) > 1 or ratios[0] < 1.0  # the strategies really removed channels
+    return ratios
+
+
+@pytest.mark.parametrize("name,size", [
+    ("resnet20", 32), ("resnet56", 32), ("vgg16", 32), ("resnet50", 64), ("mobilenet_v2", 64),
+    pytest.param("densenet121", 64, marks=pytest.mark.slow),
+])
+def test_trial_macs_ratio_equals_prune_model(name: str, size: int) -> None:
+    from polarprune.pruning import trial_macs_ratio
+
+    torch.manual_seed(0)
+    model = create(name, 10).eval()
+    polarize(model)
+    x = torch.randn(1, 3, size, size)
+    ratios = assert_trial_matches(model, x)
+    assert trial_macs_ratio(model, x, "grad") == ratios[0]
+    assert min(ratios) < 0.9
+
+
+def test_trial_when_the_first_block_of_a_stage_loses_its_branch() -> None:
+    """The stride-2 option-A block's branch goes: the next block's conv1 keeps its zero-padded
+    inputs (the old trial counted them as removed: 0.9624 against the real 0.9718)."""
+    torch.manual_seed(0)
+    model = create("resnet56").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model.layer2[0].bn1.weight.zero_()
+    minimal = assert_trial_matches(model, x, compensate=True)
+    _, report = prune_model(model, x, "fixed")
+    assert report.removed_blocks == ["layer2.0"] and minimal[1] == pytest.approx(0.9718, abs=1e-4)
+    polarize(model, seed=3)  # a mixed case: polarized, and stage-2/3 first blocks emptied
+    with torch.no_grad():
+        model.layer2[0].bn1.weight.zero_()
+        model.layer3[0].bn1.weight.zero_()
+    assert_trial_matches(model, x)
+
+
+def test_trial_on_a_model_with_removed_branches() -> None:
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    polarize(model, seed=1)
+    with torch.no_grad():
+        model.layer1[1].bn1.weight.zero_()
+        model.layer2[0].bn1.weight.zero_()
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune_model(model, x, "fixed")
+    assert report.removed_blocks == ["layer1.1", "layer2.0"]
+    polarize(pruned, seed=2)
+    ratios = assert_trial_matches(pruned, x)
+    assert max(ratios) < 1.0
+
+
+def test_trial_follows_the_live_gammas_and_params() -> None:
+    from polarprune.pruning import TrialAnalysis
+
+    model = create("resnet20").eval()
+    x = torch.randn(1, 3, 32, 32)
+    trial = TrialAnalysis(model, x)
+    assert trial.macs_ratio(model, "fixed", epoch=0) == 1.0
+    with torch.no_grad():
+        model.layer1[0].bn1.weight[:8] = 0.0
+    assert trial.macs_ratio(model, "fixed", epoch=0) == 1.0  # cached for the epoch
+    # layer1.0.conv1 loses 8 of 16 outputs and layer1.0.conv2 8 of 16 inputs: 2 * 9*16*8*32*32 MACs
+    macs, params = trial.ratios(model, "fixed", epoch=1)
+    before = count_model(model, x).macs
+    assert macs == (before - 2 * 9 * 16 * 8 * 32 * 32) / before
+    _, report = prune_model(model, x, "fixed", compensate=False)
+    assert params == report.params_after / report.params_before
+    assert trial.channel_macs()["layer1.0.bn1"] == 2 * 9 * 16 * 32 * 32  # its producer's and consumer's share

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import PolarpruneError
+from . import add_trust_code_argument
 
 SMALL_GAMMA = 0.01
 QUANTILES = (("min", 0.0), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("max", 1.0))
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot-dir", metavar="DIR", help="write gamma_histogram.png and gamma_layers.png into DIR")
     p.add_argument("--regularized-only", action="store_true", help="list only the BNs sparsity training regularizes by default")
     p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
@@ -154,7 +156,8 @@ def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[st
 
 def inspect_model(model: Any, example_inputs: Any, regularized_only: bool = False) -> dict[str, Any]:
     """The report as plain data: per-layer rows, summary, trial-prune MACs ratios."""
-    from ..sparsity.monitor import TrialPruner, bn_modules
+    from ..pruning import TrialAnalysis
+    from ..sparsity.monitor import bn_modules
     from ..sparsity.selection import regularized_bn_names
 
     bns = bn_modules(model)
@@ -167,19 +170,19 @@ def inspect_model(model: Any, example_inputs: Any, regularized_only: bool = Fals
     rows = [layer_stats(n, magnitudes[n], n in chosen) for n in names]
     reg_rows = [r for r in rows if r["regularized"]]
     summary = summary_stats(reg_rows, [magnitudes[r["name"]] for r in reg_rows])
-    trial = TrialPruner(model, example_inputs, regularized)
+    trial = TrialAnalysis(model, example_inputs, bn_names=regularized)
     summary["trial_macs_ratio_grad"], summary["trial_params_ratio_grad"] = trial.ratios(model, "grad")
     summary["trial_macs_ratio_fixed"], summary["trial_params_ratio_fixed"] = trial.ratios(model, "fixed")
     return {"layers": rows, "summary": summary, "_magnitudes": magnitudes}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.checkpoint import load_any_model
+    from ..serialization import read_model
     from .prune import example_input_for
 
     if args.input_size is not None and args.input_size < 1:
         raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
-    model = load_any_model(args.checkpoint)
+    model = read_model(args.checkpoint)
     x = example_input_for(model, args.input_size)
     report = inspect_model(model, x, args.regularized_only)
     magnitudes = report.pop("_magnitudes")

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolarpruneError
+from ..pruning.options import SCORE_STRATEGIES
+from . import add_trust_code_argument
+from .prune import add_prune_options, options_from_args
 
-STRATEGY_CHOICES = ("fixed", "grad", "percent", "uniform", "l1-norm", "random")
+STRATEGY_CHOICES = SCORE_STRATEGIES
+MASK_FIELDS = ("strategy", "threshold", "percent", "ratio", "group_rule", "min_channels", "seed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,33 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="fixed", help="how channels are chosen (default fixed)")
-    p.add_argument("--threshold", type=float, default=0.01, help="fixed: |gamma| threshold, channels at or below it go (default 0.01)")
-    p.add_argument("--percent", type=float, help="percent: fraction of all scored channels removed (global quantile)")
-    p.add_argument("--ratio", type=float, help="uniform / l1-norm / random: fraction removed per layer")
+    add_prune_options(p, MASK_FIELDS, choices={"strategy": STRATEGY_CHOICES},
+                      helps={"threshold": "fixed: |gamma| threshold, channels at or below it go"})
     p.add_argument("--per-layer", action="store_true", help="uniform: decide every BN alone (residual-coupled BNs may differ)")
-    p.add_argument("--group-rule", choices=("any", "all", "mean"), default="any", help="how a residual group's BNs vote (default any)")
-    p.add_argument("--min-channels", type=int, default=1, help="channels every layer keeps (default 1)")
     p.add_argument("--bn-include", action="append", default=[], metavar="PATTERN", help="mask only BNs matching this fnmatch pattern (repeatable; default: the BNs sparsity training regularizes)")
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="leave out BNs matching this pattern (repeatable)")
     p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
     p.add_argument("--out", required=True, metavar="MASK", help="mask file to write (.json)")
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
 def check_args(args: argparse.Namespace) -> None:
     """One-line errors for option combinations that cannot work."""
-    if args.strategy in ("uniform", "l1-norm", "random") and args.ratio is None:
-        raise PolarpruneError(f"--strategy {args.strategy} needs --ratio")
-    if args.ratio is not None and not 0.0 <= args.ratio <= 1.0:
-        raise PolarpruneError(f"--ratio must be in [0, 1], got {args.ratio}")
-    if args.strategy == "percent" and (args.percent is None or not 0.0 <= args.percent <= 1.0):
-        raise PolarpruneError("--strategy percent needs --percent in [0, 1] (a fraction)")
+    options_from_args(args, MASK_FIELDS)
     if args.per_layer and args.strategy != "uniform":
         raise PolarpruneError("--per-layer only applies to --strategy uniform")
-    if args.min_channels < 0:
-        raise PolarpruneError(f"--min-channels must be >= 0, got {args.min_channels}")
     if args.input_size is not None and args.input_size < 1:
         raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
     parent = Path(args.out).parent
@@ -79,38 +72,35 @@ def format_summary(masks: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sparsity.masks import mask_from_strategy, save_mask, uniform_mask
-    from ..sparsity.monitor import ChannelCostModel
+    from ..pruning import TrialAnalysis
+    from ..sparsity.masks import save_mask, uniform_mask
     from ..sparsity.selection import regularized_bn_names
-    from ..training.checkpoint import load_any_model
+    from ..serialization import read_model
     from .prune import example_input_for
 
     check_args(args)
-    model = load_any_model(args.checkpoint)
+    model = read_model(args.checkpoint)
     x = example_input_for(model, args.input_size)
     names = regularized_bn_names(model, x, args.bn_include, args.bn_exclude, option="--bn")
-    options: dict[str, Any] = {"strategy": args.strategy}
+    trial = TrialAnalysis(model, x)  # one analysis: the decision and its cost
+    options = options_from_args(args, MASK_FIELDS)
+    recorded: dict[str, Any] = {"strategy": args.strategy}
     if args.strategy == "uniform" and args.per_layer:
         plan = uniform_mask(model, names, args.ratio)
-        options.update(ratio=args.ratio, per_layer=True)
+        recorded.update(ratio=args.ratio, per_layer=True)
     else:
-        common = dict(group_rule=args.group_rule, min_channels=args.min_channels, seed=args.seed)
-        if args.strategy == "fixed":
-            common["threshold"] = args.threshold
-        elif args.strategy == "percent":
-            common["percent"] = args.percent
-        elif args.strategy in ("uniform", "l1-norm", "random"):
-            common["ratio"] = args.ratio
-        plan = mask_from_strategy(model, x, args.strategy, bn_names=names, all_layers=True, **common)
-        options.update(common)
+        plan = trial.keep_masks(model, options=options.model_copy(update={"bn_names": names}))
+        used = {"threshold": "fixed", "percent": "percent", "ratio": ("uniform", "l1-norm", "random")}
+        recorded.update({k: v for k, v in options.model_dump(include={"group_rule", "min_channels", "seed", *used}).items()
+                         if k not in used or args.strategy in used[k]})
     masks = {name: plan[name] for name in names if name in plan}
     missing = [name for name in names if name not in plan]
     if not masks:
         raise PolarpruneError(f"{args.checkpoint}: none of the {len(names)} selected BNs is in a prunable group")
-    macs_ratio, params_ratio = ChannelCostModel.probe(model, x).ratios(plan)
+    macs_ratio, params_ratio = trial.ratios(model, "mask", masks=masks, group_rule=args.group_rule)
     spec = getattr(model, "polarprune_spec", {}) or {}
-    options.update(source=str(args.checkpoint), estimated_macs_ratio=round(macs_ratio, 6), estimated_params_ratio=round(params_ratio, 6))
-    save_mask(masks, args.out, spec.get("name"), source=options)
+    recorded.update(source=str(args.checkpoint), estimated_macs_ratio=round(macs_ratio, 6), estimated_params_ratio=round(params_ratio, 6))
+    save_mask(masks, args.out, spec.get("name"), source=recorded)
     print(format_summary(masks))
     for name in missing:
         print(f"note: {name}: its group cannot be pruned, left out of the mask")

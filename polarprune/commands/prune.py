@@ -8,16 +8,71 @@ report JSON atomically, and prints a short table.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
+from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
+from . import add_trust_code_argument
 
 DIGITS_INPUT_SIZE = 8  # small_cnn is sized for the 8x8 digits
-STRATEGY_CHOICES = ("grad", "fixed", "percent", "uniform", "l1-norm", "random", "mask", "flops-target")
+STRATEGY_CHOICES = STRATEGIES
+# options that are flags which turn a default-on behaviour off
+NEGATING_FLAGS = {"remove_empty_blocks": "--keep-empty-blocks", "compensate": "--no-compensate"}
+# the prune command's options (masks come from --mask FILE, bn_names from the patterns)
+PRUNE_FIELDS = ("strategy", "threshold", "percent", "ratio", "target_macs_reduction", "bn_include", "bn_exclude",
+                "group_rule", "min_channels", "round_to", "remove_empty_blocks", "compensate", "seed")
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a ``PruneOptions`` field."""
+    return NEGATING_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def add_prune_options(p: argparse.ArgumentParser, fields: Sequence[str], helps: dict[str, str] | None = None,
+                      choices: dict[str, Sequence[str]] | None = None) -> None:
+    """argparse options for ``PruneOptions`` fields: flags, types, choices and defaults from the model."""
+    helps, choices = helps or {}, choices or {}
+    for name in fields:
+        info = PruneOptions.model_fields[name]
+        text = helps.get(name, info.description or name)
+        kwargs: dict[str, Any] = {"dest": name}
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, bool):
+            kwargs["action"] = "store_false" if default else "store_true"
+        elif isinstance(default, list):
+            kwargs.update(action="append", default=[], metavar="PATTERN")
+            text += " (repeatable)"
+        else:
+            literal = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
+            options = choices.get(name) or literal
+            kwargs["default"] = default
+            if options:
+                kwargs["choices"] = tuple(options)
+            else:
+                kwargs["type"] = int if isinstance(default, int) else float
+            if default is not None:
+                text += f" (default {default})"
+        p.add_argument(flag_of(name), help=text, **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, fields: Sequence[str], **extra: Any) -> PruneOptions:
+    """``PruneOptions`` from parsed arguments; errors name the flags (``--ratio``), not the fields."""
+    values = {name: getattr(args, name) for name in fields}
+    values.update(extra)
+    try:
+        return parse_options(**values)
+    except PolarpruneError as exc:
+        message = str(exc)
+        need = STRATEGY_NEEDS.get(values.get("strategy", ""))
+        if need:
+            message = message.replace(f"strategy {values['strategy']!r} needs {need}", f"--strategy {values['strategy']} needs {'--mask FILE' if need == 'masks' else flag_of(need)}")
+        for name in fields:
+            message = message.replace(f"prune option {name}:", f"{flag_of(name)}:")
+        raise PolarpruneError(message) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,27 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="fixed", help="how channels are chosen (default fixed)")
-    p.add_argument("--threshold", type=float, default=0.01, help="fixed: global |gamma| threshold (default 0.01)")
-    p.add_argument("--percent", type=float, help="percent: fraction of all scored channels removed (global quantile)")
-    p.add_argument("--ratio", type=float, help="uniform / l1-norm / random: fraction removed per group")
-    p.add_argument("--target-macs-reduction", type=float, metavar="R", help="flops-target: MACs reduction to reach, in (0, 1)")
+    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES})
     p.add_argument("--mask", metavar="FILE", help="mask: mask file (BN name -> 0/1 keep string)")
-    p.add_argument("--bn-include", action="append", default=[], metavar="PATTERN", help="score only BNs matching this fnmatch pattern (repeatable)")
-    p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="do not score BNs matching this pattern (repeatable)")
-    p.add_argument("--group-rule", choices=("any", "all", "mean"), default="any", help="how a group's BNs vote (default any)")
-    p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="round every group's kept channels up to a multiple of N; 16 for CPU inference (oneDNN blocks) (default 1)")
-    p.add_argument("--keep-empty-blocks", action="store_true", help="keep min-channels in an emptied residual branch instead of removing it")
-    p.add_argument("--no-compensate", action="store_true", help="do not fold removed channels' constant shift into their consumers")
     p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
     p.add_argument("--data", choices=("digits", "cifar10", "cifar100", "imagefolder", "fake"), help="also report top-1 before/after on this data set")
     p.add_argument("--data-root", help="data folder for --data")
     p.add_argument("--subset", type=int, help="evaluate --data on this many images only")
     p.add_argument("--plot", metavar="PNG", help="bar chart of channels kept/removed per group")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
     p.add_argument("--out", required=True, metavar="PRUNED", help="pruned model file to write (.safetensors)")
     p.add_argument("--report", metavar="REPORT.json", help="write the prune report as JSON")
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
@@ -59,29 +103,13 @@ def example_input_for(model: Any, size: int | None) -> Any:
     """One random image shaped for ``model`` (channels from its spec)."""
     import torch
 
-    from .flops import default_input_size
+    from ..models import default_input_size
 
     spec = getattr(model, "polarprune_spec", {}) or {}
     channels = int(spec.get("in_channels", 3))
-    side = size or (DIGITS_INPUT_SIZE if spec.get("name") == "small_cnn" else default_input_size(model))
+    side = size or default_input_size(model)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(1, channels, side, side, generator=generator)
-
-
-def choose_bn_names(candidates: list[str], all_bns: list[str], include: list[str], exclude: list[str]) -> list[str] | None:
-    """BN names to score from fnmatch patterns (None: the default, every prunable BN)."""
-    if not include and not exclude:
-        return None
-    chosen = candidates
-    if include:
-        for pattern in include:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in all_bns):
-                raise PolarpruneError(f"--bn-include pattern {pattern!r} matches no BatchNorm layer")
-        chosen = [n for n in all_bns if any(fnmatch.fnmatchcase(n, p) for p in include)]
-    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
-    if not chosen:
-        raise PolarpruneError("no BatchNorm layer is left to score (check --bn-include/--bn-exclude)")
-    return chosen
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
@@ -103,19 +131,7 @@ def _top1(model: Any, args: argparse.Namespace) -> float:
     return float(evaluate(model, data.eval_loader, torch.device("cpu"))["top1"])
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.strategy == "mask" and not args.mask:
-        raise PolarpruneError("--strategy mask needs --mask FILE")
-    if args.strategy in ("uniform", "l1-norm", "random") and args.ratio is None:
-        raise PolarpruneError(f"--strategy {args.strategy} needs --ratio")
-    if args.strategy == "percent" and args.percent is None:
-        raise PolarpruneError("--strategy percent needs --percent")
-    if args.strategy == "flops-target" and args.target_macs_reduction is None:
-        raise PolarpruneError("--strategy flops-target needs --target-macs-reduction")
-    if args.round_to < 1:
-        raise PolarpruneError(f"--round-to must be >= 1, got {args.round_to}")
-    if args.min_channels < 0:
-        raise PolarpruneError(f"--min-channels must be >= 0, got {args.min_channels}")
+def _check_args(args: argparse.Namespace) -> PruneOptions:
     if args.input_size is not None and args.input_size < 1:
         raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
     if not str(args.out).endswith(".safetensors"):
@@ -123,32 +139,25 @@ def _check_args(args: argparse.Namespace) -> None:
     for option, value in (("--out", args.out), ("--report", args.report), ("--plot", args.plot)):
         if value and not Path(value).parent.is_dir() and str(Path(value).parent):
             raise PolarpruneError(f"{option} {value}: folder {Path(value).parent} does not exist")
+    if args.strategy == "mask" and not args.mask:
+        raise PolarpruneError("--strategy mask needs --mask FILE")
+    return options_from_args(args, PRUNE_FIELDS, masks={} if args.strategy == "mask" else None)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
-    from ..pruning import prunable_bn_names, prune_model
-    from ..training.checkpoint import load_any_model
+    from ..pruning import prune_model
+    from ..serialization import read_model
 
-    _check_args(args)
-    model = load_any_model(args.checkpoint)
+    options = _check_args(args)
+    model = read_model(args.checkpoint)
     x = example_input_for(model, args.input_size)
-    masks = None
     if args.strategy == "mask":
         from ..sparsity.masks import load_mask
 
-        masks = load_mask(args.mask, model)
-    all_bns = [n for n, m in model.named_modules() if type(m).__name__.startswith("BatchNorm")]
-    bn_names = None
-    if args.bn_include or args.bn_exclude:
-        bn_names = choose_bn_names(prunable_bn_names(model, x), all_bns, args.bn_include, args.bn_exclude)
+        options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
-    pruned, report = prune_model(
-        model, x, args.strategy, threshold=args.threshold, percent=args.percent, ratio=args.ratio,
-        target_macs_reduction=args.target_macs_reduction, masks=masks, bn_names=bn_names,
-        group_rule=args.group_rule, min_channels=args.min_channels, remove_empty_blocks=not args.keep_empty_blocks, round_to=args.round_to,
-        compensate=not args.no_compensate, seed=args.seed,
-    )
+    pruned, report = prune_model(model, x, options=options)
     top1_after = _top1(pruned, args) if args.data else None
     result = report.to_dict()
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
 from ..modes import inference, restored_modes
+from ..models import entry_for
+from ..models.layers import BlockInfo
 from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -40,6 +42,12 @@ class GroupItem:
     side: str  # "out" (producer), "in" (consumer) or "both" (channel-wise: BN, depthwise conv, shift)
     idxs: list[int]
     root_idxs: list[int]
+    idx_t: Tensor = field(init=False, repr=False)
+    root_t: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.idx_t = torch.as_tensor(self.idxs, dtype=torch.long)
+        self.root_t = torch.as_tensor(self.root_idxs, dtype=torch.long)
 
 
 @dataclass
@@ -70,7 +78,9 @@ class ChannelGroup:
 
 @dataclass
 class LayerCost:
-    """What the MACs of one conv/linear call depend on: ``macs = area * in/groups * out * positions``."""
+    """The per-channel analytic cost of one conv/linear layer (the one cost model of searches and
+    trials): ``macs = area * in/groups * out * positions`` per image, ``params = area * in/groups
+    * out (+ out with a bias)``. ``positions`` sums the output positions of every call."""
 
     kernel_area: int
     in_channels: int
@@ -78,12 +88,17 @@ class LayerCost:
     groups: int
     positions: int  # output positions per image (H_out*W_out for a 2-D conv)
     depthwise: bool
+    bias: bool = False
+
+    def _filters(self, in_channels: int, out_channels: int) -> int:
+        groups = in_channels if self.depthwise else self.groups
+        return 0 if groups == 0 else self.kernel_area * (in_channels // groups) * out_channels
 
     def macs(self, in_channels: int, out_channels: int) -> int:
-        groups = in_channels if self.depthwise else self.groups
-        if groups == 0:
-            return 0
-        return self.kernel_area * (in_channels // groups) * out_channels * self.positions
+        return self._filters(in_channels, out_channels) * self.positions
+
+    def params(self, in_channels: int, out_channels: int) -> int:
+        return self._filters(in_channels, out_channels) + (out_channels if self.bias else 0)
 
 
 @dataclass
@@ -95,6 +110,9 @@ class ModelAnalysis:
     layer_costs: dict[str, LayerCost]
     module_names: dict[nn.Module, str]
     successors: dict[str, list[str]]  # module name -> names of the graph nodes it feeds
+    blocks: dict[str, BlockInfo] = field(default_factory=dict)  # residual blocks (the model entry's rule)
+    channel_params: dict[str, tuple[int, int]] = field(default_factory=dict)  # BN / shift -> (params per channel, channels)
+    other_params: int = 0  # parameters no removal changes
 
     def group_by_name(self) -> dict[str, ChannelGroup]:
         return {g.name: g for g in self.groups}
@@ -136,8 +154,12 @@ def probe_with_hooks(model: nn.Module, example_inputs: Any, handles: list[Any]) 
             handle.remove()
 
 
-def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
-    """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored)."""
+def build_dependency_graph(model: nn.Module, example_inputs: Any, handles: Sequence[Any] = ()) -> Any:
+    """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored).
+
+    ``handles`` are forward hooks already registered on the model: they see the tracing forward
+    pass (so the analysis needs no second one) and are removed afterwards.
+    """
     import torch_pruning as tp
 
     try:
@@ -153,6 +175,9 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - tracing failures are reported as one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PolarpruneError(f"cannot trace {type(model).__name__} for pruning: {first}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
     return graph
 
 
@@ -213,39 +238,77 @@ def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: 
     )
 
 
-def _layer_costs(model: nn.Module, example_inputs: Any, names: dict[nn.Module, str]) -> dict[str, LayerCost]:
-    """Record the output positions of every conv/linear in one forward pass (no grad)."""
-    costs: dict[str, LayerCost] = {}
+def _cost_hooks(model: nn.Module, example_inputs: Any, names: dict[nn.Module, str], costs: dict[str, LayerCost]) -> list[Any]:
+    """Forward hooks that record every conv/linear call's output positions into ``costs``."""
     batch = _as_input_tuple(example_inputs)[0].shape[0]
 
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
         name = names[module]
+        seen = costs[name].positions if name in costs else 0
+        bias = module.bias is not None
         if isinstance(module, CONV_TYPES):
             positions = output.numel() // (output.shape[0] * output.shape[1])
             costs[name] = LayerCost(math.prod(module.kernel_size), module.in_channels, module.out_channels,
-                                    module.groups, costs[name].positions + positions if name in costs else positions,
-                                    is_depthwise(module))
+                                    module.groups, seen + positions, is_depthwise(module), bias)
         else:
             positions = output.numel() // (batch * output.shape[-1])
-            costs[name] = LayerCost(1, module.in_features, module.out_features, 1,
-                                    costs[name].positions + positions if name in costs else positions, False)
+            costs[name] = LayerCost(1, module.in_features, module.out_features, 1, seen + positions, False, bias)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV_TYPES + (nn.Linear,))]
-    probe_with_hooks(model, example_inputs, handles)
-    return costs
+    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV_TYPES + (nn.Linear,))]
+
+
+def _params_split(model: nn.Module, costs: dict[str, LayerCost]) -> tuple[dict[str, tuple[int, int]], int]:
+    """(params per channel, channels) of BNs and shifts, and the params no channel removal changes."""
+    per_channel: dict[str, tuple[int, int]] = {}
+    priced: set[int] = set()
+    for name, module in model.named_modules():
+        if name in costs:
+            priced.update(id(p) for p in module.parameters(recurse=False))
+        elif isinstance(module, BN_TYPES + (ChannelShift,)):
+            own = list(module.parameters(recurse=False))
+            per_channel[name] = (len(own), module.num_features if isinstance(module, BN_TYPES) else module.num_channels)
+            priced.update(id(p) for p in own)
+    other = sum(p.numel() for p in model.parameters() if id(p) not in priced)
+    return per_channel, other
+
+
+def residual_blocks(model: nn.Module) -> dict[str, BlockInfo]:
+    """The residual blocks whose branch pruning may remove: the model entry's rule, else none."""
+    entry = entry_for(model)
+    if entry is None or entry.residual_blocks is None:
+        return {}
+    return dict(entry.residual_blocks(model))
+
+
+def prepare_for_pruning(model: nn.Module, example_inputs: Any) -> list[str]:
+    """Run the model entry's pruning adapter on ``model`` (in place; e.g. the option-A shortcut
+    becomes a placement shortcut). Returns what it replaced; nothing for unknown models."""
+    entry = entry_for(model)
+    if entry is None or entry.prepare_for_pruning is None:
+        return []
+    return list(entry.prepare_for_pruning(model, example_inputs) or [])
 
 
 def analyze(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
-    """Trace ``model`` once: its channel groups, who feeds whom, and its per-layer MACs model."""
-    graph = build_dependency_graph(model, example_inputs)
+    """Trace ``model`` once: its channel groups, who feeds whom, its residual blocks and its
+    per-layer cost model (recorded during the tracing forward pass)."""
     names = {m: n for n, m in model.named_modules()}
+    costs: dict[str, LayerCost] = {}
+    graph = build_dependency_graph(model, example_inputs, _cost_hooks(model, example_inputs, names, costs))
     terminals = _terminal_modules(graph)
     groups = [_convert_group(graph, g, names, terminals) for g in graph.get_all_groups(root_module_types=CONV_TYPES + (nn.Linear,))]
     successors: dict[str, list[str]] = {}
     for module, node in graph.module2node.items():
         if module in names:
             successors[names[module]] = [names.get(o.module, "") for o in node.outputs]
-    return ModelAnalysis(model, groups, _layer_costs(model, example_inputs, names), names, successors)
+    per_channel, other = _params_split(model, costs)
+    return ModelAnalysis(model, groups, costs, names, successors, residual_blocks(model), per_channel, other)
+
+
+def _kept(size: int, removed: dict[tuple[str, str], set[int]], name: str, side: str) -> int:
+    """Channels of ``name`` left on ``side``: channel-wise (BOTH) removals count on every side."""
+    gone = len(removed.get((name, BOTH), ()))
+    return size - gone - (len(removed.get((name, side), ())) if side != BOTH else 0)
 
 
 def estimate_macs(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[int]], removed_modules: Iterable[str] = ()) -> int:
@@ -255,14 +318,50 @@ def estimate_macs(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[in
     Matches ``polarprune.flops.count_model(...).macs`` for models made only of conv/linear MACs.
     """
     gone = list(removed_modules)
-    total = 0
+    return sum(
+        cost.macs(_kept(cost.in_channels, removed, name, IN), _kept(cost.out_channels, removed, name, OUT))
+        for name, cost in analysis.layer_costs.items()
+        if not deleted_with_block(name, gone)
+    )
+
+
+def estimate_params(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[int]], removed_blocks: Mapping[str, BlockInfo] | None = None) -> int:
+    """Parameters left after the removals (without the biases compensation may add).
+
+    A removed block's branch goes and its ``ShortcutOnlyBlock`` gains one shift per kept
+    channel of its last BN.
+    """
+    blocks = dict(removed_blocks or {})
+    gone = list(blocks)
+    total = analysis.other_params
     for name, cost in analysis.layer_costs.items():
-        if deleted_with_block(name, gone):
-            continue
-        out_removed = len(removed.get((name, OUT), ())) + len(removed.get((name, BOTH), ()))
-        in_removed = len(removed.get((name, IN), ())) + len(removed.get((name, BOTH), ()))
-        total += cost.macs(cost.in_channels - in_removed, cost.out_channels - out_removed)
+        if not deleted_with_block(name, gone):
+            total += cost.params(_kept(cost.in_channels, removed, name, IN), _kept(cost.out_channels, removed, name, OUT))
+    for name, (per, channels) in analysis.channel_params.items():
+        if not deleted_with_block(name, gone):
+            total += per * _kept(channels, removed, name, BOTH)
+    for block in blocks.values():
+        total += _kept(analysis.channel_params[block.last_bn][1], removed, block.last_bn, BOTH)
     return total
+
+
+def channel_macs(analysis: ModelAnalysis) -> dict[str, float]:
+    """Per BN, the MACs one of its channels costs: what its group's producers (per output
+    channel), consumers (per input channel) and depthwise convs spend on one group channel,
+    averaged over the group (the FLOPs weights of the regularizer)."""
+    result: dict[str, float] = {}
+    for group in analysis.groups:
+        spent = 0.0
+        for item in group.items:
+            cost = analysis.layer_costs.get(item.module_name)
+            if cost is None:
+                continue
+            full = cost.macs(cost.in_channels, cost.out_channels)
+            width = cost.in_channels if item.side == IN else cost.out_channels
+            spent += full / max(width, 1) * len(item.idxs)
+        for bn in group.bn_names:
+            result.setdefault(bn, spent / max(group.num_channels, 1))
+    return result
 
 
 def deleted_with_block(name: str, removed_blocks: Sequence[str]) -> bool:
@@ -280,6 +379,10 @@ __all__ = [
     "LayerCost",
     "analyze",
     "estimate_macs",
+    "estimate_params",
+    "channel_macs",
+    "residual_blocks",
+    "prepare_for_pruning",
     "build_dependency_graph",
     "is_depthwise",
     "is_grouped",

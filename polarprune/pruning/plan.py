@@ -18,14 +18,14 @@ state dict.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import PolarpruneError
 from .graph import BN_TYPES, CONV_TYPES
-from .modules import ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock
+from .modules import ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock, set_module
 
 PLAN_VERSION = 1
 PLACEMENT_SHORTCUT = "placement_shortcut"
@@ -50,18 +50,42 @@ def module_shape(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def make_plan(pruned: nn.Module, base: nn.Module) -> dict[str, Any]:
-    """The plan that turns ``base`` (the unpruned architecture) into ``pruned``'s architecture."""
-    base_modules = dict(base.named_modules())
+LayerView = Mapping[str, tuple[type, "dict[str, Any] | None"]]
+_CHANGED = {"type": "changed by an earlier plan"}  # a shape that equals no real one
+
+
+def layer_view(model: nn.Module) -> dict[str, tuple[type, dict[str, Any] | None]]:
+    """Per qualified name: the layer's class and shape (what plans compare)."""
+    return {name: (type(module), module_shape(module)) for name, module in model.named_modules()}
+
+
+def unpruned_view(model: nn.Module, plan: Mapping[str, Any] | None) -> dict[str, tuple[type, dict[str, Any] | None]]:
+    """The unpruned architecture as seen from ``model`` and the plan that made it: layers the
+    plan changed or replaced count as different from what ``model`` has now."""
+    view = layer_view(model)
+    if plan:
+        for name in plan.get("modules", {}):
+            if name in view:
+                view[name] = (view[name][0], _CHANGED)
+        for entry in plan.get("replace", []):
+            if entry.get("name") in view:
+                view[entry["name"]] = (object, _CHANGED)
+    return view
+
+
+def make_plan(pruned: nn.Module, base: nn.Module | LayerView) -> dict[str, Any]:
+    """The plan that turns ``base`` (the unpruned architecture, or its ``unpruned_view``) into
+    ``pruned``'s architecture."""
+    base_view = layer_view(base) if isinstance(base, nn.Module) else base
     replace = []
     modules: dict[str, dict[str, Any]] = {}
     for name, module in pruned.named_modules():
-        if isinstance(module, ShortcutOnlyBlock) and not isinstance(base_modules.get(name), ShortcutOnlyBlock):
-            replace.append({"name": name, "kind": SHORTCUT_BLOCK})
-        elif isinstance(module, ChannelPlacementShortcut) and not isinstance(base_modules.get(name), ChannelPlacementShortcut):
-            replace.append({"name": name, "kind": PLACEMENT_SHORTCUT})
+        base_type, base_shape = base_view.get(name, (None, None))
+        for cls, kind in ((ShortcutOnlyBlock, SHORTCUT_BLOCK), (ChannelPlacementShortcut, PLACEMENT_SHORTCUT)):
+            if isinstance(module, cls) and not (isinstance(base_type, type) and issubclass(base_type, cls)):
+                replace.append({"name": name, "kind": kind})
         shape = module_shape(module)
-        if shape is not None and (name not in base_modules or module_shape(base_modules[name]) != shape):
+        if shape is not None and (name not in base_view or base_shape != shape):
             modules[name] = shape
     return {"version": PLAN_VERSION, "replace": replace, "modules": modules}
 
@@ -124,18 +148,16 @@ def resize_module(module: nn.Module, shape: dict[str, Any], name: str, where: st
 
 
 def _replace(model: nn.Module, entry: dict[str, Any], plan_modules: dict[str, Any], where: str) -> None:
-    from ..models.cifar_resnet import PadShortcut
-    from .surgery import set_module
-
     name, kind = entry.get("name"), entry.get("kind")
     if not isinstance(name, str):
         raise PolarpruneError(f"{where}: plan replacement without a layer name: {entry!r}")
     old = _get(model, name, where)
     if kind == PLACEMENT_SHORTCUT:
         shape = plan_modules.get(name)
-        if not isinstance(old, PadShortcut) or not isinstance(shape, dict):
-            raise PolarpruneError(f"{where}: plan replacement {name!r}: expected an option-A shortcut with a shape entry")
-        new: nn.Module = ChannelPlacementShortcut(old.stride, _int(shape, "in_channels", name, where), _int(shape, "out_channels", name, where), [-1] * _int(shape, "in_channels", name, where))
+        if not isinstance(shape, dict) or list(old.parameters()):
+            raise PolarpruneError(f"{where}: plan replacement {name!r}: expected a parameter-free shortcut with a shape entry")
+        cin = _int(shape, "in_channels", name, where)
+        new: nn.Module = ChannelPlacementShortcut(_int(shape, "stride", name, where), cin, _int(shape, "out_channels", name, where), [-1] * cin)
     elif kind == SHORTCUT_BLOCK:
         shape = plan_modules.get(f"{name}.shift")
         if not isinstance(shape, dict):
@@ -167,4 +189,4 @@ def apply_plan(model: nn.Module, plan: dict[str, Any] | None, where: str = "plan
     return model
 
 
-__all__ = ["PLAN_VERSION", "make_plan", "apply_plan", "module_shape", "resize_module"]
+__all__ = ["PLAN_VERSION", "make_plan", "apply_plan", "module_shape", "resize_module", "layer_view", "unpruned_view"]

@@ -24,33 +24,22 @@ mean); ``l1-norm`` aggregates the L1 norms of the producing filters. After the r
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
-from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, deleted_with_block, estimate_macs, is_grouped
+from ..models.layers import BlockInfo
+from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, deleted_with_block, estimate_macs, estimate_params, is_grouped
 from .modules import ChannelPlacementShortcut
+from .options import GROUP_RULES, RATIO_STRATEGIES, STRATEGIES, PruneOptions, parse_options
 from .strategies import select_channels
 
-THRESHOLD_STRATEGIES = ("grad", "fixed", "percent", "mask", "flops-target")
-RATIO_STRATEGIES = ("uniform", "l1-norm", "random")
-ALL_STRATEGIES = ("grad", "fixed", "percent", "uniform", "l1-norm", "random", "mask", "flops-target")
-GROUP_RULES = ("any", "all", "mean")
-
-
-@dataclass
-class BlockInfo:
-    """A residual block whose branch may be removed: its inner BNs, last BN and shortcut."""
-
-    name: str
-    inner_bns: list[str]
-    last_bn: str
-    branch: list[str]  # attribute names of the branch layers in order
-    emptied_bns: list[str] = field(default_factory=list)  # inner BNs that lost every channel
+ALL_STRATEGIES = STRATEGIES
 
 
 @dataclass
@@ -65,25 +54,19 @@ class Decision:
     notes: list[str] = field(default_factory=list)
     estimated_macs: int = 0
     estimated_macs_before: int = 0
+    estimated_params: int = 0
+    estimated_params_before: int = 0
+    threshold: float | None = None  # the threshold flops-target found
 
+    @property
+    def macs_ratio(self) -> float:
+        """Estimated MACs after / before (the per-channel cost model; exact for conv/linear MACs)."""
+        return self.estimated_macs / max(1, self.estimated_macs_before)
 
-def find_blocks(model: nn.Module) -> dict[str, BlockInfo]:
-    """Residual blocks whose branch can be removed: CIFAR BasicBlock, torchvision BasicBlock/Bottleneck."""
-    from torchvision.models import resnet as tv_resnet
-
-    from ..models import cifar_resnet
-
-    blocks: dict[str, BlockInfo] = {}
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        if isinstance(module, (cifar_resnet.BasicBlock, tv_resnet.BasicBlock)):
-            blocks[name] = BlockInfo(name, [prefix + "bn1"], prefix + "bn2", ["conv1", "bn1", "relu", "conv2", "bn2"])
-        elif isinstance(module, tv_resnet.Bottleneck):
-            blocks[name] = BlockInfo(
-                name, [prefix + "bn1", prefix + "bn2"], prefix + "bn3",
-                ["conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"],
-            )
-    return blocks
+    @property
+    def params_ratio(self) -> float:
+        """Estimated parameters after / before (without biases compensation may add)."""
+        return self.estimated_params / max(1, self.estimated_params_before)
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
@@ -101,37 +84,37 @@ def bn_scores(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     return scores
 
 
-def _aggregate(values: list[list[float]], rule: str) -> Tensor:
-    out = []
-    for column in values:
-        if not column:
-            out.append(math.inf)
-        elif rule == "any":
-            out.append(max(column))
-        elif rule == "all":
-            out.append(min(column))
-        else:
-            out.append(sum(column) / len(column))
-    return torch.tensor(out, dtype=torch.float32)
+def _aggregate(values: list[Tensor], roots: list[Tensor], size: int, rule: str) -> Tensor:
+    """Per group channel: max (``any``), min (``all``) or mean (``mean``) of the values that land
+    on it (``roots``: their group channel); +inf where none does."""
+    if not values:
+        return torch.full((size,), math.inf)
+    value, root = torch.cat(values).double(), torch.cat(roots)
+    count = torch.zeros(size, dtype=torch.long).index_add_(0, root, torch.ones_like(root))
+    if rule == "mean":
+        out = torch.zeros(size, dtype=torch.float64).index_add_(0, root, value) / count.clamp(min=1)
+    else:
+        start = -math.inf if rule == "any" else math.inf
+        out = torch.full((size,), start, dtype=torch.float64).scatter_reduce_(0, root, value, "amax" if rule == "any" else "amin")
+    return torch.where(count > 0, out, torch.full_like(out, math.inf)).float()
 
 
 def group_scores(group: ChannelGroup, model: nn.Module, scored: set[str], rule: str, strategy: str) -> Tensor:
     """Per group channel: the rule's aggregate (max/min/mean) of the scored BNs' |gamma|, or of the
     producing filters' L1 norms for ``l1-norm``. Channels no scored layer covers score +inf."""
-    columns: list[list[float]] = [[] for _ in range(group.num_channels)]
+    values: list[Tensor] = []
+    roots: list[Tensor] = []
     if strategy == "l1-norm":
         for item in group.producers():
             weight = item.module.weight.detach().float().cpu()
-            norms = weight.abs().reshape(weight.shape[0], -1).sum(dim=1)
-            for idx, root in zip(item.idxs, item.root_idxs):
-                columns[root].append(float(norms[idx]))
+            values.append(weight.abs().reshape(weight.shape[0], -1).sum(dim=1)[item.idx_t])
+            roots.append(item.root_t)
     else:
         for item in group.bn_items():
             if item.module_name in scored:
-                gamma = item.module.weight.detach().abs().float().cpu()
-                for idx, root in zip(item.idxs, item.root_idxs):
-                    columns[root].append(float(gamma[idx]))
-    return _aggregate(columns, rule)
+                values.append(item.module.weight.detach().abs().float().cpu()[item.idx_t])
+                roots.append(item.root_t)
+    return _aggregate(values, roots, group.num_channels, rule)
 
 
 def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded: Sequence[str]) -> Tensor:
@@ -141,28 +124,25 @@ def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded
     not vote; a channel that only they covered carries no signal any more and is removed.
     Channels no scored BN covers are kept.
     """
-    votes: list[list[bool]] = [[] for _ in range(group.num_channels)]
-    constant_only = [False] * group.num_channels
+    size = group.num_channels
+    yes = torch.zeros(size, dtype=torch.long)
+    total = torch.zeros(size, dtype=torch.long)
+    constant_only = torch.zeros(size, dtype=torch.bool)
     for item in group.bn_items():
         if item.module_name not in bn_keep:
             continue
-        mask = bn_keep[item.module_name]
-        for idx, root in zip(item.idxs, item.root_idxs):
-            if deleted_with_block(item.module_name, excluded):
-                constant_only[root] = True
-            else:
-                votes[root].append(bool(mask[idx]))
-    keep = []
-    for column, constant in zip(votes, constant_only):
-        if not column:
-            keep.append(not constant)
-        elif rule == "any":
-            keep.append(any(column))
-        elif rule == "all":
-            keep.append(all(column))
+        if deleted_with_block(item.module_name, excluded):
+            constant_only[item.root_t] = True
         else:
-            keep.append(sum(column) >= len(column) / 2)
-    return torch.tensor(keep, dtype=torch.bool)
+            total.index_add_(0, item.root_t, torch.ones_like(item.root_t))
+            yes.index_add_(0, item.root_t, bn_keep[item.module_name][item.idx_t].long())
+    if rule == "any":
+        keep = yes > 0
+    elif rule == "all":
+        keep = yes == total
+    else:
+        keep = 2 * yes >= total
+    return torch.where(total > 0, keep, ~constant_only)
 
 
 def keep_at_least(keep: Tensor, scores: Tensor, count: int) -> Tensor:
@@ -274,21 +254,36 @@ def removals_of(group: ChannelGroup, keep: Tensor) -> dict[tuple[str, str], set[
     """Per (module, side), the module-level indices of the group's removed channels."""
     removed: dict[tuple[str, str], set[int]] = {}
     for item in group.items:
-        idxs = {idx for idx, root in zip(item.idxs, item.root_idxs) if not bool(keep[root])}
-        if idxs:
-            removed.setdefault((item.module_name, item.side), set()).update(idxs)
+        gone = item.idx_t[~keep[item.root_t]]
+        if gone.numel():
+            removed.setdefault((item.module_name, item.side), set()).update(gone.tolist())
     return removed
 
 
-def _check_bn_names(analysis: ModelAnalysis, bn_names: Sequence[str] | None, notes: list[str]) -> set[str]:
-    all_bns = {n for n, m in analysis.model.named_modules() if isinstance(m, BN_TYPES)}
+def scored_bns(analysis: ModelAnalysis, options: PruneOptions, notes: list[str]) -> set[str]:
+    """The BNs whose scores decide: ``bn_names`` (default: every BN of a prunable group),
+    narrowed by the ``bn_include`` / ``bn_exclude`` fnmatch patterns."""
+    all_bns = [n for n, m in analysis.model.named_modules() if isinstance(m, BN_TYPES)]
     prunable = {bn for g in analysis.prunable_groups() for bn in g.bn_names}
-    if bn_names is None:
-        return prunable
-    chosen = set()
-    for name in bn_names:
+    names = options.bn_names
+    for name in names or ():
         if name not in all_bns:
             raise PolarpruneError(f"no BatchNorm layer named {name!r} in the model")
+    for pattern in options.bn_include:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in all_bns):
+            raise PolarpruneError(f"bn_include pattern {pattern!r} matches no BatchNorm layer")
+    if options.bn_include:
+        pool = names if names is not None else all_bns
+        names = [n for n in pool if any(fnmatch.fnmatchcase(n, p) for p in options.bn_include)]
+    if options.bn_exclude:
+        pool = names if names is not None else sorted(prunable)
+        names = [n for n in pool if not any(fnmatch.fnmatchcase(n, p) for p in options.bn_exclude)]
+    if names is None:
+        return prunable
+    if not names:
+        raise PolarpruneError("no BatchNorm layer is left to score (check bn_include/bn_exclude)")
+    chosen = set()
+    for name in names:
         if name in prunable:
             chosen.add(name)
         else:
@@ -314,78 +309,69 @@ def _check_masks(analysis: ModelAnalysis, masks: Mapping[str, Tensor] | None) ->
     return checked
 
 
-def decide(
-    analysis: ModelAnalysis,
-    strategy: str = "fixed",
-    *,
-    threshold: float = 0.01,
-    percent: float | None = None,
-    ratio: float | Mapping[str, float] | None = None,
-    masks: Mapping[str, Tensor] | None = None,
-    bn_names: Sequence[str] | None = None,
-    group_rule: str = "any",
-    min_channels: int = 1,
-    remove_empty_blocks: bool = True,
-    round_to: int = 1,
-    seed: int = 0,
-) -> Decision:
+def _per_bn_choice(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], groups: list[ChannelGroup],
+                   notes: list[str], quiet: bool) -> tuple[dict[str, Tensor], dict[str, float], set[str]]:
+    """Threshold strategies and user masks: a keep mask per scored BN (the groups vote later)."""
+    if options.strategy == "mask":
+        user = _check_masks(analysis, options.masks)
+        notes += [f"{n}: mask ignored (its group cannot be pruned or the BN is not scored)" for n in user if n not in scored]
+        bn_keep = {n: m for n, m in user.items() if n in scored}
+        return bn_keep, {}, set(bn_keep)
+    ordered = list(dict.fromkeys(bn for g in groups for bn in g.bn_names if bn in scored))
+    result = select_channels(bn_scores(analysis.model, ordered), options.strategy, threshold=options.threshold,
+                             percent=options.percent, min_channels=0, seed=options.seed, warn=not quiet)
+    notes += result.notes
+    return result.keep, result.thresholds, scored
+
+
+def _per_group_choice(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], groups: list[ChannelGroup],
+                      notes: list[str]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Ratio strategies: a keep mask per group from its aggregated score."""
+    scores = {g.name: group_scores(g, analysis.model, scored, options.group_rule, options.strategy) for g in groups}
+    finite = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in scores.items()}
+    ratio: float | dict[str, float] | None = options.ratio
+    if isinstance(options.ratio, Mapping):
+        ratio = {}
+        for g in groups:
+            key = next((k for k in [g.name, *g.bn_names] if k in options.ratio), None)
+            if key is not None:
+                ratio[g.name] = float(options.ratio[key])
+    result = select_channels(finite, options.strategy, ratio=ratio, min_channels=0, seed=options.seed)
+    notes += result.notes
+    return {g.name: result.keep[g.name] | ~torch.isfinite(scores[g.name]) for g in groups}, result.thresholds
+
+
+def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneOptions | None = None, *,
+           quiet: bool = False, **fields: Any) -> Decision:
     """Resolve a strategy into per-layer removals for the analysed model (see the module docstring).
 
-    ``flops-target`` is resolved by the caller into ``fixed`` with a searched threshold.
+    Options come as a ``PruneOptions`` and/or keywords (validated into one). ``flops-target``
+    bisects a ``fixed`` threshold on the estimated MACs. ``quiet`` keeps the per-layer
+    warnings of ``grad`` out of the log (trial decisions every epoch); they stay in the notes.
     """
-    if strategy not in ALL_STRATEGIES or strategy == "flops-target":
-        raise PolarpruneError(f"unknown pruning strategy {strategy!r}; choose one of {', '.join(ALL_STRATEGIES)}")
-    if group_rule not in GROUP_RULES:
-        raise PolarpruneError(f"unknown group rule {group_rule!r}; choose one of {', '.join(GROUP_RULES)}")
-    if min_channels < 0:
-        raise PolarpruneError(f"min_channels must be >= 0, got {min_channels}")
-    if round_to < 1:
-        raise PolarpruneError(f"round_to must be >= 1, got {round_to}")
+    opts = parse_options(strategy, options, **fields)
+    if opts.strategy == "flops-target":
+        return search_threshold(analysis, float(opts.target_macs_reduction), opts, quiet=quiet)  # type: ignore[arg-type]
     model = analysis.model
     notes: list[str] = []
-    scored = _check_bn_names(analysis, bn_names, notes)
-    thresholds: dict[str, float] = {}
-    bn_keep: dict[str, Tensor] = {}
-    group_choice: dict[str, Tensor] = {}
+    scored = scored_bns(analysis, opts, notes)
     groups = analysis.prunable_groups()
     scored_groups = [g for g in groups if any(bn in scored for bn in g.bn_names)]
-
-    if strategy == "mask":
-        user = _check_masks(analysis, masks)
-        bn_keep = {n: m for n, m in user.items() if n in scored}
-        notes += [f"{n}: mask ignored (its group cannot be pruned or the BN is not scored)" for n in user if n not in scored]
-        scored = set(bn_keep)
-        scored_groups = [g for g in groups if any(bn in scored for bn in g.bn_names)]
-    elif strategy in THRESHOLD_STRATEGIES:
-        ordered = [bn for g in scored_groups for bn in g.bn_names if bn in scored]
-        ordered = list(dict.fromkeys(ordered))
-        result = select_channels(bn_scores(model, ordered), strategy, threshold=threshold, percent=percent, min_channels=0, seed=seed)
-        bn_keep, thresholds = result.keep, result.thresholds
-        notes += result.notes
+    bn_keep: dict[str, Tensor] = {}
+    group_choice: dict[str, Tensor] = {}
+    if opts.strategy in RATIO_STRATEGIES:
+        group_choice, thresholds = _per_group_choice(analysis, opts, scored, scored_groups, notes)
     else:
-        scores = {g.name: group_scores(g, model, scored, group_rule, strategy) for g in scored_groups}
-        finite = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in scores.items()}
-        group_ratio: float | dict[str, float] | None = ratio
-        if isinstance(ratio, Mapping):
-            group_ratio = {}
-            for g in scored_groups:
-                for key in [g.name, *g.bn_names]:
-                    if key in ratio:
-                        group_ratio[g.name] = float(ratio[key])
-                        break
-        result = select_channels(finite, strategy, ratio=group_ratio, min_channels=0, seed=seed)
-        for g in scored_groups:
-            group_choice[g.name] = result.keep[g.name] | ~torch.isfinite(scores[g.name])
-        thresholds = result.thresholds
-        notes += result.notes
+        bn_keep, thresholds, scored = _per_bn_choice(analysis, opts, scored, scored_groups, notes, quiet)
+        scored_groups = [g for g in groups if any(bn in scored for bn in g.bn_names)]
 
-    blocks = find_blocks(model)
+    blocks = analysis.blocks
     inner_of = {bn: block for block in blocks.values() for bn in block.inner_bns}
     removed_blocks: dict[str, BlockInfo] = {}
     group_keep: dict[str, Tensor] = {}
 
     def is_inner(group: ChannelGroup) -> BlockInfo | None:
-        owners = {inner_of.get(bn) and inner_of[bn].name for bn in group.bn_names}
+        owners = {inner_of[bn].name if bn in inner_of else None for bn in group.bn_names}
         if len(owners) == 1 and None not in owners:
             return blocks[owners.pop()]  # type: ignore[index]
         return None
@@ -394,18 +380,19 @@ def decide(
     # placement shortcut waits for the group that feeds it (its placed channels vote keep)
     pending = sorted(scored_groups, key=lambda g: is_inner(g) is None)
     removed_so_far: dict[tuple[str, str], set[int]] = {}
+    score_kind = "l1-norm" if opts.strategy == "l1-norm" else "bn"
     while pending:
         ready = [g for g in pending if not _waits_for_placement(g, pending)]
-        if not ready:
-            ready = pending[:1]
-        group = ready[0]
+        group = (ready or pending)[0]
         pending.remove(group)
-        keep = group_choice[group.name] if group.name in group_choice else vote(group, bn_keep, group_rule, list(removed_blocks))
-        if group.name not in group_choice:
+        if group.name in group_choice:
+            keep = group_choice[group.name]
+        else:
+            keep = vote(group, bn_keep, opts.group_rule, list(removed_blocks))
             keep = keep | _placement_votes(group, removed_so_far, keep)
-        scores = group_scores(group, model, scored, group_rule, "l1-norm" if strategy == "l1-norm" else "bn")
+        scores = group_scores(group, model, scored, opts.group_rule, score_kind)
         block = is_inner(group)
-        if int(keep.sum()) == 0 and block is not None and remove_empty_blocks:
+        if int(keep.sum()) == 0 and block is not None and opts.remove_empty_blocks:
             removed_blocks[block.name] = dataclasses.replace(block, emptied_bns=[bn for bn in group.bn_names if bn in block.inner_bns])
             notes.append(f"{block.name}: residual branch removed (no channel of {group.name} kept); the block is its shortcut")
             group_keep[group.name] = keep
@@ -414,17 +401,17 @@ def decide(
             group_keep[group.name] = torch.ones_like(keep)
             continue
         before = int(keep.sum())
-        keep = keep_at_least(keep, scores, min_channels)
+        keep = keep_at_least(keep, scores, opts.min_channels)
         if int(keep.sum()) != before:
-            notes.append(f"{group.name}: kept {int(keep.sum())} channels (min_channels={min_channels}) instead of {before}")
+            notes.append(f"{group.name}: kept {int(keep.sum())} channels (min_channels={opts.min_channels}) instead of {before}")
         segments, problem = grouped_conv_segments(group)
-        if round_to > 1 and not segments:
-            keep = round_kept(keep, scores, round_to, "nearest" if strategy in RATIO_STRATEGIES else "up")
+        if opts.round_to > 1 and not segments:
+            keep = round_kept(keep, scores, opts.round_to, "nearest" if opts.strategy in RATIO_STRATEGIES else "up")
         if problem:
             notes.append(f"{group.name}: left whole ({problem})")
             keep = torch.ones_like(keep)
         for segs in segments:
-            keep = balance_segments(keep, scores, segs, "mean" if strategy in RATIO_STRATEGIES else "max")
+            keep = balance_segments(keep, scores, segs, "mean" if opts.strategy in RATIO_STRATEGIES else "max")
         group_keep[group.name] = keep
         for key, idxs in removals_of(group, keep).items():
             removed_so_far.setdefault(key, set()).update(idxs)
@@ -437,63 +424,64 @@ def decide(
     for block in removed_blocks.values():
         for bn in block.emptied_bns:
             removed[(bn, BOTH)] = set(range(_module(model, bn).num_features))
-    all_prunable_bns = {bn for g in groups for bn in g.bn_names}
-    for bn in sorted(all_prunable_bns):
+    gone = list(removed_blocks)
+    for bn in sorted({bn for g in groups for bn in g.bn_names}):
         mask = torch.ones(_module(model, bn).num_features, dtype=torch.bool)
         mask[sorted(removed.get((bn, BOTH), ()))] = False
-        if deleted_with_block(bn, list(removed_blocks)):
+        if deleted_with_block(bn, gone):
             mask[:] = False  # the whole branch is gone
         bn_keep[bn] = mask
-    bn_keep = {bn: bn_keep[bn] for bn in sorted(all_prunable_bns)}
-    gone = list(removed_blocks)
+    bn_keep = {bn: bn_keep[bn] for bn in sorted({bn for g in groups for bn in g.bn_names})}
     decision = Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes)
     decision.estimated_macs = estimate_macs(analysis, removed, gone)
     decision.estimated_macs_before = estimate_macs(analysis, {}, ())
+    decision.estimated_params = estimate_params(analysis, removed, removed_blocks)
+    decision.estimated_params_before = estimate_params(analysis, {}, {})
     return decision
 
 
-def search_threshold(
-    analysis: ModelAnalysis,
-    target_reduction: float,
-    *,
-    tolerance: float = 0.005,
-    iterations: int = 40,
-    **kwargs: object,
-) -> tuple[float, Decision]:
-    """Global |gamma| threshold (``fixed``) whose estimated MACs reduction is closest to the target.
+def search_threshold(analysis: ModelAnalysis, target_reduction: float, options: PruneOptions | None = None, *,
+                     tolerance: float = 0.005, iterations: int = 40, quiet: bool = False) -> Decision:
+    """The ``fixed`` decision whose estimated MACs reduction is closest to the target (its
+    threshold in ``decision.threshold``).
 
-    Bisection on the threshold between 0 and the largest scored |gamma|; stops within
-    ``tolerance`` of the target. The reduction grows with the threshold.
+    Bisection on the global |gamma| threshold between 0 and the largest scored |gamma|; stops
+    within ``tolerance`` of the target. The reduction grows with the threshold.
     """
     if not 0.0 < float(target_reduction) < 1.0:
         raise PolarpruneError(f"target MACs reduction must be in (0, 1), got {target_reduction}")
-    scored = _check_bn_names(analysis, kwargs.get("bn_names"), [])  # type: ignore[arg-type]
+    base = (options or PruneOptions()).model_copy(update={"strategy": "fixed"})
+    scored = scored_bns(analysis, base, [])
     if not scored:
         raise PolarpruneError("flops-target: the model has no prunable BatchNorm layer")
-    top = max(float(bn_scores(analysis.model, [bn]).get(bn).max()) for bn in scored)  # type: ignore[union-attr]
+    top = max(float(score.max()) for score in bn_scores(analysis.model, sorted(scored)).values())
 
-    def reduction(decision: Decision) -> float:
-        return 1.0 - decision.estimated_macs / max(1, decision.estimated_macs_before)
+    def at(threshold: float) -> Decision:
+        found = decide(analysis, options=base.model_copy(update={"threshold": threshold}), quiet=quiet)
+        found.threshold = threshold
+        return found
+
+    def miss(decision: Decision) -> float:
+        return abs(1.0 - decision.macs_ratio - target_reduction)
 
     low, high = 0.0, top * (1 + 1e-6) + 1e-12
-    best_t, best = low, decide(analysis, "fixed", threshold=low, **kwargs)  # type: ignore[arg-type]
-    if abs(reduction(best) - target_reduction) <= tolerance:
-        return best_t, best
+    best = at(low)
+    if miss(best) <= tolerance:
+        return best
     for _ in range(iterations):
         middle = (low + high) / 2
-        decision = decide(analysis, "fixed", threshold=middle, **kwargs)  # type: ignore[arg-type]
-        value = reduction(decision)
-        if abs(value - target_reduction) < abs(reduction(best) - target_reduction):
-            best_t, best = middle, decision
-        if abs(value - target_reduction) <= tolerance:
+        decision = at(middle)
+        if miss(decision) < miss(best):
+            best = decision
+        if miss(decision) <= tolerance:
             break
-        if value < target_reduction:
+        if 1.0 - decision.macs_ratio < target_reduction:
             low = middle
         else:
             high = middle
-    got = reduction(best)
-    best.notes.append(f"flops-target: threshold {best_t:.6g} gives an estimated MACs reduction of {got:.2%} (target {target_reduction:.2%})")
-    return best_t, best
+    best.notes.append(f"flops-target: threshold {best.threshold:.6g} gives an estimated MACs reduction of "
+                      f"{1.0 - best.macs_ratio:.2%} (target {target_reduction:.2%})")
+    return best
 
 
 __all__ = [
@@ -503,7 +491,7 @@ __all__ = [
     "Decision",
     "decide",
     "search_threshold",
-    "find_blocks",
+    "scored_bns",
     "vote",
     "keep_at_least",
     "balance_segments",

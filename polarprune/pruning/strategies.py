@@ -24,16 +24,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from ..errors import PolarpruneError
+from .options import SCORE_STRATEGIES
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("grad", "fixed", "percent", "uniform", "l1-norm", "random")
+STRATEGIES = SCORE_STRATEGIES
 GRAD_FALLBACK_THRESHOLD = 0.01
 GRAD_WARN_THRESHOLD = 0.2
 VALLEY = "valley"
@@ -66,15 +67,15 @@ def histogram_valley(counts: Tensor) -> int | None:
 
 
 def grad_threshold(
-    values: Tensor, bins: int = 100, value_range: tuple[float, float] = (0.0, 1.0)
+    values: Tensor, bins: int = 100, value_range: tuple[float, float] = (0.0, 1.0), warn: bool = True
 ) -> tuple[float, str]:
     """Per-layer threshold at the first valley of the histogram of ``values``.
 
     Counts over ``bins`` equal bins on ``value_range`` (values outside are ignored); the
     threshold is the left edge of the valley bin. Returns ``(threshold, "valley")``, or
     ``(GRAD_FALLBACK_THRESHOLD, "fallback-fixed")`` when the histogram has no valley (strictly
-    monotone counts). Logs a warning when the valley threshold exceeds 0.2, which usually
-    means the layer was not polarized.
+    monotone counts). Logs a warning (``warn``) when the valley threshold exceeds 0.2, which
+    usually means the layer was not polarized.
     """
     if bins < 3:
         raise PolarpruneError(f"grad strategy: bins must be >= 3, got {bins}")
@@ -87,7 +88,7 @@ def grad_threshold(
     if valley is None:
         return GRAD_FALLBACK_THRESHOLD, FALLBACK_FIXED
     threshold = low + valley * (high - low) / bins
-    if threshold > GRAD_WARN_THRESHOLD:
+    if warn and threshold > GRAD_WARN_THRESHOLD:
         log.warning("grad strategy: valley threshold %.3f exceeds %.1f (layer not polarized?)", threshold, GRAD_WARN_THRESHOLD)
     return threshold, VALLEY
 
@@ -163,6 +164,68 @@ def global_percent_threshold(scores: Mapping[str, Tensor], percent: float) -> tu
     return threshold, keep
 
 
+Selection = tuple[dict[str, Tensor], dict[str, float], list[str]]
+
+
+def _select_grad(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+    keep, thresholds, notes = {}, {}, []
+    for name, layer in values.items():
+        cut, how = grad_threshold(layer, warn=args["warn"])
+        if how != VALLEY:
+            notes.append(f"{name}: no histogram valley, fixed threshold {cut} used ({how})")
+        elif cut > GRAD_WARN_THRESHOLD:
+            notes.append(f"{name}: valley threshold {cut:.3f} exceeds {GRAD_WARN_THRESHOLD}")
+        keep[name] = layer > cut
+        thresholds[name] = cut
+    return keep, thresholds, notes
+
+
+def _select_fixed(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+    threshold = float(args["threshold"])
+    return {n: layer > threshold for n, layer in values.items()}, {n: threshold for n in values}, []
+
+
+def _select_percent(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+    percent = args["percent"]
+    if percent is None or not 0.0 <= float(percent) <= 1.0:
+        raise PolarpruneError(f"strategy 'percent' needs percent in [0, 1] (a fraction), got {percent}")
+    cut, keep = global_percent_threshold(values, float(percent))
+    return keep, {name: cut for name in values}, []
+
+
+def _select_smallest(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+    keep, thresholds = {}, {}
+    for name, layer in values.items():
+        keep[name] = smallest_mask(layer, count_to_remove(_layer_ratio(args["ratio"], name, args["strategy"]), layer.numel()))
+        removed = layer[~keep[name]]
+        thresholds[name] = float(removed.max()) if removed.numel() else float("-inf")
+    return keep, thresholds, []
+
+
+def _select_random(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+    generator = torch.Generator().manual_seed(int(args["seed"]))
+    keep, thresholds = {}, {}
+    for name, layer in values.items():
+        num_remove = count_to_remove(_layer_ratio(args["ratio"], name, "random"), layer.numel())
+        order = torch.randperm(layer.numel(), generator=generator)
+        mask = torch.ones(layer.numel(), dtype=torch.bool)
+        mask[order[:num_remove]] = False
+        keep[name] = mask
+        thresholds[name] = float("nan")
+    return keep, thresholds, []
+
+
+# strategy name -> selection; the names are those of ``options.SCORE_STRATEGIES``
+SELECTORS: dict[str, Callable[[Mapping[str, Tensor], dict[str, Any]], Selection]] = {
+    "grad": _select_grad,
+    "fixed": _select_fixed,
+    "percent": _select_percent,
+    "uniform": _select_smallest,
+    "l1-norm": _select_smallest,
+    "random": _select_random,
+}
+
+
 def select_channels(
     scores: Mapping[str, Tensor],
     strategy: str,
@@ -172,56 +235,21 @@ def select_channels(
     ratio: float | Mapping[str, float] | None = None,
     min_channels: int = 1,
     seed: int = 0,
+    warn: bool = True,
 ) -> SelectionResult:
     """Keep masks per layer for ``strategy`` (see the module docstring).
 
     ``ratio`` may be one fraction or a dict layer -> fraction (missing layers: 0, kept whole).
     ``percent`` is a fraction in [0, 1]. ``seed`` drives ``random`` (one generator over the
-    layers in the order of ``scores``).
+    layers in the order of ``scores``). ``warn``: log ``grad``'s high-valley warnings.
     """
-    if strategy not in STRATEGIES:
+    if strategy not in SELECTORS:
         raise PolarpruneError(f"unknown pruning strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if min_channels < 0:
         raise PolarpruneError(f"min_channels must be >= 0, got {min_channels}")
     values = _check_scores(scores)
-    keep: dict[str, Tensor] = {}
-    thresholds: dict[str, float] = {}
-    notes: list[str] = []
-
-    if strategy == "grad":
-        for name, layer in values.items():
-            cut, how = grad_threshold(layer)
-            if how != VALLEY:
-                notes.append(f"{name}: no histogram valley, fixed threshold {cut} used ({how})")
-            elif cut > GRAD_WARN_THRESHOLD:
-                notes.append(f"{name}: valley threshold {cut:.3f} exceeds {GRAD_WARN_THRESHOLD}")
-            keep[name] = layer > cut
-            thresholds[name] = cut
-    elif strategy == "fixed":
-        for name, layer in values.items():
-            keep[name] = layer > threshold
-            thresholds[name] = float(threshold)
-    elif strategy == "percent":
-        if percent is None or not 0.0 <= float(percent) <= 1.0:
-            raise PolarpruneError(f"strategy 'percent' needs percent in [0, 1] (a fraction), got {percent}")
-        cut, keep = global_percent_threshold(values, float(percent))
-        thresholds = {name: cut for name in values}
-    elif strategy in ("uniform", "l1-norm"):
-        for name, layer in values.items():
-            num_remove = count_to_remove(_layer_ratio(ratio, name, strategy), layer.numel())
-            keep[name] = smallest_mask(layer, num_remove)
-            removed = layer[~keep[name]]
-            thresholds[name] = float(removed.max()) if removed.numel() else float("-inf")
-    else:  # random
-        generator = torch.Generator().manual_seed(int(seed))
-        for name, layer in values.items():
-            num_remove = count_to_remove(_layer_ratio(ratio, name, strategy), layer.numel())
-            order = torch.randperm(layer.numel(), generator=generator)
-            mask = torch.ones(layer.numel(), dtype=torch.bool)
-            mask[order[:num_remove]] = False
-            keep[name] = mask
-            thresholds[name] = float("nan")
-
+    args = {"strategy": strategy, "threshold": threshold, "percent": percent, "ratio": ratio, "seed": seed, "warn": warn}
+    keep, thresholds, notes = SELECTORS[strategy](values, args)
     for name, layer in values.items():
         before = int(keep[name].sum())
         keep[name] = enforce_min_channels(layer, keep[name], min_channels).to(torch.bool)
@@ -233,6 +261,7 @@ def select_channels(
 __all__ = [
     "STRATEGIES",
     "GRAD_FALLBACK_THRESHOLD",
+    "SELECTORS",
     "SelectionResult",
     "grad_threshold",
     "histogram_valley",

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
-from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, deleted_with_block, probe_with_hooks
+from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, deleted_with_block
 from .modules import (
     ChannelPlacementShortcut,
     ChannelShift,
@@ -22,6 +22,7 @@ from .modules import (
     prune_placement_inputs,
     prune_placement_outputs,
     prune_shift_channels,
+    set_module,
 )
 from .resolve import BlockInfo, Decision
 
@@ -130,40 +131,6 @@ def slice_module(name: str, module: nn.Module, sides: Mapping[str, set[int]]) ->
         raise PolarpruneError(f"cannot slice layer {name!r} of type {type(module).__name__}")
 
 
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at qualified ``name``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
-def replace_pad_shortcuts(model: nn.Module, example_inputs: Any) -> list[str]:
-    """Swap every option-A ``PadShortcut`` for the equivalent ``ChannelPlacementShortcut``.
-
-    Input channel counts come from one forward pass. Returns the replaced names.
-    """
-    from ..models.cifar_resnet import PadShortcut
-
-    pads = {name: m for name, m in model.named_modules() if isinstance(m, PadShortcut)}
-    if not pads:
-        return []
-    channels: dict[str, int] = {}
-
-    def record(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            channels.setdefault(name, int(inputs[0].shape[1]))
-
-        return hook
-
-    probe_with_hooks(model, example_inputs, [m.register_forward_pre_hook(record(n)) for n, m in pads.items()])
-    for name, pad in pads.items():
-        if name not in channels:
-            continue  # not used in the forward pass
-        new = ChannelPlacementShortcut.from_pad_shortcut(pad.stride, channels[name], pad.extra_channels)
-        set_module(model, name, new.to(next(model.parameters()).device))
-    return [n for n in pads if n in channels]
-
-
 def replace_block(model: nn.Module, block: BlockInfo, shift: Tensor | None) -> ShortcutOnlyBlock:
     """Replace a residual block by ``relu(shortcut(x) + shift)`` (shift in original channels)."""
     old = model.get_submodule(block.name)
@@ -198,7 +165,6 @@ def apply_decision(model: nn.Module, decision: Decision, block_shifts: Mapping[s
 
 __all__ = [
     "apply_decision",
-    "replace_pad_shortcuts",
     "replace_block",
     "set_module",
     "slice_module",

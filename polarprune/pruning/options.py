@@ -1,0 +1,108 @@
+"""``PruneOptions``: every option of a pruning, validated once (the API, the commands, the recipes).
+
+This module imports neither torch nor the rest of ``polarprune.pruning``, so the commands can
+build their ``--help`` (choices, defaults) from it and the recipe schema can embed it.
+
+The strategy names live here and nowhere else: ``STRATEGIES`` (with what each one needs) and
+``RATIO_STRATEGIES`` (decided per group on an aggregated score; the others per BN, by a
+threshold, or from user masks). The functions behind the names are in ``strategies.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import PolarpruneError
+
+# strategy name -> the option it needs (None: none)
+STRATEGY_NEEDS: dict[str, str | None] = {
+    "grad": None,
+    "fixed": None,
+    "percent": "percent",
+    "uniform": "ratio",
+    "l1-norm": "ratio",
+    "random": "ratio",
+    "mask": "masks",
+    "flops-target": "target_macs_reduction",
+}
+STRATEGIES: tuple[str, ...] = tuple(STRATEGY_NEEDS)
+RATIO_STRATEGIES: tuple[str, ...] = ("uniform", "l1-norm", "random")
+# strategies that pick channels from per-layer scores alone (``select_channels``)
+SCORE_STRATEGIES: tuple[str, ...] = tuple(s for s in STRATEGIES if s not in ("mask", "flops-target"))
+GROUP_RULES: tuple[str, ...] = ("any", "all", "mean")
+
+StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
+GroupRule = Literal[GROUP_RULES]  # type: ignore[valid-type]
+
+
+class PruneOptions(BaseModel):
+    """How a pruning chooses channels (docs/pruning.md has the rules)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    strategy: StrategyName = Field("fixed", description="how channels are chosen")
+    threshold: float = Field(0.01, ge=0, description="fixed: global |gamma| threshold")
+    percent: float | None = Field(None, ge=0, le=1, description="percent: fraction of all scored channels removed (global quantile)")
+    ratio: float | dict[str, float] | None = Field(None, description="uniform / l1-norm / random: fraction removed per group (or per group/BN name)")
+    target_macs_reduction: float | None = Field(None, gt=0, lt=1, description="flops-target: MACs reduction to reach, in (0, 1)")
+    masks: dict[str, Any] | None = Field(None, description="mask: BN name -> keep vector")
+    bn_names: list[str] | None = Field(None, description="BNs that are scored (default: every BN of a prunable group)")
+    bn_include: list[str] = Field(default_factory=list, description="score only BNs matching these fnmatch patterns")
+    bn_exclude: list[str] = Field(default_factory=list, description="do not score BNs matching these fnmatch patterns")
+    group_rule: GroupRule = Field("any", description="how a group's BNs vote")
+    min_channels: int = Field(1, ge=0, description="channels every group keeps")
+    remove_empty_blocks: bool = Field(True, description="an emptied residual branch is removed (else it keeps min_channels)")
+    round_to: int = Field(1, ge=1, description="round every group's kept channels to a multiple of N (16 for CPU inference)")
+    compensate: bool = Field(True, description="fold removed channels' constant shift into their consumers")
+    seed: int = Field(0, description="seed of the random strategy")
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _known_strategy(cls, value: Any) -> Any:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown pruning strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, value: Any) -> Any:
+        values = value.values() if isinstance(value, Mapping) else [] if value is None else [value]
+        for v in values:
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"ratio must be in [0, 1], got {v}")
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> "PruneOptions":
+        need = STRATEGY_NEEDS[self.strategy]
+        if need is not None and getattr(self, need) is None:
+            hint = {"masks": " (BN name -> keep vector)", "target_macs_reduction": " in (0, 1)",
+                    "percent": " in [0, 1] (a fraction)"}.get(need, "")
+            raise ValueError(f"strategy {self.strategy!r} needs {need}{hint}")
+        return self
+
+
+def parse_options(strategy: str | None = None, options: PruneOptions | None = None, **fields: Any) -> PruneOptions:
+    """``PruneOptions`` from keywords (and/or a given model), a one-line ``PolarpruneError`` if invalid."""
+    data = options.model_dump() if options is not None else {}
+    if options is not None and options.masks is not None:
+        data["masks"] = options.masks  # keep the tensors as they are
+    data.update(fields)
+    if strategy is not None:
+        data["strategy"] = strategy
+    try:
+        return PruneOptions(**data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        message = str(error.get("msg", exc)).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = f"unknown prune option {where!r}; options: {', '.join(PruneOptions.model_fields)}"
+        elif where and where not in message:
+            message = f"prune option {where}: {message}"
+        raise PolarpruneError(message) from None
+
+
+__all__ = ["PruneOptions", "parse_options", "STRATEGIES", "STRATEGY_NEEDS", "RATIO_STRATEGIES", "SCORE_STRATEGIES", "GROUP_RULES"]

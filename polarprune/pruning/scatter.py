@@ -1,0 +1,137 @@
+"""The paper-accounting residual mode (``residual: scatter``) and the original accounting of MACs.
+
+The polarization code prunes each BN on its own and keeps the residual stream at full width:
+in a CIFAR ResNet basic block, ``bn1``'s kept channels shrink ``conv1``'s outputs and
+``conv2``'s inputs, ``bn2``'s kept channels shrink ``conv2``'s outputs, which are scattered
+back to the block's full width before the shortcut is added (its ``ChannelExpand``). A block
+whose ``bn1`` or ``bn2`` keeps nothing becomes ``relu(shortcut(x))``. Its FLOPs figures count
+this way, so they cannot be compared with polarprune's default, which removes residual
+channels only from a whole coupled group and never scatters (smaller, faster models).
+
+- ``scatter_keep_masks``: the per-BN decision (threshold strategies on ``|gamma|``, or masks),
+  no group vote, no minimum width (an empty BN empties its block, as in the original);
+- ``apply_scatter``: the surgery of that mode for CIFAR ResNets (``ScatterBasicBlock``);
+- ``original_macs``: the MACs the original accounting gives for per-BN keep masks on any
+  fx-traceable model (every layer shrinks only on the sides directly linked to a BN; the
+  branch of a block with an empty BN costs nothing), so a report can show it beside
+  polarprune's own count.
+
+No shift compensation here: the mode reproduces the original, which has none (removed channels
+with gamma = beta = 0 are exact either way).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..conv_links import conv_links
+from ..errors import PolarpruneError
+from ..models import entry_for
+from ..models.cifar_resnet import BasicBlock
+from ..models.entry import prefixed
+from ..models.expand import ScatterBasicBlock
+from ..models.layers import BlockInfo, ShortcutOnlyBlock
+from .modules import set_module
+from .strategies import select_channels
+from .surgery import slice_batchnorm, slice_conv_in, slice_conv_out
+
+RESIDUAL_MODES = ("group", "scatter")
+
+
+def _keep_list(mask: Tensor) -> list[int]:
+    return torch.nonzero(mask.bool().flatten()).flatten().tolist()
+
+
+def scatter_bn_names(model: nn.Module) -> list[str]:
+    """The BNs the scatter mode prunes: ``bn1`` and ``bn2`` of every CIFAR basic block."""
+    names = [prefixed(name, child) for name, m in model.named_modules() if isinstance(m, BasicBlock) for child in ("bn1", "bn2")]
+    if not names:
+        raise PolarpruneError(f"residual: scatter is for CIFAR ResNets (basic blocks); {type(model).__name__} has none")
+    return names
+
+
+def scatter_keep_masks(model: nn.Module, strategy: str = "fixed", *, threshold: float = 0.01, percent: float | None = None,
+                       masks: Mapping[str, Tensor] | None = None, bn_names: Sequence[str] | None = None,
+                       warn: bool = True) -> dict[str, Tensor]:
+    """Per-BN keep masks, each BN on its own (the original's decision): a threshold strategy on
+    ``|gamma|`` (``grad``, ``fixed``, ``percent``) or user ``masks`` (missing BNs: kept whole)."""
+    names = list(bn_names) if bn_names is not None else scatter_bn_names(model)
+    modules = dict(model.named_modules())
+    if strategy == "mask":
+        if masks is None:
+            raise PolarpruneError("strategy 'mask' needs masks (BN name -> keep vector)")
+        result = {}
+        for name in names:
+            width = modules[name].num_features
+            mask = torch.as_tensor(masks[name]).bool().flatten() if name in masks else torch.ones(width, dtype=torch.bool)
+            if mask.numel() != width:
+                raise PolarpruneError(f"mask for {name!r} has {mask.numel()} entries, the layer has {width} channels")
+            result[name] = mask
+        return result
+    if strategy not in ("grad", "fixed", "percent"):
+        raise PolarpruneError(f"residual: scatter decides per BN: strategy must be grad, fixed, percent or mask, got {strategy!r}")
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise PolarpruneError(f"no BatchNorm layer named {missing[0]!r} in the model")
+    scores = {n: modules[n].weight.detach().abs().float().cpu() for n in names}
+    return select_channels(scores, strategy, threshold=threshold, percent=percent, min_channels=0, warn=warn).keep
+
+
+def apply_scatter(model: nn.Module, bn_keep: Mapping[str, Tensor], *, inplace: bool = False) -> tuple[nn.Module, list[str]]:
+    """Prune a CIFAR ResNet the original way (see the module docstring). Returns the pruned model
+    (a copy unless ``inplace``) and the names of the blocks that became their shortcut."""
+    work = model if inplace else copy.deepcopy(model)
+    scatter_bn_names(work)  # fails for other models
+    emptied = []
+    for name, block in list(work.named_modules()):
+        if not isinstance(block, BasicBlock) or isinstance(block, ScatterBasicBlock):
+            continue
+        width = block.bn2.num_features
+        keep1 = bn_keep.get(prefixed(name, "bn1"), torch.ones(block.bn1.num_features, dtype=torch.bool))
+        keep2 = bn_keep.get(prefixed(name, "bn2"), torch.ones(width, dtype=torch.bool))
+        for mask, bn in ((keep1, block.bn1), (keep2, block.bn2)):
+            if torch.as_tensor(mask).numel() != bn.num_features:
+                raise PolarpruneError(f"keep mask of {name} has {torch.as_tensor(mask).numel()} entries, its BN {bn.num_features}")
+        if not bool(torch.as_tensor(keep1).any()) or not bool(torch.as_tensor(keep2).any()):
+            shortcut = ShortcutOnlyBlock(block.downsample, width).to(block.conv1.weight.device)
+            shortcut.train(block.training)
+            set_module(work, name, shortcut)
+            emptied.append(name)
+            continue
+        kept1, kept2 = _keep_list(torch.as_tensor(keep1)), _keep_list(torch.as_tensor(keep2))
+        slice_conv_out(block.conv1, kept1)
+        slice_batchnorm(block.bn1, kept1)
+        slice_conv_in(block.conv2, kept1)
+        slice_conv_out(block.conv2, kept2)
+        slice_batchnorm(block.bn2, kept2)
+        scattered = ScatterBasicBlock(block, kept2, width).to(block.conv1.weight.device)
+        scattered.train(block.training)
+        set_module(work, name, scattered)
+    return work, emptied
+
+
+def _branch_layers(block: BlockInfo, layer_names: Sequence[str]) -> list[str]:
+    heads = [prefixed(block.name, attr) for attr in block.branch]
+    return [n for n in layer_names if any(n == h or n.startswith(h + ".") for h in heads)]
+
+
+def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, Tensor]) -> int:
+    """Per-image conv+linear MACs of ``model`` pruned by per-BN ``bn_keep`` under the original
+    accounting (layers shrink on their directly linked sides only, the residual stream keeps its
+    width; a residual block whose inner or last BN keeps nothing costs nothing)."""
+    links = conv_links(model, example_inputs)
+    kept = {name: int(torch.as_tensor(mask).bool().sum()) for name, mask in bn_keep.items()}
+    entry = entry_for(model)
+    blocks = entry.residual_blocks(model) if entry is not None and entry.residual_blocks is not None else {}
+    emptied: list[str] = []
+    for block in blocks.values():
+        if any(kept.get(bn, 1) == 0 for bn in [*block.inner_bns, block.last_bn]):
+            emptied += _branch_layers(block, list(links.layers))
+    return links.scatter_macs(kept, emptied)
+
+
+__all__ = ["RESIDUAL_MODES", "scatter_bn_names", "scatter_keep_masks", "apply_scatter", "original_macs"]
