@@ -1,0 +1,73 @@
+"""Layers of the paper-accounting residual mode (``residual: scatter``) of CIFAR ResNets.
+
+The polarization code keeps the residual stream at full width: it prunes the output channels
+of each block's last conv and scatters the kept ones back to their places before the addition
+(its ``ChannelExpand``), the other channels being zero. Its published FLOPs reductions count
+this way. polarprune's default removes residual channels from the whole coupled group instead
+(real speed-ups); this mode exists to reproduce the papers' figures and their accuracy right
+after pruning, and costs wall-clock time (an extra copy per block, wider additions).
+
+- ``ChannelScatter``: ``x`` (k channels) -> ``out_channels`` channels, input channel ``i`` at
+  ``positions[i]``, zeros elsewhere (static-shape ops only, so exporters can follow it).
+- ``ScatterBasicBlock``: a CIFAR ``BasicBlock`` whose ``bn2`` output is scattered back to the
+  block's full width before the shortcut is added. Its parameters keep the block's names.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .cifar_resnet import BasicBlock
+
+
+class ChannelScatter(nn.Module):
+    """Put input channel ``i`` at output channel ``positions[i]`` of ``out_channels``; zeros elsewhere."""
+
+    def __init__(self, positions: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        positions = [int(p) for p in positions]
+        if len(set(positions)) != len(positions) or any(not 0 <= p < out_channels for p in positions):
+            raise ValueError(f"bad scatter positions {positions} for {out_channels} channels")
+        self.in_channels = len(positions)
+        self.out_channels = int(out_channels)
+        # source[j]: the input channel that lands on output j, or in_channels (a zero channel)
+        source = torch.full((out_channels,), len(positions), dtype=torch.long)
+        source[torch.as_tensor(positions, dtype=torch.long)] = torch.arange(len(positions))
+        self.register_buffer("source", source)
+
+    @property
+    def positions(self) -> list[int]:
+        """Output position of every input channel, in input order."""
+        placed = [(int(src), j) for j, src in enumerate(self.source.tolist()) if src < self.in_channels]
+        return [j for _, j in sorted(placed)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.in_channels == self.out_channels:
+            return x
+        zero = x.new_zeros(x.shape[0], 1, *x.shape[2:])
+        return torch.cat([x, zero], dim=1).index_select(1, self.source)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+
+
+class ScatterBasicBlock(BasicBlock):
+    """``relu(scatter(bn2(conv2(relu(bn1(conv1(x)))))) + downsample(x))``: a pruned basic block
+    whose output keeps the residual stream's full width."""
+
+    def __init__(self, block: BasicBlock, positions: Sequence[int], out_channels: int) -> None:
+        nn.Module.__init__(self)
+        self.conv1, self.bn1, self.relu = block.conv1, block.bn1, block.relu
+        self.conv2, self.bn2, self.downsample = block.conv2, block.bn2, block.downsample
+        self.scatter = ChannelScatter(positions, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.scatter(self.bn2(self.conv2(out)))
+        return self.relu(out + self.downsample(x))
+
+
+__all__ = ["ChannelScatter", "ScatterBasicBlock"]
