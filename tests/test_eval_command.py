@@ -1,0 +1,75 @@
+"""``polarprune eval``: its top-1/top-5 against an evaluation loop written here, its costs, its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from polarprune import serialization
+from polarprune.cli import main
+from polarprune.config import DataConfig
+from polarprune.data import build_data
+from polarprune.flops import count_model
+from polarprune.models import create
+
+
+@pytest.fixture()
+def model_file(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    """A small_cnn for the digits with spread-out weights (its predictions are not constant)."""
+    torch.manual_seed(0)
+    model = create("small_cnn", num_classes=10, in_channels=1, width=8).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.2, 1.0)
+    return model, serialization.save(model, tmp_path / "digits.safetensors")
+
+
+def reference_accuracy(model: torch.nn.Module, subset: int | None) -> tuple[float, float, int]:
+    """Top-1 and top-5 (percent) and the image count, counted image by image."""
+    data = build_data(DataConfig(name="digits", eval_batch_size=97, eval_subset=subset, train_subset=None))
+    top1 = top5 = count = 0
+    with torch.no_grad():
+        for images, labels in data.eval_loader:
+            for scores, label in zip(model(images).tolist(), labels.tolist()):
+                ranked = sorted(range(len(scores)), key=lambda c: -scores[c])
+                top1 += int(ranked[0] == label)
+                top5 += int(label in ranked[:5])
+                count += 1
+    return 100.0 * top1 / count, 100.0 * top5 / count, count
+
+
+def test_eval_top1_equals_an_independent_evaluation(model_file, capsys) -> None:
+    model, path = model_file
+    assert main(["eval", str(path), "--data", "digits", "--json", "--batch-size", "64"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    top1, top5, count = reference_accuracy(model, None)
+    assert result["images"] == count == 360  # the digits' fixed test split
+    assert result["top1"] == pytest.approx(top1, abs=1e-9)
+    assert result["top5"] == pytest.approx(top5, abs=1e-9)
+    assert 0 < result["top1"] < 100  # not a degenerate model
+    cost = count_model(model, (1, 8, 8))
+    assert (result["macs"], result["flops"], result["params"]) == (cost.macs, cost.flops, cost.params)
+    assert result["latency_ms"] > 0
+
+
+def test_eval_subset_and_text_output(model_file, capsys) -> None:
+    model, path = model_file
+    assert main(["eval", str(path), "--data", "digits", "--subset", "100"]) == 0
+    out = capsys.readouterr().out
+    top1, _, count = reference_accuracy(model, 100)
+    assert count == 100
+    assert f"top-1 {top1:.2f}%" in out and "on 100 images" in out
+
+
+def test_eval_errors_are_one_line(model_file, tmp_path: Path, capsys) -> None:
+    _, path = model_file
+    assert main(["eval", str(tmp_path / "missing.safetensors"), "--data", "digits"]) == 1
+    assert main(["eval", str(path), "--data", "digits", "--batch-size", "0"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(errors) == 2 and all(line.startswith("polarprune: error: ") for line in errors)
+    assert "--batch-size must be >= 1" in errors[1]

@@ -1,0 +1,77 @@
+"""polarprune.report: CPU latency (the source of every latency figure), stage rows and reductions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from polarprune.report import add_reductions, cpu_latency_ms, format_markdown, stage_row
+
+
+def conv_stack(width: int) -> nn.Module:
+    """Three 3x3 convs of ``width`` channels at 32x32: MACs grow with width squared."""
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
+    )
+
+
+class ShapeRecorder(nn.Module):
+    """Records the input shapes, grad mode and training flag of every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 2)
+        self.calls: list[tuple[tuple[int, ...], bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((tuple(x.shape), torch.is_grad_enabled(), self.training))
+        return self.linear(x.flatten(1)[:, :6])
+
+
+def test_cpu_latency_follows_the_cost_ordering() -> None:
+    small, large = conv_stack(4), conv_stack(64)  # 16x the channels: ~256x the MACs of the inner convs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # interleaved, so that a load change on the shared machine hits both alike
+        small_ms, large_ms = [], []
+        for _ in range(3):
+            small_ms.append(cpu_latency_ms(small, (3, 32, 32), repeats=5, warmup=1))
+            large_ms.append(cpu_latency_ms(large, (3, 32, 32), repeats=5, warmup=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert min(small_ms) > 0
+    assert sorted(large_ms)[1] > sorted(small_ms)[1]  # medians of the three rounds
+
+
+def test_cpu_latency_runs_eval_mode_forwards_of_the_given_shape_without_grad() -> None:
+    model = ShapeRecorder().train()
+    cpu_latency_ms(model, (1, 2, 3), batch=4, repeats=3, warmup=2)
+    assert model.calls == [((4, 1, 2, 3), False, False)] * 5  # 2 warm-up + 3 timed
+    assert not model.training
+
+
+def test_stage_row_and_reductions_by_hand() -> None:
+    # Linear(8, 4): 32 MACs, 36 params; Linear(8, 2): 16 MACs, 18 params
+    rows = [stage_row("big", nn.Linear(8, 4), 90.0, (8,)), stage_row("small", nn.Linear(8, 2), 88.5, (8,))]
+    assert (rows[0]["macs"], rows[0]["params"], rows[1]["macs"], rows[1]["params"]) == (32, 36, 16, 18)
+    assert rows[0]["latency_ms"] > 0
+    headline = add_reductions(rows)
+    assert rows[1]["macs_reduction"] == 0.5 and rows[1]["params_reduction"] == 0.5
+    assert rows[1]["top1_change"] == -1.5 and rows[0]["macs_reduction"] == 0.0
+    assert rows[1]["latency_speedup"] == round(rows[0]["latency_ms"] / rows[1]["latency_ms"], 4)
+    assert headline["reference_stage"] == "big" and headline["final_stage"] == "small"
+    assert headline["macs_reduction"] == 0.5 and headline["top1_change"] == -1.5
+    text = format_markdown({"recipe": "r", "stages": rows, "reductions": headline})
+    assert "| small | 88.50 | 16 |" in text and "removes 50.0% of the MACs" in text
+
+
+def test_add_reductions_of_nothing_is_empty() -> None:
+    assert add_reductions([]) == {}
+
+
+def test_stage_row_without_accuracy() -> None:
+    row = stage_row("prune", nn.Linear(2, 2), None, (2,))
+    assert row["top1"] is None and add_reductions([row, dict(row)])["top1_change"] is None
