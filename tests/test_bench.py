@@ -1,0 +1,134 @@
+"""bench/: every script answers --help, the helpers of bench/common.py compute what they say,
+and cheap smoke runs of two scripts produce well-formed results (written to a temporary folder)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in ("common.py", "tp_baselines.py"))
+
+sys.path.insert(0, str(BENCH))  # the scripts import their helpers as ``from common import ...``
+import common  # noqa: E402
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a bench script as a module (its ``main`` is not run)."""
+    name = f"bench_script_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in a script look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_every_bench_script_answers_help(path: Path, monkeypatch, capsys) -> None:
+    module = load_script(path)
+    assert callable(module.main) and (module.__doc__ or "").strip(), path.name
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and module.__doc__.strip().split("\n")[0][:30] in out.replace("\n", " ")
+
+
+def test_summary_and_paired_ratios() -> None:
+    assert common.summary([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "n": 4, "all": [3.0, 1.0, 2.0, 10.0]}
+    assert common.paired_ratios([2.0, 3.0], [1.0, 6.0]) == [2.0, 0.5]
+    with pytest.raises(ValueError, match="unpaired rounds: 1 vs 2"):
+        common.paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_interleaved_runs_round_robin_after_warmup() -> None:
+    calls: list[str] = []
+    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=2)
+    assert calls == ["a", "b"] * 5  # 2 untimed rounds, then 3 timed ones, always a before b
+    assert set(times) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for v in times.values())
+    assert common.timed(lambda: None) >= 0
+
+
+def test_steady_malloc_reads_the_environment(monkeypatch) -> None:
+    for key in common.STEADY_MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert not common.steady_malloc()
+    for key, value in common.STEADY_MALLOC_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert common.steady_malloc()
+    monkeypatch.setenv(next(iter(common.STEADY_MALLOC_ENV)), "1")
+    assert not common.steady_malloc()
+
+
+def test_minor_page_faults_count_fresh_pages() -> None:
+    before = common.minor_page_faults()
+    block = bytearray(64 * 1024 * 1024)  # 64 MiB of fresh pages, touched by the zero fill
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    assert common.minor_page_faults() - before >= 1000  # at least a few MiB worth of 4 KiB pages
+    del block
+
+
+def test_provenance_records_command_versions_and_machine(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [str(BENCH / "bench_x.py"), "--rounds", "2"])
+    assert common.command_line() == "python bench/bench_x.py --rounds 2"
+    prov = common.provenance(7, libraries=("torch", "no-such-distribution-xyz"))
+    assert prov["seed"] == 7 and prov["command"] == "python bench/bench_x.py --rounds 2"
+    assert prov["versions"]["no-such-distribution-xyz"] is None and prov["versions"]["torch"]
+    assert prov["machine"]["cpu_count"] == os.cpu_count() and prov["machine"]["cpus_usable"] >= 1
+    assert len(prov["date_utc"]) == 20 and prov["date_utc"].endswith("Z")
+    text = common.provenance_markdown(prov)
+    assert "`python bench/bench_x.py --rounds 2`" in text and "seed 7" in text and "torch " in text
+
+
+def test_write_results_writes_both_files_atomically(tmp_path: Path) -> None:
+    json_path, md_path = common.write_results("x", {"a": 1.5}, "# title", folder=tmp_path / "out")
+    assert json.loads(json_path.read_text()) == {"a": 1.5}
+    assert md_path.read_text() == "# title\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.json", "x.md"]  # no temporary files left
+
+
+def capture_results(module: ModuleType, monkeypatch) -> dict:
+    """Make a script's ``write_results`` record into a dict instead of bench/results."""
+    written: dict = {}
+
+    def fake_write(stem, result, markdown, folder=None):
+        written.update(stem=stem, result=json.loads(json.dumps(result)), markdown=markdown)
+        return Path(f"{stem}.json"), Path(f"{stem}.md")
+
+    monkeypatch.setattr(module, "write_results", fake_write)
+    return written
+
+
+def test_pruning_time_smoke_run(monkeypatch, capsys) -> None:
+    module = load_script(BENCH / "bench_pruning_time.py")
+    written = capture_results(module, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["bench_pruning_time.py"])
+    assert module.main(["--models", "resnet18", "--repeats", "1"]) == 0
+    row = written["result"]["models"][0]
+    assert written["stem"] == "pruning_time" and row["model"] == "resnet18", row
+    assert row["macs_after"] < row["macs_before"] and 0.6 < row["macs_reduction"] < 0.8  # half the channels
+    assert row["seconds_median"] > 0 and "| resnet18 |" in written["markdown"]
+
+
+@pytest.mark.slow
+def test_regularizer_overhead_smoke_run(monkeypatch) -> None:
+    module = load_script(BENCH / "bench_regularizer_overhead.py")
+    written = capture_results(module, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["bench_regularizer_overhead.py", "--rounds", "1", "--warmup", "0",
+                                      "--hook-repeats", "2", "--batch-size", "8"])
+    module.main()
+    result = written["result"]
+    assert set(result["variants"]) == {"none", "l1", "polarization", "mask-l1"}
+    assert result["regularized_bns"] == 54  # ResNet-56: 3 stages x 9 blocks x 2 BNs
+    for key, row in result["variants"].items():
+        assert row["step_seconds"]["n"] == 1 and row["step_seconds"]["median"] > 0
+        if key != "none":
+            assert row["hook_ms"] > 0 and row["ratio_of_medians"] > 0
