@@ -16,31 +16,19 @@ from torch import nn
 from polarprune.flops import count_model
 from polarprune.models import create
 from polarprune.pruning import prune_model
+from test_pruning import one_thread, randomise_bns  # noqa: F401  (one_thread: autouse fixture)
 
 BN = nn.modules.batchnorm._BatchNorm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these tests steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def zero_half_of_every_bn(model: nn.Module, seed: int = 0) -> None:
     """Random statistics in every BN; a random half of each BN's channels get gamma = beta = 0."""
-    g = torch.Generator().manual_seed(seed)
+    randomise_bns(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, BN):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(0.2 + 0.8 * torch.rand(n, generator=g))
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                off = torch.randperm(n, generator=g)[: n // 2]
+                off = torch.randperm(m.num_features, generator=g)[: m.num_features // 2]
                 m.weight[off] = 0.0
                 m.bias[off] = 0.0
 
