@@ -364,6 +364,13 @@ class CostCounter(TorchDispatchMode):
     def total(self) -> OpCost:
         return sum(self.per_op.values(), FREE)
 
+    def profile(self, model: nn.Module, batch: int) -> CostProfile:
+        """What was counted, per image of a batch of ``batch``, with ``model``'s parameter count."""
+        per_op = {name: OpCost(per_image(c.macs, batch), per_image(c.flops, batch)) for name, c in sorted(self.per_op.items())}
+        total = self.total
+        cost = ModelCost(per_image(total.macs, batch), per_image(total.flops, batch), count_params(model))
+        return CostProfile(cost, per_op, dict(self.uncounted))
+
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if not hasattr(func, "_schema"):  # higher-order operators: run them uncounted
@@ -418,10 +425,7 @@ def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Cos
     counter = CostCounter()
     with inference(model), counter:
         output = model(*inputs)
-    per_op = {name: OpCost(per_image(c.macs, batch), per_image(c.flops, batch)) for name, c in sorted(counter.per_op.items())}
-    total = counter.total
-    cost = ModelCost(per_image(total.macs, batch), per_image(total.flops, batch), count_params(model))
-    return output, CostProfile(cost, per_op, dict(counter.uncounted))
+    return output, counter.profile(model, batch)
 
 
 def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> CostProfile:

@@ -606,3 +606,32 @@ def test_trial_follows_the_live_gammas_and_params() -> None:
     _, report = prune_model(model, x, "fixed", compensate=False)
     assert params == report.params_after / report.params_before
     assert trial.channel_macs()["layer1.0.bn1"] == 2 * 9 * 16 * 32 * 32  # its producer's and consumer's share
+
+
+def test_torchvision_shufflenet_prunes_exactly() -> None:
+    """Torch-Pruning cannot trace the channel shuffle; polarprune keeps the shuffled channels whole
+    and prunes the channels inside every branch."""
+    import torchvision
+    from torchvision.models.shufflenetv2 import InvertedResidual
+
+    torch.manual_seed(0)
+    model = torchvision.models.shufflenet_v2_x1_0(num_classes=10).eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # half of every BN's gamma and beta set to 0
+        for m in model.modules():
+            if isinstance(m, BN):
+                drop = torch.randperm(m.num_features, generator=g)[: m.num_features // 2]
+                m.weight[drop] = 0.0
+                m.bias[drop] = 0.0
+    groups = channel_groups(model, x)
+    assert any("channel shuffle stage2.0.shuffle" in group.reason for group in groups)
+    inside = [group for group in groups if "stage2.1.branch2.1" in group.bn_names]
+    assert inside[0].prunable and "stage2.1.branch2.4" in inside[0].bn_names  # the branch's first BN and its depthwise BN
+    pruned, report = prune_model(model, x, "fixed")
+    assert torch.allclose(outputs(pruned, x), outputs(model, x), atol=1e-5)
+    assert report.macs_after < 0.8 * report.macs_before
+    assert pruned.stage2[1].branch2[0].out_channels < model.stage2[1].branch2[0].out_channels
+    assert all(type(block) is InvertedResidual for block in pruned.modules() if isinstance(block, InvertedResidual))
+    assert not hasattr(pruned.stage2[1], "shuffle")

@@ -150,4 +150,43 @@ class ShortcutOnlyBlock(nn.Module):
         return self.relu(self.shift(self.downsample(x)))
 
 
-__all__ = ["BlockInfo", "ChannelPlacementShortcut", "ChannelShift", "ShortcutOnlyBlock"]
+class _Shuffle(torch.autograd.Function):
+    """The channel shuffle as one autograd node (so the pruning analysis sees one layer, not
+    the view / transpose / view it is made of)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, groups: int) -> Tensor:  # type: ignore[override]
+        ctx.groups = groups
+        return shuffle_channels(x, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        return shuffle_channels(grad, grad.shape[1] // ctx.groups), None  # the inverse permutation
+
+
+def shuffle_channels(x: Tensor, groups: int) -> Tensor:
+    """ShuffleNet's channel shuffle: ``(N, g*k, ...)`` read as ``(N, g, k, ...)``, transposed to ``(N, k, g, ...)``."""
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+class ChannelShuffle(nn.Module):
+    """A channel shuffle of ``groups`` groups as a layer: the pruning analysis knows it and
+    keeps the channels that pass it whole (it permutes channels across groups)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = int(groups)
+        self.channels = 0  # seen in the last forward pass (the analysis asks for it)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.channels = int(x.shape[1])
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Shuffle.apply(x, self.groups)
+        return shuffle_channels(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+__all__ = ["BlockInfo", "ChannelPlacementShortcut", "ChannelShift", "ShortcutOnlyBlock", "ChannelShuffle", "shuffle_channels"]

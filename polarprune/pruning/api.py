@@ -18,13 +18,13 @@ from torch import Tensor, nn
 from ..errors import PolarpruneError
 from ..flops import counted_forward
 from ..modes import restored_modes
-from .compensation import compensate as fold_constants
-from .graph import ChannelGroup, ModelAnalysis, _as_input_tuple, analyze, deleted_with_block, prepare_for_pruning
+from .compensation import apply_adjustments, compensate as fold_constants
+from .graph import ChannelGroup, ModelAnalysis, _as_input_tuple, analyze, deleted_with_block, finish_pruning, prepare_for_pruning
 from .options import PruneOptions, parse_options
 from .plan import make_plan, unpruned_view
 from .report import GroupRow, PruneReport
 from .resolve import Decision, decide
-from .surgery import apply_decision
+from .surgery import apply_decision, set_block_shifts
 
 
 def _first_tensor(value: Any) -> Tensor:
@@ -119,42 +119,41 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
     known = {id(module) for module in model.modules()}
     with restored_modes(model):
         model.eval()
-        reference, before = counted_forward(model, inputs)
         base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
-        seconds["probe"] = time.perf_counter() - start
-
-        tick = time.perf_counter()
         work = model if inplace else copy.deepcopy(model)
         notes: list[str] = []
         prepare_for_pruning(work, example_inputs)
         work.eval()
-        analysis = analyze(work, example_inputs)
-        seconds["graph"] = time.perf_counter() - tick
+        analysis = analyze(work, example_inputs, count=True)  # one pass: groups, costs, the reference output
+        reference, before = analysis.traced_output, analysis.traced_cost
+        assert before is not None
+        seconds["graph"] = time.perf_counter() - start
 
         tick = time.perf_counter()
         decision = decide(analysis, options=opts)
         seconds["decide"] = time.perf_counter() - tick
         notes += decision.notes
 
-        uncompensated_diff: float | None = None
         tick = time.perf_counter()
-        block_shifts = None
-        if opts.compensate and decision.removed:
-            plain = copy.deepcopy(work)
-            apply_decision(plain, decision)
-            with torch.no_grad():
-                uncompensated_diff = _max_abs_diff(reference, plain(*inputs))
-            del plain
-            folded = fold_constants(work, analysis, decision, example_inputs)
-            notes += folded.notes
-            block_shifts = folded.block_shifts
+        folded = fold_constants(work, analysis, decision, example_inputs) if opts.compensate and decision.removed else None
         seconds["compensation"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        apply_decision(work, decision, block_shifts)
+        apply_decision(work, decision)
         seconds["surgery"] = time.perf_counter() - tick
 
+        uncompensated_diff: float | None = None
+        if folded is not None:
+            tick = time.perf_counter()
+            with torch.no_grad():
+                uncompensated_diff = _max_abs_diff(reference, work(*inputs))
+            apply_adjustments(work, decision, folded.adjustments)
+            set_block_shifts(work, decision, folded.block_shifts)
+            notes += folded.notes
+            seconds["compensation"] += time.perf_counter() - tick
+
         tick = time.perf_counter()
+        finish_pruning(work)
         output, after = counted_forward(work, inputs)
         diff = _max_abs_diff(reference, output)
         _attach_plan(work, base_view, notes)

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, ModelAnalysis, deleted_with_block, is_depthwise, probe_with_hooks
+from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, ModelAnalysis, deleted_with_block, is_depthwise, probe_with_hooks
 from .modules import ChannelPlacementShortcut
 from .resolve import BlockInfo, Decision
 
@@ -49,6 +49,7 @@ class CompensationResult:
     """Block shifts (original channels) for removed branches, and what was (not) folded."""
 
     block_shifts: dict[str, Tensor] = field(default_factory=dict)
+    adjustments: list[Adjustment] = field(default_factory=list)
     folded_channels: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -61,8 +62,14 @@ def conv_fold_delta(weight: Tensor, groups: int, removed: list[int], const: Tens
     """
     out_channels, per_group = weight.shape[0], weight.shape[1]
     rows = out_channels // groups
-    tap_sums = weight.detach().reshape(out_channels, per_group, -1).sum(dim=2)
     delta = torch.zeros(out_channels, dtype=weight.dtype, device=weight.device)
+    if groups == 1:  # all products at once, summed in the channels' order (as one by one)
+        index = torch.as_tensor(removed, dtype=torch.long, device=weight.device)
+        taps = weight.detach().index_select(1, index).reshape(out_channels, len(removed), -1).sum(dim=2)
+        for column in (taps * const.to(weight.dtype).to(weight.device)).unbind(1):
+            delta += column
+        return delta
+    tap_sums = weight.detach().reshape(out_channels, per_group, -1).sum(dim=2)
     for c, value in zip(removed, const.tolist()):
         g, local = divmod(c, per_group)
         delta[g * rows : (g + 1) * rows] += tap_sums[g * rows : (g + 1) * rows, local] * value
@@ -78,18 +85,16 @@ def linear_fold_delta(weight: Tensor, removed: list[int], const: Tensor) -> Tens
 def constant_channels(x: Tensor, channels: list[int]) -> tuple[list[int], Tensor, list[int]]:
     """Split ``channels`` of a captured input (N, C, ...) into constant ones and their value.
 
-    Returns (constant channels, their values, non-constant channels).
+    ``x`` holds exactly those channels, in that order. Returns (constant channels, their
+    values, non-constant channels).
     """
-    constant, values, varying = [], [], []
-    for c in channels:
-        plane = x[:, c].float()
-        value = plane.reshape(-1)[plane.numel() // 2]
-        if float((plane - value).abs().max()) <= CONSTANT_TOLERANCE * (1.0 + float(value.abs())):
-            constant.append(c)
-            values.append(float(value))
-        else:
-            varying.append(c)
-    return constant, torch.tensor(values, dtype=torch.float32), varying
+    planes = x.float().transpose(0, 1).reshape(len(channels), -1)
+    value = planes[:, planes.shape[1] // 2]
+    constant = (planes - value[:, None]).abs().amax(dim=1).double() <= CONSTANT_TOLERANCE * (1.0 + value.abs().double())
+    flags = constant.tolist()
+    kept = [c for c, ok in zip(channels, flags) if ok]
+    varying = [c for c, ok in zip(channels, flags) if not ok]
+    return kept, value[constant].cpu(), varying
 
 
 def _zero_removed_gammas(model: nn.Module, decision: Decision) -> list[tuple[Tensor, list[int], Tensor]]:
@@ -120,16 +125,19 @@ def _consumers(model: nn.Module, decision: Decision) -> dict[str, list[int]]:
 
 
 def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision, consumers: Mapping[str, list[int]]) -> dict[str, Tensor]:
-    """Inputs of the consumers in a forward pass where the removed channels have gamma = 0.
+    """The removed input channels of the consumers, in a forward pass where the removed BN
+    channels have gamma = 0 (per consumer: those channels only, in the order given).
 
     The gammas are zeroed in place and restored afterwards (no copy of the model).
     """
     captured: dict[str, Tensor] = {}
 
     def record(name: str) -> Any:
+        index = torch.as_tensor(consumers[name], dtype=torch.long)
+
         def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            if name not in captured:
-                captured[name] = inputs[0].detach().clone()
+            if name not in captured:  # only the removed channels, in the order of ``consumers``
+                captured[name] = inputs[0].detach().index_select(1, index.to(inputs[0].device))
 
         return hook
 
@@ -154,34 +162,53 @@ def following_bn(analysis: ModelAnalysis, name: str) -> str | None:
     return None
 
 
-def _add_bias(module: nn.Module, delta: Tensor) -> None:
-    with torch.no_grad():
-        if module.bias is None:
-            module.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=module.weight.requires_grad)
-        module.bias += delta.to(module.bias.dtype)
+@dataclass
+class Adjustment:
+    """A folded constant, in original channel coordinates: ``delta`` goes into ``target``'s
+    ``kind`` (``"bias"``: added, created when missing; ``"running_mean"``: subtracted; ``"fill"``:
+    added to a placement shortcut's fill). Applied after surgery, on the kept channels."""
+
+    target: str
+    kind: str
+    delta: Tensor
 
 
-def fold_into(analysis: ModelAnalysis, model: nn.Module, name: str, removed: list[int], const: Tensor) -> None:
-    """Fold the constants of removed inputs ``removed`` of layer ``name`` (original coordinates)."""
+def fold_into(analysis: ModelAnalysis, model: nn.Module, name: str, removed: list[int], const: Tensor) -> Adjustment:
+    """The adjustment that folds the constants of removed inputs ``removed`` of layer ``name``."""
     module = model.get_submodule(name)
     if isinstance(module, ChannelPlacementShortcut):
-        with torch.no_grad():
-            for c, value in zip(removed, const.tolist()):
-                target = int(module.placement[c])
-                if target >= 0:
-                    module.fill[target] += value
-        return
+        fill = torch.zeros_like(module.fill)
+        for c, value in zip(removed, const.tolist()):
+            target = int(module.placement[c])
+            if target >= 0:
+                fill[target] += value
+        return Adjustment(name, "fill", fill)
     if isinstance(module, nn.Linear):
         delta = linear_fold_delta(module.weight, removed, const)
     else:
         delta = conv_fold_delta(module.weight, module.groups, removed, const.to(module.weight.device))
     bn_name = following_bn(analysis, name) if module.bias is None else None
     if bn_name is not None:
-        bn = model.get_submodule(bn_name)
-        with torch.no_grad():
-            bn.running_mean -= delta.to(bn.running_mean.dtype)
-    else:
-        _add_bias(module, delta)
+        return Adjustment(bn_name, "running_mean", delta)
+    return Adjustment(name, "bias", delta)
+
+
+def apply_adjustments(model: nn.Module, decision: Decision, adjustments: list[Adjustment]) -> None:
+    """Add the folded constants to the pruned model (each delta sliced to the kept channels)."""
+    with torch.no_grad():
+        for adj in adjustments:
+            module = model.get_submodule(adj.target)
+            gone = decision.removed.get((adj.target, BOTH if adj.kind == "running_mean" else OUT), set())
+            keep = [i for i in range(adj.delta.numel()) if i not in gone]
+            delta = adj.delta[keep] if gone else adj.delta
+            if adj.kind == "fill":
+                module.fill += delta.to(module.fill.dtype)
+            elif adj.kind == "running_mean":
+                module.running_mean -= delta.to(module.running_mean.dtype)
+            else:
+                if module.bias is None:
+                    module.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=module.weight.requires_grad)
+                module.bias += delta.to(module.bias.dtype)
 
 
 def branch_constant(block_module: nn.Module, block: BlockInfo, in_channels: int, size: int = 16) -> Tensor:
@@ -200,7 +227,8 @@ def branch_constant(block_module: nn.Module, block: BlockInfo, in_channels: int,
 
 
 def compensate(model: nn.Module, analysis: ModelAnalysis, decision: Decision, example_inputs: Any) -> CompensationResult:
-    """Fold every removed channel's constant part into its consumers (in place, original shapes)."""
+    """Measure every removed channel's constant part and where it folds (the model is unchanged):
+    apply the result to the pruned model with ``apply_adjustments`` and the block shifts."""
     result = CompensationResult()
     consumers = _consumers(model, decision)
     captured = measure_constants(model, example_inputs, decision, consumers) if consumers else {}
@@ -212,7 +240,7 @@ def compensate(model: nn.Module, analysis: ModelAnalysis, decision: Decision, ex
         constant, values, varying = constant_channels(captured[name], removed)
         skipped += len(varying)
         if constant:
-            fold_into(analysis, model, name, constant, values)
+            result.adjustments.append(fold_into(analysis, model, name, constant, values))
             result.folded_channels += len(constant)
     if skipped:
         result.notes.append(f"compensation: {skipped} removed input channel(s) are not constant when their BNs have gamma = 0, not compensated")
@@ -233,4 +261,6 @@ __all__ = [
     "branch_constant",
     "following_bn",
     "fold_into",
+    "apply_adjustments",
+    "Adjustment",
 ]

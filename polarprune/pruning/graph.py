@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..flops import CostCounter, CostProfile
 from ..modes import inference, restored_modes
 from ..models import entry_for
-from ..models.layers import BlockInfo
+from ..models.layers import BlockInfo, ChannelShuffle
 from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -111,6 +112,8 @@ class ModelAnalysis:
     module_names: dict[nn.Module, str]
     successors: dict[str, list[str]]  # module name -> names of the graph nodes it feeds
     blocks: dict[str, BlockInfo] = field(default_factory=dict)  # residual blocks (the model entry's rule)
+    traced_output: Any = None  # the tracing pass's output (detached), when asked for
+    traced_cost: CostProfile | None = None  # its exact cost (``polarprune.flops``), when asked for
     channel_params: dict[str, tuple[int, int]] = field(default_factory=dict)  # BN / shift -> (params per channel, channels)
     other_params: int = 0  # parameters no removal changes
 
@@ -213,6 +216,9 @@ def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: 
                 reason = reason or "holds a bare parameter"
             continue  # operator nodes (add, cat, relu, reshape...) hold no weights
         name = names.get(module, "")
+        if isinstance(module, ChannelShuffle):
+            reason = reason or f"passes the channel shuffle {name} (shuffled channels are kept whole)"
+            continue
         if not isinstance(module, SLICEABLE):
             reason = reason or f"holds a {type(module).__name__} ({name}) that surgery does not slice"
             continue
@@ -289,12 +295,44 @@ def prepare_for_pruning(model: nn.Module, example_inputs: Any) -> list[str]:
     return list(entry.prepare_for_pruning(model, example_inputs) or [])
 
 
-def analyze(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
+def _counted_pass(model: nn.Module, traced: dict[str, Any]) -> list[Any]:
+    """Hooks that count the next forward pass of ``model`` (``polarprune.flops``) and keep its output."""
+    counter = CostCounter()
+
+    def start(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        counter.__enter__()
+        traced["counter"] = counter
+
+    def stop(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        counter.__exit__(None, None, None)
+        traced.pop("counter")
+        traced["output"] = output.detach() if isinstance(output, Tensor) else output
+        traced["cost"] = counter.profile(module, _as_input_tuple(inputs)[0].shape[0])
+
+    return [model.register_forward_pre_hook(start), model.register_forward_hook(stop)]
+
+
+def finish_pruning(model: nn.Module) -> None:
+    """Undo what the model entry's adapter changed only for the analysis (after surgery)."""
+    entry = entry_for(model)
+    if entry is not None and entry.finish_pruning is not None:
+        entry.finish_pruning(model)
+
+
+def analyze(model: nn.Module, example_inputs: Any, count: bool = False) -> ModelAnalysis:
     """Trace ``model`` once: its channel groups, who feeds whom, its residual blocks and its
-    per-layer cost model (recorded during the tracing forward pass)."""
+    per-layer cost model, all from the tracing forward pass. ``count``: that pass is also
+    counted exactly and its output kept (``traced_cost`` / ``traced_output``: what
+    ``prune_model`` reports as the original's cost and compares the pruned output with)."""
     names = {m: n for n, m in model.named_modules()}
     costs: dict[str, LayerCost] = {}
-    graph = build_dependency_graph(model, example_inputs, _cost_hooks(model, example_inputs, names, costs))
+    traced: dict[str, Any] = {}
+    handles = _cost_hooks(model, example_inputs, names, costs) + (_counted_pass(model, traced) if count else [])
+    try:
+        graph = build_dependency_graph(model, example_inputs, handles)
+    finally:
+        if "counter" in traced:  # the forward pass failed inside the counter
+            traced["counter"].__exit__(None, None, None)
     terminals = _terminal_modules(graph)
     groups = [_convert_group(graph, g, names, terminals) for g in graph.get_all_groups(root_module_types=CONV_TYPES + (nn.Linear,))]
     successors: dict[str, list[str]] = {}
@@ -302,7 +340,8 @@ def analyze(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
         if module in names:
             successors[names[module]] = [names.get(o.module, "") for o in node.outputs]
     per_channel, other = _params_split(model, costs)
-    return ModelAnalysis(model, groups, costs, names, successors, residual_blocks(model), per_channel, other)
+    return ModelAnalysis(model, groups, costs, names, successors, residual_blocks(model), traced.get("output"),
+                         traced.get("cost"), per_channel, other)
 
 
 def _kept(size: int, removed: dict[tuple[str, str], set[int]], name: str, side: str) -> int:
@@ -383,6 +422,7 @@ __all__ = [
     "channel_macs",
     "residual_blocks",
     "prepare_for_pruning",
+    "finish_pruning",
     "build_dependency_graph",
     "is_depthwise",
     "is_grouped",

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..models.layers import ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock
+from ..models.layers import ChannelPlacementShortcut, ChannelShift, ChannelShuffle, ShortcutOnlyBlock
 
 def _keep_list(total: int, remove: Sequence[int]) -> list[int]:
     removed = set(int(i) for i in remove)
@@ -92,7 +92,23 @@ def torch_pruning_pruners() -> dict[type, Any]:
 
         get_in_channels = get_out_channels
 
-    return {ChannelPlacementShortcut: PlacementPruner(), ChannelShift: ShiftPruner()}
+    class ShufflePruner(tp.pruner.BasePruningFunc):
+        """Inputs and outputs are different channel orders: the groups end here (and stay whole)."""
+
+        TARGET_MODULES = ChannelShuffle
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            raise NotImplementedError("a channel shuffle's channels are kept whole")
+
+        def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            raise NotImplementedError("a channel shuffle's channels are kept whole")
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return int(layer.channels)  # type: ignore[arg-type]
+
+        get_in_channels = get_out_channels
+
+    return {ChannelPlacementShortcut: PlacementPruner(), ChannelShift: ShiftPruner(), ChannelShuffle: ShufflePruner()}
 
 
 __all__ = [

@@ -231,6 +231,8 @@ def _placement_items(group: ChannelGroup, side: str) -> list:
 def _waits_for_placement(group: ChannelGroup, pending: Sequence[ChannelGroup]) -> bool:
     """True while a group that feeds one of this group's placement shortcuts is undecided."""
     sources = {it.module_name for it in _placement_items(group, OUT)}
+    if not sources:
+        return False
     return any(other is not group and any(it.module_name in sources for it in _placement_items(other, IN)) for other in pending)
 
 

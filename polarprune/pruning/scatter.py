@@ -23,19 +23,24 @@ with gamma = beta = 0 are exact either way).
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..conv_links import conv_links
+from ..conv_links import ConvLinks, conv_links
 from ..errors import PolarpruneError
+from ..flops import counted_forward
+from ..modes import restored_modes
 from ..models import entry_for
 from ..models.cifar_resnet import BasicBlock
 from ..models.entry import prefixed
 from ..models.expand import ScatterBasicBlock
 from ..models.layers import BlockInfo, ShortcutOnlyBlock
 from .modules import set_module
+from .options import PruneOptions, parse_options
+from .report import GroupRow, PruneReport
 from .strategies import select_channels
 from .surgery import slice_batchnorm, slice_conv_in, slice_conv_out
 
@@ -119,11 +124,11 @@ def _branch_layers(block: BlockInfo, layer_names: Sequence[str]) -> list[str]:
     return [n for n in layer_names if any(n == h or n.startswith(h + ".") for h in heads)]
 
 
-def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, Tensor]) -> int:
+def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, Tensor], links: ConvLinks | None = None) -> int:
     """Per-image conv+linear MACs of ``model`` pruned by per-BN ``bn_keep`` under the original
     accounting (layers shrink on their directly linked sides only, the residual stream keeps its
     width; a residual block whose inner or last BN keeps nothing costs nothing)."""
-    links = conv_links(model, example_inputs)
+    links = links if links is not None else conv_links(model, example_inputs)
     kept = {name: int(torch.as_tensor(mask).bool().sum()) for name, mask in bn_keep.items()}
     entry = entry_for(model)
     blocks = entry.residual_blocks(model) if entry is not None and entry.residual_blocks is not None else {}
@@ -134,4 +139,72 @@ def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, T
     return links.scatter_macs(kept, emptied)
 
 
-__all__ = ["RESIDUAL_MODES", "scatter_bn_names", "scatter_keep_masks", "apply_scatter", "original_macs"]
+def per_bn_choice(model: nn.Module, options: PruneOptions, bn_names: Sequence[str], threshold: float | None = None) -> dict[str, Tensor] | None:
+    """Each BN's own keep mask for ``options`` before any group vote (what the original code
+    decides), or None for ``l1-norm`` (scored per filter). ``threshold`` overrides the options'
+    (``flops-target``: the threshold it found)."""
+    if options.strategy == "l1-norm":
+        return None
+    if options.strategy == "mask":
+        return {n: torch.as_tensor(m).bool().flatten() for n, m in (options.masks or {}).items() if n in bn_names}
+    strategy = "fixed" if options.strategy == "flops-target" else options.strategy
+    modules = dict(model.named_modules())
+    scores = {n: modules[n].weight.detach().abs().float().cpu() for n in bn_names}
+    cut = options.threshold if threshold is None else threshold
+    return select_channels(scores, strategy, threshold=cut, percent=options.percent, ratio=options.ratio,
+                           min_channels=0, seed=options.seed, warn=False).keep
+
+
+def original_accounting(model: nn.Module, example_inputs: Any, options: PruneOptions, threshold: float | None = None) -> tuple[int | None, str | None]:
+    """``(MACs, None)`` of the original accounting for the per-BN choice of ``options`` on the
+    scored BNs (``bn_names``, default: every BN fed directly by a conv/linear), or
+    ``(None, reason)`` when it cannot be computed (the model is not fx-traceable, ``l1-norm``)."""
+    try:
+        links = conv_links(model, example_inputs)
+    except PolarpruneError as exc:
+        return None, str(exc)
+    names = list(options.bn_names) if options.bn_names is not None else [bn for bn in links.bn_channels if bn in links.producer]
+    keep = per_bn_choice(model, options, names, threshold)
+    if keep is None:
+        return None, f"the original accounting is not defined for strategy {options.strategy!r}"
+    return original_macs(model, example_inputs, keep, links), None
+
+
+def prune_scatter(model: nn.Module, example_inputs: Any, strategy: str | None = None, *, inplace: bool = False,
+                  options: PruneOptions | None = None, **fields: Any) -> tuple[nn.Module, PruneReport]:
+    """``prune_model`` for ``residual: scatter``: each BN decides alone, bn2 outputs are scattered
+    back to full width (``apply_scatter``). One report row per pruned BN; the MACs after equal the
+    original accounting; no shift compensation (as the original)."""
+    opts = parse_options(strategy, options, **fields)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    start = time.perf_counter()
+    notes: list[str] = []
+    if opts.compensate:
+        notes.append("residual: scatter: no shift compensation (as the original code)")
+    if opts.round_to > 1 or opts.min_channels != 1 or opts.group_rule != "any":
+        notes.append("residual: scatter: round_to, min_channels and group_rule do not apply (each BN decides alone)")
+    names = list(opts.bn_names) if opts.bn_names is not None else scatter_bn_names(model)
+    with restored_modes(model):
+        model.eval()
+        reference, before = counted_forward(model, inputs)
+        keep = scatter_keep_masks(model, opts.strategy, threshold=opts.threshold, percent=opts.percent, masks=opts.masks, bn_names=names)
+        pruned, emptied = apply_scatter(model, keep, inplace=inplace)
+        pruned.eval()
+        output, after = counted_forward(pruned, inputs)
+    pruned.train(model.training)
+    notes += [f"{name}: residual branch removed (bn1 or bn2 kept nothing); the block is its shortcut" for name in emptied]
+    rows = [GroupRow(name, [name], name.endswith("bn2"), mask.numel(), int(mask.sum()), None) for name, mask in keep.items()]
+    first, last = reference if isinstance(reference, Tensor) else reference[0], output if isinstance(output, Tensor) else output[0]
+    recorded = opts.model_dump(exclude={"masks", "bn_include", "bn_exclude"})
+    recorded["masks"] = sorted(opts.masks) if opts.masks else None
+    report = PruneReport(
+        strategy=opts.strategy, options=recorded, rows=rows, macs_before=before.cost.macs, macs_after=after.cost.macs,
+        flops_before=before.cost.flops, flops_after=after.cost.flops, params_before=before.cost.params,
+        params_after=after.cost.params, max_abs_output_diff=float((first.float() - last.float()).abs().max()),
+        compensated=False, removed_blocks=emptied, notes=notes, seconds={"total": time.perf_counter() - start},
+    )
+    return pruned, report
+
+
+__all__ = ["RESIDUAL_MODES", "scatter_bn_names", "scatter_keep_masks", "apply_scatter", "original_macs", "per_bn_choice",
+           "original_accounting", "prune_scatter"]

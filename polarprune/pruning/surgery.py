@@ -34,7 +34,9 @@ def kept_indices(size: int, removed: Sequence[int] | set[int]) -> list[int]:
 
 
 def _parameter(old: Tensor, new: Tensor) -> nn.Parameter:
-    return nn.Parameter(new.detach().clone().contiguous(), requires_grad=old.requires_grad)
+    """A parameter holding ``new`` (a fresh tensor from ``index_select``/``cat``: no extra copy)."""
+    fresh = new.detach() if new.data_ptr() != old.data_ptr() else new.detach().clone()
+    return nn.Parameter(fresh.contiguous(), requires_grad=old.requires_grad)
 
 
 def slice_conv_out(conv: nn.Module, keep: list[int]) -> None:
@@ -143,6 +145,17 @@ def replace_block(model: nn.Module, block: BlockInfo, shift: Tensor | None) -> S
     return new
 
 
+def set_block_shifts(model: nn.Module, decision: Decision, block_shifts: Mapping[str, Tensor]) -> None:
+    """Give the shortcut-only blocks of a pruned model their branch constants (original
+    channels; the removed residual channels are dropped)."""
+    for name, shift in block_shifts.items():
+        block = decision.removed_blocks[name]
+        gone = decision.removed.get((block.last_bn, BOTH), set())
+        target = model.get_submodule(f"{name}.shift").shift
+        with torch.no_grad():
+            target.copy_(shift[kept_indices(shift.numel(), gone)].to(target.dtype))
+
+
 def apply_decision(model: nn.Module, decision: Decision, block_shifts: Mapping[str, Tensor] | None = None) -> None:
     """Replace removed blocks, then slice every layer named in ``decision.removed`` (in place)."""
     block_shifts = block_shifts or {}
@@ -165,6 +178,7 @@ def apply_decision(model: nn.Module, decision: Decision, block_shifts: Mapping[s
 
 __all__ = [
     "apply_decision",
+    "set_block_shifts",
     "replace_block",
     "set_module",
     "slice_module",
