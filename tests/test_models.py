@@ -83,3 +83,76 @@ def test_weights_file_loads(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(PolarpruneError, match="do not fit"):
         models.create("resnet32", 10, weights=str(path))
+
+
+# ----------------------------------------------------------------------------- entries and register
+
+
+class TwoBlockNet(nn.Module):
+    """A user family: two conv-BN-ReLU blocks; its entry says only the second BN is regularized."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 4) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)))
+
+
+@pytest.fixture
+def two_block_registered(monkeypatch):
+    from polarprune.models import entry
+
+    monkeypatch.setattr(entry, "_BY_NAME", dict(entry._BY_NAME))
+    monkeypatch.setattr(entry, "_BY_CLASS", dict(entry._BY_CLASS))
+    calls = []
+
+    def only_b(model: nn.Module, method: str | None) -> list[str]:
+        calls.append(method)
+        return ["b.1"]
+
+    models.register("two_block", TwoBlockNet, input_size=12, classes=(TwoBlockNet,), bn_selection=only_b)
+    return calls
+
+
+def test_registered_family_is_used_by_create_selection_and_input_size(two_block_registered) -> None:
+    from polarprune.sparsity.selection import regularized_bn_names
+
+    model = models.create("two_block", 5, in_channels=1, width=6)
+    assert model(torch.randn(2, 1, 12, 12)).shape == (2, 5) and model.a[0].in_channels == 1
+    assert "two_block" in models.list_models()
+    assert models.entry_for(model).name == "two_block"
+    assert models.default_input_size(model) == 12 and models.default_input_size("two_block") == 12
+    # the generic selection asks the entry (the graph default would take both BNs)
+    assert regularized_bn_names(model) == ["b.1"]
+    assert regularized_bn_names(model, method="masksparsity") == ["b.1"]
+    assert two_block_registered == [None, "masksparsity"]
+    # an instance built without polarprune is recognised by its class
+    assert models.entry_for(TwoBlockNet()).name == "two_block"
+
+
+def test_register_rejects_unknown_field() -> None:
+    with pytest.raises(PolarpruneError, match="unknown entry field 'input_sise'"):
+        models.register("typo_net", TwoBlockNet, input_sise=12)
+
+
+def test_entry_for_plain_torchvision_instances() -> None:
+    import torchvision
+
+    resnet = torchvision.models.resnet34(num_classes=3)  # no polarprune_spec
+    entry = models.entry_for(resnet)
+    assert entry is not None and entry.family == "torchvision_resnet" and entry.input_size == 224
+    assert entry.regularized_bns(resnet) == [f"layer{s}.{b}.bn1" for s, n in zip(range(1, 5), (3, 4, 6, 3)) for b in range(n)]
+    mobilenet = torchvision.models.mobilenet_v2(num_classes=3)
+    assert models.entry_for(mobilenet).family == "torchvision_mobilenet_v2"
+    assert models.entry_for(torchvision.models.densenet121()) is None  # no family rule: graph defaults
+    assert models.entry_for(nn.Linear(2, 2)) is None
+    assert models.entry_for(models.create("densenet121", 10)).family == "torchvision"  # by its name
+    assert models.default_input_size(nn.Linear(2, 2)) == 224
+
+
+def test_family_input_sizes() -> None:
+    assert [models.default_input_size(n) for n in ("resnet56", "vgg16", "small_cnn", "resnet50", "tv:vgg16")] == [32, 32, 8, 224, 224]
+    assert models.get_entry("no_such_net") is None

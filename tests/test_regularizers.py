@@ -11,14 +11,18 @@ from polarprune.flops import count_model
 from polarprune.models import create
 from polarprune.sparsity import build_hooks
 from polarprune.sparsity.masks import save_mask
-from polarprune.sparsity.monitor import ChannelCostModel, GammaMonitorHook, TrialPruner
+from polarprune.pruning.trial import TrialAnalysis
+from polarprune.sparsity.monitor import GammaMonitorHook
+from polarprune.errors import PolarpruneError
 from polarprune.sparsity.regularizers import (
+    REGULARIZERS,
     SparsityHook,
     add_l1_subgradient_,
     clamp_,
     flops_weights,
     l1_penalty,
     linear_map,
+    make_regularizer,
     polarization_penalty,
 )
 
@@ -176,7 +180,8 @@ def test_l1_hook_lands_on_unscaled_gradients(regularizer: str) -> None:
     results = {}
     for amp in (False, True):
         model = tiny_net()
-        hook = SparsityHook(regularizer, BN_NAMES, lbd=lbd, keep_masks=keep if regularizer == "mask-l1" else None)
+        masks = {"regularize": [~keep[n] for n in BN_NAMES]} if regularizer == "mask-l1" else {}
+        hook = SparsityHook(make_regularizer(regularizer, lbd=lbd, **masks), BN_NAMES)
         results[amp] = engine_step(model, hook, x, y, amp=amp)
     for amp, res in results.items():
         model = tiny_net()
@@ -198,13 +203,13 @@ def test_polarization_hook_under_amp_matches_fp32() -> None:
         for n in BN_NAMES:
             nn.init.constant_(model.get_submodule(n).weight, 0.5)
             model.get_submodule(n).weight.data[::2] = 0.3
-        hook = SparsityHook("polarization", BN_NAMES, lbd=0.05, t=1.2, clamp=1.0)
+        hook = SparsityHook(make_regularizer("polarization", lbd=0.05, t=1.2, clamp=1.0), BN_NAMES)
         grads[amp] = engine_step(model, hook, x, y, amp=amp)["after"]
     for n in BN_NAMES:
         assert torch.allclose(grads[True][n], grads[False][n], atol=2e-2, rtol=5e-2)
     # the penalty's own gradient under the scaler is the fp32 one exactly
     model = tiny_net()
-    hook = SparsityHook("polarization", BN_NAMES, lbd=0.05, t=1.2)
+    hook = SparsityHook(make_regularizer("polarization", lbd=0.05, t=1.2), BN_NAMES)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -224,11 +229,11 @@ def test_polarization_hook_clamps_after_step() -> None:
     model = tiny_net()
     bn = model.get_submodule("1")
     bn.weight.data = torch.tensor([-0.2, 0.5, 1.4, 0.9])
-    hook = SparsityHook("polarization", BN_NAMES, lbd=0.0, t=1.0, clamp=1.0)
+    hook = SparsityHook(make_regularizer("polarization", lbd=0.0, t=1.0, clamp=1.0), BN_NAMES)
     assert hook.loss_term(model) is None  # lambda 0: nothing added
     hook.after_step(model)
     assert bn.weight.tolist() == pytest.approx([0.0, 0.5, 1.0, 0.9])
-    l1 = SparsityHook("l1", BN_NAMES, lbd=0.1)
+    l1 = SparsityHook(make_regularizer("l1", lbd=0.1), BN_NAMES)
     bn.weight.data = torch.tensor([-0.2, 0.5, 1.4, 0.9])
     l1.after_step(model)  # L1 never clamps
     assert bn.weight.tolist() == pytest.approx([-0.2, 0.5, 1.4, 0.9])
@@ -247,7 +252,7 @@ class FakeTrial:
 def test_target_macs_ratio_stops_regularizing_and_survives_resume() -> None:
     model = tiny_net()
     trial = FakeTrial([0.9, 0.7, 0.5])
-    hook = SparsityHook("l1", BN_NAMES, lbd=0.1, target_macs_ratio=0.6, trial=trial)
+    hook = SparsityHook(make_regularizer("l1", lbd=0.1), BN_NAMES, target_macs_ratio=0.6, trial=trial)
     assert hook.on_epoch_end(model, 0)["lambda"] == pytest.approx(0.1)
     assert hook.on_epoch_end(model, 1)["sparsity_target_reached"] == 0.0
     metrics = hook.on_epoch_end(model, 2)
@@ -258,7 +263,7 @@ def test_target_macs_ratio_stops_regularizing_and_survives_resume() -> None:
     hook.after_backward(model)  # lambda 0: gradients untouched
     assert all(float(model.get_submodule(n).weight.grad.abs().sum()) == 0.0 for n in BN_NAMES)
     state = hook.state_dict()
-    resumed = SparsityHook("l1", BN_NAMES, lbd=0.1, target_macs_ratio=0.6, trial=FakeTrial([]))
+    resumed = SparsityHook(make_regularizer("l1", lbd=0.1), BN_NAMES, target_macs_ratio=0.6, trial=FakeTrial([]))
     resumed.load_state_dict(state)
     assert resumed.lbd == 0.0 and resumed.target_reached and resumed.reached_epoch == 2
     assert resumed.on_epoch_end(model, 3)["lambda"] == 0.0  # no trial once reached
@@ -275,76 +280,49 @@ def test_linear_map() -> None:
 
 def test_channel_macs_hand_computed() -> None:
     model = tiny_net().eval()
-    cost = ChannelCostModel.probe(model, torch.randn(2, 1, 6, 6))
+    macs = TrialAnalysis(model, torch.randn(2, 1, 6, 6)).channel_macs()
     # bn "1": conv0 per output channel 9*1*36 = 324, conv3 per input channel 9*6*36 = 1944
-    assert cost.channel_macs("1") == pytest.approx(324 + 1944)
+    assert macs["1"] == pytest.approx(324 + 1944)
     # bn "4": conv3 per output channel 9*4*36 = 1296, linear per input feature 3
-    assert cost.channel_macs("4") == pytest.approx(1296 + 3)
-    weights = flops_weights({n: cost.channel_macs(n) for n in BN_NAMES}, 0.5, 1.5)
+    assert macs["4"] == pytest.approx(1296 + 3)
+    weights = flops_weights({n: macs[n] for n in BN_NAMES}, 0.5, 1.5)
     assert weights == {"1": 1.5, "4": 0.5}
 
 
 def test_channel_macs_through_flatten() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 16, 5))
-    cost = ChannelCostModel.probe(model, torch.randn(1, 1, 4, 4))
-    assert cost.channel_macs("1") == pytest.approx(16 + 16 * 5)  # 1x1 conv over 16 positions; 16 features * 5
-    keep = {"1": torch.tensor([True, False])}
-    totals = cost.totals(keep)
-    assert totals.macs == pytest.approx(16 + 16 * 5)
-    assert totals.params == pytest.approx(1 + 2 + 16 * 5 + 5)  # conv, BN (2 per channel), linear in/out + bias
+    trial = TrialAnalysis(model, torch.randn(1, 1, 4, 4))
+    assert trial.channel_macs()["1"] == pytest.approx(16 + 16 * 5)  # 1x1 conv over 16 positions; 16 features * 5
+    decision = trial.decide(model, "mask", masks={"1": torch.tensor([True, False])})
+    assert decision.estimated_macs == pytest.approx(16 + 16 * 5)
+    assert decision.estimated_params == pytest.approx(1 + 2 + 16 * 5 + 5)  # conv, BN (2 per channel), linear in/out + bias
 
 
 def test_flops_weights_order_on_vgg() -> None:
     model = create("vgg11", 10)
-    cost = ChannelCostModel.probe(model, torch.randn(1, 3, 32, 32))
+    macs = TrialAnalysis(model, torch.randn(1, 3, 32, 32)).channel_macs()
     names = ["features.1", "features.5", "classifier.1"]
-    w = flops_weights({n: cost.channel_macs(n) for n in names}, 0.5, 1.5)
+    w = flops_weights({n: macs[n] for n in names}, 0.5, 1.5)
     # first conv block (32x32) costs the most per channel, the FC BN1d the least
     assert w["features.1"] == 1.5 and w["classifier.1"] == 0.5 and 0.5 < w["features.5"] < 1.5
 
 
-@pytest.mark.parametrize("name,shape", [("resnet20", (3, 32, 32)), ("vgg11", (3, 32, 32)), ("small_cnn", (1, 8, 8))])
+@pytest.mark.parametrize(
+    "name,shape", [("resnet20", (3, 32, 32)), ("vgg11", (3, 32, 32)), ("small_cnn", (1, 8, 8)), ("mobilenet_v2", (3, 32, 32))]
+)
 def test_cost_model_matches_flops_counter(name: str, shape: tuple[int, ...]) -> None:
     model = create(name, 10, in_channels=shape[0])
-    cost = ChannelCostModel.probe(model, torch.randn(1, *shape))
+    decision = TrialAnalysis(model, torch.randn(1, *shape)).decide(model, "fixed")  # gammas 1: nothing removed
     reference = count_model(model, shape)
-    totals = cost.totals()
-    assert totals.macs == reference.macs and totals.params == reference.params
-    assert not cost.undecoded
-
-
-def test_cost_model_option_a_shortcut_links_stages_one_way() -> None:
-    model = create("resnet20", 10)  # option A: stage-2 shortcut = stage-1 channels placed at 8..23
-    cost = ChannelCostModel.probe(model, torch.randn(1, 3, 32, 32))
-    classes = cost.channel_classes()
-    stage1 = ["bn1"] + [f"layer1.{i}.bn2" for i in range(3)]
-    stage2 = [f"layer2.{i}.bn2" for i in range(3)]
-    for c in range(16):  # the residual additions couple channel c of every stage-1 output BN
-        assert len({int(classes[bn][c]) for bn in stage1}) == 1
-        assert int(classes["layer1.2.bn2"][c]) != int(classes["layer2.0.bn2"][c + 8])  # stages decided apart
-    assert classes["layer1.0.bn1"][0] != classes["layer1.0.bn2"][0]
-    scored = {bn: torch.zeros(cost.bn_channels[bn], dtype=torch.bool) for bn in stage1[1:] + stage2}
-    scored["layer1.0.bn2"][3] = True  # stage 1 keeps channel 3 only
-    masks = cost.resolve(scored)
-    assert masks["bn1"].nonzero().flatten().tolist() == [3]  # the stem follows its group (no vote)
-    # stage 2 voted everything away, but its channel 3 + 8 carries the kept stage-1 channel 3
-    assert all(masks[bn].nonzero().flatten().tolist() == [11] for bn in stage2)
-
-
-def test_cost_model_depthwise_coupling() -> None:
-    model = create("mobilenet_v2", 10)
-    cost = ChannelCostModel.probe(model, torch.randn(1, 3, 32, 32))
-    assert cost.totals().macs == count_model(model, (3, 32, 32)).macs
-    groups = [sorted(g) for g in cost.coupled_groups()]
-    assert sorted(["features.2.conv.0.1", "features.2.conv.1.1"]) in groups  # expansion BN + its depthwise BN
-    assert sorted(["features.2.conv.3", "features.3.conv.3"]) in groups  # projection BNs added by the residual
+    assert decision.estimated_macs_before == reference.macs and decision.estimated_params_before == reference.params
+    assert decision.estimated_macs == reference.macs
 
 
 def test_trial_pruner_small_cnn_hand_checked() -> None:
     model = create("small_cnn", 10, in_channels=1, bn_init=0.5)
     first = model.get_submodule("features.1")
     first.weight.data[:16] = 0.001  # half of the first layer below 0.01
-    trial = TrialPruner(model, torch.randn(2, 1, 8, 8), ["features.1", "features.4", "features.8", "features.11", "classifier.1"])
+    trial = TrialAnalysis(model, torch.randn(2, 1, 8, 8), bn_names=["features.1", "features.4", "features.8", "features.11", "classifier.1"])
     keep = trial.keep_masks(model, "fixed")
     assert int(keep["features.1"].sum()) == 16 and int(keep["features.4"].sum()) == 32
     macs, params = trial.ratios(model, "fixed")
@@ -357,7 +335,7 @@ def test_monitor_hook_metrics_and_histograms() -> None:
     model = create("small_cnn", 10, in_channels=1, bn_init=0.5)
     names = ["features.1", "features.4"]
     model.get_submodule("features.1").weight.data[:8] = 0.0
-    trial = TrialPruner(model, torch.randn(2, 1, 8, 8), names)
+    trial = TrialAnalysis(model, torch.randn(2, 1, 8, 8), bn_names=names)
 
     class Writer:
         def __init__(self) -> None:
@@ -384,9 +362,9 @@ def test_build_hooks_variants(tmp_path) -> None:
     assert build_hooks(SparsityConfig(regularizer="none"), model, x) == []
     hooks = build_hooks(SparsityConfig(regularizer="polarization", lbd=1e-4, t=1.2), model, x)
     assert [type(h).__name__ for h in hooks] == ["SparsityHook", "GammaMonitorHook"]
-    assert hooks[0].clamp == 1.0 and len(hooks[0].bn_names) == 18
+    assert hooks[0].regularizer.clamp == 1.0 and len(hooks[0].bn_names) == 18
     l1 = build_hooks(SparsityConfig(regularizer="l1", monitor=False, flops_weighted=True), model, x)
-    assert len(l1) == 1 and l1[0].clamp is None
+    assert len(l1) == 1 and l1[0].regularizer.clamp is None
     w = l1[0].layer_weights
     assert min(w.values()) == pytest.approx(0.5) and max(w.values()) == pytest.approx(1.5)
     assert w["layer1.0.bn2"] > w["layer1.0.bn1"]  # a residual channel feeds several consumers
@@ -399,3 +377,40 @@ def test_build_hooks_variants(tmp_path) -> None:
     masked[0].after_backward(model)
     grad = model.get_submodule("layer1.0.bn1").weight.grad
     assert grad[:8].abs().sum() == 0 and torch.allclose(grad[8:], torch.full((8,), 1e-4))
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_regularizer_registry_names_match_config_and_unknown_is_one_line() -> None:
+    from typing import get_args
+
+    assert set(REGULARIZERS) == set(get_args(SparsityConfig.model_fields["regularizer"].annotation))
+    with pytest.raises(PolarpruneError) as err:
+        make_regularizer("l2", lbd=0.1)
+    message = str(err.value)
+    assert "\n" not in message and "'l2'" in message
+    assert all(name in message for name in ("none", "l1", "mask-l1", "polarization"))
+
+
+def test_registered_regularizer_is_used_by_build_hooks(monkeypatch) -> None:
+    """A new class in the registry is what build_hooks builds and the hook calls (no string branches)."""
+    from polarprune.sparsity.regularizers import L1, Regularizer
+
+    class Halving(Regularizer):
+        name = "l1"  # replaces l1 for this test: halves the targeted gammas after each step
+
+        def after_step(self, gammas: list[torch.Tensor]) -> None:
+            with torch.no_grad():
+                for g in gammas:
+                    g.mul_(0.5)
+
+    monkeypatch.setitem(REGULARIZERS, "l1", Halving)
+    model = tiny_net()
+    (hook,) = build_hooks(SparsityConfig(regularizer="l1", monitor=False, include=["4"]), model, torch.randn(2, 1, 6, 6))
+    assert isinstance(hook.regularizer, Halving) and not isinstance(hook.regularizer, L1)
+    before = model.get_submodule("4").weight.detach().clone()
+    other = model.get_submodule("1").weight.detach().clone()
+    hook.after_step(model)
+    assert torch.equal(model.get_submodule("4").weight, before * 0.5)
+    assert torch.equal(model.get_submodule("1").weight, other)

@@ -24,7 +24,7 @@ from ..errors import PolarpruneError
 from . import entry as _entry
 from .cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet
 from .cifar_vgg import CifarVGG
-from .entry import METHODS, ModelEntry, register
+from .entry import METHODS, ModelEntry, entry_for, get_entry, register
 from .imports import trusting_code
 from .small_cnn import SmallCNN
 from . import timm_models  # noqa: F401  (registers the timm: resolver; timm itself is imported on use)
@@ -32,28 +32,14 @@ from . import timm_models  # noqa: F401  (registers the timm: resolver; timm its
 DEFAULT_INPUT_SIZE = 224  # for a model no entry knows
 
 
-def _torchvision_entries() -> None:
-    """Load torchvision's families and names (imports torchvision, so only when needed)."""
-    from . import torchvision_models  # noqa: F401  (registers its entries and resolver)
+def _load_torchvision(subject: object) -> None:
+    """Register torchvision's families when a name may be torchvision's or torchvision is loaded
+    (a torchvision instance implies it is); importing torchvision costs about a second."""
+    if isinstance(subject, str) or "torchvision" in sys.modules:
+        from . import torchvision_models  # noqa: F401  (registers its entries and resolver)
 
 
-def get_entry(name: str) -> ModelEntry | None:
-    """The entry of a model name (ours, the user's, torchvision's), or None."""
-    found = _entry.get_entry(name)
-    if found is None:
-        _torchvision_entries()
-        found = _entry.get_entry(name)
-    return found
-
-
-def entry_for(model: nn.Module) -> ModelEntry | None:
-    """The entry of a model instance: by ``polarprune_spec["name"]`` or by its class; None if unknown.
-
-    Plain torchvision instances (built without polarprune) are recognised by their class.
-    """
-    if "torchvision" in sys.modules:  # a torchvision instance implies torchvision is loaded
-        _torchvision_entries()
-    return _entry.lookup(model)
+_entry.add_loader(_load_torchvision)
 
 
 def default_input_size(model_or_name: nn.Module | str) -> int:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .entry import block_bns, register
+from .entry import block_bns, prefixed, register
+from .layers import BlockInfo, ChannelPlacementShortcut
 
 
 class PadShortcut(nn.Module):
@@ -98,10 +99,33 @@ def regularized_bns(model: nn.Module, method: str | None = None) -> list[str]:
     return block_bns(model, [(BasicBlock, ("bn1", "bn2"))])
 
 
+def residual_blocks(model: nn.Module) -> dict[str, BlockInfo]:
+    """Pruning rule: every basic block's branch (conv1-bn1-relu-conv2-bn2) may be removed."""
+    return {
+        name: BlockInfo(name, [prefixed(name, "bn1")], prefixed(name, "bn2"), ["conv1", "bn1", "relu", "conv2", "bn2"])
+        for name, module in model.named_modules()
+        if isinstance(module, BasicBlock)
+    }
+
+
+def prepare_for_pruning(model: nn.Module, example_inputs: object = None) -> list[str]:
+    """Pruning adapter: swap every option-A ``PadShortcut`` for the equivalent
+    ``ChannelPlacementShortcut`` (which pruning can slice). Returns the replaced names."""
+    replaced = []
+    for name, block in list(model.named_modules()):
+        if isinstance(block, BasicBlock) and isinstance(block.downsample, PadShortcut):
+            pad = block.downsample
+            shortcut = ChannelPlacementShortcut.from_pad_shortcut(pad.stride, block.conv1.in_channels, pad.extra_channels)
+            block.downsample = shortcut.to(block.conv1.weight.device)
+            replaced.append(prefixed(name, "downsample"))
+    return replaced
+
+
 for _depth in CIFAR_RESNET_DEPTHS:
     register(
         f"resnet{_depth}",
         lambda num_classes, depth=_depth, **kw: CifarResNet(depth, num_classes, **kw),
         family="cifar_resnet", input_size=32, num_classes=10,
         classes=(CifarResNet,), bn_selection=regularized_bns,
+        residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning,
     )

@@ -29,12 +29,13 @@ BnSelection = Callable[[nn.Module, "str | None"], "list[str] | None"]
 class ModelEntry:
     """Everything polarprune knows about one model name (timm's ``default_cfg`` idea).
 
-    ``builder(num_classes, **options)`` builds the model (``in_channels`` is passed when the
-    builder accepts it). ``mean``/``std``: the input normalisation the model's weights expect
-    (None: the data set's own, as for models trained from scratch). ``classes`` identify an instance of the family (plain instances
-    built outside polarprune are recognised by them). ``bn_selection(model, method)`` gives
-    the BN names the papers regularize for ``method`` (one of ``METHODS``, None = the
-    family's default choice), or None to use the dependency-graph default.
+    ``builder(num_classes, **options)`` builds the model (``in_channels=`` is added when it
+    differs from the entry's ``in_channels``). ``input_size``: the square input side it is
+    made for. ``mean``/``std``: the input normalisation its weights expect (None: the data
+    set's own, as for models trained from scratch). ``classes`` identify an instance of the
+    family (so plain instances built outside polarprune are recognised).
+    ``bn_selection(model, method)`` gives the BNs the papers regularize for ``method`` (one of
+    ``METHODS``; None: the family's default), or None for the dependency-graph default.
     ``residual_blocks`` and ``prepare_for_pruning`` are the pruning code's slots (residual
     block rules; an adapter run before the dependency analysis, e.g. the option-A shortcut).
     """
@@ -51,6 +52,7 @@ class ModelEntry:
     bn_selection: BnSelection | None = None
     residual_blocks: Callable[[nn.Module], Any] | None = None
     prepare_for_pruning: Callable[[nn.Module, Any], Any] | None = None
+    finish_pruning: Callable[[nn.Module], Any] | None = None  # undoes what prepare_for_pruning did only for the analysis
 
     def regularized_bns(self, model: nn.Module, method: str | None = None) -> list[str] | None:
         """The BNs the papers regularize for ``method`` on ``model`` (None: no family rule)."""
@@ -67,6 +69,9 @@ _BY_NAME: dict[str, ModelEntry] = {}
 _BY_CLASS: dict[type, ModelEntry] = {}
 # name -> entry or None, for names outside the table (torchvision names, prefixes such as tv:).
 _RESOLVERS: list[Callable[[str], "ModelEntry | None"]] = []
+# Run before a lookup misses, with the name or model asked about: lets a family whose module
+# imports a heavy library (torchvision) register only when it can be needed.
+_LOADERS: list[Callable[[Any], None]] = []
 
 
 def add(entry: ModelEntry, *, by_name: bool = True) -> ModelEntry:
@@ -103,6 +108,17 @@ def add_resolver(resolver: Callable[[str], ModelEntry | None]) -> None:
         _RESOLVERS.append(resolver)
 
 
+def add_loader(loader: Callable[[Any], None]) -> None:
+    """Call ``loader(name_or_model)`` before a lookup (it imports and registers families on need)."""
+    if loader not in _LOADERS:
+        _LOADERS.append(loader)
+
+
+def _load(subject: Any) -> None:
+    for loader in _LOADERS:
+        loader(subject)
+
+
 def registered_names() -> list[str]:
     """The names in the table (not those only a resolver answers)."""
     return sorted(_BY_NAME)
@@ -112,6 +128,7 @@ def get_entry(name: str) -> ModelEntry | None:
     """The entry of a model name: the table first, then the resolvers; None when nobody knows it."""
     if name in _BY_NAME:
         return _BY_NAME[name]
+    _load(name)
     for resolver in _RESOLVERS:
         entry = resolver(name)
         if entry is not None:
@@ -119,24 +136,19 @@ def get_entry(name: str) -> ModelEntry | None:
     return None
 
 
-def class_entry(model: nn.Module) -> ModelEntry | None:
-    """The entry whose classes ``model`` is an instance of (the most derived class wins)."""
-    for cls in type(model).__mro__:
-        if cls in _BY_CLASS:
-            return _BY_CLASS[cls]
-    return None
-
-
-def lookup(model: nn.Module) -> ModelEntry | None:
-    """The entry of ``model``: its ``polarprune_spec`` name if registered, else its class, else a resolver."""
+def entry_for(model: nn.Module) -> ModelEntry | None:
+    """The entry of ``model``: its registered ``polarprune_spec`` name, else its class (the most
+    derived one wins, so plain instances built without polarprune are recognised), else a
+    resolver's for its name; None when nobody knows the model."""
+    _load(model)
     spec = getattr(model, "polarprune_spec", None)
     name = spec.get("name") if isinstance(spec, dict) else None
     if isinstance(name, str) and name in _BY_NAME:
         return _BY_NAME[name]
-    found = class_entry(model)
-    if found is None and isinstance(name, str):
-        found = get_entry(name)
-    return found
+    for cls in type(model).__mro__:
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
+    return get_entry(name) if isinstance(name, str) else None
 
 
 def every_bn(model: nn.Module, method: str | None = None) -> list[str]:
@@ -173,8 +185,8 @@ __all__ = [
     "add",
     "add_resolver",
     "get_entry",
-    "lookup",
-    "class_entry",
+    "entry_for",
+    "add_loader",
     "registered_names",
     "every_bn",
     "block_bns",

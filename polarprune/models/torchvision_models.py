@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import functools
 
+import torch
 import torchvision
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleBlock
+from torchvision.models.shufflenetv2 import ShuffleNetV2
 
 from .entry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, add, add_resolver, block_bns, prefixed
+from .layers import BlockInfo, ChannelShuffle
 
 TORCHVISION_PREFIX = "tv:"
 
@@ -68,13 +72,60 @@ def mobilenet_v2_bns(model: nn.Module, method: str | None = None) -> list[str]:
 
 
 # Families known by their classes (their builders build one representative name).
+def resnet_blocks(model: nn.Module) -> dict[str, BlockInfo]:
+    """Pruning rule: the branch of every BasicBlock / Bottleneck may be removed (``downsample`` stays)."""
+    blocks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BasicBlock):
+            blocks[name] = BlockInfo(name, [prefixed(name, "bn1")], prefixed(name, "bn2"), ["conv1", "bn1", "relu", "conv2", "bn2"])
+        elif isinstance(module, Bottleneck):
+            blocks[name] = BlockInfo(name, [prefixed(name, "bn1"), prefixed(name, "bn2")], prefixed(name, "bn3"),
+                                     ["conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"])
+    return blocks
+
+
+class TraceableShuffleBlock(ShuffleBlock):
+    """torchvision's ShuffleNetV2 block with its channel shuffle as a ``ChannelShuffle`` layer
+    (same computation). Only while polarprune prunes: Torch-Pruning cannot follow the shuffle's
+    view / transpose / view, the pruning analysis keeps the shuffled channels whole."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.shuffle(out)
+
+
+def shufflenet_prepare(model: nn.Module, example_inputs: object = None) -> list[str]:
+    """Pruning adapter: every ShuffleNetV2 block becomes a ``TraceableShuffleBlock``."""
+    names = []
+    for name, block in model.named_modules():
+        if type(block) is ShuffleBlock:
+            block.__class__ = TraceableShuffleBlock
+            block.shuffle = ChannelShuffle(2)
+            names.append(name)
+    return names
+
+
+def shufflenet_finish(model: nn.Module) -> None:
+    """Undo ``shufflenet_prepare``: plain torchvision blocks again (their weights as pruned)."""
+    for block in model.modules():
+        if type(block) is TraceableShuffleBlock:
+            del block.shuffle
+            block.__class__ = ShuffleBlock
+
+
 _IMAGENET = dict(input_size=224, in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000)
-for _family, _cls, _example, _selection in (
-    ("torchvision_resnet", ResNet, "resnet50", resnet_bns),
-    ("torchvision_mobilenet_v2", MobileNetV2, "mobilenet_v2", mobilenet_v2_bns),
+for _family, _cls, _example, _selection, _pruning in (
+    ("torchvision_resnet", ResNet, "resnet50", resnet_bns, {"residual_blocks": resnet_blocks}),
+    ("torchvision_mobilenet_v2", MobileNetV2, "mobilenet_v2", mobilenet_v2_bns, {}),
+    ("torchvision_shufflenet_v2", ShuffleNetV2, "shufflenet_v2_x1_0", None,
+     {"prepare_for_pruning": shufflenet_prepare, "finish_pruning": shufflenet_finish}),
 ):
-    add(ModelEntry(_family, functools.partial(_build, _example), family=_family, classes=(_cls,), bn_selection=_selection, **_IMAGENET),
-        by_name=False)
+    add(ModelEntry(_family, functools.partial(_build, _example), family=_family, classes=(_cls,), bn_selection=_selection,
+                   **_pruning, **_IMAGENET), by_name=False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,6 @@
 """Sparsity training on BN scaling factors: regularizers, which BNs, mask files, monitoring.
 
-The training engine calls ``build_hooks(cfg.sparsity, model, example_inputs)`` and runs the
+``polarprune.workflows.train`` calls ``build_hooks(cfg.sparsity, model, example_inputs)``; the engine runs the
 hooks it returns (protocol: ``polarprune.training.hooks``). See docs/sparsity.md.
 """
 
@@ -11,76 +11,50 @@ from typing import Any
 from torch import nn
 
 from ..config import SparsityConfig
-from ..errors import PolarpruneError
 from ..training.hooks import TrainHook
 from .masks import load_mask, mask_from_strategy, masksparsity_mask, save_mask, uniform_mask
-from .monitor import ChannelCostModel, GammaMonitorHook, TrialPruner
+from ..pruning.trial import TrialAnalysis
+from .monitor import GammaMonitorHook
 from .regularizers import (
+    REGULARIZERS,
+    Regularizer,
     SparsityHook,
     add_l1_subgradient_,
     clamp_,
     flops_weights,
     l1_penalty,
+    make_regularizer,
     polarization_penalty,
+    register_regularizer,
+    regularizer_class,
 )
-from .selection import match_patterns, regularized_bn_names
-
-
-def mask_l1_targets(cfg: SparsityConfig, model: nn.Module) -> tuple[list[str], dict[str, Any]]:
-    """mask-l1: the BNs of the mask file (narrowed by include/exclude) and their keep masks."""
-    if not cfg.mask:
-        raise PolarpruneError("sparsity.mask: required when sparsity.regularizer is mask-l1")
-    keep = load_mask(cfg.mask, model)
-    names = list(keep)
-    if cfg.include:
-        for pattern in cfg.include:
-            if not match_patterns(names, [pattern]):
-                raise PolarpruneError(f"sparsity.include pattern {pattern!r} matches no layer of mask file {cfg.mask}")
-        names = match_patterns(names, cfg.include)
-    dropped = set(match_patterns(names, cfg.exclude))
-    names = [n for n in names if n not in dropped]
-    if not names:
-        raise PolarpruneError(f"sparsity: no layer of mask file {cfg.mask} is left to regularize (check include/exclude)")
-    return names, {n: keep[n] for n in names}
+from .selection import regularized_bn_names
 
 
 def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> list[TrainHook]:
     """The hooks that apply ``cfg``'s regularizer (and monitoring) to ``model``.
 
-    ``none`` -> no hook. Otherwise a ``SparsityHook`` and, with ``cfg.monitor``, a
-    ``GammaMonitorHook``. ``example_inputs`` (a small batch on the model's device) is used for
-    one-off probes: the prunable groups of unknown models, the per-channel MACs of
-    ``flops_weighted`` and the trial-prune cost model.
+    ``none`` -> no hook. Otherwise a ``SparsityHook`` around the regularizer registered as
+    ``cfg.regularizer`` and, with ``cfg.monitor``, a ``GammaMonitorHook``. ``example_inputs``
+    (a small batch on the model's device) is used for one-off probes: the prunable groups of
+    unknown models, and one pruning analysis (``TrialAnalysis``) for the per-channel MACs of
+    ``flops_weighted`` and the trial prunes.
     """
-    if cfg.regularizer == "none":
+    kind = regularizer_class(cfg.regularizer)
+    if not kind.active:
         return []
-    keep_masks = None
-    if cfg.regularizer == "mask-l1":
-        names, keep_masks = mask_l1_targets(cfg, model)
-    else:
-        names = regularized_bn_names(model, example_inputs, cfg.include, cfg.exclude)
-    needs_cost = cfg.flops_weighted or cfg.target_macs_ratio is not None or cfg.monitor
-    cost = ChannelCostModel.probe(model, example_inputs) if needs_cost else None
+    targets = kind.targets(cfg, model, example_inputs)
+    names = targets.names
+    needs_trial = cfg.flops_weighted or cfg.target_macs_ratio is not None or cfg.monitor
+    trial = TrialAnalysis(model, example_inputs, bn_names=names) if needs_trial else None  # one analysis per run
     layer_weights = None
     if cfg.flops_weighted:
-        assert cost is not None
-        layer_weights = flops_weights({n: cost.channel_macs(n) for n in names}, cfg.weight_min, cfg.weight_max)
-    trial = None
-    if cfg.target_macs_ratio is not None or cfg.monitor:
-        trial = TrialPruner(model, example_inputs, names, cost_model=cost)
-    hook = SparsityHook(
-        cfg.regularizer,
-        names,
-        lbd=cfg.lbd,
-        t=cfg.t,
-        alpha=cfg.alpha,
-        detach_mean=cfg.detach_mean,
-        clamp=cfg.clamp if cfg.regularizer == "polarization" else None,
-        layer_weights=layer_weights,
-        keep_masks=keep_masks,
-        target_macs_ratio=cfg.target_macs_ratio,
-        trial=trial,
-    )
+        assert trial is not None
+        channel_macs = trial.channel_macs()
+        weights = flops_weights({n: channel_macs.get(n, 0.0) for n in names}, cfg.weight_min, cfg.weight_max)
+        layer_weights = [weights[n] for n in names]
+    regularizer = kind.from_config(cfg, targets, layer_weights)
+    hook = SparsityHook(regularizer, names, target_macs_ratio=cfg.target_macs_ratio, trial=trial)
     hooks: list[TrainHook] = [hook]
     if cfg.monitor:
         assert trial is not None
@@ -90,11 +64,14 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
 
 __all__ = [
     "build_hooks",
-    "mask_l1_targets",
     "SparsityHook",
+    "Regularizer",
+    "REGULARIZERS",
+    "register_regularizer",
+    "regularizer_class",
+    "make_regularizer",
     "GammaMonitorHook",
-    "TrialPruner",
-    "ChannelCostModel",
+    "TrialAnalysis",
     "regularized_bn_names",
     "l1_penalty",
     "add_l1_subgradient_",

@@ -10,22 +10,29 @@ The math is a handful of pure functions on a list of gamma tensors (one per regu
 - ``clamp_``: gammas back into ``[0, clamp]`` after every optimizer step (polarization).
 - ``flops_weights``: per-layer lambda factors, linearly mapped from the MACs one channel costs.
 
-``SparsityHook`` calls them at the right moments of a training step (``training.hooks``).
+Each regularizer is a small ``Regularizer`` class registered by name in ``REGULARIZERS``
+(``none``, ``l1``, ``mask-l1``, ``polarization``; ``register_regularizer`` adds one). It says
+which BNs it acts on (``targets``) and what it does at each moment of a training step
+(``penalty``, ``after_backward``, ``after_step``); ``SparsityHook`` calls it at those moments
+(``training.hooks``) and knows nothing of its insides.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..config import SparsityConfig
+from ..errors import PolarpruneError
 from ..training.hooks import TrainHook
+from .masks import load_mask
+from .selection import narrow, regularized_bn_names
 
 log = logging.getLogger(__name__)
-
-L1_LIKE = ("l1", "mask-l1")
 
 
 # ----------------------------------------------------------------------------- pure math
@@ -179,111 +186,247 @@ def flops_weights(channel_macs: Mapping[str, float], weight_min: float, weight_m
 
     ``channel_macs[bn]`` is the MACs one channel of that BN's layer costs (producer conv's MACs
     per output channel plus consumers' MACs per input channel, see
-    ``monitor.ChannelCostModel.channel_macs``), linearly mapped into ``[weight_min, weight_max]``.
+    ``pruning.TrialAnalysis.channel_macs``), linearly mapped into ``[weight_min, weight_max]``.
     """
     if weight_min > weight_max:
         raise ValueError(f"weight_min {weight_min} exceeds weight_max {weight_max}")
     return linear_map(channel_macs, weight_min, weight_max)
 
 
+# ----------------------------------------------------------------------------- the regularizers
+
+
+@dataclass
+class Targets:
+    """The BNs a regularizer acts on, and per BN which channels (None: all of them)."""
+
+    names: list[str]
+    regularize: list[Tensor] | None = None
+
+
+REGULARIZERS: dict[str, type["Regularizer"]] = {}
+
+
+def register_regularizer(cls: type["Regularizer"]) -> type["Regularizer"]:
+    """Make ``cls`` available by its ``name`` (a class decorator)."""
+    if not cls.name:
+        raise ValueError(f"regularizer class {cls.__name__} has no name")
+    REGULARIZERS[cls.name] = cls
+    return cls
+
+
+class Regularizer:
+    """One sparsity regularizer on the regularized gammas (a list, one tensor per BN).
+
+    ``lbd`` is its strength, ``layer_weights`` one lambda factor per BN (FLOPs weighting;
+    None: all 1), ``clamp`` the upper bound gammas are clamped to after each step (None: no
+    clamp). Subclasses override the moments they act at; cached tensors derived from the
+    gammas are dropped by ``reset`` (the hook calls it when it sees another model).
+    """
+
+    name: ClassVar[str] = ""
+    method: ClassVar[str | None] = None  # whose paper's BN choice ``targets`` uses
+    active: ClassVar[bool] = True  # False: no hook at all (``none``)
+
+    def __init__(self, lbd: float = 0.0, layer_weights: Sequence[float] | None = None, clamp: float | None = None) -> None:
+        self.lbd = float(lbd)
+        self.layer_weights = [float(w) for w in layer_weights] if layer_weights is not None else None
+        self.clamp = clamp
+
+    @classmethod
+    def targets(cls, cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> Targets:
+        """The BNs ``cfg`` asks for: the family's choice for ``method``, narrowed by include/exclude."""
+        return Targets(regularized_bn_names(model, example_inputs, cfg.include, cfg.exclude, method=cls.method))
+
+    @classmethod
+    def from_config(cls, cfg: SparsityConfig, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
+        """The regularizer ``cfg`` describes, acting on ``targets``."""
+        return cls(cfg.lbd, layer_weights)
+
+    def set_lambda(self, value: float) -> None:
+        """Change the strength (cached per-step factors are rebuilt on the next step)."""
+        self.lbd = float(value)
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop tensors cached from the gammas (new model, new lambda)."""
+
+    def penalty(self, gammas: list[Tensor]) -> Tensor | None:
+        """A term added to the loss before ``backward`` (None: nothing)."""
+        return None
+
+    def after_backward(self, gammas: list[Tensor]) -> None:
+        """Change ``gamma.grad`` after the gradients are complete (all-reduced, unscaled)."""
+
+    def after_step(self, gammas: list[Tensor]) -> None:
+        """After the optimizer step: clamp the gammas into ``[0, clamp]`` if a clamp is set."""
+        if self.clamp is not None:
+            clamp_(gammas, self.clamp)
+
+
+@register_regularizer
+class NoRegularizer(Regularizer):
+    """``none``: plain training, no sparsity hook."""
+
+    name = "none"
+    active = False
+
+
+@register_regularizer
+class L1(Regularizer):
+    """``l1`` (Network Slimming): ``lambda * w_l * sign(gamma)`` added to the gradient after backward.
+
+    ``regularize``: per BN, True where the channel gets the subgradient (None: every channel).
+    """
+
+    name = "l1"
+    method = "l1"
+    needs_masks: ClassVar[bool] = False
+
+    def __init__(self, lbd: float = 0.0, layer_weights: Sequence[float] | None = None, clamp: float | None = None,
+                 regularize: Sequence[Tensor] | None = None) -> None:
+        super().__init__(lbd, layer_weights, clamp)
+        if regularize is None and self.needs_masks:
+            raise ValueError(f"{self.name} needs the masks of the channels to regularize")
+        self.regularize = [m.bool().cpu() for m in regularize] if regularize is not None else None
+        self._scales: list[Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: SparsityConfig, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
+        return cls(cfg.lbd, layer_weights, regularize=targets.regularize)
+
+    def reset(self) -> None:
+        self._scales = None
+
+    def after_backward(self, gammas: list[Tensor]) -> None:
+        if self.lbd == 0.0:
+            return
+        if self._scales is None:
+            self._scales = l1_scales(gammas, self.lbd, self.regularize, self.layer_weights)
+        add_scaled_sign_(gammas, self._scales)
+
+
+@register_regularizer
+class MaskL1(L1):
+    """``mask-l1`` (MaskSparsity): L1 on exactly the channels a mask file marks for removal."""
+
+    name = "mask-l1"
+    method = "masksparsity"
+    needs_masks = True
+
+    @classmethod
+    def targets(cls, cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> Targets:
+        """The BNs of the mask file (narrowed by include/exclude); each regularizes its NOT-keep channels."""
+        if not cfg.mask:
+            raise PolarpruneError("sparsity.mask: required when sparsity.regularizer is mask-l1")
+        keep = load_mask(cfg.mask, model)
+        names = narrow(list(keep), cfg.include, cfg.exclude, where=f"layer of mask file {cfg.mask}")
+        return Targets(names, [~keep[n] for n in names])
+
+
+@register_regularizer
+class Polarization(Regularizer):
+    """``polarization``: ``polarization_penalty`` added to the loss; gammas clamped after each step."""
+
+    name = "polarization"
+    method = "polarization"
+
+    def __init__(self, lbd: float = 0.0, layer_weights: Sequence[float] | None = None, clamp: float | None = 1.0,
+                 t: float = 1.0, alpha: float = 1.0, detach_mean: bool = False) -> None:
+        super().__init__(lbd, layer_weights, clamp)
+        self.t = float(t)
+        self.alpha = float(alpha)
+        self.detach_mean = bool(detach_mean)
+        self._flat_weights: Tensor | None = None
+
+    @classmethod
+    def from_config(cls, cfg: SparsityConfig, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
+        return cls(cfg.lbd, layer_weights, cfg.clamp, cfg.t, cfg.alpha, cfg.detach_mean)
+
+    def reset(self) -> None:
+        self._flat_weights = None
+
+    def penalty(self, gammas: list[Tensor]) -> Tensor | None:
+        if self.lbd == 0.0:
+            return None
+        if self.layer_weights is not None and self._flat_weights is None:
+            self._flat_weights = flat_layer_weights(gammas, self.layer_weights)
+        return polarization_penalty(gammas, self.lbd, self.t, self.alpha, self.detach_mean, self._flat_weights)
+
+
+def regularizer_class(name: str) -> type[Regularizer]:
+    """The class registered as ``name``; a one-line error listing the known names otherwise."""
+    try:
+        return REGULARIZERS[name]
+    except KeyError:
+        raise PolarpruneError(f"unknown regularizer {name!r}; known: {', '.join(REGULARIZERS)}") from None
+
+
+def make_regularizer(name: str, **options: Any) -> Regularizer:
+    """``regularizer_class(name)(**options)``, e.g. ``make_regularizer("polarization", lbd=1e-4, t=1.2)``."""
+    cls = regularizer_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise PolarpruneError(f"regularizer {name!r}: {exc}") from None
+
+
 # ----------------------------------------------------------------------------- the hook
 
 
 class SparsityHook(TrainHook):
-    """Applies one regularizer (``l1``, ``mask-l1`` or ``polarization``) to the named BN gammas.
+    """Applies one ``Regularizer`` to the named BN gammas at its moments of a training step.
 
-    Where it acts in a step (see ``training.hooks``): ``l1``/``mask-l1`` add their subgradient
-    in ``after_backward`` (gradients all-reduced and unscaled there); ``polarization`` adds its
-    penalty through ``loss_term`` and clamps in ``after_step``. With ``target_macs_ratio`` a
-    trial prune (``grad`` strategy) runs at every epoch end; once it leaves at most that
-    fraction of the MACs, lambda is 0 for the rest of the run. ``state_dict`` keeps that
-    decision across a resume.
+    ``loss_term`` -> ``regularizer.penalty``, ``after_backward`` (gradients all-reduced and
+    unscaled there) and ``after_step`` -> the regularizer's. With ``target_macs_ratio`` a trial
+    prune (``grad`` strategy) runs at every epoch end; once it leaves at most that fraction of
+    the MACs, lambda is 0 for the rest of the run. ``state_dict`` keeps that decision across a
+    resume.
     """
 
-    def __init__(
-        self,
-        regularizer: str,
-        bn_names: Sequence[str],
-        *,
-        lbd: float,
-        t: float = 1.0,
-        alpha: float = 1.0,
-        detach_mean: bool = False,
-        clamp: float | None = None,
-        layer_weights: Mapping[str, float] | None = None,
-        keep_masks: Mapping[str, Tensor] | None = None,
-        target_macs_ratio: float | None = None,
-        trial: Any | None = None,
-    ) -> None:
-        if regularizer not in ("l1", "mask-l1", "polarization"):
-            raise ValueError(f"unknown regularizer {regularizer!r}")
-        if regularizer == "mask-l1" and keep_masks is None:
-            raise ValueError("mask-l1 needs keep masks")
+    def __init__(self, regularizer: Regularizer, bn_names: Sequence[str], *, target_macs_ratio: float | None = None,
+                 trial: Any | None = None) -> None:
         if target_macs_ratio is not None and trial is None:
             raise ValueError("target_macs_ratio needs a trial pruner")
         self.regularizer = regularizer
         self.bn_names = list(bn_names)
-        self.base_lbd = float(lbd)
-        self.lbd = float(lbd)
-        self.t = float(t)
-        self.alpha = float(alpha)
-        self.detach_mean = bool(detach_mean)
-        self.clamp = clamp
-        self.layer_weights = dict(layer_weights) if layer_weights is not None else None
-        self.keep_masks = {k: v.bool().cpu() for k, v in keep_masks.items()} if keep_masks is not None else None
+        self.base_lbd = regularizer.lbd
         self.target_macs_ratio = target_macs_ratio
         self.trial = trial
         self.target_reached = False
         self.reached_epoch: int | None = None
         self._model_id: int | None = None
         self._gammas: list[Tensor] = []
-        self._scales: list[Tensor] | None = None
-        self._flat_weights: Tensor | None = None
 
-    # -- the gammas of the model the engine passes (resolved once per model object)
+    @property
+    def lbd(self) -> float:
+        """The regularizer's current strength."""
+        return self.regularizer.lbd
+
+    @property
+    def layer_weights(self) -> dict[str, float] | None:
+        """BN name -> lambda factor (None: unweighted)."""
+        weights = self.regularizer.layer_weights
+        return dict(zip(self.bn_names, weights)) if weights is not None else None
 
     def gammas(self, model: nn.Module) -> list[Tensor]:
-        """The regularized gamma parameters of ``model``, in ``bn_names`` order."""
+        """The regularized gamma parameters of ``model``, in ``bn_names`` order (resolved once per model)."""
         if self._model_id != id(model):
             self._gammas = [model.get_submodule(name).weight for name in self.bn_names]  # type: ignore[misc]
             self._model_id = id(model)
-            self._scales = None
-            self._flat_weights = None
+            self.regularizer.reset()
         return self._gammas
-
-    def _weights_list(self) -> list[float] | None:
-        if self.layer_weights is None:
-            return None
-        return [self.layer_weights.get(name, 1.0) for name in self.bn_names]
-
-    def _l1_scales(self, gammas: list[Tensor]) -> list[Tensor]:
-        if self._scales is None:
-            regularize = None
-            if self.regularizer == "mask-l1":
-                assert self.keep_masks is not None
-                regularize = [~self.keep_masks[name] for name in self.bn_names]
-            self._scales = l1_scales(gammas, self.lbd, regularize, self._weights_list())
-        return self._scales
 
     # -- TrainHook
 
     def loss_term(self, model: nn.Module) -> Tensor | None:
-        if self.regularizer != "polarization" or self.lbd == 0.0:
-            return None
-        gammas = self.gammas(model)
-        if self.layer_weights is not None and self._flat_weights is None:
-            self._flat_weights = flat_layer_weights(gammas, self._weights_list())
-        return polarization_penalty(gammas, self.lbd, self.t, self.alpha, self.detach_mean, self._flat_weights)
+        return self.regularizer.penalty(self.gammas(model))
 
     def after_backward(self, model: nn.Module) -> None:
-        if self.regularizer not in L1_LIKE or self.lbd == 0.0:
-            return
-        gammas = self.gammas(model)
-        add_scaled_sign_(gammas, self._l1_scales(gammas))
+        self.regularizer.after_backward(self.gammas(model))
 
     def after_step(self, model: nn.Module) -> None:
-        if self.regularizer == "polarization" and self.clamp is not None:
-            clamp_(self.gammas(model), self.clamp)
+        self.regularizer.after_step(self.gammas(model))
 
     def on_epoch_end(self, model: nn.Module, epoch: int, writer: Any | None = None) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -303,9 +446,8 @@ class SparsityHook(TrainHook):
         return metrics
 
     def set_lambda(self, value: float) -> None:
-        """Change the strength (the precomputed L1 factors are rebuilt on the next step)."""
-        self.lbd = float(value)
-        self._scales = None
+        """Change the regularizer's strength."""
+        self.regularizer.set_lambda(value)
 
     # -- resume
 
@@ -330,5 +472,15 @@ __all__ = [
     "clamp_",
     "linear_map",
     "flops_weights",
+    "Targets",
+    "Regularizer",
+    "NoRegularizer",
+    "L1",
+    "MaskL1",
+    "Polarization",
+    "REGULARIZERS",
+    "register_regularizer",
+    "regularizer_class",
+    "make_regularizer",
     "SparsityHook",
 ]

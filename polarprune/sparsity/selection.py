@@ -64,27 +64,31 @@ def regularized_bn_names(
     nothing is left. ``option`` names the options in messages (``sparsity`` ->
     ``sparsity.include``; ``--bn`` -> ``--bn-include``).
     """
+    base = all_bn_names(model) if include else default_bn_names(model, example_inputs, method)
+    return narrow(base, include, exclude, where=f"BatchNorm layer of {type(model).__name__}", option=option)
+
+
+def narrow(
+    names: Sequence[str], include: Sequence[str], exclude: Sequence[str], *, where: str, option: str = "sparsity"
+) -> list[str]:
+    """``names`` matching ``include`` (all when empty; each pattern must match one) minus ``exclude``.
+
+    ``where`` describes the names in messages (``"layer of mask file m.json"``); an exclude
+    pattern matching nothing only logs a warning; nothing left is a one-line error.
+    """
     sep = "-" if option.startswith("--") else "."
-    candidates = all_bn_names(model)
-    if include:
-        for pattern in include:
-            if not match_patterns(candidates, [pattern]):
-                raise PolarpruneError(
-                    f"{option}{sep}include pattern {pattern!r} matches no BatchNorm layer of {type(model).__name__}"
-                )
-        chosen = match_patterns(candidates, include)
-    else:
-        chosen = default_bn_names(model, example_inputs, method)
+    for pattern in include:
+        if not match_patterns(names, [pattern]):
+            raise PolarpruneError(f"{option}{sep}include pattern {pattern!r} matches no {where}")
+    chosen = match_patterns(names, include) if include else list(names)
     for pattern in exclude:
         if not match_patterns(chosen, [pattern]):
             log.warning("%s%sexclude pattern %r matches none of the regularized BNs", option, sep, pattern)
     dropped = set(match_patterns(chosen, exclude))
     chosen = [n for n in chosen if n not in dropped]
     if not chosen:
-        raise PolarpruneError(
-            f"no BatchNorm layer of {type(model).__name__} is left to regularize (check {option}{sep}include/{option}{sep}exclude)"
-        )
+        raise PolarpruneError(f"no {where} is left to regularize (check {option}{sep}include/{option}{sep}exclude)")
     return chosen
 
 
-__all__ = ["regularized_bn_names", "default_bn_names", "all_bn_names", "match_patterns"]
+__all__ = ["regularized_bn_names", "default_bn_names", "all_bn_names", "match_patterns", "narrow"]
