@@ -614,6 +614,20 @@ def data_loader_notes(results: Results) -> str:
             f"{data['loader_over_step_median_ratio']:.2%} of a step, so CIFAR training on the CPU is never loader-bound.")
 
 
+def bimodality_table(results: Results) -> str:
+    """|gamma| shares after sparsity training on the digits, per regularizer."""
+    data = results.load("bimodality_digits")
+    labels = {"polarization": "polarization, lambda {lbd:g}, t {t:g}, clamp {clamp:g}", "l1": "L1, lambda {lbd:g}",
+              "none": "no regularizer"}
+    rows = []
+    for name, r in data["runs"].items():
+        rows.append([labels.get(name, name).format(**r["sparsity"]), f"{r['near_zero']:.0%}", f"{r['in_gap']:.0%}",
+                     f"{r['median_others']:.2f}", f"{r['min_gamma']:.3f}", f"{r['top1']:.1f}%"])
+    low, (gap_low, gap_high) = data["near_zero"], data["gap"]
+    return table(["run", f"\\|gamma\\| < {low:g}", f"\\|gamma\\| in [{gap_low:g}, {gap_high:g})", "median of the others",
+                  "smallest \\|gamma\\|", "top-1"], rows, align="lrrrrr")
+
+
 # ----------------------------------------------------------------------------- README: demo
 
 
@@ -641,6 +655,53 @@ def demo_seconds(results: Results, method: str = "polarization") -> str:
 
 
 # ----------------------------------------------------------------------------- registry
+
+
+def deploy_latency_table(results: Results) -> str:
+    """Latency cut / MACs cut per runtime and batch for every pruned variant (polarprune with
+    round_to 16 first, then the Torch-Pruning ones), with the MACs cut in the header; polarprune's
+    figure in bold where it reaches the goal."""
+    data = results.load("deploy_latency")
+    rows, headers = [], None
+    for m in data["models"]:
+        variants = m.get("variants", list(m["macs"]))
+        pruned = variants[1:]
+        headers = headers or ["model", "runtime", "batch", "unpruned ms", "polarprune ms",
+                              *[f"{v} cut / MACs cut" for v in pruned]]
+        label = MODEL_LABELS.get(m["model"], m["model"])
+        for runtime, per_runtime in m["runtimes"].items():
+            for batch, b in per_runtime["batches"].items():
+                ratios = []
+                for v in pruned:
+                    cell = f"{b['cut_over_macs_cut'][v]:.2f} ({m['macs_cut'][v]:.1%})"
+                    ratios.append(f"**{cell}**" if v == "polarprune" and b["cut_over_macs_cut"][v] >= m["goal"]["required"] else cell)
+                rows.append([label, runtime, batch, f"{b['median_ms']['unpruned']:.2f}", f"{b['median_ms']['polarprune']:.2f}", *ratios])
+    if headers is None:
+        raise RenderError("deploy_latency: no models measured")
+    return table(headers, rows, align="lllrr" + "r" * (len(headers) - 5))
+
+
+def deploy_latency_settings(results: Results) -> str:
+    """Threads, rounds, allocator and load of the deploy-latency run."""
+    data = results.load("deploy_latency")
+    rounds = ", ".join(f"{r['rounds']} interleaved rounds for {MODEL_LABELS.get(r['model'], r['model'])}" for r in data["models"])
+    load = [data["load_start"][0], data["load_end"][0]]
+    allocator = "glibc keeping freed memory" if data["steady_malloc"] else "glibc's default allocator"
+    done = "" if data.get("complete", True) else " (incomplete run: only the models listed were measured)"
+    return (f"threads {data['threads']} (torch and onnxruntime), {rounds}, {allocator}; load average "
+            f"{min(load):.1f}-{max(load):.1f} (1 min, start and end), {data['wall_seconds'] / 60:.0f} min{done}")
+
+
+def deploy_latency_goal(results: Results) -> str:
+    """Per model: the best batch-64 latency cut / MACs cut of polarprune, and where it is below Torch-Pruning."""
+    parts = []
+    for m in results.load("deploy_latency")["models"]:
+        g = m["goal"]
+        below = [f"{rt} vs {k}" for rt, v in g["not_below_torch_pruning"].items() for k, ok in v.items() if not ok]
+        parts.append(f"{MODEL_LABELS.get(m['model'], m['model'])}: best {g['best']:.2f} ({g['best_runtime']}), "
+                     f"goal {'met' if g['met'] else 'not met'}; below Torch-Pruning at equal MACs "
+                     f"({', '.join(g['equal_macs']) or 'none at equal MACs'}): {', '.join(below) if below else 'never'}")
+    return "; ".join(parts)
 
 
 RENDERERS: dict[str, Renderer] = {
@@ -677,8 +738,12 @@ RENDERERS: dict[str, Renderer] = {
     "regularizer-table": regularizer_table,
     "regularizer-notes": regularizer_notes,
     "data-loader-notes": data_loader_notes,
+    "bimodality-table": bimodality_table,
     "demo-table": demo_table,
     "demo-seconds": demo_seconds,
+    "deploy-latency-table": deploy_latency_table,
+    "deploy-latency-settings": deploy_latency_settings,
+    "deploy-latency-goal": deploy_latency_goal,
 }
 
 
