@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import random
 import statistics
 import sys
@@ -124,6 +125,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
+    load_start = list(os.getloadavg())
 
     base = create("resnet56", 10, bn_init=0.5)
     example = torch.randn(8, 3, 32, 32)
@@ -191,6 +193,8 @@ def main() -> int:
         "build_hooks_with_monitor_seconds": build_seconds,
         "monitor_epoch_end_seconds": summary(epoch_end),
         "monitor_metrics_example": metrics,
+        "load_start": load_start,
+        "load_end": list(os.getloadavg()),
         "provenance": provenance(args.seed),
     }
     lines = [

@@ -17,7 +17,8 @@ to the renderer as string arguments.
 Generic inline renderers (no code needed for a number that is in a file):
 
 - ``value STEM PATH [FORMAT]``: one value of ``bench/results/STEM.json``;
-- ``range STEM PATH [FORMAT]``: ``min-max`` of the values a wildcard path selects.
+- ``range STEM PATH [FORMAT]``: ``min-max`` of the values a wildcard path selects;
+- ``max STEM PATH [FORMAT]``: the largest of them.
 
 ``PATH`` is ``/``-separated keys (keys may contain dots); a list step is ``[3]`` (index),
 ``[*]`` (every element) or ``[key=value,key2=v1|v2]`` (the elements whose fields match; one
@@ -188,6 +189,11 @@ def value(results: Results, stem: str, path: str, spec: str = "g") -> str:
 def value_range(results: Results, stem: str, path: str, spec: str = "g") -> str:
     """``min-max`` of the values a wildcard path selects."""
     return span(lookup(results.load(stem), path), spec)
+
+
+def value_max(results: Results, stem: str, path: str, spec: str = "g") -> str:
+    """The largest of the values a wildcard path selects."""
+    return fmt(max(lookup(results.load(stem), path)), spec)
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -707,6 +713,7 @@ def deploy_latency_goal(results: Results) -> str:
 RENDERERS: dict[str, Renderer] = {
     "value": value,
     "range": value_range,
+    "max": value_max,
     "provenance-table": provenance_table,
     "methods-table": methods_table,
     "methods-unpruned": methods_unpruned,
