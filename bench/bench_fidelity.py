@@ -13,7 +13,10 @@ on the same synthetic inputs and records the difference:
   polarprune's ``round(N*p)`` and the original's "sorted index int(N*p) and below";
 - ``raw_gamma``: ``fixed`` (0.01) and ``grad`` decisions scoring ``|gamma|`` (polarprune) and
   raw ``gamma`` (the original) on unclamped L1-like gammas (normal, mean 0.3, sd 0.3), and on
-  clamped ones.
+  clamped ones;
+- ``bn_init``: the digits demo's polarization run (small CNN with a BN1d head, 40 epochs,
+  deterministic CPU) with gamma 0.5 on every BN (polarprune's ``bn_init``) and on the
+  BatchNorm2d layers only (the original; the BN1d keeps 1.0), each pruned with ``grad``.
 
     .venv/bin/python bench/bench_fidelity.py
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +35,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, provenance_markdown, write_results  # noqa: E402
 
+from polarprune.config import TrainConfig  # noqa: E402
+from polarprune.data import build_data, probe_batch  # noqa: E402
 from polarprune.models import create  # noqa: E402
+from polarprune.pruning import prune_model  # noqa: E402
 from polarprune.pruning.strategies import grad_threshold  # noqa: E402
 from polarprune.pruning.trial import TrialAnalysis  # noqa: E402
 from polarprune.pruning.votes import masksparsity_keep  # noqa: E402
 from polarprune.sparsity.flops_weighting import original_channel_macs  # noqa: E402
 from polarprune.sparsity.regularizers import flops_weights, polarization_penalty  # noqa: E402
 from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
+from polarprune.training.engine import evaluate  # noqa: E402
+from polarprune.workflows.train import run_training  # noqa: E402
 
 
 def votes(seed: int, groups: int = 2000, channels: int = 64) -> dict[str, Any]:
@@ -103,8 +112,30 @@ def raw_gamma(seed: int, layers: int = 54, width: int = 64) -> dict[str, Any]:
     return out
 
 
+def bn_init(seed: int, epochs: int = 40) -> dict[str, Any]:
+    out: dict[str, Any] = {"epochs": epochs}
+    for scope in ("every_bn", "batchnorm2d_only"):
+        model = create("small_cnn", 10, in_channels=1, bn_init=0.5)
+        if scope == "batchnorm2d_only":
+            for bn in model.modules():
+                if isinstance(bn, torch.nn.BatchNorm1d):
+                    torch.nn.init.constant_(bn.weight, 1.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(seed=seed, deterministic=True, device="cpu", out=tmp, model={"name": "small_cnn"},
+                              data={"name": "digits", "batch_size": 64},
+                              train={"epochs": epochs, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "progress": False,
+                                     "schedule": {"type": "multistep", "milestones": [0.5, 0.75], "gammas": 0.1}},
+                              sparsity={"regularizer": "polarization", "lbd": 2e-3, "t": 1.2, "clamp": 1.0, "monitor": False})
+            trained = run_training(cfg, model=model, resume=False)
+        data = build_data(cfg.data, seed=seed)
+        pruned, report = prune_model(trained.model.cpu().eval(), probe_batch(data, 8), "grad")
+        out[scope] = {"top1_sparsity": trained.final_top1, "macs_ratio_grad": report.macs_after / report.macs_before,
+                      "top1_pruned": evaluate(pruned, data.eval_loader, torch.device("cpu"))["top1"]}
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
-    v, w, p, r = result["votes"], result["flops_weights"], result["percent"], result["raw_gamma"]
+    v, w, p, r, b = result["votes"], result["flops_weights"], result["percent"], result["raw_gamma"], result["bn_init"]
     return "\n".join([
         "# Fidelity to the original code bases: measured effects", "", provenance_markdown(result["provenance"]), "",
         f"- votes ({v['groups']} random groups of 2-6 BNs x {v['channels']} channels): removed per group "
@@ -117,7 +148,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"- raw vs |gamma| ({r['layers']} layers x {r['width']}): unclamped (normal 0.3 +- 0.3, "
         f"{r['unclamped']['negative_gammas']} negative): fixed {r['unclamped']['fixed_decisions_differing']}, grad "
         f"{r['unclamped']['grad_decisions_differing']} of {r['unclamped']['decisions']} decisions differ; clamped: fixed "
-        f"{r['clamped']['fixed_decisions_differing']}, grad {r['clamped']['grad_decisions_differing']}.", ""])
+        f"{r['clamped']['fixed_decisions_differing']}, grad {r['clamped']['grad_decisions_differing']}.",
+        f"- BN init (digits, small CNN, {b['epochs']} polarization epochs, then grad): every BN at 0.5: top-1 "
+        f"{b['every_bn']['top1_sparsity']:.2f}%, MACs ratio {b['every_bn']['macs_ratio_grad']:.4f}, pruned top-1 {b['every_bn']['top1_pruned']:.2f}%; "
+        f"BatchNorm2d only: {b['batchnorm2d_only']['top1_sparsity']:.2f}%, {b['batchnorm2d_only']['macs_ratio_grad']:.4f}, "
+        f"{b['batchnorm2d_only']['top1_pruned']:.2f}%.", ""])
 
 
 def main() -> int:
@@ -126,7 +161,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     result = {"provenance": provenance(args.seed), "votes": votes(args.seed), "flops_weights": weights(args.seed),
-              "percent": percent(), "raw_gamma": raw_gamma(args.seed)}
+              "percent": percent(), "raw_gamma": raw_gamma(args.seed), "bn_init": bn_init(args.seed)}
     text = markdown(result)
     print(text)
     if not args.no_write:

@@ -188,6 +188,9 @@ def _layer_shapes(model: nn.Module, example_inputs: Any) -> dict[str, LayerShape
     try:
         with inference(model):
             model(*inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PolarpruneError(f"cannot run {type(model).__name__} on the example inputs: {first}") from None
     finally:
         for handle in handles:
             handle.remove()

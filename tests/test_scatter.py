@@ -17,7 +17,8 @@ from polarprune.flops import count_model
 from polarprune.models.cifar_resnet import BasicBlock
 from polarprune.models.expand import ChannelScatter, ScatterBasicBlock
 from polarprune.models.layers import ShortcutOnlyBlock
-from polarprune.pruning.scatter import apply_scatter, original_macs, scatter_keep_masks
+from polarprune.pruning.options import PruneOptions
+from polarprune.pruning.scatter import apply_scatter, original_accounting, original_macs, prune_scatter, scatter_keep_masks
 
 RESNET56_MACS = 125_485_696
 
@@ -94,6 +95,19 @@ def test_scatter_macs_equal_the_original_accounting(pruned_pair) -> None:
     assert original_macs(model, torch.zeros(1, 3, 32, 32), keep) == expected
     # about 0.6 of every conv1 and 0.36 of every conv2: near the 0.4845
     assert expected / RESNET56_MACS == pytest.approx(0.4845, abs=0.01)
+
+
+def test_prune_scatter_reports_the_original_accounting(pruned_pair) -> None:
+    model, _, keep, _ = pruned_pair
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    pruned, report = prune_scatter(model, x, "fixed", threshold=0.01)
+    expected = hand_count(model, keep)
+    assert (report.macs_before, report.macs_after) == (RESNET56_MACS, expected)
+    assert report.max_abs_output_diff < 1e-4 and not report.compensated
+    assert [r.channels_after for r in report.rows] == [int(m.sum()) for m in keep.values()]
+    # the same number from the accounting alone, as a default prune report gives it beside its own
+    macs, reason = original_accounting(model, x, PruneOptions(strategy="fixed"))
+    assert (macs, reason) == (expected, None)
 
 
 def test_an_empty_bn_empties_its_block() -> None:

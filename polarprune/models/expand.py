@@ -45,8 +45,6 @@ class ChannelScatter(nn.Module):
         return [j for _, j in sorted(placed)]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.in_channels == self.out_channels:
-            return x
         zero = x.new_zeros(x.shape[0], 1, *x.shape[2:])
         return torch.cat([x, zero], dim=1).index_select(1, self.source)
 

@@ -93,7 +93,9 @@ def apply_scatter(model: nn.Module, bn_keep: Mapping[str, Tensor], *, inplace: b
     scatter_bn_names(work)  # fails for other models
     emptied = []
     for name, block in list(work.named_modules()):
-        if not isinstance(block, BasicBlock) or isinstance(block, ScatterBasicBlock):
+        if isinstance(block, ScatterBasicBlock):
+            raise PolarpruneError(f"{name} was already pruned with residual: scatter; prune the unpruned model instead")
+        if not isinstance(block, BasicBlock):
             continue
         width = block.bn2.num_features
         keep1 = bn_keep.get(prefixed(name, "bn1"), torch.ones(block.bn1.num_features, dtype=torch.bool))
@@ -111,6 +113,8 @@ def apply_scatter(model: nn.Module, bn_keep: Mapping[str, Tensor], *, inplace: b
         slice_conv_out(block.conv1, kept1)
         slice_batchnorm(block.bn1, kept1)
         slice_conv_in(block.conv2, kept1)
+        if len(kept2) == width:
+            continue  # bn2 keeps every channel: nothing to scatter (the original skips the expand too)
         slice_conv_out(block.conv2, kept2)
         slice_batchnorm(block.bn2, kept2)
         scattered = ScatterBasicBlock(block, kept2, width).to(block.conv1.weight.device)
