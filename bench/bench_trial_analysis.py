@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import provenance, provenance_markdown, summary, write_results  # noqa: E402
+from common import clock, provenance, provenance_markdown, summary, write_results  # noqa: E402
 
 from polarprune.pruning import TrialAnalysis, prune_model  # noqa: E402
 from polarprune.pruning.api import analysed_copy  # noqa: E402
@@ -54,12 +54,13 @@ def tp_prune(model: torch.nn.Module, example: torch.Tensor, ratio: float) -> Non
     pruner.step()
 
 
-def timed(setup: Callable[[], Any], run: Callable[[Any], Any]) -> float:
-    """Seconds of ``run(setup())``; the setup (a fresh copy) is not timed."""
+def timed(setup: Callable[[], Any], run: Callable[[Any], Any]) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``run(setup())``; the setup (a fresh copy) is not timed."""
     state = setup()
-    start = time.perf_counter()
+    wall, cpu = clock()
     run(state)
-    return time.perf_counter() - start
+    wall_end, cpu_end = clock()
+    return wall_end - wall, cpu_end - cpu
 
 
 def main() -> None:
@@ -85,24 +86,32 @@ def main() -> None:
     trial = TrialAnalysis(polarized, example)
     trial.macs_ratio(polarized, "grad")
 
-    times: dict[str, list[float]] = {k: [] for k in ("prune_model", "torch_pruning", "trial_build", "prune_analysis", "trial_decision")}
-    report = None
+    names = ("prune_model", "torch_pruning", "trial_build", "prune_analysis", "trial_decision")
+    walls: dict[str, list[float]] = {k: [] for k in names}
+    cpus: dict[str, list[float]] = {k: [] for k in names}
+    runs: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
+        "prune_model": (lambda: copy.deepcopy(model), lambda m: prune_model(m, example, "uniform", ratio=args.ratio, inplace=True)),
+        "torch_pruning": (lambda: copy.deepcopy(model), lambda m: tp_prune(m, example, args.ratio)),
+        "trial_build": (lambda: None, lambda _: TrialAnalysis(polarized, example)),
+        "prune_analysis": (lambda: None, lambda _: analysed_copy(polarized, example)),
+        "trial_decision": (lambda: None, lambda _: trial.macs_ratio(polarized, "grad")),
+    }
     for _ in range(args.repeats):
-        times["prune_model"].append(timed(lambda: copy.deepcopy(model),
-                                          lambda m: prune_model(m, example, "uniform", ratio=args.ratio, inplace=True)))
-        times["torch_pruning"].append(timed(lambda: copy.deepcopy(model), lambda m: tp_prune(m, example, args.ratio)))
-        times["trial_build"].append(timed(lambda: None, lambda _: TrialAnalysis(polarized, example)))
-        times["prune_analysis"].append(timed(lambda: None, lambda _: analysed_copy(polarized, example)))
-        times["trial_decision"].append(timed(lambda: None, lambda _: trial.macs_ratio(polarized, "grad")))
+        for name, (setup, run) in runs.items():
+            wall, cpu = timed(setup, run)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
     _, report = prune_model(copy.deepcopy(model), example, "uniform", ratio=args.ratio, inplace=True)
-    medians = {k: summary(v) for k, v in times.items()}
-    m = {k: v["median"] for k, v in medians.items()}
+    m = {k: summary(v)["median"] for k, v in walls.items()}
+    c = {k: summary(v)["median"] for k, v in cpus.items()}
     result = {
         "provenance": provenance(args.seed),
         "model": "torchvision resnet50", "input": [1, 3, 224, 224], "ratio": args.ratio, "repeats": args.repeats,
-        "threads": args.threads,
-        "seconds": medians,
+        "threads": args.threads, "load_average_1min": os.getloadavg()[0],
+        "wall_seconds": {k: summary(v) for k, v in walls.items()},
+        "cpu_seconds": {k: summary(v) for k, v in cpus.items()},
         "prune_over_torch_pruning": m["prune_model"] / m["torch_pruning"],
+        "prune_over_torch_pruning_cpu": c["prune_model"] / c["torch_pruning"],
         "trial_build_over_prune_analysis": m["trial_build"] / m["prune_analysis"],
         "trial_decision_seconds": m["trial_decision"],
         "prune_report_seconds": {k: round(v, 4) for k, v in report.seconds.items()},
@@ -113,15 +122,18 @@ def main() -> None:
     md = "\n".join([
         "# Pruning and trial-prune costs on ResNet-50 (CPU, side by side)", "",
         provenance_markdown(result["provenance"]), "",
-        f"torchvision ResNet-50, input 1x3x224x224, {args.threads} threads, medians of {args.repeats} round-robin repeats.", "",
+        f"torchvision ResNet-50, input 1x3x224x224, {args.threads} threads, medians of {args.repeats} round-robin repeats "
+        f"(wall clock; CPU seconds of the process in brackets; 1-minute load average {result['load_average_1min']:.1f} "
+        f"on {os.cpu_count()} CPUs at the end).", "",
         "| comparison | polarprune (s) | reference (s) | ratio |",
         "|---|---|---|---|",
         f"| `prune_model` uniform {args.ratio} (compensation + output check) vs Torch-Pruning `MagnitudePruner` | "
-        f"{m['prune_model']:.3f} | {m['torch_pruning']:.3f} | {result['prune_over_torch_pruning']:.2f}x |",
-        f"| building `TrialAnalysis` vs one `prune_model` analysis | {m['trial_build']:.3f} | {m['prune_analysis']:.3f} | "
-        f"{result['trial_build_over_prune_analysis']:.2f}x |",
-        f"| one per-epoch trial decision (`grad`, polarized gammas) | {m['trial_decision']:.3f} | 0.3 (budget) | "
-        f"{m['trial_decision'] / 0.3:.2f}x |",
+        f"{m['prune_model']:.3f} ({c['prune_model']:.3f}) | {m['torch_pruning']:.3f} ({c['torch_pruning']:.3f}) | "
+        f"{result['prune_over_torch_pruning']:.2f}x ({result['prune_over_torch_pruning_cpu']:.2f}x) |",
+        f"| building `TrialAnalysis` vs one `prune_model` analysis | {m['trial_build']:.3f} ({c['trial_build']:.3f}) | "
+        f"{m['prune_analysis']:.3f} ({c['prune_analysis']:.3f}) | {result['trial_build_over_prune_analysis']:.2f}x |",
+        f"| one per-epoch trial decision (`grad`, polarized gammas) | {m['trial_decision']:.3f} ({c['trial_decision']:.3f}) | "
+        f"0.3 (budget) | {m['trial_decision'] / 0.3:.2f}x |",
         "",
         f"`prune_model`'s own split (last run): {result['prune_report_seconds']}.",
     ]) + "\n"

@@ -228,12 +228,12 @@ def _placement_items(group: ChannelGroup, side: str) -> list:
     return [it for it in group.items if isinstance(it.module, ChannelPlacementShortcut) and it.side == side]
 
 
-def _waits_for_placement(group: ChannelGroup, pending: Sequence[ChannelGroup]) -> bool:
-    """True while a group that feeds one of this group's placement shortcuts is undecided."""
-    sources = {it.module_name for it in _placement_items(group, OUT)}
-    if not sources:
-        return False
-    return any(other is not group and any(it.module_name in sources for it in _placement_items(other, IN)) for other in pending)
+def _waits_for_placement(group: ChannelGroup, pending: Sequence[ChannelGroup], feeds: Mapping[str, set[str]],
+                         fed_by: Mapping[str, set[str]]) -> bool:
+    """True while a group that feeds one of this group's placement shortcuts is undecided
+    (``feeds``/``fed_by``: per group, the placement shortcuts it reads / writes)."""
+    sources = fed_by[group.name]
+    return bool(sources) and any(other is not group and feeds[other.name] & sources for other in pending)
 
 
 def _placement_votes(group: ChannelGroup, removed: Mapping[tuple[str, str], set[int]], keep: Tensor) -> Tensor:
@@ -381,10 +381,13 @@ def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneO
     # inner groups first (their emptiness decides which blocks go); a group fed by an option-A
     # placement shortcut waits for the group that feeds it (its placed channels vote keep)
     pending = sorted(scored_groups, key=lambda g: is_inner(g) is None)
+    feeds = {g.name: {it.module_name for it in _placement_items(g, IN)} for g in pending}
+    fed_by = {g.name: {it.module_name for it in _placement_items(g, OUT)} for g in pending}
     removed_so_far: dict[tuple[str, str], set[int]] = {}
+    removals: dict[str, dict[tuple[str, str], set[int]]] = {}  # per decided group
     score_kind = "l1-norm" if opts.strategy == "l1-norm" else "bn"
     while pending:
-        ready = [g for g in pending if not _waits_for_placement(g, pending)]
+        ready = [g for g in pending if not _waits_for_placement(g, pending, feeds, fed_by)]
         group = (ready or pending)[0]
         pending.remove(group)
         if group.name in group_choice:
@@ -415,25 +418,26 @@ def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneO
         for segs in segments:
             keep = balance_segments(keep, scores, segs, "mean" if opts.strategy in RATIO_STRATEGIES else "max")
         group_keep[group.name] = keep
-        for key, idxs in removals_of(group, keep).items():
+        removals[group.name] = removals_of(group, keep)
+        for key, idxs in removals[group.name].items():
             removed_so_far.setdefault(key, set()).update(idxs)
 
     removed: dict[tuple[str, str], set[int]] = {}
     by_name = analysis.group_by_name()
     for name, keep in group_keep.items():
-        for key, idxs in removals_of(by_name[name], keep).items():
+        for key, idxs in (removals[name] if name in removals else removals_of(by_name[name], keep)).items():
             removed.setdefault(key, set()).update(idxs)
     for block in removed_blocks.values():
         for bn in block.emptied_bns:
-            removed[(bn, BOTH)] = set(range(_module(model, bn).num_features))
+            removed[(bn, BOTH)] = set(range(analysis.channel_params[bn][1]))
     gone = list(removed_blocks)
+    bn_keep = {}
     for bn in sorted({bn for g in groups for bn in g.bn_names}):
-        mask = torch.ones(_module(model, bn).num_features, dtype=torch.bool)
+        mask = torch.ones(analysis.channel_params[bn][1], dtype=torch.bool)
         mask[sorted(removed.get((bn, BOTH), ()))] = False
         if deleted_with_block(bn, gone):
             mask[:] = False  # the whole branch is gone
         bn_keep[bn] = mask
-    bn_keep = {bn: bn_keep[bn] for bn in sorted({bn for g in groups for bn in g.bn_names})}
     decision = Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes)
     decision.estimated_macs = estimate_macs(analysis, removed, gone)
     decision.estimated_macs_before = estimate_macs(analysis, {}, ())
