@@ -54,6 +54,7 @@ def add_prune_options(p: argparse.ArgumentParser, fields: Sequence[str], helps: 
                 kwargs["choices"] = tuple(options)
             else:
                 kwargs["type"] = int if isinstance(default, int) else float
+                kwargs["metavar"] = "N" if isinstance(default, int) else "X"
             if default is not None:
                 text += f" (default {default})"
         p.add_argument(flag_of(name), help=text, **kwargs)

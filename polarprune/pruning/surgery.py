@@ -8,7 +8,7 @@ the shortcut), never scattered back to full width.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
