@@ -1,23 +1,36 @@
-"""Self-describing model files: safetensors weights + the model spec (with the pruning plan).
+"""Reading and writing model files: pruned model files (safetensors) and training checkpoints.
 
-A polarprune file is a safetensors file whose metadata holds:
+Every model file polarprune reads goes through this module (``load_any_model``); nothing is
+ever unpickled and no module is imported unless the caller trusts code.
+
+A polarprune model file is a safetensors file whose metadata holds:
 
 - ``"format"``: ``"polarprune"``;
 - ``"polarprune_version"``: the version that wrote it;
-- ``"spec"``: JSON of ``model.polarprune_spec`` (``name``, ``num_classes``, ``in_channels``,
-  ``options`` and, for pruned models, ``plan``);
+- ``"spec"``: JSON of the model spec. For a model built by ``polarprune.models.create`` it is
+  ``model.polarprune_spec`` (``name``, ``num_classes``, ``in_channels``, ``options`` and, for
+  pruned models, ``plan``: the changes from the freshly built architecture). For any other
+  module (your own class, a torchvision or timm instance) ``name`` is null, ``class`` names
+  its class (information only, never imported) and ``plan`` lists the shape of every layer the
+  pruning can change, so that the plan turns any freshly built, unpruned instance into it;
+- ``"versions"``: JSON of the state dict's per-module versions (``state_dict()._metadata``),
+  which some modules read when loading (torchvision's MNASNet);
 - ``"extra"``: JSON of caller metadata (e.g. the prune report summary).
 
-Its tensors are the model's state dict (parameters and buffers: BN running statistics,
-``num_batches_tracked``, placement indices). Loading builds the architecture from the spec
-(``build_model``) and fills it; nothing is unpickled. Writing goes to a temporary file in the
-same folder, then ``os.replace``, so a file is never half written.
+Its tensors are the model's state dict (parameters and buffers). ``load(path)`` rebuilds a
+registry model from the spec (an import-path name only with ``trust_code=True``);
+``load(path, model=instance)`` applies the plan to the caller's unpruned instance and fills it.
+Writing goes to a temporary file in the same folder, then ``os.replace``.
+
+A training checkpoint is a ``torch.save`` of plain data read back with ``weights_only=True``:
+``{"format": "polarprune-checkpoint", "spec": ..., "model": state dict, ...}``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +40,17 @@ from torch import nn
 from . import __version__
 from .errors import PolarpruneError
 from .fileio import atomic_output
+from .models import create
+from .models.imports import check_trusted, is_import_path, trusting_code
+from .pruning.plan import apply_plan, make_plan, module_shape
 
 FORMAT = "polarprune"
+CHECKPOINT_FORMAT = "polarprune-checkpoint"
 SPEC_KEYS = ("name", "num_classes", "in_channels", "options")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+# ----------------------------------------------------------------------------- specs
 
 
 def _check_spec(spec: Any, where: str) -> dict[str, Any]:
@@ -38,48 +59,156 @@ def _check_spec(spec: Any, where: str) -> dict[str, Any]:
     for key in ("name", "num_classes"):
         if key not in spec:
             raise PolarpruneError(f"{where}: the model spec has no {key!r}")
-    if not isinstance(spec.get("options", {}), dict):
+    if spec["name"] is not None and not isinstance(spec["name"], str):
+        raise PolarpruneError(f"{where}: the model spec's 'name' must be a string or null")
+    if not isinstance(spec.get("options") or {}, dict):
         raise PolarpruneError(f"{where}: the model spec's 'options' must be a mapping")
     return spec
 
 
-def build_model(spec: dict[str, Any], where: str = "model spec") -> nn.Module:
-    """The architecture described by ``spec`` (uninitialised weights, plan applied), in eval mode."""
-    from .models import create
-    from .pruning.plan import apply_plan
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """The plain-data description of a model's architecture (set by models.create / pruning)."""
+    spec = getattr(model, "polarprune_spec", None)
+    if not isinstance(spec, dict):
+        raise PolarpruneError(
+            f"model of type {type(model).__name__} has no polarprune_spec; build it with polarprune.models.create"
+        )
+    return spec
 
+
+def instance_spec(model: nn.Module) -> dict[str, Any]:
+    """The spec a file stores for ``model``: its ``polarprune_spec``, or one that describes any module.
+
+    A module without a spec (own class, torchvision or timm instance) is described by the shape
+    of every layer pruning can change; ``load(path, model=fresh_instance)`` applies it.
+    """
+    spec = getattr(model, "polarprune_spec", None)
+    if isinstance(spec, dict):
+        return spec
+    cls = type(model)
+    return {
+        "name": None, "num_classes": None, "in_channels": None, "options": {},
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "plan": make_plan(model, nn.Module()),  # against an empty module: every layer's shape
+    }
+
+
+def build_model(spec: dict[str, Any], where: str = "model spec", *, trust_code: bool = False) -> nn.Module:
+    """The architecture described by ``spec`` (uninitialised weights, plan applied), in eval mode.
+
+    An import-path name is imported only when code is trusted (``trust_code`` or
+    ``models.imports.trusting_code``); otherwise a one-line error and nothing is imported.
+    """
     spec = _check_spec(spec, where)
-    model = create(
-        spec["name"], int(spec["num_classes"]), in_channels=int(spec.get("in_channels", 3)), **dict(spec.get("options") or {})
-    )
+    name = spec["name"]
+    if name is None:
+        raise PolarpruneError(
+            f"{where}: the file holds a {spec.get('class') or 'model'} that polarprune cannot rebuild by itself; "
+            "load it into a freshly built, unpruned instance: polarprune.load(path, model=instance)"
+        )
+    if is_import_path(name):
+        check_trusted(name, where, trust_code)
+    with trusting_code(trust_code):
+        model = create(name, int(spec["num_classes"]), in_channels=int(spec.get("in_channels") or 3), **dict(spec.get("options") or {}))
     apply_plan(model, spec.get("plan"), where)
     model.polarprune_spec = json.loads(json.dumps(spec))  # type: ignore[assignment]
     return model.eval()
 
 
-def _json(value: Any, what: str, path: str | Path) -> str:
+def build_model_from_spec(spec: dict[str, Any], *, trust_code: bool = False) -> nn.Module:
+    """Rebuild an architecture (pruned or not) from its spec (kept name of ``build_model``)."""
+    return build_model(spec, trust_code=trust_code)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _state_versions(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The per-module state-dict versions (``state_dict()._metadata``) as plain data."""
+    metadata = getattr(state, "_metadata", None) or {}
+    return {prefix: int(info["version"]) for prefix, info in metadata.items() if isinstance(info, dict) and "version" in info}
+
+
+def _with_versions(tensors: dict[str, torch.Tensor], versions: dict[str, int] | None, model: nn.Module) -> OrderedDict:
+    """``tensors`` as a state dict carrying module versions (the file's, else the model's own).
+
+    Some modules check the version while loading (torchvision's MNASNet refuses None), and a
+    state dict read from safetensors has lost its ``_metadata``.
+    """
+    state: OrderedDict = OrderedDict(tensors)
+    own = getattr(model.state_dict(), "_metadata", None)
+    if versions is None:
+        state._metadata = own  # type: ignore[attr-defined]
+    else:
+        state._metadata = OrderedDict((prefix, {"version": v}) for prefix, v in versions.items())  # type: ignore[attr-defined]
+    return state
+
+
+def _layer(tensor_name: str) -> str:
+    return tensor_name.rpartition(".")[0] or tensor_name
+
+
+def check_fit(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """One-line error naming the first layer (in model order) whose tensors do not fit."""
+    expected = model.state_dict()
+    for name, value in expected.items():
+        if name not in tensors:
+            raise PolarpruneError(f"{source}: layer {_layer(name)!r} does not fit: tensor {name!r} is missing from the file")
+        if tuple(tensors[name].shape) != tuple(value.shape):
+            raise PolarpruneError(
+                f"{source}: layer {_layer(name)!r} does not fit: tensor {name!r} has shape {tuple(tensors[name].shape)} "
+                f"in the file, the model expects {tuple(value.shape)}"
+            )
+    for name in tensors:
+        if name not in expected:
+            raise PolarpruneError(f"{source}: layer {_layer(name)!r} does not fit: the file has tensor {name!r}, the model does not")
+
+
+def fill_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str, versions: dict[str, int] | None = None) -> None:
+    """Check that ``tensors`` fit ``model`` exactly (one-line error) and load them."""
+    check_fit(model, tensors, source)
     try:
-        return json.dumps(value, sort_keys=True)
+        model.load_state_dict(_with_versions(tensors, versions, model), strict=True)
+    except (RuntimeError, ValueError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise PolarpruneError(f"{source}: weights do not fit the architecture: {(lines or ['?'])[-1][:200]}") from None
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict read from a file into ``model``; one-line error naming the first misfit."""
+    fill_weights(model, state, source, _state_versions(state) or None)
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def _json(value: Any, what: str, path: str | Path) -> str:
+    """JSON text in insertion order: the plan lists layers in model order (errors name the first)."""
+    try:
+        return json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise PolarpruneError(f"{path}: {what} is not JSON-serializable: {exc}") from None
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (weights, buffers, spec with plan) to ``path`` atomically; returns the path."""
+    """Write ``model`` (weights, buffers, spec with plan) to ``path`` atomically; returns the path.
+
+    Any ``nn.Module`` can be saved; one built without ``polarprune.models.create`` is loaded
+    back into a fresh instance of its class with ``load(path, model=instance)``.
+    """
     from safetensors.torch import save_file
 
     target = Path(path)
-    spec = getattr(model, "polarprune_spec", None)
-    if not isinstance(spec, dict):
-        raise PolarpruneError(f"{target}: the model has no polarprune_spec (build it with polarprune.models.create)")
-    _check_spec(spec, str(target))
+    spec = _check_spec(instance_spec(model), str(target))
+    state = model.state_dict()
     metadata = {
         "format": FORMAT,
         "polarprune_version": __version__,
         "spec": _json(spec, "the model spec", target),
+        "versions": _json(_state_versions(state), "the state-dict versions", target),
         "extra": _json(extra or {}, "the extra metadata", target),
     }
-    tensors = {name: value.detach().to("cpu").clone().contiguous() for name, value in model.state_dict().items()}
+    tensors = {name: value.detach().to("cpu").clone().contiguous() for name, value in state.items()}
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise PolarpruneError(f"{target}: folder {folder} does not exist")
@@ -89,7 +218,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The decoded metadata of a polarprune file: format, polarprune_version, spec, extra.
+    """The decoded metadata of a polarprune file: format, polarprune_version, spec, versions, extra.
 
     Reads only the header. Raises a one-line ``PolarpruneError`` for a missing file, a file that
     is not safetensors or not a polarprune file, or a truncated one.
@@ -108,11 +237,17 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw.get("format") != FORMAT:
         raise PolarpruneError(f"{source}: not a polarprune model file (metadata 'format' is {raw.get('format')!r})")
     decoded: dict[str, Any] = {"format": FORMAT, "polarprune_version": raw.get("polarprune_version")}
-    for key in ("spec", "extra"):
+    for key in ("spec", "extra", "versions"):
+        if key not in raw and key == "versions":
+            decoded[key] = None  # files written before versions were stored
+            continue
         try:
             decoded[key] = json.loads(raw.get(key, "{}"))
         except json.JSONDecodeError as exc:
             raise PolarpruneError(f"{source}: metadata {key!r} is not valid JSON ({exc.msg})") from None
+    versions = decoded["versions"]
+    if versions is not None and not (isinstance(versions, dict) and all(isinstance(v, int) for v in versions.values())):
+        raise PolarpruneError(f"{source}: metadata 'versions' must map module names to integers")
     _check_spec(decoded["spec"], str(source))
     return decoded
 
@@ -122,35 +257,153 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_metadata(path)["spec"]
 
 
-def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    expected = model.state_dict()
-    for name, value in expected.items():
-        if name not in tensors:
-            raise PolarpruneError(f"{source}: tensor {name!r} is missing (the plan does not fit the weights)")
-        if tuple(tensors[name].shape) != tuple(value.shape):
-            raise PolarpruneError(
-                f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the planned architecture expects {tuple(value.shape)}"
-            )
-    for name in tensors:
-        if name not in expected:
-            raise PolarpruneError(f"{source}: unexpected tensor {name!r} (the plan does not fit the weights)")
-
-
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the model stored at ``path`` (eval mode). Never unpickles anything."""
+def _read_tensors(source: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    source = Path(path)
-    spec = read_metadata(source)["spec"]
-    model = build_model(spec, where=str(source))
     try:
-        tensors = load_file(str(source))
+        return load_file(str(source))
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PolarpruneError(f"{source}: cannot read the tensors ({first})") from None
-    _check_tensors(model, tensors, source)
-    model.load_state_dict(tensors, strict=True)
+
+
+def _changed_plan(model: nn.Module, plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``plan`` without the layers that already have their planned shape in ``model``."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("modules"), dict):
+        return plan
+    present = dict(model.named_modules())
+    replaced = {entry.get("name") for entry in plan.get("replace") or [] if isinstance(entry, dict)}
+
+    def inside_replaced(name: str) -> bool:
+        return any(isinstance(r, str) and (name == r or name.startswith(r + ".")) for r in replaced)
+
+    modules = {
+        name: shape for name, shape in plan["modules"].items()
+        if inside_replaced(name) or name not in present or module_shape(present[name]) != shape
+    }
+    return {**plan, "modules": modules}
+
+
+def apply_to_instance(model: nn.Module, spec: dict[str, Any], where: str) -> nn.Module:
+    """Turn the caller's unpruned ``model`` into the architecture ``spec`` describes (in place)."""
+    if not isinstance(model, nn.Module):
+        raise PolarpruneError(f"{where}: model= must be a torch.nn.Module, got {type(model).__name__}")
+    apply_plan(model, _changed_plan(model, spec.get("plan")), where)
+    return model
+
+
+def load(
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False
+) -> nn.Module:
+    """The model stored at ``path``, in eval mode. Never unpickles anything.
+
+    Without ``model`` the architecture is rebuilt from the file's spec (a registry name; an
+    import-path name only with ``trust_code=True``, else a one-line refusal and nothing is
+    imported). With ``model`` (a freshly built, unpruned instance of the saved architecture:
+    your own class, torchvision, timm) the stored plan is applied to it and its weights are
+    filled; a file that does not fit it is a one-line error naming the first layer that does not.
+    """
+    source = Path(path)
+    meta = read_metadata(source)
+    spec = meta["spec"]
+    if model is None:
+        target = build_model(spec, where=str(source), trust_code=trust_code)
+    else:
+        target = apply_to_instance(model, spec, str(source))
+    fill_weights(target, _read_tensors(source), str(source), meta["versions"])
+    if model is not None:
+        if spec["name"] is not None and (not is_import_path(spec["name"]) or trust_code):
+            # a registry spec travels with the model (saving again, pruning again); an import
+            # path from an untrusted file does not, so that nothing later imports it
+            model.polarprune_spec = json.loads(json.dumps(spec))  # type: ignore[assignment]
+        elif hasattr(model, "polarprune_spec"):
+            del model.polarprune_spec  # it described the unpruned instance; save() now describes every layer
+    return target.eval()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a polarprune training checkpoint; one-line errors for missing/truncated/foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolarpruneError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is a corrupt file for the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolarpruneError(f"checkpoint {path} is truncated or corrupt ({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise PolarpruneError(f"{path} is not a polarprune training checkpoint")
+    return ckpt
+
+
+def load_model_from_checkpoint(path: str | Path, *, trust_code: bool = False) -> nn.Module:
+    """The model stored in a training checkpoint (or a polarprune model file), in eval mode."""
+    path = Path(path)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return load(path, trust_code=trust_code)
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt.get("spec"), where=str(path), trust_code=trust_code)
+    load_state_strict(model, ckpt["model"], str(path))
+    model.polarprune_spec = ckpt["spec"]  # type: ignore[assignment]
     return model.eval()
 
 
-__all__ = ["FORMAT", "save", "load", "build_model", "read_spec", "read_metadata"]
+def is_model_file(path: str | Path) -> bool:
+    """True for a safetensors model file (by suffix or by its header), False for a checkpoint."""
+    path = Path(path)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    return len(head) == 8 and not head.startswith(b"PK")  # torch.save files are zip archives
+
+
+def load_any_model(path: str | Path, *, trust_code: bool = False) -> nn.Module:
+    """A model from a training checkpoint (``.pt``) or a pruned/model file (``.safetensors``)."""
+    path = Path(path)
+    if not path.exists():
+        raise PolarpruneError(f"model file not found: {path}")
+    if is_model_file(path):
+        return load(path, trust_code=trust_code)
+    return load_model_from_checkpoint(path, trust_code=trust_code)
+
+
+def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
+    """What a command's MODEL argument names: a model file or checkpoint, or a model name.
+
+    A name (registry, ``timm:<name>``, ``package.module:callable``) builds a fresh model with
+    ``num_classes``/``in_channels``; import paths, by name or inside a file, need trusted code
+    (``--trust-code``).
+    """
+    text = str(source)
+    if os.path.exists(text):
+        return load_any_model(text, trust_code=trust_code)
+    looks_like_file = os.sep in text or "/" in text or Path(text).suffix in (SAFETENSORS_SUFFIX, ".pt", ".pth", ".ckpt")
+    if looks_like_file and not is_import_path(text):
+        raise PolarpruneError(f"model file not found: {text}")
+    return create(text, num_classes, in_channels=in_channels, trust_code=trust_code).eval()
+
+
+__all__ = [
+    "FORMAT",
+    "CHECKPOINT_FORMAT",
+    "save",
+    "load",
+    "build_model",
+    "build_model_from_spec",
+    "instance_spec",
+    "apply_to_instance",
+    "check_fit",
+    "fill_weights",
+    "read_spec",
+    "read_metadata",
+    "model_spec",
+    "load_state_strict",
+    "read_checkpoint",
+    "load_model_from_checkpoint",
+    "load_any_model",
+    "read_model",
+]

@@ -138,19 +138,121 @@ def test_missing_and_extra_tensors(tmp_path: Path) -> None:
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata())
-    tensors.pop("classifier.3.bias")
-    save_file(tensors, str(path), metadata=metadata)
+    missing = dict(tensors)
+    missing.pop("classifier.3.bias")
+    save_file(missing, str(path), metadata=metadata)
     with pytest.raises(PolarpruneError, match="tensor 'classifier.3.bias' is missing"):
         serialization.load(path)
+    extra = {**tensors, "classifier.9.weight": torch.zeros(2, 2)}
+    save_file(extra, str(path), metadata=metadata)
+    with pytest.raises(PolarpruneError, match="the file has tensor 'classifier.9.weight', the model does not"):
+        serialization.load(path)
+    save_file(tensors, str(path), metadata=metadata)  # the untouched tensors load again
+    assert set(serialization.load(path).state_dict()) == set(tensors)
 
 
 def test_save_errors_leave_no_file(tmp_path: Path) -> None:
-    plain = torch.nn.Linear(2, 2)
-    with pytest.raises(PolarpruneError, match="no polarprune_spec"):
-        serialization.save(plain, tmp_path / "x.safetensors")
     model = create("small_cnn", width=4)
     with pytest.raises(PolarpruneError, match="not JSON-serializable"):
         serialization.save(model, tmp_path / "y.safetensors", extra={"bad": object()})
     with pytest.raises(PolarpruneError, match="does not exist"):
         serialization.save(model, tmp_path / "nofolder" / "z.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_any_module_saves_and_loads_into_an_instance(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 2)).eval()
+    plain[1].running_mean.normal_()
+    path = serialization.save(plain, tmp_path / "plain.safetensors")
+    spec = serialization.read_spec(path)
+    assert spec["name"] is None and spec["class"] == "torch.nn.modules.container.Sequential"
+    assert spec["plan"]["modules"]["1"] == {"type": "BatchNorm1d", "num_features": 5}
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 2))
+    x = torch.randn(4, 3)
+    assert torch.equal(outputs(serialization.load(path, model=fresh), x), outputs(plain, x))
+
+
+# ----------------------------------------------------------------------------- import paths and trust
+
+RECORDER = """
+from pathlib import Path
+Path(__file__).with_suffix(".imported").write_text("imported")
+from own_models import build_net
+"""
+
+
+@pytest.fixture()
+def recorder_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str, Path]:
+    """A model file whose spec names ``<recorder module>:build_net``; the module records its import."""
+    module = f"h6_recorder_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(RECORDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create("own_models:build_net", num_classes=3, width=4, trust_code=True).eval()
+    source = tmp_path / "own.safetensors"
+    serialization.save(model, source)
+    target = tmp_path / "recorder.safetensors"
+
+    def rename(spec: dict) -> None:
+        spec["name"] = f"{module}:build_net"
+
+    _rewrite(source, target, rename)
+    return target, module, tmp_path / f"{module}.imported"
+
+
+def test_import_path_file_refused_without_trust(recorder_file: tuple[Path, str, Path]) -> None:
+    import sys
+
+    path, module, marker = recorder_file
+    with pytest.raises(PolarpruneError) as info:
+        serialization.load(path)
+    message = str(info.value)
+    assert "\n" not in message and "import path" in message and "trust_code=True" in message and module in message
+    assert module not in sys.modules and not marker.exists()
+    with pytest.raises(PolarpruneError, match="not imported"):
+        serialization.load_any_model(path)
+    assert module not in sys.modules and not marker.exists()
+    # loading into the caller's own instance imports nothing either, and keeps no import-path spec
+    from own_models import build_net
+
+    into = serialization.load(path, model=build_net(num_classes=3, width=4))
+    assert not hasattr(into, "polarprune_spec")
+    assert module not in sys.modules and not marker.exists()
+
+    loaded = serialization.load(path, trust_code=True)
+    assert marker.exists() and module in sys.modules
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(outputs(loaded, x), outputs(into, x))
+
+
+def test_import_path_checkpoint_refused_without_trust(recorder_file: tuple[Path, str, Path], tmp_path: Path) -> None:
+    import sys
+
+    path, module, marker = recorder_file
+    spec = serialization.read_spec(path)
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"format": serialization.CHECKPOINT_FORMAT, "spec": spec, "model": load_file(str(path))}, checkpoint)
+    with pytest.raises(PolarpruneError, match=f"{module}.*not imported") as info:
+        serialization.load_any_model(checkpoint)
+    assert "\n" not in str(info.value) and module not in sys.modules and not marker.exists()
+    assert serialization.load_any_model(checkpoint, trust_code=True).polarprune_spec["name"] == f"{module}:build_net"
+    assert marker.exists()
+
+
+def test_checkpoints_are_read_without_unpickling_objects(tmp_path: Path) -> None:
+    """A checkpoint holding a pickled object (code on load) is refused by weights_only loading."""
+    checkpoint = tmp_path / "evil.pt"
+    torch.save({"format": serialization.CHECKPOINT_FORMAT, "payload": Path("x")}, checkpoint)
+    with pytest.raises(PolarpruneError, match="truncated or corrupt"):
+        serialization.read_checkpoint(checkpoint)
+
+
+def test_subpackages_are_attributes() -> None:
+    import polarprune
+
+    assert polarprune.models.create is create
+    assert polarprune.serialization is serialization
+    assert callable(polarprune.pruning.prune_model) and callable(polarprune.sparsity.selection.regularized_bn_names)
+    assert "models" in dir(polarprune)
+    with pytest.raises(AttributeError):
+        polarprune.no_such_thing  # noqa: B018
