@@ -9,6 +9,7 @@ import torch
 
 from polarprune import models
 from polarprune.sparsity.selection import regularized_bn_names
+from polarprune.training.schedule import lr_at
 from polarprune.workflows.recipe import load_recipe, stage_config
 
 RUN = Path("/tmp/unused-run-dir")
@@ -18,6 +19,20 @@ def test_mobilenetv2_finetune_is_the_originals() -> None:
     recipe = load_recipe("imagenet-mobilenetv2-polarization")
     finetune = stage_config(recipe, "finetune", RUN).train
     assert (finetune.epochs, finetune.lr, finetune.schedule.type, finetune.schedule.warmup_epochs) == (256, 0.05, "cosine", 0.0)
+
+
+def test_mobilenetv2_sparsity_warms_up_from_zero() -> None:
+    cfg = stage_config(load_recipe("imagenet-mobilenetv2-polarization"), "sparsity", RUN)
+    schedule = cfg.train.schedule
+    assert lr_at(schedule, 0.4, 0.0, 256) == 0.0
+    assert lr_at(schedule, 0.4, 2.5, 256) == pytest.approx(0.2)  # half-way through the 5 warm-up epochs
+    assert cfg.sparsity.target_macs_ratio == 0.7 and cfg.sparsity.freeze_on_target
+
+
+@pytest.mark.parametrize("name", ["cifar10-resnet56-polarization", "cifar100-vgg16-polarization", "imagenet-resnet50-polarization",
+                                  "imagenet-mobilenetv2-polarization"])
+def test_polarization_recipes_clamp_every_bn(name: str) -> None:
+    assert stage_config(load_recipe(name), "sparsity", RUN).sparsity.clamp_scope == "all"
 
 
 def test_masksparsity_resnet50_recipe_values() -> None:
