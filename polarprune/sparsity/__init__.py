@@ -14,6 +14,7 @@ from ..config import SparsityConfig
 from ..training.hooks import TrainHook
 from .masks import load_mask, mask_from_strategy, masksparsity_mask, save_mask, uniform_mask
 from ..pruning.trial import TrialAnalysis
+from .flops_weighting import original_channel_macs
 from .monitor import GammaMonitorHook
 from .regularizers import (
     REGULARIZERS,
@@ -50,11 +51,12 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
     layer_weights = None
     if cfg.flops_weighted:
         assert trial is not None
-        channel_macs = trial.channel_macs()
+        channel_macs = original_channel_macs(model, example_inputs, names) if cfg.flops_weighting == "original" else trial.channel_macs()
         weights = flops_weights({n: channel_macs.get(n, 0.0) for n in names}, cfg.weight_min, cfg.weight_max)
         layer_weights = [weights[n] for n in names]
     regularizer = kind.from_config(cfg, targets, layer_weights)
-    hook = SparsityHook(regularizer, names, target_macs_ratio=cfg.target_macs_ratio, trial=trial)
+    hook = SparsityHook(regularizer, names, target_macs_ratio=cfg.target_macs_ratio, trial=trial,
+                        freeze_on_target=cfg.freeze_on_target, clamp_all=cfg.clamp_scope == "all")
     hooks: list[TrainHook] = [hook]
     if cfg.monitor:
         assert trial is not None

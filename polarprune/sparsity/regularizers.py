@@ -380,14 +380,19 @@ class SparsityHook(TrainHook):
     ``loss_term`` -> ``regularizer.penalty``, ``after_backward`` (gradients all-reduced and
     unscaled there) and ``after_step`` -> the regularizer's. With ``target_macs_ratio`` a trial
     prune (``grad`` strategy) runs at every epoch end; once it leaves at most that fraction of
-    the MACs, lambda is 0 for the rest of the run. ``state_dict`` keeps that decision across a
-    resume.
+    the MACs, lambda is 0 for the rest of the run; with ``freeze_on_target`` the regularized
+    gammas also get no more updates (the original freezes its sparse scaling factors).
+    ``clamp_all``: the regularizer's clamp acts on every BN's gamma (the original), not only on
+    the regularized ones. ``state_dict`` keeps the decision across a resume.
     """
 
     def __init__(self, regularizer: Regularizer, bn_names: Sequence[str], *, target_macs_ratio: float | None = None,
-                 trial: Any | None = None) -> None:
+                 trial: Any | None = None, freeze_on_target: bool = False, clamp_all: bool = False) -> None:
         if target_macs_ratio is not None and trial is None:
             raise ValueError("target_macs_ratio needs a trial pruner")
+        self.freeze_on_target = bool(freeze_on_target)
+        self.clamp_all = bool(clamp_all)
+        self._all_gammas: list[Tensor] = []
         self.regularizer = regularizer
         self.bn_names = list(bn_names)
         self.base_lbd = regularizer.lbd
@@ -413,6 +418,7 @@ class SparsityHook(TrainHook):
         """The regularized gamma parameters of ``model``, in ``bn_names`` order (resolved once per model)."""
         if self._model_id != id(model):
             self._gammas = [model.get_submodule(name).weight for name in self.bn_names]  # type: ignore[misc]
+            self._all_gammas = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
             self._model_id = id(model)
             self.regularizer.reset()
         return self._gammas
@@ -422,11 +428,23 @@ class SparsityHook(TrainHook):
     def loss_term(self, model: nn.Module) -> Tensor | None:
         return self.regularizer.penalty(self.gammas(model))
 
+    @property
+    def frozen(self) -> bool:
+        """True once the MACs target is reached with ``freeze_on_target``: the regularized gammas stay as they are."""
+        return self.freeze_on_target and self.target_reached
+
     def after_backward(self, model: nn.Module) -> None:
+        if self.frozen:  # no gradient: the optimizer skips them (no momentum, no weight decay)
+            for gamma in self.gammas(model):
+                gamma.grad = None
+            return
         self.regularizer.after_backward(self.gammas(model))
 
     def after_step(self, model: nn.Module) -> None:
-        self.regularizer.after_step(self.gammas(model))
+        gammas = self.gammas(model)
+        self.regularizer.after_step(gammas)
+        if self.clamp_all and self.regularizer.clamp is not None:
+            clamp_(self._all_gammas, self.regularizer.clamp)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, writer: Any | None = None) -> dict[str, float]:
         metrics: dict[str, float] = {}
