@@ -1,0 +1,129 @@
+"""``polarprune latency MODEL [MODEL ...] --runtime R``: models timed side by side, interleaved."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")  # a copy so --help stays torch-free (deploy.RUNTIMES)
+
+
+def int_list(text: str) -> list[int]:
+    """``"1,64"`` -> ``[1, 64]`` (positive integers), for argparse."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency", help="time models side by side in one runtime (interleaved rounds, medians)",
+        description=(
+            "Time one forward of each MODEL (model file or model name) side by side: interleaved rounds, "
+            "medians, and per-round ratios against the first MODEL. By default the measurement runs in a "
+            "child process with glibc told to keep freed memory, so that page faults do not blur the times. "
+            "--round-to 1,8,16 adds copies of every model with each channel group cut to a multiple "
+            "(for timing width choices; docs/deploy.md)."
+        ),
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model files written by polarprune or model names")
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager", help="where to run (default eager)")
+    p.add_argument("--batch", type=int_list, default=[1, 64], metavar="B[,B...]", help="batch sizes (default 1,64)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: torch's default)")
+    p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved timed rounds (default 7)")
+    p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed rounds first (default 1)")
+    p.add_argument("--round-to", type=int_list, metavar="K[,K...]", help="also time each model with widths cut to multiples of K")
+    p.add_argument("--input-size", type=int, metavar="S", help="input height and width (default: the first model's own)")
+    p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of model names (default 10)")
+    p.add_argument("--trust-code", action="store_true", help="allow model files naming an import path to import it")
+    p.add_argument("--json", metavar="OUT", help="also write the full result (every round) to this JSON file")
+    p.add_argument("--default-malloc", action="store_true", help="time in this process with glibc's default allocator settings")
+    p.set_defaults(func=run)
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The same command line, for the child process that runs with the steady allocator."""
+    argv = ["-m", "polarprune", "latency", *args.models, "--runtime", args.runtime,
+            "--batch", ",".join(map(str, args.batch)), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+            "--num-classes", str(args.num_classes), "--default-malloc"]
+    for option, value in (("--threads", args.threads), ("--input-size", args.input_size), ("--json", args.json)):
+        if value is not None:
+            argv += [option, str(value)]
+    if args.round_to:
+        argv += ["--round-to", ",".join(map(str, args.round_to))]
+    if args.trust_code:
+        argv.append("--trust-code")
+    return argv
+
+
+def unique_labels(texts: list[str]) -> list[str]:
+    """The MODEL arguments as table labels, a repeated one numbered."""
+    labels: list[str] = []
+    for text in texts:
+        label, n = text, 2
+        while label in labels:
+            label, n = f"{text} #{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def format_table(result: dict[str, Any], macs: dict[str, int]) -> str:
+    """One row per model and batch: median ms, ratio to the first model, latency cut vs MACs cut."""
+    names = result["models"]
+    ref = names[0]
+    width = max(len(n) for n in names)
+    lines = [f"runtime {result['runtime']}, input {'x'.join(map(str, result['input_shape']))}, threads {result['threads']}, "
+             f"{result['rounds']} interleaved rounds, allocator {'steady' if result['steady_malloc'] else 'glibc default'}"]
+    lines.append(f"{'model':<{width}}  {'batch':>5}  {'median ms':>10}  {'x first':>7}  {'latency cut':>11}  {'MACs cut':>8}  {'cut ratio':>9}")
+    for entry in result["batches"]:
+        for name in names:
+            ratio = entry["ratio_to_first"][name]
+            macs_cut = 1 - macs[name] / macs[ref] if macs[ref] else 0.0
+            cut_ratio = f"{(1 - ratio) / macs_cut:.2f}" if name != ref and macs_cut > 0 else "-"
+            lines.append(f"{name:<{width}}  {entry['batch']:>5}  {entry['median_ms'][name]:>10.3f}  {ratio:>7.3f}  "
+                         f"{1 - ratio:>11.1%}  {macs_cut:>8.1%}  {cut_ratio:>9}")
+    lines.append("(x first: median of the per-round ratios to the first model; cut ratio: latency cut / MACs cut)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy.export import model_input_shape
+    from ..deploy.latency import measure_latency, run_with_steady_malloc, steady_malloc
+    from ..deploy.widths import round_widths
+    from ..errors import PolarpruneError
+    from ..fileio import atomic_write_text
+    from ..flops import count_model
+    from ..serialization import read_model
+
+    for option, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
+                                 ("--input-size", args.input_size, 1), ("--num-classes", args.num_classes, 1)):
+        if value is not None and value < least:
+            raise PolarpruneError(f"{option} must be >= {least}, got {value}")
+    if not args.default_malloc and not steady_malloc():
+        return run_with_steady_malloc(child_argv(args))
+    loaded = {label: read_model(text, num_classes=args.num_classes, trust_code=args.trust_code)
+              for label, text in zip(unique_labels(args.models), args.models)}
+    shape = model_input_shape(next(iter(loaded.values())), args.input_size)
+    models = loaded
+    if args.round_to:
+        example = torch.randn(1, *shape)
+        models = {f"{label} @{k}": round_widths(model, k, example) for label, model in loaded.items() for k in args.round_to}
+    result = measure_latency(models, shape, runtime=args.runtime, batches=args.batch, rounds=args.rounds,
+                             warmup=args.warmup, threads=args.threads).as_dict()
+    macs = {name: count_model(model, shape).macs for name, model in models.items()}
+    result["macs"] = macs
+    result["command"] = shlex.join(["polarprune", *child_argv(args)[2:]])
+    print(format_table(result, macs))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

@@ -1,0 +1,15 @@
+"""Deployment: export a model (ONNX, TorchScript, torch.export) and verify the artifact
+(``export``), measure latency side by side per runtime (``latency``), and widths that suit
+the runtime (``widths``). docs/deploy.md describes the workflow."""
+
+from __future__ import annotations
+
+from .export import DEFAULT_TOLERANCE, EXPORT_FORMATS, ExportReport, export_model, load_artifact
+from .latency import RUNTIMES, STEADY_MALLOC_ENV, LatencyResult, latency_ms, measure_latency, steady_malloc
+from .widths import round_widths
+
+__all__ = [
+    "DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "export_model", "load_artifact",
+    "RUNTIMES", "STEADY_MALLOC_ENV", "LatencyResult", "latency_ms", "measure_latency", "steady_malloc",
+    "round_widths",
+]

@@ -1,0 +1,309 @@
+"""Export a model to ONNX, TorchScript or a torch.export program, and verify the artifact.
+
+``export_model`` writes the artifact through a temporary file in the target folder, loads it
+back with the runtime that would serve it (onnxruntime for ONNX, ``torch.jit.load`` for
+TorchScript, ``torch.export.load`` for an exported program), runs it on a probe batch that
+differs from the export example (another batch size when the batch is dynamic) and compares
+it with the PyTorch model. Only an artifact within the tolerance is renamed into place; a
+failed export or a failed check leaves no file behind.
+
+When the exporter rejects the model, the module responsible is found by exporting the
+submodules on their own (inputs recorded in one eager forward), descending into the first
+one that fails: the error names the deepest failing module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import PolarpruneError
+from ..fileio import atomic_output
+from ..models import default_input_size
+
+EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
+DEFAULT_TOLERANCE = 1e-4
+EXAMPLE_BATCH = 2  # export example of a dynamic batch; the probe uses another size
+PROBE_BATCH = 3
+Batch = Union[int, str]  # an int, or "dynamic"
+Runner = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written and how well the artifact reproduces the PyTorch model."""
+
+    path: str
+    format: str
+    input_shape: tuple[int, int, int]  # (channels, height, width) of one image
+    batch: Batch  # "dynamic" or the fixed batch size
+    probe_batch: int
+    opset: int | None  # ONNX opset (None for the torch formats)
+    max_abs_diff: float
+    tolerance: float
+    bytes: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_batch(batch: Batch) -> Batch:
+    """``"dynamic"`` or a positive int (a numeric string is accepted); else a one-line error."""
+    if isinstance(batch, str) and batch != "dynamic":
+        if not batch.isdigit():
+            raise PolarpruneError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+        batch = int(batch)
+    if isinstance(batch, int) and batch < 1:
+        raise PolarpruneError(f"batch must be >= 1, got {batch}")
+    return batch
+
+
+def model_input_shape(model: nn.Module, input_size: int | None = None, in_channels: int | None = None) -> tuple[int, int, int]:
+    """``(channels, size, size)`` of one input: the given values, else the model's own."""
+    spec = getattr(model, "polarprune_spec", None) or {}
+    channels = in_channels or int(spec.get("in_channels", 0)) or _first_conv_channels(model)
+    size = input_size or default_input_size(model)
+    if channels < 1 or size < 1:
+        raise PolarpruneError(f"input channels and size must be >= 1, got {channels} and {size}")
+    return channels, size, size
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    return 3
+
+
+def _quietly(fn: Callable[[], Any]) -> Any:
+    """Run an exporter without its progress prints and tracer warnings."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def _dynamic_batch(example: tuple[Any, ...]) -> tuple[dict[int, Any], ...]:
+    batch_dim = torch.export.Dim("batch", min=1, max=1 << 16)
+    return tuple({0: batch_dim} for _ in example)
+
+
+def _write(model: nn.Module, example: tuple[Any, ...], path: Path, fmt: str, dynamic: bool, opset: int | None) -> None:
+    """Write the artifact of ``fmt`` for ``model`` traced on ``example`` to ``path``."""
+    if fmt == "onnx":
+        _quietly(lambda: torch.onnx.export(
+            model, example, str(path), dynamo=True, opset_version=opset, external_data=False,
+            input_names=["input"], output_names=["output"],
+            dynamic_shapes=_dynamic_batch(example) if dynamic else None, verbose=False,
+        ))
+    elif fmt == "torchscript":
+        traced = _quietly(lambda: torch.jit.trace(model, example, check_trace=False))
+        _quietly(lambda: torch.jit.save(traced, str(path)))
+    else:
+        program = _quietly(lambda: torch.export.export(model, example, dynamic_shapes=_dynamic_batch(example) if dynamic else None, strict=False))
+        torch.export.save(program, str(path))
+
+
+def _try_export(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fmt: str) -> None:
+    """Export ``module`` in memory (static shapes); raises what the exporter raises."""
+    if fmt == "onnx":
+        _quietly(lambda: torch.onnx.export(module, args, kwargs=kwargs, dynamo=True, verbose=False))
+    elif fmt == "torchscript":
+        if kwargs:
+            _quietly(lambda: torch.jit.trace(module, example_kwarg_inputs=kwargs, check_trace=False))
+        else:
+            _quietly(lambda: torch.jit.trace(module, args, check_trace=False))
+    else:
+        _quietly(lambda: torch.export.export(module, args, kwargs, strict=False))
+
+
+def _recorded_inputs(model: nn.Module, example: tuple[Any, ...]) -> dict[nn.Module, tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The inputs each submodule received in one eager forward (first call only)."""
+    seen: dict[nn.Module, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.setdefault(module, (args, kwargs))
+
+    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def failing_module(model: nn.Module, example: tuple[Any, ...], fmt: str) -> tuple[str, nn.Module]:
+    """The deepest submodule (qualified name, module) whose own export fails; the root when
+    every child exports and only their composition does not."""
+    inputs = _recorded_inputs(model, example)
+    name, current = "", model
+    while True:
+        for child_name, child in current.named_children():
+            if child not in inputs:
+                continue
+            args, kwargs = inputs[child]
+            try:
+                _try_export(child, args, kwargs, fmt)
+            except Exception:  # noqa: BLE001 - any exporter failure marks the culprit
+                name, current = f"{name}.{child_name}" if name else child_name, child
+                break
+        else:
+            return name, current
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def load_artifact(path: str | os.PathLike[str], fmt: str, *, threads: int | None = None,
+                  providers: list[str] | None = None) -> Runner:
+    """A callable running the exported artifact at ``path`` on a CPU tensor batch.
+
+    ONNX runs in onnxruntime (``threads``: its intra-op threads; ``providers``: default CPU);
+    TorchScript through ``torch.jit.load``; an exported program through ``torch.export.load``.
+    """
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {input_name: x.detach().cpu().numpy()})[0])
+    if fmt == "torchscript":
+        scripted = _quietly(lambda: torch.jit.load(str(path), map_location="cpu")).eval()
+        return lambda x: scripted(x)
+    if fmt == "exported-program":
+        module = torch.export.load(str(path)).module()
+        return lambda x: module(x)
+    raise PolarpruneError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def _output_tensor(output: Any, what: str) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    raise PolarpruneError(f"{what} returned {type(output).__name__}; export needs a model with one tensor output")
+
+
+def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tensor, reference: Tensor, artifact: Path,
+                      fmt: str, dynamic: bool, opset: int | None, tolerance: float, target: Path) -> float:
+    """Write the artifact, run it on ``probe`` and return its max abs difference from ``reference``."""
+    try:
+        with torch.no_grad():
+            _write(work, example, artifact, fmt, dynamic, opset)
+    except Exception as exc:  # noqa: BLE001 - exporter errors become one line naming the module
+        name, module = failing_module(work, example, fmt)
+        where = f"module {name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
+        raise PolarpruneError(f"cannot export to {fmt}: {where} is not supported: {_first_line(exc)}") from None
+    run = _quietly(lambda: load_artifact(artifact, fmt))
+    with torch.no_grad():
+        got = _output_tensor(run(probe), f"the {fmt} artifact")
+    if tuple(got.shape) != tuple(reference.shape):
+        raise PolarpruneError(f"{target}: the {fmt} artifact's output has shape {tuple(got.shape)}, PyTorch's {tuple(reference.shape)}")
+    diff = float((got.float() - reference.float()).abs().max())
+    if not diff <= tolerance:
+        raise PolarpruneError(
+            f"{target}: the {fmt} artifact differs from PyTorch by {diff:.3g} (max abs) on a probe batch of "
+            f"{probe.shape[0]}, above the tolerance {tolerance:g}; nothing written"
+        )
+    return diff
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    *,
+    input_size: int | None = None,
+    in_channels: int | None = None,
+    batch: Batch = "dynamic",
+    opset: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> ExportReport:
+    """Export ``model`` (eval mode, CPU) to ``path`` and verify the artifact on a probe batch.
+
+    ``input_size``/``in_channels`` default to the model's own (its entry; 224 when unknown).
+    ``batch="dynamic"`` exports a variable batch dimension (the probe batch then differs from
+    the export example); an int fixes it. ``opset`` is the ONNX opset (default: torch's).
+    Raises a one-line ``PolarpruneError`` when the export fails (naming the module), or when
+    the artifact's output differs from PyTorch's by more than ``tolerance``; nothing is
+    written then.
+    """
+    if format not in EXPORT_FORMATS:
+        raise PolarpruneError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if opset is not None and format != "onnx":
+        raise PolarpruneError(f"opset applies to the onnx format only (got format {format!r})")
+    if opset is not None and opset < 7:
+        raise PolarpruneError(f"opset must be >= 7, got {opset}")
+    if format == "exported-program" and Path(path).suffix != ".pt2":
+        raise PolarpruneError(f"{path}: an exported program is a .pt2 archive; name the file *.pt2")
+    if not tolerance > 0:
+        raise PolarpruneError(f"tolerance must be > 0, got {tolerance}")
+    batch = check_batch(batch)
+    if not isinstance(model, nn.Module):
+        raise PolarpruneError(f"export needs a torch.nn.Module, got {type(model).__name__}")
+    target = Path(path)
+    if target.is_dir():
+        raise PolarpruneError(f"{target}: is a folder; give the artifact's file name")
+    start = time.perf_counter()
+    shape = model_input_shape(model, input_size, in_channels)
+    work = copy.deepcopy(model).cpu().eval()
+    dynamic = batch == "dynamic"
+    generator = torch.Generator().manual_seed(seed)
+    example = (torch.randn(EXAMPLE_BATCH if dynamic else int(batch), *shape, generator=generator),)
+    probe = torch.randn(PROBE_BATCH if dynamic else int(batch), *shape, generator=generator)
+    with torch.no_grad():
+        try:
+            reference = _output_tensor(work(probe), f"the model on input {tuple(probe.shape)}")
+        except PolarpruneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a wrong input size is the user's input
+            raise PolarpruneError(f"the model does not run on input {tuple(probe.shape)}: {_first_line(exc)}") from None
+    with atomic_output(target) as temp:
+        # torch.export archives must end in .pt2 to be read back as such
+        artifact = temp.with_name(temp.name + ".pt2") if format == "exported-program" else temp
+        try:
+            diff = _write_and_verify(work, example, probe, reference, artifact, format, dynamic, opset, tolerance, target)
+            size = artifact.stat().st_size
+            if artifact != temp:
+                os.replace(artifact, temp)
+        finally:
+            if artifact != temp:
+                artifact.unlink(missing_ok=True)
+    return ExportReport(
+        path=str(target), format=format, input_shape=shape, batch=batch, probe_batch=int(probe.shape[0]),
+        opset=_onnx_opset(target) if format == "onnx" else None, max_abs_diff=diff, tolerance=tolerance,
+        bytes=size, seconds=time.perf_counter() - start,
+    )
+
+
+def _onnx_opset(path: Path) -> int | None:
+    """The default-domain opset recorded in an ONNX file."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+__all__ = ["DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "check_batch", "export_model", "failing_module",
+           "load_artifact", "model_input_shape"]

@@ -1,0 +1,243 @@
+"""Latency of models side by side in one process, per runtime.
+
+The candidates run round-robin (``interleaved``): each round times every model once, so that
+the drifts of a shared machine hit all of them alike, and the per-round ratios against the
+first model are paired measurements. Reported figures are medians.
+
+Runtimes (``RUNTIMES``): ``eager`` (PyTorch, NCHW fp32), ``eager-channels-last`` (channels_last
+fp32), ``eager-bf16`` (weights and input in bfloat16, channels_last) and ``onnxruntime``
+(the model exported to ONNX for the timed batch size, run by onnxruntime's CPU provider).
+
+glibc hands large freed blocks back to the kernel, so the next forward page-faults its
+activations in again (thousands of faults per batch-64 forward, a number that changes from
+model to model and process to process): ``STEADY_MALLOC_ENV`` tells glibc to keep freed
+memory, and both the benchmarks and ``polarprune latency`` run under it by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PolarpruneError
+from .export import export_model, load_artifact
+
+RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")
+MIN_ROUND_SECONDS = 0.02  # a timed round repeats small forwards until it lasts about this long
+MAX_CALLS_PER_ROUND = 64
+# The onnxruntime runner's export check: the artifact is for timing, so float-rounding
+# differences of large random-weight models up to this are accepted (export's default is 1e-4).
+TIMING_EXPORT_TOLERANCE = 1e-3
+
+# ----------------------------------------------------------------------------- allocator
+
+STEADY_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
+
+
+def steady_malloc() -> bool:
+    """True when this process runs with ``STEADY_MALLOC_ENV`` (glibc reads it at start-up)."""
+    return all(os.environ.get(k) == v for k, v in STEADY_MALLOC_ENV.items())
+
+
+def reexec_with_steady_malloc() -> None:
+    """Restart this script (``sys.argv``) with ``STEADY_MALLOC_ENV`` set, unless it already runs with it."""
+    if not steady_malloc():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC_ENV})
+
+
+def run_with_steady_malloc(argv: Sequence[str]) -> int:
+    """Run ``python ARGV...`` in a child process with ``STEADY_MALLOC_ENV``; its exit code.
+    (A command cannot restart its own process: it may run inside a caller's, e.g. a test.)"""
+    return subprocess.run([sys.executable, *argv], env={**os.environ, **STEADY_MALLOC_ENV}, check=False).returncode
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (a fresh page touched for the first time)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, called round-robin ``rounds`` times after
+    ``warmup`` untimed rounds: ``{name: [seconds of round 1, round 2, ...]}``."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def paired_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Ratio of each round's pair (round k of one candidate over round k of the other)."""
+    if len(numerators) != len(denominators):
+        raise ValueError(f"unpaired rounds: {len(numerators)} vs {len(denominators)}")
+    return [a / b for a, b in zip(numerators, denominators)]
+
+
+def _repeated(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(calls):
+            fn()
+
+    return run
+
+
+# ----------------------------------------------------------------------------- runtimes
+
+
+def forward_runner(model: nn.Module, runtime: str, input_shape: Sequence[int], batch: int, *,
+                   threads: int | None = None, workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Callable[[], Any]:
+    """A no-argument callable running one forward of ``model`` at ``batch`` in ``runtime``.
+
+    The model is copied (the caller's is left as it is). ``onnxruntime`` exports the model
+    (verified, static batch) into ``workdir`` (a new temporary folder when None, left to the
+    caller to remove; ``measure_latency`` passes one it removes).
+    """
+    if runtime not in RUNTIMES:
+        raise PolarpruneError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    if runtime == "onnxruntime":
+        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="polarprune-latency-"))
+        handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
+        os.close(handle)
+        export_model(model, name, "onnx", input_size=int(input_shape[-1]), in_channels=int(input_shape[0]), batch=batch,
+                     tolerance=TIMING_EXPORT_TOLERANCE)
+        run = load_artifact(name, "onnx", threads=threads)
+        return lambda: run(x)
+    work = copy.deepcopy(model).cpu().eval()
+    if runtime == "eager-channels-last":
+        work, x = work.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    elif runtime == "eager-bf16":
+        work = work.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+    def run_eager() -> Any:
+        with torch.inference_mode():
+            return work(x)
+
+    return run_eager
+
+
+@dataclass
+class BatchLatency:
+    """One batch size: per-forward milliseconds of every model, and ratios against the first."""
+
+    batch: int
+    calls_per_round: int
+    ms: dict[str, list[float]]  # per round
+    median_ms: dict[str, float]
+    ratio_to_first: dict[str, float]  # median of the per-round ratios
+    round_ratios: dict[str, list[float]]
+    page_faults_per_forward: dict[str, int]
+
+
+@dataclass
+class LatencyResult:
+    """``measure_latency``'s answer (``as_dict()`` is its JSON form)."""
+
+    runtime: str
+    input_shape: tuple[int, ...]
+    threads: int
+    rounds: int
+    steady_malloc: bool
+    models: list[str]
+    batches: list[BatchLatency] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], *, runtime: str = "eager",
+                    batches: Sequence[int] = (1, 64), rounds: int = 7, warmup: int = 1, threads: int | None = None,
+                    min_round_seconds: float = MIN_ROUND_SECONDS, seed: int = 0) -> LatencyResult:
+    """Median per-forward latency of each model at each batch size, measured in interleaved
+    rounds, with the per-round ratios against the first model (the reference). A round repeats
+    a forward shorter than ``min_round_seconds`` (the same count for every model) so that
+    timer resolution and call overhead do not dominate."""
+    if not models:
+        raise PolarpruneError("measure_latency needs at least one model")
+    if rounds < 1 or warmup < 0:
+        raise PolarpruneError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    if any(int(b) < 1 for b in batches):
+        raise PolarpruneError(f"batch sizes must be >= 1, got {list(batches)}")
+    if threads is not None and threads < 1:
+        raise PolarpruneError(f"threads must be >= 1, got {threads}")
+    names = list(models)
+    result = LatencyResult(runtime, tuple(int(s) for s in input_shape), threads or torch.get_num_threads(), rounds,
+                           steady_malloc(), names)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, _restore_threads(previous_threads):
+        for batch in batches:
+            runners = {n: forward_runner(models[n], runtime, input_shape, int(batch), threads=threads, workdir=workdir, seed=seed)
+                       for n in names}
+            first = runners[names[0]]
+            first()  # warm the reference once before sizing the rounds
+            calls = max(1, min(MAX_CALLS_PER_ROUND, math.ceil(min_round_seconds / max(timed(first), 1e-9))))
+            seconds = interleaved({n: _repeated(r, calls) for n, r in runners.items()}, rounds=rounds, warmup=warmup)
+            ms = {n: [s * 1000.0 / calls for s in seconds[n]] for n in names}
+            ratios = {n: paired_ratios(ms[n], ms[names[0]]) for n in names}
+            faults = {}
+            for n, r in runners.items():
+                before = minor_page_faults()
+                r()
+                faults[n] = minor_page_faults() - before
+            result.batches.append(BatchLatency(
+                batch=int(batch), calls_per_round=calls, ms=ms, median_ms={n: statistics.median(v) for n, v in ms.items()},
+                ratio_to_first={n: statistics.median(v) for n, v in ratios.items()}, round_ratios=ratios,
+                page_faults_per_forward=faults,
+            ))
+            del runners
+    return result
+
+
+@contextmanager
+def _restore_threads(count: int) -> Iterator[None]:
+    """Put torch's intra-op thread count back to ``count`` afterwards."""
+    try:
+        yield
+    finally:
+        torch.set_num_threads(count)
+
+
+def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, runtime: str = "eager",
+               rounds: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of one forward of ``model`` (the figure ``eval`` and run summaries report)."""
+    result = measure_latency({"model": model}, input_shape, runtime=runtime, batches=(batch,), rounds=rounds, warmup=warmup,
+                             min_round_seconds=0.0)
+    return result.batches[0].median_ms["model"]
+
+
+__all__ = [
+    "RUNTIMES", "STEADY_MALLOC_ENV", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
+    "measure_latency", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
+    "steady_malloc", "timed",
+]

@@ -1,0 +1,121 @@
+"""Latency measurement: interleaved rounds, medians and paired ratios, the four runtimes
+(each runner computes the model's output), width rounding, the steady allocator child
+process and the ``polarprune latency`` command. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from polarprune.deploy.latency import (
+    RUNTIMES,
+    STEADY_MALLOC_ENV,
+    forward_runner,
+    interleaved,
+    measure_latency,
+    run_with_steady_malloc,
+)
+from polarprune.deploy.widths import round_widths, rounded_count
+from polarprune.errors import PolarpruneError
+from polarprune.flops import count_model
+from polarprune.models import create
+from polarprune.report import cpu_latency_ms
+
+
+def small(width: int = 20) -> nn.Module:
+    return create("small_cnn", 10, in_channels=1, width=width).eval()
+
+
+def test_interleaved_calls_round_robin_after_warmup():
+    calls: list[str] = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_measure_latency_medians_and_paired_ratios():
+    models = {"wide": small(20), "narrow": small(8)}
+    threads = torch.get_num_threads()
+    result = measure_latency(models, (1, 8, 8), batches=(1, 3), rounds=3, threads=1, min_round_seconds=0.0)
+    assert result.threads == 1 and torch.get_num_threads() == threads  # the caller's setting is restored
+    assert result.models == ["wide", "narrow"] and [b.batch for b in result.batches] == [1, 3]
+    for entry in result.batches:
+        assert entry.calls_per_round == 1
+        for name in models:
+            assert len(entry.ms[name]) == 3 and all(v > 0 for v in entry.ms[name])
+            assert entry.median_ms[name] == statistics.median(entry.ms[name])
+            assert entry.round_ratios[name] == pytest.approx([a / b for a, b in zip(entry.ms[name], entry.ms["wide"])])
+            assert entry.ratio_to_first[name] == statistics.median(entry.round_ratios[name])
+        assert entry.ratio_to_first["wide"] == 1.0
+    assert json.loads(json.dumps(result.as_dict()))["batches"][0]["batch"] == 1
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_runtime_computes_the_models_output(runtime):
+    model = small()
+    run = forward_runner(model, runtime, (1, 8, 8), 4, threads=1, seed=3)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x)
+    got = run().float()
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= (0.1 if runtime == "eager-bf16" else 1e-4)
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(PolarpruneError, match="unknown runtime 'tpu'"):
+        measure_latency({"m": small()}, (1, 8, 8), runtime="tpu")
+    with pytest.raises(PolarpruneError, match="rounds must be >= 1"):
+        measure_latency({"m": small()}, (1, 8, 8), rounds=0)
+    with pytest.raises(PolarpruneError, match="at least one model"):
+        measure_latency({}, (1, 8, 8))
+
+
+def test_rounded_count():
+    assert [rounded_count(w, 16) for w in (20, 40, 16, 5, 33)] == [16, 32, 16, 5, 32]
+    assert [rounded_count(w, 8) for w in (20, 40, 7)] == [16, 40, 7]
+
+
+def test_round_widths_cuts_every_group_to_a_multiple():
+    model = small(20)
+    rounded = round_widths(model, 16, torch.randn(1, 1, 8, 8))
+    convs = [m.out_channels for m in rounded.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [16, 16, 32, 32]
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [20, 20, 40, 40]  # original kept
+    assert count_model(rounded, (1, 8, 8)).macs < count_model(model, (1, 8, 8)).macs
+    same = round_widths(model, 1, torch.randn(1, 1, 8, 8))
+    assert same is not model and count_model(same, (1, 8, 8)).macs == count_model(model, (1, 8, 8)).macs
+
+
+def test_child_process_gets_the_steady_allocator():
+    check = "import os, sys; sys.exit(0 if all(os.environ.get(k) == v for k, v in %r.items()) else 3)" % STEADY_MALLOC_ENV
+    assert run_with_steady_malloc(["-c", check]) == 0
+
+
+def test_report_latency_uses_a_copy():
+    model = small().train()
+    assert cpu_latency_ms(model, (1, 8, 8), repeats=3, warmup=1) > 0
+    assert model.training  # the caller's model is not switched to eval
+
+
+def test_latency_command(tmp_path):
+    out = tmp_path / "lat.json"
+    proc = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "small_cnn", "--num-classes", "10",
+                           "--batch", "1,2", "--rounds", "2", "--round-to", "1,8", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["steady_malloc"] is True  # measured in the child process
+    assert result["models"] == ["small_cnn @1", "small_cnn @8", "small_cnn #2 @1", "small_cnn #2 @8"]
+    assert result["input_shape"] == [3, 8, 8] and [b["batch"] for b in result["batches"]] == [1, 2]
+    assert result["macs"]["small_cnn @8"] == result["macs"]["small_cnn @1"]  # width 32/64 is already a multiple of 8
+    assert "small_cnn #2 @8" in proc.stdout and "latency cut" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "--rounds", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["polarprune: error: --rounds must be >= 1, got 0"]
