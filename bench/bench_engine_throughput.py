@@ -5,7 +5,7 @@ same in-memory uint8 32x32 images (the ``fake`` data set), batch 128, on the CPU
 same work per step: take a shuffled batch, random 4-pixel crop + horizontal flip, normalise,
 forward, cross-entropy, backward, SGD step (momentum 0.9, weight decay 5e-4).
 
-- engine: ``Trainer(cfg).fit(on_epoch=...)`` (the public API) with
+- engine: ``build_trainer(cfg).fit(on_epoch=...)`` (the public API) with
   ``train.max_steps_per_epoch = steps``, progress off, evaluation only after the last epoch.
   One engine trial is one epoch: the time from the end of one ``on_epoch`` callback to the
   start of the next, so it includes everything ``fit`` does per epoch besides evaluation
@@ -42,7 +42,7 @@ from common import clock, paired_ratios, provenance, provenance_markdown, summar
 
 from polarprune.config import TrainConfig, validate  # noqa: E402
 from polarprune.data import crop_flip, load_fake_splits  # noqa: E402
-from polarprune.training.engine import Trainer  # noqa: E402
+from polarprune.workflows.train import build_trainer  # noqa: E402
 
 ACCEPTANCE_RATIO = 0.95
 WARMUP_STEPS = 3  # untimed bare steps before the first timed trial (allocations, lazy inits)
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="polarprune-bench-") as tmp:
         cfg = make_config(args, Path(tmp) / "run")
-        trainer = Trainer(cfg, resume=False)
+        trainer = build_trainer(cfg, resume=False)
         splits = load_fake_splits(cfg.data)  # the same uint8 tensors the engine's loader holds
         check_same_augmentation(splits.train_images, splits.padding)
         bare = BareLoop(

@@ -48,7 +48,8 @@ from polarprune.pruning import plan_pruning, prune_model  # noqa: E402
 from polarprune.report import cpu_latency_ms  # noqa: E402
 from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
 from polarprune.sparsity.masks import save_mask  # noqa: E402
-from polarprune.training.engine import evaluate, run_training  # noqa: E402
+from polarprune.training.engine import evaluate  # noqa: E402
+from polarprune.workflows.train import run_training  # noqa: E402
 
 ARCHIVE = "/work/shared/data/cifar10-jpg.tar.gz"
 METHODS = ("polarization", "none", "l1", "masksparsity", "tp-groupnorm", "tp-bnscale")
@@ -297,9 +298,9 @@ class Bench:
         if (out / "stage.json").is_file():
             model, rec = train_stage(cfg)
         else:
-            from polarprune.training.engine import Trainer
+            from polarprune.workflows.train import build_trainer
 
-            model = Trainer(cfg, resume=False).model  # the very initial weights the other methods start from
+            model = build_trainer(cfg, resume=False).model  # the very initial weights the other methods start from
             model, rec = train_stage(cfg, model=model, hooks=[TPRegularizerHook(method, model, self.example(), reg)])
         start = time.perf_counter()
         matched = prune_to_macs(method, model, self.example(), self.target(), INPUT_SHAPE, reg=reg)

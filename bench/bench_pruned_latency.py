@@ -49,7 +49,7 @@ from common import (  # noqa: E402
 from polarprune.flops import count_model  # noqa: E402
 from polarprune.models import create  # noqa: E402
 from polarprune.pruning import channel_groups, plan_pruning, prune_model  # noqa: E402
-from polarprune.pruning.resolve import find_blocks  # noqa: E402
+from polarprune.pruning.graph import residual_blocks as find_blocks  # noqa: E402
 from polarprune.pruning.surgery import slice_batchnorm, slice_conv_in, slice_conv_out  # noqa: E402
 
 

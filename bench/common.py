@@ -23,7 +23,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
+
+# The allocator settings (glibc keeps freed memory, so page faults do not blur latency) and the
+# interleaved timing live in polarprune.deploy.latency, shared with `polarprune latency`.
+from polarprune.deploy.latency import (  # noqa: F401  (re-exported for the scripts)
+    STEADY_MALLOC_ENV,
+    interleaved,
+    minor_page_faults,
+    paired_ratios,
+    reexec_with_steady_malloc,
+    steady_malloc,
+    timed,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -119,57 +131,11 @@ def provenance(seed: int, libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[
 # ----------------------------------------------------------------------------- timing
 
 
-# glibc hands large freed blocks back to the kernel (trim, or munmap for blocks over the mmap
-# threshold), so the next forward pass page-faults its activations in again: 6.7k-38.7k faults
-# per batch-64 forward of ResNet-56 (results/pruned_latency_resnet56_default_malloc.md), a
-# number that changes from model to model and process to process. Keeping freed memory makes
-# latency measure the model's compute.
-STEADY_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
-
-
-def steady_malloc() -> bool:
-    """True when this process runs with ``STEADY_MALLOC_ENV`` (glibc reads it at start-up)."""
-    return all(os.environ.get(k) == v for k, v in STEADY_MALLOC_ENV.items())
-
-
-def reexec_with_steady_malloc() -> None:
-    """Restart this script with ``STEADY_MALLOC_ENV`` set, unless it already runs with it."""
-    if not steady_malloc():
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC_ENV})
-
-
-def minor_page_faults() -> int:
-    """Minor page faults of this process so far (a fresh page touched for the first time)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def clock() -> tuple[float, float]:
     """``(wall-clock seconds, CPU seconds of this process)``; a trial costs the difference of two.
     CPU time leaves out the time other processes held the CPU (a shared machine), but sums
     over threads: compare CPU times only between runs with the same thread count."""
     return time.perf_counter(), time.process_time()
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    """Wall-clock seconds of one call of ``fn``."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(candidates: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, called round-robin ``rounds`` times after
-    ``warmup`` untimed rounds: ``{name: [seconds of round 1, round 2, ...]}``."""
-    for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            times[name].append(timed(fn))
-    return times
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -181,13 +147,6 @@ def summary(values: list[float]) -> dict[str, Any]:
         "n": len(values),
         "all": list(values),
     }
-
-
-def paired_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
-    """Ratio of each round's pair (round k of one candidate over round k of the other)."""
-    if len(numerators) != len(denominators):
-        raise ValueError(f"unpaired rounds: {len(numerators)} vs {len(denominators)}")
-    return [a / b for a, b in zip(numerators, denominators)]
 
 
 # ----------------------------------------------------------------------------- output

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 import traceback
 
@@ -24,6 +26,8 @@ COMMAND_MODULES = [
     "eval",
     "inspect",
     "flops",
+    "export",
+    "latency",
     "recipes",
     "models",
 ]
@@ -61,9 +65,32 @@ def error_line(exc: BaseException) -> str:
     return f"polarprune: error: {type(exc).__name__}: {message} (run with --debug for the traceback)"
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; with ``--trust-code`` inside ``trusting_code()`` (import paths allowed)."""
+    if not getattr(args, "trust_code", False):
+        return int(args.func(args) or 0)
+    from .models.imports import trusting_code  # imports torch: only for commands that asked for it
+
+    with trusting_code():
+        return int(args.func(args) or 0)
+
+
+def configure_logging(debug: bool) -> None:
+    """The one logging set-up: ``polarprune.*`` loggers print bare messages on stderr, INFO and
+    up on rank 0, warnings and errors only on the other ranks of a torchrun launch."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("polarprune")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    main_rank = os.environ.get("RANK", "0") in ("", "0")
+    logger.setLevel(logging.DEBUG if debug else logging.INFO if main_rank else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    configure_logging(debug)
     try:
         parser = build_parser()
         args, extras = parser.parse_known_args(argv)
@@ -76,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        return run_command(args)
     except KeyboardInterrupt:
         print("polarprune: interrupted", file=sys.stderr)
         return 130

@@ -1,7 +1,7 @@
 """Configuration as data: YAML recipes plus ``key=value`` overrides, validated before anything runs.
 
 A *training config* (``TrainConfig``) describes one training run: model, data, optimisation,
-sparsity regularizer. A *recipe* (see ``polarprune.pipeline``) composes several of them into
+sparsity regularizer. A *recipe* (see ``polarprune.workflows.recipe``) composes several of them into
 stages. Every section forbids unknown keys, so a typo is an error naming the key.
 """
 
@@ -26,21 +26,28 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Which network to build (``polarprune.models.create``)."""
 
-    name: str = "small_cnn"
+    name: str = Field(
+        "small_cnn",
+        description="a registry name (`polarprune models`), `timm:<name>`, or an import path "
+        "`package.module:callable` called with num_classes and `options` (imported only with --trust-code)",
+    )
     num_classes: int | None = Field(None, ge=1, description="None: taken from the data set")
     bn_init: float | None = Field(None, description="initial BN gamma; 0.5 in the polarization recipes")
     weights: str | None = Field(None, description="local state-dict file to start from (e.g. torchvision's)")
     checkpoint: str | None = Field(None, description="start from this polarprune checkpoint or pruned model")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra constructor options")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra constructor options (keyword arguments of an import path's callable)")
 
 
 class DataConfig(Section):
     """Which data set, where, and how it is batched."""
 
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
+    name: str = Field("digits", description="data set: a name of polarprune.data.SOURCES (docs/data.md)")
     root: str | None = Field(None, description="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has train/ and val/ or test/)")
     download: bool = False
     batch_size: int = Field(128, ge=1, description="per process")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="batch over all processes instead of batch_size: each process takes this / world size (an error when it does not divide)"
+    )
     eval_batch_size: int = Field(256, ge=1)
     workers: int = Field(4, ge=0, description="loader processes for file-backed data sets")
     train_subset: int | None = Field(None, ge=1, description="use only this many training images (fixed stratified subset); fake: the training set size (512 default)")
@@ -51,6 +58,25 @@ class DataConfig(Section):
     num_classes: int = Field(10, ge=1, description="fake: number of classes")
     channels: int = Field(3, ge=1, description="fake: image channels")
 
+    def per_process_batch(self, world_size: int) -> int:
+        """The training batch of each of ``world_size`` processes: ``global_batch_size`` split
+        evenly when given (so a recipe keeps its global batch on any number of processes),
+        otherwise ``batch_size``."""
+        total = self.global_batch_size
+        if total is None:
+            return self.batch_size
+        if total % world_size:
+            raise PolarpruneError(
+                f"data.global_batch_size {total} does not divide over {world_size} processes "
+                f"(use a multiple of {world_size}, or data.batch_size per process)"
+            )
+        if "batch_size" in self.model_fields_set and self.batch_size * world_size != total:
+            raise PolarpruneError(
+                f"data.batch_size {self.batch_size} (per process) and data.global_batch_size {total} disagree "
+                f"on {world_size} process(es); give only one of them"
+            )
+        return total // world_size
+
 
 class ScheduleConfig(Section):
     """Learning-rate schedule per epoch (with optional linear warm-up, per step)."""
@@ -59,7 +85,7 @@ class ScheduleConfig(Section):
     milestones: list[float] = Field(default_factory=list, description="epochs, or fractions of the run if all < 1")
     gammas: list[float] | float = Field(0.1, description="factor per milestone (one value for all)")
     warmup_epochs: float = Field(0.0, ge=0)
-    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    warmup_start_factor: float = Field(0.1, ge=0, le=1, description="lr factor at the start of the warm-up (0: from lr 0, as the original)")
     first_epoch_lr: float | None = Field(None, gt=0, description="lr for epoch 0 only (the polarization CIFAR recipe's 0.01)")
     min_lr: float = Field(0.0, ge=0, description="cosine floor")
 
@@ -89,6 +115,9 @@ class TrainSection(Section):
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = False
     sync_bn: bool = Field(False, description="SyncBatchNorm under DDP")
+    max_bad_steps: int = Field(
+        0, ge=0, description="steps with a non-finite loss or gradient that are skipped before training stops (fp16 overflow steps the grad scaler skips do not count)"
+    )
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
     progress: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke tests)")
@@ -107,9 +136,14 @@ class SparsityConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of BN names not to regularize")
     mask: str | None = Field(None, description="mask-l1: mask file (True = keep)")
     flops_weighted: bool = False
+    flops_weighting: Literal["residual", "original"] = Field(
+        "residual", description="flops_weighted: what one channel costs: residual (producer + every consumer through residual additions) "
+        "or original (the polarization code: producer + direct readers only)")
     weight_min: float = Field(0.5, gt=0)
     weight_max: float = Field(1.5, gt=0)
     target_macs_ratio: float | None = Field(None, gt=0, le=1, description="stop regularizing once a trial prune leaves MACs <= this fraction")
+    freeze_on_target: bool = Field(True, description="with target_macs_ratio: once reached, also freeze the regularized gammas (as the original)")
+    clamp_scope: Literal["regularized", "all"] = Field("regularized", description="clamp: the regularized gammas, or every BN's (the original)")
     monitor: bool = Field(True, description="trial-prune every epoch and log the MACs grad/fixed would leave")
 
     @model_validator(mode="after")
@@ -117,6 +151,14 @@ class SparsityConfig(Section):
         if self.weight_min > self.weight_max:
             raise ValueError(f"weight_min ({self.weight_min}) exceeds weight_max ({self.weight_max})")
         return self
+
+
+class DistillConfig(Section):
+    """Knowledge distillation from a teacher: ``alpha * T^2 * KL(soft teacher || soft student) + (1 - alpha) * task loss``."""
+
+    teacher: str = Field(description="an earlier stage of the recipe (its final model) or a checkpoint / model file")
+    temperature: float = Field(4.0, gt=0, description="T: both logits are divided by it before the softmax")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term (1 - alpha: the task loss)")
 
 
 class TrainConfig(Section):
@@ -130,6 +172,7 @@ class TrainConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainSection = Field(default_factory=TrainSection)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    distill: DistillConfig | None = Field(None, description="distil from a teacher while training (None: off)")
 
     @model_validator(mode="after")
     def _check_mask(self) -> "TrainConfig":

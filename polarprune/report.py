@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from .deploy.latency import latency_ms
 from .flops import count_model
 from .fileio import atomic_write_text
 
@@ -19,17 +18,9 @@ MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "finetune", "s
 
 @torch.no_grad()
 def cpu_latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int = 1, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time (ms) of one eval-mode forward pass on the CPU."""
-    model = model.cpu().eval()
-    x = torch.randn(batch, *input_shape)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    """Median wall time (ms) of one eval-mode forward pass on the CPU (``polarprune latency``'s
+    eager figure: ``deploy.latency.latency_ms``, on a copy of the model)."""
+    return latency_ms(model, input_shape, batch=batch, rounds=repeats, warmup=warmup)
 
 
 def stage_row(name: str, model: nn.Module, top1: float | None, input_shape: Sequence[int]) -> dict[str, Any]:

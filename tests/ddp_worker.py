@@ -6,7 +6,7 @@ Usage (from tests/test_distributed.py)::
     python tests/ddp_worker.py PLAN.json          # the single-process reference
 
 ``PLAN.json`` holds ``{"runs": [TrainConfig dicts], "summary": path}``. Every run trains with
-``polarprune.training.engine.run_training`` (one torchrun launch serves many configs, which
+``polarprune.workflows.train.run_training`` (one torchrun launch serves many configs, which
 keeps the tests fast). After each run every rank contributes its final model state and rank 0
 writes, per run, whether all ranks hold bit-identical weights, to the summary JSON.
 """
@@ -22,7 +22,7 @@ import torch
 
 from polarprune import distributed as dist
 from polarprune.config import TrainConfig, validate
-from polarprune.training.engine import run_training
+from polarprune.workflows.train import run_training
 
 
 def ranks_identical(model: torch.nn.Module) -> bool:

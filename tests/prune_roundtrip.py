@@ -16,7 +16,7 @@ import polarprune
 from polarprune.flops import count_model
 from polarprune.pruning import prune_model
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5  # relative to the largest logit (absolute below 1)
 
 
 def zero_half_of_every_bn(model: nn.Module, seed: int = 0) -> None:
@@ -56,8 +56,11 @@ def prune_save_load(
     loaded = polarprune.load(path, model=fresh)
     assert loaded is fresh
     assert not loaded.training
-    difference = float((logits(loaded, x) - logits(original, x)).abs().max())
-    assert difference <= TOLERANCE, difference
+    reference = logits(original, x)
+    difference = float((logits(loaded, x) - reference).abs().max())
+    # float32 rounding grows with the logits' size (convs of other widths sum in another
+    # order): Inception-v3's init gives logits of ~7.5e3, where 1e-5 is below one rounding step
+    assert difference <= TOLERANCE * max(1.0, float(reference.abs().max())), difference
     macs_loaded = count_model(loaded, (3, size, size)).macs
     assert macs_loaded == report.macs_after
     if expect_fewer_macs:

@@ -350,8 +350,10 @@ def test_imagefolder_small_images_decoded_once_and_cached(tmp_path: Path, privat
                                                           monkeypatch: pytest.MonkeyPatch):
     root = make_imagefolder(tmp_path / "if", n_per_class=6, size=16, classes=3)
     calls = []
-    real_decode = pdata.decode_images
-    monkeypatch.setattr(pdata, "decode_images", lambda paths, size: calls.append(len(paths)) or real_decode(paths, size))
+    from polarprune.data import imagefolder
+
+    real_decode = imagefolder.decode_images
+    monkeypatch.setattr(imagefolder, "decode_images", lambda paths, size: calls.append(len(paths)) or real_decode(paths, size))
     cfg = DataConfig(name="imagefolder", root=str(root), batch_size=6, eval_batch_size=18)
     first = build_data(cfg)
     assert calls == [18, 18]

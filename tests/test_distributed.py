@@ -201,6 +201,7 @@ def test_single_process_helpers_are_identities():
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
+FAULT_RUNNER = TESTS_DIR / "fault_runner.py"
 PER_PROCESS_BATCH = 16
 REGULARIZERS = {
     "none": {"regularizer": "none"},
@@ -328,18 +329,18 @@ def test_killed_rank_fails_the_run_quickly_and_the_rerun_resumes_exactly(ddp_equ
     naming the killed rank; the same command again resumes every rank from rank 0's last.pt and
     ends with the weights of the uninterrupted 2-process run."""
     from polarprune.config import dump_yaml, validate, TrainConfig
-    from polarprune.training.checkpoint import read_checkpoint
-    from polarprune.training.engine import FAULT_ENV, FAULT_RANK_ENV
+    from polarprune.serialization import read_checkpoint
 
     out = tmp_path / "victim"
     cfg = digits_run(out, PER_PROCESS_BATCH, REGULARIZERS["polarization"], ddp_equivalence["mask"])
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(dump_yaml(validate(TrainConfig, cfg)))
     cmd = torchrun(2, "-m", "polarprune", "train", str(config_file))
+    kill_rank_1 = torchrun(2, str(FAULT_RUNNER), "--kill-at", "victim:4", "--rank", "1", "--", "train", str(config_file))
 
-    env = worker_env(**{FAULT_ENV: "victim:4", FAULT_RANK_ENV: "1", dist.TIMEOUT_ENV: "200"})
+    env = worker_env(**{dist.TIMEOUT_ENV: "200"})
     start = time.monotonic()
-    failed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
+    failed = subprocess.run(kill_rank_1, env=env, capture_output=True, text=True, timeout=200)
     elapsed = time.monotonic() - start
     assert failed.returncode != 0
     assert elapsed < 90, f"took {elapsed:.0f} s: the survivors waited for the collective timeout"
@@ -367,15 +368,13 @@ def test_hung_rank_fails_the_others_after_the_collective_timeout(tmp_path):
     """Rank 1 stops (SIGSTOP) without dying, so no connection closes: rank 0 gives up after
     POLARPRUNE_DIST_TIMEOUT seconds with one clear error line (processes started by hand with
     torchrun's variables, so that nothing else tears the group down)."""
-    from polarprune.training.engine import FAULT_ENV, FAULT_RANK_ENV, FAULT_SIGNAL_ENV
-
     cfg = digits_run(tmp_path / "hang", PER_PROCESS_BATCH, REGULARIZERS["none"], tmp_path / "unused")
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps(cfg))  # JSON is YAML
-    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
-              FAULT_ENV: "hang:2", FAULT_RANK_ENV: "1", FAULT_SIGNAL_ENV: "STOP", dist.TIMEOUT_ENV: "4"}
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", dist.TIMEOUT_ENV: "4"}
+    stop_rank_1 = [str(FAULT_RUNNER), "--kill-at", "hang:2", "--rank", "1", "--signal", "STOP", "--"]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "polarprune", "train", str(config_file)],
+        subprocess.Popen([sys.executable, *stop_rank_1, "train", str(config_file)],
                          env=worker_env(**common, RANK=str(r), LOCAL_RANK=str(r)),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for r in range(2)

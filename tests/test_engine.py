@@ -16,7 +16,9 @@ from polarprune.config import TrainConfig, dump_yaml, validate
 from polarprune.errors import PolarpruneError
 from polarprune.training import TrainHook
 from polarprune.training.checkpoint import atomic_torch_save, load_model_from_checkpoint, read_checkpoint
-from polarprune.training.engine import FAULT_ENV, parameter_groups, run_training
+from polarprune.workflows.train import build_trainer, parameter_groups, run_training
+
+FAULT_RUNNER = str(Path(__file__).resolve().parent / "fault_runner.py")
 
 
 def digits_config(out: Path, **train) -> TrainConfig:
@@ -59,8 +61,8 @@ def test_resnet20_killed_in_epoch_2_resumes_to_identical_weights(tmp_path):
 
     killed = tmp_path / "killed"
     steps_per_epoch = 96 // 16
-    kill_env = {**env, FAULT_ENV: f"killed:{steps_per_epoch + 2}"}  # third step of epoch 2
-    proc = subprocess.run(cmd + [f"out={killed}"], env=kill_env, capture_output=True)
+    kill = [sys.executable, FAULT_RUNNER, "--kill-at", f"killed:{steps_per_epoch + 2}", "--"]  # third step of epoch 2
+    proc = subprocess.run(kill + cmd[3:] + [f"out={killed}"], env=env, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-500:]
     assert read_checkpoint(killed / "last.pt")["epoch"] == 1  # the last complete checkpoint survived
     resumed = subprocess.run(cmd + [f"out={killed}"], env=env, capture_output=True, text=True, check=True)
@@ -127,9 +129,7 @@ class ZeroGradHook(TrainHook):
 
 def test_after_backward_really_acts_before_the_step(tmp_path):
     cfg = digits_config(tmp_path / "run", epochs=1, max_steps_per_epoch=2, weight_decay=0.0, momentum=0.0)
-    from polarprune.training.engine import Trainer
-
-    trainer = Trainer(cfg, hooks=[ZeroGradHook()])
+    trainer = build_trainer(cfg, hooks=[ZeroGradHook()])
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" not in k and "num_batches" not in k}
     trainer.fit()
     after = trainer.model.state_dict()
@@ -145,8 +145,18 @@ def test_bn_weight_decay_switch():
 
 
 def test_amp_bf16_on_cpu_trains(tmp_path):
-    result = run_training(digits_config(tmp_path / "run", epochs=1, amp=True))
-    assert result.final_top1 > 30
+    def conv_output_dtypes(amp: bool, out: Path, **train) -> tuple[set[torch.dtype], float]:
+        """The dtypes the first conv produced in training forwards, and the final top-1."""
+        trainer = build_trainer(digits_config(out, epochs=1, amp=amp, **train))
+        conv = next(m for m in trainer.model.modules() if isinstance(m, nn.Conv2d))
+        seen: set[torch.dtype] = set()
+        conv.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if m.training else None)
+        return seen, trainer.fit().final_top1
+
+    dtypes, top1 = conv_output_dtypes(True, tmp_path / "amp")
+    assert dtypes == {torch.bfloat16}  # the forward ran under bf16 autocast
+    assert top1 > 30
+    assert conv_output_dtypes(False, tmp_path / "fp32", max_steps_per_epoch=2)[0] == {torch.float32}
 
 
 def test_checkpoint_roundtrip_rebuilds_model(tmp_path):

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from polarprune.config import TrainConfig, validate
-from polarprune.data import default_cifar10_archive, ensure_extracted
-from polarprune.training.engine import Trainer
+from polarprune.data import build_data, default_cifar10_archive, ensure_extracted
+from polarprune.workflows.train import build_trainer
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +79,9 @@ def test_resnet20_learns_a_real_cifar10_subset(tmp_path, one_thread):
     root = ensure_extracted(ARCHIVE)
     assert sorted(p.name for p in (root / "train").iterdir()) == CIFAR10_CLASSES
 
-    trainer = Trainer(cifar_subset_config(str(root), str(tmp_path / "run"), seed=0), resume=False)
-    data = trainer.data
+    cfg = cifar_subset_config(str(root), str(tmp_path / "run"), seed=0)
+    data = build_data(cfg.data, seed=cfg.seed)
+    trainer = build_trainer(cfg, resume=False)
     assert (data.train_size, data.eval_size) == (TRAIN_IMAGES, TEST_IMAGES)
     assert data.class_names == CIFAR10_CLASSES
     assert (data.num_classes, data.in_channels, data.input_size) == (10, 3, (32, 32))

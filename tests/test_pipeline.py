@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from polarprune.errors import PolarpruneError
-from polarprune.pipeline import STAGE_FAULT_ENV, Pipeline, load_recipe, summarize
-from polarprune.training.checkpoint import read_checkpoint
-from polarprune.training.engine import FAULT_ENV
+from polarprune.serialization import read_checkpoint
+from polarprune.workflows import Pipeline, load_recipe, summarize
+
+FAULT_RUNNER = str(Path(__file__).resolve().parent / "fault_runner.py")
 
 # MaskSparsity has every kind of stage: training, mask, mask-sparsity, prune, fine-tune (+ scratch).
 TINY_MASKSPARSITY = [
@@ -33,9 +34,11 @@ TINY_MASKSPARSITY = [
 ]
 
 
-def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "polarprune", *args], capture_output=True, text=True, env=env, timeout=600)
+def run_cli(args: list[str], fault: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``polarprune ARGS`` in a subprocess; ``fault``: options of tests/fault_runner.py to install one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, FAULT_RUNNER, *fault, "--"] if fault else [sys.executable, "-m", "polarprune"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def final_state(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
@@ -52,12 +55,31 @@ def test_recipe_validation_errors():
 
 
 def test_prune_stage_passes_its_options_to_prune_model():
-    from polarprune.pipeline import _prune_kwargs
+    from polarprune.models import create
+    from polarprune.pruning import prune_model
+    from polarprune.workflows.stages import prune_kwargs
 
-    recipe = load_recipe("demo-polarization", ["stages.prune.round_to=16", "stages.prune.min_channels=2"])
-    kwargs = _prune_kwargs(recipe.stages.prune)
-    assert kwargs["round_to"] == 16 and kwargs["min_channels"] == 2
-    assert _prune_kwargs(load_recipe("demo-polarization", []).stages.prune)["round_to"] == 1
+    # small_cnn's conv BNs (32, 32, 64, 64 channels) with 5, 20, 40 and 10 gammas under 0.01:
+    # a fixed threshold keeps 27, 12, 24, 54; rounded up to multiples of 16: 32, 16, 32, 64
+    model = create("small_cnn", 10, in_channels=1).eval()
+    bns = [model.features[i] for i in (1, 4, 8, 11)]
+    with torch.no_grad():
+        for bn, low in zip(bns, (5, 20, 40, 10)):
+            bn.weight.copy_(torch.linspace(0.5, 1.0, bn.num_features))
+            bn.weight[:low] = torch.linspace(0.001, 0.002, low)
+    x = torch.randn(2, 1, 8, 8)
+    fixed = ["stages.prune.strategy=fixed", "stages.prune.threshold=0.01"]
+
+    def widths(overrides: list[str], m=model) -> list[int]:
+        pruned, _ = prune_model(m, x, **prune_kwargs(load_recipe("demo-polarization", fixed + overrides).stages.prune))
+        return [pruned.features[i].num_features for i in (1, 4, 8, 11)]
+
+    assert widths([]) == [27, 12, 24, 54]
+    assert widths(["stages.prune.round_to=16"]) == [32, 16, 32, 64]
+    with torch.no_grad():
+        bns[1].weight.copy_(torch.linspace(0.001, 0.005, 32))  # every gamma of features.4 under 0.01
+    assert widths(["stages.prune.min_channels=2"])[1] == 2
+    assert widths([])[1] == 1  # the default min_channels
 
 
 @pytest.mark.slow
@@ -70,10 +92,10 @@ def test_sigkill_in_any_stage_then_rerun_matches_uninterrupted(tmp_path):
 
     run = tmp_path / "killed"
     kills = [
-        {FAULT_ENV: "killed/baseline:30"},  # during baseline training (epoch 2)
-        {FAULT_ENV: "killed/mask_sparsity:25"},  # during mask-sparsity training
-        {STAGE_FAULT_ENV: "prune"},  # after pruning, before its done.json
-        {FAULT_ENV: "killed/finetune:25"},  # during fine-tuning (epoch 2: the rerun resumes it)
+        ["--kill-at", "killed/baseline:30"],  # during baseline training (epoch 2)
+        ["--kill-at", "killed/mask_sparsity:25"],  # during mask-sparsity training
+        ["--kill-before-done", "prune"],  # after pruning, before its done.json
+        ["--kill-at", "killed/finetune:25"],  # during fine-tuning (epoch 2: the rerun resumes it)
     ]
     for kill in kills:
         proc = run_cli(args + ["--out", str(run)], kill)

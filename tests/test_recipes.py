@@ -6,8 +6,8 @@ import pytest
 
 from fixtures import make_cifar10, make_cifar100, make_imagefolder
 from polarprune.errors import PolarpruneError
-from polarprune.pipeline import TRAINING_STAGES, builtin_recipes, load_recipe, stage_config
-from polarprune.training.engine import run_training
+from polarprune.workflows.recipe import TRAINING_STAGES, builtin_recipes, load_recipe, stage_config
+from polarprune.workflows.train import run_training
 
 RECIPES = sorted(builtin_recipes())
 

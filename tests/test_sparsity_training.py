@@ -19,8 +19,8 @@ from polarprune.config import TrainConfig, validate
 from polarprune.models import create
 from polarprune.sparsity.masks import save_mask
 from polarprune.sparsity.selection import regularized_bn_names
-from polarprune.training.checkpoint import read_checkpoint
-from polarprune.training.engine import run_training
+from polarprune.serialization import read_checkpoint
+from polarprune.workflows.train import run_training
 
 NEAR_ZERO = 0.05
 GAP = (0.05, 0.15)
@@ -124,7 +124,7 @@ def polarize(model: torch.nn.Module, names: list[str], seed: int = 0) -> None:
 @pytest.mark.parametrize("name,shape,options", [("resnet20", (3, 32, 32), {}), ("small_cnn", (1, 8, 8), {"in_channels": 1})])
 def test_trial_prune_matches_prune_model(name: str, shape: tuple[int, ...], options: dict) -> None:
     from polarprune.pruning import prune_model
-    from polarprune.sparsity.monitor import TrialPruner
+    from polarprune.pruning import TrialAnalysis
 
     model = create(name, 10, **options)
     names = regularized_bn_names(model)
@@ -132,7 +132,7 @@ def test_trial_prune_matches_prune_model(name: str, shape: tuple[int, ...], opti
     if name == "resnet20":  # an emptied block: prune_model removes its branch
         model.get_submodule("layer2.1.bn1").weight.data.fill_(0.001)
     x = torch.randn(2, *shape)
-    trial = TrialPruner(model, x, names)
+    trial = TrialAnalysis(model, x, bn_names=names)
     for strategy in ("fixed", "grad"):
         macs, params = trial.ratios(model, strategy)
         _, report = prune_model(model, x, strategy, bn_names=names, compensate=False)

@@ -30,9 +30,7 @@ REPRESENTATIVES = {
     "resnext50_32x4d", "shufflenet_v2_x0_5", "vgg11_bn",
 }
 # known failures, each with its reason (strict: a fix makes the test fail until the entry goes)
-KNOWN_FAILURES = {
-    "inception_v3": "pruning is not equivalent (max logit difference ~1e-2 at 96 px): under investigation in pruning/",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 # input sides other than the default 64: Inception-v3 needs at least 75, MaxViT's window
 # 7x7 windows need a side of 7 x 32 (224)
 INPUT_SIZES = {"inception_v3": 96, "maxvit_t": 224}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_trust_code_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or pruned model",
@@ -12,13 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(.safetensors) on a data set's evaluation split, with MACs, params and "
                                    "CPU latency at batch 1.")
     p.add_argument("model", help="checkpoint (.pt) or model file (.safetensors)")
-    p.add_argument("--data", required=True, choices=["digits", "cifar10", "cifar100", "imagefolder", "fake"], help="data set")
+    p.add_argument("--data", required=True, metavar="NAME", help="data set (as data.name of a config, see docs/data.md)")
     p.add_argument("--data-root", help="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has val/ or test/)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--subset", type=int, help="evaluate on this many images only")
     p.add_argument("--image-size", type=int, help="imagefolder crop size (default 224)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
@@ -27,12 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_data
     from ..errors import PolarpruneError
     from ..report import stage_row
-    from ..training.checkpoint import load_any_model
-    from ..training.engine import evaluate, resolve_device
+    from ..serialization import read_model
+    from ..training.engine import evaluate
+    from ..workflows.train import resolve_device
 
     if args.batch_size < 1:
         raise PolarpruneError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model = load_any_model(args.model)
+    model = read_model(args.model)
     data = build_data(DataConfig(name=args.data, root=args.data_root, eval_batch_size=args.batch_size,
                                  eval_subset=args.subset, image_size=args.image_size, train_subset=None))
     device = resolve_device(args.device)

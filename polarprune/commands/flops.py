@@ -9,6 +9,7 @@ import os
 from torch import nn
 
 from ..errors import PolarpruneError
+from . import add_trust_code_argument
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 CIFAR_INPUT_SIZE = 32
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--in-channels", type=int, default=None, metavar="C", help="input channels (default 3, or what a model file records)")
     p.add_argument("--json", action="store_true", help='print one JSON object {"macs", "flops", "params"} and nothing else')
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
@@ -41,40 +43,24 @@ def looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.lower().endswith(MODEL_FILE_SUFFIXES)
 
 
-def load_model_file(path: str) -> nn.Module:
-    """Load a polarprune model file (``polarprune.serialization.load``) as a module."""
-    from .. import serialization  # imported lazily: only needed for files
-
-    loaded = serialization.load(path)
-    if isinstance(loaded, nn.Module):
-        model: object = loaded
-    elif isinstance(loaded, (tuple, list)):  # e.g. (model, metadata)
-        model = next((item for item in loaded if isinstance(item, nn.Module)), None)
-    else:  # e.g. a record with a .model attribute
-        model = getattr(loaded, "model", None)
-    if not isinstance(model, nn.Module):
-        raise PolarpruneError(f"{path}: not a model file (got {type(loaded).__name__})")
-    return model
-
-
 def resolve_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
     """The model to count and a short description of it for the table."""
-    from ..models import create
+    from ..models.imports import is_import_path
+    from ..serialization import read_model
 
     if os.path.isfile(args.model):
-        return load_model_file(args.model), args.model
-    if looks_like_path(args.model):
+        return read_model(args.model), args.model
+    if looks_like_path(args.model) and not is_import_path(args.model):
         raise PolarpruneError(f"model file not found: {args.model}")
-    model = create(args.model, args.num_classes, in_channels=args.in_channels or 3)
+    model = read_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels or 3)
     return model, f"{args.model} ({args.num_classes} classes)"
 
 
 def default_input_size(model: nn.Module) -> int:
-    """32 for the hand-written CIFAR/digits models, 224 for everything else."""
-    from ..models import is_cifar_model
+    """The model entry's input size, at least 32 (the command's documented default for small_cnn too)."""
+    from ..models import default_input_size as entry_input_size
 
-    name = getattr(model, "polarprune_spec", {}).get("name")
-    return CIFAR_INPUT_SIZE if isinstance(name, str) and is_cifar_model(name) else IMAGENET_INPUT_SIZE
+    return max(entry_input_size(model), CIFAR_INPUT_SIZE)
 
 
 def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str, int]) -> str:

@@ -24,7 +24,7 @@ STRATEGY_CHOICES = STRATEGIES
 NEGATING_FLAGS = {"remove_empty_blocks": "--keep-empty-blocks", "compensate": "--no-compensate"}
 # the prune command's options (masks come from --mask FILE, bn_names from the patterns)
 PRUNE_FIELDS = ("strategy", "threshold", "percent", "ratio", "target_macs_reduction", "bn_include", "bn_exclude",
-                "group_rule", "min_channels", "round_to", "remove_empty_blocks", "compensate", "seed")
+                "group_rule", "residual", "min_channels", "round_to", "remove_empty_blocks", "compensate", "seed")
 
 
 def flag_of(field: str) -> str:

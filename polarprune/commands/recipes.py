@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import read_yaml
-    from ..pipeline import builtin_recipes, resolve_recipe_path
+    from ..workflows.recipe import builtin_recipes, resolve_recipe_path
 
     if args.show:
         print(resolve_recipe_path(args.show).read_text(), end="")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_trust_code_argument
+
 HELP = """Run the stages of a recipe (baseline -> sparsity -> [mask -> mask_sparsity] -> prune ->
 finetune/scratch). RECIPE is a built-in recipe name (see `polarprune recipes`) or a YAML file.
 Overrides apply to the recipe, e.g. stages.sparsity.train.epochs=10 data.root=/data/cifar.
@@ -20,13 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (dotted keys)")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
 def run_recipe(recipe_name: str, overrides: list[str], out: str | None, plots: bool = True) -> int:
     """Load, run and summarise a recipe (shared by ``run`` and ``demo``)."""
     from .. import distributed as dist
-    from ..pipeline import Pipeline, load_recipe, summarize
+    from ..workflows import Pipeline, load_recipe, summarize
     from ..report import format_table
 
     recipe = load_recipe(recipe_name, overrides)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_trust_code_argument
+
 HELP = """Train one model from a YAML training config (sections: model, data, train, sparsity).
 Any key can be overridden on the command line as section.key=value, e.g.
   polarprune train cfg.yaml train.epochs=5 sparsity.regularizer=polarization sparsity.lbd=1e-4
@@ -21,13 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (overrides the config's `out`)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if the output folder has last.pt")
     p.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout")
+    add_trust_code_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed as dist
     from ..config import load_train_config
-    from ..training.engine import run_training
+    from ..workflows.train import run_training
 
     overrides = list(args.overrides)
     if args.out:

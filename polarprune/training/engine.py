@@ -1,47 +1,35 @@
 """The training engine: one plain loop with extension points, checkpoints and exact resume.
 
-``run_training(cfg)`` builds data and model from a ``TrainConfig`` (or takes a model, e.g. a
-pruned one to fine-tune), trains with SGD, evaluates every epoch, logs metrics
-(``metrics.jsonl`` and TensorBoard), writes ``last.pt`` every epoch and ``best.pt`` on
-improvement, and resumes from ``last.pt`` when the output folder already holds one.
-The sparsity regularizers hook in through ``TrainHook`` (see ``hooks.py``).
+``Trainer`` receives built objects (model, loaders, optimizer, LR schedule, hooks, device, output
+folder), trains, evaluates every ``eval_every`` epochs, logs metrics (``metrics.jsonl`` and
+TensorBoard), writes ``last.pt`` every epoch and ``best.pt`` on improvement, and resumes from
+``last.pt`` when the output folder already holds one. Building those objects from a
+``TrainConfig`` is ``polarprune.workflows.train``'s job. Regularizers and other extensions act
+through ``TrainHook`` (see ``hooks.py``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..config import TrainConfig, dump_yaml
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
-from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    atomic_torch_save,
-    load_any_model,
-    load_state_strict,
-    model_spec,
-    read_checkpoint,
-)
+from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, read_checkpoint
+from .checkpoint import atomic_torch_save
 from .hooks import TrainHook
-from .schedule import lr_at
 
-FAULT_ENV = "POLARPRUNE_FAULT_KILL_AT_STEP"
-FAULT_RANK_ENV = "POLARPRUNE_FAULT_RANK"  # only this rank is killed (default: every rank)
-FAULT_SIGNAL_ENV = "POLARPRUNE_FAULT_SIGNAL"  # KILL (default) or STOP (a hung process)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,100 +43,6 @@ class TrainResult:
     final_top5: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int = 0
-
-
-# ----------------------------------------------------------------------------- set-up helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available (the local rank's GPU under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PolarpruneError(f"device {name!r}: CUDA is not available on this machine (use device=cpu)")
-        if name == "cuda" and dist.env_world_size() > 1:
-            name = f"cuda:{dist.local_rank()}"
-    elif name != "cpu":
-        raise PolarpruneError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; in deterministic mode also pin the algorithms."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-def parameter_groups(model: nn.Module, weight_decay: float, bn_weight_decay: bool) -> list[dict[str, Any]]:
-    """SGD parameter groups; BN scaling factors and shifts skip weight decay when switched off."""
-    if bn_weight_decay:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    bn_params = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for p in m.parameters(recurse=False)
-    }
-    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in bn_params]
-    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in bn_params]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The model a config asks for: from a checkpoint/pruned file, or fresh from the registry."""
-    from ..models import create, init_bn_gamma
-
-    if cfg.model.checkpoint:
-        model = load_any_model(cfg.model.checkpoint)
-        if cfg.model.bn_init is not None:
-            init_bn_gamma(model, cfg.model.bn_init)
-        return model
-    classes = cfg.model.num_classes or num_classes
-    if cfg.model.num_classes and cfg.model.num_classes != num_classes:
-        raise PolarpruneError(
-            f"model.num_classes is {cfg.model.num_classes} but data set {cfg.data.name!r} has {num_classes} classes"
-        )
-    return create(
-        cfg.model.name,
-        classes,
-        in_channels=in_channels,
-        bn_init=cfg.model.bn_init,
-        weights=cfg.model.weights,
-        **cfg.model.options,
-    )
-
-
-def _fault_step() -> tuple[str, int] | None:
-    """Fault injection for tests: ``[PATH_SUBSTRING:]STEP`` kills this process at that step."""
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    where, _, step = raw.rpartition(":")
-    return where, int(step)
-
-
-def _fault_applies_here(out_dir: Path) -> bool:
-    """Whether the injected fault targets this run folder and this rank (``POLARPRUNE_FAULT_RANK``)."""
-    fault = _fault_step()
-    wanted_rank = os.environ.get(FAULT_RANK_ENV)
-    return fault is not None and fault[0] in str(out_dir) and (not wanted_rank or int(wanted_rank) == dist.env_rank())
-
-
-def _inject_fault() -> None:
-    sig = signal.SIGSTOP if os.environ.get(FAULT_SIGNAL_ENV, "KILL").upper() == "STOP" else signal.SIGKILL
-    os.kill(os.getpid(), sig)
-
-
-def _log(message: str) -> None:
-    if dist.is_main():
-        print(message, file=sys.stderr, flush=True)
 
 
 class _Writer:
@@ -264,79 +158,74 @@ def optimisation_step(
     return loss, logits
 
 
-
 class Trainer:
-    """Holds the state of one run; ``fit()`` trains the remaining epochs."""
+    """One training run over built objects; ``fit()`` trains the remaining epochs.
+
+    ``model`` is the plain (unwrapped) model with its ``polarprune_spec``; under an initialised
+    process group it is wrapped in DDP (with synchronised BN when ``sync_bn``). ``lr_schedule``
+    maps a fractional epoch to the learning rate (set every step, so resuming needs no scheduler
+    state). ``run_config`` is plain data stored in the checkpoints to say how the run was made.
+    """
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        model: nn.Module,
+        train_loader: Any,
+        eval_loader: Iterable,
+        optimizer: torch.optim.Optimizer,
         *,
-        model: nn.Module | None = None,
-        hooks: list[TrainHook] | None = None,
+        epochs: int,
+        lr_schedule: Callable[[float], float],
+        out_dir: str | Path,
+        hooks: Sequence[TrainHook] = (),
+        device: torch.device | str = "cpu",
+        criterion: nn.Module | None = None,
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        sync_bn: bool = False,
+        eval_every: int = 1,
+        max_steps_per_epoch: int | None = None,
+        progress: bool = False,
+        run_config: dict[str, Any] | None = None,
         resume: bool = True,
     ) -> None:
-        from ..data import build_data, probe_batch
-
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        dist.init_from_env(self.device.type)
-        seed_everything(cfg.seed, cfg.deterministic)
-        self.out_dir = Path(cfg.out)
-        self.data = build_data(cfg.data, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
-        if len(self.data.train_loader) == 0 and cfg.train.epochs > 0:
-            raise PolarpruneError(
-                f"data.batch_size {cfg.data.batch_size} is larger than the training set "
-                f"({self.data.train_size} images over {dist.world_size()} process(es))"
-            )
-        self.model = model if model is not None else build_model(cfg, self.data.num_classes, self.data.in_channels)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.spec = model_spec(self.model)
-        self.model.to(self.device)
-        if cfg.train.channels_last and self.device.type == "cuda":
+        self.channels_last = channels_last and self.device.type == "cuda"
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.example_inputs = probe_batch(self.data, 8).to(self.device)
-        self.hooks = list(hooks) if hooks is not None else self._default_hooks()
-        t = cfg.train
-        self.optimizer = torch.optim.SGD(
-            parameter_groups(self.model, t.weight_decay, t.bn_weight_decay),
-            lr=t.lr,
-            momentum=t.momentum,
-            nesterov=t.nesterov and t.momentum > 0,
-        )
-        self.amp_dtype = self._amp_dtype()
+        self.train_loader = train_loader
+        self.eval_loader = eval_loader
+        self.optimizer = optimizer
+        self.epochs = int(epochs)
+        self.lr_schedule = lr_schedule
+        self.out_dir = Path(out_dir)
+        self.hooks = list(hooks)
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+            self.device.type, enabled=amp_dtype == torch.float16 and self.device.type == "cuda"
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.eval_every = int(eval_every)
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.progress = progress
+        self.run_config = run_config or {}
         self.start_epoch = 0
         self.global_step = 0
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
         if resume and (self.out_dir / "last.pt").is_file():
             self._resume(self.out_dir / "last.pt")
-        self.train_model: nn.Module = self._wrap_ddp()
+        self.train_model: nn.Module = self._wrap_ddp(sync_bn)
 
     # -- set-up
 
-    def _default_hooks(self) -> list[TrainHook]:
-        if self.cfg.sparsity.regularizer == "none":
-            return []
-        from ..sparsity import build_hooks
-
-        return build_hooks(self.cfg.sparsity, self.model, self.example_inputs)
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        if not self.cfg.train.amp:
-            return None
-        if self.device.type == "cpu":
-            return torch.bfloat16
-        return torch.float16 if self.cfg.train.amp_dtype == "float16" else torch.bfloat16
-
-    def _wrap_ddp(self) -> nn.Module:
+    def _wrap_ddp(self, sync_bn: bool) -> nn.Module:
         if not dist.is_initialized():
             return self.model
         model = self.model
-        if self.cfg.train.sync_bn:  # a view sharing self.model's tensors; self.model keeps plain BNs
+        if sync_bn:  # a view sharing self.model's tensors; self.model keeps plain BNs
             model = dist.sync_batchnorm_view(self.model, self.device.type)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -353,7 +242,7 @@ class Trainer:
             "spec": self.spec,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "epoch": epoch,
-            "config": self.cfg.model_dump(mode="json"),
+            "config": self.run_config,
             "best_top1": self.best_top1,
             "history": self.history,
         }
@@ -391,7 +280,7 @@ class Trainer:
         self.global_step = int(ckpt["global_step"])
         self.best_top1 = float(ckpt["best_top1"])
         self.history = list(ckpt["history"])
-        _log(f"resumed from {path} at epoch {self.start_epoch}")
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     def _save(self, epoch: int, improved: bool) -> None:
         if dist.is_main():
@@ -405,22 +294,17 @@ class Trainer:
     # -- training
 
     def _train_epoch(self, epoch: int, writer: _Writer) -> dict[str, float]:
-        cfg = self.cfg.train
-        loader = self.data.train_loader
+        loader = self.train_loader
         loader.set_epoch(epoch)
-        steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+        steps = len(loader) if self.max_steps_per_epoch is None else min(len(loader), self.max_steps_per_epoch)
         self.train_model.train()
-        fault = _fault_step()
-        kill_here = _fault_applies_here(self.out_dir)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss_sum, correct, count
         bar = self._progress(steps, epoch)
         start = time.perf_counter()
         for i, (images, labels) in enumerate(loader):
             if i >= steps:
                 break
-            if kill_here and self.global_step == fault[1]:  # type: ignore[index]
-                _inject_fault()
-            lr = lr_at(self.cfg.train.schedule, cfg.lr, epoch + i / steps, cfg.epochs)
+            lr = self.lr_schedule(epoch + i / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss, logits, labels = self._step(images, labels)
@@ -450,14 +334,14 @@ class Trainer:
             "train_loss": sums[0].item() / count,
             "train_top1": 100.0 * sums[1].item() / count,
             "images_per_s": count / max(elapsed, 1e-9),
-            "lr": lr_at(self.cfg.train.schedule, cfg.lr, float(epoch), cfg.epochs),
+            "lr": self.lr_schedule(float(epoch)),
         }
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Move a batch to the device and take one optimisation step with the hooks."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last and self.device.type == "cuda":
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         loss, logits = optimisation_step(
             self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
@@ -466,20 +350,16 @@ class Trainer:
         return loss, logits, labels
 
     def _progress(self, steps: int, epoch: int) -> Any:
-        if not (self.cfg.train.progress and dist.is_main() and sys.stderr.isatty()):
+        if not (self.progress and dist.is_main() and sys.stderr.isatty()):
             return None
         from tqdm import tqdm
 
-        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False, dynamic_ncols=True)
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True)
 
     def fit(self, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
         """Train from ``start_epoch`` to ``epochs``, evaluating, logging and checkpointing each epoch."""
-        cfg = self.cfg
-        total = cfg.train.epochs
+        total = self.epochs
         writer = _Writer(self.out_dir / "tb", enabled=dist.is_main() and self.start_epoch < total)
-        if dist.is_main():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
         for hook in self.hooks:
             hook.on_train_start(self.model, total)
         final = self.history[-1] if self.history else {}
@@ -488,11 +368,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 row: dict[str, Any] = {"epoch": epoch + 1}
                 row.update(self._train_epoch(epoch, writer))
-                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == total:
-                    metrics = evaluate(
-                        self.model, self.data.eval_loader, self.device,
-                        amp_dtype=self.amp_dtype, channels_last=cfg.train.channels_last and self.device.type == "cuda",
-                    )
+                if (epoch + 1) % self.eval_every == 0 or epoch + 1 == total:
+                    metrics = evaluate(self.model, self.eval_loader, self.device,
+                                       amp_dtype=self.amp_dtype, channels_last=self.channels_last)
                     row.update({"eval_top1": metrics["top1"], "eval_top5": metrics["top5"], "eval_loss": metrics["loss"]})
                 for hook in self.hooks:
                     row.update(hook.on_epoch_end(self.model, epoch, writer.tb))
@@ -504,7 +382,7 @@ class Trainer:
                 self._save(epoch + 1, improved)
                 writer.scalars(row, epoch + 1)
                 final = row
-                _log(_epoch_line(row, total))
+                log.info(_epoch_line(row, total))
                 if on_epoch is not None:
                     on_epoch(row)
         except Exception as exc:  # a peer died or hung: one clear line instead of a gloo/NCCL traceback
@@ -516,7 +394,7 @@ class Trainer:
         top1 = final.get("eval_top1")
         top5 = final.get("eval_top5")
         if top1 is None:  # nothing trained (epochs=0): evaluate what we have
-            metrics = evaluate(self.model, self.data.eval_loader, self.device)
+            metrics = evaluate(self.model, self.eval_loader, self.device)
             top1, top5 = metrics["top1"], metrics["top5"]
         return TrainResult(
             model=self.model,
@@ -539,14 +417,3 @@ def _epoch_line(row: dict[str, Any], total: int) -> str:
         if key in row:
             parts.append(f"{key} {row[key]:.3f}")
     return " | ".join(parts)
-
-
-def run_training(
-    cfg: TrainConfig,
-    *,
-    model: nn.Module | None = None,
-    hooks: list[TrainHook] | None = None,
-    resume: bool = True,
-) -> TrainResult:
-    """Train as ``cfg`` says (resuming from ``cfg.out``/last.pt if present) and return the result."""
-    return Trainer(cfg, model=model, hooks=hooks, resume=resume).fit()

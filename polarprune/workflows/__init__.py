@@ -1,0 +1,14 @@
+"""The composition root: what turns configs and recipes into built objects and runs them.
+
+``train`` builds one training run (data, model, hooks, optimizer, ``Trainer``) from a
+``TrainConfig``; ``recipe`` is the schema and loading of recipes; ``stages`` what each stage
+does; ``pipeline`` runs a recipe's stages resumably; ``summary`` reports a finished run.
+Nothing below this package imports it.
+"""
+
+from .pipeline import Pipeline
+from .recipe import Recipe, load_recipe
+from .summary import summarize
+from .train import build_trainer, run_training
+
+__all__ = ["Pipeline", "Recipe", "build_trainer", "load_recipe", "run_training", "summarize"]

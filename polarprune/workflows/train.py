@@ -1,0 +1,169 @@
+"""The composition root of one training run: a ``TrainConfig`` becomes data, model, hooks,
+optimizer and a ``Trainer``.
+
+``build_trainer(cfg)`` joins the process group (under torchrun), seeds, builds the data for this
+rank, the model (fresh from the registry, from a checkpoint/pruned file, or the one passed in),
+the sparsity hooks of ``cfg.sparsity`` (unless hooks are given), SGD and the LR schedule.
+``run_training(cfg)`` builds and fits. The order of the steps is fixed: it decides the random
+numbers each part draws, so a run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from functools import partial
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from ..config import TrainConfig, TrainSection, dump_yaml
+from ..data import build_data, probe_batch
+from ..errors import PolarpruneError
+from ..fileio import atomic_write_text
+from ..models import create, init_bn_gamma
+from ..serialization import load_any_model
+from ..sparsity import build_hooks
+from ..training.engine import Trainer, TrainResult
+from ..training.hooks import TrainHook
+from ..training.schedule import lr_at
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available (the local rank's GPU under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PolarpruneError(f"device {name!r}: CUDA is not available on this machine (use device=cpu)")
+        if name == "cuda" and dist.env_world_size() > 1:
+            name = f"cuda:{dist.local_rank()}"
+    elif name != "cpu":
+        raise PolarpruneError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; in deterministic mode also pin the algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, bn_weight_decay: bool) -> list[dict[str, Any]]:
+    """SGD parameter groups; BN scaling factors and shifts skip weight decay when switched off."""
+    if bn_weight_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    bn_params = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters(recurse=False)
+    }
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in bn_params]
+    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in bn_params]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(t: TrainSection, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with (optional Nesterov) momentum over ``parameter_groups``."""
+    return torch.optim.SGD(
+        parameter_groups(model, t.weight_decay, t.bn_weight_decay),
+        lr=t.lr,
+        momentum=t.momentum,
+        nesterov=t.nesterov and t.momentum > 0,
+    )
+
+
+def amp_dtype_of(t: TrainSection, device: torch.device) -> torch.dtype | None:
+    """Mixed precision: None when off; bfloat16 on the CPU; ``amp_dtype`` on GPUs."""
+    if not t.amp:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16
+    return torch.float16 if t.amp_dtype == "float16" else torch.bfloat16
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The model a config asks for: from a checkpoint/pruned file, or fresh from the registry."""
+    if cfg.model.checkpoint:
+        model = load_any_model(cfg.model.checkpoint)
+        if cfg.model.bn_init is not None:
+            init_bn_gamma(model, cfg.model.bn_init)
+        return model
+    classes = cfg.model.num_classes or num_classes
+    if cfg.model.num_classes and cfg.model.num_classes != num_classes:
+        raise PolarpruneError(
+            f"model.num_classes is {cfg.model.num_classes} but data set {cfg.data.name!r} has {num_classes} classes"
+        )
+    return create(
+        cfg.model.name,
+        classes,
+        in_channels=in_channels,
+        bn_init=cfg.model.bn_init,
+        weights=cfg.model.weights,
+        **cfg.model.options,
+    )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    model: nn.Module | None = None,
+    hooks: Sequence[TrainHook] | None = None,
+    resume: bool = True,
+) -> Trainer:
+    """A ``Trainer`` for ``cfg``: ``model`` (e.g. a pruned one to fine-tune) replaces the config's
+    model, ``hooks`` replace the sparsity hooks of ``cfg.sparsity``."""
+    device = resolve_device(cfg.device)
+    dist.init_from_env(device.type)
+    seed_everything(cfg.seed, cfg.deterministic)
+    data = build_data(cfg.data, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
+    if len(data.train_loader) == 0 and cfg.train.epochs > 0:
+        raise PolarpruneError(
+            f"data.batch_size {cfg.data.batch_size} is larger than the training set "
+            f"({data.train_size} images over {dist.world_size()} process(es))"
+        )
+    model = model if model is not None else build_model(cfg, data.num_classes, data.in_channels)
+    model.to(device)
+    if hooks is None:
+        hooks = build_hooks(cfg.sparsity, model, probe_batch(data, 8).to(device))
+    t = cfg.train
+    return Trainer(
+        model,
+        data.train_loader,
+        data.eval_loader,
+        build_optimizer(t, model),
+        epochs=t.epochs,
+        lr_schedule=partial(lr_at, t.schedule, t.lr, total_epochs=t.epochs),
+        out_dir=cfg.out,
+        hooks=hooks,
+        device=device,
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        amp_dtype=amp_dtype_of(t, device),
+        channels_last=t.channels_last,
+        sync_bn=t.sync_bn,
+        eval_every=t.eval_every,
+        max_steps_per_epoch=t.max_steps_per_epoch,
+        progress=t.progress,
+        run_config=cfg.model_dump(mode="json"),
+        resume=resume,
+    )
+
+
+def run_training(cfg: TrainConfig, **options: Any) -> TrainResult:
+    """Train as ``cfg`` says (resuming from ``cfg.out``/last.pt if present) and return the result;
+    ``options`` are those of ``build_trainer``. The config is saved as ``config.yaml`` next to
+    the checkpoints."""
+    trainer = build_trainer(cfg, **options)
+    if dist.is_main():
+        atomic_write_text(trainer.out_dir / "config.yaml", dump_yaml(cfg))
+    return trainer.fit()
