@@ -17,6 +17,8 @@ from polarprune.flops import count_model
 from polarprune.models.cifar_resnet import BasicBlock
 from polarprune.models.expand import ChannelScatter, ScatterBasicBlock
 from polarprune.models.layers import ShortcutOnlyBlock
+from polarprune.serialization import load, save
+from polarprune.pruning import prune_model
 from polarprune.pruning.options import PruneOptions
 from polarprune.pruning.scatter import apply_scatter, original_accounting, original_macs, prune_scatter, scatter_keep_masks
 
@@ -108,6 +110,26 @@ def test_prune_scatter_reports_the_original_accounting(pruned_pair) -> None:
     # the same number from the accounting alone, as a default prune report gives it beside its own
     macs, reason = original_accounting(model, x, PruneOptions(strategy="fixed"))
     assert (macs, reason) == (expected, None)
+
+
+def test_prune_model_residual_scatter_saves_and_loads(pruned_pair, tmp_path) -> None:
+    model, _, keep, _ = pruned_pair
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    pruned, report = prune_model(model, x, "fixed", residual="scatter")
+    assert report.macs_after == report.macs_original_accounting == hand_count(model, keep)
+    path = save(pruned, tmp_path / "scatter.safetensors")
+    loaded = load(path).eval()
+    assert isinstance(loaded.layer3[8], ScatterBasicBlock)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
+
+
+def test_a_default_prune_report_gives_the_original_accounting(pruned_pair) -> None:
+    model, _, keep, _ = pruned_pair
+    _, report = prune_model(model, torch.zeros(1, 3, 32, 32), "fixed")
+    assert report.macs_original_accounting == hand_count(model, keep)
+    assert report.macs_after > report.macs_original_accounting  # bn2 channels stay: their groups disagree
+    assert "original code's accounting" in report.table()
 
 
 def test_an_empty_bn_empties_its_block() -> None:
