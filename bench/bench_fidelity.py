@@ -69,8 +69,9 @@ def weights(seed: int) -> dict[str, Any]:
     model = create("resnet56", num_classes=10)
     example = torch.zeros(1, 3, 32, 32)
     names = regularized_bn_names(model, example, method="polarization")
-    original = flops_weights(original_channel_macs(model, example, names), 0.5, 1.5)
-    residual_macs = TrialAnalysis(model, example, bn_names=names).channel_macs()
+    trial = TrialAnalysis(model, example, bn_names=names)
+    original = flops_weights(original_channel_macs(model, trial.analysis.layer_shapes(), names), 0.5, 1.5)
+    residual_macs = trial.channel_macs()
     residual = flops_weights({n: residual_macs[n] for n in names}, 0.5, 1.5)
     diffs = {n: residual[n] - original[n] for n in names}
     g = torch.Generator().manual_seed(seed)

@@ -7,16 +7,15 @@ addition (a ResNet block's last BN) has no direct reader: the original polarizat
 prunes its producer's outputs and scatters the kept channels back to full width before the
 addition, so the residual stream, and everything that reads it, keeps its full width.
 
-``conv_links(model, example_inputs)`` finds these links with ``torch.fx`` (symbolic tracing;
-modules without children are leaves) and the per-image MACs of every conv/linear with one
-forward pass. Two consumers use it: the original FLOPs weighting of the polarization
+``conv_links(model, layers)`` finds these links with ``torch.fx`` (symbolic tracing; modules
+without children are leaves); the widths and per-image MACs of the layers come from the one
+pruning analysis (``pruning.graph.ModelAnalysis.layer_shapes()``), not from a count of its own. Two consumers use it: the original FLOPs weighting of the polarization
 regularizer (``sparsity/flops_weighting.py``) and the original accounting of a pruning
 decision (``pruning/scatter.py``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -25,8 +24,6 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import PolarpruneError
-from .flops import conv_macs
-from .modes import inference
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES = (*CONV_TYPES, nn.Linear)
@@ -163,45 +160,12 @@ def _trace(model: nn.Module) -> fx.Graph:
         raise PolarpruneError(f"the original accounting needs a model torch.fx can trace; {type(model).__name__}: {exc}") from None
 
 
-def _layer_shapes(model: nn.Module, example_inputs: Any) -> dict[str, LayerShape]:
-    """Per-image MACs of every conv/linear layer from one forward pass on the first image."""
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    inputs = tuple(x[:1] if isinstance(x, torch.Tensor) else x for x in inputs)
-    shapes: dict[str, LayerShape] = {}
-    handles = []
-
-    def hook(name: str) -> Any:
-        def record(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            if isinstance(module, CONV_TYPES):
-                macs = conv_macs(args[0].shape, module.weight.shape, output.shape)
-                shape = LayerShape("conv", module.in_channels, module.out_channels, module.groups, macs)
-            else:
-                macs = math.prod(output.shape[:-1]) * module.in_features * module.out_features
-                shape = LayerShape("linear", module.in_features, module.out_features, 1, macs)
-            old = shapes.get(name)
-            shapes[name] = shape if old is None else LayerShape(shape.kind, shape.in_channels, shape.out_channels, shape.groups, old.macs + macs)
-        return record
-
-    for name, module in model.named_modules():
-        if isinstance(module, LAYER_TYPES):
-            handles.append(module.register_forward_hook(hook(name)))
-    try:
-        with inference(model):
-            model(*inputs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PolarpruneError(f"cannot run {type(model).__name__} on the example inputs: {first}") from None
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-def conv_links(model: nn.Module, example_inputs: Any) -> ConvLinks:
-    """The direct BN <-> conv/linear links of ``model`` and its layers' per-image MACs."""
+def conv_links(model: nn.Module, layers: Mapping[str, LayerShape]) -> ConvLinks:
+    """The direct BN <-> conv/linear links of ``model``, with its layers' widths and per-image MACs
+    ``layers`` as the one pruning analysis measured them (``ModelAnalysis.layer_shapes()``)."""
     graph = _trace(model)
     modules = dict(model.named_modules())
-    links = ConvLinks(layers=_layer_shapes(model, example_inputs))
+    links = ConvLinks(layers=dict(layers))
     links.bn_channels = {name: int(m.num_features) for name, m in modules.items() if isinstance(m, BN_TYPES)}
     for node in graph.nodes:
         if node.op != "call_module":

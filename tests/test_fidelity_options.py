@@ -7,6 +7,7 @@ import torch
 
 from polarprune import models
 from polarprune.config import SparsityConfig
+from polarprune.pruning.graph import analysed_copy
 from polarprune.sparsity import build_hooks
 from polarprune.sparsity.flops_weighting import original_channel_macs
 from polarprune.sparsity.regularizers import flops_weights
@@ -84,7 +85,8 @@ def test_flops_weighting_original_is_a_config_choice() -> None:
     example = torch.zeros(1, 3, 32, 32)
     cfg = SparsityConfig(regularizer="polarization", lbd=1e-4, flops_weighted=True, flops_weighting="original", monitor=False)
     hook = build_hooks(cfg, model, example)[0]
-    expected = flops_weights(original_channel_macs(model, example, hook.bn_names), cfg.weight_min, cfg.weight_max)
+    layers = analysed_copy(model, example).layer_shapes()
+    expected = flops_weights(original_channel_macs(model, layers, hook.bn_names), cfg.weight_min, cfg.weight_max)
     assert hook.layer_weights == expected
     # a bn2's weight counts its conv's outputs only: the first stage's bn2 is below its bn1
     assert hook.layer_weights["layer1.0.bn2"] < hook.layer_weights["layer1.0.bn1"]

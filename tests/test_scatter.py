@@ -14,8 +14,8 @@ import torch
 
 from polarprune import models
 from polarprune.flops import count_model
-from polarprune.models.cifar_resnet import BasicBlock
-from polarprune.models.expand import ChannelScatter, ScatterBasicBlock
+from polarprune.models.cifar_resnet import BasicBlock, ScatterBasicBlock
+from polarprune.models.expand import ChannelScatter
 from polarprune.models.layers import ShortcutOnlyBlock
 from polarprune.serialization import load, save
 from polarprune.pruning import prune_model

@@ -6,11 +6,14 @@ option B uses a 1x1 conv + BN projection.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .entry import block_bns, prefixed, register
+from .expand import ChannelScatter
 from .layers import BlockInfo, ChannelPlacementShortcut
 
 
@@ -54,6 +57,22 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+class ScatterBasicBlock(BasicBlock):
+    """``relu(scatter(bn2(conv2(relu(bn1(conv1(x)))))) + downsample(x))``: a pruned basic block
+    whose output keeps the residual stream's full width."""
+
+    def __init__(self, block: BasicBlock, positions: Sequence[int], out_channels: int) -> None:
+        nn.Module.__init__(self)
+        self.conv1, self.bn1, self.relu = block.conv1, block.bn1, block.relu
+        self.conv2, self.bn2, self.downsample = block.conv2, block.bn2, block.downsample
+        self.scatter = ChannelScatter(positions, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.scatter(self.bn2(self.conv2(out)))
         return self.relu(out + self.downsample(x))
 
 
@@ -127,5 +146,5 @@ for _depth in CIFAR_RESNET_DEPTHS:
         lambda num_classes, depth=_depth, **kw: CifarResNet(depth, num_classes, **kw),
         family="cifar_resnet", input_size=32, num_classes=10,
         classes=(CifarResNet,), bn_selection=regularized_bns,
-        residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning,
+        residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning, scatter_block=ScatterBasicBlock,
     )

@@ -52,6 +52,9 @@ class ModelEntry:
     bn_selection: BnSelection | None = None
     residual_blocks: Callable[[nn.Module], Any] | None = None
     prepare_for_pruning: Callable[[nn.Module, Any], Any] | None = None
+    # residual: scatter (the original accounting): ``scatter_block(block, positions, width)`` wraps a
+    # pruned residual block so that its last BN's kept channels go back to ``positions`` of ``width``
+    scatter_block: Callable[[nn.Module, Sequence[int], int], nn.Module] | None = None
     finish_pruning: Callable[[nn.Module], Any] | None = None  # undoes what prepare_for_pruning did only for the analysis
 
     def regularized_bns(self, model: nn.Module, method: str | None = None) -> list[str] | None:

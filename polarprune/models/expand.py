@@ -1,4 +1,4 @@
-"""Layers of the paper-accounting residual mode (``residual: scatter``) of CIFAR ResNets.
+"""The layer of the paper-accounting residual mode (``residual: scatter``) of CIFAR ResNets.
 
 The polarization code keeps the residual stream at full width: it prunes the output channels
 of each block's last conv and scatters the kept ones back to their places before the addition
@@ -9,8 +9,8 @@ after pruning, and costs wall-clock time (an extra copy per block, wider additio
 
 - ``ChannelScatter``: ``x`` (k channels) -> ``out_channels`` channels, input channel ``i`` at
   ``positions[i]``, zeros elsewhere (static-shape ops only, so exporters can follow it).
-- ``ScatterBasicBlock``: a CIFAR ``BasicBlock`` whose ``bn2`` output is scattered back to the
-  block's full width before the shortcut is added. Its parameters keep the block's names.
+A model family declares how its blocks take one (``ModelEntry.scatter_block``; CIFAR ResNets:
+``cifar_resnet.ScatterBasicBlock``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .cifar_resnet import BasicBlock
 
 
 class ChannelScatter(nn.Module):
@@ -52,20 +51,4 @@ class ChannelScatter(nn.Module):
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
 
 
-class ScatterBasicBlock(BasicBlock):
-    """``relu(scatter(bn2(conv2(relu(bn1(conv1(x)))))) + downsample(x))``: a pruned basic block
-    whose output keeps the residual stream's full width."""
-
-    def __init__(self, block: BasicBlock, positions: Sequence[int], out_channels: int) -> None:
-        nn.Module.__init__(self)
-        self.conv1, self.bn1, self.relu = block.conv1, block.bn1, block.relu
-        self.conv2, self.bn2, self.downsample = block.conv2, block.bn2, block.downsample
-        self.scatter = ChannelScatter(positions, out_channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.scatter(self.bn2(self.conv2(out)))
-        return self.relu(out + self.downsample(x))
-
-
-__all__ = ["ChannelScatter", "ScatterBasicBlock"]
+__all__ = ["ChannelScatter"]

@@ -31,10 +31,13 @@ STRATEGIES: tuple[str, ...] = tuple(STRATEGY_NEEDS)
 RATIO_STRATEGIES: tuple[str, ...] = ("uniform", "l1-norm", "random")
 # strategies that pick channels from per-layer scores alone (``select_channels``)
 SCORE_STRATEGIES: tuple[str, ...] = tuple(s for s in STRATEGIES if s not in ("mask", "flops-target"))
-GROUP_RULES: tuple[str, ...] = ("any", "all", "mean")
+GROUP_RULES: tuple[str, ...] = ("any", "all", "mean", "masksparsity")
+# how residual channels go: with their whole coupled group, or scattered back (the original; CIFAR ResNets)
+RESIDUAL_MODES: tuple[str, ...] = ("group", "scatter")
 
 StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
 GroupRule = Literal[GROUP_RULES]  # type: ignore[valid-type]
+ResidualMode = Literal[RESIDUAL_MODES]  # type: ignore[valid-type]
 
 
 class PruneOptions(BaseModel):
@@ -51,7 +54,8 @@ class PruneOptions(BaseModel):
     bn_names: list[str] | None = Field(None, description="BNs that are scored (default: every BN of a prunable group)")
     bn_include: list[str] = Field(default_factory=list, description="score only BNs matching these fnmatch patterns")
     bn_exclude: list[str] = Field(default_factory=list, description="do not score BNs matching these fnmatch patterns")
-    group_rule: GroupRule = Field("any", description="how a group's BNs vote")
+    group_rule: GroupRule = Field("any", description="how a group's BNs vote (masksparsity: MaskSparsity's relaxing vote)")
+    residual: ResidualMode = Field("group", description="group: residual channels leave with their whole group; scatter: the original's accounting, block outputs scattered back to full width (CIFAR ResNets)")
     min_channels: int = Field(1, ge=0, description="channels every group keeps")
     remove_empty_blocks: bool = Field(True, description="an emptied residual branch is removed (else it keeps min_channels)")
     round_to: int = Field(1, ge=1, description="round every group's kept channels to a multiple of N (16 for CPU inference)")
@@ -105,4 +109,5 @@ def parse_options(strategy: str | None = None, options: PruneOptions | None = No
         raise PolarpruneError(message) from None
 
 
-__all__ = ["PruneOptions", "parse_options", "STRATEGIES", "STRATEGY_NEEDS", "RATIO_STRATEGIES", "SCORE_STRATEGIES", "GROUP_RULES"]
+__all__ = ["PruneOptions", "parse_options", "STRATEGIES", "STRATEGY_NEEDS", "RATIO_STRATEGIES", "SCORE_STRATEGIES", "GROUP_RULES",
+           "RESIDUAL_MODES"]

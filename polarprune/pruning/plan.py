@@ -25,11 +25,14 @@ from torch import nn
 
 from ..errors import PolarpruneError
 from .graph import BN_TYPES, CONV_TYPES
+from ..models import entry_for
+from ..models.expand import ChannelScatter
 from .modules import ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock, set_module
 
 PLAN_VERSION = 1
 PLACEMENT_SHORTCUT = "placement_shortcut"
 SHORTCUT_BLOCK = "shortcut_block"
+SCATTER_BLOCK = "scatter_block"  # residual: scatter (a block whose output is scattered back; the family's scatter_block)
 
 
 def module_shape(module: nn.Module) -> dict[str, Any] | None:
@@ -47,6 +50,8 @@ def module_shape(module: nn.Module) -> dict[str, Any] | None:
         return {"type": kind, "stride": module.stride, "in_channels": module.in_channels, "out_channels": module.out_channels}
     if isinstance(module, ChannelShift):
         return {"type": kind, "num_channels": module.num_channels}
+    if isinstance(module, ChannelScatter):
+        return {"type": kind, "in_channels": module.in_channels, "out_channels": module.out_channels}
     return None
 
 
@@ -81,6 +86,8 @@ def make_plan(pruned: nn.Module, base: nn.Module | LayerView) -> dict[str, Any]:
     modules: dict[str, dict[str, Any]] = {}
     for name, module in pruned.named_modules():
         base_type, base_shape = base_view.get(name, (None, None))
+        if isinstance(getattr(module, "scatter", None), ChannelScatter) and f"{name}.scatter" not in base_view:
+            replace.append({"name": name, "kind": SCATTER_BLOCK})
         for cls, kind in ((ShortcutOnlyBlock, SHORTCUT_BLOCK), (ChannelPlacementShortcut, PLACEMENT_SHORTCUT)):
             if isinstance(module, cls) and not (isinstance(base_type, type) and issubclass(base_type, cls)):
                 replace.append({"name": name, "kind": kind})
@@ -163,6 +170,13 @@ def _replace(model: nn.Module, entry: dict[str, Any], plan_modules: dict[str, An
         if not isinstance(shape, dict):
             raise PolarpruneError(f"{where}: plan replacement {name!r}: missing the shape of {name}.shift")
         new = ShortcutOnlyBlock(getattr(old, "downsample", None), _int(shape, "num_channels", name, where))
+    elif kind == SCATTER_BLOCK:
+        shape = plan_modules.get(f"{name}.scatter")
+        family = entry_for(model)
+        if not isinstance(shape, dict) or family is None or family.scatter_block is None:
+            raise PolarpruneError(f"{where}: plan replacement {name!r}: needs the shape of {name}.scatter and a model family with a scatter_block")
+        width = _int(shape, "out_channels", name, where)
+        new = family.scatter_block(old, range(min(_int(shape, "in_channels", name, where), width)), width)  # positions: from the state dict
     else:
         raise PolarpruneError(f"{where}: plan replacement {name!r} has unknown kind {kind!r}")
     set_module(model, name, new)

@@ -62,6 +62,9 @@ class PruneReport:
     removed_blocks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    # MACs after under the original polarization code's accounting (residual streams kept at full
+    # width, block outputs scattered back) for the same per-BN choice; None: not computable
+    macs_original_accounting: int | None = None
 
     @property
     def macs_reduction(self) -> float:
@@ -91,6 +94,7 @@ class PruneReport:
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "macs_reduction": self.macs_reduction,
+            "macs_original_accounting": self.macs_original_accounting,
             "flops_before": self.flops_before,
             "flops_after": self.flops_after,
             "flops_reduction": self.flops_reduction,
@@ -133,6 +137,9 @@ class PruneReport:
             f"channels {self.channels_before} -> {self.channels_after}; MACs {self.macs_before:,} -> {self.macs_after:,} "
             f"(-{self.macs_reduction:.1%}); params {self.params_before:,} -> {self.params_after:,} (-{self.params_reduction:.1%})"
         )
+        if self.macs_original_accounting is not None:
+            lines.append(f"MACs under the original code's accounting (scatter, same per-BN choice): {self.macs_original_accounting:,} "
+                         f"(-{_ratio(self.macs_before, self.macs_original_accounting):.1%})")
         diff = f"max |output diff| {self.max_abs_output_diff:.3g}"
         if self.max_abs_output_diff_uncompensated is not None:
             diff += f" (without compensation {self.max_abs_output_diff_uncompensated:.3g})"

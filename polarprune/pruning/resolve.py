@@ -8,7 +8,9 @@ the group rule over its *scored* BNs:
 - ``any`` (default): kept if any scored BN keeps it (removal is exact when every BN of the
   group has gamma = beta = 0 there);
 - ``all``: kept only if every scored BN keeps it;
-- ``mean``: kept if at least half of the scored BNs keep it (majority vote).
+- ``mean``: kept if at least half of the scored BNs keep it (majority vote);
+- ``masksparsity``: MaskSparsity's relaxing vote (``votes.py``): the group removes at least as
+  many channels as its most conservative BN alone, those most BNs agree on.
 
 Ratio strategies aggregate the scored BNs' |gamma| per channel with the same rule (max, min,
 mean); ``l1-norm`` aggregates the L1 norms of the producing filters. After the rule:
@@ -38,6 +40,7 @@ from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, deleted
 from .modules import ChannelPlacementShortcut
 from .options import GROUP_RULES, RATIO_STRATEGIES, STRATEGIES, PruneOptions, parse_options
 from .strategies import select_channels
+from .votes import relaxed_prune
 
 ALL_STRATEGIES = STRATEGIES
 
@@ -94,8 +97,9 @@ def _aggregate(values: list[Tensor], roots: list[Tensor], size: int, rule: str) 
     if rule == "mean":
         out = torch.zeros(size, dtype=torch.float64).index_add_(0, root, value) / count.clamp(min=1)
     else:
-        start = -math.inf if rule == "any" else math.inf
-        out = torch.full((size,), start, dtype=torch.float64).scatter_reduce_(0, root, value, "amax" if rule == "any" else "amin")
+        high = rule in ("any", "masksparsity")  # ratio strategies: masksparsity aggregates like any
+        start = -math.inf if high else math.inf
+        out = torch.full((size,), start, dtype=torch.float64).scatter_reduce_(0, root, value, "amax" if high else "amin")
     return torch.where(count > 0, out, torch.full_like(out, math.inf)).float()
 
 
@@ -128,6 +132,7 @@ def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded
     yes = torch.zeros(size, dtype=torch.long)
     total = torch.zeros(size, dtype=torch.long)
     constant_only = torch.zeros(size, dtype=torch.bool)
+    own_prunes: list[int] = []  # channels each voting BN removes on its own (masksparsity)
     for item in group.bn_items():
         if item.module_name not in bn_keep:
             continue
@@ -136,10 +141,13 @@ def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded
         else:
             total.index_add_(0, item.root_t, torch.ones_like(item.root_t))
             yes.index_add_(0, item.root_t, bn_keep[item.module_name][item.idx_t].long())
+            own_prunes.append(int((~bn_keep[item.module_name][item.idx_t].bool()).sum()))
     if rule == "any":
         keep = yes > 0
     elif rule == "all":
         keep = yes == total
+    elif rule == "masksparsity":
+        keep = ~relaxed_prune(total - yes, max(1, int(total.max())), min(own_prunes, default=0))
     else:
         keep = 2 * yes >= total
     return torch.where(total > 0, keep, ~constant_only)

@@ -10,7 +10,8 @@ channels only from a whole coupled group and never scatters (smaller, faster mod
 
 - ``scatter_keep_masks``: the per-BN decision (threshold strategies on ``|gamma|``, or masks),
   no group vote, no minimum width (an empty BN empties its block, as in the original);
-- ``apply_scatter``: the surgery of that mode for CIFAR ResNets (``ScatterBasicBlock``);
+- ``apply_scatter``: the surgery of that mode, for families that declare a ``scatter_block``
+  (CIFAR ResNets: ``cifar_resnet.ScatterBasicBlock``);
 - ``original_macs``: the MACs the original accounting gives for per-BN keep masks on any
   fx-traceable model (every layer shrinks only on the sides directly linked to a BN; the
   branch of a block with an empty BN costs nothing), so a report can show it beside
@@ -29,34 +30,39 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..conv_links import ConvLinks, conv_links
+from ..conv_links import ConvLinks, LayerShape, conv_links
 from ..errors import PolarpruneError
 from ..flops import counted_forward
 from ..modes import restored_modes
 from ..models import entry_for
-from ..models.cifar_resnet import BasicBlock
-from ..models.entry import prefixed
-from ..models.expand import ScatterBasicBlock
+from ..models.entry import ModelEntry, prefixed
+from ..models.expand import ChannelScatter
 from ..models.layers import BlockInfo, ShortcutOnlyBlock
+from .graph import BN_TYPES, CONV_TYPES, analysed_copy
 from .modules import set_module
-from .options import PruneOptions, parse_options
+from .options import RESIDUAL_MODES, PruneOptions, parse_options
 from .report import GroupRow, PruneReport
 from .strategies import select_channels
 from .surgery import slice_batchnorm, slice_conv_in, slice_conv_out
-
-RESIDUAL_MODES = ("group", "scatter")
 
 
 def _keep_list(mask: Tensor) -> list[int]:
     return torch.nonzero(mask.bool().flatten()).flatten().tolist()
 
 
+def _scatter_family(model: nn.Module) -> tuple[ModelEntry, dict[str, BlockInfo]]:
+    """The model's entry and residual blocks, when its family declares a ``scatter_block``."""
+    entry = entry_for(model)
+    if entry is None or entry.scatter_block is None or entry.residual_blocks is None:
+        raise PolarpruneError(f"residual: scatter needs a model family that declares scatter_block (CIFAR ResNets); "
+                              f"{type(model).__name__} has none")
+    return entry, entry.residual_blocks(model)
+
+
 def scatter_bn_names(model: nn.Module) -> list[str]:
-    """The BNs the scatter mode prunes: ``bn1`` and ``bn2`` of every CIFAR basic block."""
-    names = [prefixed(name, child) for name, m in model.named_modules() if isinstance(m, BasicBlock) for child in ("bn1", "bn2")]
-    if not names:
-        raise PolarpruneError(f"residual: scatter is for CIFAR ResNets (basic blocks); {type(model).__name__} has none")
-    return names
+    """The BNs the scatter mode prunes: the inner and last BNs of every residual block."""
+    _, blocks = _scatter_family(model)
+    return [bn for block in blocks.values() for bn in [*block.inner_bns, block.last_bn]]
 
 
 def scatter_keep_masks(model: nn.Module, strategy: str = "fixed", *, threshold: float = 0.01, percent: float | None = None,
@@ -87,37 +93,44 @@ def scatter_keep_masks(model: nn.Module, strategy: str = "fixed", *, threshold: 
 
 
 def apply_scatter(model: nn.Module, bn_keep: Mapping[str, Tensor], *, inplace: bool = False) -> tuple[nn.Module, list[str]]:
-    """Prune a CIFAR ResNet the original way (see the module docstring). Returns the pruned model
-    (a copy unless ``inplace``) and the names of the blocks that became their shortcut."""
+    """Prune the original way (see the module docstring): in every residual block each conv-BN pair
+    of the branch loses its BN's removed channels (the next conv its inputs), the last BN's kept
+    channels are scattered back by the family's ``scatter_block``. Returns the pruned model (a copy
+    unless ``inplace``) and the names of the blocks that became their shortcut."""
     work = model if inplace else copy.deepcopy(model)
-    scatter_bn_names(work)  # fails for other models
+    entry, blocks = _scatter_family(work)
     emptied = []
-    for name, block in list(work.named_modules()):
-        if isinstance(block, ScatterBasicBlock):
+    for name, info in blocks.items():
+        block = work.get_submodule(name)
+        if isinstance(getattr(block, "scatter", None), ChannelScatter):
             raise PolarpruneError(f"{name} was already pruned with residual: scatter; prune the unpruned model instead")
-        if not isinstance(block, BasicBlock):
-            continue
-        width = block.bn2.num_features
-        keep1 = bn_keep.get(prefixed(name, "bn1"), torch.ones(block.bn1.num_features, dtype=torch.bool))
-        keep2 = bn_keep.get(prefixed(name, "bn2"), torch.ones(width, dtype=torch.bool))
-        for mask, bn in ((keep1, block.bn1), (keep2, block.bn2)):
-            if torch.as_tensor(mask).numel() != bn.num_features:
-                raise PolarpruneError(f"keep mask of {name} has {torch.as_tensor(mask).numel()} entries, its BN {bn.num_features}")
-        if not bool(torch.as_tensor(keep1).any()) or not bool(torch.as_tensor(keep2).any()):
-            shortcut = ShortcutOnlyBlock(block.downsample, width).to(block.conv1.weight.device)
+        convs = [a for a in info.branch if isinstance(getattr(block, a), CONV_TYPES)]
+        bns = [a for a in info.branch if isinstance(getattr(block, a), BN_TYPES)]
+        masks = []
+        for bn in bns:
+            width = getattr(block, bn).num_features
+            mask = torch.as_tensor(bn_keep.get(prefixed(name, bn), torch.ones(width, dtype=torch.bool))).bool().flatten()
+            if mask.numel() != width:
+                raise PolarpruneError(f"keep mask of {prefixed(name, bn)} has {mask.numel()} entries, the layer has {width} channels")
+            masks.append(mask)
+        width = masks[-1].numel()
+        if any(not bool(m.any()) for m in masks):
+            shortcut = ShortcutOnlyBlock(getattr(block, "downsample", None), width).to(getattr(block, convs[0]).weight.device)
             shortcut.train(block.training)
             set_module(work, name, shortcut)
             emptied.append(name)
             continue
-        kept1, kept2 = _keep_list(torch.as_tensor(keep1)), _keep_list(torch.as_tensor(keep2))
-        slice_conv_out(block.conv1, kept1)
-        slice_batchnorm(block.bn1, kept1)
-        slice_conv_in(block.conv2, kept1)
-        if len(kept2) == width:
-            continue  # bn2 keeps every channel: nothing to scatter (the original skips the expand too)
-        slice_conv_out(block.conv2, kept2)
-        slice_batchnorm(block.bn2, kept2)
-        scattered = ScatterBasicBlock(block, kept2, width).to(block.conv1.weight.device)
+        for conv, bn, next_conv, mask in zip(convs[:-1], bns[:-1], convs[1:], masks[:-1]):
+            kept = _keep_list(mask)
+            slice_conv_out(getattr(block, conv), kept)
+            slice_batchnorm(getattr(block, bn), kept)
+            slice_conv_in(getattr(block, next_conv), kept)
+        last = _keep_list(masks[-1])
+        if len(last) == width:
+            continue  # the last BN keeps every channel: nothing to scatter (the original skips the expand too)
+        slice_conv_out(getattr(block, convs[-1]), last)
+        slice_batchnorm(getattr(block, bns[-1]), last)
+        scattered = entry.scatter_block(block, last, width).to(getattr(block, convs[0]).weight.device)  # type: ignore[misc]
         scattered.train(block.training)
         set_module(work, name, scattered)
     return work, emptied
@@ -131,8 +144,9 @@ def _branch_layers(block: BlockInfo, layer_names: Sequence[str]) -> list[str]:
 def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, Tensor], links: ConvLinks | None = None) -> int:
     """Per-image conv+linear MACs of ``model`` pruned by per-BN ``bn_keep`` under the original
     accounting (layers shrink on their directly linked sides only, the residual stream keeps its
-    width; a residual block whose inner or last BN keeps nothing costs nothing)."""
-    links = links if links is not None else conv_links(model, example_inputs)
+    width; a residual block whose inner or last BN keeps nothing costs nothing). The layers' MACs
+    come from the pruning analysis (``links``, or one analysis of ``model`` on ``example_inputs``)."""
+    links = links if links is not None else conv_links(model, analysed_copy(model, example_inputs).layer_shapes())
     kept = {name: int(torch.as_tensor(mask).bool().sum()) for name, mask in bn_keep.items()}
     entry = entry_for(model)
     blocks = entry.residual_blocks(model) if entry is not None and entry.residual_blocks is not None else {}
@@ -159,12 +173,14 @@ def per_bn_choice(model: nn.Module, options: PruneOptions, bn_names: Sequence[st
                            min_channels=0, seed=options.seed, warn=False).keep
 
 
-def original_accounting(model: nn.Module, example_inputs: Any, options: PruneOptions, threshold: float | None = None) -> tuple[int | None, str | None]:
+def original_accounting(model: nn.Module, example_inputs: Any, options: PruneOptions, threshold: float | None = None,
+                        layers: Mapping[str, LayerShape] | None = None) -> tuple[int | None, str | None]:
     """``(MACs, None)`` of the original accounting for the per-BN choice of ``options`` on the
     scored BNs (``bn_names``, default: every BN fed directly by a conv/linear), or
-    ``(None, reason)`` when it cannot be computed (the model is not fx-traceable, ``l1-norm``)."""
+    ``(None, reason)`` when it cannot be computed (the model is not fx-traceable, ``l1-norm``).
+    ``layers``: the layers' MACs when already measured (``ModelAnalysis.layer_shapes``)."""
     try:
-        links = conv_links(model, example_inputs)
+        links = conv_links(model, layers if layers is not None else analysed_copy(model, example_inputs).layer_shapes())
     except PolarpruneError as exc:
         return None, str(exc)
     names = list(options.bn_names) if options.bn_names is not None else [bn for bn in links.bn_channels if bn in links.producer]

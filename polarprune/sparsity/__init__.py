@@ -51,7 +51,7 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
     layer_weights = None
     if cfg.flops_weighted:
         assert trial is not None
-        channel_macs = original_channel_macs(model, example_inputs, names) if cfg.flops_weighting == "original" else trial.channel_macs()
+        channel_macs = original_channel_macs(model, trial.analysis.layer_shapes(), names) if cfg.flops_weighting == "original" else trial.channel_macs()
         weights = flops_weights({n: channel_macs.get(n, 0.0) for n in names}, cfg.weight_min, cfg.weight_max)
         layer_weights = [weights[n] for n in names]
     regularizer = kind.from_config(cfg, targets, layer_weights)

@@ -17,19 +17,20 @@ price a channel:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
 from torch import nn
 
-from ..conv_links import conv_links
+from ..conv_links import LayerShape, conv_links
 from ..errors import PolarpruneError
 
 FLOPS_WEIGHTINGS = ("residual", "original")
 
 
-def original_channel_macs(model: nn.Module, example_inputs: Any, bn_names: Sequence[str]) -> dict[str, float]:
-    """Per BN, the MACs one of its channels costs in the original code's view (see the module docstring)."""
-    links = conv_links(model, example_inputs)
+def original_channel_macs(model: nn.Module, layers: Mapping[str, LayerShape], bn_names: Sequence[str]) -> dict[str, float]:
+    """Per BN, the MACs one of its channels costs in the original code's view (see the module
+    docstring); ``layers``: the layers' MACs from the pruning analysis (``ModelAnalysis.layer_shapes()``)."""
+    links = conv_links(model, layers)
     missing = [name for name in bn_names if name not in links.bn_channels]
     if missing:
         raise PolarpruneError(f"flops_weighting original: {missing[0]!r} is not a BatchNorm of the model")
