@@ -1,0 +1,118 @@
+"""The divergence guard: a step whose loss (or gradient, after unscaling) is not finite is
+skipped, and training stops with one line once more than ``max_bad_steps`` such steps happened.
+
+Without it a diverged run trains on at loss ``nan`` and writes checkpoints full of NaNs that a
+pipeline would go on to prune. The guard decides before anything is written, so the last
+complete checkpoint stays as it was and the run can resume from it.
+
+- The loss check is agreed over ranks (a NaN on one rank skips the step on all of them, so
+  DDP's collectives stay in step); gradients are already identical on every rank after DDP's
+  all-reduce, so their check needs no communication.
+- Under fp16 the grad scaler skips overflow steps itself and lowers its scale; those steps
+  are its business and are not counted (only a non-finite *loss* counts there).
+- A skipped step must not leave traces: the forward pass in training mode already updated
+  BatchNorm's running statistics with the bad batch, so the guard snapshots the floating-point
+  buffers before the forward and restores them when the step is skipped (only when skipping
+  is allowed at all, ``max_bad_steps > 0``; otherwise the run stops anyway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from ..errors import PolarpruneError
+
+
+class DivergenceError(PolarpruneError):
+    """Training produced a non-finite loss or gradient more often than allowed."""
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one fused reduction, one host sync)."""
+    items = [t for t in tensors if t is not None]
+    if not items:
+        return True
+    total = torch.nn.utils.get_total_norm(items, norm_type=2.0, error_if_nonfinite=False, foreach=None)
+    return bool(torch.isfinite(total))
+
+
+def finite_on_every_rank(value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on this rank and on every other one (one tiny all-reduce under DDP)."""
+    bad = torch.logical_not(torch.isfinite(value.detach()).all()).to(torch.float32).reshape(1)
+    if dist.is_initialized():
+        dist.all_reduce_sum(bad)
+    return bool(bad.item() == 0)
+
+
+def gradients(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
+@dataclass
+class DivergenceGuard:
+    """Counts bad steps of one run and raises ``DivergenceError`` past ``max_bad_steps``.
+
+    ``where`` names the run in the error (the stage, e.g. ``sparsity``); the caller sets
+    ``epoch`` and ``step`` (1-based, within the epoch) before each step.
+    """
+
+    where: str
+    max_bad_steps: int = 0
+    bad_steps: int = 0
+    epoch: int = 0
+    step: int = 0
+    _saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
+
+    def before_forward(self, model: nn.Module) -> None:
+        """Snapshot the floating-point buffers (BN running statistics) when skipping is allowed."""
+        if self.max_bad_steps <= 0:
+            return
+        self._saved_buffers = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
+
+    def loss_ok(self, loss: torch.Tensor) -> bool:
+        """Check the loss of this step on every rank; a bad one is recorded (and may raise)."""
+        if finite_on_every_rank(loss):
+            return True
+        self._bad(f"the loss is {_describe(loss)}")
+        return False
+
+    def gradients_ok(self, model: nn.Module, scaler_enabled: bool) -> bool:
+        """Check the (unscaled, all-reduced) gradients; with an enabled fp16 grad scaler the
+        scaler skips overflow steps itself, so they are not counted here."""
+        if scaler_enabled or all_finite(gradients(model)):
+            return True
+        self._bad("a gradient is not finite")
+        return False
+
+    def restore(self) -> None:
+        """Undo the buffer updates of a skipped step's forward pass."""
+        with torch.no_grad():
+            for buffer, saved in self._saved_buffers:
+                buffer.copy_(saved)
+        self._saved_buffers = []
+
+    def _bad(self, what: str) -> None:
+        self.bad_steps += 1
+        if self.bad_steps > self.max_bad_steps:
+            allowed = f"{self.max_bad_steps} bad step(s) allowed" if self.max_bad_steps else "no bad steps allowed"
+            raise DivergenceError(
+                f"{self.where}: training diverged at epoch {self.epoch}, step {self.step}: {what} "
+                f"({allowed}; the last complete checkpoint is kept; lower train.lr or raise train.max_bad_steps)"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bad_steps": self.bad_steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.bad_steps = int(state.get("bad_steps", 0))
+
+
+def _describe(value: torch.Tensor) -> str:
+    flat = value.detach().float().reshape(-1)
+    bad = flat[~torch.isfinite(flat)]
+    return str(bad[0].item()) if bad.numel() else "not finite"

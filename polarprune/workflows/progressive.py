@@ -1,0 +1,199 @@
+"""Progressive pruning: reach a MACs target in ``steps`` rounds of prune-a-share, fine-tune.
+
+Round ``k`` of ``K`` aims at ``macs_0 * (1 - target_macs_reduction) ** (k / K)`` MACs: the same
+share of the remaining MACs goes every round, and every aim is taken against the original
+count, so rounding errors do not add up over the rounds. Any strategy with a knob works:
+``flops-target`` is given the round's reduction directly; ``percent``, ``fixed``, ``uniform``,
+``l1-norm`` and ``random`` get the value of their option (percent, threshold, ratio) found by
+bisection on trial decisions (``TrialAnalysis``: one analysis, no copy of the model per trial).
+
+Every round lives in ``<stage>/step-<k>/``: ``pruned.safetensors`` and ``prune.json`` once the
+round's pruning is done, the fine-tuning's checkpoints next to them, ``done.json`` when the
+round is complete. A rerun skips complete rounds, reuses a round's pruned model and resumes
+its fine-tuning from ``last.pt``, so a run killed at any point ends with the same weights as
+an uninterrupted one. The stage's ``metrics.jsonl`` strings the rounds' epochs together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from ..errors import PolarpruneError
+from ..fileio import atomic_write_text
+from ..flops import count_model
+from ..pruning import TrialAnalysis, prune_model
+from ..pruning.options import PruneOptions
+from ..serialization import load_any_model, save
+from ..data import DataBundle
+from ..training.engine import evaluate
+from .recipe import PROGRESSIVE_KNOBS, Recipe, default_init, stage_config
+from .train import run_training
+
+
+class StageContext(Protocol):
+    """What this stage uses of ``stages.StageContext`` (which registers it, so no import back)."""
+
+    recipe: Recipe
+    run_dir: Path
+
+    def data(self) -> DataBundle: ...
+    def example_inputs(self) -> torch.Tensor: ...
+    def model_of(self, stage: str) -> nn.Module: ...
+    def bn_names(self, model: nn.Module, source: str) -> list[str]: ...
+    def distill_overrides(self, stage: str) -> dict[str, Any]: ...
+
+BISECTION_ROUNDS = 40
+
+
+def step_targets(macs_before: float, reduction: float, steps: int) -> list[float]:
+    """The MACs to reach after each of ``steps`` rounds: the same share removed every round,
+    the last round exactly ``macs_before * (1 - reduction)``."""
+    if steps < 1 or not 0.0 < reduction < 1.0:
+        raise ValueError(f"need steps >= 1 and a reduction in (0, 1), got {steps}, {reduction}")
+    return [macs_before * (1.0 - reduction) ** (k / steps) for k in range(1, steps + 1)]
+
+
+def aimed_options(
+    analysis: TrialAnalysis, model: nn.Module, options: PruneOptions, wanted_ratio: float
+) -> tuple[PruneOptions, float]:
+    """``options`` with the strategy's knob set so that pruning ``model`` leaves MACs as close
+    as possible to ``wanted_ratio`` of its current MACs; returns them and the ratio they give."""
+    knob = PROGRESSIVE_KNOBS.get(options.strategy)
+    if knob is None:
+        raise PolarpruneError(
+            f"progressive pruning: strategy {options.strategy!r} has no option to aim at a MACs target; "
+            f"use one of {', '.join(PROGRESSIVE_KNOBS)}"
+        )
+    if knob == "target_macs_reduction":  # the strategy aims itself
+        aimed = options.model_copy(update={knob: min(max(1.0 - wanted_ratio, 1e-6), 1 - 1e-6)})
+        return aimed, analysis.decide(model, options=aimed).macs_ratio
+    high = 1.0  # percent and ratio are fractions; a threshold above every |gamma| removes all it may
+    if knob == "threshold":
+        high = 1.001 * max(float(m.weight.detach().abs().max()) for m in model.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None)
+
+    def ratio_at(value: float) -> float:
+        return analysis.decide(model, options=options.model_copy(update={knob: value})).macs_ratio
+
+    low = 0.0  # ratio_at is non-increasing in the knob: find the smallest knob reaching the aim
+    if ratio_at(high) > wanted_ratio:
+        low = high
+    else:
+        for _ in range(BISECTION_ROUNDS):
+            middle = 0.5 * (low + high)
+            if ratio_at(middle) <= wanted_ratio:
+                high = middle
+            else:
+                low = middle
+    candidates = [(abs(ratio_at(v) - wanted_ratio), v) for v in (low, high)]
+    best = min(candidates)[1]
+    return options.model_copy(update={knob: best}), ratio_at(best)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def _prune_round(
+    ctx: StageContext, model: nn.Module, options: PruneOptions, target_macs: float, step_dir: Path
+) -> dict[str, Any]:
+    """Rank 0 prunes ``model`` towards ``target_macs`` and writes the round's pruned model; the
+    record (MACs, top-1 right after pruning, the knob used) is returned on every rank."""
+    record: dict[str, Any] = {}
+    if dist.is_main():
+        inputs = ctx.example_inputs()
+        names = set(dict(model.named_modules()))
+        bn_names = [n for n in (options.bn_names or []) if n in names] or None
+        options = options.model_copy(update={"bn_names": bn_names})
+        macs_now = count_model(model, inputs[:1]).macs
+        analysis = TrialAnalysis(model, inputs)
+        aimed, _ = aimed_options(analysis, model, options, target_macs / max(macs_now, 1.0))
+        pruned, report = prune_model(model, inputs, options=aimed)
+        step_dir.mkdir(parents=True, exist_ok=True)
+        save(pruned, step_dir / "pruned.safetensors")
+        report_dict = report.to_dict()
+        record = {
+            "macs_before": report_dict["macs_before"],
+            "macs_after": report_dict["macs_after"],
+            "params_after": report_dict["params_after"],
+            "target_macs": target_macs,
+            "options": aimed.model_dump(mode="json", exclude={"masks", "bn_names"}),
+            "top1_after_prune": evaluate(pruned, ctx.data().eval_loader, torch.device("cpu"))["top1"],
+        }
+        _write_json(step_dir / "prune.json", record)
+    dist.barrier()
+    return dist.broadcast_object(record)
+
+
+def progressive_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]:
+    """Prune a share and fine-tune, ``steps`` times, to the stage's MACs target (resumable per round)."""
+    spec = getattr(ctx.recipe.stages, stage)
+    source = default_init(ctx.recipe, stage)
+    if source is None:
+        raise PolarpruneError(f"stages.{stage}: needs a stage whose model it prunes (init)")
+    model = ctx.model_of(source)
+    options = PruneOptions(**spec.prune_options(), bn_names=ctx.bn_names(model, source))
+    macs_0 = count_model(model, ctx.example_inputs()[:1]).macs
+    rounds: list[dict[str, Any]] = []
+    for k, target in enumerate(step_targets(macs_0, spec.target_macs_reduction, spec.steps), start=1):
+        step_dir = stage_dir / f"step-{k}"
+        done = _read_json(step_dir / "done.json")
+        if done is not None:
+            rounds.append(done)
+            continue
+        if rounds:  # always from the file, so a resumed run prunes exactly what a straight one does
+            model = load_any_model(rounds[-1]["model_path"]).cpu().eval()
+        pruned_record = _read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir)
+        pruned = load_any_model(step_dir / "pruned.safetensors")
+        cfg = stage_config(ctx.recipe, stage, ctx.run_dir, out=str(step_dir), **ctx.distill_overrides(stage))
+        result = run_training(cfg, model=pruned)
+        done = {**pruned_record, "step": k, "model_path": str(step_dir / "last.pt"), "top1": result.final_top1,
+                "epochs": cfg.train.epochs}
+        if dist.is_main():
+            _write_json(step_dir / "done.json", done)
+        dist.barrier()
+        rounds.append(done)
+    if dist.is_main():
+        _write_json_lines(stage_dir / "metrics.jsonl", _joined_metrics(stage_dir, len(rounds)))
+    last = rounds[-1]
+    return {
+        "kind": "progressive",
+        "source": source,
+        "model_path": last["model_path"],
+        "top1": last["top1"],
+        "macs_before": macs_0,
+        "macs_after": last["macs_after"],
+        "macs_reduction": 1.0 - last["macs_after"] / max(macs_0, 1.0),
+        "target_macs_reduction": spec.target_macs_reduction,
+        "epochs": sum(r["epochs"] for r in rounds),
+        "steps": rounds,
+    }
+
+
+def _joined_metrics(stage_dir: Path, steps: int) -> list[dict[str, Any]]:
+    """The rounds' epoch rows one after another, numbered through, each tagged with its round."""
+    rows: list[dict[str, Any]] = []
+    for k in range(1, steps + 1):
+        path = stage_dir / f"step-{k}" / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for line in filter(str.strip, lines):
+            row = json.loads(line)
+            rows.append({**row, "epoch": len(rows) + 1, "round": k})
+    return rows
+
+
+def _write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
