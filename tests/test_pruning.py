@@ -15,8 +15,11 @@ from polarprune.flops import count_model
 from polarprune.models import create
 from polarprune.models.cifar_resnet import PadShortcut
 from polarprune.pruning import channel_groups, plan_pruning, prunable_bn_names, prune_model
+from polarprune.pruning.api import analysed_copy
+from polarprune.pruning.compensation import compensate
 from polarprune.pruning.modules import ChannelPlacementShortcut
-from polarprune.pruning.resolve import balance_segments, keep_at_least
+from polarprune.pruning.options import parse_options
+from polarprune.pruning.resolve import balance_segments, decide, keep_at_least
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -148,6 +151,26 @@ def test_compensation_reduces_the_difference(name: str, size: int) -> None:
     assert report.max_abs_output_diff < 0.5 * report.max_abs_output_diff_uncompensated
     _, plain = prune_model(model, x, "fixed", compensate=False)
     assert plain.max_abs_output_diff == pytest.approx(report.max_abs_output_diff_uncompensated, rel=1e-4, abs=1e-6)
+
+
+def test_zero_constants_fold_nothing() -> None:
+    # removed channels with beta = 0 carry relu(0) = 0: nothing to fold, no bias is created,
+    # and the one output check is the uncompensated one too
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    randomise_bns(model)
+    x = torch.randn(2, 3, 32, 32)
+    zero_half(model, x, beta=0.0)
+    pruned, report = prune_model(model, x, "fixed")
+    plain, uncompensated = prune_model(model, x, "fixed", compensate=False)
+    assert report.max_abs_output_diff < 1e-5
+    assert report.max_abs_output_diff_uncompensated == report.max_abs_output_diff
+    assert report.params_after == uncompensated.params_after
+    assert all(m.bias is None for m in pruned.modules() if isinstance(m, nn.Conv2d))
+    assert torch.equal(outputs(pruned, x), outputs(plain, x))
+    analysis = analysed_copy(model, x)
+    folded = compensate(analysis.model, analysis, decide(analysis, options=parse_options("fixed")), x)
+    assert folded.folded_channels > 0 and folded.adjustments == [] and not folded.changes_outputs
 
 
 def test_compensation_is_exact_for_the_vgg_fc_head() -> None:

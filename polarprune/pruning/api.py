@@ -19,11 +19,12 @@ from ..errors import PolarpruneError
 from ..flops import counted_forward
 from ..modes import restored_modes
 from .compensation import apply_adjustments, compensate as fold_constants
-from .graph import ChannelGroup, ModelAnalysis, _as_input_tuple, analyze, deleted_with_block, finish_pruning, prepare_for_pruning
+from .graph import ChannelGroup, ModelAnalysis, _as_input_tuple, analysed_copy, analyze, deleted_with_block, finish_pruning, prepare_for_pruning
 from .options import PruneOptions, parse_options
 from .plan import make_plan, unpruned_view
 from .report import GroupRow, PruneReport
 from .resolve import Decision, decide
+from .scatter import original_accounting, prune_scatter
 from .surgery import apply_decision, set_block_shifts
 
 
@@ -42,14 +43,6 @@ def _max_abs_diff(a: Any, b: Any) -> float:
     if x.shape != y.shape:
         raise PolarpruneError(f"pruned model output shape {tuple(y.shape)} differs from the original {tuple(x.shape)}")
     return float((x.float() - y.float()).abs().max()) if x.numel() else 0.0
-
-
-def analysed_copy(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
-    """The analysis of a deep copy of ``model`` (adapted for pruning; ``model`` is unchanged)."""
-    with restored_modes(model):
-        work = copy.deepcopy(model)
-        prepare_for_pruning(work, example_inputs)
-        return analyze(work, example_inputs)
 
 
 def plan_pruning(model: nn.Module, example_inputs: Any, strategy: str | None = None, *,
@@ -113,6 +106,12 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
     nearest for ratio ones) so widths suit SIMD blocking (oneDNN uses blocks of 8 or 16 channels).
     """
     opts = parse_options(strategy, options, **fields)
+    if opts.residual == "scatter":
+        base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
+        scattered, report = prune_scatter(model, example_inputs, options=opts, inplace=inplace)
+        _attach_plan(scattered, base_view, report.notes)
+        report.macs_original_accounting = report.macs_after
+        return scattered, report
     inputs = _as_input_tuple(example_inputs)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -133,6 +132,11 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
         decision = decide(analysis, options=opts)
         seconds["decide"] = time.perf_counter() - tick
         notes += decision.notes
+        tick = time.perf_counter()
+        accounting, why = original_accounting(model, example_inputs, opts, decision.threshold, analysis.layer_shapes())
+        if why:
+            notes.append(f"original accounting: {why}")
+        seconds["accounting"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
         folded = fold_constants(work, analysis, decision, example_inputs) if opts.compensate and decision.removed else None
@@ -145,8 +149,9 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
         uncompensated_diff: float | None = None
         if folded is not None:
             tick = time.perf_counter()
-            with torch.no_grad():
-                uncompensated_diff = _max_abs_diff(reference, work(*inputs))
+            if folded.changes_outputs:  # else the uncompensated model is this one: one output check serves both
+                with torch.no_grad():
+                    uncompensated_diff = _max_abs_diff(reference, work(*inputs))
             apply_adjustments(work, decision, folded.adjustments)
             set_block_shifts(work, decision, folded.block_shifts)
             notes += folded.notes
@@ -156,6 +161,8 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
         finish_pruning(work)
         output, after = counted_forward(work, inputs)
         diff = _max_abs_diff(reference, output)
+        if folded is not None and not folded.changes_outputs:
+            uncompensated_diff = diff
         _attach_plan(work, base_view, notes)
         seconds["report"] = time.perf_counter() - tick
     for module in work.modules():
@@ -171,6 +178,7 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
         flops_after=after.cost.flops, params_before=before.cost.params, params_after=after.cost.params,
         max_abs_output_diff=diff, max_abs_output_diff_uncompensated=uncompensated_diff,
         compensated=opts.compensate, removed_blocks=sorted(decision.removed_blocks), notes=notes, seconds=seconds,
+        macs_original_accounting=accounting,
     )
     return work, report
 

@@ -53,6 +53,11 @@ class CompensationResult:
     folded_channels: int = 0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def changes_outputs(self) -> bool:
+        """Whether applying the result changes the pruned model (some folded constant is not 0)."""
+        return bool(self.adjustments) or any(bool(shift.any()) for shift in self.block_shifts.values())
+
 
 def conv_fold_delta(weight: Tensor, groups: int, removed: list[int], const: Tensor) -> Tensor:
     """Per output channel: ``sum_k W[o, c, k] * const_c`` over the removed inputs ``c``.
@@ -88,9 +93,11 @@ def constant_channels(x: Tensor, channels: list[int]) -> tuple[list[int], Tensor
     ``x`` holds exactly those channels, in that order. Returns (constant channels, their
     values, non-constant channels).
     """
-    planes = x.float().transpose(0, 1).reshape(len(channels), -1)
-    value = planes[:, planes.shape[1] // 2]
-    constant = (planes - value[:, None]).abs().amax(dim=1).double() <= CONSTANT_TOLERANCE * (1.0 + value.abs().double())
+    planes = x.transpose(0, 1).reshape(len(channels), -1)
+    value = planes[:, planes.shape[1] // 2].float()
+    low, high = torch.aminmax(planes, dim=1)  # max |plane - value| = max(high - value, value - low), one pass
+    spread = torch.maximum(high.double() - value.double(), value.double() - low.double())
+    constant = spread <= CONSTANT_TOLERANCE * (1.0 + value.abs().double())
     flags = constant.tolist()
     kept = [c for c, ok in zip(channels, flags) if ok]
     varying = [c for c, ok in zip(channels, flags) if not ok]
@@ -240,8 +247,10 @@ def compensate(model: nn.Module, analysis: ModelAnalysis, decision: Decision, ex
         constant, values, varying = constant_channels(captured[name], removed)
         skipped += len(varying)
         if constant:
-            result.adjustments.append(fold_into(analysis, model, name, constant, values))
             result.folded_channels += len(constant)
+            adjustment = fold_into(analysis, model, name, constant, values) if bool(values.any()) else None
+            if adjustment is not None and bool(adjustment.delta.any()):  # a zero constant changes nothing (no new bias)
+                result.adjustments.append(adjustment)
     if skipped:
         result.notes.append(f"compensation: {skipped} removed input channel(s) are not constant when their BNs have gamma = 0, not compensated")
     for name, block in decision.removed_blocks.items():

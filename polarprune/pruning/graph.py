@@ -13,6 +13,7 @@ outputs), when it holds a layer type the surgery cannot slice, or when it contai
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..conv_links import LayerShape
 from ..errors import PolarpruneError
 from ..flops import CostCounter, CostProfile
 from ..modes import inference, restored_modes
@@ -122,6 +124,14 @@ class ModelAnalysis:
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
+
+    def layer_shapes(self) -> dict[str, LayerShape]:
+        """The layers' widths and per-image MACs in ``conv_links``' terms (no second forward pass)."""
+        return {
+            name: LayerShape("conv" if isinstance(self.model.get_submodule(name), CONV_TYPES) else "linear",
+                             cost.in_channels, cost.out_channels, cost.groups, cost.macs(cost.in_channels, cost.out_channels))
+            for name, cost in self.layer_costs.items()
+        }
 
 
 def is_depthwise(conv: nn.Module) -> bool:
@@ -295,6 +305,14 @@ def prepare_for_pruning(model: nn.Module, example_inputs: Any) -> list[str]:
     return list(entry.prepare_for_pruning(model, example_inputs) or [])
 
 
+def analysed_copy(model: nn.Module, example_inputs: Any) -> "ModelAnalysis":
+    """The analysis of a deep copy of ``model`` (adapted for pruning; ``model`` is unchanged)."""
+    with restored_modes(model):
+        work = copy.deepcopy(model)
+        prepare_for_pruning(work, example_inputs)
+        return analyze(work, example_inputs)
+
+
 def _counted_pass(model: nn.Module, traced: dict[str, Any]) -> list[Any]:
     """Hooks that count the next forward pass of ``model`` (``polarprune.flops``) and keep its output."""
     counter = CostCounter()
@@ -412,6 +430,7 @@ def deleted_with_block(name: str, removed_blocks: Sequence[str]) -> bool:
 
 
 __all__ = [
+    "analysed_copy",
     "GroupItem",
     "ChannelGroup",
     "ModelAnalysis",
