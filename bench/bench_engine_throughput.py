@@ -13,14 +13,21 @@ forward, cross-entropy, backward, SGD step (momentum 0.9, weight decay 5e-4).
 - bare: the loop a user writes by hand, run inside the ``on_epoch`` callback, so that the
   trials interleave: engine, bare, engine, bare, ...
 
+Each CPU setting runs the whole comparison on its own (``--settings``, default all four):
+``fp32-nchw``, ``fp32-channels_last`` (``train.channels_last``: model and batches in the
+channels-last memory format, exact), ``bf16-nchw`` and ``bf16-channels_last`` (``train.amp``:
+bfloat16 autocast on the CPU, not exact); the bare loop does the same conversions by hand.
+
 The first engine epoch and a few bare steps are a warm-up; the last engine epoch (which
 evaluates) is not timed. Each trial is timed by the wall clock and by the CPU time of the
 process: on a shared machine other jobs steal the CPU at random, which the wall clock sees and
 the CPU time does not (with ``--threads 1`` the CPU time is the work done). Reports medians of
-images/s, the ratios of the medians and the per-round ratios (acceptance: both ratios
->= 95 %); writes bench/results/engine_throughput.{json,md}.
+images/s, the ratios of the medians and the per-round ratios per setting (acceptance: both
+ratios >= 95 % in every setting); writes bench/results/engine_throughput.{json,md} (the top-level
+numbers are those of ``fp32-nchw``; ``cpu_settings`` holds every setting).
 
     .venv/bin/python bench/bench_engine_throughput.py [--trials 9] [--steps 10] [--batch-size 128] [--threads 1]
+        [--settings fp32-nchw fp32-channels_last bf16-nchw bf16-channels_last]
 """
 
 from __future__ import annotations
@@ -47,6 +54,13 @@ from polarprune.workflows.train import build_trainer  # noqa: E402
 ACCEPTANCE_RATIO = 0.95
 WARMUP_STEPS = 3  # untimed bare steps before the first timed trial (allocations, lazy inits)
 RESULT_STEM = "engine_throughput"
+# setting -> (bf16 autocast, channels_last)
+CPU_SETTINGS: dict[str, tuple[bool, bool]] = {
+    "fp32-nchw": (False, False),
+    "fp32-channels_last": (False, True),
+    "bf16-nchw": (True, False),
+    "bf16-channels_last": (True, True),
+}
 
 
 # ----------------------------------------------------------------------------- the bare loop
@@ -82,8 +96,12 @@ class BareLoop:
         momentum: float,
         weight_decay: float,
         seed: int,
+        bf16: bool = False,
+        channels_last: bool = False,
     ) -> None:
-        self.model = model
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.bf16 = bf16
+        self.model = model.to(memory_format=self.memory_format)
         self.images = images
         self.labels = labels
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -106,9 +124,10 @@ class BareLoop:
             dx = torch.randint(0, 2 * self.padding + 1, (b,), generator=self.generator)
             flip = torch.randint(0, 2, (b,), generator=self.generator).bool()
             raw = bare_crop_flip(self.images[index], self.padding, dy, dx, flip)
-            inputs = (raw.float() / 255.0 - self.mean) / self.std
+            inputs = ((raw.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             targets = self.labels[index]
-            loss = self.criterion(self.model(inputs), targets)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.criterion(self.model(inputs), targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -129,7 +148,7 @@ def check_same_augmentation(images: torch.Tensor, padding: int) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-def make_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+def make_config(args: argparse.Namespace, out: Path, setting: str = "fp32-nchw") -> TrainConfig:
     """An engine run of ``trials + 2`` epochs of ``steps`` steps; evaluation after the last only."""
     epochs = args.trials + 2
     return validate(
@@ -155,17 +174,19 @@ def make_config(args: argparse.Namespace, out: Path) -> TrainConfig:
                 "max_steps_per_epoch": args.steps,
                 "eval_every": epochs,
                 "schedule": {"type": "constant"},
+                "amp": CPU_SETTINGS[setting][0],
+                "channels_last": CPU_SETTINGS[setting][1],
             },
         },
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, list[float]]:
+def run(args: argparse.Namespace, setting: str = "fp32-nchw") -> dict[str, list[float]]:
     """Interleave engine epochs and bare trials; return wall-clock and CPU seconds per trial."""
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="polarprune-bench-") as tmp:
-        cfg = make_config(args, Path(tmp) / "run")
+        cfg = make_config(args, Path(tmp) / "run", setting)
         trainer = build_trainer(cfg, resume=False)
         splits = load_fake_splits(cfg.data)  # the same uint8 tensors the engine's loader holds
         check_same_augmentation(splits.train_images, splits.padding)
@@ -181,6 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
             momentum=0.9,
             weight_decay=5e-4,
             seed=args.seed + 1,
+            bf16=CPU_SETTINGS[setting][0],
+            channels_last=CPU_SETTINGS[setting][1],
         )
         timings: dict[str, list[float]] = {
             "engine_wall_s": [], "engine_cpu_s": [], "bare_wall_s": [], "bare_cpu_s": [],
@@ -204,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
                 timings["bare_wall_s"].append(end[0] - begin[0])
                 timings["bare_cpu_s"].append(end[1] - begin[1])
             done = len(timings["bare_wall_s"])
-            print(f"epoch {epoch}: {done}/{args.trials} rounds timed", file=sys.stderr, flush=True)
+            print(f"{setting} epoch {epoch}: {done}/{args.trials} rounds timed", file=sys.stderr, flush=True)
             last_callback_end[0] = clock()
 
         trainer.fit(on_epoch=on_epoch)
@@ -223,14 +246,25 @@ def throughput_comparison(images: int, engine_s: list[float], bare_s: list[float
     }
 
 
-def report(args: argparse.Namespace, timings: dict[str, list[float]]) -> tuple[dict[str, Any], str]:
-    """The result record and its Markdown rendering."""
+def setting_measures(args: argparse.Namespace, timings: dict[str, list[float]]) -> dict[str, Any]:
+    """Wall-clock and CPU-time comparisons of one setting, the busy fraction, bookkeeping, verdict."""
     images = args.steps * args.batch_size
     wall = throughput_comparison(images, timings["engine_wall_s"], timings["bare_wall_s"])
     cpu = throughput_comparison(images, timings["engine_cpu_s"], timings["bare_cpu_s"])
     busy = [c / w for c, w in zip(timings["engine_cpu_s"] + timings["bare_cpu_s"], timings["engine_wall_s"] + timings["bare_wall_s"])]
     bookkeeping = [outer - inner for outer, inner in zip(timings["engine_wall_s"], timings["engine_inner_s"])]
     passed = wall["ratio_of_medians"] >= ACCEPTANCE_RATIO and cpu["ratio_of_medians"] >= ACCEPTANCE_RATIO
+    return {"wall_clock": wall, "cpu_time": cpu, "cpu_per_wall_second": summary(busy),
+            "engine_checkpoint_log_s_per_epoch": summary(bookkeeping), "passed": passed, "raw_seconds": timings}
+
+
+def report(args: argparse.Namespace, per_setting: dict[str, dict[str, list[float]]]) -> tuple[dict[str, Any], str]:
+    """The result record and its Markdown rendering."""
+    measures = {name: setting_measures(args, timings) for name, timings in per_setting.items()}
+    first = measures.get("fp32-nchw") or next(iter(measures.values()))
+    wall, cpu = first["wall_clock"], first["cpu_time"]
+    busy_summary, bookkeeping_summary = first["cpu_per_wall_second"], first["engine_checkpoint_log_s_per_epoch"]
+    passed = all(m["passed"] for m in measures.values())
     result = {
         "benchmark": "engine training throughput vs a bare PyTorch loop",
         **provenance(args.seed),
@@ -246,14 +280,15 @@ def report(args: argparse.Namespace, timings: dict[str, list[float]]) -> tuple[d
         },
         "wall_clock": wall,
         "cpu_time": cpu,
-        "cpu_per_wall_second": summary(busy),
-        "engine_checkpoint_log_s_per_epoch": summary(bookkeeping),
+        "cpu_per_wall_second": busy_summary,
+        "engine_checkpoint_log_s_per_epoch": bookkeeping_summary,
         "acceptance": {
             "min_ratio": ACCEPTANCE_RATIO,
-            "rule": "wall-clock and CPU-time ratios of medians both >= min_ratio",
+            "rule": "wall-clock and CPU-time ratios of medians both >= min_ratio, in every CPU setting",
             "passed": passed,
         },
-        "raw_seconds": timings,
+        "cpu_settings": measures,
+        "raw_seconds": first["raw_seconds"],
     }
     markdown = (
         "# Engine training throughput vs a bare PyTorch loop (CPU)\n\n"
@@ -272,12 +307,21 @@ def report(args: argparse.Namespace, timings: dict[str, list[float]]) -> tuple[d
             f"({100 * m['per_round_ratios']['min']:.1f}-{100 * m['per_round_ratios']['max']:.1f} %) |\n"
             for name, m in (("wall clock", wall), ("CPU time of the process", cpu))
         )
-        + f"\nAcceptance (both ratios >= {100 * ACCEPTANCE_RATIO:.0f} %): **{'passed' if passed else 'FAILED'}**.\n\n"
-        f"CPU seconds per wall second during the trials: median {statistics.median(busy):.2f} "
-        f"(min {min(busy):.2f}); with 1 thread, values below 1 mean other processes took the CPU, "
+        + "\nEvery CPU setting (the table above is the first one's):\n\n"
+        "| setting | engine img/s (CPU time) | bare img/s (CPU time) | engine / bare, wall | engine / bare, CPU time | passed |\n"
+        "|---|---|---|---|---|---|\n"
+        + "".join(
+            f"| {name} | {m['cpu_time']['engine_images_per_s']['median']:.1f} | {m['cpu_time']['bare_images_per_s']['median']:.1f} | "
+            f"{100 * m['wall_clock']['ratio_of_medians']:.1f} % | {100 * m['cpu_time']['ratio_of_medians']:.1f} % | "
+            f"{'yes' if m['passed'] else 'NO'} |\n"
+            for name, m in measures.items()
+        )
+        + f"\nAcceptance (both ratios >= {100 * ACCEPTANCE_RATIO:.0f} % in every setting): **{'passed' if passed else 'FAILED'}**.\n\n"
+        f"CPU seconds per wall second during the trials: median {busy_summary['median']:.2f} "
+        f"(min {busy_summary['min']:.2f}); with 1 thread, values below 1 mean other processes took the CPU, "
         "which is why the CPU-time measure is reported beside the wall clock on a shared machine. "
         f"Checkpoint + metrics + TensorBoard writing inside each engine epoch: median "
-        f"{1e3 * statistics.median(bookkeeping):.0f} ms.\n"
+        f"{1e3 * bookkeeping_summary['median']:.0f} ms.\n"
     )
     return result, markdown
 
@@ -291,10 +335,12 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.01, help="small enough that neither run diverges (NaN/inf)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", nargs="+", choices=list(CPU_SETTINGS), default=list(CPU_SETTINGS),
+                        help="CPU settings to compare (each: engine vs a bare loop doing the same)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results/")
     args = parser.parse_args()
-    timings = run(args)
-    result, markdown = report(args, timings)
+    per_setting = {setting: run(args, setting) for setting in args.settings}
+    result, markdown = report(args, per_setting)
     if not args.no_write:
         paths = write_results(RESULT_STEM, result, markdown)
         print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

@@ -114,7 +114,7 @@ class TrainSection(Section):
     amp: bool = Field(False, description="mixed precision on CUDA (bf16 autocast on CPU)")
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = False
-    sync_bn: bool = Field(False, description="SyncBatchNorm under DDP")
+    sync_bn: bool = Field(True, description="synchronised BatchNorm under DDP, so N processes with batch B train like 1 with N*B (off: faster, per-process statistics)")
     max_bad_steps: int = Field(
         0, ge=0, description="steps with a non-finite loss or gradient that are skipped before training stops (fp16 overflow steps the grad scaler skips do not count)"
     )

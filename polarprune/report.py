@@ -13,7 +13,7 @@ from .deploy.latency import latency_ms
 from .flops import count_model
 from .fileio import atomic_write_text
 
-MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "finetune", "scratch")
+MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "progressive", "finetune", "scratch")
 
 
 @torch.no_grad()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fixtures import make_cifar10, make_cifar100, make_imagefolder
 from polarprune.errors import PolarpruneError
+from polarprune.models import create
 from polarprune.workflows.recipe import TRAINING_STAGES, builtin_recipes, load_recipe, stage_config
 from polarprune.workflows.train import run_training
 
@@ -51,6 +53,11 @@ def fixture_overrides(name: str, tmp_path) -> list[str]:
         data = ["data.name=imagefolder", f"data.root={root}", "data.workers=0", "data.image_size=224"]
     else:
         data = []
+    model = load_recipe(name).model
+    if model.get("weights"):  # a pretrained start: a state-dict file of the recipe's model for the fixture's 3 classes
+        weights = tmp_path / "pretrained.pth"
+        torch.save(create(model["name"], 3).state_dict(), weights)
+        data.append(f"model.weights={weights}")
     return data + ["data.batch_size=2", "data.eval_batch_size=4", "data.eval_subset=4", "train.progress=false"]
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
 from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, read_checkpoint
 from .checkpoint import atomic_torch_save
+from .guard import DivergenceError, DivergenceGuard, all_finite
 from .hooks import TrainHook
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,15 @@ def evaluate(
 # ----------------------------------------------------------------------------- the loop
 
 
+class StepResult(NamedTuple):
+    """What one optimisation step gives back: the task loss (without hook terms), the logits,
+    and whether the update was applied (False: the divergence guard skipped the step)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    applied: bool = True
+
+
 def optimisation_step(
     model: nn.Module,
     train_model: nn.Module,
@@ -132,30 +142,42 @@ def optimisation_step(
     scaler: torch.amp.GradScaler,
     hooks: list[TrainHook],
     amp_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    guard: DivergenceGuard | None = None,
+) -> StepResult:
     """One step: forward (``train_model``, e.g. the DDP wrapper), loss + hook terms, backward,
     unscale, ``after_backward`` hooks, optimizer step, ``after_step`` hooks. Hooks get ``model``.
 
-    Returns the task loss (without hook terms) and the logits.
+    A criterion with ``uses_inputs`` (distillation) also gets the images. With a ``guard``, a
+    non-finite loss (on any rank) or gradient skips the update and undoes the forward's buffer
+    updates; the guard raises once more steps went bad than it allows.
     """
+    if guard is not None:
+        guard.before_forward(model)
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = train_model(images)
-        loss = criterion(logits, labels)
+        loss = criterion(logits, labels, images) if getattr(criterion, "uses_inputs", False) else criterion(logits, labels)
     total = loss.float()
     for hook in hooks:
         term = hook.loss_term(model)
         if term is not None:
             total = total + term
     optimizer.zero_grad(set_to_none=True)
+    if guard is not None and not guard.loss_ok(total):
+        guard.restore()
+        return StepResult(loss, logits, applied=False)
     scaler.scale(total).backward()
     scaler.unscale_(optimizer)
+    if guard is not None and not guard.gradients_ok(model, scaler.is_enabled()):
+        optimizer.zero_grad(set_to_none=True)
+        guard.restore()
+        return StepResult(loss, logits, applied=False)
     for hook in hooks:
         hook.after_backward(model)
     scaler.step(optimizer)
     scaler.update()
     for hook in hooks:
         hook.after_step(model)
-    return loss, logits
+    return StepResult(loss, logits)
 
 
 class Trainer:
@@ -188,11 +210,13 @@ class Trainer:
         progress: bool = False,
         run_config: dict[str, Any] | None = None,
         resume: bool = True,
+        max_bad_steps: int = 0,
+        name: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.spec = model_spec(self.model)
-        self.channels_last = channels_last and self.device.type == "cuda"
+        self.channels_last = channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.train_loader = train_loader
@@ -201,6 +225,7 @@ class Trainer:
         self.epochs = int(epochs)
         self.lr_schedule = lr_schedule
         self.out_dir = Path(out_dir)
+        self.guard = DivergenceGuard(name or self.out_dir.name, max_bad_steps)
         self.hooks = list(hooks)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.amp_dtype = amp_dtype
@@ -256,6 +281,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 },
                 hooks=self._hook_states(),
+                guard=self.guard.state_dict(),
             )
         return state
 
@@ -276,6 +302,7 @@ class Trainer:
             saved = ckpt.get("hooks", {}).get(type(hook).__name__)
             if saved is not None and hasattr(hook, "load_state_dict"):
                 hook.load_state_dict(saved)
+        self.guard.load_state_dict(ckpt.get("guard", {}))
         self.start_epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt["global_step"])
         self.best_top1 = float(ckpt["best_top1"])
@@ -307,8 +334,11 @@ class Trainer:
             lr = self.lr_schedule(epoch + i / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, logits, labels = self._step(images, labels)
+            self.guard.epoch, self.guard.step = epoch + 1, i + 1
+            loss, logits, labels, applied = self._step(images, labels)
             self.global_step += 1
+            if not applied:  # skipped by the divergence guard: not part of the epoch's numbers
+                continue
             with torch.no_grad():
                 n = labels.numel()
                 sums[0] += loss.detach() * n
@@ -337,17 +367,26 @@ class Trainer:
             "lr": self.lr_schedule(float(epoch)),
         }
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Move a batch to the device and take one optimisation step with the hooks."""
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Move a batch to the device and take one optimisation step with the hooks and the guard."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        loss, logits = optimisation_step(
+        result = optimisation_step(
             self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
-            scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype,
+            scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype, guard=self.guard,
         )
-        return loss, logits, labels
+        return result.loss, result.logits, labels, result.applied
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Refuse to checkpoint a model whose weights stopped being finite (e.g. a huge learning
+        rate: finite steps that overflow the weights); the last checkpoint stays as it was."""
+        if not all_finite(t for t in self.model.state_dict().values() if t.is_floating_point()):
+            raise DivergenceError(
+                f"{self.guard.where}: training diverged in epoch {epoch + 1}: the weights are no longer finite "
+                "(the last complete checkpoint is kept; lower train.lr)"
+            )
 
     def _progress(self, steps: int, epoch: int) -> Any:
         if not (self.progress and dist.is_main() and sys.stderr.isatty()):
@@ -368,6 +407,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 row: dict[str, Any] = {"epoch": epoch + 1}
                 row.update(self._train_epoch(epoch, writer))
+                self._check_finite_weights(epoch)
                 if (epoch + 1) % self.eval_every == 0 or epoch + 1 == total:
                     metrics = evaluate(self.model, self.eval_loader, self.device,
                                        amp_dtype=self.amp_dtype, channels_last=self.channels_last)

@@ -7,6 +7,7 @@ Stages, in the order of ``Stages`` (a recipe names the ones it runs):
 - ``mask``          MaskSparsity: decide which channels will go (a mask file) from a stage;
 - ``mask_sparsity`` L1 on the masked channels only, from the baseline's weights;
 - ``prune``         remove channels physically (a strategy), save the pruned model;
+- ``progressive``   prune a share and fine-tune, ``steps`` times, to a MACs target (``progressive.py``);
 - ``finetune``      train the pruned model;
 - ``scratch``       train the pruned architecture from random init (Scratch-E, or Scratch-B
                     with epochs scaled by the MACs ratio).
@@ -36,6 +37,9 @@ class TrainStage(Section):
     data: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     sparsity: dict[str, Any] = Field(default_factory=dict)
+    distill: dict[str, Any] | None = Field(
+        None, description="knowledge distillation: {teacher: an earlier stage or a model file, temperature, alpha}"
+    )
 
 
 class ScratchStage(TrainStage):
@@ -52,6 +56,45 @@ class PruneStage(PruneOptions):
     strategy: StrategyName = Field("grad", description="how channels are chosen")
 
 
+# the option of each strategy that progressive pruning sets to aim at a round's MACs
+PROGRESSIVE_KNOBS: dict[str, str] = {
+    "flops-target": "target_macs_reduction",
+    "percent": "percent",
+    "fixed": "threshold",
+    "uniform": "ratio",
+    "l1-norm": "ratio",
+    "random": "ratio",
+}
+
+
+class ProgressiveStage(TrainStage):
+    """Progressive pruning: ``steps`` rounds of pruning a share of the MACs and fine-tuning
+    (``train``: each round's fine-tuning) to ``target_macs_reduction`` of the source's MACs."""
+
+    steps: int = Field(3, ge=1, description="rounds of prune + fine-tune")
+    target_macs_reduction: float = Field(gt=0, lt=1, description="MACs reduction after the last round, in (0, 1)")
+    strategy: StrategyName = Field("flops-target", description="how each round chooses channels (its knob is aimed at the round's MACs)")
+    prune: dict[str, Any] = Field(default_factory=dict, description="other PruneOptions of every round (group_rule, min_channels, round_to, ...)")
+
+    @model_validator(mode="after")
+    def _aimable(self) -> "ProgressiveStage":
+        if self.strategy not in PROGRESSIVE_KNOBS:
+            raise ValueError(
+                f"strategy {self.strategy!r} has no option to aim at a MACs target; use one of {', '.join(PROGRESSIVE_KNOBS)}"
+            )
+        fixed = {"strategy", PROGRESSIVE_KNOBS[self.strategy], "bn_names", "masks"} & set(self.prune)
+        if fixed:
+            raise ValueError(f"prune.{sorted(fixed)[0]} is set by the stage itself")
+        PruneOptions(**self.prune_options())  # the other options are checked now
+        return self
+
+    def prune_options(self) -> dict[str, Any]:
+        """The rounds' ``PruneOptions`` fields; the knob holds a placeholder each round replaces."""
+        knob = PROGRESSIVE_KNOBS[self.strategy]
+        placeholder = self.target_macs_reduction if knob == "target_macs_reduction" else 0.0
+        return {**self.prune, "strategy": self.strategy, knob: placeholder}
+
+
 class Stages(Section):
     """The stages a recipe runs; the field order is the order they run in."""
 
@@ -60,6 +103,7 @@ class Stages(Section):
     mask: PruneStage | None = None
     mask_sparsity: TrainStage | None = None
     prune: PruneStage | None = None
+    progressive: ProgressiveStage | None = None
     finetune: TrainStage | None = None
     scratch: ScratchStage | None = None
 
@@ -107,6 +151,9 @@ class Recipe(Section):
             init = getattr(s, name).init
             if init is not None and (init not in present or STAGE_ORDER.index(init) >= STAGE_ORDER.index(name)):
                 raise ValueError(f"stages.{name}.init: {init!r} is not an earlier stage of this recipe")
+            teacher = (getattr(getattr(s, name), "distill", None) or {}).get("teacher")
+            if teacher in STAGE_ORDER and (teacher not in present or STAGE_ORDER.index(teacher) >= STAGE_ORDER.index(name)):
+                raise ValueError(f"stages.{name}.distill.teacher: {teacher!r} is not an earlier stage of this recipe")
         return self
 
     def present_stages(self) -> list[str]:
@@ -156,7 +203,9 @@ def stage_config(recipe: Recipe, stage: str, run_dir: Path, **extra: Any) -> Tra
         "sparsity": recipe.sparsity if stage in ("sparsity", "mask_sparsity") else {},
     }
     data = deep_merge(data, {k: getattr(spec, k) for k in ("model", "data", "train", "sparsity")})
-    if stage in ("baseline", "finetune", "scratch"):
+    if spec.distill is not None:
+        data["distill"] = spec.distill
+    if stage in ("baseline", "progressive", "finetune", "scratch"):
         data["sparsity"] = deep_merge({"regularizer": "none", "monitor": False}, spec.sparsity)
     if stage == "mask_sparsity":
         data["sparsity"] = deep_merge({"regularizer": "mask-l1"}, data["sparsity"])
@@ -176,6 +225,7 @@ def default_init(recipe: Recipe, stage: str) -> str | None:
         "mask": ("sparsity", "baseline"),
         "mask_sparsity": ("baseline",),
         "prune": ("mask_sparsity", "sparsity", "baseline"),
+        "progressive": ("mask_sparsity", "sparsity", "baseline"),
         "finetune": ("prune",),
         "scratch": ("prune",),
     }.get(stage, ())

@@ -27,6 +27,8 @@ from ..sparsity.masks import load_mask, save_mask
 from ..sparsity.regularizers import regularizer_class
 from ..sparsity.selection import regularized_bn_names
 from ..training.engine import evaluate
+from ..config import deep_merge
+from .progressive import progressive_stage
 from .recipe import TRAINING_STAGES, PruneStage, Recipe, ScratchStage, default_init, stage_config
 from .train import run_training
 
@@ -95,9 +97,21 @@ class StageContext:
         method = regularizer_class(sparsity.regularizer).method
         return regularized_bn_names(model, self.example_inputs(), sparsity.include, sparsity.exclude, method=method)
 
+    def distill_overrides(self, stage: str) -> dict[str, Any]:
+        """``stage_config`` extras that point ``distill.teacher`` at the teacher stage's final
+        model file (a teacher given as a file path stays as it is)."""
+        spec = getattr(self.recipe.stages, stage)
+        teacher = (getattr(spec, "distill", None) or {}).get("teacher")
+        if teacher not in self.recipe.present_stages():
+            return {}
+        record = self.records.get(teacher)
+        if record is None or record.model_path is None:
+            raise PolarpruneError(f"stages.{stage}.distill.teacher: stage {teacher!r} has no model (has it run?)")
+        return {"distill": {"teacher": str(record.model_path)}}
+
 
 def _train(ctx: StageContext, stage: str, stage_dir: Path, model: nn.Module | None, **extra: Any) -> dict[str, Any]:
-    cfg = stage_config(ctx.recipe, stage, ctx.run_dir, **extra)
+    cfg = stage_config(ctx.recipe, stage, ctx.run_dir, **deep_merge(ctx.distill_overrides(stage), extra))
     result = run_training(cfg, model=model)
     return {
         "kind": "train",
@@ -202,6 +216,7 @@ STAGES: dict[str, StageFunction] = {
     "mask": mask_stage,
     "mask_sparsity": train_stage,
     "prune": prune_stage,
+    "progressive": progressive_stage,
     "finetune": train_stage,
     "scratch": scratch_stage,
 }

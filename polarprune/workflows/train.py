@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..config import TrainConfig, TrainSection, dump_yaml
+from ..config import DistillConfig, TrainConfig, TrainSection, dump_yaml
 from ..data import build_data, probe_batch
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
 from ..models import create, init_bn_gamma
 from ..serialization import load_any_model
 from ..sparsity import build_hooks
+from ..training.distill import DistillationLoss
 from ..training.engine import Trainer, TrainResult
 from ..training.hooks import TrainHook
 from ..training.schedule import lr_at
@@ -114,6 +115,25 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     )
 
 
+def build_criterion(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Cross-entropy (with ``label_smoothing``), distilled from ``cfg.distill.teacher`` when set:
+    the teacher (a checkpoint or model file) is loaded on ``device``, in eval mode, frozen."""
+    task = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    if cfg.distill is None:
+        return task
+    return distillation_criterion(cfg.distill, task, device, channels_last=cfg.train.channels_last)
+
+
+def distillation_criterion(
+    distill: DistillConfig, task: nn.Module, device: torch.device, *, channels_last: bool = False
+) -> DistillationLoss:
+    """``DistillationLoss`` with the teacher read from ``distill.teacher`` (a file path)."""
+    teacher = load_any_model(distill.teacher).to(device)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return DistillationLoss(teacher, task, temperature=distill.temperature, alpha=distill.alpha)
+
+
 def build_trainer(
     cfg: TrainConfig,
     *,
@@ -126,10 +146,12 @@ def build_trainer(
     device = resolve_device(cfg.device)
     dist.init_from_env(device.type)
     seed_everything(cfg.seed, cfg.deterministic)
-    data = build_data(cfg.data, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
+    batch = cfg.data.per_process_batch(dist.world_size())
+    data_cfg = cfg.data.model_copy(update={"batch_size": batch})
+    data = build_data(data_cfg, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
     if len(data.train_loader) == 0 and cfg.train.epochs > 0:
         raise PolarpruneError(
-            f"data.batch_size {cfg.data.batch_size} is larger than the training set "
+            f"data.batch_size {batch} is larger than the training set "
             f"({data.train_size} images over {dist.world_size()} process(es))"
         )
     model = model if model is not None else build_model(cfg, data.num_classes, data.in_channels)
@@ -147,7 +169,7 @@ def build_trainer(
         out_dir=cfg.out,
         hooks=hooks,
         device=device,
-        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        criterion=build_criterion(cfg, device),
         amp_dtype=amp_dtype_of(t, device),
         channels_last=t.channels_last,
         sync_bn=t.sync_bn,
@@ -156,6 +178,7 @@ def build_trainer(
         progress=t.progress,
         run_config=cfg.model_dump(mode="json"),
         resume=resume,
+        max_bad_steps=t.max_bad_steps,
     )
 
 
