@@ -33,6 +33,9 @@ class ModelConfig(Section):
     )
     num_classes: int | None = Field(None, ge=1, description="None: taken from the data set")
     bn_init: float | None = Field(None, description="initial BN gamma; 0.5 in the polarization recipes")
+    bn_init_scope: Literal["all", "conv"] = Field(
+        "all", description="which BNs bn_init sets: all, or conv (BatchNorm2d only, as the polarization code)"
+    )
     weights: str | None = Field(None, description="local state-dict file to start from (e.g. torchvision's)")
     checkpoint: str | None = Field(None, description="start from this polarprune checkpoint or pruned model")
     options: dict[str, Any] = Field(default_factory=dict, description="extra constructor options (keyword arguments of an import path's callable)")

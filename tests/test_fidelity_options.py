@@ -90,3 +90,27 @@ def test_flops_weighting_original_is_a_config_choice() -> None:
     assert hook.layer_weights == expected
     # a bn2's weight counts its conv's outputs only: the first stage's bn2 is below its bn1
     assert hook.layer_weights["layer1.0.bn2"] < hook.layer_weights["layer1.0.bn1"]
+
+
+def test_bn_init_scope_conv_leaves_bn1d_at_one() -> None:
+    """Point 7: the polarization code sets 0.5 on BatchNorm2d only; VGG's BatchNorm1d head keeps 1.0."""
+    every = models.create("vgg11", 10, bn_init=0.5)
+    conv_only = models.create("vgg11", 10, bn_init=0.5, bn_init_scope="conv")
+    bn1d = [m for m in conv_only.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    bn2d = [m for m in conv_only.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bn1d) == 1 and len(bn2d) == 8
+    assert torch.equal(bn1d[0].weight, torch.ones_like(bn1d[0].weight))
+    assert all(torch.equal(m.weight, torch.full_like(m.weight, 0.5)) for m in bn2d)
+    every_bn1d = [m for m in every.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    assert torch.equal(every_bn1d.weight, torch.full_like(every_bn1d.weight, 0.5))
+
+
+def test_vgg_paper_recipes_init_batchnorm2d_only() -> None:
+    from pathlib import Path
+
+    from polarprune.workflows import load_recipe
+    from polarprune.workflows.recipe import stage_config
+
+    for name in ["cifar10-vgg16-polarization", "cifar100-vgg16-polarization", "cifar10-vgg16-l1", "cifar100-vgg16-l1"]:
+        cfg = stage_config(load_recipe(name), "sparsity", Path("."))
+        assert (cfg.model.bn_init, cfg.model.bn_init_scope) == (0.5, "conv"), name

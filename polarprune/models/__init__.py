@@ -64,10 +64,19 @@ def list_models() -> list[str]:
     return ours + tv
 
 
-def init_bn_gamma(model: nn.Module, value: float) -> None:
-    """Set every BatchNorm scaling factor to ``value`` (0.5 in the polarization recipes)."""
+BN_INIT_SCOPES = {"all": nn.modules.batchnorm._BatchNorm, "conv": nn.BatchNorm2d}
+
+
+def init_bn_gamma(model: nn.Module, value: float, scope: str = "all") -> None:
+    """Set the BatchNorm scaling factors to ``value`` (0.5 in the polarization recipes).
+
+    ``scope="all"`` sets every BN; ``"conv"`` only ``BatchNorm2d``, as the polarization code does
+    (a VGG head's BatchNorm1d keeps 1.0).
+    """
+    if scope not in BN_INIT_SCOPES:
+        raise PolarpruneError(f"bn_init_scope must be one of {sorted(BN_INIT_SCOPES)}, got {scope!r}")
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+        if isinstance(m, BN_INIT_SCOPES[scope]) and m.weight is not None:
             nn.init.constant_(m.weight, value)
 
 
@@ -77,13 +86,14 @@ def create(
     *,
     in_channels: int = 3,
     bn_init: float | None = None,
+    bn_init_scope: str = "all",
     weights: str | None = None,
     trust_code: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Build a model by name (a registry name, ``timm:<name>`` or ``"package.module:callable"``).
 
-    ``bn_init`` sets all BN gammas (None keeps the default init of 1). ``weights`` is a local
+    ``bn_init`` sets the BN gammas (None keeps the default init of 1; ``bn_init_scope`` says which BNs). ``weights`` is a local
     state-dict file (for example torchvision's pretrained ``.pth``) loaded after construction.
     Other options go to the model's constructor (``shortcut='B'`` for CIFAR ResNets, ``width``
     for ``small_cnn``, any torchvision keyword for torchvision models). An import path is
@@ -97,7 +107,7 @@ def create(
     with trusting_code(trust_code):
         model = _build(found, num_classes, in_channels, options)
     if bn_init is not None:
-        init_bn_gamma(model, bn_init)
+        init_bn_gamma(model, bn_init, bn_init_scope)
     if weights:
         _load_weights(model, name, weights)
     model.polarprune_spec = {  # type: ignore[assignment]

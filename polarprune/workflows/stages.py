@@ -134,7 +134,7 @@ def scratch_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, A
     spec: ScratchStage = ctx.recipe.stages.scratch  # type: ignore[assignment]
     model = ctx.model_of("prune")
     cfg = stage_config(ctx.recipe, stage, ctx.run_dir)
-    reinitialise(model, cfg.model.bn_init)
+    reinitialise(model, cfg.model.bn_init, cfg.model.bn_init_scope)
     epochs = cfg.train.epochs
     if spec.budget == "B":
         prune = ctx.records["prune"].data
@@ -197,7 +197,7 @@ def _report_summary(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report[k] for k in keys if k in report}
 
 
-def reinitialise(model: nn.Module, bn_init: float | None) -> None:
+def reinitialise(model: nn.Module, bn_init: float | None, bn_init_scope: str = "all") -> None:
     """Random init of every layer (Scratch training of a pruned architecture)."""
     for module in model.modules():
         if hasattr(module, "reset_parameters") and module is not model:
@@ -205,7 +205,7 @@ def reinitialise(model: nn.Module, bn_init: float | None) -> None:
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if bn_init is not None:
-        init_bn_gamma(model, bn_init)
+        init_bn_gamma(model, bn_init, bn_init_scope)
 
 
 StageFunction = Callable[[StageContext, str, Path], dict[str, Any]]

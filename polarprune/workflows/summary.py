@@ -76,7 +76,7 @@ def _initial_gammas(run: StageContext, source: str, names: list[str]) -> dict[st
     data = run.data()
     torch.manual_seed(cfg.seed)
     fresh = create(cfg.model.name, cfg.model.num_classes or data.num_classes, in_channels=data.in_channels,
-                   bn_init=cfg.model.bn_init, **cfg.model.options)
+                   bn_init=cfg.model.bn_init, bn_init_scope=cfg.model.bn_init_scope, **cfg.model.options)
     return plotting.bn_gammas(fresh, names)
 
 

@@ -98,7 +98,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     if cfg.model.checkpoint:
         model = load_any_model(cfg.model.checkpoint)
         if cfg.model.bn_init is not None:
-            init_bn_gamma(model, cfg.model.bn_init)
+            init_bn_gamma(model, cfg.model.bn_init, cfg.model.bn_init_scope)
         return model
     classes = cfg.model.num_classes or num_classes
     if cfg.model.num_classes and cfg.model.num_classes != num_classes:
@@ -110,6 +110,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
         classes,
         in_channels=in_channels,
         bn_init=cfg.model.bn_init,
+        bn_init_scope=cfg.model.bn_init_scope,
         weights=cfg.model.weights,
         **cfg.model.options,
     )
