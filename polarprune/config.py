@@ -60,6 +60,13 @@ class DataConfig(Section):
     in_memory_max_size: int = Field(64, ge=8, description="imagefolder images at most this size are decoded once into memory")
     num_classes: int = Field(10, ge=1, description="fake: number of classes")
     channels: int = Field(3, ge=1, description="fake: image channels")
+    normalization: Literal["data", "model"] = Field(
+        "data",
+        description="data: the data set's mean/std; model: the model entry's own (e.g. a timm model's "
+        "pretrained configuration: its mean/std, and its input size as image_size unless given)",
+    )
+    mean: tuple[float, ...] | None = Field(None, description="per-channel mean, overriding data set and model")
+    std: tuple[float, ...] | None = Field(None, description="per-channel std, overriding data set and model")
 
     def per_process_batch(self, world_size: int) -> int:
         """The training batch of each of ``world_size`` processes: ``global_batch_size`` split

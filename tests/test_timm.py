@@ -81,3 +81,22 @@ def test_timm_name_file_loads_by_itself(tmp_path: Path) -> None:
     loaded = polarprune.load(path)  # timm: is a registry name, no trust needed
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_data_takes_a_timm_models_normalisation_when_asked() -> None:
+    """``data.normalization: model``: the loaders normalise with the timm model's pretrained mean/std
+    and use its input size; by default the data set's own values stay."""
+    from polarprune.config import TrainConfig
+    from polarprune.data import build_data
+    from polarprune.workflows.train import data_config_for
+
+    base = {"model": {"name": "timm:inception_v3"}, "data": {"name": "fake", "train_subset": 8, "eval_subset": 8}}
+    asked = TrainConfig.model_validate({**base, "data": {**base["data"], "normalization": "model"}})
+    data = build_data(data_config_for(asked))
+    assert data.mean == (0.5, 0.5, 0.5) and data.std == (0.5, 0.5, 0.5)
+    assert data.input_size == (299, 299)
+    default = build_data(data_config_for(TrainConfig.model_validate(base)))
+    assert default.mean != (0.5, 0.5, 0.5) and default.input_size == (32, 32)
+    explicit = {**base["data"], "normalization": "model", "mean": [0.1, 0.2, 0.3], "image_size": 16}
+    own = build_data(data_config_for(TrainConfig.model_validate({**base, "data": explicit})))
+    assert own.mean == (0.1, 0.2, 0.3) and own.std == (0.5, 0.5, 0.5) and own.input_size == (16, 16)

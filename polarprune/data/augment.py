@@ -56,11 +56,13 @@ def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 
-def imagenet_transforms(size: int, train: bool) -> Callable[[Any], torch.Tensor]:
+def imagenet_transforms(
+    size: int, train: bool, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> Callable[[Any], torch.Tensor]:
     """Training: RandomResizedCrop + flip; evaluation: resize to 256/224*size, centre crop."""
     from torchvision import transforms as T
 
-    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    tail = [T.ToTensor(), T.Normalize(mean, std)]
     if train:
         return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
     return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *tail])

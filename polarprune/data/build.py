@@ -60,12 +60,13 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
         train_samples = _subset_samples(source.train_samples, cfg.train_subset)
         eval_samples = _subset_samples(source.eval_samples, cfg.eval_subset)
         size = source.image_size
+        mean, std = cfg.mean or IMAGENET_MEAN, cfg.std or IMAGENET_STD
         common = dict(seed=seed, rank=rank, world_size=world_size, workers=cfg.workers, pin_memory=pin_memory)
         train_loader: InMemoryLoader | FolderLoader = FolderLoader(
-            train_samples, imagenet_transforms(size, train=cfg.augment), batch_size=cfg.batch_size, train=True, **common
+            train_samples, imagenet_transforms(size, cfg.augment, mean, std), batch_size=cfg.batch_size, train=True, **common
         )
         eval_loader: InMemoryLoader | FolderLoader = FolderLoader(
-            eval_samples, imagenet_transforms(size, train=False), batch_size=cfg.eval_batch_size, train=False, **common
+            eval_samples, imagenet_transforms(size, False, mean, std), batch_size=cfg.eval_batch_size, train=False, **common
         )
         return DataBundle(
             train_loader=train_loader,
@@ -77,8 +78,8 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
             train_size=len(train_samples),
             eval_size=len(eval_samples),
             name=cfg.name,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            mean=tuple(mean),
+            std=tuple(std),
         )
     if kind.sized_by_subsets:
         train_images, train_labels = source.train_images, source.train_labels
@@ -86,7 +87,8 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
     else:
         train_images, train_labels = _subset(source.train_images, source.train_labels, cfg.train_subset)
         eval_images, eval_labels = _subset(source.eval_images, source.eval_labels, cfg.eval_subset)
-    common = dict(mean=source.mean, std=source.std, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
+    mean, std = tuple(cfg.mean or source.mean), tuple(cfg.std or source.std)
+    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
     train_loader = InMemoryLoader(
         train_images,
         train_labels,
@@ -107,8 +109,8 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
         train_size=len(train_labels),
         eval_size=len(eval_labels),
         name=cfg.name,
-        mean=tuple(source.mean),
-        std=tuple(source.std),
+        mean=mean,
+        std=std,
     )
 
 

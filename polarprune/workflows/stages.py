@@ -30,7 +30,7 @@ from ..training.engine import evaluate
 from ..config import deep_merge
 from .progressive import progressive_stage
 from .recipe import TRAINING_STAGES, PruneStage, Recipe, ScratchStage, default_init, stage_config
-from .train import run_training
+from .train import data_config_for, run_training
 
 
 @dataclass
@@ -75,7 +75,7 @@ class StageContext:
         """The recipe's data (evaluation split and probe batch), built once."""
         if self._data_bundle is None:
             cfg = stage_config(self.recipe, self.first_training_stage(), self.run_dir)
-            self._data_bundle = build_data(cfg.data, seed=cfg.seed)
+            self._data_bundle = build_data(data_config_for(cfg), seed=cfg.seed)
         return self._data_bundle
 
     def example_inputs(self) -> torch.Tensor:

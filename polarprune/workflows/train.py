@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..config import DistillConfig, TrainConfig, TrainSection, dump_yaml
+from ..config import DataConfig, DistillConfig, TrainConfig, TrainSection, dump_yaml
 from ..data import build_data, probe_batch
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
-from ..models import create, init_bn_gamma
+from ..models import create, get_entry, init_bn_gamma
 from ..serialization import load_any_model
 from ..sparsity import build_hooks
 from ..training.distill import DistillationLoss
@@ -93,6 +93,24 @@ def amp_dtype_of(t: TrainSection, device: torch.device) -> torch.dtype | None:
     return torch.float16 if t.amp_dtype == "float16" else torch.bfloat16
 
 
+def data_config_for(cfg: TrainConfig) -> DataConfig:
+    """``cfg.data`` with the model's own normalisation and input size filled in when
+    ``data.normalization`` is ``model`` (explicit ``mean``/``std``/``image_size`` win)."""
+    if cfg.data.normalization != "model":
+        return cfg.data
+    entry = get_entry(cfg.model.name)
+    if entry is None:
+        raise PolarpruneError(f"data.normalization is 'model' but model {cfg.model.name!r} has no registry entry")
+    update: dict[str, Any] = {}
+    if cfg.data.mean is None and entry.mean is not None:
+        update["mean"] = tuple(entry.mean)
+    if cfg.data.std is None and entry.std is not None:
+        update["std"] = tuple(entry.std)
+    if cfg.data.image_size is None:
+        update["image_size"] = entry.input_size
+    return cfg.data.model_copy(update=update)
+
+
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The model a config asks for: from a checkpoint/pruned file, or fresh from the registry."""
     if cfg.model.checkpoint:
@@ -148,7 +166,7 @@ def build_trainer(
     dist.init_from_env(device.type)
     seed_everything(cfg.seed, cfg.deterministic)
     batch = cfg.data.per_process_batch(dist.world_size())
-    data_cfg = cfg.data.model_copy(update={"batch_size": batch})
+    data_cfg = data_config_for(cfg).model_copy(update={"batch_size": batch})
     data = build_data(data_cfg, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
     if len(data.train_loader) == 0 and cfg.train.epochs > 0:
         raise PolarpruneError(
