@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_trust_code_argument
+
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")  # a copy so --help stays torch-free (deploy.EXPORT_FORMATS)
 
 
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: torch's exporter default)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="T", help="largest accepted max abs difference (default 1e-4)")
     p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of a model name (a file knows its own)")
-    p.add_argument("--trust-code", action="store_true", help="allow a model file naming an import path to import it")
+    add_trust_code_argument(p)
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
     p.set_defaults(func=run)
 

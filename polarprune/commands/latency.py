@@ -8,6 +8,8 @@ import shlex
 import sys
 from typing import Any
 
+from . import add_trust_code_argument
+
 RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")  # a copy so --help stays torch-free (deploy.RUNTIMES)
 
 
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--round-to", type=int_list, metavar="K[,K...]", help="also time each model with widths cut to multiples of K")
     p.add_argument("--input-size", type=int, metavar="S", help="input height and width (default: the first model's own)")
     p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of model names (default 10)")
-    p.add_argument("--trust-code", action="store_true", help="allow model files naming an import path to import it")
+    add_trust_code_argument(p)
     p.add_argument("--json", metavar="OUT", help="also write the full result (every round) to this JSON file")
     p.add_argument("--default-malloc", action="store_true", help="time in this process with glibc's default allocator settings")
     p.set_defaults(func=run)
