@@ -403,6 +403,160 @@ def methods_latency_ranges(results: Results, model: str) -> str:
             f"{span([e['latency_ms']['b64_ratio'] for e in methods], '.2f')}x at batch 64")
 
 
+# ----------------------------------------------------------------------------- section 1: methods on all of CIFAR-10
+
+
+FULL_STEM = "methods_full_resnet20"
+FULL_ROWS = (
+    ("polarization", "polarization + grad"),
+    ("polarization-distill", "polarization + grad, distilled fine-tuning"),
+    ("masksparsity", "MaskSparsity"),
+    ("l1", "L1 + global threshold"),
+    ("none", "no regularizer + global threshold"),
+    ("tp-bnscale", "Torch-Pruning BNScalePruner"),
+    ("tp-groupnorm", "Torch-Pruning GroupNormPruner"),
+)
+
+
+def _full_rows(results: Results, level: str) -> list[tuple[str, dict[str, Any]]]:
+    """(label, entry) of every method run at ``level``, in the table's order."""
+    by_key = {e["method"]: e for e in results.load(FULL_STEM)["methods"] if e["level"] == level}
+    if not by_key:
+        raise RenderError(f"{FULL_STEM}: no method at level {level!r}")
+    return [(label, by_key[key]) for key, label in FULL_ROWS if key in by_key]
+
+
+def _full_entry(results: Results, level: str, key: str) -> dict[str, Any]:
+    for _, entry in _full_rows(results, level):
+        if entry["method"] == key:
+            return entry
+    raise RenderError(f"{FULL_STEM}: no method {key!r} at level {level!r}")
+
+
+def _se(top1: float, n: int = 10_000) -> float:
+    """Binomial standard error (points) of a top-1 on ``n`` test images."""
+    return 100 * math.sqrt(top1 / 100 * (1 - top1 / 100) / n)
+
+
+def full_protocol(results: Results) -> str:
+    """The full-data protocol's settings, as the result file records them."""
+    p = results.load(FULL_STEM)["protocol"]
+    pa, pb = p["polarization"]["a"], p["polarization"]["b"]
+    return (
+        f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast "
+        f"+ channels_last (section 4: the fastest CPU setting); SGD momentum 0.9, weight decay {p['weight_decay']:g} on "
+        f"all parameters incl. BN; BN gammas initialised to 0.5. **Baseline**: {p['baseline_epochs']} epochs without "
+        f"regularizer (lr {p['baseline_lr']:g}, cosine, 1 warm-up epoch). **Sparsity stage** of every method: "
+        f"{p['sparsity_epochs']} epochs from the baseline's weights (lr {p['sparsity_lr']:g}, cosine, 1 warm-up epoch). "
+        f"**Fine-tuning** of every pruned model: {p['finetune_epochs']} epochs (lr {p['finetune_lr']:g}, cosine, 1 warm-up "
+        f"epoch). Strengths: polarization lambda {pa['lbd']:g}, t {pa['t']:g}, stopped once `grad` would leave "
+        f"{pa['target_macs_ratio']:g} of the MACs (level a) and lambda {pb['lbd']:g}, t {pb['t']:g}, stopped at "
+        f"{pb['target_macs_ratio']:g} (level b); L1 {p['l1_lbd']:g}; mask-L1 {p['ms_mask_lbd']:g}; Torch-Pruning BNScale "
+        f"reg {p['tp_bnscale_reg']:g}, GroupNorm reg {p['tp_groupnorm_reg']:g}; distillation T {p['distill']['temperature']:g}, "
+        f"alpha {p['distill']['alpha']:g}, teacher: the unpruned polarization model of the same level."
+    )
+
+
+def full_baseline(results: Results) -> str:
+    """One sentence on the shared baseline (and the no-regularizer model after its sparsity stage)."""
+    data = results.load(FULL_STEM)
+    b = data["baseline"]
+    text = (f"top-1 **{b['top1']:.2f}%** after {b['epochs']} epochs (standard error {_se(b['top1']):.2f} points), "
+            f"{b['macs'] / 1e6:.2f} M MACs, {b['params'] / 1e3:.1f} k params, {b['latency']['b1_ms']:.2f} ms at batch 1 and "
+            f"{b['latency']['b64_ms']:.1f} ms at batch 64")
+    none = [e for e in data["methods"] if e["method"] == "none"]
+    if none:
+        text += (f"; after the no-regularizer method's own {data['protocol']['sparsity_epochs']}-epoch sparsity stage "
+                 f"(the same schedule as every other method's, without a regularizer) the unpruned network is at "
+                 f"**{none[0]['sparsity']['top1']:.2f}%**")
+    return text
+
+
+def full_table(results: Results, level: str) -> str:
+    """Every method at one level; the best right after pruning and after fine-tuning in bold."""
+    base = results.load(FULL_STEM)["baseline"]["top1"]
+    entries = _full_rows(results, level)
+    best_pruned = max(e["prune"]["top1"] for _, e in entries)
+    best_final = max(e["finetune"]["top1"] for _, e in entries)
+    rows = []
+    for label, e in entries:
+        pruned = f"{e['prune']['top1']:.2f} ({-_drop(e):+.2f})"
+        final = f"{e['finetune']['top1']:.2f} ({e['finetune']['top1'] - base:+.2f})"
+        lat = e.get("latency") or {}
+        rows.append([
+            label, f"{e['sparsity']['top1']:.2f}",
+            f"**{pruned}**" if e["prune"]["top1"] == best_pruned else pruned,
+            f"**{final}**" if e["finetune"]["top1"] == best_final else final,
+            f"{e['prune']['macs_reduction']:.1%}", f"{e['prune']['params_reduction']:.1%}",
+            f"{lat['b1_ratio']:.2f} / {lat['b64_ratio']:.2f}" if lat else "-",
+        ])
+    return table(["method", "top-1 after sparsity stage", "right after pruning (change)", "after fine-tuning (vs baseline)",
+                  "MACs red.", "params red.", "latency b1 / b64 vs baseline"], rows)
+
+
+def full_target(results: Results, level: str) -> str:
+    """A level's MACs reduction and how far the methods are from it."""
+    data = results.load(FULL_STEM)
+    target = data["level_targets"][level]
+    worst = max(abs(e["prune"]["macs_reduction"] - target) for _, e in _full_rows(results, level))
+    return f"{target:.1%} (every method within {100 * worst:.1f} point of it)"
+
+
+def full_drop(results: Results, level: str, methods: str) -> str:
+    """Top-1 points lost right after pruning at a level: one method, or the range over several."""
+    return span([_drop(_full_entry(results, level, key)) for key in methods.split(",")], ".2f")
+
+
+def full_final(results: Results, level: str, methods: str) -> str:
+    """Top-1 after fine-tuning at a level: one method, or the range over several."""
+    return span([_full_entry(results, level, key)["finetune"]["top1"] for key in methods.split(",")], ".2f")
+
+
+def full_noise(results: Results, level: str) -> str:
+    """Which fine-tuned differences to polarization exceed two standard errors of a difference."""
+    ref = _full_entry(results, level, "polarization")["finetune"]["top1"]
+    beyond, within = [], []
+    for label, e in _full_rows(results, level):
+        if e["method"] == "polarization":
+            continue
+        top1 = e["finetune"]["top1"]
+        limit = 2 * math.sqrt(_se(ref) ** 2 + _se(top1) ** 2)
+        (beyond if abs(top1 - ref) > limit else within).append(f"{label} {top1 - ref:+.2f}")
+    parts = []
+    if beyond:
+        parts.append("beyond noise: " + "; ".join(beyond))
+    if within:
+        parts.append("within noise: " + "; ".join(within))
+    return " — ".join(parts)
+
+
+def full_gammas(results: Results) -> str:
+    """Share of the regularized BN gammas below 0.01 after each sparsity stage."""
+    seen: dict[str, float] = {}
+    for e in results.load(FULL_STEM)["methods"]:
+        if e["method"] == "polarization-distill":
+            continue
+        name = f"{e['method']} ({e['level']})" if e["method"] in ("polarization", "masksparsity") else e["method"]
+        seen.setdefault(name, _frac_below(e["gammas"]))
+    return "; ".join(f"{name} {share:.0%}" for name, share in seen.items())
+
+
+def full_run(results: Results) -> str:
+    """Training throughput and the machine time of all stages."""
+    data = results.load(FULL_STEM)
+    stages = [data["baseline"]]
+    seen: set[str] = set()
+    for e in data["methods"]:
+        key = e["method"] if e["method"] not in ("polarization", "masksparsity", "polarization-distill") else f"{e['method']}-{e['level']}"
+        if key not in seen and e["method"] != "polarization-distill":
+            stages.append(e["sparsity"])
+        seen.add(key)
+        stages.append(e["finetune"])
+    rates = [s["images_per_s"] for s in stages if s.get("images_per_s")]
+    hours = sum(s["wall_s"] for s in stages) / 3600
+    return f"{span(rates, '.0f')} training images/s, {hours:.1f} hours of training in all (the stages' `wall_s`)"
+
+
 # ----------------------------------------------------------------------------- section 2: pruning time
 
 
@@ -717,6 +871,15 @@ RENDERERS: dict[str, Renderer] = {
     "range": value_range,
     "max": value_max,
     "provenance-table": provenance_table,
+    "full-protocol": full_protocol,
+    "full-baseline": full_baseline,
+    "full-table": full_table,
+    "full-target": full_target,
+    "full-drop": full_drop,
+    "full-final": full_final,
+    "full-noise": full_noise,
+    "full-gammas": full_gammas,
+    "full-run": full_run,
     "methods-table": methods_table,
     "methods-unpruned": methods_unpruned,
     "methods-protocol": methods_protocol,

@@ -132,3 +132,21 @@ def test_regularizer_overhead_smoke_run(monkeypatch) -> None:
         assert row["step_seconds"]["n"] == 1 and row["step_seconds"]["median"] > 0
         if key != "none":
             assert row["hook_ms"] > 0 and row["ratio_of_medians"] > 0
+
+
+def test_methods_full_standard_error_and_levels() -> None:
+    module = load_script(BENCH / "bench_methods_full.py")
+    # binomial: sqrt(0.9 * 0.1 / 10000) = 0.003 -> 0.30 points; 50%: sqrt(0.25 / 10000) = 0.5 points
+    assert module.standard_error(90.0) == pytest.approx(0.30)
+    assert module.standard_error(50.0) == pytest.approx(0.50)
+    assert module.standard_error(90.0, n=2500) == pytest.approx(0.60)
+    levels = module.PROTOCOL["polarization"]
+    assert set(levels) == set(module.LEVELS) == {"a", "b"}
+    # level b must be the stronger one: a smaller MACs ratio to stop at and a larger t
+    assert levels["b"]["target_macs_ratio"] < levels["a"]["target_macs_ratio"]
+    assert levels["b"]["t"] >= levels["a"]["t"]
+    base = module.base_config(0)
+    assert base["data"]["train_subset"] is None and base["data"]["eval_subset"] is None  # all of CIFAR-10
+    assert base["train"]["amp"] and base["train"]["channels_last"]
+    smoke = module.base_config(0, smoke=True)
+    assert smoke["data"]["train_subset"] == 640 and smoke["train"]["max_steps_per_epoch"] == 3

@@ -1,0 +1,422 @@
+"""The methods side by side on all of CIFAR-10 (ResNet-20, CPU), at two pruning levels.
+
+The full-data successor of ``bench_methods_cifar.py``'s subset protocol: all 50,000 training and
+10,000 test images of the shared archive, bf16 autocast + channels_last (the fastest CPU
+setting, bench/results/engine_throughput.md), one shared baseline trained to convergence, then
+for every method a sparsity stage that starts from that baseline, a prune at each level's MACs
+target, and the same fine-tuning for all.
+
+Stages (every one cached in ``--workdir``, outside the repository, and resumable):
+
+- ``baseline``            no regularizer, ``baseline_epochs`` (cosine, 1 warm-up epoch);
+- ``<method>/sparsity``   ``sparsity_epochs`` from the baseline (cosine from ``sparsity_lr``):
+  ``none`` (no regularizer), ``l1``, ``polarization-a`` / ``polarization-b`` (the paper's
+  regularizer, stopped at the level's MACs target), ``masksparsity-a`` / ``-b`` (mask-L1 with
+  the mask that global L1 (= the ``l1`` run) prunes at the level), ``tp-bnscale``,
+  ``tp-groupnorm`` (Torch-Pruning's own regularizers);
+- ``<method>-<level>/finetune``  ``finetune_epochs`` of every pruned model (cosine from
+  ``finetune_lr``); ``polarization-distill-<level>`` fine-tunes the same pruned polarization
+  model with the unpruned sparsity-trained one as the teacher.
+
+Levels: ``a`` is the MACs reduction polarization + ``grad`` reaches at the paper's setting
+(t = 1.4, stopped at half the MACs), ``b`` the one of a stronger polarization run (about 70%).
+Every other method is pruned to the same reduction (global threshold searched: ``flops-target``;
+Torch-Pruning: its global pruning ratio bisected). Results:
+``bench/results/methods_full_resnet20.{json,md}`` and its two plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_methods_cifar import (  # noqa: E402
+    ARCHIVE, INPUT_SHAPE, LABELS, _load_model, _read_json, _save_fig, _save_model, _write_json, plot_gammas, stage_config,
+    train_stage,
+)
+from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
+
+from polarprune.config import TrainConfig  # noqa: E402
+from polarprune.data import build_data, probe_batch  # noqa: E402
+from polarprune.deploy.latency import measure_latency  # noqa: E402
+from polarprune.flops import count_model  # noqa: E402
+from polarprune.pruning import plan_pruning, prune_model  # noqa: E402
+from polarprune.serialization import save as save_model_file  # noqa: E402
+from polarprune.sparsity.masks import load_mask, save_mask  # noqa: E402
+from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
+from polarprune.training.engine import evaluate  # noqa: E402
+
+MODEL = "resnet20"
+LEVELS = ("a", "b")
+METHODS = ("polarization", "none", "l1", "masksparsity", "tp-bnscale", "tp-groupnorm", "polarization-distill")
+FULL_LABELS = {**LABELS, "polarization-distill": "polarization + grad, fine-tuned with distillation"}
+
+PROTOCOL: dict[str, Any] = {
+    "batch_size": 128, "weight_decay": 5e-4, "amp_dtype": "bfloat16", "channels_last": True,
+    "baseline_epochs": 24, "baseline_lr": 0.1,
+    "sparsity_epochs": 6, "sparsity_lr": 0.05,
+    "finetune_epochs": 6, "finetune_lr": 0.02,
+    # The papers' lambdas are for 160-200 epochs from scratch; a 6-epoch stage from a converged
+    # baseline needs a stronger push, the same scale for L1 and Torch-Pruning's sign(gamma).
+    "polarization": {"a": {"lbd": 5e-3, "t": 1.4, "target_macs_ratio": 0.5},
+                     "b": {"lbd": 6e-3, "t": 1.8, "target_macs_ratio": 0.3}},
+    "l1_lbd": 2e-3, "ms_mask_lbd": 1e-2, "tp_bnscale_reg": 2e-3, "tp_groupnorm_reg": 1e-2,
+    "distill": {"temperature": 4.0, "alpha": 0.9},
+}
+
+
+SMOKE = {"baseline_epochs": 1, "sparsity_epochs": 1, "finetune_epochs": 1}  # --smoke: the code paths in minutes
+
+
+def base_config(seed: int, smoke: bool = False) -> dict[str, Any]:
+    """The sections every stage shares: full data, bf16 + channels_last on the CPU."""
+    p = PROTOCOL
+    cfg = {
+        "seed": seed, "device": "cpu",
+        "model": {"name": MODEL, "bn_init": 0.5},
+        "data": {"name": "imagefolder", "root": ARCHIVE, "train_subset": None, "eval_subset": None,
+                 "batch_size": p["batch_size"], "eval_batch_size": 500, "workers": 0},
+        "train": {"lr": p["baseline_lr"], "momentum": 0.9, "weight_decay": p["weight_decay"], "bn_weight_decay": True,
+                  "schedule": {"type": "cosine", "warmup_epochs": 1}, "progress": False,
+                  "amp": True, "amp_dtype": p["amp_dtype"], "channels_last": p["channels_last"]},
+    }
+    if smoke:
+        cfg["data"].update(train_subset=640, eval_subset=500)
+        cfg["train"]["max_steps_per_epoch"] = 3
+    return cfg
+
+
+class FullBench:
+    """Cached stages of the full-data protocol."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(args.workdir).expanduser() / MODEL
+        self.base = base_config(args.seed, args.smoke)
+        if args.smoke:
+            PROTOCOL.update(SMOKE)
+        self._bundle = None
+        self._example: torch.Tensor | None = None
+
+    # -- shared pieces
+
+    @property
+    def bundle(self):
+        if self._bundle is None:
+            cfg = TrainConfig.model_validate(self.base)
+            self._bundle = build_data(cfg.data, seed=cfg.seed)
+        return self._bundle
+
+    def example(self) -> torch.Tensor:
+        if self._example is None:
+            self._example = probe_batch(self.bundle, 8)
+        return self._example
+
+    def top1(self, model: nn.Module) -> float:
+        return evaluate(model, self.bundle.eval_loader, torch.device("cpu"))["top1"]
+
+    def bn_names(self, model: nn.Module) -> list[str]:
+        return regularized_bn_names(model, self.example())
+
+    def gammas(self, model: nn.Module) -> list[float]:
+        wanted = set(self.bn_names(model))
+        return [v for name, m in model.named_modules() if name in wanted for v in m.weight.detach().abs().flatten().tolist()]
+
+    def stage(self, folder: str, epochs: int, lr: float, sparsity: dict[str, Any] | None = None,
+              model: nn.Module | None = None, hooks: list | None = None, distill: dict[str, Any] | None = None,
+              resume: bool = True, **train: Any) -> tuple[nn.Module, dict[str, Any]]:
+        cfg_dict = copy.deepcopy(self.base)
+        if distill is not None:
+            cfg_dict["distill"] = distill
+        cfg = stage_config(cfg_dict, self.work / folder, epochs, sparsity, lr=lr, schedule={"type": "cosine"}, **train)
+        print(f"-- stage {folder}: {epochs} epochs", flush=True)
+        return train_stage(cfg, model=model, hooks=hooks, resume=resume)
+
+    def baseline(self) -> tuple[nn.Module, dict[str, Any]]:
+        cfg = stage_config(self.base, self.work / "baseline", PROTOCOL["baseline_epochs"], eval_every=4)
+        print("-- stage baseline", flush=True)
+        return train_stage(cfg)
+
+    def sparse(self, folder: str, sparsity: dict[str, Any] | None, hooks_for=None) -> tuple[nn.Module, dict[str, Any]]:
+        """A sparsity stage from the baseline's weights."""
+        done = _read_json(self.work / folder / "sparsity" / "stage.json")
+        start = None if done is not None else copy.deepcopy(self.baseline()[0])
+        hooks = hooks_for(start) if (hooks_for and start is not None) else None
+        return self.stage(f"{folder}/sparsity", PROTOCOL["sparsity_epochs"], PROTOCOL["sparsity_lr"], sparsity,
+                          model=start, hooks=hooks, resume=hooks is None)
+
+    def level_target(self, level: str) -> float:
+        record = _read_json(self.work / f"polarization-{level}" / "result.json")
+        if record is None:
+            raise SystemExit(f"polarization at level {level} must run first (it sets the level's MACs reduction)")
+        reduction = float(record["prune"]["macs_reduction"])
+        return max(reduction, 0.2) if self.args.smoke else reduction  # a 3-step smoke run may prune nothing
+
+    # -- prune + fine-tune
+
+    def prune_record(self, sparse: nn.Module, pruned: nn.Module, seconds: float, strategy: str) -> dict[str, Any]:
+        before, after = count_model(sparse, INPUT_SHAPE), count_model(pruned, INPUT_SHAPE)
+        return {"strategy": strategy, "macs_before": before.macs, "macs_after": after.macs,
+                "params_before": before.params, "params_after": after.params,
+                "macs_reduction": 1 - after.macs / before.macs, "params_reduction": 1 - after.params / before.params,
+                "top1_before": self.top1(sparse), "top1": self.top1(pruned), "seconds": round(seconds, 2)}
+
+    def polarprune_prune(self, sparse: nn.Module, **options: Any) -> tuple[nn.Module, dict[str, Any]]:
+        start = time.perf_counter()
+        pruned, _ = prune_model(sparse, self.example(), bn_names=self.bn_names(sparse), **options)
+        return pruned, self.prune_record(sparse, pruned, time.perf_counter() - start, options["strategy"])
+
+    def finish(self, name: str, level: str, sparse: nn.Module, sparse_rec: dict[str, Any], pruned: nn.Module,
+               prune_rec: dict[str, Any], *, distill: dict[str, Any] | None = None, resume: bool = True,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        folder = f"{name}-{level}"
+        _save_model(pruned, self.work / folder / "pruned.pt")
+        tuned, ft_rec = self.stage(f"{folder}/finetune", PROTOCOL["finetune_epochs"], PROTOCOL["finetune_lr"],
+                                   model=pruned, distill=distill, resume=resume)
+        result = {"method": name, "level": level, "label": FULL_LABELS[name], "sparsity": sparse_rec, "prune": prune_rec,
+                  "finetune": ft_rec, "gammas": self.gammas(sparse), **(extra or {})}
+        _write_json(self.work / folder / "result.json", result)
+        return result
+
+    # -- methods
+
+    def run_polarization(self, level: str) -> dict[str, Any]:
+        spars = {"regularizer": "polarization", "clamp": 1.0, "monitor": True, **PROTOCOL["polarization"][level]}
+        model, rec = self.sparse(f"polarization-{level}-sparse", spars)
+        pruned, prune_rec = self.polarprune_prune(model, strategy="grad")
+        return self.finish("polarization", level, model, rec, pruned, prune_rec, extra={"regularizer": spars})
+
+    def run_polarization_distill(self, level: str) -> dict[str, Any]:
+        model, rec = self.sparse(f"polarization-{level}-sparse", None)  # cached by run_polarization
+        teacher = self.work / f"polarization-{level}-sparse" / "teacher.safetensors"
+        if not teacher.is_file():
+            save_model_file(model, teacher)
+        pruned = _load_model(self.work / f"polarization-{level}" / "pruned.pt")
+        prune_rec = _read_json(self.work / f"polarization-{level}" / "result.json")["prune"]
+        distill = {"teacher": str(teacher), **PROTOCOL["distill"]}
+        return self.finish("polarization-distill", level, model, rec, pruned, prune_rec, distill=distill,
+                           extra={"distill": distill})
+
+    def run_none(self, level: str) -> dict[str, Any]:
+        return self.global_threshold("none", level, None)
+
+    def run_l1(self, level: str) -> dict[str, Any]:
+        return self.global_threshold("l1", level, {"regularizer": "l1", "lbd": PROTOCOL["l1_lbd"], "monitor": False})
+
+    def global_threshold(self, name: str, level: str, sparsity: dict[str, Any] | None) -> dict[str, Any]:
+        model, rec = self.sparse(f"{name}-sparse", sparsity)
+        pruned, prune_rec = self.polarprune_prune(model, strategy="flops-target", target_macs_reduction=self.level_target(level))
+        return self.finish(name, level, model, rec, pruned, prune_rec, extra={"regularizer": sparsity or {"regularizer": "none"}})
+
+    def run_masksparsity(self, level: str) -> dict[str, Any]:
+        """Mask = what global L1 (the ``l1`` stage) prunes at the level; mask-L1 from the baseline."""
+        l1_model, _ = self.sparse("l1-sparse", {"regularizer": "l1", "lbd": PROTOCOL["l1_lbd"], "monitor": False})
+        mask_path = self.work / f"masksparsity-{level}-sparse" / "mask.json"
+        if not mask_path.is_file():
+            masks = plan_pruning(l1_model, self.example(), strategy="flops-target",
+                                 target_macs_reduction=self.level_target(level), bn_names=self.bn_names(l1_model))
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            save_mask(masks, mask_path, MODEL, source={"stage": "l1-sparse", "strategy": "flops-target"})
+        spars = {"regularizer": "mask-l1", "lbd": PROTOCOL["ms_mask_lbd"], "mask": str(mask_path), "monitor": False}
+        model, rec = self.sparse(f"masksparsity-{level}-sparse", spars)
+        pruned, prune_rec = self.polarprune_prune(model, strategy="mask", masks=load_mask(mask_path, model))
+        return self.finish("masksparsity", level, model, rec, pruned, prune_rec, extra={"regularizer": spars})
+
+    def run_tp(self, name: str, level: str) -> dict[str, Any]:
+        from tp_baselines import TPRegularizerHook, prune_to_macs
+
+        reg = PROTOCOL["tp_bnscale_reg" if name == "tp-bnscale" else "tp_groupnorm_reg"]
+        model, rec = self.sparse(f"{name}-sparse", None,
+                                 hooks_for=lambda m: [TPRegularizerHook(name, m, self.example(), reg)])
+        start = time.perf_counter()
+        matched = prune_to_macs(name, model, self.example(), self.level_target(level), INPUT_SHAPE, reg=reg)
+        prune_rec = self.prune_record(model, matched.model, time.perf_counter() - start,
+                                      f"torch-pruning global, pruning_ratio {matched.pruning_ratio:.4f}")
+        return self.finish(name, level, model, rec, matched.model, prune_rec, resume=False, extra={"reg": reg})
+
+    def run(self, name: str, level: str) -> dict[str, Any]:
+        cached = _read_json(self.work / f"{name}-{level}" / "result.json")
+        if cached is not None:
+            return cached
+        print(f"== {name} level {level}", flush=True)
+        start = time.perf_counter()
+        if name.startswith("tp-"):
+            result = self.run_tp(name, level)
+        else:
+            result = getattr(self, f"run_{name.replace('-', '_')}")(level)
+        print(f"== {name}-{level} done in {time.perf_counter() - start:.0f} s: MACs -{result['prune']['macs_reduction']:.3f}, "
+              f"top-1 after prune {result['prune']['top1']:.2f}, after fine-tune {result['finetune']['top1']:.2f}", flush=True)
+        return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def standard_error(top1: float, n: int = 10_000) -> float:
+    """Binomial standard error (points) of a top-1 measured on ``n`` images."""
+    p = top1 / 100
+    return 100 * math.sqrt(p * (1 - p) / n)
+
+
+def plot_levels(rows: list[dict[str, Any]], baseline: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    markers = {"a": "o", "b": "s"}
+    colours = {name: f"C{i}" for i, name in enumerate(METHODS)}
+    for row in rows:
+        macs = row["prune"]["macs_after"] / 1e6
+        ax.plot([macs, macs], [row["prune"]["top1"], row["finetune"]["top1"]], color="#cccccc", lw=1, zorder=1)
+        ax.scatter([macs], [row["finetune"]["top1"]], marker=markers[row["level"]], color=colours[row["method"]], s=42,
+                   zorder=3, label=row["label"] if row["level"] == "a" else None)
+    ax.scatter([baseline["macs"] / 1e6], [baseline["top1"]], marker="*", s=140, color="black", label="unpruned baseline", zorder=3)
+    ax.set_xlabel("MACs per image (M)   (circles: level a, squares: level b)")
+    ax.set_ylabel("top-1 after fine-tuning (%)")
+    low = min(r["finetune"]["top1"] for r in rows) if rows else baseline["top1"]
+    ax.set_ylim(max(0.0, low - 3), baseline["top1"] + 1.5)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save_fig(fig, path)
+
+
+def latencies(bench: FullBench, rows: list[dict[str, Any]], baseline_model: nn.Module, rounds: int) -> dict[str, Any]:
+    """``polarprune latency``'s measurement (eager, batch 1 and 64, interleaved) of every fine-tuned model."""
+    models = {"unpruned": baseline_model}
+    for row in rows:
+        models[f"{row['method']}-{row['level']}"] = _load_model(bench.work / f"{row['method']}-{row['level']}" / "finetune" / "model.pt")
+    result = measure_latency(models, INPUT_SHAPE, runtime="eager", batches=(1, 64), rounds=rounds)
+    out: dict[str, Any] = {}
+    for name in models:
+        out[name] = {f"b{b.batch}_ms": round(b.median_ms[name], 3) for b in result.batches}
+        out[name].update({f"b{b.batch}_ratio": round(b.ratio_to_first[name], 3) for b in result.batches})
+    return out
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int) -> None:
+    base_model, base_rec = bench.baseline()
+    cost = count_model(base_model, INPUT_SHAPE)
+    baseline = {"top1": base_rec["top1"], "macs": cost.macs, "params": cost.params, "epochs": PROTOCOL["baseline_epochs"],
+                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s")}
+    lat = latencies(bench, rows, base_model, latency_rounds) if latency_rounds > 0 and rows else {}
+    for row in rows:
+        row["latency"] = lat.get(f"{row['method']}-{row['level']}")
+        row["within_1_point_of_target"] = None
+    targets = {lv: _read_json(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
+    targets = {lv: r["prune"]["macs_reduction"] for lv, r in targets.items() if r}
+    for row in rows:
+        if row["level"] in targets:
+            row["within_1_point_of_target"] = abs(row["prune"]["macs_reduction"] - targets[row["level"]]) <= 0.01
+    stem = f"methods_full_{MODEL}"
+    result = {
+        "benchmark": "methods_full", "model": MODEL, "protocol": PROTOCOL, "provenance": provenance(bench.args.seed),
+        "baseline": {**baseline, "latency": lat.get("unpruned"), "standard_error": round(standard_error(baseline["top1"]), 3)},
+        "level_targets": targets, "load_average": list(os.getloadavg()), "methods": rows,
+        "not_run": [f"{m}-{lv}" for lv in LEVELS for m in METHODS if not any(r["method"] == m and r["level"] == lv for r in rows)],
+        "latency_rounds": latency_rounds,
+    }
+    results_dir = Path(bench.args.results_dir)
+    acc_png, gam_png = results_dir / f"{stem}_acc_macs.png", results_dir / f"{stem}_gammas.png"
+    if rows:
+        plot_levels(rows, baseline, acc_png, f"CIFAR-10 (all 50,000 / 10,000 images), {MODEL}, two pruning levels")
+        seen, sparse_rows = set(), []
+        for row in rows:
+            key = (row["method"], row["level"] if row["method"] in ("polarization", "masksparsity") else "")
+            if row["method"] != "polarization-distill" and key not in seen:
+                seen.add(key)
+                sparse_rows.append({**row, "method": f"{row['method']}-{row['level']}" if key[1] else row["method"]})
+        plot_gammas(sparse_rows, gam_png, f"BN |gamma| after the sparsity stage, {MODEL}, full CIFAR-10")
+    p = PROTOCOL
+    lines = [f"# Methods on all of CIFAR-10: {MODEL}, two pruning levels (CPU)", "", provenance_markdown(result["provenance"]), "",
+             f"Protocol: all 50,000 training / 10,000 test images of `{ARCHIVE}`, batch {p['batch_size']}, bf16 autocast + "
+             f"channels_last. Baseline: {p['baseline_epochs']} epochs, no regularizer (lr {p['baseline_lr']}, cosine, 1 warm-up "
+             f"epoch). Every sparsity stage: {p['sparsity_epochs']} epochs from the baseline (lr {p['sparsity_lr']}, cosine); "
+             f"every fine-tuning: {p['finetune_epochs']} epochs (lr {p['finetune_lr']}, cosine).", "",
+             f"Baseline: top-1 **{baseline['top1']:.2f}%** (standard error {standard_error(baseline['top1']):.2f} points), "
+             f"{baseline['macs'] / 1e6:.2f} M MACs, {baseline['params'] / 1e3:.1f} k params.", ""]
+    for level in LEVELS:
+        level_rows = [r for r in rows if r["level"] == level]
+        if not level_rows:
+            continue
+        tgt = targets.get(level)
+        lines += [f"## Level {level}: MACs reduction {_pct(tgt) if tgt is not None else '?'} (set by polarization + grad)", "",
+                  "| method | top-1 after sparsity | top-1 after prune | top-1 after fine-tune | MACs red. | params red. | latency b1 (ms) | latency b64 (ms) | b64 / unpruned |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in level_rows:
+            la = r.get("latency") or {}
+            lines.append(f"| {r['label']} | {r['sparsity']['top1']:.2f} | {r['prune']['top1']:.2f} | {r['finetune']['top1']:.2f} | "
+                         f"{_pct(r['prune']['macs_reduction'])} | {_pct(r['prune']['params_reduction'])} | "
+                         f"{la.get('b1_ms', '-')} | {la.get('b64_ms', '-')} | {la.get('b64_ratio', '-')} |")
+        lines.append("")
+    if result["not_run"]:
+        lines += [f"Not run: {', '.join(result['not_run'])}.", ""]
+    lines += ["Noise: the binomial standard error of a top-1 near 90% on 10,000 test images is about 0.3 points; two "
+              "results differ beyond noise when they are more than about 0.8 points apart (two standard errors of a difference).",
+              "", f"Latency: `polarprune latency`'s measurement (eager PyTorch, {latency_rounds} interleaved rounds, medians; "
+              "ratio: median of the per-round ratios to the unpruned baseline).", "",
+              f"![accuracy vs MACs]({acc_png.name})", "", f"![gamma histograms]({gam_png.name})"]
+    write_results(stem, result, "\n".join(lines), folder=results_dir)
+    print("\n".join(lines), flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS} (polarization first: it sets the levels)")
+    parser.add_argument("--levels", default=",".join(LEVELS))
+    parser.add_argument("--workdir", default="~/.cache/polarprune/bench_methods_full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--latency-rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="1 epoch of 3 steps per stage on 640 images: checks the code paths, not the methods")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the result files from the cache")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if argv is None:
+        reexec_with_steady_malloc()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(args.seed)
+    bench = FullBench(args)
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+    unknown = sorted(set(wanted) - set(METHODS)) + sorted(set(levels) - set(LEVELS))
+    if unknown:
+        raise SystemExit(f"unknown methods or levels: {unknown}; choose from {METHODS} and {LEVELS}")
+    order = [m for m in METHODS if m in wanted]
+    rows: list[dict[str, Any]] = []
+    for method in order:
+        for level in levels:
+            if args.report_only:
+                cached = _read_json(bench.work / f"{method}-{level}" / "result.json")
+                if cached is not None:
+                    rows.append(cached)
+                continue
+            rows.append(bench.run(method, level))
+            report(bench, list(rows), 0)  # partial results on disk after every method
+    report(bench, rows, args.latency_rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
