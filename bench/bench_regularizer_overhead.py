@@ -1,6 +1,6 @@
 """Per-step cost of the sparsity regularizers on CIFAR ResNet-56 (acceptance: <= 3 % over none).
 
-One training step as the engine runs it (``Trainer._step``): forward, cross-entropy,
+One training step as the engine runs it (``polarprune.training.engine.optimisation_step``): forward, cross-entropy,
 ``+ hook.loss_term``, ``scaler.scale(loss).backward()``, ``scaler.unscale_``,
 ``hook.after_backward``, ``scaler.step``, ``scaler.update``, ``hook.after_step`` (the scaler is
 disabled, as on a CPU run). Variants, each on its own copy of the same initial model and its own

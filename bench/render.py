@@ -443,8 +443,9 @@ def full_protocol(results: Results) -> str:
     p = results.load(FULL_STEM)["protocol"]
     pa, pb = p["polarization"]["a"], p["polarization"]["b"]
     return (
-        f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast "
-        f"+ channels_last (section 4: the fastest CPU setting); SGD momentum 0.9, weight decay {p['weight_decay']:g} on "
+        f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast, "
+        f"channels_last for the unpruned stages (section 4: the fastest CPU setting) and NCHW for fine-tuning the pruned "
+        f"models (their uneven widths train faster so); SGD momentum 0.9, weight decay {p['weight_decay']:g} on "
         f"all parameters incl. BN; BN gammas initialised to 0.5. **Baseline**: {p['baseline_epochs']} epochs without "
         f"regularizer (lr {p['baseline_lr']:g}, cosine, 1 warm-up epoch). **Sparsity stage** of every method: "
         f"{p['sparsity_epochs']} epochs from the baseline's weights (lr {p['sparsity_lr']:g}, cosine, 1 warm-up epoch). "
@@ -462,8 +463,9 @@ def full_baseline(results: Results) -> str:
     data = results.load(FULL_STEM)
     b = data["baseline"]
     text = (f"top-1 **{b['top1']:.2f}%** after {b['epochs']} epochs (standard error {_se(b['top1']):.2f} points), "
-            f"{b['macs'] / 1e6:.2f} M MACs, {b['params'] / 1e3:.1f} k params, {b['latency']['b1_ms']:.2f} ms at batch 1 and "
-            f"{b['latency']['b64_ms']:.1f} ms at batch 64")
+            f"{b['macs'] / 1e6:.2f} M MACs, {b['params'] / 1e3:.1f} k params")
+    if b.get("latency"):
+        text += f", {b['latency']['b1_ms']:.2f} ms at batch 1 and {b['latency']['b64_ms']:.1f} ms at batch 64"
     none = [e for e in data["methods"] if e["method"] == "none"]
     if none:
         text += (f"; after the no-regularizer method's own {data['protocol']['sparsity_epochs']}-epoch sparsity stage "
@@ -512,6 +514,11 @@ def full_final(results: Results, level: str, methods: str) -> str:
     return span([_full_entry(results, level, key)["finetune"]["top1"] for key in methods.split(",")], ".2f")
 
 
+def full_final_pruned(results: Results, level: str, methods: str) -> str:
+    """Top-1 right after pruning at a level: one method, or the range over several."""
+    return span([_full_entry(results, level, key)["prune"]["top1"] for key in methods.split(",")], ".2f")
+
+
 def full_noise(results: Results, level: str) -> str:
     """Which fine-tuned differences to polarization exceed two standard errors of a difference."""
     ref = _full_entry(results, level, "polarization")["finetune"]["top1"]
@@ -530,6 +537,16 @@ def full_noise(results: Results, level: str) -> str:
     return " — ".join(parts)
 
 
+def full_se(results: Results) -> str:
+    """The sampling noise of the fine-tuned top-1s: standard error at their mean, of a difference, twice that."""
+    finals = [e["finetune"]["top1"] for e in results.load(FULL_STEM)["methods"]]
+    mean = statistics.mean(finals)
+    se = _se(mean)
+    return (f"a top-1 of {mean:.0f}% (the mean of the fine-tuned models) has a binomial standard error of {se:.2f} points, "
+            f"the difference of two models {math.sqrt(2) * se:.2f} points, and two standard errors of a difference are "
+            f"{2 * math.sqrt(2) * se:.2f} points")
+
+
 def full_gammas(results: Results) -> str:
     """Share of the regularized BN gammas below 0.01 after each sparsity stage."""
     seen: dict[str, float] = {}
@@ -539,6 +556,22 @@ def full_gammas(results: Results) -> str:
         name = f"{e['method']} ({e['level']})" if e["method"] in ("polarization", "masksparsity") else e["method"]
         seen.setdefault(name, _frac_below(e["gammas"]))
     return "; ".join(f"{name} {share:.0%}" for name, share in seen.items())
+
+
+def full_gap(results: Results) -> str:
+    """Points between the baseline and the fine-tuned models (range)."""
+    data = results.load(FULL_STEM)
+    return span([data["baseline"]["top1"] - e["finetune"]["top1"] for e in data["methods"]], ".1f")
+
+
+def full_gammas_of(results: Results, method: str) -> str:
+    """Share of a method's regularized gammas below 0.01 after its sparsity stage (per level where it differs)."""
+    shares = {e["level"]: _frac_below(e["gammas"]) for e in results.load(FULL_STEM)["methods"] if e["method"] == method}
+    if not shares:
+        raise RenderError(f"{FULL_STEM}: no method {method!r}")
+    if len({round(v, 2) for v in shares.values()}) == 1:
+        return f"{next(iter(shares.values())):.0%}"
+    return " and ".join(f"{v:.0%} (level {lv})" for lv, v in sorted(shares.items()))
 
 
 def full_run(results: Results) -> str:
@@ -878,7 +911,11 @@ RENDERERS: dict[str, Renderer] = {
     "full-drop": full_drop,
     "full-final": full_final,
     "full-noise": full_noise,
+    "full-final-pruned": full_final_pruned,
     "full-gammas": full_gammas,
+    "full-se": full_se,
+    "full-gap": full_gap,
+    "full-gammas-of": full_gammas_of,
     "full-run": full_run,
     "methods-table": methods_table,
     "methods-unpruned": methods_unpruned,

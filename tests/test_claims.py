@@ -61,7 +61,7 @@ def test_documents_render_the_main_result_files() -> None:
     results = render.Results(REPO_ROOT / "bench" / "results")
     for path in render.document_paths(REPO_ROOT):
         render.render_text(path.read_text(), results, str(path))
-    assert {"methods_cifar_resnet20", "methods_cifar_resnet56", "pruning_time", "pruned_latency",
+    assert {"methods_full_resnet20", "methods_cifar_resnet20", "methods_cifar_resnet56", "pruning_time", "pruned_latency",
             "regularizer_overhead", "engine_throughput", "data_loader", "cifar_recipe_resnet20",
             "demo_polarization"} <= results.used
 
@@ -71,6 +71,8 @@ def test_documents_render_the_main_result_files() -> None:
     [
         ("regularizer_overhead", lambda d: d["variants"]["polarization"].__setitem__("hook_ms", 0.5), "regularizer-table"),
         ("methods_cifar_resnet56", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "methods-table resnet56"),
+        ("methods_full_resnet20", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "full-table a"),
+        ("methods_full_resnet20", lambda d: d["baseline"].__setitem__("top1", 99.0), "full-baseline"),
         ("pruned_latency", lambda d: d["models"][1]["latency"]["nchw"]["64"]["latency_cut"].__setitem__("pruned", 0.1), "pruned-latency-table"),
         ("demo_polarization", lambda d: d["stages"][0].__setitem__("top1", 50.0), "demo-table"),
         ("pruning_time", lambda d: d["models"][0].__setitem__("seconds_median", 9.99), "pruning-time-table"),
