@@ -387,23 +387,6 @@ def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 
     return create(text, num_classes, in_channels=in_channels, trust_code=trust_code).eval()
 
 
-__all__ = [
-    "FORMAT",
-    "CHECKPOINT_FORMAT",
-    "save",
-    "load",
-    "build_model",
-    "build_model_from_spec",
-    "instance_spec",
-    "apply_to_instance",
-    "check_fit",
-    "fill_weights",
-    "read_spec",
-    "read_metadata",
-    "model_spec",
-    "load_state_strict",
-    "read_checkpoint",
-    "load_model_from_checkpoint",
-    "load_any_model",
-    "read_model",
-]
+__all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "build_model_from_spec", "instance_spec",
+           "apply_to_instance", "check_fit", "fill_weights", "read_spec", "read_metadata", "model_spec",
+           "load_state_strict", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]

@@ -153,18 +153,5 @@ def _load_weights(model: nn.Module, name: str, path: str) -> None:
         raise PolarpruneError(f"model {name!r}: weights {path} do not fit: {' '.join(first[:3])}") from None
 
 
-__all__ = [
-    "create",
-    "register",
-    "get_entry",
-    "entry_for",
-    "default_input_size",
-    "ModelEntry",
-    "METHODS",
-    "list_models",
-    "torchvision_names",
-    "init_bn_gamma",
-    "CifarResNet",
-    "CifarVGG",
-    "SmallCNN",
-]
+__all__ = ["create", "register", "get_entry", "entry_for", "default_input_size", "ModelEntry", "METHODS",
+           "list_models", "torchvision_names", "init_bn_gamma", "CifarResNet", "CifarVGG", "SmallCNN"]

@@ -179,18 +179,5 @@ def block_bns(model: nn.Module, rules: Sequence[tuple[type, Sequence[str]]]) -> 
     return names
 
 
-__all__ = [
-    "ModelEntry",
-    "METHODS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "register",
-    "add",
-    "add_resolver",
-    "get_entry",
-    "entry_for",
-    "add_loader",
-    "registered_names",
-    "every_bn",
-    "block_bns",
-]
+__all__ = ["ModelEntry", "METHODS", "IMAGENET_MEAN", "IMAGENET_STD", "register", "add", "add_resolver", "get_entry",
+           "entry_for", "add_loader", "registered_names", "every_bn", "block_bns"]

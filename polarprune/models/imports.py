@@ -142,17 +142,8 @@ def import_path_entry(name: str) -> ModelEntry | None:
     return ModelEntry(name=name, builder=build, family="import path")
 
 
-__all__ = [
-    "is_import_path",
-    "split_import_path",
-    "trusting_code",
-    "code_trusted",
-    "check_trusted",
-    "load_callable",
-    "build_from_import_path",
-    "import_path_entry",
-    "TRUST_HINT",
-]
+__all__ = ["is_import_path", "split_import_path", "trusting_code", "code_trusted", "check_trusted", "load_callable",
+           "build_from_import_path", "import_path_entry", "TRUST_HINT"]
 
 
 add_resolver(import_path_entry)

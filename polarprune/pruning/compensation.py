@@ -260,16 +260,5 @@ def compensate(model: nn.Module, analysis: ModelAnalysis, decision: Decision, ex
     return result
 
 
-__all__ = [
-    "CompensationResult",
-    "compensate",
-    "conv_fold_delta",
-    "linear_fold_delta",
-    "constant_channels",
-    "measure_constants",
-    "branch_constant",
-    "following_bn",
-    "fold_into",
-    "apply_adjustments",
-    "Adjustment",
-]
+__all__ = ["CompensationResult", "compensate", "conv_fold_delta", "linear_fold_delta", "constant_channels",
+           "measure_constants", "branch_constant", "following_bn", "fold_into", "apply_adjustments", "Adjustment"]

@@ -258,16 +258,6 @@ def select_channels(
     return SelectionResult(keep=keep, thresholds=thresholds, notes=notes)
 
 
-__all__ = [
-    "STRATEGIES",
-    "GRAD_FALLBACK_THRESHOLD",
-    "SELECTORS",
-    "SelectionResult",
-    "grad_threshold",
-    "histogram_valley",
-    "select_channels",
-    "count_to_remove",
-    "smallest_mask",
-    "enforce_min_channels",
-    "global_percent_threshold",
-]
+__all__ = ["STRATEGIES", "GRAD_FALLBACK_THRESHOLD", "SELECTORS", "SelectionResult", "grad_threshold",
+           "histogram_valley", "select_channels", "count_to_remove", "smallest_mask", "enforce_min_channels",
+           "global_percent_threshold"]

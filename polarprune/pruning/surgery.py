@@ -176,17 +176,6 @@ def apply_decision(model: nn.Module, decision: Decision, block_shifts: Mapping[s
         slice_module(name, model.get_submodule(name), sides)
 
 
-__all__ = [
-    "apply_decision",
-    "set_block_shifts",
-    "replace_block",
-    "set_module",
-    "slice_module",
-    "slice_conv_in",
-    "slice_conv_out",
-    "slice_depthwise",
-    "slice_batchnorm",
-    "slice_linear",
-    "kept_indices",
-    "grouped_input_selection",
-]
+__all__ = ["apply_decision", "set_block_shifts", "replace_block", "set_module", "slice_module", "slice_conv_in",
+           "slice_conv_out", "slice_depthwise", "slice_batchnorm", "slice_linear", "kept_indices",
+           "grouped_input_selection"]

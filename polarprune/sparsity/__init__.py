@@ -64,25 +64,7 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
     return hooks
 
 
-__all__ = [
-    "build_hooks",
-    "SparsityHook",
-    "Regularizer",
-    "REGULARIZERS",
-    "register_regularizer",
-    "regularizer_class",
-    "make_regularizer",
-    "GammaMonitorHook",
-    "TrialAnalysis",
-    "regularized_bn_names",
-    "l1_penalty",
-    "add_l1_subgradient_",
-    "polarization_penalty",
-    "clamp_",
-    "flops_weights",
-    "load_mask",
-    "save_mask",
-    "uniform_mask",
-    "mask_from_strategy",
-    "masksparsity_mask",
-]
+__all__ = ["build_hooks", "SparsityHook", "Regularizer", "REGULARIZERS", "register_regularizer", "regularizer_class",
+           "make_regularizer", "GammaMonitorHook", "TrialAnalysis", "regularized_bn_names", "l1_penalty",
+           "add_l1_subgradient_", "polarization_penalty", "clamp_", "flops_weights", "load_mask", "save_mask",
+           "uniform_mask", "mask_from_strategy", "masksparsity_mask"]

@@ -192,19 +192,6 @@ def summarize_masks(masks: Mapping[str, Tensor]) -> list[tuple[str, int, int]]:
     return [(name, int(mask.sum()), int(mask.numel())) for name, mask in masks.items()]
 
 
-__all__ = [
-    "MASK_FORMAT",
-    "MASK_VERSION",
-    "MASKSPARSITY_THRESHOLD",
-    "save_mask",
-    "load_mask",
-    "read_mask_document",
-    "mask_document",
-    "mask_to_string",
-    "string_to_mask",
-    "uniform_mask",
-    "mask_from_strategy",
-    "masksparsity_mask",
-    "gamma_magnitudes",
-    "summarize_masks",
-]
+__all__ = ["MASK_FORMAT", "MASK_VERSION", "MASKSPARSITY_THRESHOLD", "save_mask", "load_mask", "read_mask_document",
+           "mask_document", "mask_to_string", "string_to_mask", "uniform_mask", "mask_from_strategy",
+           "masksparsity_mask", "gamma_magnitudes", "summarize_masks"]

@@ -480,25 +480,7 @@ class SparsityHook(TrainHook):
         self.reached_epoch = int(reached) if reached is not None else None
 
 
-__all__ = [
-    "l1_penalty",
-    "l1_scales",
-    "add_scaled_sign_",
-    "add_l1_subgradient_",
-    "polarization_penalty",
-    "flat_layer_weights",
-    "clamp_",
-    "linear_map",
-    "flops_weights",
-    "Targets",
-    "Regularizer",
-    "NoRegularizer",
-    "L1",
-    "MaskL1",
-    "Polarization",
-    "REGULARIZERS",
-    "register_regularizer",
-    "regularizer_class",
-    "make_regularizer",
-    "SparsityHook",
-]
+__all__ = ["l1_penalty", "l1_scales", "add_scaled_sign_", "add_l1_subgradient_", "polarization_penalty",
+           "flat_layer_weights", "clamp_", "linear_map", "flops_weights", "Targets", "Regularizer", "NoRegularizer",
+           "L1", "MaskL1", "Polarization", "REGULARIZERS", "register_regularizer", "regularizer_class",
+           "make_regularizer", "SparsityHook"]
