@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from .deploy.latency import latency_ms
 from .flops import count_model
-from .fileio import atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text
 
 MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "progressive", "finetune", "scratch")
 
@@ -107,5 +106,5 @@ def format_markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """``summary.json`` and ``summary.md`` in the run folder."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_text(run_dir / "summary.md", format_markdown(summary))

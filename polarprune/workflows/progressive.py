@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_json_lines, read_json
 from ..flops import count_model
 from ..pruning import TrialAnalysis, prune_model
 from ..pruning.options import PruneOptions
@@ -96,17 +96,6 @@ def aimed_options(
     return options.model_copy(update={knob: best}), ratio_at(best)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
 def _prune_round(
     ctx: StageContext, model: nn.Module, options: PruneOptions, target_macs: float, step_dir: Path
 ) -> dict[str, Any]:
@@ -133,7 +122,7 @@ def _prune_round(
             "options": aimed.model_dump(mode="json", exclude={"masks", "bn_names"}),
             "top1_after_prune": evaluate(pruned, ctx.data().eval_loader, torch.device("cpu"))["top1"],
         }
-        _write_json(step_dir / "prune.json", record)
+        atomic_write_json(step_dir / "prune.json", record)
     dist.barrier()
     return dist.broadcast_object(record)
 
@@ -150,24 +139,24 @@ def progressive_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[st
     rounds: list[dict[str, Any]] = []
     for k, target in enumerate(step_targets(macs_0, spec.target_macs_reduction, spec.steps), start=1):
         step_dir = stage_dir / f"step-{k}"
-        done = _read_json(step_dir / "done.json")
+        done = read_json(step_dir / "done.json")
         if done is not None:
             rounds.append(done)
             continue
         if rounds:  # always from the file, so a resumed run prunes exactly what a straight one does
             model = load_any_model(rounds[-1]["model_path"]).cpu().eval()
-        pruned_record = _read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir)
+        pruned_record = read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir)
         pruned = load_any_model(step_dir / "pruned.safetensors")
         cfg = stage_config(ctx.recipe, stage, ctx.run_dir, out=str(step_dir), **ctx.distill_overrides(stage))
         result = run_training(cfg, model=pruned)
         done = {**pruned_record, "step": k, "model_path": str(step_dir / "last.pt"), "top1": result.final_top1,
                 "epochs": cfg.train.epochs}
         if dist.is_main():
-            _write_json(step_dir / "done.json", done)
+            atomic_write_json(step_dir / "done.json", done)
         dist.barrier()
         rounds.append(done)
     if dist.is_main():
-        _write_json_lines(stage_dir / "metrics.jsonl", _joined_metrics(stage_dir, len(rounds)))
+        atomic_write_json_lines(stage_dir / "metrics.jsonl", _joined_metrics(stage_dir, len(rounds)))
     last = rounds[-1]
     return {
         "kind": "progressive",
@@ -193,7 +182,3 @@ def _joined_metrics(stage_dir: Path, steps: int) -> list[dict[str, Any]]:
             row = json.loads(line)
             rows.append({**row, "epoch": len(rows) + 1, "round": k})
     return rows
-
-
-def _write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -8,7 +8,6 @@ score exactly the BNs their source stage regularized.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,7 @@ from torch import nn
 from .. import distributed as dist
 from ..data import DataBundle, build_data, probe_batch
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json
 from ..models import init_bn_gamma
 from ..pruning import plan_pruning, prune_model
 from ..serialization import load_any_model, save
@@ -46,12 +45,8 @@ class StageRecord:
         return Path(path) if path else None
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """``payload`` as indented JSON (paths and tensors as plain values), written atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """Paths and tensors as plain JSON values (the stages' ``done.json`` and ``report.json``)."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, torch.Tensor):
@@ -185,7 +180,7 @@ def prune_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any
         top1_after = evaluate(pruned, eval_loader, device)["top1"]
         report_dict = report.to_dict()
         save(pruned, out, extra={"report": _report_summary(report_dict)})
-        write_json_atomic(stage_dir / "report.json", report_dict)
+        atomic_write_json(stage_dir / "report.json", report_dict, default=json_default)
         payload["top1"], payload["top1_before"] = top1_after, top1_before
         for key in ("macs_before", "macs_after", "params_before", "params_after"):
             payload[key] = report_dict[key]
