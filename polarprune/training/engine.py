@@ -1,16 +1,11 @@
-"""The training engine: one plain loop with extension points, checkpoints and exact resume.
+"""The training engine: one plain loop with extension points (``TrainHook``), checkpoints and exact resume.
 
-``Trainer`` receives built objects (model, loaders, optimizer, LR schedule, hooks, device, output
-folder), trains, evaluates every ``eval_every`` epochs, logs metrics (``metrics.jsonl`` and
-TensorBoard), writes ``last.pt`` every epoch and ``best.pt`` on improvement, and resumes from
-``last.pt`` when the output folder already holds one. Building those objects from a
-``TrainConfig`` is ``polarprune.workflows.train``'s job. Regularizers and other extensions act
-through ``TrainHook`` (see ``hooks.py``).
+``Trainer`` gets built objects (``polarprune.workflows.train`` builds them from a ``TrainConfig``),
+logs ``metrics.jsonl`` and TensorBoard, writes ``last.pt`` every epoch and ``best.pt`` on improvement.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -24,7 +19,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json_lines
 from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, read_checkpoint
 from .checkpoint import atomic_torch_save
 from .guard import DivergenceError, DivergenceGuard, all_finite
@@ -144,13 +139,8 @@ def optimisation_step(
     amp_dtype: torch.dtype | None = None,
     guard: DivergenceGuard | None = None,
 ) -> StepResult:
-    """One step: forward (``train_model``, e.g. the DDP wrapper), loss + hook terms, backward,
-    unscale, ``after_backward`` hooks, optimizer step, ``after_step`` hooks. Hooks get ``model``.
-
-    A criterion with ``uses_inputs`` (distillation) also gets the images. With a ``guard``, a
-    non-finite loss (on any rank) or gradient skips the update and undoes the forward's buffer
-    updates; the guard raises once more steps went bad than it allows.
-    """
+    """One step: forward through ``train_model`` (e.g. the DDP wrapper), loss + hook terms, backward, step;
+    hooks get ``model``. With a ``guard``, a non-finite loss (any rank) or gradient skips the update."""
     if guard is not None:
         guard.before_forward(model)
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -183,10 +173,8 @@ def optimisation_step(
 class Trainer:
     """One training run over built objects; ``fit()`` trains the remaining epochs.
 
-    ``model`` is the plain (unwrapped) model with its ``polarprune_spec``; under an initialised
-    process group it is wrapped in DDP (with synchronised BN when ``sync_bn``). ``lr_schedule``
-    maps a fractional epoch to the learning rate (set every step, so resuming needs no scheduler
-    state). ``run_config`` is plain data stored in the checkpoints to say how the run was made.
+    ``model`` is the unwrapped model (DDP-wrapped under a process group); ``lr_schedule`` maps a
+    fractional epoch to the LR, set every step, so resuming needs no scheduler state.
     """
 
     def __init__(
@@ -257,9 +245,6 @@ class Trainer:
 
     # -- checkpoints
 
-    def _hook_states(self) -> dict[str, Any]:
-        return {type(h).__name__: h.state_dict() for h in self.hooks if hasattr(h, "state_dict")}
-
     def _checkpoint(self, epoch: int, *, full: bool) -> dict[str, Any]:
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
@@ -280,7 +265,7 @@ class Trainer:
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 },
-                hooks=self._hook_states(),
+                hooks={type(h).__name__: h.state_dict() for h in self.hooks if hasattr(h, "state_dict")},
                 guard=self.guard.state_dict(),
             )
         return state
@@ -315,7 +300,7 @@ class Trainer:
             atomic_torch_save(self._checkpoint(epoch, full=True), self.out_dir / "last.pt")
             if improved:
                 atomic_torch_save(self._checkpoint(epoch, full=False), self.out_dir / "best.pt")
-            atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+            atomic_write_json_lines(self.out_dir / "metrics.jsonl", self.history)
         dist.barrier()
 
     # -- training
@@ -335,7 +320,14 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.guard.epoch, self.guard.step = epoch + 1, i + 1
-            loss, logits, labels, applied = self._step(images, labels)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss, logits, applied = optimisation_step(
+                self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
+                scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype, guard=self.guard,
+            )
             self.global_step += 1
             if not applied:  # skipped by the divergence guard: not part of the epoch's numbers
                 continue
@@ -366,18 +358,6 @@ class Trainer:
             "images_per_s": count / max(elapsed, 1e-9),
             "lr": self.lr_schedule(float(epoch)),
         }
-
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """Move a batch to the device and take one optimisation step with the hooks and the guard."""
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        result = optimisation_step(
-            self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
-            scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype, guard=self.guard,
-        )
-        return result.loss, result.logits, labels, result.applied
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Refuse to checkpoint a model whose weights stopped being finite (e.g. a huge learning
@@ -431,29 +411,19 @@ class Trainer:
             raise
         finally:
             writer.close()
-        top1 = final.get("eval_top1")
-        top5 = final.get("eval_top5")
+        top1, top5 = final.get("eval_top1"), final.get("eval_top5")
         if top1 is None:  # nothing trained (epochs=0): evaluate what we have
             metrics = evaluate(self.model, self.eval_loader, self.device)
             top1, top5 = metrics["top1"], metrics["top5"]
-        return TrainResult(
-            model=self.model,
-            out_dir=self.out_dir,
-            final_top1=float(top1),
-            best_top1=max(self.best_top1, float(top1)),
-            final_top5=float(top5),
-            history=self.history,
-            resumed_from_epoch=self.start_epoch,
-        )
+        return TrainResult(model=self.model, out_dir=self.out_dir, final_top1=float(top1),
+                           best_top1=max(self.best_top1, float(top1)), final_top5=float(top5), history=self.history,
+                           resumed_from_epoch=self.start_epoch)
 
 
 def _epoch_line(row: dict[str, Any], total: int) -> str:
     parts = [f"epoch {row['epoch']}/{total}", f"loss {row['train_loss']:.4f}", f"train {row['train_top1']:.2f}%"]
     if "eval_top1" in row:
         parts.append(f"top1 {row['eval_top1']:.2f}%")
-    parts.append(f"lr {row['lr']:.4g}")
-    parts.append(f"{row['images_per_s']:.0f} img/s")
-    for key in ("trial_macs_ratio_grad", "gamma_frac_below_0.01"):
-        if key in row:
-            parts.append(f"{key} {row[key]:.3f}")
+    parts += [f"lr {row['lr']:.4g}", f"{row['images_per_s']:.0f} img/s"]
+    parts += [f"{key} {row[key]:.3f}" for key in ("trial_macs_ratio_grad", "gamma_frac_below_0.01") if key in row]
     return " | ".join(parts)
