@@ -263,7 +263,8 @@ def _rules() -> dict[str, Rule]:
                  addbmm=_addbmm, linear=_linear, _addmm_activation=_addmm_activation)
     table.update(dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
                                 "_batch_norm_no_update", "cudnn_batch_norm", "miopen_batch_norm"), _batch_norm))
-    table.update(dict.fromkeys(("_batch_norm_with_update", "native_layer_norm", "native_group_norm", "_fused_rms_norm"), _runtime_norm))
+    table.update(dict.fromkeys(("_batch_norm_with_update", "native_layer_norm", "native_group_norm", "_fused_rms_norm"),
+                               _runtime_norm))
     table["_native_multi_head_attention"] = _native_mha
     table.update(dict.fromkeys(("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
                                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",

@@ -401,8 +401,9 @@ def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneO
         if deleted_with_block(bn, gone):
             mask[:] = False  # the whole branch is gone
         bn_keep[bn] = mask
-    return Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes, estimate_macs(analysis, removed, gone),
-                    estimate_macs(analysis, {}, ()), estimate_params(analysis, removed, removed_blocks), estimate_params(analysis, {}, {}))
+    return Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes,
+                    estimate_macs(analysis, removed, gone), estimate_macs(analysis, {}, ()),
+                    estimate_params(analysis, removed, removed_blocks), estimate_params(analysis, {}, {}))
 
 
 def search_threshold(analysis: ModelAnalysis, target_reduction: float, options: PruneOptions | None = None, *,
