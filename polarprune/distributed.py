@@ -285,4 +285,3 @@ def sync_batchnorm_view(model: nn.Module, device_type: str, process_group: Any =
     clone = copy.copy(model)
     clone._modules = children  # type: ignore[assignment]
     return clone
-
