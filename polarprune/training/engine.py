@@ -1,8 +1,5 @@
-"""The training engine: one plain loop with extension points (``TrainHook``), checkpoints and exact resume.
-
-``Trainer`` gets built objects (``polarprune.workflows.train`` builds them from a ``TrainConfig``),
-logs ``metrics.jsonl`` and TensorBoard, writes ``last.pt`` every epoch and ``best.pt`` on improvement.
-"""
+"""The training engine: one plain loop with extension points (``TrainHook``), checkpoints (``last.pt``
+every epoch, ``best.pt`` on improvement), exact resume, ``metrics.jsonl`` and TensorBoard logs."""
 
 from __future__ import annotations
 
@@ -80,14 +77,8 @@ def loader_world_size(loader: Iterable) -> int:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device,
-    *,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean loss, summed over all ranks when the loader is sharded."""
     was_training = model.training
     model.eval()
@@ -126,19 +117,10 @@ class StepResult(NamedTuple):
     applied: bool = True
 
 
-def optimisation_step(
-    model: nn.Module,
-    train_model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    hooks: list[TrainHook],
-    amp_dtype: torch.dtype | None = None,
-    guard: DivergenceGuard | None = None,
-) -> StepResult:
+def optimisation_step(model: nn.Module, train_model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                      criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      hooks: list[TrainHook], amp_dtype: torch.dtype | None = None,
+                      guard: DivergenceGuard | None = None) -> StepResult:
     """One step: forward through ``train_model`` (e.g. the DDP wrapper), loss + hook terms, backward, step;
     hooks get ``model``. With a ``guard``, a non-finite loss (any rank) or gradient skips the update."""
     if guard is not None:
@@ -171,36 +153,16 @@ def optimisation_step(
 
 
 class Trainer:
-    """One training run over built objects; ``fit()`` trains the remaining epochs.
+    """One training run over built objects; ``fit()`` trains the remaining epochs. ``lr_schedule`` maps a
+    fractional epoch to the LR, set every step, so resuming needs no scheduler state."""
 
-    ``model`` is the unwrapped model (DDP-wrapped under a process group); ``lr_schedule`` maps a
-    fractional epoch to the LR, set every step, so resuming needs no scheduler state.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        train_loader: Any,
-        eval_loader: Iterable,
-        optimizer: torch.optim.Optimizer,
-        *,
-        epochs: int,
-        lr_schedule: Callable[[float], float],
-        out_dir: str | Path,
-        hooks: Sequence[TrainHook] = (),
-        device: torch.device | str = "cpu",
-        criterion: nn.Module | None = None,
-        amp_dtype: torch.dtype | None = None,
-        channels_last: bool = False,
-        sync_bn: bool = False,
-        eval_every: int = 1,
-        max_steps_per_epoch: int | None = None,
-        progress: bool = False,
-        run_config: dict[str, Any] | None = None,
-        resume: bool = True,
-        max_bad_steps: int = 0,
-        name: str | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, train_loader: Any, eval_loader: Iterable, optimizer: torch.optim.Optimizer, *,
+                 epochs: int, lr_schedule: Callable[[float], float], out_dir: str | Path, hooks: Sequence[TrainHook] = (),
+                 device: torch.device | str = "cpu", criterion: nn.Module | None = None,
+                 amp_dtype: torch.dtype | None = None, channels_last: bool = False, sync_bn: bool = False,
+                 eval_every: int = 1, max_steps_per_epoch: int | None = None, progress: bool = False,
+                 run_config: dict[str, Any] | None = None, resume: bool = True, max_bad_steps: int = 0,
+                 name: str | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.spec = model_spec(self.model)
@@ -217,9 +179,8 @@ class Trainer:
         self.hooks = list(hooks)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=amp_dtype == torch.float16 and self.device.type == "cuda"
-        )
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=amp_dtype == torch.float16 and self.device.type == "cuda")
         self.eval_every = int(eval_every)
         self.max_steps_per_epoch = max_steps_per_epoch
         self.progress = progress
@@ -273,10 +234,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         ckpt = read_checkpoint(path)
         if ckpt.get("spec") != self.spec:
-            raise PolarpruneError(
-                f"{path}: the checkpoint's architecture differs from this run's model; "
-                "use another out folder or delete the checkpoint"
-            )
+            raise PolarpruneError(f"{path}: the checkpoint's architecture differs from this run's model; "
+                                  "use another out folder or delete the checkpoint")
         load_state_strict(self.model, ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -341,23 +300,15 @@ class Trainer:
                 if i % 10 == 0 or i == steps - 1:
                     done = max(sums[2].item(), 1.0)
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(
-                        loss=f"{sums[0].item() / done:.3f}",
-                        acc=f"{100 * sums[1].item() / done:.1f}",
-                        img_s=f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}",
-                        lr=f"{lr:.4g}",
-                    )
+                    bar.set_postfix(loss=f"{sums[0].item() / done:.3f}", acc=f"{100 * sums[1].item() / done:.1f}",
+                                    img_s=f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}", lr=f"{lr:.4g}")
         elapsed = time.perf_counter() - start
         if bar is not None:
             bar.close()
         dist.all_reduce_sum(sums)
         count = max(sums[2].item(), 1.0)
-        return {
-            "train_loss": sums[0].item() / count,
-            "train_top1": 100.0 * sums[1].item() / count,
-            "images_per_s": count / max(elapsed, 1e-9),
-            "lr": self.lr_schedule(float(epoch)),
-        }
+        return {"train_loss": sums[0].item() / count, "train_top1": 100.0 * sums[1].item() / count,
+                "images_per_s": count / max(elapsed, 1e-9), "lr": self.lr_schedule(float(epoch))}
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Refuse to checkpoint a model whose weights stopped being finite (e.g. a huge learning

@@ -38,10 +38,6 @@ def finite_on_every_rank(value: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
-def gradients(model: nn.Module) -> list[torch.Tensor]:
-    return [p.grad for p in model.parameters() if p.grad is not None]
-
-
 @dataclass
 class DivergenceGuard:
     """Counts bad steps of one run and raises ``DivergenceError`` past ``max_bad_steps``; ``where`` names
@@ -69,7 +65,7 @@ class DivergenceGuard:
 
     def gradients_ok(self, model: nn.Module, scaler_enabled: bool) -> bool:
         """Check the (unscaled, all-reduced) gradients; an enabled fp16 scaler skips overflow steps itself."""
-        if scaler_enabled or all_finite(gradients(model)):
+        if scaler_enabled or all_finite(p.grad for p in model.parameters()):
             return True
         self._bad("a gradient is not finite")
         return False
