@@ -80,7 +80,8 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
                                   padding=source.padding if cfg.augment else 0, flip=source.flip and cfg.augment, **common)
     eval_loader = InMemoryLoader(eval_images, eval_labels, batch_size=cfg.eval_batch_size, train=False, **common)
     return DataBundle(train_loader=train_loader, eval_loader=eval_loader, num_classes=len(source.class_names),
-                      in_channels=int(train_images.shape[1]), input_size=(int(train_images.shape[2]), int(train_images.shape[3])),
+                      in_channels=int(train_images.shape[1]),
+                      input_size=(int(train_images.shape[2]), int(train_images.shape[3])),
                       class_names=list(source.class_names), train_size=len(train_labels), eval_size=len(eval_labels),
                       name=cfg.name, mean=mean, std=std)
 

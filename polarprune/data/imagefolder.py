@@ -1,8 +1,5 @@
-"""ImageFolder trees (``train/<class>/*`` and ``val/`` or ``test/``), also given as a tar archive.
-
-Small images (e.g. 32x32 CIFAR JPEGs) are decoded once into memory and cached; larger ones
-(ImageNet) stay files for the DataLoader path.
-"""
+"""ImageFolder trees (``train/<class>/*`` and ``val/`` or ``test/``), also given as a tar archive. Small
+images (e.g. 32x32 CIFAR JPEGs) are decoded once into memory and cached; larger ones stay files."""
 
 from __future__ import annotations
 

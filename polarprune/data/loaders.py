@@ -1,8 +1,5 @@
-"""The two batch loaders; both follow the epoch and sharding contract of ``sampling.py``.
-
-``InMemoryLoader``: uint8 images held in memory, cropped, flipped and normalised a whole batch
-at once. ``FolderLoader``: image files decoded by torch DataLoader workers (ImageNet-sized).
-"""
+"""The two batch loaders (``InMemoryLoader``, ``FolderLoader``); both follow the epoch and sharding
+contract of the package docstring."""
 
 from __future__ import annotations
 
@@ -19,22 +16,9 @@ class InMemoryLoader(EpochSharded):
     """Batches of uint8 NCHW images held in memory: shuffle, crop/flip, normalise, shard; yields
     ``(float32 normalised NCHW images, int64 labels)`` CPU tensors."""
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool,
-        padding: int = 0,
-        flip: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], train: bool, padding: int = 0, flip: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, pin_memory: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 NCHW, got {images.dtype} {tuple(images.shape)}")
         if labels.dim() != 1 or len(labels) != len(images):
@@ -68,9 +52,8 @@ class InMemoryLoader(EpochSharded):
             flips = torch.randint(0, 2, (self.dataset_size,), generator=generator).bool()
         return order, offsets, flips
 
-    def batch(
-        self, indices: torch.Tensor, offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
+              flips: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The samples ``indices`` (augmented with the given parameters), normalised."""
         raw = crop_flip(self.images[indices], self.padding, offsets, flips)
         images = normalise(raw, self.mean, self.std)
@@ -174,19 +157,9 @@ def _one_line(exc: BaseException) -> str:
 class FolderLoader:
     """Image files through a torch DataLoader (worker processes), with the shared contract."""
 
-    def __init__(
-        self,
-        samples: list[tuple[str, int]],
-        transform: Callable[[Any], torch.Tensor],
-        *,
-        batch_size: int,
-        train: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        workers: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], torch.Tensor], *, batch_size: int,
+                 train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0,
+                 pin_memory: bool = False) -> None:
         check_rank(rank, world_size)
         self.dataset = _FileDataset(samples, transform, seeded=train)
         self.sampler = _EpochBatchSampler(len(samples), batch_size, train=train, seed=seed, rank=rank, world_size=world_size)

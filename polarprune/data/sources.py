@@ -1,8 +1,5 @@
-"""The data sets polarprune reads, by name (``SOURCES``): the one place their names are spelled.
-
-A source turns a ``DataConfig`` into splits (``ArraySplits`` in memory or ``FolderSplits`` of
-files); ``build_data`` makes the loaders. A new data set is one entry here.
-"""
+"""The data sets polarprune reads, by name (``SOURCES``): the one place their names are spelled. A source
+turns a ``DataConfig`` into splits (``ArraySplits`` or ``FolderSplits``); a new data set is one entry here."""
 
 from __future__ import annotations
 
@@ -126,10 +123,8 @@ def load_cifar_splits(name: str, root: Path, download: bool) -> ArraySplits:
             _download_cifar(name, root, folder)
         else:
             hint = " (it holds train/: use data.name=imagefolder)" if (root / "train").is_dir() else ""
-            raise PolarpruneError(
-                f"{name}: {folder} not found or incomplete (needs {', '.join(files)}){hint}; "
-                f"set data.root to the folder that contains {folder_name} or data.download=true"
-            )
+            raise PolarpruneError(f"{name}: {folder} not found or incomplete (needs {', '.join(files)}){hint}; "
+                                  f"set data.root to the folder that contains {folder_name} or data.download=true")
     train_images, train_labels, classes = _read_cifar_split(name, root, folder, train=True)
     eval_images, eval_labels, _ = _read_cifar_split(name, root, folder, train=False)
     return ArraySplits(

@@ -1,9 +1,5 @@
-"""The pipeline: a recipe's stages run in order, each in its own folder, resumable.
-
-A stage is complete when its folder holds ``done.json`` (written atomically last, by
-``write_done``); complete stages are skipped, an interrupted training stage resumes from its
-``last.pt``.
-"""
+"""The pipeline: a recipe's stages run in order, each in its own folder; a stage whose ``done.json``
+(written atomically, last) exists is skipped, an interrupted training stage resumes from its ``last.pt``."""
 
 from __future__ import annotations
 
