@@ -1,8 +1,5 @@
-"""The ``polarprune`` command: a thin dispatcher over ``polarprune.commands.<name>`` modules.
-
-Each command module defines ``register(subparsers)``, which adds its sub-parser and sets
-``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
-"""
+"""The ``polarprune`` command: a thin dispatcher over ``polarprune.commands.<name>`` modules, whose
+``register(subparsers)`` adds a sub-parser with ``func`` (parsed ``argparse.Namespace`` -> exit code)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,8 @@ from . import __version__
 from .errors import PolarpruneError
 
 # The order is the order of `polarprune --help`.
-COMMAND_MODULES = ["demo", "run", "train", "prune", "mask", "eval", "inspect", "flops", "export", "latency", "recipes", "models"]
+COMMAND_MODULES = ["demo", "run", "train", "prune", "mask", "eval", "inspect", "flops", "export", "latency", "recipes",
+                   "models"]
 
 DESCRIPTION = (
     "Structured channel pruning of CNNs through sparsity training: the polarization "

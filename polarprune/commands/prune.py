@@ -1,9 +1,5 @@
-"""``polarprune prune CHECKPOINT --strategy S --out PRUNED``: remove channels for real.
-
-Reads a training checkpoint (``.pt``) or a polarprune model file (``.safetensors``), prunes it
-with ``polarprune.pruning.prune_model``, writes the pruned model file and (optionally) the
-report JSON atomically, and prints a short table.
-"""
+"""``polarprune prune CHECKPOINT --strategy S --out PRUNED``: remove channels for real (``prune_model``),
+write the pruned model file and optionally the report JSON, print a short table."""
 
 from __future__ import annotations
 
