@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import PolarpruneError
+from .errors import PolarpruneError, first_line
 
 DEFAULT_TIMEOUT_S = 300
 TIMEOUT_ENV = "POLARPRUNE_DIST_TIMEOUT"
@@ -132,7 +132,7 @@ def is_collective_failure(exc: BaseException) -> bool:
 
 def collective_failure_message(exc: BaseException, during: str) -> str:
     """One line for a failed collective: which rank noticed it, what it was doing, and why."""
-    detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    detail = first_line(exc)
     if len(detail) > 200:
         detail = detail[:197] + "..."
     return (
