@@ -1,8 +1,5 @@
-"""The ``polarprune`` command: a thin dispatcher over ``polarprune.commands.<name>`` modules.
-
-Each command module defines ``register(subparsers)``, which adds its sub-parser and sets
-``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
-"""
+"""The ``polarprune`` command: a thin dispatcher over ``polarprune.commands.<name>`` modules, whose
+``register(subparsers)`` adds a sub-parser with ``func`` (parsed ``argparse.Namespace`` -> exit code)."""
 
 from __future__ import annotations
 
@@ -17,20 +14,8 @@ from . import __version__
 from .errors import PolarpruneError
 
 # The order is the order of `polarprune --help`.
-COMMAND_MODULES = [
-    "demo",
-    "run",
-    "train",
-    "prune",
-    "mask",
-    "eval",
-    "inspect",
-    "flops",
-    "export",
-    "latency",
-    "recipes",
-    "models",
-]
+COMMAND_MODULES = ["demo", "run", "train", "prune", "mask", "eval", "inspect", "flops", "export", "latency", "recipes",
+                   "models"]
 
 DESCRIPTION = (
     "Structured channel pruning of CNNs through sparsity training: the polarization "
@@ -58,9 +43,7 @@ def error_line(exc: BaseException) -> str:
     """The one line printed for an error (first line of its message)."""
     text = str(exc).strip().splitlines()
     message = text[0] if text else type(exc).__name__
-    if isinstance(exc, PolarpruneError):
-        return f"polarprune: error: {message}"
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(exc, (PolarpruneError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return f"polarprune: error: {message}"
     return f"polarprune: error: {type(exc).__name__}: {message} (run with --debug for the traceback)"
 

@@ -1,8 +1,6 @@
-"""Configuration as data: YAML recipes plus ``key=value`` overrides, validated before anything runs.
-
-A *training config* (``TrainConfig``) describes one training run: model, data, optimisation,
-sparsity regularizer. A *recipe* (see ``polarprune.workflows.recipe``) composes several of them into
-stages. Every section forbids unknown keys, so a typo is an error naming the key.
+"""Configuration as data: YAML plus ``key=value`` overrides, validated before anything runs. A ``TrainConfig``
+describes one training run (a recipe, ``polarprune.workflows.recipe``, composes several); every section
+forbids unknown keys, so a typo is an error naming the key.
 """
 
 from __future__ import annotations
@@ -76,10 +74,8 @@ class DataConfig(Section):
         if total is None:
             return self.batch_size
         if total % world_size:
-            raise PolarpruneError(
-                f"data.global_batch_size {total} does not divide over {world_size} processes "
-                f"(use a multiple of {world_size}, or data.batch_size per process)"
-            )
+            raise PolarpruneError(f"data.global_batch_size {total} does not divide over {world_size} processes "
+                                  f"(use a multiple of {world_size}, or data.batch_size per process)")
         if "batch_size" in self.model_fields_set and self.batch_size * world_size != total:
             raise PolarpruneError(
                 f"data.batch_size {self.batch_size} (per process) and data.global_batch_size {total} disagree "

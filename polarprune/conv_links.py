@@ -1,17 +1,10 @@
 """Direct links between BatchNorms and the conv/linear layers around them (the original code's view).
 
-Both original code bases reason about a BN through its *direct* neighbours: the conv that
-produces its input, and the convs that read its output through channel-wise operations only
-(ReLU, pooling, dropout, flatten). A BN whose output reaches a layer only through a residual
-addition (a ResNet block's last BN) has no direct reader: the original polarization code
-prunes its producer's outputs and scatters the kept channels back to full width before the
-addition, so the residual stream, and everything that reads it, keeps its full width.
-
-``conv_links(model, layers)`` finds these links with ``torch.fx`` (symbolic tracing; modules
-without children are leaves); the widths and per-image MACs of the layers come from the one
-pruning analysis (``pruning.graph.ModelAnalysis.layer_shapes()``), not from a count of its own. Two consumers use it: the original FLOPs weighting of the polarization
-regularizer (``sparsity/flops_weighting.py``) and the original accounting of a pruning
-decision (``pruning/scatter.py``).
+Both original code bases see a BN through its *direct* neighbours: the conv producing its input and
+the convs reading its output through channel-wise operations only. A BN reaching a layer only through
+a residual addition has no direct reader: the original prunes its producer's outputs and scatters the
+kept channels back to full width before the addition. Used by the original FLOPs weighting
+(``sparsity/flops_weighting.py``) and the original accounting (``pruning/scatter.py``).
 """
 
 from __future__ import annotations
@@ -89,16 +82,8 @@ class ConvLinks:
     def direct_channel_macs(self, bn: str) -> float:
         """MACs one channel of ``bn`` costs in the original's view: its producer's per-output-channel
         MACs plus every direct reader's per-input-channel MACs."""
-        cost = 0.0
-        if bn in self.producer:
-            cost += self.layers[self.producer[bn]].macs_per_out_channel
-        for layer in self.readers.get(bn, ()):
-            cost += self.layers[layer].macs_per_in_channel
-        return cost
-
-    def total_macs(self) -> int:
-        """MACs of every conv/linear layer (per image)."""
-        return sum(shape.macs for shape in self.layers.values())
+        cost = self.layers[self.producer[bn]].macs_per_out_channel if bn in self.producer else 0.0
+        return sum((self.layers[layer].macs_per_in_channel for layer in self.readers.get(bn, ())), cost)
 
     def scatter_macs(self, kept: Mapping[str, int], emptied: Iterable[str] = ()) -> int:
         """MACs when every BN in ``kept`` keeps that many channels and each layer shrinks only on
@@ -108,14 +93,10 @@ class ConvLinks:
         reads, writes = self.reads(), self.writes()
         total = 0.0
         for name, shape in self.layers.items():
-            if name in gone:
-                continue
-            in_fraction = _fraction(kept, self.bn_channels, reads.get(name))
-            out_fraction = _fraction(kept, self.bn_channels, writes.get(name))
-            if shape.depthwise:
-                total += shape.macs * min(in_fraction, out_fraction)
-            else:
-                total += shape.macs * in_fraction * out_fraction
+            if name not in gone:
+                fraction_in = _fraction(kept, self.bn_channels, reads.get(name))
+                fraction_out = _fraction(kept, self.bn_channels, writes.get(name))
+                total += shape.macs * min(fraction_in, fraction_out) if shape.depthwise else shape.macs * fraction_in * fraction_out
         return int(round(total))
 
 
@@ -135,11 +116,7 @@ class _LeafTracer(fx.Tracer):
 def _is_channelwise(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), CHANNELWISE_MODULES)
-    if node.op == "call_function":
-        return node.target in CHANNELWISE_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in CHANNELWISE_METHODS
-    return False
+    return node.target in {"call_function": CHANNELWISE_FUNCTIONS, "call_method": CHANNELWISE_METHODS}.get(node.op, ())
 
 
 def _source_bn(node: Any, modules: Mapping[str, nn.Module]) -> str | None:
@@ -178,7 +155,7 @@ def conv_links(model: nn.Module, layers: Mapping[str, LayerShape]) -> ConvLinks:
                 links.readers.setdefault(source, []).append(name)
         elif isinstance(module, BN_TYPES) and node.args:
             feeder = node.args[0]
-            while isinstance(feeder, fx.Node) and feeder.op == "call_method" and feeder.target in ("contiguous",):
+            while isinstance(feeder, fx.Node) and feeder.op == "call_method" and feeder.target == "contiguous":
                 feeder = feeder.args[0]
             if (isinstance(feeder, fx.Node) and feeder.op == "call_module" and isinstance(modules.get(str(feeder.target)), LAYER_TYPES)
                     and len(feeder.users) == 1):

@@ -1,16 +1,7 @@
-"""torchrun / DistributedDataParallel plumbing: process group set-up, rank-0 helpers,
-synchronised batch norm that also works on CPU (gloo), and clear errors when a peer fails.
-
-Under ``torchrun`` the environment holds RANK, LOCAL_RANK and WORLD_SIZE; without it every
-function here degrades to the single-process case.
-
-Synchronised BN: torch's ``nn.SyncBatchNorm`` refuses CPU tensors, so CPU runs (gloo) could
-not synchronise BN statistics at all, and 2 processes with batch B would train a different
-model than 1 process with batch 2B. ``CPUSyncBatchNorm`` computes the global statistics with
-two differentiable all-reduces (GPU runs use torch's ``nn.SyncBatchNorm``);
-``sync_batchnorm_view`` builds the module tree DDP trains: it shares every parameter and
-buffer with the caller's model but has synchronised BNs, so the model that hooks, pruning
-and checkpoints see keeps its plain ``BatchNorm*d`` classes. See docs/distributed.md.
+"""torchrun / DDP plumbing: process group set-up, rank-0 helpers, synchronised batch norm that also
+works on CPU (gloo), and one-line errors when a peer fails. Without torchrun everything degrades to
+one process. torch's ``nn.SyncBatchNorm`` refuses CPU tensors, hence ``CPUSyncBatchNorm``; see
+docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import PolarpruneError
+from .errors import PolarpruneError, first_line
 
 DEFAULT_TIMEOUT_S = 300
 TIMEOUT_ENV = "POLARPRUNE_DIST_TIMEOUT"
@@ -83,12 +74,8 @@ def collective_timeout_s() -> float:
 
 
 def init_from_env(device_type: str) -> bool:
-    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU).
-
-    The collective timeout (``POLARPRUNE_DIST_TIMEOUT`` seconds, default 300) bounds how long
-    the surviving ranks wait when one hangs; a rank that dies closes its connections and the
-    others fail at once. Returns True when running distributed. Calling it again is harmless.
-    """
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU); True when
+    distributed. The collective timeout bounds how long the other ranks wait for a hung one."""
     if env_world_size() <= 1 or is_initialized():
         return is_initialized()
     timeout = datetime.timedelta(seconds=collective_timeout_s())
@@ -145,7 +132,7 @@ def is_collective_failure(exc: BaseException) -> bool:
 
 def collective_failure_message(exc: BaseException, during: str) -> str:
     """One line for a failed collective: which rank noticed it, what it was doing, and why."""
-    detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    detail = first_line(exc)
     if len(detail) > 200:
         detail = detail[:197] + "..."
     return (
@@ -157,10 +144,7 @@ def collective_failure_message(exc: BaseException, during: str) -> str:
 
 @contextlib.contextmanager
 def clear_collective_errors(during: str) -> Iterator[None]:
-    """Turn a failed collective inside the body into a one-line ``PolarpruneError``.
-
-    Without it the user sees a deep gloo/NCCL traceback from the surviving ranks.
-    """
+    """Turn a failed collective inside the body into a one-line ``PolarpruneError`` (not a gloo/NCCL traceback)."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a collective failure
@@ -178,12 +162,10 @@ def reduction_dims(x: Tensor) -> list[int]:
 
 
 def global_batch_stats(x: Tensor, reduce_sum: ReduceSum) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mean, biased variance, count)`` per channel over the inputs of every rank.
+    """``(mean, biased variance, count)`` per channel over every rank's inputs, in float32 or wider.
 
-    Two passes (sum, then the sum of squared deviations from the global mean), each summed
-    over ranks by ``reduce_sum``; with a differentiable all-reduce, gradients flow to every
-    rank's inputs exactly as in one process holding the whole batch. Statistics are float32
-    or wider, as in torch's batch norm. ``reduce_sum`` = identity gives the local statistics.
+    Two passes (sums, then squared deviations from the global mean) summed by ``reduce_sum``; with a
+    differentiable all-reduce the gradients are those of one process holding the whole batch.
     """
     dims = reduction_dims(x)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -209,16 +191,8 @@ def update_running_stats_(
         running_var.mul_(1.0 - factor).add_(unbiased.detach().to(running_var.dtype), alpha=factor)
 
 
-def sync_batch_norm(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    momentum: float,
-    eps: float,
-    reduce_sum: ReduceSum,
-) -> Tensor:
+def sync_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                    running_var: Tensor | None, momentum: float, eps: float, reduce_sum: ReduceSum) -> Tensor:
     """Training-mode batch norm over the union of every rank's batch (see ``global_batch_stats``)."""
     mean, var, count = global_batch_stats(x, reduce_sum)
     if float(count.item()) <= 1:
@@ -231,8 +205,7 @@ def sync_batch_norm(
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias.float()
-    out = x.float() * scale.view(shape) + shift.view(shape)
-    return out.to(x.dtype)
+    return (x.float() * scale.view(shape) + shift.view(shape)).to(x.dtype)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -259,12 +232,8 @@ def differentiable_all_reduce_sum(group: Any) -> ReduceSum:
 
 
 class CPUSyncBatchNorm(_BatchNorm):
-    """Batch norm whose training statistics span every rank, for CPU tensors (gloo).
-
-    torch's ``nn.SyncBatchNorm`` rejects CPU tensors (and DDP rejects it on CPU modules), so this
-    is a ``_BatchNorm`` that calls ``sync_batch_norm``; evaluation mode and single-process runs
-    take the ordinary batch-norm path.
-    """
+    """Batch norm whose training statistics span every rank, for CPU tensors (gloo), which torch's
+    ``nn.SyncBatchNorm`` rejects; eval mode and single-process runs take the ordinary path."""
 
     def __init__(self, *args: Any, process_group: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -287,16 +256,8 @@ class CPUSyncBatchNorm(_BatchNorm):
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked.item())
         tracked = self.track_running_stats
-        return sync_batch_norm(
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean if tracked else None,
-            self.running_var if tracked else None,
-            factor,
-            self.eps,
-            differentiable_all_reduce_sum(group),
-        )
+        return sync_batch_norm(input, self.weight, self.bias, self.running_mean if tracked else None,
+                               self.running_var if tracked else None, factor, self.eps, differentiable_all_reduce_sum(group))
 
 
 def sync_twin(bn: _BatchNorm, device_type: str, process_group: Any = None) -> nn.Module:
@@ -311,12 +272,8 @@ def sync_twin(bn: _BatchNorm, device_type: str, process_group: Any = None) -> nn
 
 
 def sync_batchnorm_view(model: nn.Module, device_type: str, process_group: Any = None) -> nn.Module:
-    """The module tree DDP should train when ``train.sync_bn`` is on.
-
-    Every BatchNorm becomes a synchronised twin (``sync_twin``); every module on the path to one is a
-    shallow copy whose children are the twins; everything else is the same object. Parameters
-    and buffers are shared, so training the view trains ``model``; ``model`` itself is not
-    modified (its BNs stay ``BatchNorm*d`` for hooks, pruning and checkpoints). Modules keep
+    """The module tree DDP trains when ``train.sync_bn`` is on: every BN a ``sync_twin``, every module on
+    the path to one a shallow copy, everything else shared; ``model`` keeps its plain BNs. Modules keep
     their own ``training`` flag: call ``train()``/``eval()`` on the module you run.
     """
     if isinstance(model, _BatchNorm):
@@ -328,4 +285,3 @@ def sync_batchnorm_view(model: nn.Module, device_type: str, process_group: Any =
     clone = copy.copy(model)
     clone._modules = children  # type: ignore[assignment]
     return clone
-

@@ -2,8 +2,10 @@
 
 
 class PolarpruneError(Exception):
-    """An error caused by the user's input (a file, a key, a layer, a shape), not by a bug.
+    """An error caused by the user's input (a file, a key, a layer, a shape), not by a bug: the command-line
+    tool prints the message on one line and exits non-zero without a traceback."""
 
-    The command-line tool prints the message on one line and exits non-zero without a
-    traceback; Python callers can catch it like any exception.
-    """
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error's message (its type name when there is none)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

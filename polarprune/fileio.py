@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on error it vanishes.
-
-    The folder is created if needed. The temporary file is fsynced before the rename so the
-    new content is on disk when it becomes visible.
-    """
+    """Yield a temporary path in ``path``'s folder (created if needed); on success it is fsynced and
+    replaces ``path``, on error it vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -38,8 +36,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+def atomic_write_json(path: str | Path, payload: Any, default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``payload`` as indented JSON (with a final newline) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=default) + "\n")
+
+
+def atomic_write_json_lines(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write one JSON object per line (``metrics.jsonl``) to ``path`` atomically."""
+    return atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON content of ``path``; None when the file is missing or not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None

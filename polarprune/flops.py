@@ -1,23 +1,10 @@
 """Count a model's multiply-accumulates (MACs), FLOPs and parameters, per image.
 
-The counter runs one forward pass under a ``TorchDispatchMode`` and prices every aten
-operator that reaches it, so it needs no per-module hooks: it follows any torchvision CNN, a
-pruned model of irregular widths, and functional code (``x + y``, ``F.relu``, ``torch.cat``,
-``F.pad``) alike.
-
-Conventions (docs/flops.md has the full table):
-
-* ``macs``: multiply-accumulates of convolutions and matrix products only (linear layers; for
-  transformers also attention's products), no bias terms. The papers' headline metric:
-  ``k_h*k_w*(C_in/groups)*C_out*H_out*W_out`` per conv, ``in*out`` per linear row.
-* ``flops``: everything. One MAC counts as one FLOP (the seeds' convention, so that ``flops``
-  >= ``macs`` and both read in the same unit); plus bias adds (1 per output element),
-  BatchNorm in eval mode (2 per element: the folded scale and shift), norms that compute
-  statistics at run time (4 per element, +2 with an affine scale and shift), activations and
-  element-wise arithmetic (1 per output element), max/avg pooling (kernel area per output
-  element), adaptive/global pooling and reductions (1 per input element), softmax (3 per
-  element). Ops that only move data (view, cat, slicing, pad, copies) cost 0.
-* ``params``: every parameter of the model (shared ones once); buffers are not parameters.
+One forward pass under a ``TorchDispatchMode`` prices every aten operator that reaches it, so no
+per-module hooks are needed and functional code counts too. Conventions (docs/flops.md has the table):
+``macs`` counts convolutions and matrix products only, no bias terms (the papers' metric); ``flops``
+counts everything, one MAC as one FLOP (the seeds' convention, so ``flops >= macs``); data movement
+costs 0; ``params`` counts every parameter once, buffers not.
 """
 
 from __future__ import annotations
@@ -68,12 +55,8 @@ FREE = OpCost()
 
 @dataclass(frozen=True)
 class CostProfile:
-    """Per-image totals plus where they come from.
-
-    ``per_op`` maps an aten operator name (in-place variants folded into the plain name, e.g.
-    ``relu_`` -> ``relu``) to its per-image cost; ``uncounted`` names the operators that ran
-    but have no cost rule (counted as 0), with their number of calls per forward pass.
-    """
+    """Per-image totals plus where they come from: ``per_op`` per aten operator (in-place folded into
+    the plain name), ``uncounted``: calls per pass of operators with no cost rule (counted as 0)."""
 
     cost: ModelCost
     per_op: dict[str, OpCost] = field(default_factory=dict)
@@ -85,14 +68,9 @@ class CostProfile:
 
 
 def conv_macs(input_shape: Sequence[int], weight_shape: Sequence[int], output_shape: Sequence[int], transposed: bool = False) -> int:
-    """MACs of one convolution call (whole batch, any number of spatial dims).
-
-    A weight of shape ``(C_out, C_in/groups, *kernel)`` makes every output element cost
-    ``prod(weight_shape[1:])`` MACs. A transposed conv's weight is ``(C_in, C_out/groups,
-    *kernel)`` and every *input* element is spread over that many outputs.
-    """
-    per_element = math.prod(weight_shape[1:])
-    return math.prod(input_shape if transposed else output_shape) * per_element
+    """MACs of one convolution call (whole batch): ``prod(weight_shape[1:])`` per output element, or per
+    *input* element for a transposed conv (its weight is ``(C_in, C_out/groups, *kernel)``)."""
+    return math.prod(input_shape if transposed else output_shape) * math.prod(weight_shape[1:])
 
 
 def matmul_macs(left_shape: Sequence[int], output_shape: Sequence[int]) -> int:
@@ -135,9 +113,7 @@ Rule = Callable[[Args, Any], OpCost]
 
 def _first_tensor(value: Any) -> torch.Tensor:
     """The main output of an op (ops such as batch norm return a tuple, output first)."""
-    if isinstance(value, (tuple, list)):
-        return value[0]
-    return value
+    return value[0] if isinstance(value, (tuple, list)) else value
 
 
 def _numel(value: Any) -> int:
@@ -262,8 +238,7 @@ WINDOW_POOLS = (
 SOFTMAXES = ("_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax")
 
 # Operators that only create, move or reinterpret data: 0 FLOPs, and not reported as uncounted.
-FREE_OPS = frozenset(
-    {
+FREE_OPS = frozenset({
         "view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand",
         "expand_as", "squeeze", "unsqueeze", "flatten", "unflatten", "slice", "select", "index",
         "index_select", "gather", "narrow", "cat", "stack", "split", "split_with_sizes", "chunk",
@@ -278,55 +253,28 @@ FREE_OPS = frozenset(
         "upsample_nearest3d", "repeat", "tile", "unfold", "embedding", "dropout", "native_dropout",
         "bernoulli", "_local_scalar_dense", "item", "unsafe_split", "split_copy", "view_copy",
         "index_put", "masked_scatter", "set", "resize", "_assert_async", "_assert_tensor_metadata",
-    }
-)
+})
 
 
 def _rules() -> dict[str, Rule]:
-    table: dict[str, Rule] = {}
-    for name in ("convolution", "_convolution", "convolution_overrideable"):
-        table[name] = _convolution
-    table.update(
-        mm=_matmul("self"),
-        bmm=_matmul("self"),
-        mv=_matmul("self"),
-        dot=_matmul("self"),
-        vdot=_matmul("self"),
-        addmm=_matmul("mat1", bias="self"),
-        baddbmm=_matmul("batch1", bias="self"),
-        addmv=_matmul("mat", bias="self"),
-        addbmm=_addbmm,
-        linear=_linear,
-        _addmm_activation=_addmm_activation,
-        native_batch_norm=_batch_norm,
-        _native_batch_norm_legit=_batch_norm,
-        _native_batch_norm_legit_no_training=_batch_norm,
-        _batch_norm_no_update=_batch_norm,
-        cudnn_batch_norm=_batch_norm,
-        miopen_batch_norm=_batch_norm,
-        _batch_norm_with_update=_runtime_norm,
-        native_layer_norm=_runtime_norm,
-        native_group_norm=_runtime_norm,
-        _fused_rms_norm=_runtime_norm,
-        _native_multi_head_attention=_native_mha,
-    )
-    for name in (
-        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-        "scaled_dot_product_attention",
-    ):
-        table[name] = _sdpa
-    for name in ACTIVATIONS + ELEMENTWISE:
-        table[name] = _per_output_element(1)
-    for name in TWO_PER_ELEMENT:
-        table[name] = _per_output_element(2)
-    for name in SOFTMAXES:
-        table[name] = _per_output_element(3)
-    for name in REDUCTIONS + ADAPTIVE_POOLS:
-        table[name] = _per_input_element(1)
+    table: dict[str, Rule] = dict.fromkeys(("convolution", "_convolution", "convolution_overrideable"), _convolution)
+    table.update(dict.fromkeys(("mm", "bmm", "mv", "dot", "vdot"), _matmul("self")))
+    table.update(addmm=_matmul("mat1", bias="self"), baddbmm=_matmul("batch1", bias="self"), addmv=_matmul("mat", bias="self"),
+                 addbmm=_addbmm, linear=_linear, _addmm_activation=_addmm_activation)
+    table.update(dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+                                "_batch_norm_no_update", "cudnn_batch_norm", "miopen_batch_norm"), _batch_norm))
+    table.update(dict.fromkeys(("_batch_norm_with_update", "native_layer_norm", "native_group_norm", "_fused_rms_norm"),
+                               _runtime_norm))
+    table["_native_multi_head_attention"] = _native_mha
+    table.update(dict.fromkeys(("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                                "scaled_dot_product_attention"), _sdpa))
+    table.update(dict.fromkeys(ACTIVATIONS + ELEMENTWISE, _per_output_element(1)))
+    table.update(dict.fromkeys(TWO_PER_ELEMENT, _per_output_element(2)))
+    table.update(dict.fromkeys(SOFTMAXES, _per_output_element(3)))
+    table.update(dict.fromkeys(REDUCTIONS + ADAPTIVE_POOLS, _per_input_element(1)))
     table["linalg_vector_norm"] = _per_input_element(2)
-    for name in WINDOW_POOLS:
-        table[name] = _pool(int(re.search(r"(\d)d", name).group(1)))  # type: ignore[union-attr]
+    table.update({name: _pool(int(re.search(r"(\d)d", name).group(1))) for name in WINDOW_POOLS})  # type: ignore[union-attr]
     return table
 
 
@@ -346,10 +294,7 @@ def op_name(func: Any) -> str:
 
 def bind_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
     """Map an operator's positional and keyword arguments to its schema's argument names."""
-    names = [a.name for a in func._schema.arguments]
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    return bound
+    return dict(zip([a.name for a in func._schema.arguments], args), **kwargs)
 
 
 class CostCounter(TorchDispatchMode):
@@ -397,11 +342,8 @@ class CostCounter(TorchDispatchMode):
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """The tensor the model is run on: the given one, or one random image of shape (C, H, W).
-
-    The random image comes from a private generator (the global RNG is left alone) and takes
-    the device and floating dtype of the model's first parameter.
-    """
+    """The tensor the model is run on: the given one, or one random (C, H, W) image from a private generator
+    (the global RNG is left alone) on the device and floating dtype of the model's first parameter."""
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -417,10 +359,7 @@ def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
 
 
 def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, CostProfile]:
-    """``model(*inputs)`` (eval mode, no grad, modes restored) and its per-image cost profile.
-
-    The batch size is the first input's; one forward pass gives both the output and the counts.
-    """
+    """``model(*inputs)`` (eval mode, no grad, modes restored) and its per-image cost profile (one pass)."""
     batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
     counter = CostCounter()
     with inference(model), counter:
@@ -429,12 +368,8 @@ def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Cos
 
 
 def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> CostProfile:
-    """Run one forward pass (eval mode, no grad) and return per-image totals and per-op costs.
-
-    ``input_shape`` is (C, H, W) for one image, or an example batch whose counts are divided
-    by its batch size. Every module's training flag is restored afterwards, so BN running
-    statistics and the model's mode are unchanged.
-    """
+    """Per-image totals and per-op costs of one forward pass (eval mode, no grad, modes restored) on one
+    (C, H, W) image, or on an example batch whose counts are divided by its batch size."""
     x = example_input(model, input_shape)
     try:
         return counted_forward(model, (x,))[1]
@@ -442,9 +377,7 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PolarpruneError(
-            f"cannot run {type(model).__name__} on an input of shape {tuple(x.shape)}: {first}"
-        ) from exc
+        raise PolarpruneError(f"cannot run {type(model).__name__} on an input of shape {tuple(x.shape)}: {first}") from exc
 
 
 def count_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> ModelCost:
@@ -452,22 +385,6 @@ def count_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> 
     return profile_model(model, input_shape).cost
 
 
-__all__ = [
-    "ModelCost",
-    "OpCost",
-    "CostProfile",
-    "CostCounter",
-    "count_model",
-    "profile_model",
-    "counted_forward",
-    "count_params",
-    "conv_macs",
-    "matmul_macs",
-    "pool_window",
-    "per_image",
-    "format_units",
-    "example_input",
-    "op_name",
-    "RULES",
-    "FREE_OPS",
-]
+__all__ = ["ModelCost", "OpCost", "CostProfile", "CostCounter", "count_model", "profile_model", "counted_forward",
+           "count_params", "conv_macs", "matmul_macs", "pool_window", "per_image", "format_units", "example_input",
+           "op_name", "RULES", "FREE_OPS"]

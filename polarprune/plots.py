@@ -1,8 +1,5 @@
 """PNG plots of a run: gamma histograms, channels kept per layer, accuracy curves, accuracy vs MACs.
-
-Every function takes plain data (lists, dicts, tensors) and a path, so it is easy to test and
-reuse; the pipeline gathers the data.
-"""
+Every function takes plain data (lists, dicts, tensors) and a path; the pipeline gathers the data."""
 
 from __future__ import annotations
 
@@ -31,22 +28,13 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
 def bn_gammas(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """|gamma| per BN layer (all BNs, or the named ones)."""
     wanted = set(names) if names is not None else None
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-            if wanted is None or name in wanted:
-                out[name] = module.weight.detach().abs().flatten().cpu()
-    return out
+    return {name: module.weight.detach().abs().flatten().cpu() for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None
+            and (wanted is None or name in wanted)}
 
 
-def gamma_histograms(
-    before: dict[str, torch.Tensor] | None,
-    after: dict[str, torch.Tensor],
-    path: Path,
-    *,
-    thresholds: Sequence[float] = (),
-    title: str = "BN scaling factors",
-) -> Path:
+def gamma_histograms(before: dict[str, torch.Tensor] | None, after: dict[str, torch.Tensor], path: Path, *,
+                     thresholds: Sequence[float] = (), title: str = "BN scaling factors") -> Path:
     """Histograms of |gamma| before and after sparsity training; pruning threshold(s) marked."""
     panels = [("before sparsity training", before), ("after sparsity training", after)]
     panels = [(label, values) for label, values in panels if values]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from .deploy.latency import latency_ms
 from .flops import count_model
-from .fileio import atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text
 
 MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "progressive", "finetune", "scratch")
 
@@ -26,14 +25,8 @@ def cpu_latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int = 1,
 def stage_row(name: str, model: nn.Module, top1: float | None, input_shape: Sequence[int]) -> dict[str, Any]:
     """One stage's numbers (``top1`` in percent)."""
     cost = count_model(model, tuple(input_shape))
-    return {
-        "name": name,
-        "top1": None if top1 is None else round(float(top1), 4),
-        "macs": cost.macs,
-        "flops": cost.flops,
-        "params": cost.params,
-        "latency_ms": round(cpu_latency_ms(model, input_shape), 4),
-    }
+    return {"name": name, "top1": None if top1 is None else round(float(top1), 4), "macs": cost.macs,
+            "flops": cost.flops, "params": cost.params, "latency_ms": round(cpu_latency_ms(model, input_shape), 4)}
 
 
 def add_reductions(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -42,9 +35,8 @@ def add_reductions(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     ref = rows[0]
     for row in rows:
-        row["macs_reduction"] = round(1.0 - row["macs"] / ref["macs"], 6) if ref["macs"] else 0.0
-        row["flops_reduction"] = round(1.0 - row["flops"] / ref["flops"], 6) if ref["flops"] else 0.0
-        row["params_reduction"] = round(1.0 - row["params"] / ref["params"], 6) if ref["params"] else 0.0
+        for key in ("macs", "flops", "params"):
+            row[f"{key}_reduction"] = round(1.0 - row[key] / ref[key], 6) if ref[key] else 0.0
         row["latency_speedup"] = round(ref["latency_ms"] / row["latency_ms"], 4) if row["latency_ms"] else None
         if row["top1"] is not None and ref["top1"] is not None:
             row["top1_change"] = round(row["top1"] - ref["top1"], 4)
@@ -107,5 +99,5 @@ def format_markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """``summary.json`` and ``summary.md`` in the run folder."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_text(run_dir / "summary.md", format_markdown(summary))

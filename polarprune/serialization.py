@@ -3,24 +3,11 @@
 Every model file polarprune reads goes through this module (``load_any_model``); nothing is
 ever unpickled and no module is imported unless the caller trusts code.
 
-A polarprune model file is a safetensors file whose metadata holds:
-
-- ``"format"``: ``"polarprune"``;
-- ``"polarprune_version"``: the version that wrote it;
-- ``"spec"``: JSON of the model spec. For a model built by ``polarprune.models.create`` it is
-  ``model.polarprune_spec`` (``name``, ``num_classes``, ``in_channels``, ``options`` and, for
-  pruned models, ``plan``: the changes from the freshly built architecture). For any other
-  module (your own class, a torchvision or timm instance) ``name`` is null, ``class`` names
-  its class (information only, never imported) and ``plan`` lists the shape of every layer the
-  pruning can change, so that the plan turns any freshly built, unpruned instance into it;
-- ``"versions"``: JSON of the state dict's per-module versions (``state_dict()._metadata``),
-  which some modules read when loading (torchvision's MNASNet);
-- ``"extra"``: JSON of caller metadata (e.g. the prune report summary).
-
-Its tensors are the model's state dict (parameters and buffers). ``load(path)`` rebuilds a
-registry model from the spec (an import-path name only with ``trust_code=True``);
-``load(path, model=instance)`` applies the plan to the caller's unpruned instance and fills it.
-Writing goes to a temporary file in the same folder, then ``os.replace``.
+A polarprune model file is a safetensors file (the state dict) whose metadata holds ``"format"``
+(``"polarprune"``), ``"polarprune_version"``, ``"spec"`` (JSON: ``model.polarprune_spec``, or for any
+other module ``name`` null, ``class`` for information only and a ``plan`` with the shape of every layer
+pruning can change), ``"versions"`` (the state dict's per-module versions, read by e.g. torchvision's
+MNASNet) and ``"extra"`` (caller metadata).
 
 A training checkpoint is a ``torch.save`` of plain data read back with ``weights_only=True``:
 ``{"format": "polarprune-checkpoint", "spec": ..., "model": state dict, ...}``.
@@ -46,11 +33,7 @@ from .pruning.plan import apply_plan, make_plan, module_shape
 
 FORMAT = "polarprune"
 CHECKPOINT_FORMAT = "polarprune-checkpoint"
-SPEC_KEYS = ("name", "num_classes", "in_channels", "options")
 SAFETENSORS_SUFFIX = ".safetensors"
-
-
-# ----------------------------------------------------------------------------- specs
 
 
 def _check_spec(spec: Any, where: str) -> dict[str, Any]:
@@ -70,35 +53,24 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     """The plain-data description of a model's architecture (set by models.create / pruning)."""
     spec = getattr(model, "polarprune_spec", None)
     if not isinstance(spec, dict):
-        raise PolarpruneError(
-            f"model of type {type(model).__name__} has no polarprune_spec; build it with polarprune.models.create"
-        )
+        raise PolarpruneError(f"model of type {type(model).__name__} has no polarprune_spec; build it with polarprune.models.create")
     return spec
 
 
 def instance_spec(model: nn.Module) -> dict[str, Any]:
-    """The spec a file stores for ``model``: its ``polarprune_spec``, or one that describes any module.
-
-    A module without a spec (own class, torchvision or timm instance) is described by the shape
-    of every layer pruning can change; ``load(path, model=fresh_instance)`` applies it.
-    """
+    """The spec a file stores for ``model``: its ``polarprune_spec``, or the shape of every layer pruning
+    can change (``load(path, model=fresh_instance)`` applies it)."""
     spec = getattr(model, "polarprune_spec", None)
     if isinstance(spec, dict):
         return spec
     cls = type(model)
-    return {
-        "name": None, "num_classes": None, "in_channels": None, "options": {},
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "plan": make_plan(model, nn.Module()),  # against an empty module: every layer's shape
-    }
+    return {"name": None, "num_classes": None, "in_channels": None, "options": {}, "class": f"{cls.__module__}.{cls.__qualname__}",
+            "plan": make_plan(model, nn.Module())}  # against an empty module: every layer's shape
 
 
 def build_model(spec: dict[str, Any], where: str = "model spec", *, trust_code: bool = False) -> nn.Module:
-    """The architecture described by ``spec`` (uninitialised weights, plan applied), in eval mode.
-
-    An import-path name is imported only when code is trusted (``trust_code`` or
-    ``models.imports.trusting_code``); otherwise a one-line error and nothing is imported.
-    """
+    """The architecture described by ``spec`` (uninitialised weights, plan applied), in eval mode; an
+    import-path name is imported only when code is trusted."""
     spec = _check_spec(spec, where)
     name = spec["name"]
     if name is None:
@@ -120,9 +92,6 @@ def build_model_from_spec(spec: dict[str, Any], *, trust_code: bool = False) -> 
     return build_model(spec, trust_code=trust_code)
 
 
-# ----------------------------------------------------------------------------- weights
-
-
 def _state_versions(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """The per-module state-dict versions (``state_dict()._metadata``) as plain data."""
     metadata = getattr(state, "_metadata", None) or {}
@@ -130,11 +99,8 @@ def _state_versions(state: dict[str, torch.Tensor]) -> dict[str, int]:
 
 
 def _with_versions(tensors: dict[str, torch.Tensor], versions: dict[str, int] | None, model: nn.Module) -> OrderedDict:
-    """``tensors`` as a state dict carrying module versions (the file's, else the model's own).
-
-    Some modules check the version while loading (torchvision's MNASNet refuses None), and a
-    state dict read from safetensors has lost its ``_metadata``.
-    """
+    """``tensors`` as a state dict carrying module versions (the file's, else the model's own): safetensors
+    loses ``_metadata``, and torchvision's MNASNet refuses a None version."""
     state: OrderedDict = OrderedDict(tensors)
     own = getattr(model.state_dict(), "_metadata", None)
     if versions is None:
@@ -155,10 +121,8 @@ def check_fit(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -
         if name not in tensors:
             raise PolarpruneError(f"{source}: layer {_layer(name)!r} does not fit: tensor {name!r} is missing from the file")
         if tuple(tensors[name].shape) != tuple(value.shape):
-            raise PolarpruneError(
-                f"{source}: layer {_layer(name)!r} does not fit: tensor {name!r} has shape {tuple(tensors[name].shape)} "
-                f"in the file, the model expects {tuple(value.shape)}"
-            )
+            raise PolarpruneError(f"{source}: layer {_layer(name)!r} does not fit: tensor {name!r} has shape "
+                                  f"{tuple(tensors[name].shape)} in the file, the model expects {tuple(value.shape)}")
     for name in tensors:
         if name not in expected:
             raise PolarpruneError(f"{source}: layer {_layer(name)!r} does not fit: the file has tensor {name!r}, the model does not")
@@ -179,9 +143,6 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     fill_weights(model, state, source, _state_versions(state) or None)
 
 
-# ----------------------------------------------------------------------------- model files
-
-
 def _json(value: Any, what: str, path: str | Path) -> str:
     """JSON text in insertion order: the plan lists layers in model order (errors name the first)."""
     try:
@@ -191,23 +152,15 @@ def _json(value: Any, what: str, path: str | Path) -> str:
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (weights, buffers, spec with plan) to ``path`` atomically; returns the path.
-
-    Any ``nn.Module`` can be saved; one built without ``polarprune.models.create`` is loaded
-    back into a fresh instance of its class with ``load(path, model=instance)``.
-    """
+    """Write any ``model`` (weights, buffers, spec with plan) to ``path`` atomically; returns the path."""
     from safetensors.torch import save_file
 
     target = Path(path)
     spec = _check_spec(instance_spec(model), str(target))
     state = model.state_dict()
-    metadata = {
-        "format": FORMAT,
-        "polarprune_version": __version__,
-        "spec": _json(spec, "the model spec", target),
-        "versions": _json(_state_versions(state), "the state-dict versions", target),
-        "extra": _json(extra or {}, "the extra metadata", target),
-    }
+    metadata = {"format": FORMAT, "polarprune_version": __version__, "spec": _json(spec, "the model spec", target),
+                "versions": _json(_state_versions(state), "the state-dict versions", target),
+                "extra": _json(extra or {}, "the extra metadata", target)}
     tensors = {name: value.detach().to("cpu").clone().contiguous() for name, value in state.items()}
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
@@ -218,11 +171,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The decoded metadata of a polarprune file: format, polarprune_version, spec, versions, extra.
-
-    Reads only the header. Raises a one-line ``PolarpruneError`` for a missing file, a file that
-    is not safetensors or not a polarprune file, or a truncated one.
-    """
+    """The decoded metadata (header only) of a polarprune file; a one-line error for a missing, foreign or truncated one."""
     from safetensors import safe_open
 
     source = Path(path)
@@ -277,10 +226,8 @@ def _changed_plan(model: nn.Module, plan: dict[str, Any] | None) -> dict[str, An
     def inside_replaced(name: str) -> bool:
         return any(isinstance(r, str) and (name == r or name.startswith(r + ".")) for r in replaced)
 
-    modules = {
-        name: shape for name, shape in plan["modules"].items()
-        if inside_replaced(name) or name not in present or module_shape(present[name]) != shape
-    }
+    modules = {name: shape for name, shape in plan["modules"].items()
+               if inside_replaced(name) or name not in present or module_shape(present[name]) != shape}
     return {**plan, "modules": modules}
 
 
@@ -292,17 +239,9 @@ def apply_to_instance(model: nn.Module, spec: dict[str, Any], where: str) -> nn.
     return model
 
 
-def load(
-    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False
-) -> nn.Module:
-    """The model stored at ``path``, in eval mode. Never unpickles anything.
-
-    Without ``model`` the architecture is rebuilt from the file's spec (a registry name; an
-    import-path name only with ``trust_code=True``, else a one-line refusal and nothing is
-    imported). With ``model`` (a freshly built, unpruned instance of the saved architecture:
-    your own class, torchvision, timm) the stored plan is applied to it and its weights are
-    filled; a file that does not fit it is a one-line error naming the first layer that does not.
-    """
+def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False) -> nn.Module:
+    """The model stored at ``path``, in eval mode, never unpickling anything: rebuilt from the spec, or
+    ``model`` (a fresh, unpruned instance of the saved architecture) with the plan applied and filled."""
     source = Path(path)
     meta = read_metadata(source)
     spec = meta["spec"]
@@ -319,9 +258,6 @@ def load(
         elif hasattr(model, "polarprune_spec"):
             del model.polarprune_spec  # it described the unpruned instance; save() now describes every layer
     return target.eval()
-
-
-# ----------------------------------------------------------------------------- checkpoints
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -372,12 +308,8 @@ def load_any_model(path: str | Path, *, trust_code: bool = False) -> nn.Module:
 
 
 def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
-    """What a command's MODEL argument names: a model file or checkpoint, or a model name.
-
-    A name (registry, ``timm:<name>``, ``package.module:callable``) builds a fresh model with
-    ``num_classes``/``in_channels``; import paths, by name or inside a file, need trusted code
-    (``--trust-code``).
-    """
+    """What a command's MODEL argument names: a model file or checkpoint, or a model name (a fresh model
+    with ``num_classes``/``in_channels``); import paths, by name or inside a file, need trusted code."""
     text = str(source)
     if os.path.exists(text):
         return load_any_model(text, trust_code=trust_code)
@@ -387,23 +319,6 @@ def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 
     return create(text, num_classes, in_channels=in_channels, trust_code=trust_code).eval()
 
 
-__all__ = [
-    "FORMAT",
-    "CHECKPOINT_FORMAT",
-    "save",
-    "load",
-    "build_model",
-    "build_model_from_spec",
-    "instance_spec",
-    "apply_to_instance",
-    "check_fit",
-    "fill_weights",
-    "read_spec",
-    "read_metadata",
-    "model_spec",
-    "load_state_strict",
-    "read_checkpoint",
-    "load_model_from_checkpoint",
-    "load_any_model",
-    "read_model",
-]
+__all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "build_model_from_spec", "instance_spec",
+           "apply_to_instance", "check_fit", "fill_weights", "read_spec", "read_metadata", "model_spec",
+           "load_state_strict", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]

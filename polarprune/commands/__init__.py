@@ -1,7 +1,5 @@
-"""One module per sub-command; each defines ``register(subparsers)``.
-
-Shared argument helpers live here (torch-free, so ``--help`` stays fast).
-"""
+"""One module per sub-command; each defines ``register(subparsers)``. Shared argument helpers live
+here (torch-free, so ``--help`` stays fast)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """``polarprune inspect CHECKPOINT [--json] [--plot-dir DIR]``: how polarized are the BN gammas?
 
-Per BN layer: channels, quantiles of |gamma| (min, 25%, median, 75%, max), how many channels
-have |gamma| < 0.01, the layer's ``grad`` threshold (first histogram valley) and how many
-channels ``grad`` would remove, and whether sparsity training regularizes the layer by default.
-A summary gives the same counts over the regularized layers and the MACs a trial prune
-(``grad``, ``fixed``) would leave. ``--json`` prints exactly one JSON object; ``--plot-dir``
-writes PNG histograms (all regularized gammas; one small histogram per layer).
+Per BN layer: |gamma| quantiles, channels below 0.01, the ``grad`` threshold (first histogram valley)
+and its removals; a summary over the regularized layers and the MACs a trial prune would leave.
 """
 
 from __future__ import annotations
@@ -60,13 +56,9 @@ def layer_stats(name: str, magnitudes: Any, regularized: bool) -> dict[str, Any]
     from ..pruning.strategies import grad_threshold
 
     threshold, how = grad_threshold(magnitudes)
-    row: dict[str, Any] = {"name": name, "channels": int(magnitudes.numel()), "regularized": regularized}
-    row.update(quantiles(magnitudes))
-    row["below_0.01"] = int((magnitudes < SMALL_GAMMA).sum())
-    row["grad_threshold"] = float(threshold)
-    row["grad_threshold_how"] = how
-    row["grad_removed"] = int((magnitudes <= threshold).sum())
-    return row
+    return {"name": name, "channels": int(magnitudes.numel()), "regularized": regularized, **quantiles(magnitudes),
+            "below_0.01": int((magnitudes < SMALL_GAMMA).sum()), "grad_threshold": float(threshold),
+            "grad_threshold_how": how, "grad_removed": int((magnitudes <= threshold).sum())}
 
 
 def summary_stats(rows: Sequence[dict[str, Any]], magnitudes: Sequence[Any]) -> dict[str, Any]:
@@ -76,14 +68,8 @@ def summary_stats(rows: Sequence[dict[str, Any]], magnitudes: Sequence[Any]) -> 
     if not rows:
         return {"layers": 0, "channels": 0}
     flat = torch.cat([m.flatten() for m in magnitudes])
-    out: dict[str, Any] = {
-        "layers": len(rows),
-        "channels": int(flat.numel()),
-        "below_0.01": sum(r["below_0.01"] for r in rows),
-        "grad_removed": sum(r["grad_removed"] for r in rows),
-    }
-    out.update(quantiles(flat))
-    return out
+    return {"layers": len(rows), "channels": int(flat.numel()), "below_0.01": sum(r["below_0.01"] for r in rows),
+            "grad_removed": sum(r["grad_removed"] for r in rows), **quantiles(flat)}
 
 
 # ----------------------------------------------------------------------------- output
@@ -105,12 +91,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    from ..plots import save_figure
-
-    save_figure(fig, path, dpi=100)
-
-
 def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[str], thresholds: dict[str, float]) -> list[Path]:
     """``gamma_histogram.png`` (all ``overall_names`` layers together) and ``gamma_layers.png``
     (one histogram per layer, its grad threshold dashed)."""
@@ -119,6 +99,8 @@ def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
+
+    from ..plots import save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     flat = torch.cat([layers[n].flatten() for n in overall_names]).numpy()
@@ -131,7 +113,7 @@ def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[st
     ax.set_title(f"BN scaling factors ({len(overall_names)} layers, {flat.size} channels)")
     ax.legend()
     overall = folder / "gamma_histogram.png"
-    _save_figure(fig, overall)
+    save_figure(fig, overall, dpi=100)
 
     names = list(layers)
     cols = min(GRID_COLUMNS, len(names))
@@ -147,7 +129,7 @@ def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[st
         ax.axis("off")
     fig.tight_layout()
     grid = folder / "gamma_layers.png"
-    _save_figure(fig, grid)
+    save_figure(fig, grid, dpi=100)
     return [overall, grid]
 
 

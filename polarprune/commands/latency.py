@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from typing import Any
@@ -102,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.latency import measure_latency, run_with_steady_malloc, steady_malloc
     from ..deploy.widths import round_widths
     from ..errors import PolarpruneError
-    from ..fileio import atomic_write_text
+    from ..fileio import atomic_write_json
     from ..flops import count_model
     from ..serialization import read_model
 
@@ -126,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
     result["command"] = shlex.join(["polarprune", *child_argv(args)[2:]])
     print(format_table(result, macs))
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

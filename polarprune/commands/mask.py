@@ -1,10 +1,7 @@
 """``polarprune mask CHECKPOINT --strategy S --out MASK``: write a MaskSparsity mask file.
 
-The mask says which channels of each regularized BN will be kept (``1``) or pruned (``0``);
-``mask-l1`` sparsity training then pushes exactly the ``0`` channels to zero. The default,
-``--strategy fixed --threshold 0.01`` on a global-L1 checkpoint, is MaskSparsity's own choice.
-Channels are decided as ``polarprune prune`` would decide them (residual groups vote and share
-one mask). docs/sparsity.md describes the file format.
+The mask says which channels of each regularized BN are kept (``1``), decided as ``polarprune prune``
+would; ``mask-l1`` sparsity training then pushes the ``0`` channels to zero. See docs/sparsity.md.
 """
 
 from __future__ import annotations
@@ -62,12 +59,10 @@ def format_summary(masks: dict[str, Any]) -> str:
 
     rows = summarize_masks(masks)
     width = max([len("layer")] + [len(name) for name, _, _ in rows])
+    totals = ("total", sum(k for _, k, _ in rows), sum(t for _, _, t in rows))
     lines = [f"{'layer':<{width}}  {'kept':>6}  {'total':>6}  {'removed':>8}"]
-    for name, kept, total in rows:
+    for name, kept, total in [*rows, totals]:
         lines.append(f"{name:<{width}}  {kept:>6}  {total:>6}  {100.0 * (total - kept) / max(total, 1):>7.1f}%")
-    kept_all = sum(k for _, k, _ in rows)
-    total_all = sum(t for _, _, t in rows)
-    lines.append(f"{'total':<{width}}  {kept_all:>6}  {total_all:>6}  {100.0 * (total_all - kept_all) / max(total_all, 1):>7.1f}%")
     return "\n".join(lines)
 
 

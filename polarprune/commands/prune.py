@@ -1,20 +1,15 @@
-"""``polarprune prune CHECKPOINT --strategy S --out PRUNED``: remove channels for real.
-
-Reads a training checkpoint (``.pt``) or a polarprune model file (``.safetensors``), prunes it
-with ``polarprune.pruning.prune_model``, writes the pruned model file and (optionally) the
-report JSON atomically, and prints a short table.
-"""
+"""``polarprune prune CHECKPOINT --strategy S --out PRUNED``: remove channels for real (``prune_model``),
+write the pruned model file and optionally the report JSON, print a short table."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json
 from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
 from . import add_trust_code_argument
 
@@ -113,14 +108,6 @@ def example_input_for(model: Any, size: int | None) -> Any:
     return torch.randn(1, channels, side, side, generator=generator)
 
 
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise PolarpruneError(f"{path}: folder {folder} does not exist")
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def _top1(model: Any, args: argparse.Namespace) -> float:
     from ..config import DataConfig
     from ..data import build_data
@@ -166,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         result["top1_before"], result["top1_after"] = top1_before, top1_after
     serialization.save(pruned, args.out, extra={"report": report.summary(), "source": str(args.checkpoint)})
     if args.report:
-        write_json_atomic(result, Path(args.report))
+        atomic_write_json(args.report, result)
     if args.plot:
         from ..plots import channels_per_layer
 

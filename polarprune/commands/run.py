@@ -43,11 +43,9 @@ def run_recipe(recipe_name: str, overrides: list[str], out: str | None, plots: b
         red = summary["reductions"]
         if red and red["reference_stage"] != red["final_stage"]:
             change = red.get("top1_change")
-            print(
-                f"\n{red['final_stage']} vs {red['reference_stage']}: MACs -{100 * red['macs_reduction']:.1f}%, "
-                f"params -{100 * red['params_reduction']:.1f}%"
-                + (f", top-1 {change:+.2f} points" if change is not None else "")
-            )
+            print(f"\n{red['final_stage']} vs {red['reference_stage']}: MACs -{100 * red['macs_reduction']:.1f}%, "
+                  f"params -{100 * red['params_reduction']:.1f}%"
+                  + (f", top-1 {change:+.2f} points" if change is not None else ""))
         print(f"summary: {run_dir / 'summary.md'} and {run_dir / 'summary.json'}")
     dist.barrier()
     dist.destroy()

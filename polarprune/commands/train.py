@@ -38,13 +38,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, overrides)
     result = run_training(cfg, resume=not args.no_resume)
     if dist.is_main():
-        summary = {
-            "out": str(result.out_dir),
-            "top1": round(result.final_top1, 4),
-            "top5": round(result.final_top5, 4),
-            "best_top1": round(result.best_top1, 4),
-            "epochs": len(result.history),
-        }
+        summary = {"out": str(result.out_dir), "top1": round(result.final_top1, 4), "top5": round(result.final_top5, 4),
+                   "best_top1": round(result.best_top1, 4), "epochs": len(result.history)}
         if args.json:
             print(json.dumps(summary))
         else:

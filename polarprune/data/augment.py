@@ -25,15 +25,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-def crop_flip(
-    images: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips: torch.Tensor | None
-) -> torch.Tensor:
-    """Random-crop-with-zero-padding and horizontal flip of a whole NCHW batch, by gathers.
-
-    ``offsets`` (N, 2) are the crop's top-left corner (dy, dx) in the padded image, each in
-    ``[0, 2*padding]``; ``flips`` (N,) bool mirrors the crop left-right (the flip follows the
-    crop, as in torchvision's RandomCrop then RandomHorizontalFlip).
-    """
+def crop_flip(images: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
+    """Random-crop-with-zero-padding and horizontal flip of a whole NCHW batch, by gathers: ``offsets``
+    (N, 2) are the crop's corner (dy, dx) in ``[0, 2*padding]``, ``flips`` (N,) mirror after the crop."""
     n, channels, height, width = images.shape
     if (padding == 0 or offsets is None) and flips is None:
         return images
@@ -55,10 +49,8 @@ def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return images.to(torch.float32).mul_(scale).sub_(shift)
 
 
-
-def imagenet_transforms(
-    size: int, train: bool, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-) -> Callable[[Any], torch.Tensor]:
+def imagenet_transforms(size: int, train: bool, mean: tuple[float, ...] = IMAGENET_MEAN,
+                        std: tuple[float, ...] = IMAGENET_STD) -> Callable[[Any], torch.Tensor]:
     """Training: RandomResizedCrop + flip; evaluation: resize to 256/224*size, centre crop."""
     from torchvision import transforms as T
 
@@ -66,4 +58,3 @@ def imagenet_transforms(
     if train:
         return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
     return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *tail])
-

@@ -42,16 +42,12 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[
 def _subset_samples(samples: list[tuple[str, int]], n: int | None) -> list[tuple[str, int]]:
     if n is None or n >= len(samples):
         return samples
-    keep = stratified_subset(np.array([label for _, label in samples]), n)
-    return [samples[i] for i in keep.tolist()]
+    return [samples[i] for i in stratified_subset(np.array([label for _, label in samples]), n).tolist()]
 
 
 def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> DataBundle:
-    """The train and evaluation loaders of ``cfg`` for process ``rank`` of ``world_size``.
-
-    ``seed`` (the run seed) drives the shuffle and augmentations only; splits and subsets
-    use constants, so every stage of a pipeline sees the same images.
-    """
+    """The train and evaluation loaders of ``cfg`` for process ``rank`` of ``world_size``. ``seed`` drives
+    the shuffle and augmentations only (splits and subsets use constants: every stage sees the same images)."""
     check_rank(rank, world_size)
     kind = get_source(cfg.name)
     source = kind.load(cfg)
@@ -68,19 +64,10 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
         eval_loader: InMemoryLoader | FolderLoader = FolderLoader(
             eval_samples, imagenet_transforms(size, False, mean, std), batch_size=cfg.eval_batch_size, train=False, **common
         )
-        return DataBundle(
-            train_loader=train_loader,
-            eval_loader=eval_loader,
-            num_classes=len(source.class_names),
-            in_channels=3,
-            input_size=(size, size),
-            class_names=source.class_names,
-            train_size=len(train_samples),
-            eval_size=len(eval_samples),
-            name=cfg.name,
-            mean=tuple(mean),
-            std=tuple(std),
-        )
+        return DataBundle(train_loader=train_loader, eval_loader=eval_loader, num_classes=len(source.class_names),
+                          in_channels=3, input_size=(size, size), class_names=source.class_names,
+                          train_size=len(train_samples), eval_size=len(eval_samples), name=cfg.name, mean=tuple(mean),
+                          std=tuple(std))
     if kind.sized_by_subsets:
         train_images, train_labels = source.train_images, source.train_labels
         eval_images, eval_labels = source.eval_images, source.eval_labels
@@ -89,29 +76,14 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
         eval_images, eval_labels = _subset(source.eval_images, source.eval_labels, cfg.eval_subset)
     mean, std = tuple(cfg.mean or source.mean), tuple(cfg.std or source.std)
     common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
-    train_loader = InMemoryLoader(
-        train_images,
-        train_labels,
-        batch_size=cfg.batch_size,
-        train=True,
-        padding=source.padding if cfg.augment else 0,
-        flip=source.flip and cfg.augment,
-        **common,
-    )
+    train_loader = InMemoryLoader(train_images, train_labels, batch_size=cfg.batch_size, train=True,
+                                  padding=source.padding if cfg.augment else 0, flip=source.flip and cfg.augment, **common)
     eval_loader = InMemoryLoader(eval_images, eval_labels, batch_size=cfg.eval_batch_size, train=False, **common)
-    return DataBundle(
-        train_loader=train_loader,
-        eval_loader=eval_loader,
-        num_classes=len(source.class_names),
-        in_channels=int(train_images.shape[1]),
-        input_size=(int(train_images.shape[2]), int(train_images.shape[3])),
-        class_names=list(source.class_names),
-        train_size=len(train_labels),
-        eval_size=len(eval_labels),
-        name=cfg.name,
-        mean=mean,
-        std=std,
-    )
+    return DataBundle(train_loader=train_loader, eval_loader=eval_loader, num_classes=len(source.class_names),
+                      in_channels=int(train_images.shape[1]),
+                      input_size=(int(train_images.shape[2]), int(train_images.shape[3])),
+                      class_names=list(source.class_names), train_size=len(train_labels), eval_size=len(eval_labels),
+                      name=cfg.name, mean=mean, std=std)
 
 
 def probe_batch(bundle: DataBundle, n: int) -> torch.Tensor:

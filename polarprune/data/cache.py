@@ -1,9 +1,5 @@
-"""Caches on disk: tar archives extracted once, decoded image splits stored as ``.npz``.
-
-Both live under ``$POLARPRUNE_CACHE`` (default ``~/.cache/polarprune``); every entry is keyed
-by what it was made from, so a changed archive or image tree gets a new entry, and entries are
-written atomically, so an interrupted run never leaves a half-made one behind.
-"""
+"""Caches under ``$POLARPRUNE_CACHE``: tar archives extracted once, decoded image splits as ``.npz``;
+entries are keyed by what they were made from and written atomically."""
 
 from __future__ import annotations
 
@@ -58,8 +54,7 @@ def _archive_stem(name: str) -> str:
 
 def is_archive(path: str | Path) -> bool:
     """Whether ``path`` names a tar archive that ``ensure_extracted`` can open."""
-    name = Path(path).name
-    return name.endswith((".tar.gz", ".tgz", ".tar"))
+    return Path(path).name.endswith((".tar.gz", ".tgz", ".tar"))
 
 
 def _split_root(folder: Path, archive: Path) -> Path:
@@ -73,13 +68,8 @@ def _split_root(folder: Path, archive: Path) -> Path:
 
 
 def ensure_extracted(archive: str | Path, cache_root: str | Path | None = None) -> Path:
-    """Extract a tar archive once into ``<cache_root>/extracted/`` and return the folder that
-    holds ``train/`` (and ``test/`` or ``val/``).
-
-    The archive is unpacked into a temporary folder that is renamed into place only when
-    complete, so an interrupted extraction is never mistaken for a finished one. The folder
-    name carries the archive's size and mtime: a changed archive is extracted again.
-    """
+    """Extract a tar archive once (via a temporary folder renamed into place) into
+    ``<cache_root>/extracted/<stem>-<key of path, size, mtime>`` and return the folder holding ``train/``."""
     archive = Path(archive).expanduser().resolve()
     if not archive.is_file():
         raise PolarpruneError(f"archive not found: {archive}")
@@ -106,7 +96,6 @@ def ensure_extracted(archive: str | Path, cache_root: str | Path | None = None) 
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return _split_root(target, archive)
-
 
 
 def decoded_cache_path(split_dir: Path, samples: list[tuple[str, int]], size: tuple[int, int]) -> Path:

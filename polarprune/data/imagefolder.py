@@ -1,8 +1,5 @@
-"""ImageFolder trees (``train/<class>/*`` and ``val/`` or ``test/``), also given as a tar archive.
-
-Small images (e.g. 32x32 CIFAR JPEGs) are decoded once into memory and cached; larger ones
-(ImageNet) stay files for the DataLoader path.
-"""
+"""ImageFolder trees (``train/<class>/*`` and ``val/`` or ``test/``), also given as a tar archive. Small
+images (e.g. 32x32 CIFAR JPEGs) are decoded once into memory and cached; larger ones stay files."""
 
 from __future__ import annotations
 
@@ -47,9 +44,7 @@ def list_samples(split_dir: Path, class_to_idx: dict[str, int], allow_empty: boo
     """ImageFolder's listing of ``split_dir/<class>/*`` with the given class indices."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-    unknown = sorted(
-        entry.name for entry in os.scandir(split_dir) if entry.is_dir() and entry.name not in class_to_idx
-    )
+    unknown = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and entry.name not in class_to_idx)
     if unknown:
         raise PolarpruneError(f"imagefolder: {split_dir / unknown[0]} is a class not present in train/")
     try:
@@ -111,11 +106,8 @@ def decode_images(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
         out[i] = _decode_one(paths[i], size)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(work, range(len(paths))):
-            pass
+        list(pool.map(work, range(len(paths))))  # consumed so that a worker's error is raised here
     return out
-
-
 
 
 def load_decoded_split(split_dir: Path, samples: list[tuple[str, int]], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +130,6 @@ def load_decoded_split(split_dir: Path, samples: list[tuple[str, int]], size: tu
     return nhwc_to_nchw(images), torch.from_numpy(labels)
 
 
-
 def load_imagefolder(cfg: DataConfig) -> ArraySplits | FolderSplits:
     """Small images (e.g. 32x32 CIFAR JPEGs): decoded into memory (cached) and treated like
     CIFAR; larger ones: file lists for the DataLoader path with ImageNet transforms."""
@@ -155,12 +146,6 @@ def load_imagefolder(cfg: DataConfig) -> ArraySplits | FolderSplits:
     train_images, train_labels = load_decoded_split(train_dir, train_samples, size)
     eval_images, eval_labels = load_decoded_split(eval_dir, eval_samples, size)
     return ArraySplits.normalised_by_train(
-        train_images=train_images,
-        train_labels=train_labels,
-        eval_images=eval_images,
-        eval_labels=eval_labels,
-        class_names=classes,
-        padding=max(round(min(size) / 8), 1),  # 4 for 32-px images, as for CIFAR
-        flip=True,
+        train_images=train_images, train_labels=train_labels, eval_images=eval_images, eval_labels=eval_labels,
+        class_names=classes, padding=max(round(min(size) / 8), 1), flip=True,  # padding 4 for 32-px images, as CIFAR
     )
-

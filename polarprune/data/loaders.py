@@ -1,8 +1,5 @@
-"""The two batch loaders; both follow the epoch and sharding contract of ``sampling.py``.
-
-``InMemoryLoader``: uint8 images held in memory, cropped, flipped and normalised a whole batch
-at once. ``FolderLoader``: image files decoded by torch DataLoader workers (ImageNet-sized).
-"""
+"""The two batch loaders (``InMemoryLoader``, ``FolderLoader``); both follow the epoch and sharding
+contract of the package docstring."""
 
 from __future__ import annotations
 
@@ -16,30 +13,12 @@ from .sampling import EpochSharded, check_rank, epoch_seed, eval_shard, evenly_s
 
 
 class InMemoryLoader(EpochSharded):
-    """Batches of uint8 NCHW images held in memory: shuffle, crop/flip, normalise, shard.
+    """Batches of uint8 NCHW images held in memory: shuffle, crop/flip, normalise, shard; yields
+    ``(float32 normalised NCHW images, int64 labels)`` CPU tensors."""
 
-    ``train=True``: per epoch a permutation plus one crop offset and flip bit per position,
-    all from a generator seeded by ``(seed, epoch)``; incomplete global batches are dropped.
-    ``train=False``: sequential, no augmentation, rank ``r`` takes ``r::world_size``.
-    Yields ``(float32 normalised NCHW images, int64 labels)`` CPU tensors.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool,
-        padding: int = 0,
-        flip: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], train: bool, padding: int = 0, flip: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, pin_memory: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 NCHW, got {images.dtype} {tuple(images.shape)}")
         if labels.dim() != 1 or len(labels) != len(images):
@@ -73,9 +52,8 @@ class InMemoryLoader(EpochSharded):
             flips = torch.randint(0, 2, (self.dataset_size,), generator=generator).bool()
         return order, offsets, flips
 
-    def batch(
-        self, indices: torch.Tensor, offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
+              flips: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The samples ``indices`` (augmented with the given parameters), normalised."""
         raw = crop_flip(self.images[indices], self.padding, offsets, flips)
         images = normalise(raw, self.mean, self.std)
@@ -93,11 +71,8 @@ class InMemoryLoader(EpochSharded):
         order, offsets, flips = self.epoch_plan(self.epoch)
         for step in range(len(self)):
             where = global_batch_slice(step, self.batch_size, self.world_size, self.rank)
-            yield self.batch(
-                order[where],
-                None if offsets is None else offsets[where],
-                None if flips is None else flips[where],
-            )
+            yield self.batch(order[where], None if offsets is None else offsets[where],
+                             None if flips is None else flips[where])
 
     def probe(self, n: int) -> torch.Tensor:
         """``min(n, dataset_size)`` fixed images spread over the whole set (all ranks alike)."""
@@ -105,14 +80,9 @@ class InMemoryLoader(EpochSharded):
         return normalise(self.images[indices], self.mean, self.std)
 
 
-
 class _FileDataset(torch.utils.data.Dataset):
-    """Image files decoded on demand; an item is requested as ``(index, sample_seed)``.
-
-    With ``seeded`` the transform runs under ``torch.manual_seed(sample_seed)`` inside a forked
-    RNG (the caller's RNG state is untouched), so an augmentation depends only on the seed the
-    sampler drew for that position of the epoch, not on the worker that happens to run it.
-    """
+    """Image files decoded on demand; an item is ``(index, sample_seed)``. With ``seeded`` the transform
+    runs under that seed in a forked RNG, so it does not depend on the worker that runs it."""
 
     def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], torch.Tensor], seeded: bool) -> None:
         self.samples = samples
@@ -187,31 +157,14 @@ def _one_line(exc: BaseException) -> str:
 class FolderLoader:
     """Image files through a torch DataLoader (worker processes), with the shared contract."""
 
-    def __init__(
-        self,
-        samples: list[tuple[str, int]],
-        transform: Callable[[Any], torch.Tensor],
-        *,
-        batch_size: int,
-        train: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        workers: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], torch.Tensor], *, batch_size: int,
+                 train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0,
+                 pin_memory: bool = False) -> None:
         check_rank(rank, world_size)
         self.dataset = _FileDataset(samples, transform, seeded=train)
-        self.sampler = _EpochBatchSampler(
-            len(samples), batch_size, train=train, seed=seed, rank=rank, world_size=world_size
-        )
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=pin_memory,
-        )
+        self.sampler = _EpochBatchSampler(len(samples), batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=workers,
+                                                  persistent_workers=workers > 0, pin_memory=pin_memory)
         self.dataset_size = len(samples)
         self.train = train
 
@@ -232,4 +185,3 @@ class FolderLoader:
         """``min(n, dataset_size)`` fixed evaluation-transformed images spread over the set."""
         indices = evenly_spaced(self.dataset_size, n).tolist()
         return torch.stack([self.dataset[(i, 0)][0] for i in indices]) if indices else torch.zeros(0)
-

@@ -20,11 +20,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A permutation of ``range(len(labels))`` whose every prefix is (nearly) stratified.
-
-    Samples are shuffled, then ordered by their rank within their class divided by the class
-    size, so the first ``n`` hold each class in proportion (within one image).
-    """
+    """A permutation of ``range(len(labels))`` whose every prefix is stratified within one image:
+    shuffled, then ordered by rank within the class divided by the class size."""
     labels = np.asarray(labels)
     shuffled = np.random.default_rng(seed).permutation(len(labels))
     shuffled_labels = labels[shuffled]
@@ -51,7 +48,6 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np
     if n >= len(labels):
         return np.arange(len(labels))
     return np.sort(stratified_order(labels, seed)[:n])
-
 
 
 def global_batch_slice(step: int, batch_size: int, world_size: int, rank: int) -> slice:
@@ -85,11 +81,7 @@ def check_rank(rank: int, world_size: int) -> None:
 
 
 class EpochSharded:
-    """Epoch selection and step count shared by the loaders: the same layout for every data path.
-
-    Subclasses set ``train``, ``dataset_size``, ``batch_size``, ``rank``, ``world_size`` and
-    ``epoch``.
-    """
+    """Epoch selection and step count shared by the loaders (subclasses set the attributes below)."""
 
     train: bool
     dataset_size: int
@@ -106,4 +98,3 @@ class EpochSharded:
         if self.train:
             return train_steps(self.dataset_size, self.batch_size, self.world_size)
         return math.ceil(len(eval_shard(self.dataset_size, self.rank, self.world_size)) / self.batch_size)
-

@@ -1,8 +1,5 @@
-"""The data sets polarprune reads, by name (``SOURCES``): the one place their names are spelled.
-
-A source turns a ``DataConfig`` into splits (``ArraySplits`` in memory or ``FolderSplits`` of
-files); ``build_data`` makes the loaders. A new data set is one entry here.
-"""
+"""The data sets polarprune reads, by name (``SOURCES``): the one place their names are spelled. A source
+turns a ``DataConfig`` into splits (``ArraySplits`` or ``FolderSplits``); a new data set is one entry here."""
 
 from __future__ import annotations
 
@@ -35,10 +32,8 @@ FAKE_IMAGE_SIZE = 32
 
 
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(images uint8 N x 8 x 8, labels, train_idx, test_idx)`` of scikit-learn's digits.
-
-    The split is fixed: 360 test images, stratified, from ``DIGITS_SPLIT_SEED`` (never the run seed).
-    """
+    """``(images uint8 N x 8 x 8, labels, train_idx, test_idx)`` of scikit-learn's digits; the split is
+    fixed: 360 stratified test images from ``DIGITS_SPLIT_SEED`` (never the run seed)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -52,15 +47,10 @@ def load_digits_splits(cfg: DataConfig | None = None) -> ArraySplits:
     """scikit-learn's 8x8 digits (bundled, no download) with the fixed split of ``digits_split``."""
     images, labels, train_idx, test_idx = digits_split()
     tensor = torch.from_numpy(images[:, None])  # N x 1 x 8 x 8
-    train_images = tensor[train_idx].contiguous()
     return ArraySplits.normalised_by_train(
-        train_images=train_images,
-        train_labels=torch.from_numpy(labels[train_idx]),
-        eval_images=tensor[test_idx].contiguous(),
-        eval_labels=torch.from_numpy(labels[test_idx]),
-        class_names=[str(d) for d in range(10)],
-        padding=1,
-        flip=False,  # digits are not mirror-symmetric
+        train_images=tensor[train_idx].contiguous(), train_labels=torch.from_numpy(labels[train_idx]),
+        eval_images=tensor[test_idx].contiguous(), eval_labels=torch.from_numpy(labels[test_idx]),
+        class_names=[str(d) for d in range(10)], padding=1, flip=False,  # digits are not mirror-symmetric
     )
 
 
@@ -89,15 +79,11 @@ def _cifar_reader(name: str, *, checked: bool) -> type:
     base = getattr(torchvision.datasets, CIFAR_RELEASES[name].reader)
     if checked:
         return base
-    return type(
-        f"Unchecked{base.__name__}",
-        (base,),
-        {
-            "train_list": [[file, None] for file, _ in base.train_list],
-            "test_list": [[file, None] for file, _ in base.test_list],
-            "meta": {**base.meta, "md5": None},
-        },
-    )
+    return type(f"Unchecked{base.__name__}", (base,), {
+        "train_list": [[file, None] for file, _ in base.train_list],
+        "test_list": [[file, None] for file, _ in base.test_list],
+        "meta": {**base.meta, "md5": None},
+    })
 
 
 def _download_cifar(name: str, root: Path, folder: Path) -> None:
@@ -127,11 +113,8 @@ def _read_cifar_split(name: str, root: Path, folder: Path, train: bool) -> tuple
 
 
 def load_cifar_splits(name: str, root: Path, download: bool) -> ArraySplits:
-    """CIFAR-10/100 from the python-pickle release under ``root`` (downloaded on request).
-
-    The files must be present and well-formed (shape, label range); their md5 sums are not
-    checked, so that re-packed copies and the test fixtures load (see docs/data.md).
-    """
+    """CIFAR-10/100 from the python-pickle release under ``root`` (downloaded on request); md5 sums are
+    not checked, so that re-packed copies and the test fixtures load (see docs/data.md)."""
     release = CIFAR_RELEASES[name]
     folder_name, files = release.folder, release.files
     folder = root / folder_name
@@ -140,22 +123,14 @@ def load_cifar_splits(name: str, root: Path, download: bool) -> ArraySplits:
             _download_cifar(name, root, folder)
         else:
             hint = " (it holds train/: use data.name=imagefolder)" if (root / "train").is_dir() else ""
-            raise PolarpruneError(
-                f"{name}: {folder} not found or incomplete (needs {', '.join(files)}){hint}; "
-                f"set data.root to the folder that contains {folder_name} or data.download=true"
-            )
+            raise PolarpruneError(f"{name}: {folder} not found or incomplete (needs {', '.join(files)}){hint}; "
+                                  f"set data.root to the folder that contains {folder_name} or data.download=true")
     train_images, train_labels, classes = _read_cifar_split(name, root, folder, train=True)
     eval_images, eval_labels, _ = _read_cifar_split(name, root, folder, train=False)
     return ArraySplits(
-        train_images=nhwc_to_nchw(train_images),
-        train_labels=torch.from_numpy(train_labels),
-        eval_images=nhwc_to_nchw(eval_images),
-        eval_labels=torch.from_numpy(eval_labels),
-        class_names=classes,
-        mean=release.mean,
-        std=release.std,
-        padding=4,
-        flip=True,
+        train_images=nhwc_to_nchw(train_images), train_labels=torch.from_numpy(train_labels),
+        eval_images=nhwc_to_nchw(eval_images), eval_labels=torch.from_numpy(eval_labels),
+        class_names=classes, mean=release.mean, std=release.std, padding=4, flip=True,
     )
 
 
@@ -183,13 +158,8 @@ def load_fake_splits(cfg: DataConfig) -> ArraySplits:
     train_images, train_labels = draw(cfg.train_subset or FAKE_TRAIN_SIZE, 1)
     eval_images, eval_labels = draw(cfg.eval_subset or FAKE_EVAL_SIZE, 2)
     return ArraySplits.normalised_by_train(
-        train_images=train_images,
-        train_labels=train_labels,
-        eval_images=eval_images,
-        eval_labels=eval_labels,
-        class_names=[f"class{i}" for i in range(cfg.num_classes)],
-        padding=max(size // 8, 1),
-        flip=True,
+        train_images=train_images, train_labels=train_labels, eval_images=eval_images, eval_labels=eval_labels,
+        class_names=[f"class{i}" for i in range(cfg.num_classes)], padding=max(size // 8, 1), flip=True,
     )
 
 

@@ -37,7 +37,6 @@ def nhwc_to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-
 @dataclass
 class FolderSplits:
     """An ImageFolder tree too large for memory: file lists and the crop size."""

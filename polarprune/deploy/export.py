@@ -1,15 +1,9 @@
 """Export a model to ONNX, TorchScript or a torch.export program, and verify the artifact.
 
-``export_model`` writes the artifact through a temporary file in the target folder, loads it
-back with the runtime that would serve it (onnxruntime for ONNX, ``torch.jit.load`` for
-TorchScript, ``torch.export.load`` for an exported program), runs it on a probe batch that
-differs from the export example (another batch size when the batch is dynamic) and compares
-it with the PyTorch model. Only an artifact within the tolerance is renamed into place; a
-failed export or a failed check leaves no file behind.
-
-When the exporter rejects the model, the module responsible is found by exporting the
-submodules on their own (inputs recorded in one eager forward), descending into the first
-one that fails: the error names the deepest failing module.
+``export_model`` writes through a temporary file, runs the artifact in the runtime that would serve it
+on a probe batch (another batch size when the batch is dynamic) and renames it into place only when it
+matches PyTorch within the tolerance. When the exporter rejects the model, the error names the deepest
+submodule whose own export fails.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import PolarpruneError
+from ..errors import PolarpruneError, first_line
 from ..fileio import atomic_output
 from ..models import default_input_size
 
@@ -80,10 +74,7 @@ def model_input_shape(model: nn.Module, input_size: int | None = None, in_channe
 
 
 def _first_conv_channels(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return int(module.in_channels)
-    return 3
+    return next((int(module.in_channels) for module in model.modules() if isinstance(module, nn.Conv2d)), 3)
 
 
 def _quietly(fn: Callable[[], Any]) -> Any:
@@ -163,20 +154,10 @@ def failing_module(model: nn.Module, example: tuple[Any, ...], fmt: str) -> tupl
             return name, current
 
 
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
 def load_artifact(path: str | os.PathLike[str], fmt: str, *, threads: int | None = None,
                   providers: list[str] | None = None) -> Runner:
-    """A callable running the exported artifact at ``path`` on a CPU tensor batch.
-
-    ONNX runs in onnxruntime (``threads``: its intra-op threads; ``providers``: default CPU);
-    TorchScript through ``torch.jit.load``; an exported program through ``torch.export.load``.
-    """
+    """A callable running the exported artifact at ``path`` on a CPU tensor batch (ONNX in onnxruntime with
+    ``threads`` intra-op threads and ``providers``, default CPU; the others through torch)."""
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -213,7 +194,7 @@ def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tenso
     except Exception as exc:  # noqa: BLE001 - exporter errors become one line naming the module
         name, module = failing_module(work, example, fmt)
         where = f"module {name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
-        raise PolarpruneError(f"cannot export to {fmt}: {where} is not supported: {_first_line(exc)}") from None
+        raise PolarpruneError(f"cannot export to {fmt}: {where} is not supported: {first_line(exc)}") from None
     run = _quietly(lambda: load_artifact(artifact, fmt))
     with torch.no_grad():
         got = _output_tensor(run(probe), f"the {fmt} artifact")
@@ -228,27 +209,11 @@ def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tenso
     return diff
 
 
-def export_model(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    format: str = "onnx",
-    *,
-    input_size: int | None = None,
-    in_channels: int | None = None,
-    batch: Batch = "dynamic",
-    opset: int | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    seed: int = 0,
-) -> ExportReport:
-    """Export ``model`` (eval mode, CPU) to ``path`` and verify the artifact on a probe batch.
-
-    ``input_size``/``in_channels`` default to the model's own (its entry; 224 when unknown).
-    ``batch="dynamic"`` exports a variable batch dimension (the probe batch then differs from
-    the export example); an int fixes it. ``opset`` is the ONNX opset (default: torch's).
-    Raises a one-line ``PolarpruneError`` when the export fails (naming the module), or when
-    the artifact's output differs from PyTorch's by more than ``tolerance``; nothing is
-    written then.
-    """
+def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "onnx", *, input_size: int | None = None,
+                 in_channels: int | None = None, batch: Batch = "dynamic", opset: int | None = None,
+                 tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> ExportReport:
+    """Export ``model`` (eval mode, CPU) to ``path`` and verify the artifact on a probe batch (``batch``:
+    ``"dynamic"`` or a fixed size); a failed export or check is a one-line ``PolarpruneError`` and writes nothing."""
     if format not in EXPORT_FORMATS:
         raise PolarpruneError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if opset is not None and format != "onnx":
@@ -278,7 +243,7 @@ def export_model(
         except PolarpruneError:
             raise
         except Exception as exc:  # noqa: BLE001 - a wrong input size is the user's input
-            raise PolarpruneError(f"the model does not run on input {tuple(probe.shape)}: {_first_line(exc)}") from None
+            raise PolarpruneError(f"the model does not run on input {tuple(probe.shape)}: {first_line(exc)}") from None
     with atomic_output(target) as temp:
         # torch.export archives must end in .pt2 to be read back as such
         artifact = temp.with_name(temp.name + ".pt2") if format == "exported-program" else temp

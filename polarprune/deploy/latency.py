@@ -1,17 +1,9 @@
-"""Latency of models side by side in one process, per runtime.
+"""Latency of models side by side in one process, per runtime (``RUNTIMES``).
 
-The candidates run round-robin (``interleaved``): each round times every model once, so that
-the drifts of a shared machine hit all of them alike, and the per-round ratios against the
-first model are paired measurements. Reported figures are medians.
-
-Runtimes (``RUNTIMES``): ``eager`` (PyTorch, NCHW fp32), ``eager-channels-last`` (channels_last
-fp32), ``eager-bf16`` (weights and input in bfloat16, channels_last) and ``onnxruntime``
-(the model exported to ONNX for the timed batch size, run by onnxruntime's CPU provider).
-
-glibc hands large freed blocks back to the kernel, so the next forward page-faults its
-activations in again (thousands of faults per batch-64 forward, a number that changes from
-model to model and process to process): ``STEADY_MALLOC_ENV`` tells glibc to keep freed
-memory, and both the benchmarks and ``polarprune latency`` run under it by default.
+The candidates run round-robin (``interleaved``), so a shared machine's drifts hit all of them alike
+and the per-round ratios against the first model are paired measurements; figures are medians.
+glibc hands large freed blocks back to the kernel, so every forward page-faults its activations in
+again: ``STEADY_MALLOC_ENV`` tells glibc to keep freed memory (``polarprune latency``'s default).
 """
 
 from __future__ import annotations
@@ -114,12 +106,8 @@ def _repeated(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
 
 def forward_runner(model: nn.Module, runtime: str, input_shape: Sequence[int], batch: int, *,
                    threads: int | None = None, workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Callable[[], Any]:
-    """A no-argument callable running one forward of ``model`` at ``batch`` in ``runtime``.
-
-    The model is copied (the caller's is left as it is). ``onnxruntime`` exports the model
-    (verified, static batch) into ``workdir`` (a new temporary folder when None, left to the
-    caller to remove; ``measure_latency`` passes one it removes).
-    """
+    """A no-argument callable running one forward of a copy of ``model`` at ``batch`` in ``runtime``;
+    ``onnxruntime`` exports it into ``workdir`` (a new temporary folder, left to the caller, when None)."""
     if runtime not in RUNTIMES:
         raise PolarpruneError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
@@ -177,10 +165,9 @@ class LatencyResult:
 def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], *, runtime: str = "eager",
                     batches: Sequence[int] = (1, 64), rounds: int = 7, warmup: int = 1, threads: int | None = None,
                     min_round_seconds: float = MIN_ROUND_SECONDS, seed: int = 0) -> LatencyResult:
-    """Median per-forward latency of each model at each batch size, measured in interleaved
-    rounds, with the per-round ratios against the first model (the reference). A round repeats
-    a forward shorter than ``min_round_seconds`` (the same count for every model) so that
-    timer resolution and call overhead do not dominate."""
+    """Median per-forward latency of each model at each batch size in interleaved rounds, with the per-round
+    ratios against the first model; a round repeats forwards (the same count for every model) to last
+    ``min_round_seconds``."""
     if not models:
         raise PolarpruneError("measure_latency needs at least one model")
     if rounds < 1 or warmup < 0:
@@ -192,10 +179,7 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
     names = list(models)
     result = LatencyResult(runtime, tuple(int(s) for s in input_shape), threads or torch.get_num_threads(), rounds,
                            steady_malloc(), names)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, _restore_threads(previous_threads):
+    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, _threads(threads):
         for batch in batches:
             runners = {n: forward_runner(models[n], runtime, input_shape, int(batch), threads=threads, workdir=workdir, seed=seed)
                        for n in names}
@@ -220,12 +204,15 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
 
 
 @contextmanager
-def _restore_threads(count: int) -> Iterator[None]:
-    """Put torch's intra-op thread count back to ``count`` afterwards."""
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` (when given) inside, put back afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(count)
+        torch.set_num_threads(previous)
 
 
 def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, runtime: str = "eager",

@@ -1,11 +1,6 @@
-"""Widths that suit the runtime: copies of a model with every channel group rounded to a multiple.
-
-Pruned widths decide the real speed-up more than the MACs do: oneDNN's fp32 convolutions on
-AVX-512 work on blocks of 16 channels (8 on AVX2), GPU tensor cores on multiples of 8, so a
-layer of 17 channels costs about what one of 32 does. ``round_widths`` gives the latency
-command (``--round-to``) the same model with each prunable group cut down to a multiple
-(keeping its largest-|gamma| channels), to time which rounding the runtime rewards. The copies
-are for timing: their accuracy is not that of a model pruned with ``round_to`` and fine-tuned.
+"""Widths that suit the runtime: copies of a model with every channel group cut to a multiple, for timing
+(``polarprune latency --round-to``). oneDNN works on blocks of 16 channels on AVX-512 (8 on AVX2), GPU
+tensor cores on multiples of 8, so a layer of 17 channels costs about what one of 32 does.
 """
 
 from __future__ import annotations

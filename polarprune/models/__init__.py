@@ -68,11 +68,8 @@ BN_INIT_SCOPES = {"all": nn.modules.batchnorm._BatchNorm, "conv": nn.BatchNorm2d
 
 
 def init_bn_gamma(model: nn.Module, value: float, scope: str = "all") -> None:
-    """Set the BatchNorm scaling factors to ``value`` (0.5 in the polarization recipes).
-
-    ``scope="all"`` sets every BN; ``"conv"`` only ``BatchNorm2d``, as the polarization code does
-    (a VGG head's BatchNorm1d keeps 1.0).
-    """
+    """Set the BatchNorm scaling factors to ``value`` (0.5 in the polarization recipes); ``scope="conv"``:
+    only ``BatchNorm2d``, as the polarization code does (a VGG head's BatchNorm1d keeps 1.0)."""
     if scope not in BN_INIT_SCOPES:
         raise PolarpruneError(f"bn_init_scope must be one of {sorted(BN_INIT_SCOPES)}, got {scope!r}")
     for m in model.modules():
@@ -80,24 +77,12 @@ def init_bn_gamma(model: nn.Module, value: float, scope: str = "all") -> None:
             nn.init.constant_(m.weight, value)
 
 
-def create(
-    name: str,
-    num_classes: int = 10,
-    *,
-    in_channels: int = 3,
-    bn_init: float | None = None,
-    bn_init_scope: str = "all",
-    weights: str | None = None,
-    trust_code: bool = False,
-    **options: Any,
-) -> nn.Module:
+def create(name: str, num_classes: int = 10, *, in_channels: int = 3, bn_init: float | None = None, bn_init_scope: str = "all",
+           weights: str | None = None, trust_code: bool = False, **options: Any) -> nn.Module:
     """Build a model by name (a registry name, ``timm:<name>`` or ``"package.module:callable"``).
 
-    ``bn_init`` sets the BN gammas (None keeps the default init of 1; ``bn_init_scope`` says which BNs). ``weights`` is a local
-    state-dict file (for example torchvision's pretrained ``.pth``) loaded after construction.
-    Other options go to the model's constructor (``shortcut='B'`` for CIFAR ResNets, ``width``
-    for ``small_cnn``, any torchvision keyword for torchvision models). An import path is
-    imported only with ``trust_code=True`` or inside ``imports.trusting_code()`` (models/imports.py).
+    ``bn_init`` sets the BN gammas, ``weights`` is a local state-dict file loaded after construction,
+    other options go to the constructor. An import path is imported only when code is trusted.
     """
     if num_classes < 1:
         raise PolarpruneError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
@@ -110,12 +95,8 @@ def create(
         init_bn_gamma(model, bn_init, bn_init_scope)
     if weights:
         _load_weights(model, name, weights)
-    model.polarprune_spec = {  # type: ignore[assignment]
-        "name": name,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "options": dict(options),
-    }
+    model.polarprune_spec = {"name": name, "num_classes": num_classes, "in_channels": in_channels,  # type: ignore[assignment]
+                             "options": dict(options)}
     return model
 
 
@@ -153,18 +134,5 @@ def _load_weights(model: nn.Module, name: str, path: str) -> None:
         raise PolarpruneError(f"model {name!r}: weights {path} do not fit: {' '.join(first[:3])}") from None
 
 
-__all__ = [
-    "create",
-    "register",
-    "get_entry",
-    "entry_for",
-    "default_input_size",
-    "ModelEntry",
-    "METHODS",
-    "list_models",
-    "torchvision_names",
-    "init_bn_gamma",
-    "CifarResNet",
-    "CifarVGG",
-    "SmallCNN",
-]
+__all__ = ["create", "register", "get_entry", "entry_for", "default_input_size", "ModelEntry", "METHODS",
+           "list_models", "torchvision_names", "init_bn_gamma", "CifarResNet", "CifarVGG", "SmallCNN"]

@@ -50,9 +50,7 @@ class BasicBlock(nn.Module):
         elif shortcut == "A":
             self.downsample = PadShortcut(stride, planes - in_planes)
         else:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -120,11 +118,8 @@ def regularized_bns(model: nn.Module, method: str | None = None) -> list[str]:
 
 def residual_blocks(model: nn.Module) -> dict[str, BlockInfo]:
     """Pruning rule: every basic block's branch (conv1-bn1-relu-conv2-bn2) may be removed."""
-    return {
-        name: BlockInfo(name, [prefixed(name, "bn1")], prefixed(name, "bn2"), ["conv1", "bn1", "relu", "conv2", "bn2"])
-        for name, module in model.named_modules()
-        if isinstance(module, BasicBlock)
-    }
+    return {name: BlockInfo(name, [prefixed(name, "bn1")], prefixed(name, "bn2"), ["conv1", "bn1", "relu", "conv2", "bn2"])
+            for name, module in model.named_modules() if isinstance(module, BasicBlock)}
 
 
 def prepare_for_pruning(model: nn.Module, example_inputs: object = None) -> list[str]:
@@ -141,10 +136,6 @@ def prepare_for_pruning(model: nn.Module, example_inputs: object = None) -> list
 
 
 for _depth in CIFAR_RESNET_DEPTHS:
-    register(
-        f"resnet{_depth}",
-        lambda num_classes, depth=_depth, **kw: CifarResNet(depth, num_classes, **kw),
-        family="cifar_resnet", input_size=32, num_classes=10,
-        classes=(CifarResNet,), bn_selection=regularized_bns,
-        residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning, scatter_block=ScatterBasicBlock,
-    )
+    register(f"resnet{_depth}", lambda num_classes, depth=_depth, **kw: CifarResNet(depth, num_classes, **kw),
+             family="cifar_resnet", input_size=32, num_classes=10, classes=(CifarResNet,), bn_selection=regularized_bns,
+             residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning, scatter_block=ScatterBasicBlock)

@@ -29,15 +29,9 @@ BnSelection = Callable[[nn.Module, "str | None"], "list[str] | None"]
 class ModelEntry:
     """Everything polarprune knows about one model name (timm's ``default_cfg`` idea).
 
-    ``builder(num_classes, **options)`` builds the model (``in_channels=`` is added when it
-    differs from the entry's ``in_channels``). ``input_size``: the square input side it is
-    made for. ``mean``/``std``: the input normalisation its weights expect (None: the data
-    set's own, as for models trained from scratch). ``classes`` identify an instance of the
-    family (so plain instances built outside polarprune are recognised).
-    ``bn_selection(model, method)`` gives the BNs the papers regularize for ``method`` (one of
-    ``METHODS``; None: the family's default), or None for the dependency-graph default.
-    ``residual_blocks`` and ``prepare_for_pruning`` are the pruning code's slots (residual
-    block rules; an adapter run before the dependency analysis, e.g. the option-A shortcut).
+    ``mean``/``std``: the normalisation its weights expect (None: the data set's own); ``classes``
+    recognise plain instances built outside polarprune; ``bn_selection(model, method)``: the BNs the
+    papers regularize (None: the dependency-graph default); the rest are the pruning code's slots.
     """
 
     name: str
@@ -78,10 +72,7 @@ _LOADERS: list[Callable[[Any], None]] = []
 
 
 def add(entry: ModelEntry, *, by_name: bool = True) -> ModelEntry:
-    """Put ``entry`` in the registry under its classes and (``by_name``) its name; a later one replaces.
-
-    ``by_name=False`` for a family known only by its classes (its builder needs a name first).
-    """
+    """Put ``entry`` in the registry under its classes and (``by_name``) its name; a later one replaces."""
     if by_name:
         _BY_NAME[entry.name] = entry
     for cls in entry.classes:
@@ -90,11 +81,8 @@ def add(entry: ModelEntry, *, by_name: bool = True) -> ModelEntry:
 
 
 def register(name: str, builder: Callable[..., nn.Module], **fields: Any) -> ModelEntry:
-    """Register a model name: ``create(name)`` builds it and the generic code uses its entry.
-
-    ``fields`` are ``ModelEntry`` fields (``input_size=32``, ``classes=(MyNet,)``,
-    ``bn_selection=...``); an unknown one is a one-line error.
-    """
+    """Register a model name: ``create(name)`` builds it and the generic code uses its entry (``fields``:
+    ``ModelEntry`` fields such as ``input_size=32``, ``classes=(MyNet,)``)."""
     unknown = sorted(set(fields) - set(FIELDS) - {"name", "builder"})
     if unknown:
         raise PolarpruneError(f"register({name!r}): unknown entry field {unknown[0]!r}; fields: {', '.join(FIELDS[2:])}")
@@ -140,9 +128,8 @@ def get_entry(name: str) -> ModelEntry | None:
 
 
 def entry_for(model: nn.Module) -> ModelEntry | None:
-    """The entry of ``model``: its registered ``polarprune_spec`` name, else its class (the most
-    derived one wins, so plain instances built without polarprune are recognised), else a
-    resolver's for its name; None when nobody knows the model."""
+    """The entry of ``model``: its registered ``polarprune_spec`` name, else its most derived known class,
+    else a resolver's for its name; None when nobody knows the model."""
     _load(model)
     spec = getattr(model, "polarprune_spec", None)
     name = spec.get("name") if isinstance(spec, dict) else None
@@ -156,11 +143,7 @@ def entry_for(model: nn.Module) -> ModelEntry | None:
 
 def every_bn(model: nn.Module, method: str | None = None) -> list[str]:
     """Every affine BatchNorm of the model, in definition order (a ``bn_selection``)."""
-    return [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-    ]
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
 
 
 def prefixed(prefix: str, name: str) -> str:
@@ -179,18 +162,5 @@ def block_bns(model: nn.Module, rules: Sequence[tuple[type, Sequence[str]]]) -> 
     return names
 
 
-__all__ = [
-    "ModelEntry",
-    "METHODS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "register",
-    "add",
-    "add_resolver",
-    "get_entry",
-    "entry_for",
-    "add_loader",
-    "registered_names",
-    "every_bn",
-    "block_bns",
-]
+__all__ = ["ModelEntry", "METHODS", "IMAGENET_MEAN", "IMAGENET_STD", "register", "add", "add_resolver", "get_entry",
+           "entry_for", "add_loader", "registered_names", "every_bn", "block_bns"]

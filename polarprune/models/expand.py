@@ -1,16 +1,9 @@
 """The layer of the paper-accounting residual mode (``residual: scatter``) of CIFAR ResNets.
 
-The polarization code keeps the residual stream at full width: it prunes the output channels
-of each block's last conv and scatters the kept ones back to their places before the addition
-(its ``ChannelExpand``), the other channels being zero. Its published FLOPs reductions count
-this way. polarprune's default removes residual channels from the whole coupled group instead
-(real speed-ups); this mode exists to reproduce the papers' figures and their accuracy right
-after pruning, and costs wall-clock time (an extra copy per block, wider additions).
-
-- ``ChannelScatter``: ``x`` (k channels) -> ``out_channels`` channels, input channel ``i`` at
-  ``positions[i]``, zeros elsewhere (static-shape ops only, so exporters can follow it).
-A model family declares how its blocks take one (``ModelEntry.scatter_block``; CIFAR ResNets:
-``cifar_resnet.ScatterBasicBlock``).
+The polarization code scatters the kept output channels of each block's last conv back to their
+places before the addition (its ``ChannelExpand``), so its published FLOPs reductions keep the
+residual stream at full width. This mode reproduces those figures and costs wall-clock time (an
+extra copy per block, wider additions); static-shape ops only, so exporters can follow it.
 """
 
 from __future__ import annotations
@@ -19,7 +12,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-
 
 
 class ChannelScatter(nn.Module):

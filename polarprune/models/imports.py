@@ -1,15 +1,9 @@
 """Models by import path (``"package.module:callable"``), imported only when code is trusted.
 
-A config, a recipe, a command line or a model file may name a model as ``"mynets:build_net"``:
-polarprune imports ``mynets`` and calls ``build_net(num_classes=..., **options)`` (and
-``in_channels=`` when the callable takes it). Importing a module runs its code, so a name that
-came from a file must not import anything on its own: the import happens only when the caller
-trusts code, either explicitly (``create(..., trust_code=True)``, ``polarprune.load(...,
-trust_code=True)``) or for a scope (``with trusting_code():``, which the commands'
-``--trust-code`` opens around the whole command). Otherwise the build is refused with one line
-and the module is not imported.
-
-The prefixes ``tv:`` and ``timm:`` are registry names, not import paths.
+Importing a module runs its code, so a name that came from a file imports nothing on its own: only
+when the caller trusts code (``trust_code=True``, or a ``with trusting_code():`` scope, which
+``--trust-code`` opens around a command); otherwise a one-line refusal. ``tv:``/``timm:`` are registry
+prefixes, not import paths.
 """
 
 from __future__ import annotations
@@ -71,10 +65,8 @@ def check_trusted(name: str, where: str = "", trust_code: bool = False) -> None:
         return
     module, _ = split_import_path(name)
     prefix = f"{where}: " if where else ""
-    raise PolarpruneError(
-        f"{prefix}model {name!r} is an import path: building it would import and run module {module!r}; "
-        f"not imported; {TRUST_HINT}"
-    )
+    raise PolarpruneError(f"{prefix}model {name!r} is an import path: building it would import and run module {module!r}; "
+                          f"not imported; {TRUST_HINT}")
 
 
 def load_callable(name: str, *, trust_code: bool = False, where: str = "") -> Callable[..., Any]:
@@ -84,9 +76,8 @@ def load_callable(name: str, *, trust_code: bool = False, where: str = "") -> Ca
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise PolarpruneError(
-            f"model {name!r}: cannot import module {module_name!r} ({exc}); is its folder on PYTHONPATH?"
-        ) from None
+        raise PolarpruneError(f"model {name!r}: cannot import module {module_name!r} ({exc}); "
+                              "is its folder on PYTHONPATH?") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
         raise PolarpruneError(f"model {name!r}: importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     for part in attr_path.split("."):
@@ -102,14 +93,10 @@ def _accepts(parameters: dict[str, inspect.Parameter], key: str) -> bool:
     return key in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def build_from_import_path(
-    name: str, num_classes: int, in_channels: int = 3, *, trust_code: bool = False, **options: Any
-) -> nn.Module:
-    """Import (when trusted) and call ``name``: ``callable(num_classes=..., [in_channels=...], **options)``.
-
-    ``num_classes`` is passed as a keyword (the callable must take it); ``in_channels`` is passed
-    when the callable names it, and an ``in_channels`` other than 3 needs a callable that takes it.
-    """
+def build_from_import_path(name: str, num_classes: int, in_channels: int = 3, *, trust_code: bool = False,
+                           **options: Any) -> nn.Module:
+    """Import (when trusted) and call ``name``: ``callable(num_classes=..., [in_channels=...], **options)``
+    (``in_channels`` when the callable names it; one other than 3 needs a callable that takes it)."""
     builder = load_callable(name, trust_code=trust_code)
     try:
         parameters = dict(inspect.signature(builder).parameters)
@@ -142,17 +129,8 @@ def import_path_entry(name: str) -> ModelEntry | None:
     return ModelEntry(name=name, builder=build, family="import path")
 
 
-__all__ = [
-    "is_import_path",
-    "split_import_path",
-    "trusting_code",
-    "code_trusted",
-    "check_trusted",
-    "load_callable",
-    "build_from_import_path",
-    "import_path_entry",
-    "TRUST_HINT",
-]
+__all__ = ["is_import_path", "split_import_path", "trusting_code", "code_trusted", "check_trusted", "load_callable",
+           "build_from_import_path", "import_path_entry", "TRUST_HINT"]
 
 
 add_resolver(import_path_entry)

@@ -1,18 +1,10 @@
 """Layers that pruned models contain in place of structures that pruning changes, and the
 record of a residual block whose branch pruning may remove.
 
-- ``ChannelPlacementShortcut``: the general form of the CIFAR ResNet option-A shortcut
-  (``PadShortcut``): subsample by a stride, then put input channel ``i`` at output channel
-  ``placement[i]`` (``-1``: the input channel is dropped); the other output channels hold the
-  per-channel constant ``fill`` (zero for option A, where the padded channels are inherent to
-  the architecture: this is not a scatter of pruned channels back to full width).
-- ``ChannelShift``: adds a per-channel constant (the output a removed residual branch had).
-- ``ShortcutOnlyBlock``: a residual block whose branch was removed: ``relu(shift(shortcut(x)))``.
-- ``BlockInfo``: what a model family declares about each residual block (its entry's
-  ``residual_blocks``), so that generic pruning can remove an emptied branch.
-
-They live with the models (not in ``polarprune.pruning``) because model families build them
-(the option-A adapter) and pruned model files are rebuilt from them; pruning sits above.
+``ChannelPlacementShortcut`` is the general form of the CIFAR ResNet option-A shortcut (its zero
+channels are inherent to the architecture, not a scatter of pruned channels back to full width).
+They live with the models (not in ``polarprune.pruning``) because model families build them and
+pruned model files are rebuilt from them; pruning sits above.
 """
 
 from __future__ import annotations
@@ -26,12 +18,8 @@ from torch import Tensor, nn
 
 @dataclass
 class BlockInfo:
-    """A residual block whose branch may be removed: its inner BNs, last BN and branch layers.
-
-    ``branch`` lists the attribute names of the branch layers in call order (the branch is
-    ``x -> getattr(block, branch[0])(x) -> ...``); ``emptied_bns`` is filled by pruning with the
-    inner BNs that lost every channel. The shortcut is the block's ``downsample`` attribute.
-    """
+    """A residual block whose branch may be removed: its inner BNs, last BN and branch layers (attribute
+    names in call order); pruning fills ``emptied_bns``. The shortcut is the block's ``downsample``."""
 
     name: str
     inner_bns: list[str]
@@ -67,18 +55,15 @@ class _PlaceChannels(torch.autograd.Function):
 
 
 class ChannelPlacementShortcut(nn.Module):
-    """Subsample by ``stride`` and place input channel ``i`` at output ``placement[i]`` (-1: dropped).
-
-    Output channels that receive no input hold ``fill`` (a buffer, zero by default).
-    """
+    """Subsample by ``stride`` and place input channel ``i`` at output ``placement[i]`` (-1: dropped); the
+    other outputs hold the buffer ``fill`` (zero by default)."""
 
     def __init__(self, stride: int, in_channels: int, out_channels: int, placement: Sequence[int] | None = None) -> None:
         super().__init__()
         self.stride = int(stride)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        if placement is None:
-            placement = list(range(in_channels))
+        placement = range(in_channels) if placement is None else placement
         self.register_buffer("placement", torch.as_tensor(list(placement), dtype=torch.long))
         self.register_buffer("fill", torch.zeros(out_channels))
         self._check()
@@ -134,11 +119,8 @@ class ChannelShift(nn.Module):
 
 
 class ShortcutOnlyBlock(nn.Module):
-    """A residual block whose branch was removed: ``relu(shortcut(x) + shift)``.
-
-    ``downsample`` keeps the attribute name of the CIFAR and torchvision blocks, so the
-    qualified names of its parameters do not change.
-    """
+    """A residual block whose branch was removed: ``relu(shortcut(x) + shift)`` (``downsample``: the blocks'
+    attribute name, so parameter names do not change)."""
 
     def __init__(self, downsample: nn.Module | None, channels: int) -> None:
         super().__init__()

@@ -57,18 +57,15 @@ def data_settings(name: str) -> DataSettings:
     if cfg is None:
         return DataSettings(224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     channels, height, _ = cfg.input_size
-    return DataSettings(
-        input_size=int(height), in_channels=int(channels), mean=tuple(cfg.mean), std=tuple(cfg.std),
-        interpolation=str(cfg.interpolation or "bilinear"), crop_pct=float(cfg.crop_pct or 0.875),
-    )
+    return DataSettings(int(height), int(channels), tuple(cfg.mean), tuple(cfg.std), str(cfg.interpolation or "bilinear"),
+                        float(cfg.crop_pct or 0.875))
 
 
 def create_timm(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
     """A timm model with uninitialised-pretrained weights (``pretrained=False`` always)."""
     if options.get("pretrained"):
-        raise PolarpruneError(
-            f"model {name!r}: pretrained=True would download weights; give a local state-dict file as model.weights instead"
-        )
+        raise PolarpruneError(f"model {name!r}: pretrained=True would download weights; "
+                              "give a local state-dict file as model.weights instead")
     options.pop("pretrained", None)
     timm = _timm()
     bare = timm_name(name)
@@ -87,10 +84,8 @@ def timm_entry(name: str) -> ModelEntry | None:
     def build(num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
         return create_timm(name, num_classes, in_channels, **options)
 
-    return ModelEntry(
-        name=name, builder=build, family="timm", input_size=settings.input_size, in_channels=settings.in_channels,
-        mean=settings.mean, std=settings.std,
-    )
+    return ModelEntry(name=name, builder=build, family="timm", input_size=settings.input_size,
+                      in_channels=settings.in_channels, mean=settings.mean, std=settings.std)
 
 
 __all__ = ["PREFIX", "DataSettings", "data_settings", "create_timm", "timm_entry", "timm_name"]

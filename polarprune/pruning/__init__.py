@@ -23,18 +23,9 @@ from typing import Any
 from .options import GROUP_RULES, SCORE_STRATEGIES as STRATEGIES, PruneOptions, STRATEGIES as ALL_STRATEGIES
 
 _LAZY = {
-    "prune_model": "api",
-    "plan_pruning": "api",
-    "prunable_bn_names": "api",
-    "channel_groups": "api",
-    "trial_macs_ratio": "trial",
-    "TrialAnalysis": "trial",
-    "ChannelGroup": "graph",
-    "PruneReport": "report",
-    "GroupRow": "report",
-    "SelectionResult": "strategies",
-    "grad_threshold": "strategies",
-    "select_channels": "strategies",
+    "prune_model": "api", "plan_pruning": "api", "prunable_bn_names": "api", "channel_groups": "api",
+    "trial_macs_ratio": "trial", "TrialAnalysis": "trial", "ChannelGroup": "graph", "PruneReport": "report",
+    "GroupRow": "report", "SelectionResult": "strategies", "grad_threshold": "strategies", "select_channels": "strategies",
 }
 
 

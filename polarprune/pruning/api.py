@@ -47,8 +47,8 @@ def _max_abs_diff(a: Any, b: Any) -> float:
 
 def plan_pruning(model: nn.Module, example_inputs: Any, strategy: str | None = None, *,
                  options: PruneOptions | None = None, **fields: Any) -> dict[str, Tensor]:
-    """The keep mask of every BN of a prunable group after group resolution (what
-    ``prune_model`` would keep; BNs of removed branches are all False). The model is unchanged."""
+    """The keep mask of every BN of a prunable group after group resolution (what ``prune_model`` would
+    keep); the model is unchanged."""
     opts = parse_options(strategy, options, **fields)
     return decide(analysed_copy(model, example_inputs), options=opts).bn_keep
 
@@ -84,7 +84,7 @@ def group_rows(analysis: ModelAnalysis, decision: Decision) -> list[GroupRow]:
     return rows
 
 
-def _attach_plan(pruned: nn.Module, base_view: dict[str, Any], notes: list[str]) -> None:
+def _attach_plan(pruned: nn.Module, base_view: dict[str, Any]) -> None:
     """Record in ``polarprune_spec["plan"]`` how the unpruned architecture becomes ``pruned``'s."""
     spec = getattr(pruned, "polarprune_spec", None)
     if not isinstance(spec, dict):
@@ -96,20 +96,15 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
                 options: PruneOptions | None = None, **fields: Any) -> tuple[nn.Module, PruneReport]:
     """Remove channels for real and return ``(pruned model, report)``.
 
-    The options are ``PruneOptions`` fields, given as keywords and/or as ``options``
-    (``strategy`` may come first, positionally). ``inplace=False`` prunes a deep copy and leaves
-    ``model`` untouched; ``inplace=True`` changes ``model`` itself (and returns it). The model
-    runs in eval mode for the probes; the modes of its layers are restored, and the pruned
-    model has the same modes. ``example_inputs`` (a tensor or a tuple) is what the graph is
-    traced with and what the output difference in the report is measured on. ``round_to`` > 1
-    rounds every group's kept count to a multiple of it (up for threshold strategies, to the
-    nearest for ratio ones) so widths suit SIMD blocking (oneDNN uses blocks of 8 or 16 channels).
+    Options are ``PruneOptions`` fields (keywords and/or ``options``). ``inplace=False`` prunes a deep
+    copy; the layers' modes are restored and the pruned model has the same. ``example_inputs`` is what
+    the graph is traced with and the report's output difference is measured on.
     """
     opts = parse_options(strategy, options, **fields)
     if opts.residual == "scatter":
         base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
         scattered, report = prune_scatter(model, example_inputs, options=opts, inplace=inplace)
-        _attach_plan(scattered, base_view, report.notes)
+        _attach_plan(scattered, base_view)
         report.macs_original_accounting = report.macs_after
         return scattered, report
     inputs = _as_input_tuple(example_inputs)
@@ -163,7 +158,7 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
         diff = _max_abs_diff(reference, output)
         if folded is not None and not folded.changes_outputs:
             uncompensated_diff = diff
-        _attach_plan(work, base_view, notes)
+        _attach_plan(work, base_view)
         seconds["report"] = time.perf_counter() - tick
     for module in work.modules():
         if id(module) not in known:  # the copy (or new layers): the model's mode
@@ -172,15 +167,12 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
     recorded.update(threshold=decision.threshold if decision.threshold is not None else opts.threshold,
                     masks=sorted(opts.masks) if opts.masks else None)
     seconds["total"] = time.perf_counter() - start
-    report = PruneReport(
+    return work, PruneReport(
         strategy=opts.strategy, options=recorded, rows=group_rows(analysis, decision),
         macs_before=before.cost.macs, macs_after=after.cost.macs, flops_before=before.cost.flops,
         flops_after=after.cost.flops, params_before=before.cost.params, params_after=after.cost.params,
-        max_abs_output_diff=diff, max_abs_output_diff_uncompensated=uncompensated_diff,
-        compensated=opts.compensate, removed_blocks=sorted(decision.removed_blocks), notes=notes, seconds=seconds,
-        macs_original_accounting=accounting,
-    )
-    return work, report
+        max_abs_output_diff=diff, max_abs_output_diff_uncompensated=uncompensated_diff, compensated=opts.compensate,
+        removed_blocks=sorted(decision.removed_blocks), notes=notes, seconds=seconds, macs_original_accounting=accounting)
 
 
 __all__ = ["prune_model", "plan_pruning", "channel_groups", "prunable_bn_names", "analysed_copy", "group_rows"]

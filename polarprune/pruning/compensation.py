@@ -60,11 +60,7 @@ class CompensationResult:
 
 
 def conv_fold_delta(weight: Tensor, groups: int, removed: list[int], const: Tensor) -> Tensor:
-    """Per output channel: ``sum_k W[o, c, k] * const_c`` over the removed inputs ``c``.
-
-    ``weight`` is ``(C_out, C_in/groups, *kernel)``; a grouped conv only adds the inputs of the
-    output's own conv group.
-    """
+    """Per output channel: ``sum_k W[o, c, k] * const_c`` over the removed inputs ``c`` of its own conv group."""
     out_channels, per_group = weight.shape[0], weight.shape[1]
     rows = out_channels // groups
     delta = torch.zeros(out_channels, dtype=weight.dtype, device=weight.device)
@@ -88,11 +84,7 @@ def linear_fold_delta(weight: Tensor, removed: list[int], const: Tensor) -> Tens
 
 
 def constant_channels(x: Tensor, channels: list[int]) -> tuple[list[int], Tensor, list[int]]:
-    """Split ``channels`` of a captured input (N, C, ...) into constant ones and their value.
-
-    ``x`` holds exactly those channels, in that order. Returns (constant channels, their
-    values, non-constant channels).
-    """
+    """(constant channels, their values, varying channels) of ``x`` (N, C, ...), which holds exactly ``channels``."""
     planes = x.transpose(0, 1).reshape(len(channels), -1)
     value = planes[:, planes.shape[1] // 2].float()
     low, high = torch.aminmax(planes, dim=1)  # max |plane - value| = max(high - value, value - low), one pass
@@ -132,11 +124,8 @@ def _consumers(model: nn.Module, decision: Decision) -> dict[str, list[int]]:
 
 
 def measure_constants(model: nn.Module, example_inputs: Any, decision: Decision, consumers: Mapping[str, list[int]]) -> dict[str, Tensor]:
-    """The removed input channels of the consumers, in a forward pass where the removed BN
-    channels have gamma = 0 (per consumer: those channels only, in the order given).
-
-    The gammas are zeroed in place and restored afterwards (no copy of the model).
-    """
+    """The consumers' removed input channels in a forward pass where the removed BN channels have
+    gamma = 0 (zeroed in place and restored afterwards, no copy of the model)."""
     captured: dict[str, Tensor] = {}
 
     def record(name: str) -> Any:
@@ -195,9 +184,7 @@ def fold_into(analysis: ModelAnalysis, model: nn.Module, name: str, removed: lis
     else:
         delta = conv_fold_delta(module.weight, module.groups, removed, const.to(module.weight.device))
     bn_name = following_bn(analysis, name) if module.bias is None else None
-    if bn_name is not None:
-        return Adjustment(bn_name, "running_mean", delta)
-    return Adjustment(name, "bias", delta)
+    return Adjustment(name, "bias", delta) if bn_name is None else Adjustment(bn_name, "running_mean", delta)
 
 
 def apply_adjustments(model: nn.Module, decision: Decision, adjustments: list[Adjustment]) -> None:
@@ -255,21 +242,9 @@ def compensate(model: nn.Module, analysis: ModelAnalysis, decision: Decision, ex
         result.notes.append(f"compensation: {skipped} removed input channel(s) are not constant when their BNs have gamma = 0, not compensated")
     for name, block in decision.removed_blocks.items():
         module = model.get_submodule(name)
-        first = getattr(module, block.branch[0])
-        result.block_shifts[name] = branch_constant(module, block, first.in_channels)
+        result.block_shifts[name] = branch_constant(module, block, getattr(module, block.branch[0]).in_channels)
     return result
 
 
-__all__ = [
-    "CompensationResult",
-    "compensate",
-    "conv_fold_delta",
-    "linear_fold_delta",
-    "constant_channels",
-    "measure_constants",
-    "branch_constant",
-    "following_bn",
-    "fold_into",
-    "apply_adjustments",
-    "Adjustment",
-]
+__all__ = ["CompensationResult", "compensate", "conv_fold_delta", "linear_fold_delta", "constant_channels",
+           "measure_constants", "branch_constant", "following_bn", "fold_into", "apply_adjustments", "Adjustment"]

@@ -1,14 +1,9 @@
 """Channel groups from Torch-Pruning's dependency graph, and a cheap MACs model of a pruning.
 
-Torch-Pruning traces the model once and tells which layers share channels (a *group*): the
-producers of a channel (convs, linears), the BNs and depthwise convs that act on it, the
-consumers that read it (convs, linears), through residual additions, concatenations and
-flatten -> linear. polarprune only *reads* the groups: the decisions (which channels go) and
-the surgery (slicing weights) are its own, so that all groups can be resolved at once in the
-original coordinates (concatenations shift indices when groups are pruned one by one).
-
-A group is left whole (``prunable = False``) when it reaches the model output (the classifier's
-outputs), when it holds a layer type the surgery cannot slice, or when it contains no BN.
+polarprune only *reads* Torch-Pruning's groups (layers sharing channels); decisions and surgery are
+its own, so all groups are resolved at once in the original coordinates (concatenations shift indices
+when groups are pruned one by one). A group is left whole when it reaches the model output, holds a
+layer the surgery cannot slice, or has no BN.
 """
 
 from __future__ import annotations
@@ -55,12 +50,8 @@ class GroupItem:
 
 @dataclass
 class ChannelGroup:
-    """Channels coupled across layers: they are kept or removed together.
-
-    ``name`` is the first BN of the group (or its root layer), ``bn_names`` every BN that acts on
-    the group's channels, ``residual`` is True when several layers produce the channels (a
-    residual addition), ``prunable`` False (with ``reason``) when the group must stay whole.
-    """
+    """Channels coupled across layers, kept or removed together; ``name`` is its first BN (or root layer),
+    ``residual`` True when several layers produce the channels."""
 
     name: str
     num_channels: int
@@ -81,9 +72,8 @@ class ChannelGroup:
 
 @dataclass
 class LayerCost:
-    """The per-channel analytic cost of one conv/linear layer (the one cost model of searches and
-    trials): ``macs = area * in/groups * out * positions`` per image, ``params = area * in/groups
-    * out (+ out with a bias)``. ``positions`` sums the output positions of every call."""
+    """The per-channel analytic cost of one conv/linear layer (the one cost model of searches and trials):
+    ``macs = area * in/groups * out * positions`` per image; ``positions`` sums over every call."""
 
     kernel_area: int
     in_channels: int
@@ -127,11 +117,9 @@ class ModelAnalysis:
 
     def layer_shapes(self) -> dict[str, LayerShape]:
         """The layers' widths and per-image MACs in ``conv_links``' terms (no second forward pass)."""
-        return {
-            name: LayerShape("conv" if isinstance(self.model.get_submodule(name), CONV_TYPES) else "linear",
-                             cost.in_channels, cost.out_channels, cost.groups, cost.macs(cost.in_channels, cost.out_channels))
-            for name, cost in self.layer_costs.items()
-        }
+        return {name: LayerShape("conv" if isinstance(self.model.get_submodule(name), CONV_TYPES) else "linear", cost.in_channels,
+                                 cost.out_channels, cost.groups, cost.macs(cost.in_channels, cost.out_channels))
+                for name, cost in self.layer_costs.items()}
 
 
 def is_depthwise(conv: nn.Module) -> bool:
@@ -168,21 +156,14 @@ def probe_with_hooks(model: nn.Module, example_inputs: Any, handles: list[Any]) 
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: Any, handles: Sequence[Any] = ()) -> Any:
-    """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored).
-
-    ``handles`` are forward hooks already registered on the model: they see the tracing forward
-    pass (so the analysis needs no second one) and are removed afterwards.
-    """
+    """Torch-Pruning's ``DependencyGraph`` of ``model`` (traced in eval mode; mode restored); ``handles``
+    (forward hooks already registered) see the tracing pass and are removed afterwards."""
     import torch_pruning as tp
 
     try:
         with restored_modes(model), torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
-                model,
-                example_inputs=_as_input_tuple(example_inputs),
-                customized_pruners=torch_pruning_pruners(),
-                verbose=False,
-            )
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=_as_input_tuple(example_inputs),
+                                                          customized_pruners=torch_pruning_pruners(), verbose=False)
     except PolarpruneError:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing failures are reported as one line
@@ -196,9 +177,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any, handles: Seque
 
 def _item_side(graph: Any, module: nn.Module, handler: Any) -> str:
     pruner = graph.get_pruner_of_module(module)
-    if pruner is None:
-        return BOTH
-    if pruner.prune_out_channels == pruner.prune_in_channels:
+    if pruner is None or pruner.prune_out_channels == pruner.prune_in_channels:
         return BOTH
     return OUT if handler == pruner.prune_out_channels else IN
 
@@ -233,25 +212,13 @@ def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: 
             reason = reason or f"holds a {type(module).__name__} ({name}) that surgery does not slice"
             continue
         items.append(GroupItem(name, module, _item_side(graph, module, dep.handler), list(map(int, idxs)), list(map(int, root_idxs))))
-    bn_names = []
-    for it in items:
-        if isinstance(it.module, BN_TYPES) and it.module_name not in bn_names:
-            bn_names.append(it.module_name)
+    bn_names = list(dict.fromkeys(it.module_name for it in items if isinstance(it.module, BN_TYPES)))
     producers = {it.module_name for it in items if it.side == OUT}
     shift_or_place = any(isinstance(it.module, (ChannelShift, ChannelPlacementShortcut)) and it.side != IN for it in items)
-    residual = len(producers) > 1 or shift_or_place
     if not bn_names and not reason:
         reason = "has no BatchNorm"
-    root_name = names.get(tp_group[0].dep.target.module, "?")
-    return ChannelGroup(
-        name=bn_names[0] if bn_names else root_name,
-        num_channels=num_channels,
-        bn_names=bn_names,
-        residual=residual,
-        prunable=not reason,
-        reason=reason,
-        items=items,
-    )
+    name = bn_names[0] if bn_names else names.get(tp_group[0].dep.target.module, "?")
+    return ChannelGroup(name, num_channels, bn_names, len(producers) > 1 or shift_or_place, not reason, reason, items)
 
 
 def _cost_hooks(model: nn.Module, example_inputs: Any, names: dict[nn.Module, str], costs: dict[str, LayerCost]) -> list[Any]:
@@ -338,10 +305,8 @@ def finish_pruning(model: nn.Module) -> None:
 
 
 def analyze(model: nn.Module, example_inputs: Any, count: bool = False) -> ModelAnalysis:
-    """Trace ``model`` once: its channel groups, who feeds whom, its residual blocks and its
-    per-layer cost model, all from the tracing forward pass. ``count``: that pass is also
-    counted exactly and its output kept (``traced_cost`` / ``traced_output``: what
-    ``prune_model`` reports as the original's cost and compares the pruned output with)."""
+    """Trace ``model`` once: its channel groups, who feeds whom, its residual blocks and its cost model.
+    ``count``: that pass is also counted exactly and its output kept (``traced_cost`` / ``traced_output``)."""
     names = {m: n for n, m in model.named_modules()}
     costs: dict[str, LayerCost] = {}
     traced: dict[str, Any] = {}
@@ -353,10 +318,7 @@ def analyze(model: nn.Module, example_inputs: Any, count: bool = False) -> Model
             traced["counter"].__exit__(None, None, None)
     terminals = _terminal_modules(graph)
     groups = [_convert_group(graph, g, names, terminals) for g in graph.get_all_groups(root_module_types=CONV_TYPES + (nn.Linear,))]
-    successors: dict[str, list[str]] = {}
-    for module, node in graph.module2node.items():
-        if module in names:
-            successors[names[module]] = [names.get(o.module, "") for o in node.outputs]
+    successors = {names[m]: [names.get(o.module, "") for o in node.outputs] for m, node in graph.module2node.items() if m in names}
     per_channel, other = _params_split(model, costs)
     return ModelAnalysis(model, groups, costs, names, successors, residual_blocks(model), traced.get("output"),
                          traced.get("cost"), per_channel, other)
@@ -369,25 +331,16 @@ def _kept(size: int, removed: dict[tuple[str, str], set[int]], name: str, side: 
 
 
 def estimate_macs(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[int]], removed_modules: Iterable[str] = ()) -> int:
-    """Per-image conv+linear MACs after removing ``removed[(module, side)]`` channel indices.
-
-    ``removed_modules`` are layers deleted with a removed residual branch (they cost nothing).
-    Matches ``polarprune.flops.count_model(...).macs`` for models made only of conv/linear MACs.
-    """
+    """Per-image conv+linear MACs after removing ``removed[(module, side)]`` channel indices; ``removed_modules``
+    (layers of removed residual branches) cost nothing."""
     gone = list(removed_modules)
-    return sum(
-        cost.macs(_kept(cost.in_channels, removed, name, IN), _kept(cost.out_channels, removed, name, OUT))
-        for name, cost in analysis.layer_costs.items()
-        if not deleted_with_block(name, gone)
-    )
+    return sum(cost.macs(_kept(cost.in_channels, removed, name, IN), _kept(cost.out_channels, removed, name, OUT))
+               for name, cost in analysis.layer_costs.items() if not deleted_with_block(name, gone))
 
 
 def estimate_params(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[int]], removed_blocks: Mapping[str, BlockInfo] | None = None) -> int:
-    """Parameters left after the removals (without the biases compensation may add).
-
-    A removed block's branch goes and its ``ShortcutOnlyBlock`` gains one shift per kept
-    channel of its last BN.
-    """
+    """Parameters left after the removals (without compensation's biases); a removed block's
+    ``ShortcutOnlyBlock`` gains one shift per kept channel of its last BN."""
     blocks = dict(removed_blocks or {})
     gone = list(blocks)
     total = analysis.other_params
@@ -403,9 +356,7 @@ def estimate_params(analysis: ModelAnalysis, removed: dict[tuple[str, str], set[
 
 
 def channel_macs(analysis: ModelAnalysis) -> dict[str, float]:
-    """Per BN, the MACs one of its channels costs: what its group's producers (per output
-    channel), consumers (per input channel) and depthwise convs spend on one group channel,
-    averaged over the group (the FLOPs weights of the regularizer)."""
+    """Per BN, the MACs one of its channels costs, averaged over its group (the regularizer's FLOPs weights)."""
     result: dict[str, float] = {}
     for group in analysis.groups:
         spent = 0.0
@@ -429,25 +380,7 @@ def deleted_with_block(name: str, removed_blocks: Sequence[str]) -> bool:
     return False
 
 
-__all__ = [
-    "analysed_copy",
-    "GroupItem",
-    "ChannelGroup",
-    "ModelAnalysis",
-    "LayerCost",
-    "analyze",
-    "estimate_macs",
-    "estimate_params",
-    "channel_macs",
-    "residual_blocks",
-    "prepare_for_pruning",
-    "finish_pruning",
-    "build_dependency_graph",
-    "is_depthwise",
-    "is_grouped",
-    "run_model",
-    "deleted_with_block",
-    "OUT",
-    "IN",
-    "BOTH",
-]
+__all__ = ["analysed_copy", "GroupItem", "ChannelGroup", "ModelAnalysis", "LayerCost", "analyze", "estimate_macs",
+           "estimate_params", "channel_macs", "residual_blocks", "prepare_for_pruning", "finish_pruning",
+           "build_dependency_graph", "is_depthwise", "is_grouped", "run_model", "deleted_with_block", "OUT", "IN",
+           "BOTH"]

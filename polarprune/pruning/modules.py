@@ -111,13 +111,5 @@ def torch_pruning_pruners() -> dict[type, Any]:
     return {ChannelPlacementShortcut: PlacementPruner(), ChannelShift: ShiftPruner(), ChannelShuffle: ShufflePruner()}
 
 
-__all__ = [
-    "ChannelPlacementShortcut",
-    "ChannelShift",
-    "ShortcutOnlyBlock",
-    "prune_placement_inputs",
-    "prune_placement_outputs",
-    "prune_shift_channels",
-    "torch_pruning_pruners",
-    "set_module",
-]
+__all__ = ["ChannelPlacementShortcut", "ChannelShift", "ShortcutOnlyBlock", "prune_placement_inputs",
+           "prune_placement_outputs", "prune_shift_channels", "torch_pruning_pruners", "set_module"]

@@ -18,15 +18,8 @@ from ..errors import PolarpruneError
 
 # strategy name -> the option it needs (None: none)
 STRATEGY_NEEDS: dict[str, str | None] = {
-    "grad": None,
-    "fixed": None,
-    "percent": "percent",
-    "uniform": "ratio",
-    "l1-norm": "ratio",
-    "random": "ratio",
-    "mask": "masks",
-    "flops-target": "target_macs_reduction",
-}
+    "grad": None, "fixed": None, "percent": "percent", "uniform": "ratio", "l1-norm": "ratio", "random": "ratio",
+    "mask": "masks", "flops-target": "target_macs_reduction"}
 STRATEGIES: tuple[str, ...] = tuple(STRATEGY_NEEDS)
 RATIO_STRATEGIES: tuple[str, ...] = ("uniform", "l1-norm", "random")
 # strategies that pick channels from per-layer scores alone (``select_channels``)

@@ -2,18 +2,12 @@
 
 ``model.polarprune_spec["plan"]`` = ``{"version": 1, "replace": [...], "modules": {...}}``:
 
-- ``replace``: structural changes in order, ``{"name": qualified name, "kind": ...}`` with kind
-  ``"placement_shortcut"`` (an option-A ``PadShortcut`` became a ``ChannelPlacementShortcut``)
-  or ``"shortcut_block"`` (a residual block whose branch was removed: ``ShortcutOnlyBlock``);
-- ``modules``: for every layer whose shape differs from the unpruned architecture, its new
-  constructor shape: Conv ``in_channels/out_channels/groups/bias``, BN ``num_features``, Linear
-  ``in_features/out_features/bias``, placement shortcut ``stride/in_channels/out_channels``,
-  shift ``num_channels``.
+- ``replace``: structural changes in order, ``{"name": ..., "kind": ...}`` (``placement_shortcut``,
+  ``shortcut_block``, ``scatter_block``);
+- ``modules``: the new constructor shape of every layer whose shape differs from the unpruned one.
 
-The plan is computed by comparing the pruned model with the unpruned architecture, so pruning
-a pruned model again yields a plan that describes the result from scratch (plans compose).
-Applying a plan creates uninitialised parameters of the right shapes; weights come from the
-state dict.
+Plans compare against the unpruned architecture, so pruning a pruned model again yields a plan from
+scratch (plans compose). Applying one creates uninitialised parameters; weights come from the state dict.
 """
 
 from __future__ import annotations
@@ -65,8 +59,7 @@ def layer_view(model: nn.Module) -> dict[str, tuple[type, dict[str, Any] | None]
 
 
 def unpruned_view(model: nn.Module, plan: Mapping[str, Any] | None) -> dict[str, tuple[type, dict[str, Any] | None]]:
-    """The unpruned architecture as seen from ``model`` and the plan that made it: layers the
-    plan changed or replaced count as different from what ``model`` has now."""
+    """The unpruned architecture as seen from ``model`` and the plan that made it (planned layers count as changed)."""
     view = layer_view(model)
     if plan:
         for name in plan.get("modules", {}):
@@ -79,8 +72,7 @@ def unpruned_view(model: nn.Module, plan: Mapping[str, Any] | None) -> dict[str,
 
 
 def make_plan(pruned: nn.Module, base: nn.Module | LayerView) -> dict[str, Any]:
-    """The plan that turns ``base`` (the unpruned architecture, or its ``unpruned_view``) into
-    ``pruned``'s architecture."""
+    """The plan that turns ``base`` (the unpruned architecture, or its ``unpruned_view``) into ``pruned``'s."""
     base_view = layer_view(base) if isinstance(base, nn.Module) else base
     replace = []
     modules: dict[str, dict[str, Any]] = {}
@@ -129,8 +121,7 @@ def resize_module(module: nn.Module, shape: dict[str, Any], name: str, where: st
         module.weight = nn.Parameter(_empty(cout, cin // groups, *module.kernel_size, like=module.weight))
         module.bias = nn.Parameter(_empty(cout, like=module.weight)) if shape.get("bias") else None
     elif isinstance(module, BN_TYPES):
-        n = _int(shape, "num_features", name, where)
-        module.num_features = n
+        module.num_features = n = _int(shape, "num_features", name, where)
         if module.affine:
             module.weight = nn.Parameter(_empty(n, like=module.weight))
             module.bias = nn.Parameter(_empty(n, like=module.bias))
@@ -149,8 +140,7 @@ def resize_module(module: nn.Module, shape: dict[str, Any], name: str, where: st
         module.placement = torch.full((cin,), -1, dtype=torch.long)
         module.fill = _empty(cout, like=module.fill)
     elif isinstance(module, ChannelShift):
-        n = _int(shape, "num_channels", name, where)
-        module.num_channels = n
+        module.num_channels = n = _int(shape, "num_channels", name, where)
         module.shift = nn.Parameter(_empty(n, like=module.shift))
 
 

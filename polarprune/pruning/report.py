@@ -30,23 +30,15 @@ class GroupRow:
     threshold: float | dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if isinstance(self.threshold, dict):
-            data["threshold"] = {k: _json_number(v) for k, v in self.threshold.items()}
-        else:
-            data["threshold"] = _json_number(self.threshold)
-        return data
+        threshold = self.threshold
+        return {**asdict(self), "threshold": {k: _json_number(v) for k, v in threshold.items()}
+                if isinstance(threshold, dict) else _json_number(threshold)}
 
 
 @dataclass
 class PruneReport:
-    """Result of ``prune_model``: per-group rows, cost before/after, output differences, notes.
-
-    ``max_abs_output_diff`` compares the pruned model's outputs with the original's on the
-    example inputs (eval mode); ``max_abs_output_diff_uncompensated`` is the same without shift
-    compensation (None when compensation was off; the same number when every folded constant
-    was 0, since the model is then the same).
-    """
+    """Result of ``prune_model``: per-group rows, cost before/after, output differences (pruned vs original
+    on the example inputs, with and without shift compensation), notes."""
 
     strategy: str
     options: dict[str, Any]
@@ -89,9 +81,9 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (reductions included)."""
-        data = {
+        return {
             "strategy": self.strategy,
-            "options": {k: v for k, v in self.options.items()},
+            "options": dict(self.options),
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "macs_reduction": self.macs_reduction,
@@ -112,7 +104,6 @@ class PruneReport:
             "notes": list(self.notes),
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
-        return data
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers (for file metadata and logs)."""
@@ -134,10 +125,8 @@ class PruneReport:
             lines.append(f"{row.group:<{width}}  {'yes' if row.residual else '':>3}  {row.channels_before:>6}  {row.channels_after:>6}  {text}")
         if len(self.rows) > max_rows:
             lines.append(f"... {len(self.rows) - max_rows} more groups")
-        lines.append(
-            f"channels {self.channels_before} -> {self.channels_after}; MACs {self.macs_before:,} -> {self.macs_after:,} "
-            f"(-{self.macs_reduction:.1%}); params {self.params_before:,} -> {self.params_after:,} (-{self.params_reduction:.1%})"
-        )
+        lines.append(f"channels {self.channels_before} -> {self.channels_after}; MACs {self.macs_before:,} -> {self.macs_after:,} "
+                     f"(-{self.macs_reduction:.1%}); params {self.params_before:,} -> {self.params_after:,} (-{self.params_reduction:.1%})")
         if self.macs_original_accounting is not None:
             lines.append(f"MACs under the original code's accounting (scatter, same per-BN choice): {self.macs_original_accounting:,} "
                          f"(-{_ratio(self.macs_before, self.macs_original_accounting):.1%})")

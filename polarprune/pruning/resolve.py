@@ -1,26 +1,19 @@
 """Decisions: from per-channel scores to the channels every layer loses.
 
-The strategies (``strategies.py``) decide per BN (threshold strategies: ``grad``, ``fixed``,
-``percent``, user ``mask``) or per group (ratio strategies: ``uniform``, ``l1-norm``,
-``random``, on the group's aggregated score). A group's channel is then kept according to
-the group rule over its *scored* BNs:
+Threshold strategies (``grad``, ``fixed``, ``percent``, ``mask``) decide per BN, ratio strategies
+(``uniform``, ``l1-norm``, ``random``) per group on its aggregated score. A group's channel is kept
+according to the group rule over its *scored* BNs:
 
 - ``any`` (default): kept if any scored BN keeps it (removal is exact when every BN of the
   group has gamma = beta = 0 there);
 - ``all``: kept only if every scored BN keeps it;
 - ``mean``: kept if at least half of the scored BNs keep it (majority vote);
-- ``masksparsity``: MaskSparsity's relaxing vote (``votes.py``): the group removes at least as
-  many channels as its most conservative BN alone, those most BNs agree on.
+- ``masksparsity``: MaskSparsity's relaxing vote (``votes.py``).
 
-Ratio strategies aggregate the scored BNs' |gamma| per channel with the same rule (max, min,
-mean); ``l1-norm`` aggregates the L1 norms of the producing filters. After the rule:
-
-- a block-inner group (ResNet basic block ``bn1``, bottleneck ``bn1``/``bn2``) that loses every
-  channel removes its residual branch when ``remove_empty_blocks`` (the block becomes its
-  shortcut); otherwise every group keeps ``min_channels`` channels (its best scores);
-- channels of grouped (not depthwise) convs are balanced: every conv group keeps the same count
-  (threshold strategies add back the best channels up to the largest count, so no channel the
-  rule keeps is removed; ratio strategies use the mean count), at least one per conv group.
+Ratio strategies aggregate with the same rule (max, min, mean). A block-inner group that loses every
+channel removes its residual branch when ``remove_empty_blocks``; otherwise every group keeps
+``min_channels``. Grouped (not depthwise) convs keep the same count in every conv group (threshold
+strategies: the largest count, so nothing the rule keeps goes; ratio strategies: the mean).
 """
 
 from __future__ import annotations
@@ -72,15 +65,11 @@ class Decision:
         return self.estimated_params / max(1, self.estimated_params_before)
 
 
-def _module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
-
-
 def bn_scores(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     """``|gamma|`` of each named BN (float32, CPU)."""
     scores = {}
     for name in names:
-        bn = _module(model, name)
+        bn = model.get_submodule(name)
         if getattr(bn, "weight", None) is None:
             raise PolarpruneError(f"BatchNorm {name!r} has no affine weight (gamma) to score")
         scores[name] = bn.weight.detach().abs().float().cpu()
@@ -88,8 +77,7 @@ def bn_scores(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
 
 
 def _aggregate(values: list[Tensor], roots: list[Tensor], size: int, rule: str) -> Tensor:
-    """Per group channel: max (``any``), min (``all``) or mean (``mean``) of the values that land
-    on it (``roots``: their group channel); +inf where none does."""
+    """Per group channel: max (``any``), min (``all``) or mean (``mean``) of the values landing on it; +inf where none does."""
     if not values:
         return torch.full((size,), math.inf)
     value, root = torch.cat(values).double(), torch.cat(roots)
@@ -104,8 +92,8 @@ def _aggregate(values: list[Tensor], roots: list[Tensor], size: int, rule: str) 
 
 
 def group_scores(group: ChannelGroup, model: nn.Module, scored: set[str], rule: str, strategy: str) -> Tensor:
-    """Per group channel: the rule's aggregate (max/min/mean) of the scored BNs' |gamma|, or of the
-    producing filters' L1 norms for ``l1-norm``. Channels no scored layer covers score +inf."""
+    """Per group channel: the rule's aggregate of the scored BNs' |gamma| (``l1-norm``: of the producing filters'
+    L1 norms); +inf where no scored layer covers it."""
     values: list[Tensor] = []
     roots: list[Tensor] = []
     if strategy == "l1-norm":
@@ -122,12 +110,8 @@ def group_scores(group: ChannelGroup, model: nn.Module, scored: set[str], rule: 
 
 
 def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded: Sequence[str]) -> Tensor:
-    """Keep mask over the group's channels from the per-BN keep masks of its scored BNs.
-
-    BNs inside ``excluded`` (removed residual branches, whose output is now a constant shift) do
-    not vote; a channel that only they covered carries no signal any more and is removed.
-    Channels no scored BN covers are kept.
-    """
+    """Keep mask over the group's channels from its scored BNs' keep masks. BNs in ``excluded`` (removed
+    branches, now a constant shift) do not vote, and a channel only they covered is removed."""
     size = group.num_channels
     yes = torch.zeros(size, dtype=torch.long)
     total = torch.zeros(size, dtype=torch.long)
@@ -165,19 +149,15 @@ def keep_at_least(keep: Tensor, scores: Tensor, count: int) -> Tensor:
 
 
 def round_kept(keep: Tensor, scores: Tensor, multiple: int, mode: str) -> Tensor:
-    """Kept count rounded to a multiple of ``multiple`` (at least one multiple, at most all).
-
-    ``mode="up"`` adds the best removed channels (nothing kept is removed: threshold
-    strategies); ``"nearest"`` may also drop the worst kept ones (ratio strategies).
-    """
+    """Kept count rounded to a multiple of ``multiple``; ``mode="up"`` only adds the best removed channels,
+    ``"nearest"`` may also drop the worst kept ones."""
     size, count = keep.numel(), int(keep.sum())
     if multiple <= 1 or count == 0 or count == size:
         return keep
     if mode == "up":
-        target = math.ceil(count / multiple) * multiple
+        target = min(size, math.ceil(count / multiple) * multiple)
     else:
-        target = max(multiple, int(math.floor(count / multiple + 0.5)) * multiple)
-    target = min(size, target)
+        target = min(size, max(multiple, int(math.floor(count / multiple + 0.5)) * multiple))
     if target == count:
         return keep
     by_score = torch.sort(scores, descending=True, stable=True).indices
@@ -188,25 +168,19 @@ def round_kept(keep: Tensor, scores: Tensor, multiple: int, mode: str) -> Tensor
 
 
 def balance_segments(keep: Tensor, scores: Tensor, segments: list[list[int]], mode: str) -> Tensor:
-    """Same number of kept channels in every segment (group channel indices per conv group).
-
-    ``mode="max"``: add the best removed channels up to the largest count; ``"mean"``: the
-    rounded mean count (at least 1), best channels of each segment.
-    """
+    """Same number of kept channels in every segment (group channel indices per conv group): the largest
+    count (``mode="max"``, adding the best removed channels) or the rounded mean (``"mean"``)."""
     counts = [int(keep[seg].sum()) for seg in segments]
     if not segments or len(set(counts)) == 1 and counts[0] > 0:
         return keep
-    target = max(counts) if mode == "max" else int(round(sum(counts) / len(counts)))
-    target = max(1, target)
+    target = max(1, max(counts) if mode == "max" else int(round(sum(counts) / len(counts))))
     keep = keep.clone()
     for seg in segments:
         index = torch.tensor(seg, dtype=torch.long)
         seg_scores = scores[index]
-        seg_keep = keep[index]
         if mode == "max":
-            ranked = torch.sort(torch.where(seg_keep, torch.full_like(seg_scores, math.inf), seg_scores), descending=True, stable=True).indices
-        else:
-            ranked = torch.sort(seg_scores, descending=True, stable=True).indices
+            seg_scores = torch.where(keep[index], torch.full_like(seg_scores, math.inf), seg_scores)
+        ranked = torch.sort(seg_scores, descending=True, stable=True).indices
         new = torch.zeros(len(seg), dtype=torch.bool)
         new[ranked[: min(target, len(seg))]] = True
         keep[index] = new
@@ -214,10 +188,8 @@ def balance_segments(keep: Tensor, scores: Tensor, segments: list[list[int]], mo
 
 
 def grouped_conv_segments(group: ChannelGroup) -> tuple[list[list[list[int]]], str]:
-    """Segments (group channel indices per conv group) of every grouped conv side in the group.
-
-    Returns the segment lists and an error text when a grouped conv is only partly covered.
-    """
+    """Segments (group channel indices per conv group) of every grouped conv side in the group, and an
+    error text when a grouped conv is only partly covered."""
     result = []
     for item in group.items:
         if not is_grouped(item.module) or item.side == BOTH:
@@ -245,18 +217,13 @@ def _waits_for_placement(group: ChannelGroup, pending: Sequence[ChannelGroup], f
 
 
 def _placement_votes(group: ChannelGroup, removed: Mapping[tuple[str, str], set[int]], keep: Tensor) -> Tensor:
-    """Channels an option-A shortcut fills with a kept input channel: they carry signal, keep them.
-
-    Channels that receive no input (the zero padding) or a removed input do not vote.
-    """
+    """Channels an option-A shortcut fills with a kept input channel carry signal: keep them."""
     votes = torch.zeros_like(keep)
     for item in _placement_items(group, OUT):
         gone = removed.get((item.module_name, IN), set())
         placement = item.module.placement.tolist()
         targets = {int(j) for i, j in enumerate(placement) if j >= 0 and i not in gone}
-        for idx, root in zip(item.idxs, item.root_idxs):
-            if idx in targets:
-                votes[root] = True
+        votes[[root for idx, root in zip(item.idxs, item.root_idxs) if idx in targets]] = True
     return votes
 
 
@@ -292,13 +259,8 @@ def scored_bns(analysis: ModelAnalysis, options: PruneOptions, notes: list[str])
         return prunable
     if not names:
         raise PolarpruneError("no BatchNorm layer is left to score (check bn_include/bn_exclude)")
-    chosen = set()
-    for name in names:
-        if name in prunable:
-            chosen.add(name)
-        else:
-            notes.append(f"{name}: its group cannot be pruned, left whole")
-    return chosen
+    notes += [f"{name}: its group cannot be pruned, left whole" for name in names if name not in prunable]
+    return {name for name in names if name in prunable}
 
 
 def _check_masks(analysis: ModelAnalysis, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -341,11 +303,8 @@ def _per_group_choice(analysis: ModelAnalysis, options: PruneOptions, scored: se
     finite = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in scores.items()}
     ratio: float | dict[str, float] | None = options.ratio
     if isinstance(options.ratio, Mapping):
-        ratio = {}
-        for g in groups:
-            key = next((k for k in [g.name, *g.bn_names] if k in options.ratio), None)
-            if key is not None:
-                ratio[g.name] = float(options.ratio[key])
+        keys = {g.name: next((k for k in [g.name, *g.bn_names] if k in options.ratio), None) for g in groups}
+        ratio = {name: float(options.ratio[key]) for name, key in keys.items() if key is not None}
     result = select_channels(finite, options.strategy, ratio=ratio, min_channels=0, seed=options.seed)
     notes += result.notes
     return {g.name: result.keep[g.name] | ~torch.isfinite(scores[g.name]) for g in groups}, result.thresholds
@@ -353,12 +312,8 @@ def _per_group_choice(analysis: ModelAnalysis, options: PruneOptions, scored: se
 
 def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneOptions | None = None, *,
            quiet: bool = False, **fields: Any) -> Decision:
-    """Resolve a strategy into per-layer removals for the analysed model (see the module docstring).
-
-    Options come as a ``PruneOptions`` and/or keywords (validated into one). ``flops-target``
-    bisects a ``fixed`` threshold on the estimated MACs. ``quiet`` keeps the per-layer
-    warnings of ``grad`` out of the log (trial decisions every epoch); they stay in the notes.
-    """
+    """Resolve a strategy (``PruneOptions`` and/or keywords) into per-layer removals for the analysed model.
+    ``quiet`` keeps ``grad``'s per-layer warnings out of the log (trial decisions every epoch)."""
     opts = parse_options(strategy, options, **fields)
     if opts.strategy == "flops-target":
         return search_threshold(analysis, float(opts.target_macs_reduction), opts, quiet=quiet)  # type: ignore[arg-type]
@@ -446,22 +401,15 @@ def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneO
         if deleted_with_block(bn, gone):
             mask[:] = False  # the whole branch is gone
         bn_keep[bn] = mask
-    decision = Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes)
-    decision.estimated_macs = estimate_macs(analysis, removed, gone)
-    decision.estimated_macs_before = estimate_macs(analysis, {}, ())
-    decision.estimated_params = estimate_params(analysis, removed, removed_blocks)
-    decision.estimated_params_before = estimate_params(analysis, {}, {})
-    return decision
+    return Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes,
+                    estimate_macs(analysis, removed, gone), estimate_macs(analysis, {}, ()),
+                    estimate_params(analysis, removed, removed_blocks), estimate_params(analysis, {}, {}))
 
 
 def search_threshold(analysis: ModelAnalysis, target_reduction: float, options: PruneOptions | None = None, *,
                      tolerance: float = 0.005, iterations: int = 40, quiet: bool = False) -> Decision:
-    """The ``fixed`` decision whose estimated MACs reduction is closest to the target (its
-    threshold in ``decision.threshold``).
-
-    Bisection on the global |gamma| threshold between 0 and the largest scored |gamma|; stops
-    within ``tolerance`` of the target. The reduction grows with the threshold.
-    """
+    """The ``fixed`` decision whose estimated MACs reduction is closest to the target (threshold in
+    ``decision.threshold``): bisection on the global |gamma| threshold, within ``tolerance``."""
     if not 0.0 < float(target_reduction) < 1.0:
         raise PolarpruneError(f"target MACs reduction must be in (0, 1), got {target_reduction}")
     base = (options or PruneOptions()).model_copy(update={"strategy": "fixed"})
@@ -498,17 +446,5 @@ def search_threshold(analysis: ModelAnalysis, target_reduction: float, options: 
     return best
 
 
-__all__ = [
-    "ALL_STRATEGIES",
-    "GROUP_RULES",
-    "BlockInfo",
-    "Decision",
-    "decide",
-    "search_threshold",
-    "scored_bns",
-    "vote",
-    "keep_at_least",
-    "balance_segments",
-    "group_scores",
-    "bn_scores",
-]
+__all__ = ["ALL_STRATEGIES", "GROUP_RULES", "BlockInfo", "Decision", "decide", "search_threshold", "scored_bns",
+           "vote", "keep_at_least", "balance_segments", "group_scores", "bn_scores"]

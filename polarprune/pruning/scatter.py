@@ -1,24 +1,11 @@
 """The paper-accounting residual mode (``residual: scatter``) and the original accounting of MACs.
 
-The polarization code prunes each BN on its own and keeps the residual stream at full width:
-in a CIFAR ResNet basic block, ``bn1``'s kept channels shrink ``conv1``'s outputs and
-``conv2``'s inputs, ``bn2``'s kept channels shrink ``conv2``'s outputs, which are scattered
-back to the block's full width before the shortcut is added (its ``ChannelExpand``). A block
-whose ``bn1`` or ``bn2`` keeps nothing becomes ``relu(shortcut(x))``. Its FLOPs figures count
-this way, so they cannot be compared with polarprune's default, which removes residual
-channels only from a whole coupled group and never scatters (smaller, faster models).
-
-- ``scatter_keep_masks``: the per-BN decision (threshold strategies on ``|gamma|``, or masks),
-  no group vote, no minimum width (an empty BN empties its block, as in the original);
-- ``apply_scatter``: the surgery of that mode, for families that declare a ``scatter_block``
-  (CIFAR ResNets: ``cifar_resnet.ScatterBasicBlock``);
-- ``original_macs``: the MACs the original accounting gives for per-BN keep masks on any
-  fx-traceable model (every layer shrinks only on the sides directly linked to a BN; the
-  branch of a block with an empty BN costs nothing), so a report can show it beside
-  polarprune's own count.
-
-No shift compensation here: the mode reproduces the original, which has none (removed channels
-with gamma = beta = 0 are exact either way).
+The polarization code prunes each BN on its own and keeps the residual stream at full width: in a
+CIFAR ResNet basic block ``bn2``'s kept channels are scattered back to the block's full width before
+the shortcut is added (its ``ChannelExpand``), and a block whose ``bn1`` or ``bn2`` keeps nothing
+becomes ``relu(shortcut(x))``. Its FLOPs figures count this way, so they cannot be compared with
+polarprune's default (residual channels leave only with their whole group, never scattered).
+No shift compensation here: the original has none.
 """
 
 from __future__ import annotations
@@ -93,10 +80,9 @@ def scatter_keep_masks(model: nn.Module, strategy: str = "fixed", *, threshold: 
 
 
 def apply_scatter(model: nn.Module, bn_keep: Mapping[str, Tensor], *, inplace: bool = False) -> tuple[nn.Module, list[str]]:
-    """Prune the original way (see the module docstring): in every residual block each conv-BN pair
-    of the branch loses its BN's removed channels (the next conv its inputs), the last BN's kept
-    channels are scattered back by the family's ``scatter_block``. Returns the pruned model (a copy
-    unless ``inplace``) and the names of the blocks that became their shortcut."""
+    """Prune the original way: each conv-BN pair of a block's branch loses its BN's removed channels, the
+    last BN's kept channels are scattered back by the family's ``scatter_block``. Returns the model (a copy
+    unless ``inplace``) and the blocks that became their shortcut."""
     work = model if inplace else copy.deepcopy(model)
     entry, blocks = _scatter_family(work)
     emptied = []
@@ -142,10 +128,8 @@ def _branch_layers(block: BlockInfo, layer_names: Sequence[str]) -> list[str]:
 
 
 def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, Tensor], links: ConvLinks | None = None) -> int:
-    """Per-image conv+linear MACs of ``model`` pruned by per-BN ``bn_keep`` under the original
-    accounting (layers shrink on their directly linked sides only, the residual stream keeps its
-    width; a residual block whose inner or last BN keeps nothing costs nothing). The layers' MACs
-    come from the pruning analysis (``links``, or one analysis of ``model`` on ``example_inputs``)."""
+    """Per-image conv+linear MACs of ``model`` pruned by per-BN ``bn_keep`` under the original accounting
+    (layers shrink on their directly linked sides only; a block with an empty BN costs nothing)."""
     links = links if links is not None else conv_links(model, analysed_copy(model, example_inputs).layer_shapes())
     kept = {name: int(torch.as_tensor(mask).bool().sum()) for name, mask in bn_keep.items()}
     entry = entry_for(model)
@@ -158,9 +142,8 @@ def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, T
 
 
 def per_bn_choice(model: nn.Module, options: PruneOptions, bn_names: Sequence[str], threshold: float | None = None) -> dict[str, Tensor] | None:
-    """Each BN's own keep mask for ``options`` before any group vote (what the original code
-    decides), or None for ``l1-norm`` (scored per filter). ``threshold`` overrides the options'
-    (``flops-target``: the threshold it found)."""
+    """Each BN's own keep mask for ``options`` before any group vote (the original's decision), None for
+    ``l1-norm``; ``threshold`` overrides the options' (``flops-target``: the one it found)."""
     if options.strategy == "l1-norm":
         return None
     if options.strategy == "mask":
@@ -175,10 +158,8 @@ def per_bn_choice(model: nn.Module, options: PruneOptions, bn_names: Sequence[st
 
 def original_accounting(model: nn.Module, example_inputs: Any, options: PruneOptions, threshold: float | None = None,
                         layers: Mapping[str, LayerShape] | None = None) -> tuple[int | None, str | None]:
-    """``(MACs, None)`` of the original accounting for the per-BN choice of ``options`` on the
-    scored BNs (``bn_names``, default: every BN fed directly by a conv/linear), or
-    ``(None, reason)`` when it cannot be computed (the model is not fx-traceable, ``l1-norm``).
-    ``layers``: the layers' MACs when already measured (``ModelAnalysis.layer_shapes``)."""
+    """``(MACs, None)`` of the original accounting for the per-BN choice of ``options`` (default BNs: those
+    fed directly by a conv/linear), or ``(None, reason)`` when it cannot be computed."""
     try:
         links = conv_links(model, layers if layers is not None else analysed_copy(model, example_inputs).layer_shapes())
     except PolarpruneError as exc:
@@ -192,9 +173,8 @@ def original_accounting(model: nn.Module, example_inputs: Any, options: PruneOpt
 
 def prune_scatter(model: nn.Module, example_inputs: Any, strategy: str | None = None, *, inplace: bool = False,
                   options: PruneOptions | None = None, **fields: Any) -> tuple[nn.Module, PruneReport]:
-    """``prune_model`` for ``residual: scatter``: each BN decides alone, bn2 outputs are scattered
-    back to full width (``apply_scatter``). One report row per pruned BN; the MACs after equal the
-    original accounting; no shift compensation (as the original)."""
+    """``prune_model`` for ``residual: scatter``: each BN decides alone, bn2 outputs are scattered back to
+    full width; one report row per pruned BN."""
     opts = parse_options(strategy, options, **fields)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     start = time.perf_counter()

@@ -1,9 +1,7 @@
 """Threshold strategies: which channels of each layer to keep, from per-channel scores.
 
-Pure functions on tensors (no model needed). ``scores`` maps a layer name to a 1-D tensor of
-nonnegative per-channel importances: ``|gamma|`` of a BatchNorm for the BN strategies, the L1
-norm of each output filter for ``l1-norm``. The result is a keep mask per layer (True = keep),
-the convention of every polarprune module (see docs/architecture.md).
+Pure functions on tensors: ``scores`` maps a layer name to nonnegative per-channel importances
+(``|gamma|``, or filter L1 norms for ``l1-norm``); the result is a keep mask per layer (True = keep).
 
 Strategies (REFERENCE section 3):
 
@@ -55,10 +53,7 @@ class SelectionResult:
 
 
 def histogram_valley(counts: Tensor) -> int | None:
-    """Index ``i+1`` of the first valley of ``counts``: the first ``i`` with ``d[i] <= 0 <= d[i+1]``.
-
-    ``d = diff(counts)``. Returns None when there is no such ``i``.
-    """
+    """Index ``i+1`` of the first ``i`` with ``d[i] <= 0 <= d[i+1]`` (``d = diff(counts)``), None if none."""
     d = torch.diff(counts.to(torch.float64))
     for i in range(d.numel() - 1):
         if d[i] <= 0 <= d[i + 1]:
@@ -66,17 +61,11 @@ def histogram_valley(counts: Tensor) -> int | None:
     return None
 
 
-def grad_threshold(
-    values: Tensor, bins: int = 100, value_range: tuple[float, float] = (0.0, 1.0), warn: bool = True
-) -> tuple[float, str]:
-    """Per-layer threshold at the first valley of the histogram of ``values``.
-
-    Counts over ``bins`` equal bins on ``value_range`` (values outside are ignored); the
-    threshold is the left edge of the valley bin. Returns ``(threshold, "valley")``, or
-    ``(GRAD_FALLBACK_THRESHOLD, "fallback-fixed")`` when the histogram has no valley (strictly
-    monotone counts). Logs a warning (``warn``) when the valley threshold exceeds 0.2, which
-    usually means the layer was not polarized.
-    """
+def grad_threshold(values: Tensor, bins: int = 100, value_range: tuple[float, float] = (0.0, 1.0),
+                   warn: bool = True) -> tuple[float, str]:
+    """``(left edge of the first valley bin, "valley")`` of the histogram of ``values`` on ``value_range``,
+    or ``(GRAD_FALLBACK_THRESHOLD, "fallback-fixed")`` without a valley; a valley above 0.2 (layer not
+    polarized?) is logged when ``warn``."""
     if bins < 3:
         raise PolarpruneError(f"grad strategy: bins must be >= 3, got {bins}")
     low, high = float(value_range[0]), float(value_range[1])
@@ -144,12 +133,8 @@ def _layer_ratio(ratio: float | Mapping[str, float] | None, name: str, strategy:
 
 
 def global_percent_threshold(scores: Mapping[str, Tensor], percent: float) -> tuple[float, dict[str, Tensor]]:
-    """Remove the ``round(percent * total)`` smallest scores over all layers together.
-
-    Returns the global threshold (the largest removed score, or -inf when nothing goes) and
-    the keep masks. Ties at the threshold are broken by layer order then channel index, so the
-    removed count is exact.
-    """
+    """The global threshold (largest removed score, -inf if none) and keep masks removing the
+    ``round(percent * total)`` smallest scores of all layers (ties by layer order then index: exact count)."""
     names = list(scores)
     flat = torch.cat([scores[n] for n in names]) if names else torch.zeros(0)
     num_remove = min(flat.numel(), int(math.floor(percent * flat.numel() + 0.5)))
@@ -208,41 +193,23 @@ def _select_random(values: Mapping[str, Tensor], args: dict[str, Any]) -> Select
     for name, layer in values.items():
         num_remove = count_to_remove(_layer_ratio(args["ratio"], name, "random"), layer.numel())
         order = torch.randperm(layer.numel(), generator=generator)
-        mask = torch.ones(layer.numel(), dtype=torch.bool)
-        mask[order[:num_remove]] = False
-        keep[name] = mask
+        keep[name] = torch.ones(layer.numel(), dtype=torch.bool)
+        keep[name][order[:num_remove]] = False
         thresholds[name] = float("nan")
     return keep, thresholds, []
 
 
 # strategy name -> selection; the names are those of ``options.SCORE_STRATEGIES``
 SELECTORS: dict[str, Callable[[Mapping[str, Tensor], dict[str, Any]], Selection]] = {
-    "grad": _select_grad,
-    "fixed": _select_fixed,
-    "percent": _select_percent,
-    "uniform": _select_smallest,
-    "l1-norm": _select_smallest,
-    "random": _select_random,
-}
+    "grad": _select_grad, "fixed": _select_fixed, "percent": _select_percent, "uniform": _select_smallest,
+    "l1-norm": _select_smallest, "random": _select_random}
 
 
-def select_channels(
-    scores: Mapping[str, Tensor],
-    strategy: str,
-    *,
-    threshold: float = 0.01,
-    percent: float | None = None,
-    ratio: float | Mapping[str, float] | None = None,
-    min_channels: int = 1,
-    seed: int = 0,
-    warn: bool = True,
-) -> SelectionResult:
-    """Keep masks per layer for ``strategy`` (see the module docstring).
-
-    ``ratio`` may be one fraction or a dict layer -> fraction (missing layers: 0, kept whole).
-    ``percent`` is a fraction in [0, 1]. ``seed`` drives ``random`` (one generator over the
-    layers in the order of ``scores``). ``warn``: log ``grad``'s high-valley warnings.
-    """
+def select_channels(scores: Mapping[str, Tensor], strategy: str, *, threshold: float = 0.01, percent: float | None = None,
+                    ratio: float | Mapping[str, float] | None = None, min_channels: int = 1, seed: int = 0,
+                    warn: bool = True) -> SelectionResult:
+    """Keep masks per layer for ``strategy``; ``ratio``: one fraction or layer -> fraction (missing: 0),
+    ``seed``: one generator over the layers in order (``random``), ``warn``: log ``grad``'s high valleys."""
     if strategy not in SELECTORS:
         raise PolarpruneError(f"unknown pruning strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if min_channels < 0:
@@ -258,16 +225,6 @@ def select_channels(
     return SelectionResult(keep=keep, thresholds=thresholds, notes=notes)
 
 
-__all__ = [
-    "STRATEGIES",
-    "GRAD_FALLBACK_THRESHOLD",
-    "SELECTORS",
-    "SelectionResult",
-    "grad_threshold",
-    "histogram_valley",
-    "select_channels",
-    "count_to_remove",
-    "smallest_mask",
-    "enforce_min_channels",
-    "global_percent_threshold",
-]
+__all__ = ["STRATEGIES", "GRAD_FALLBACK_THRESHOLD", "SELECTORS", "SelectionResult", "grad_threshold",
+           "histogram_valley", "select_channels", "count_to_remove", "smallest_mask", "enforce_min_channels",
+           "global_percent_threshold"]

@@ -15,15 +15,8 @@ from torch import Tensor, nn
 
 from ..errors import PolarpruneError
 from .graph import BN_TYPES, BOTH, CONV_TYPES, IN, OUT, deleted_with_block
-from .modules import (
-    ChannelPlacementShortcut,
-    ChannelShift,
-    ShortcutOnlyBlock,
-    prune_placement_inputs,
-    prune_placement_outputs,
-    prune_shift_channels,
-    set_module,
-)
+from .modules import (ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock, prune_placement_inputs, prune_placement_outputs,
+                      prune_shift_channels, set_module)
 from .resolve import BlockInfo, Decision
 
 
@@ -96,9 +89,10 @@ def slice_linear(linear: nn.Linear, out_keep: list[int] | None, in_keep: list[in
     weight = linear.weight
     new = weight
     if out_keep is not None:
-        new = new.index_select(0, torch.as_tensor(out_keep, dtype=torch.long, device=weight.device))
+        index = torch.as_tensor(out_keep, dtype=torch.long, device=weight.device)
+        new = new.index_select(0, index)
         if linear.bias is not None:
-            linear.bias = _parameter(linear.bias, linear.bias.index_select(0, torch.as_tensor(out_keep, dtype=torch.long, device=weight.device)))
+            linear.bias = _parameter(linear.bias, linear.bias.index_select(0, index))
         linear.out_features = len(out_keep)
     if in_keep is not None:
         new = new.index_select(1, torch.as_tensor(in_keep, dtype=torch.long, device=weight.device))
@@ -146,8 +140,7 @@ def replace_block(model: nn.Module, block: BlockInfo, shift: Tensor | None) -> S
 
 
 def set_block_shifts(model: nn.Module, decision: Decision, block_shifts: Mapping[str, Tensor]) -> None:
-    """Give the shortcut-only blocks of a pruned model their branch constants (original
-    channels; the removed residual channels are dropped)."""
+    """Give the shortcut-only blocks of a pruned model their branch constants (given in original channels)."""
     for name, shift in block_shifts.items():
         block = decision.removed_blocks[name]
         gone = decision.removed.get((block.last_bn, BOTH), set())
@@ -176,17 +169,6 @@ def apply_decision(model: nn.Module, decision: Decision, block_shifts: Mapping[s
         slice_module(name, model.get_submodule(name), sides)
 
 
-__all__ = [
-    "apply_decision",
-    "set_block_shifts",
-    "replace_block",
-    "set_module",
-    "slice_module",
-    "slice_conv_in",
-    "slice_conv_out",
-    "slice_depthwise",
-    "slice_batchnorm",
-    "slice_linear",
-    "kept_indices",
-    "grouped_input_selection",
-]
+__all__ = ["apply_decision", "set_block_shifts", "replace_block", "set_module", "slice_module", "slice_conv_in",
+           "slice_conv_out", "slice_depthwise", "slice_batchnorm", "slice_linear", "kept_indices",
+           "grouped_input_selection"]

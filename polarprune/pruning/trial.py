@@ -1,10 +1,8 @@
 """Trial prunes: what ``prune_model`` would remove now, without touching the model.
 
-``TrialAnalysis`` analyses a model once (the same adaptation, dependency analysis and cost
-model as ``prune_model``) and then decides from the model's *current* gammas as often as
-asked (every epoch of a sparsity run: the monitor, the target-MACs stop). The analysed copy
-shares the model's parameters and buffers, so a decision reads the live values and costs no
-copy; only the decision and the analytic cost model run.
+``TrialAnalysis`` analyses a model once (as ``prune_model`` does) and then decides from its *current*
+gammas as often as asked (every epoch of a sparsity run); the analysed copy shares the model's
+parameters and buffers, so a decision reads the live values and costs no copy.
 """
 
 from __future__ import annotations
@@ -29,12 +27,8 @@ def shared_copy(model: nn.Module) -> nn.Module:
 
 
 class TrialAnalysis:
-    """One dependency analysis of ``model``, reused for every trial decision of a run.
-
-    ``defaults`` are ``PruneOptions`` fields used by every decision (e.g. ``bn_names``: the
-    regularized BNs); a call's own options override them. Decisions are cached per
-    (strategy, epoch) when ``epoch`` is given, so several hooks can ask in the same epoch.
-    """
+    """One dependency analysis of ``model``, reused for every trial decision of a run (``defaults``:
+    ``PruneOptions`` fields of every decision); decisions are cached per (strategy, epoch)."""
 
     def __init__(self, model: nn.Module, example_inputs: Any, **defaults: Any) -> None:
         self.defaults = parse_options(**defaults)

@@ -36,8 +36,7 @@ def relaxed_prune(votes: Tensor, voters: int, least: int) -> Tensor:
         raise PolarpruneError(f"a group vote needs at least one voter, got {voters}")
     if (votes < 0).any() or (votes > voters).any():
         raise PolarpruneError(f"prune votes must lie in [0, {voters}], got {votes.tolist()}")
-    prune = votes >= voters
-    for need in range(voters, 0, -1):
+    for need in range(voters, 0, -1):  # voters >= 1: runs at least once
         prune = votes >= need
         if int(prune.sum()) >= least:
             break

@@ -16,31 +16,14 @@ from .masks import load_mask, mask_from_strategy, masksparsity_mask, save_mask, 
 from ..pruning.trial import TrialAnalysis
 from .flops_weighting import original_channel_macs
 from .monitor import GammaMonitorHook
-from .regularizers import (
-    REGULARIZERS,
-    Regularizer,
-    SparsityHook,
-    add_l1_subgradient_,
-    clamp_,
-    flops_weights,
-    l1_penalty,
-    make_regularizer,
-    polarization_penalty,
-    register_regularizer,
-    regularizer_class,
-)
+from .regularizers import (REGULARIZERS, Regularizer, SparsityHook, add_l1_subgradient_, clamp_, flops_weights, l1_penalty,
+                           make_regularizer, polarization_penalty, register_regularizer, regularizer_class)
 from .selection import regularized_bn_names
 
 
 def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> list[TrainHook]:
-    """The hooks that apply ``cfg``'s regularizer (and monitoring) to ``model``.
-
-    ``none`` -> no hook. Otherwise a ``SparsityHook`` around the regularizer registered as
-    ``cfg.regularizer`` and, with ``cfg.monitor``, a ``GammaMonitorHook``. ``example_inputs``
-    (a small batch on the model's device) is used for one-off probes: the prunable groups of
-    unknown models, and one pruning analysis (``TrialAnalysis``) for the per-channel MACs of
-    ``flops_weighted`` and the trial prunes.
-    """
+    """The hooks that apply ``cfg``'s regularizer (and, with ``cfg.monitor``, monitoring) to ``model``; ``none``:
+    no hook. ``example_inputs`` (a small batch) serves one-off probes and the one ``TrialAnalysis`` of the run."""
     kind = regularizer_class(cfg.regularizer)
     if not kind.active:
         return []
@@ -64,25 +47,7 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
     return hooks
 
 
-__all__ = [
-    "build_hooks",
-    "SparsityHook",
-    "Regularizer",
-    "REGULARIZERS",
-    "register_regularizer",
-    "regularizer_class",
-    "make_regularizer",
-    "GammaMonitorHook",
-    "TrialAnalysis",
-    "regularized_bn_names",
-    "l1_penalty",
-    "add_l1_subgradient_",
-    "polarization_penalty",
-    "clamp_",
-    "flops_weights",
-    "load_mask",
-    "save_mask",
-    "uniform_mask",
-    "mask_from_strategy",
-    "masksparsity_mask",
-]
+__all__ = ["build_hooks", "SparsityHook", "Regularizer", "REGULARIZERS", "register_regularizer", "regularizer_class",
+           "make_regularizer", "GammaMonitorHook", "TrialAnalysis", "regularized_bn_names", "l1_penalty",
+           "add_l1_subgradient_", "polarization_penalty", "clamp_", "flops_weights", "load_mask", "save_mask",
+           "uniform_mask", "mask_from_strategy", "masksparsity_mask"]

@@ -57,16 +57,10 @@ def mask_document(masks: Mapping[str, Tensor], model_name: str | None, source: M
     return doc
 
 
-def save_mask(
-    masks: Mapping[str, Tensor],
-    path: str | Path,
-    model_name: str | None,
-    source: Mapping[str, Any] | None = None,
-) -> Path:
+def save_mask(masks: Mapping[str, Tensor], path: str | Path, model_name: str | None,
+              source: Mapping[str, Any] | None = None) -> Path:
     """Write a mask file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    text = json.dumps(mask_document(masks, model_name, source), indent=2) + "\n"
-    return atomic_write_text(path, text)
+    return atomic_write_text(Path(path), json.dumps(mask_document(masks, model_name, source), indent=2) + "\n")
 
 
 def read_mask_document(path: str | Path) -> dict[str, Any]:
@@ -88,12 +82,8 @@ def read_mask_document(path: str | Path) -> dict[str, Any]:
 
 
 def load_mask(path: str | Path, model: nn.Module) -> dict[str, Tensor]:
-    """Read a mask file and check it against ``model``: BN name -> bool keep vector.
-
-    Errors (one line, naming file and layer): not a mask file, a layer the model does not
-    have or that is not a BatchNorm, a mask of the wrong length or with characters other than
-    0/1. A different model name only logs a warning (the widths are what must match).
-    """
+    """Read a mask file and check it against ``model`` (one-line errors naming file and layer): BN name -> bool
+    keep vector. A different model name only logs a warning (the widths are what must match)."""
     path = Path(path)
     doc = read_mask_document(path)
     spec = getattr(model, "polarprune_spec", None)
@@ -115,9 +105,8 @@ def load_mask(path: str | Path, model: nn.Module) -> dict[str, Tensor]:
         except ValueError as exc:
             raise PolarpruneError(f"{path}: mask of layer {name!r}: {exc}") from None
         if mask.numel() != module.num_features:
-            raise PolarpruneError(
-                f"{path}: mask of layer {name!r} has {mask.numel()} entries, the layer has {module.num_features} channels"
-            )
+            raise PolarpruneError(f"{path}: mask of layer {name!r} has {mask.numel()} entries, "
+                                  f"the layer has {module.num_features} channels")
         masks[name] = mask
     return masks
 
@@ -137,10 +126,8 @@ def gamma_magnitudes(model: nn.Module, bn_names: Sequence[str]) -> dict[str, Ten
 
 
 def uniform_mask(model: nn.Module, bn_names: Sequence[str], ratio: float) -> dict[str, Tensor]:
-    """Remove the ``ratio`` fraction of smallest ``|gamma|`` in every layer (round half up), keep >= 1.
-
-    Layers are treated one by one (MaskSparsity's "uniform" mask); coupled BNs are not merged.
-    """
+    """Remove the ``ratio`` fraction of smallest ``|gamma|`` of every layer on its own (MaskSparsity's "uniform"
+    mask: round half up, keep >= 1; coupled BNs are not merged)."""
     from ..pruning.strategies import select_channels
 
     if not 0.0 <= float(ratio) <= 1.0:
@@ -148,22 +135,10 @@ def uniform_mask(model: nn.Module, bn_names: Sequence[str], ratio: float) -> dic
     return select_channels(gamma_magnitudes(model, bn_names), "uniform", ratio=float(ratio), min_channels=1).keep
 
 
-def mask_from_strategy(
-    model: nn.Module,
-    example_inputs: Any,
-    strategy: str,
-    *,
-    bn_names: Sequence[str] | None = None,
-    all_layers: bool = False,
-    **options: Any,
-) -> dict[str, Tensor]:
-    """Keep masks that pruning ``model`` with ``strategy`` would give, per BN.
-
-    Goes through ``polarprune.pruning.plan_pruning``, so BNs coupled by residual additions
-    share one mask (the group votes by ``group_rule``). Only the BNs of ``bn_names`` (when
-    given) are scored; they are the ones returned, unless ``all_layers`` (then every BN of a
-    prunable group is, e.g. a non-voting stem BN that follows its residual group).
-    """
+def mask_from_strategy(model: nn.Module, example_inputs: Any, strategy: str, *, bn_names: Sequence[str] | None = None,
+                       all_layers: bool = False, **options: Any) -> dict[str, Tensor]:
+    """Keep masks per BN that pruning ``model`` with ``strategy`` would give (``plan_pruning``: coupled BNs share
+    one mask). Only ``bn_names`` are scored and returned, unless ``all_layers`` (every BN of a prunable group)."""
     from ..pruning import plan_pruning
 
     plan = plan_pruning(model, example_inputs, strategy=strategy, bn_names=list(bn_names) if bn_names is not None else None, **options)
@@ -172,17 +147,9 @@ def mask_from_strategy(
     return {name: torch.as_tensor(mask).to(torch.bool).cpu() for name, mask in plan.items()}
 
 
-def masksparsity_mask(
-    model: nn.Module,
-    example_inputs: Any,
-    bn_names: Sequence[str] | None = None,
-    threshold: float = MASKSPARSITY_THRESHOLD,
-    **options: Any,
-) -> dict[str, Tensor]:
-    """MaskSparsity's default mask from a global-L1 checkpoint: remove ``|gamma| <= 0.01``.
-
-    At least one channel is kept per layer; coupled BNs share one mask (``mask_from_strategy``).
-    """
+def masksparsity_mask(model: nn.Module, example_inputs: Any, bn_names: Sequence[str] | None = None,
+                      threshold: float = MASKSPARSITY_THRESHOLD, **options: Any) -> dict[str, Tensor]:
+    """MaskSparsity's default mask from a global-L1 checkpoint: remove ``|gamma| <= 0.01``, keep >= 1 per layer."""
     options.setdefault("min_channels", 1)
     return mask_from_strategy(model, example_inputs, "fixed", bn_names=bn_names, threshold=threshold, **options)
 
@@ -192,19 +159,6 @@ def summarize_masks(masks: Mapping[str, Tensor]) -> list[tuple[str, int, int]]:
     return [(name, int(mask.sum()), int(mask.numel())) for name, mask in masks.items()]
 
 
-__all__ = [
-    "MASK_FORMAT",
-    "MASK_VERSION",
-    "MASKSPARSITY_THRESHOLD",
-    "save_mask",
-    "load_mask",
-    "read_mask_document",
-    "mask_document",
-    "mask_to_string",
-    "string_to_mask",
-    "uniform_mask",
-    "mask_from_strategy",
-    "masksparsity_mask",
-    "gamma_magnitudes",
-    "summarize_masks",
-]
+__all__ = ["MASK_FORMAT", "MASK_VERSION", "MASKSPARSITY_THRESHOLD", "save_mask", "load_mask", "read_mask_document",
+           "mask_document", "mask_to_string", "string_to_mask", "uniform_mask", "mask_from_strategy",
+           "masksparsity_mask", "gamma_magnitudes", "summarize_masks"]

@@ -20,38 +20,21 @@ SMALL_GAMMA = 0.01
 
 def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every affine BatchNorm of ``model`` by module name, in definition order."""
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-    }
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
 
 
 def gamma_summary(gammas: Sequence[Tensor], small: float = SMALL_GAMMA) -> dict[str, float]:
     """Fraction of regularized gammas with ``|gamma| < small`` and the overall mean ``|gamma|``."""
     flat = torch.cat([g.detach().reshape(-1).abs().float().cpu() for g in gammas])
-    return {
-        f"gamma_frac_below_{small:g}": float((flat < small).float().mean()),
-        "gamma_mean": float(flat.mean()),
-    }
+    return {f"gamma_frac_below_{small:g}": float((flat < small).float().mean()), "gamma_mean": float(flat.mean())}
 
 
 class GammaMonitorHook(TrainHook):
-    """Every epoch end: trial prunes (grad, fixed) and the distribution of the regularized gammas.
+    """Every epoch end: trial prunes (grad, fixed) and the distribution of the regularized gammas (with a
+    TensorBoard writer also histograms: ``gamma/all`` and ``gamma/<bn name>``)."""
 
-    Metrics: ``trial_macs_ratio_grad``, ``trial_macs_ratio_fixed``, ``trial_params_ratio_grad``,
-    ``gamma_frac_below_0.01``, ``gamma_mean``, ``lambda``. With a TensorBoard writer it also
-    writes histograms of all regularized gammas (``gamma/all``) and of each layer
-    (``gamma/<bn name>``).
-    """
-
-    def __init__(
-        self,
-        bn_names: Sequence[str],
-        trial: TrialAnalysis,
-        current_lambda: Callable[[], float] | None = None,
-        per_layer_histograms: bool = True,
-    ) -> None:
+    def __init__(self, bn_names: Sequence[str], trial: TrialAnalysis, current_lambda: Callable[[], float] | None = None,
+                 per_layer_histograms: bool = True) -> None:
         self.bn_names = list(bn_names)
         self.trial = trial
         self.current_lambda = current_lambda
@@ -61,12 +44,8 @@ class GammaMonitorHook(TrainHook):
         gammas = [model.get_submodule(name).weight for name in self.bn_names]
         macs_grad, params_grad = self.trial.ratios(model, "grad", epoch)
         macs_fixed, _ = self.trial.ratios(model, "fixed", epoch)
-        metrics = {
-            "trial_macs_ratio_grad": macs_grad,
-            "trial_macs_ratio_fixed": macs_fixed,
-            "trial_params_ratio_grad": params_grad,
-            **gamma_summary(gammas),
-        }
+        metrics = {"trial_macs_ratio_grad": macs_grad, "trial_macs_ratio_fixed": macs_fixed,
+                   "trial_params_ratio_grad": params_grad, **gamma_summary(gammas)}
         if self.current_lambda is not None:
             metrics["lambda"] = float(self.current_lambda())
         if writer is not None:

@@ -10,11 +10,8 @@ The math is a handful of pure functions on a list of gamma tensors (one per regu
 - ``clamp_``: gammas back into ``[0, clamp]`` after every optimizer step (polarization).
 - ``flops_weights``: per-layer lambda factors, linearly mapped from the MACs one channel costs.
 
-Each regularizer is a small ``Regularizer`` class registered by name in ``REGULARIZERS``
-(``none``, ``l1``, ``mask-l1``, ``polarization``; ``register_regularizer`` adds one). It says
-which BNs it acts on (``targets``) and what it does at each moment of a training step
-(``penalty``, ``after_backward``, ``after_step``); ``SparsityHook`` calls it at those moments
-(``training.hooks``) and knows nothing of its insides.
+Each regularizer is a ``Regularizer`` class registered by name in ``REGULARIZERS``; ``SparsityHook``
+calls it at the moments of a training step and knows nothing of its insides.
 """
 
 from __future__ import annotations
@@ -35,9 +32,6 @@ from .selection import narrow, regularized_bn_names
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- pure math
-
-
 def _per_layer_factors(gammas: Sequence[Tensor], weights: Sequence[float] | None) -> list[float]:
     if weights is None:
         return [1.0] * len(gammas)
@@ -54,18 +48,10 @@ def l1_penalty(gammas: Sequence[Tensor], lbd: float, weights: Sequence[float] | 
     return lbd * total  # type: ignore[return-value]
 
 
-def l1_scales(
-    gammas: Sequence[Tensor],
-    lbd: float,
-    regularize: Sequence[Tensor | None] | None = None,
-    weights: Sequence[float] | None = None,
-) -> list[Tensor]:
-    """Per-channel factors ``lambda * w_l * regularize_li`` (float32, on each gamma's device).
-
-    ``regularize[l]`` is a bool vector, True where the channel is pushed to 0 (mask-L1: the
-    channels marked for removal), or None for "all channels". Precompute these once: the
-    per-step update is then one fused multiply-add per layer.
-    """
+def l1_scales(gammas: Sequence[Tensor], lbd: float, regularize: Sequence[Tensor | None] | None = None,
+              weights: Sequence[float] | None = None) -> list[Tensor]:
+    """Per-channel factors ``lambda * w_l * regularize_li`` (float32, on each gamma's device); ``regularize[l]``
+    is True where the channel is pushed to 0, None for all. Precomputed once, a step is one fused multiply-add."""
     factors = _per_layer_factors(gammas, weights)
     masks = list(regularize) if regularize is not None else [None] * len(gammas)
     if len(masks) != len(gammas):
@@ -83,10 +69,7 @@ def l1_scales(
 
 @torch.no_grad()
 def add_scaled_sign_(gammas: Sequence[Tensor], scales: Sequence[Tensor]) -> None:
-    """``gamma.grad += scale * sign(gamma)`` for every layer, with multi-tensor (foreach) ops.
-
-    A gamma without a gradient (unused in this step) gets one of zeros first.
-    """
+    """``gamma.grad += scale * sign(gamma)`` for every layer, with foreach ops (a missing grad starts at zeros)."""
     grads = []
     for g in gammas:
         if g.grad is None:
@@ -100,19 +83,10 @@ def add_scaled_sign_(gammas: Sequence[Tensor], scales: Sequence[Tensor]) -> None
             grad.add_((sign.float() * scale).to(grad.dtype))
 
 
-def add_l1_subgradient_(
-    gammas: Sequence[Tensor],
-    lbd: float,
-    regularize: Sequence[Tensor | None] | None = None,
-    weights: Sequence[float] | None = None,
-) -> None:
-    """Add ``lambda * w_l * sign(gamma) * regularize`` to each ``gamma.grad`` in place.
-
-    ``regularize[l]``: bool vector, True = this channel is regularized (mask-L1 gives it to the
-    channels marked for REMOVAL, i.e. the inverse of a keep mask); None = the whole layer.
-    Channels outside the mask get exactly nothing. For repeated calls precompute
-    ``l1_scales`` and use ``add_scaled_sign_``.
-    """
+def add_l1_subgradient_(gammas: Sequence[Tensor], lbd: float, regularize: Sequence[Tensor | None] | None = None,
+                        weights: Sequence[float] | None = None) -> None:
+    """Add ``lambda * w_l * sign(gamma) * regularize`` to each ``gamma.grad`` in place (mask-L1: ``regularize``
+    is the inverse of a keep mask; channels outside it get exactly nothing)."""
     if not gammas:
         return
     add_scaled_sign_(gammas, l1_scales(gammas, lbd, regularize, weights))
@@ -123,27 +97,15 @@ def flat_layer_weights(gammas: Sequence[Tensor], weights: Sequence[float] | None
     if weights is None:
         return None
     factors = _per_layer_factors(gammas, weights)
-    return torch.cat(
-        [torch.full((g.numel(),), w, dtype=torch.float32, device=g.device) for g, w in zip(gammas, factors)]
-    )
+    return torch.cat([torch.full((g.numel(),), w, dtype=torch.float32, device=g.device) for g, w in zip(gammas, factors)])
 
 
-def polarization_penalty(
-    gammas: Sequence[Tensor],
-    lbd: float,
-    t: float,
-    alpha: float = 1.0,
-    detach_mean: bool = False,
-    weights: Sequence[float] | Tensor | None = None,
-) -> Tensor:
-    """``lambda * sum_i w_i * (t*|g_i| - |g_i - alpha*mean(g)|)`` over ALL regularized gammas.
+def polarization_penalty(gammas: Sequence[Tensor], lbd: float, t: float, alpha: float = 1.0, detach_mean: bool = False,
+                         weights: Sequence[float] | Tensor | None = None) -> Tensor:
+    """``lambda * sum_i w_i * (t*|g_i| - |g_i - alpha*mean(g)|)`` over ALL regularized gammas, in fp32.
 
-    ``mean(g)`` is one global mean over the concatenation of every layer's gammas (not per
-    layer), as in the paper: channels are compared network-wide. It is part of the graph
-    unless ``detach_mean`` (the ``pol_grad`` variant). ``weights``: one factor per layer
-    (FLOPs weighting) or a precomputed per-channel vector (``flat_layer_weights``).
-    Computed in fp32 with autocast off, whatever the surrounding precision. The value can be
-    negative: it is not a norm.
+    ``mean(g)`` is one global mean over every layer's gammas, as in the paper (channels compared
+    network-wide); detached with ``detach_mean`` (the ``pol_grad`` variant). It can be negative.
     """
     with torch.autocast(gammas[0].device.type, enabled=False):
         flat = torch.cat([g.reshape(-1).float() for g in gammas])
@@ -169,10 +131,7 @@ def clamp_(gammas: Sequence[Tensor], max_value: float | None) -> None:
 
 
 def linear_map(values: Mapping[str, float], low: float, high: float) -> dict[str, float]:
-    """Map ``values`` linearly onto ``[low, high]`` (min -> low, max -> high).
-
-    When all values are equal there is nothing to rank: every layer gets ``(low + high) / 2``.
-    """
+    """Map ``values`` linearly onto ``[low, high]`` (min -> low, max -> high); all equal: ``(low + high) / 2``."""
     if not values:
         return {}
     v_min, v_max = min(values.values()), max(values.values())
@@ -182,18 +141,11 @@ def linear_map(values: Mapping[str, float], low: float, high: float) -> dict[str
 
 
 def flops_weights(channel_macs: Mapping[str, float], weight_min: float, weight_max: float) -> dict[str, float]:
-    """Per-layer lambda factors: layers whose channels cost more MACs get a larger lambda.
-
-    ``channel_macs[bn]`` is the MACs one channel of that BN's layer costs (producer conv's MACs
-    per output channel plus consumers' MACs per input channel, see
-    ``pruning.TrialAnalysis.channel_macs``), linearly mapped into ``[weight_min, weight_max]``.
-    """
+    """Per-layer lambda factors: the MACs one channel of each BN costs, mapped linearly into
+    ``[weight_min, weight_max]`` (costlier channels get a larger lambda)."""
     if weight_min > weight_max:
         raise ValueError(f"weight_min {weight_min} exceeds weight_max {weight_max}")
     return linear_map(channel_macs, weight_min, weight_max)
-
-
-# ----------------------------------------------------------------------------- the regularizers
 
 
 @dataclass
@@ -216,13 +168,8 @@ def register_regularizer(cls: type["Regularizer"]) -> type["Regularizer"]:
 
 
 class Regularizer:
-    """One sparsity regularizer on the regularized gammas (a list, one tensor per BN).
-
-    ``lbd`` is its strength, ``layer_weights`` one lambda factor per BN (FLOPs weighting;
-    None: all 1), ``clamp`` the upper bound gammas are clamped to after each step (None: no
-    clamp). Subclasses override the moments they act at; cached tensors derived from the
-    gammas are dropped by ``reset`` (the hook calls it when it sees another model).
-    """
+    """One sparsity regularizer on the regularized gammas: strength ``lbd``, ``layer_weights`` (one lambda
+    factor per BN), ``clamp`` (upper bound after each step). Subclasses override the moments they act at."""
 
     name: ClassVar[str] = ""
     method: ClassVar[str | None] = None  # whose paper's BN choice ``targets`` uses
@@ -274,10 +221,7 @@ class NoRegularizer(Regularizer):
 
 @register_regularizer
 class L1(Regularizer):
-    """``l1`` (Network Slimming): ``lambda * w_l * sign(gamma)`` added to the gradient after backward.
-
-    ``regularize``: per BN, True where the channel gets the subgradient (None: every channel).
-    """
+    """``l1`` (Network Slimming): ``lambda * w_l * sign(gamma)`` added to the gradient after backward."""
 
     name = "l1"
     method = "l1"
@@ -334,9 +278,7 @@ class Polarization(Regularizer):
     def __init__(self, lbd: float = 0.0, layer_weights: Sequence[float] | None = None, clamp: float | None = 1.0,
                  t: float = 1.0, alpha: float = 1.0, detach_mean: bool = False) -> None:
         super().__init__(lbd, layer_weights, clamp)
-        self.t = float(t)
-        self.alpha = float(alpha)
-        self.detach_mean = bool(detach_mean)
+        self.t, self.alpha, self.detach_mean = float(t), float(alpha), bool(detach_mean)
         self._flat_weights: Tensor | None = None
 
     @classmethod
@@ -371,19 +313,12 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
         raise PolarpruneError(f"regularizer {name!r}: {exc}") from None
 
 
-# ----------------------------------------------------------------------------- the hook
-
-
 class SparsityHook(TrainHook):
     """Applies one ``Regularizer`` to the named BN gammas at its moments of a training step.
 
-    ``loss_term`` -> ``regularizer.penalty``, ``after_backward`` (gradients all-reduced and
-    unscaled there) and ``after_step`` -> the regularizer's. With ``target_macs_ratio`` a trial
-    prune (``grad`` strategy) runs at every epoch end; once it leaves at most that fraction of
-    the MACs, lambda is 0 for the rest of the run; with ``freeze_on_target`` the regularized
-    gammas also get no more updates (the original freezes its sparse scaling factors).
-    ``clamp_all``: the regularizer's clamp acts on every BN's gamma (the original), not only on
-    the regularized ones. ``state_dict`` keeps the decision across a resume.
+    With ``target_macs_ratio`` a ``grad`` trial prune runs at every epoch end; once it leaves at most that
+    fraction of the MACs, lambda is 0 for the rest of the run, and with ``freeze_on_target`` the regularized
+    gammas get no more updates (the original freezes them). ``clamp_all``: clamp every BN's gamma (the original).
     """
 
     def __init__(self, regularizer: Regularizer, bn_names: Sequence[str], *, target_macs_ratio: float | None = None,
@@ -423,8 +358,6 @@ class SparsityHook(TrainHook):
             self.regularizer.reset()
         return self._gammas
 
-    # -- TrainHook
-
     def loss_term(self, model: nn.Module) -> Tensor | None:
         return self.regularizer.penalty(self.gammas(model))
 
@@ -455,10 +388,8 @@ class SparsityHook(TrainHook):
                 self.set_lambda(0.0)
                 self.target_reached = True
                 self.reached_epoch = epoch
-                log.warning(
-                    "sparsity: trial prune (grad) leaves %.3f of the MACs <= target %.3f after epoch %d; "
-                    "lambda set to 0 for the rest of training", ratio, self.target_macs_ratio, epoch + 1,
-                )
+                log.warning("sparsity: trial prune (grad) leaves %.3f of the MACs <= target %.3f after epoch %d; "
+                            "lambda set to 0 for the rest of training", ratio, self.target_macs_ratio, epoch + 1)
         metrics["lambda"] = self.lbd
         metrics["sparsity_target_reached"] = float(self.target_reached)
         return metrics
@@ -466,8 +397,6 @@ class SparsityHook(TrainHook):
     def set_lambda(self, value: float) -> None:
         """Change the regularizer's strength."""
         self.regularizer.set_lambda(value)
-
-    # -- resume
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint: the current lambda and whether the MACs target was met."""
@@ -480,25 +409,7 @@ class SparsityHook(TrainHook):
         self.reached_epoch = int(reached) if reached is not None else None
 
 
-__all__ = [
-    "l1_penalty",
-    "l1_scales",
-    "add_scaled_sign_",
-    "add_l1_subgradient_",
-    "polarization_penalty",
-    "flat_layer_weights",
-    "clamp_",
-    "linear_map",
-    "flops_weights",
-    "Targets",
-    "Regularizer",
-    "NoRegularizer",
-    "L1",
-    "MaskL1",
-    "Polarization",
-    "REGULARIZERS",
-    "register_regularizer",
-    "regularizer_class",
-    "make_regularizer",
-    "SparsityHook",
-]
+__all__ = ["l1_penalty", "l1_scales", "add_scaled_sign_", "add_l1_subgradient_", "polarization_penalty",
+           "flat_layer_weights", "clamp_", "linear_map", "flops_weights", "Targets", "Regularizer", "NoRegularizer",
+           "L1", "MaskL1", "Polarization", "REGULARIZERS", "register_regularizer", "regularizer_class",
+           "make_regularizer", "SparsityHook"]

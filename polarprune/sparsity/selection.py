@@ -25,19 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def default_bn_names(model: nn.Module, example_inputs: Any | None = None, method: str | None = None) -> list[str]:
-    """The papers' choice of regularized BNs for ``model`` and ``method`` (None: the family default).
-
-    Asks the model's entry; a model no entry knows gets the dependency-graph default.
-    """
+    """The papers' choice of regularized BNs for ``model`` and ``method`` (the model's entry), else the
+    dependency-graph default."""
     entry = entry_for(model)
     chosen = entry.regularized_bns(model, method) if entry is not None else None
     if chosen is not None:
         return chosen
     if example_inputs is None:
-        raise PolarpruneError(
-            f"model {type(model).__name__}: no default list of regularized BNs; "
-            "give example inputs (to find the prunable groups) or sparsity.include patterns"
-        )
+        raise PolarpruneError(f"model {type(model).__name__}: no default list of regularized BNs; "
+                              "give example inputs (to find the prunable groups) or sparsity.include patterns")
     from ..pruning import prunable_bn_names
 
     return list(prunable_bn_names(model, example_inputs))
@@ -48,34 +44,18 @@ def match_patterns(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def regularized_bn_names(
-    model: nn.Module,
-    example_inputs: Any | None = None,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    *,
-    option: str = "sparsity",
-    method: str | None = None,
-) -> list[str]:
-    """BN module names whose gammas the regularizer acts on, in definition order.
-
-    ``include`` patterns replace the default choice (each must match some BN, or the call
-    fails naming it); ``exclude`` patterns remove names. Raises ``PolarpruneError`` when
-    nothing is left. ``option`` names the options in messages (``sparsity`` ->
-    ``sparsity.include``; ``--bn`` -> ``--bn-include``).
-    """
+def regularized_bn_names(model: nn.Module, example_inputs: Any | None = None, include: Sequence[str] = (),
+                         exclude: Sequence[str] = (), *, option: str = "sparsity", method: str | None = None) -> list[str]:
+    """BN module names whose gammas the regularizer acts on, in definition order: ``include`` patterns replace
+    the default choice, ``exclude`` patterns remove names; ``option`` names the options in messages."""
     base = all_bn_names(model) if include else default_bn_names(model, example_inputs, method)
     return narrow(base, include, exclude, where=f"BatchNorm layer of {type(model).__name__}", option=option)
 
 
-def narrow(
-    names: Sequence[str], include: Sequence[str], exclude: Sequence[str], *, where: str, option: str = "sparsity"
-) -> list[str]:
-    """``names`` matching ``include`` (all when empty; each pattern must match one) minus ``exclude``.
-
-    ``where`` describes the names in messages (``"layer of mask file m.json"``); an exclude
-    pattern matching nothing only logs a warning; nothing left is a one-line error.
-    """
+def narrow(names: Sequence[str], include: Sequence[str], exclude: Sequence[str], *, where: str,
+           option: str = "sparsity") -> list[str]:
+    """``names`` matching ``include`` (all when empty; each pattern must match one) minus ``exclude`` (one
+    matching nothing only logs a warning); ``where`` describes the names in messages."""
     sep = "-" if option.startswith("--") else "."
     for pattern in include:
         if not match_patterns(names, [pattern]):

@@ -1,12 +1,5 @@
 """Knowledge distillation (Hinton et al., 2015): the student also matches the teacher's
-temperature-softened class probabilities.
-
-``distillation_kl`` is the soft-target term, ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``
-averaged over the batch (the ``T^2`` keeps its gradient scale independent of ``T``);
-``distillation_loss`` mixes it with the task loss: ``alpha * soft + (1 - alpha) * task``.
-Both are pure functions of tensors. ``DistillationLoss`` is the training criterion built on them:
-it runs the teacher (eval mode, no gradients, never wrapped in DDP: each rank distils its own
-batch) on the student's inputs.
+temperature-softened class probabilities. The teacher is never wrapped in DDP: each rank distils its own batch.
 """
 
 from __future__ import annotations
@@ -17,10 +10,8 @@ from torch import nn
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2`` times the batch mean of ``KL(p_teacher || p_student)`` on logits divided by ``T``.
-
-    Computed in float32 (or wider) whatever the logits' dtype; the teacher's logits carry no gradient.
-    """
+    """``T^2`` (keeps the gradient scale independent of ``T``) times the batch mean of
+    ``KL(p_teacher || p_student)`` on logits divided by ``T``, in float32 or wider."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
@@ -34,14 +25,8 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return kl * (temperature * temperature)
 
 
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    task_loss: torch.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, task_loss: torch.Tensor, *,
+                      temperature: float, alpha: float) -> torch.Tensor:
     """``alpha * distillation_kl + (1 - alpha) * task_loss`` (``alpha`` in [0, 1])."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -50,12 +35,8 @@ def distillation_loss(
 
 
 class DistillationLoss(nn.Module):
-    """Criterion ``(logits, labels, inputs) -> loss``: ``distillation_loss`` against the teacher's
-    logits on the same inputs, with ``task`` (e.g. cross-entropy) as the task loss.
-
-    ``uses_inputs`` tells the training step to pass the inputs. The teacher stays in eval mode
-    (``train()`` on this module does not change it) and its parameters require no gradient.
-    """
+    """Criterion ``(logits, labels, inputs) -> loss``: ``distillation_loss`` against the teacher's logits
+    on the same inputs (``uses_inputs``); the teacher stays in eval mode and frozen."""
 
     uses_inputs = True
 
@@ -76,6 +57,5 @@ class DistillationLoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
-        return distillation_loss(
-            logits, teacher_logits, self.task(logits, labels), temperature=self.temperature, alpha=self.alpha
-        )
+        return distillation_loss(logits, teacher_logits, self.task(logits, labels), temperature=self.temperature,
+                                 alpha=self.alpha)

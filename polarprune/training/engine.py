@@ -1,16 +1,8 @@
-"""The training engine: one plain loop with extension points, checkpoints and exact resume.
-
-``Trainer`` receives built objects (model, loaders, optimizer, LR schedule, hooks, device, output
-folder), trains, evaluates every ``eval_every`` epochs, logs metrics (``metrics.jsonl`` and
-TensorBoard), writes ``last.pt`` every epoch and ``best.pt`` on improvement, and resumes from
-``last.pt`` when the output folder already holds one. Building those objects from a
-``TrainConfig`` is ``polarprune.workflows.train``'s job. Regularizers and other extensions act
-through ``TrainHook`` (see ``hooks.py``).
-"""
+"""The training engine: one plain loop with extension points (``TrainHook``), checkpoints (``last.pt``
+every epoch, ``best.pt`` on improvement), exact resume, ``metrics.jsonl`` and TensorBoard logs."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -24,7 +16,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json_lines
 from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, read_checkpoint
 from .checkpoint import atomic_torch_save
 from .guard import DivergenceError, DivergenceGuard, all_finite
@@ -85,14 +77,8 @@ def loader_world_size(loader: Iterable) -> int:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device,
-    *,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean loss, summed over all ranks when the loader is sharded."""
     was_training = model.training
     model.eval()
@@ -131,26 +117,12 @@ class StepResult(NamedTuple):
     applied: bool = True
 
 
-def optimisation_step(
-    model: nn.Module,
-    train_model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    hooks: list[TrainHook],
-    amp_dtype: torch.dtype | None = None,
-    guard: DivergenceGuard | None = None,
-) -> StepResult:
-    """One step: forward (``train_model``, e.g. the DDP wrapper), loss + hook terms, backward,
-    unscale, ``after_backward`` hooks, optimizer step, ``after_step`` hooks. Hooks get ``model``.
-
-    A criterion with ``uses_inputs`` (distillation) also gets the images. With a ``guard``, a
-    non-finite loss (on any rank) or gradient skips the update and undoes the forward's buffer
-    updates; the guard raises once more steps went bad than it allows.
-    """
+def optimisation_step(model: nn.Module, train_model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                      criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      hooks: list[TrainHook], amp_dtype: torch.dtype | None = None,
+                      guard: DivergenceGuard | None = None) -> StepResult:
+    """One step: forward through ``train_model`` (e.g. the DDP wrapper), loss + hook terms, backward, step;
+    hooks get ``model``. With a ``guard``, a non-finite loss (any rank) or gradient skips the update."""
     if guard is not None:
         guard.before_forward(model)
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -181,38 +153,16 @@ def optimisation_step(
 
 
 class Trainer:
-    """One training run over built objects; ``fit()`` trains the remaining epochs.
+    """One training run over built objects; ``fit()`` trains the remaining epochs. ``lr_schedule`` maps a
+    fractional epoch to the LR, set every step, so resuming needs no scheduler state."""
 
-    ``model`` is the plain (unwrapped) model with its ``polarprune_spec``; under an initialised
-    process group it is wrapped in DDP (with synchronised BN when ``sync_bn``). ``lr_schedule``
-    maps a fractional epoch to the learning rate (set every step, so resuming needs no scheduler
-    state). ``run_config`` is plain data stored in the checkpoints to say how the run was made.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        train_loader: Any,
-        eval_loader: Iterable,
-        optimizer: torch.optim.Optimizer,
-        *,
-        epochs: int,
-        lr_schedule: Callable[[float], float],
-        out_dir: str | Path,
-        hooks: Sequence[TrainHook] = (),
-        device: torch.device | str = "cpu",
-        criterion: nn.Module | None = None,
-        amp_dtype: torch.dtype | None = None,
-        channels_last: bool = False,
-        sync_bn: bool = False,
-        eval_every: int = 1,
-        max_steps_per_epoch: int | None = None,
-        progress: bool = False,
-        run_config: dict[str, Any] | None = None,
-        resume: bool = True,
-        max_bad_steps: int = 0,
-        name: str | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, train_loader: Any, eval_loader: Iterable, optimizer: torch.optim.Optimizer, *,
+                 epochs: int, lr_schedule: Callable[[float], float], out_dir: str | Path, hooks: Sequence[TrainHook] = (),
+                 device: torch.device | str = "cpu", criterion: nn.Module | None = None,
+                 amp_dtype: torch.dtype | None = None, channels_last: bool = False, sync_bn: bool = False,
+                 eval_every: int = 1, max_steps_per_epoch: int | None = None, progress: bool = False,
+                 run_config: dict[str, Any] | None = None, resume: bool = True, max_bad_steps: int = 0,
+                 name: str | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.spec = model_spec(self.model)
@@ -229,9 +179,8 @@ class Trainer:
         self.hooks = list(hooks)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=amp_dtype == torch.float16 and self.device.type == "cuda"
-        )
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=amp_dtype == torch.float16 and self.device.type == "cuda")
         self.eval_every = int(eval_every)
         self.max_steps_per_epoch = max_steps_per_epoch
         self.progress = progress
@@ -257,9 +206,6 @@ class Trainer:
 
     # -- checkpoints
 
-    def _hook_states(self) -> dict[str, Any]:
-        return {type(h).__name__: h.state_dict() for h in self.hooks if hasattr(h, "state_dict")}
-
     def _checkpoint(self, epoch: int, *, full: bool) -> dict[str, Any]:
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
@@ -280,7 +226,7 @@ class Trainer:
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 },
-                hooks=self._hook_states(),
+                hooks={type(h).__name__: h.state_dict() for h in self.hooks if hasattr(h, "state_dict")},
                 guard=self.guard.state_dict(),
             )
         return state
@@ -288,10 +234,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         ckpt = read_checkpoint(path)
         if ckpt.get("spec") != self.spec:
-            raise PolarpruneError(
-                f"{path}: the checkpoint's architecture differs from this run's model; "
-                "use another out folder or delete the checkpoint"
-            )
+            raise PolarpruneError(f"{path}: the checkpoint's architecture differs from this run's model; "
+                                  "use another out folder or delete the checkpoint")
         load_state_strict(self.model, ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -315,7 +259,7 @@ class Trainer:
             atomic_torch_save(self._checkpoint(epoch, full=True), self.out_dir / "last.pt")
             if improved:
                 atomic_torch_save(self._checkpoint(epoch, full=False), self.out_dir / "best.pt")
-            atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+            atomic_write_json_lines(self.out_dir / "metrics.jsonl", self.history)
         dist.barrier()
 
     # -- training
@@ -335,7 +279,14 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.guard.epoch, self.guard.step = epoch + 1, i + 1
-            loss, logits, labels, applied = self._step(images, labels)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss, logits, applied = optimisation_step(
+                self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
+                scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype, guard=self.guard,
+            )
             self.global_step += 1
             if not applied:  # skipped by the divergence guard: not part of the epoch's numbers
                 continue
@@ -349,35 +300,15 @@ class Trainer:
                 if i % 10 == 0 or i == steps - 1:
                     done = max(sums[2].item(), 1.0)
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(
-                        loss=f"{sums[0].item() / done:.3f}",
-                        acc=f"{100 * sums[1].item() / done:.1f}",
-                        img_s=f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}",
-                        lr=f"{lr:.4g}",
-                    )
+                    bar.set_postfix(loss=f"{sums[0].item() / done:.3f}", acc=f"{100 * sums[1].item() / done:.1f}",
+                                    img_s=f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}", lr=f"{lr:.4g}")
         elapsed = time.perf_counter() - start
         if bar is not None:
             bar.close()
         dist.all_reduce_sum(sums)
         count = max(sums[2].item(), 1.0)
-        return {
-            "train_loss": sums[0].item() / count,
-            "train_top1": 100.0 * sums[1].item() / count,
-            "images_per_s": count / max(elapsed, 1e-9),
-            "lr": self.lr_schedule(float(epoch)),
-        }
-
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """Move a batch to the device and take one optimisation step with the hooks and the guard."""
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        result = optimisation_step(
-            self.model, self.train_model, images, labels, criterion=self.criterion, optimizer=self.optimizer,
-            scaler=self.scaler, hooks=self.hooks, amp_dtype=self.amp_dtype, guard=self.guard,
-        )
-        return result.loss, result.logits, labels, result.applied
+        return {"train_loss": sums[0].item() / count, "train_top1": 100.0 * sums[1].item() / count,
+                "images_per_s": count / max(elapsed, 1e-9), "lr": self.lr_schedule(float(epoch))}
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Refuse to checkpoint a model whose weights stopped being finite (e.g. a huge learning
@@ -431,29 +362,19 @@ class Trainer:
             raise
         finally:
             writer.close()
-        top1 = final.get("eval_top1")
-        top5 = final.get("eval_top5")
+        top1, top5 = final.get("eval_top1"), final.get("eval_top5")
         if top1 is None:  # nothing trained (epochs=0): evaluate what we have
             metrics = evaluate(self.model, self.eval_loader, self.device)
             top1, top5 = metrics["top1"], metrics["top5"]
-        return TrainResult(
-            model=self.model,
-            out_dir=self.out_dir,
-            final_top1=float(top1),
-            best_top1=max(self.best_top1, float(top1)),
-            final_top5=float(top5),
-            history=self.history,
-            resumed_from_epoch=self.start_epoch,
-        )
+        return TrainResult(model=self.model, out_dir=self.out_dir, final_top1=float(top1),
+                           best_top1=max(self.best_top1, float(top1)), final_top5=float(top5), history=self.history,
+                           resumed_from_epoch=self.start_epoch)
 
 
 def _epoch_line(row: dict[str, Any], total: int) -> str:
     parts = [f"epoch {row['epoch']}/{total}", f"loss {row['train_loss']:.4f}", f"train {row['train_top1']:.2f}%"]
     if "eval_top1" in row:
         parts.append(f"top1 {row['eval_top1']:.2f}%")
-    parts.append(f"lr {row['lr']:.4g}")
-    parts.append(f"{row['images_per_s']:.0f} img/s")
-    for key in ("trial_macs_ratio_grad", "gamma_frac_below_0.01"):
-        if key in row:
-            parts.append(f"{key} {row[key]:.3f}")
+    parts += [f"lr {row['lr']:.4g}", f"{row['images_per_s']:.0f} img/s"]
+    parts += [f"{key} {row[key]:.3f}" for key in ("trial_macs_ratio_grad", "gamma_frac_below_0.01") if key in row]
     return " | ".join(parts)

@@ -1,19 +1,8 @@
-"""The divergence guard: a step whose loss (or gradient, after unscaling) is not finite is
-skipped, and training stops with one line once more than ``max_bad_steps`` such steps happened.
+"""The divergence guard: a step whose loss (or unscaled gradient) is not finite is skipped, and
+training stops with one line after more than ``max_bad_steps`` of them, before a NaN checkpoint is written.
 
-Without it a diverged run trains on at loss ``nan`` and writes checkpoints full of NaNs that a
-pipeline would go on to prune. The guard decides before anything is written, so the last
-complete checkpoint stays as it was and the run can resume from it.
-
-- The loss check is agreed over ranks (a NaN on one rank skips the step on all of them, so
-  DDP's collectives stay in step); gradients are already identical on every rank after DDP's
-  all-reduce, so their check needs no communication.
-- Under fp16 the grad scaler skips overflow steps itself and lowers its scale; those steps
-  are its business and are not counted (only a non-finite *loss* counts there).
-- A skipped step must not leave traces: the forward pass in training mode already updated
-  BatchNorm's running statistics with the bad batch, so the guard snapshots the floating-point
-  buffers before the forward and restores them when the step is skipped (only when skipping
-  is allowed at all, ``max_bad_steps > 0``; otherwise the run stops anyway).
+The loss check is agreed over ranks so DDP's collectives stay in step; fp16 overflow steps are the
+grad scaler's business and not counted; a skipped step's BN running-statistics updates are undone.
 """
 
 from __future__ import annotations
@@ -49,17 +38,10 @@ def finite_on_every_rank(value: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
-def gradients(model: nn.Module) -> list[torch.Tensor]:
-    return [p.grad for p in model.parameters() if p.grad is not None]
-
-
 @dataclass
 class DivergenceGuard:
-    """Counts bad steps of one run and raises ``DivergenceError`` past ``max_bad_steps``.
-
-    ``where`` names the run in the error (the stage, e.g. ``sparsity``); the caller sets
-    ``epoch`` and ``step`` (1-based, within the epoch) before each step.
-    """
+    """Counts bad steps of one run and raises ``DivergenceError`` past ``max_bad_steps``; ``where`` names
+    the run in the error, the caller sets ``epoch`` and ``step`` (1-based) before each step."""
 
     where: str
     max_bad_steps: int = 0
@@ -82,9 +64,8 @@ class DivergenceGuard:
         return False
 
     def gradients_ok(self, model: nn.Module, scaler_enabled: bool) -> bool:
-        """Check the (unscaled, all-reduced) gradients; with an enabled fp16 grad scaler the
-        scaler skips overflow steps itself, so they are not counted here."""
-        if scaler_enabled or all_finite(gradients(model)):
+        """Check the (unscaled, all-reduced) gradients; an enabled fp16 scaler skips overflow steps itself."""
+        if scaler_enabled or all_finite(p.grad for p in model.parameters()):
             return True
         self._bad("a gradient is not finite")
         return False

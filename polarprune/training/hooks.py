@@ -1,16 +1,7 @@
-"""The training engine's extension points.
+"""The training engine's extension points: the moments where sparsity regularizers act.
 
-A hook sees the model at the moments where sparsity regularizers act:
-
-- ``loss_term(model)`` -> a tensor added to the task loss before ``backward()`` (polarization);
-- ``after_backward(model)`` -> gradients are complete, all-reduced under DDP and *unscaled*
-  under AMP; add subgradients here (L1, mask-L1);
-- ``after_step(model)`` -> the optimizer has stepped (clamp gammas here);
-- ``on_epoch_end(model, epoch)`` -> a dict of scalar metrics to log (and optionally
-  histograms via ``tensorboard``), called on every rank; only rank 0 writes.
-
-The engine passes the *unwrapped* model (never the DDP wrapper). Hooks must not assume
-anything about the training loop beyond this protocol.
+The engine passes the *unwrapped* model (never the DDP wrapper); ``on_epoch_end`` runs on every
+rank, only rank 0 writes. Hooks must not assume anything about the loop beyond this protocol.
 """
 
 from __future__ import annotations
@@ -32,10 +23,10 @@ class TrainHook:
         return None
 
     def after_backward(self, model: nn.Module) -> None:
-        """Gradients are final (all-reduced, unscaled); modify ``.grad`` in place."""
+        """Gradients are final (all-reduced, unscaled); modify ``.grad`` in place (L1, mask-L1)."""
 
     def after_step(self, model: nn.Module) -> None:
-        """Parameters were updated by the optimizer."""
+        """Parameters were updated by the optimizer (clamp gammas here)."""
 
     def on_epoch_end(self, model: nn.Module, epoch: int, writer: Any | None = None) -> dict[str, float]:
         """Metrics of this epoch (scalars). ``writer`` is a TensorBoard SummaryWriter on rank 0."""

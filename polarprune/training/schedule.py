@@ -1,8 +1,5 @@
-"""Learning-rate schedules as a pure function of the (fractional) epoch.
-
-The LR is recomputed every step from the step counter, so a resumed run needs no scheduler
-state beyond the step count, and warm-up is smooth within an epoch.
-"""
+"""Learning-rate schedules as a pure function of the (fractional) epoch, recomputed every step:
+a resumed run needs no scheduler state, and warm-up is smooth within an epoch."""
 
 from __future__ import annotations
 
@@ -22,11 +19,7 @@ def milestone_factor(cfg: ScheduleConfig, epoch: int, total_epochs: int) -> floa
     """Product of the decay factors of every milestone reached by integer ``epoch``."""
     milestones = resolve_milestones(cfg, total_epochs)
     gammas = cfg.gammas if isinstance(cfg.gammas, list) else [cfg.gammas] * len(milestones)
-    factor = 1.0
-    for milestone, gamma in zip(milestones, gammas):
-        if epoch >= milestone:
-            factor *= gamma
-    return factor
+    return math.prod((gamma for milestone, gamma in zip(milestones, gammas) if epoch >= milestone), start=1.0)
 
 
 def lr_at(cfg: ScheduleConfig, base_lr: float, epoch: float, total_epochs: int) -> float:

@@ -1,10 +1,5 @@
-"""The composition root: what turns configs and recipes into built objects and runs them.
-
-``train`` builds one training run (data, model, hooks, optimizer, ``Trainer``) from a
-``TrainConfig``; ``recipe`` is the schema and loading of recipes; ``stages`` what each stage
-does; ``pipeline`` runs a recipe's stages resumably; ``summary`` reports a finished run.
-Nothing below this package imports it.
-"""
+"""The composition root: what turns configs and recipes into built objects and runs them
+(``train``, ``recipe``, ``stages``, ``pipeline``, ``summary``). Nothing below this package imports it."""
 
 from .pipeline import Pipeline
 from .recipe import Recipe, load_recipe

@@ -1,13 +1,8 @@
-"""The pipeline: a recipe's stages run in order, each in its own folder, resumable.
-
-A stage is complete when its folder holds ``done.json`` (written atomically last, by
-``write_done``); complete stages are skipped, an interrupted training stage resumes from its
-``last.pt``.
-"""
+"""The pipeline: a recipe's stages run in order, each in its own folder; a stage whose ``done.json``
+(written atomically, last) exists is skipped, an interrupted training stage resumes from its ``last.pt``."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,29 +10,18 @@ from typing import Any
 import yaml
 
 from .. import distributed as dist
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, read_json
 from .recipe import Recipe
-from .stages import STAGES, StageContext, StageRecord, write_json_atomic
+from .stages import STAGES, StageContext, StageRecord, json_default
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-def read_done(stage_dir: Path) -> dict[str, Any] | None:
-    """The payload of a complete stage, None when it has not completed."""
-    path = stage_dir / "done.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
 def write_done(stage_dir: Path, payload: dict[str, Any]) -> None:
     """Mark a stage complete (rank 0 writes; every rank waits for it)."""
     if dist.is_main():
-        write_json_atomic(stage_dir / "done.json", payload)
+        atomic_write_json(stage_dir / "done.json", payload, default=json_default)
     dist.barrier()
 
 
@@ -51,7 +35,7 @@ class Pipeline(StageContext):
             atomic_write_text(self.run_dir / "recipe.yaml", _recipe_yaml(self.recipe))
         for stage in self.recipe.present_stages():
             stage_dir = self.run_dir / stage
-            done = read_done(stage_dir)
+            done = read_json(stage_dir / "done.json")
             if done is not None:
                 log.info("[%s] complete, skipped", stage)
                 self.records[stage] = StageRecord(stage, done)

@@ -1,17 +1,11 @@
 """Progressive pruning: reach a MACs target in ``steps`` rounds of prune-a-share, fine-tune.
 
-Round ``k`` of ``K`` aims at ``macs_0 * (1 - target_macs_reduction) ** (k / K)`` MACs: the same
-share of the remaining MACs goes every round, and every aim is taken against the original
-count, so rounding errors do not add up over the rounds. Any strategy with a knob works:
-``flops-target`` is given the round's reduction directly; ``percent``, ``fixed``, ``uniform``,
-``l1-norm`` and ``random`` get the value of their option (percent, threshold, ratio) found by
-bisection on trial decisions (``TrialAnalysis``: one analysis, no copy of the model per trial).
+Round ``k`` of ``K`` aims at ``macs_0 * (1 - target_macs_reduction) ** (k / K)`` MACs, always against
+the original count so rounding errors do not add up. ``flops-target`` gets the round's reduction;
+the other strategies' knob (``PROGRESSIVE_KNOBS``) is found by bisection on ``TrialAnalysis`` decisions.
 
-Every round lives in ``<stage>/step-<k>/``: ``pruned.safetensors`` and ``prune.json`` once the
-round's pruning is done, the fine-tuning's checkpoints next to them, ``done.json`` when the
-round is complete. A rerun skips complete rounds, reuses a round's pruned model and resumes
-its fine-tuning from ``last.pt``, so a run killed at any point ends with the same weights as
-an uninterrupted one. The stage's ``metrics.jsonl`` strings the rounds' epochs together.
+Round ``k`` lives in ``<stage>/step-<k>/`` (``prune.json``, ``pruned.safetensors``, the fine-tuning,
+``done.json``); a rerun skips complete rounds and resumes the others, ending with the same weights.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_json_lines, read_json
 from ..flops import count_model
 from ..pruning import TrialAnalysis, prune_model
 from ..pruning.options import PruneOptions
@@ -59,9 +53,8 @@ def step_targets(macs_before: float, reduction: float, steps: int) -> list[float
     return [macs_before * (1.0 - reduction) ** (k / steps) for k in range(1, steps + 1)]
 
 
-def aimed_options(
-    analysis: TrialAnalysis, model: nn.Module, options: PruneOptions, wanted_ratio: float
-) -> tuple[PruneOptions, float]:
+def aimed_options(analysis: TrialAnalysis, model: nn.Module, options: PruneOptions,
+                  wanted_ratio: float) -> tuple[PruneOptions, float]:
     """``options`` with the strategy's knob set so that pruning ``model`` leaves MACs as close
     as possible to ``wanted_ratio`` of its current MACs; returns them and the ratio they give."""
     knob = PROGRESSIVE_KNOBS.get(options.strategy)
@@ -91,25 +84,12 @@ def aimed_options(
                 high = middle
             else:
                 low = middle
-    candidates = [(abs(ratio_at(v) - wanted_ratio), v) for v in (low, high)]
-    best = min(candidates)[1]
+    best = min((abs(ratio_at(v) - wanted_ratio), v) for v in (low, high))[1]
     return options.model_copy(update={knob: best}), ratio_at(best)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
-def _prune_round(
-    ctx: StageContext, model: nn.Module, options: PruneOptions, target_macs: float, step_dir: Path
-) -> dict[str, Any]:
+def _prune_round(ctx: StageContext, model: nn.Module, options: PruneOptions, target_macs: float,
+                 step_dir: Path) -> dict[str, Any]:
     """Rank 0 prunes ``model`` towards ``target_macs`` and writes the round's pruned model; the
     record (MACs, top-1 right after pruning, the knob used) is returned on every rank."""
     record: dict[str, Any] = {}
@@ -125,15 +105,10 @@ def _prune_round(
         step_dir.mkdir(parents=True, exist_ok=True)
         save(pruned, step_dir / "pruned.safetensors")
         report_dict = report.to_dict()
-        record = {
-            "macs_before": report_dict["macs_before"],
-            "macs_after": report_dict["macs_after"],
-            "params_after": report_dict["params_after"],
-            "target_macs": target_macs,
-            "options": aimed.model_dump(mode="json", exclude={"masks", "bn_names"}),
-            "top1_after_prune": evaluate(pruned, ctx.data().eval_loader, torch.device("cpu"))["top1"],
-        }
-        _write_json(step_dir / "prune.json", record)
+        record = {key: report_dict[key] for key in ("macs_before", "macs_after", "params_after")}
+        record.update(target_macs=target_macs, options=aimed.model_dump(mode="json", exclude={"masks", "bn_names"}),
+                      top1_after_prune=evaluate(pruned, ctx.data().eval_loader, torch.device("cpu"))["top1"])
+        atomic_write_json(step_dir / "prune.json", record)
     dist.barrier()
     return dist.broadcast_object(record)
 
@@ -150,37 +125,30 @@ def progressive_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[st
     rounds: list[dict[str, Any]] = []
     for k, target in enumerate(step_targets(macs_0, spec.target_macs_reduction, spec.steps), start=1):
         step_dir = stage_dir / f"step-{k}"
-        done = _read_json(step_dir / "done.json")
+        done = read_json(step_dir / "done.json")
         if done is not None:
             rounds.append(done)
             continue
         if rounds:  # always from the file, so a resumed run prunes exactly what a straight one does
             model = load_any_model(rounds[-1]["model_path"]).cpu().eval()
-        pruned_record = _read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir)
+        pruned_record = read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir)
         pruned = load_any_model(step_dir / "pruned.safetensors")
         cfg = stage_config(ctx.recipe, stage, ctx.run_dir, out=str(step_dir), **ctx.distill_overrides(stage))
         result = run_training(cfg, model=pruned)
         done = {**pruned_record, "step": k, "model_path": str(step_dir / "last.pt"), "top1": result.final_top1,
                 "epochs": cfg.train.epochs}
         if dist.is_main():
-            _write_json(step_dir / "done.json", done)
+            atomic_write_json(step_dir / "done.json", done)
         dist.barrier()
         rounds.append(done)
     if dist.is_main():
-        _write_json_lines(stage_dir / "metrics.jsonl", _joined_metrics(stage_dir, len(rounds)))
+        atomic_write_json_lines(stage_dir / "metrics.jsonl", _joined_metrics(stage_dir, len(rounds)))
     last = rounds[-1]
-    return {
-        "kind": "progressive",
-        "source": source,
-        "model_path": last["model_path"],
-        "top1": last["top1"],
-        "macs_before": macs_0,
-        "macs_after": last["macs_after"],
-        "macs_reduction": 1.0 - last["macs_after"] / max(macs_0, 1.0),
-        "target_macs_reduction": spec.target_macs_reduction,
-        "epochs": sum(r["epochs"] for r in rounds),
-        "steps": rounds,
-    }
+    return {"kind": "progressive", "source": source, "model_path": last["model_path"], "top1": last["top1"],
+            "macs_before": macs_0, "macs_after": last["macs_after"],
+            "macs_reduction": 1.0 - last["macs_after"] / max(macs_0, 1.0),
+            "target_macs_reduction": spec.target_macs_reduction, "epochs": sum(r["epochs"] for r in rounds),
+            "steps": rounds}
 
 
 def _joined_metrics(stage_dir: Path, steps: int) -> list[dict[str, Any]]:
@@ -190,10 +158,5 @@ def _joined_metrics(stage_dir: Path, steps: int) -> list[dict[str, Any]]:
         path = stage_dir / f"step-{k}" / "metrics.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []
         for line in filter(str.strip, lines):
-            row = json.loads(line)
-            rows.append({**row, "epoch": len(rows) + 1, "round": k})
+            rows.append({**json.loads(line), "epoch": len(rows) + 1, "round": k})
     return rows
-
-
-def _write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -1,5 +1,4 @@
 """Recipes: the schema of a whole experiment (base sections and stages), and how one is loaded.
-
 Stages, in the order of ``Stages`` (a recipe names the ones it runs):
 
 - ``baseline``      train without regularizer;
@@ -193,13 +192,8 @@ def stage_config(recipe: Recipe, stage: str, run_dir: Path, **extra: Any) -> Tra
     """The full training config of a training stage: base sections merged with the stage's."""
     spec: TrainStage = getattr(recipe.stages, stage)
     data: dict[str, Any] = {
-        "seed": recipe.seed,
-        "deterministic": recipe.deterministic,
-        "device": recipe.device,
-        "out": str(run_dir / stage),
-        "model": recipe.model,
-        "data": recipe.data,
-        "train": recipe.train,
+        "seed": recipe.seed, "deterministic": recipe.deterministic, "device": recipe.device, "out": str(run_dir / stage),
+        "model": recipe.model, "data": recipe.data, "train": recipe.train,
         "sparsity": recipe.sparsity if stage in ("sparsity", "mask_sparsity") else {},
     }
     data = deep_merge(data, {k: getattr(spec, k) for k in ("model", "data", "train", "sparsity")})
@@ -216,10 +210,10 @@ def stage_config(recipe: Recipe, stage: str, run_dir: Path, **extra: Any) -> Tra
 
 def default_init(recipe: Recipe, stage: str) -> str | None:
     """Where a stage's weights come from when the recipe does not say."""
-    present = recipe.present_stages()
     spec = getattr(recipe.stages, stage)
     if spec.init:
         return spec.init
+    present = recipe.present_stages()
     candidates = {
         "sparsity": ("baseline",),
         "mask": ("sparsity", "baseline"),

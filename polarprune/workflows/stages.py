@@ -1,14 +1,8 @@
-"""What each kind of stage does, behind one registry (``STAGES``: stage name -> function).
-
-A stage function gets the ``StageContext`` (the recipe, the run folder, the records of the
-stages before it) and its own folder, does its work and returns the payload of its
-``done.json``. Training stages start from ``default_init``'s stage; ``mask`` and ``prune``
-score exactly the BNs their source stage regularized.
-"""
+"""What each kind of stage does, behind one registry (``STAGES``: stage name -> function that gets the
+``StageContext`` and the stage's folder and returns the payload of its ``done.json``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +13,7 @@ from torch import nn
 from .. import distributed as dist
 from ..data import DataBundle, build_data, probe_batch
 from ..errors import PolarpruneError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json
 from ..models import init_bn_gamma
 from ..pruning import plan_pruning, prune_model
 from ..serialization import load_any_model, save
@@ -46,12 +40,8 @@ class StageRecord:
         return Path(path) if path else None
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """``payload`` as indented JSON (paths and tensors as plain values), written atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """Paths and tensors as plain JSON values (the stages' ``done.json`` and ``report.json``)."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, torch.Tensor):
@@ -89,8 +79,7 @@ class StageContext:
         return load_any_model(record.model_path).cpu().eval()
 
     def bn_names(self, model: nn.Module, source: str) -> list[str]:
-        """The BNs the source stage's regularizer chose (its paper's choice narrowed by
-        ``sparsity.include``/``exclude``), so pruning scores exactly those."""
+        """The BNs the source stage's regularizer chose (narrowed by ``sparsity.include``/``exclude``)."""
         if source not in TRAINING_STAGES:
             return regularized_bn_names(model, self.example_inputs())
         sparsity = stage_config(self.recipe, source, self.run_dir).sparsity
@@ -98,8 +87,7 @@ class StageContext:
         return regularized_bn_names(model, self.example_inputs(), sparsity.include, sparsity.exclude, method=method)
 
     def distill_overrides(self, stage: str) -> dict[str, Any]:
-        """``stage_config`` extras that point ``distill.teacher`` at the teacher stage's final
-        model file (a teacher given as a file path stays as it is)."""
+        """``stage_config`` extras pointing ``distill.teacher`` at the teacher stage's model file (a path stays)."""
         spec = getattr(self.recipe.stages, stage)
         teacher = (getattr(spec, "distill", None) or {}).get("teacher")
         if teacher not in self.recipe.present_stages():
@@ -113,14 +101,8 @@ class StageContext:
 def _train(ctx: StageContext, stage: str, stage_dir: Path, model: nn.Module | None, **extra: Any) -> dict[str, Any]:
     cfg = stage_config(ctx.recipe, stage, ctx.run_dir, **deep_merge(ctx.distill_overrides(stage), extra))
     result = run_training(cfg, model=model)
-    return {
-        "kind": "train",
-        "model_path": str(stage_dir / "last.pt"),
-        "top1": result.final_top1,
-        "top5": result.final_top5,
-        "best_top1": result.best_top1,
-        "epochs": cfg.train.epochs,
-    }
+    return {"kind": "train", "model_path": str(stage_dir / "last.pt"), "top1": result.final_top1,
+            "top5": result.final_top5, "best_top1": result.best_top1, "epochs": cfg.train.epochs}
 
 
 def train_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]:
@@ -145,8 +127,7 @@ def scratch_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, A
 
 
 def prune_kwargs(opts: PruneStage) -> dict[str, Any]:
-    """The ``PruneOptions`` fields of a prune or mask stage as keywords of ``prune_model`` and
-    ``plan_pruning``; the stage itself gives the scored BNs and, for ``mask``, the masks."""
+    """The ``PruneOptions`` fields of a prune or mask stage as keywords of ``prune_model`` and ``plan_pruning``."""
     return opts.model_dump(exclude={"init", "bn_names", "masks"})
 
 
@@ -179,16 +160,13 @@ def prune_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any
         if opts.strategy == "mask":
             kwargs["masks"] = load_mask(ctx.run_dir / "mask" / "mask.json", model)
         pruned, report = prune_model(model, ctx.example_inputs(), bn_names=ctx.bn_names(model, source), **kwargs)
-        eval_loader = ctx.data().eval_loader
-        device = torch.device("cpu")
-        top1_before = evaluate(model, eval_loader, device)["top1"]
-        top1_after = evaluate(pruned, eval_loader, device)["top1"]
+        eval_loader, device = ctx.data().eval_loader, torch.device("cpu")
+        top1_before, top1_after = evaluate(model, eval_loader, device)["top1"], evaluate(pruned, eval_loader, device)["top1"]
         report_dict = report.to_dict()
         save(pruned, out, extra={"report": _report_summary(report_dict)})
-        write_json_atomic(stage_dir / "report.json", report_dict)
+        atomic_write_json(stage_dir / "report.json", report_dict, default=json_default)
         payload["top1"], payload["top1_before"] = top1_after, top1_before
-        for key in ("macs_before", "macs_after", "params_before", "params_after"):
-            payload[key] = report_dict[key]
+        payload.update({key: report_dict[key] for key in ("macs_before", "macs_after", "params_before", "params_after")})
     return dist.broadcast_object(payload)
 
 

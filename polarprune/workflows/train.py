@@ -1,11 +1,5 @@
-"""The composition root of one training run: a ``TrainConfig`` becomes data, model, hooks,
-optimizer and a ``Trainer``.
-
-``build_trainer(cfg)`` joins the process group (under torchrun), seeds, builds the data for this
-rank, the model (fresh from the registry, from a checkpoint/pruned file, or the one passed in),
-the sparsity hooks of ``cfg.sparsity`` (unless hooks are given), SGD and the LR schedule.
-``run_training(cfg)`` builds and fits. The order of the steps is fixed: it decides the random
-numbers each part draws, so a run is reproducible from its seed.
+"""The composition root of one training run: a ``TrainConfig`` becomes data, model, hooks, optimizer
+and a ``Trainer``. The order of the steps is fixed: it decides the random numbers each part draws.
 """
 
 from __future__ import annotations
@@ -63,12 +57,8 @@ def parameter_groups(model: nn.Module, weight_decay: float, bn_weight_decay: boo
     """SGD parameter groups; BN scaling factors and shifts skip weight decay when switched off."""
     if bn_weight_decay:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    bn_params = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for p in m.parameters(recurse=False)
-    }
+    bn_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 for p in m.parameters(recurse=False)}
     decay = [p for p in model.parameters() if p.requires_grad and id(p) not in bn_params]
     no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in bn_params]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -76,21 +66,15 @@ def parameter_groups(model: nn.Module, weight_decay: float, bn_weight_decay: boo
 
 def build_optimizer(t: TrainSection, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with (optional Nesterov) momentum over ``parameter_groups``."""
-    return torch.optim.SGD(
-        parameter_groups(model, t.weight_decay, t.bn_weight_decay),
-        lr=t.lr,
-        momentum=t.momentum,
-        nesterov=t.nesterov and t.momentum > 0,
-    )
+    return torch.optim.SGD(parameter_groups(model, t.weight_decay, t.bn_weight_decay), lr=t.lr, momentum=t.momentum,
+                           nesterov=t.nesterov and t.momentum > 0)
 
 
 def amp_dtype_of(t: TrainSection, device: torch.device) -> torch.dtype | None:
     """Mixed precision: None when off; bfloat16 on the CPU; ``amp_dtype`` on GPUs."""
     if not t.amp:
         return None
-    if device.type == "cpu":
-        return torch.bfloat16
-    return torch.float16 if t.amp_dtype == "float16" else torch.bfloat16
+    return torch.float16 if device.type != "cpu" and t.amp_dtype == "float16" else torch.bfloat16
 
 
 def data_config_for(cfg: TrainConfig) -> DataConfig:
@@ -123,15 +107,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
         raise PolarpruneError(
             f"model.num_classes is {cfg.model.num_classes} but data set {cfg.data.name!r} has {num_classes} classes"
         )
-    return create(
-        cfg.model.name,
-        classes,
-        in_channels=in_channels,
-        bn_init=cfg.model.bn_init,
-        bn_init_scope=cfg.model.bn_init_scope,
-        weights=cfg.model.weights,
-        **cfg.model.options,
-    )
+    return create(cfg.model.name, classes, in_channels=in_channels, bn_init=cfg.model.bn_init,
+                  bn_init_scope=cfg.model.bn_init_scope, weights=cfg.model.weights, **cfg.model.options)
 
 
 def build_criterion(cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -153,13 +130,8 @@ def distillation_criterion(
     return DistillationLoss(teacher, task, temperature=distill.temperature, alpha=distill.alpha)
 
 
-def build_trainer(
-    cfg: TrainConfig,
-    *,
-    model: nn.Module | None = None,
-    hooks: Sequence[TrainHook] | None = None,
-    resume: bool = True,
-) -> Trainer:
+def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Sequence[TrainHook] | None = None,
+                  resume: bool = True) -> Trainer:
     """A ``Trainer`` for ``cfg``: ``model`` (e.g. a pruned one to fine-tune) replaces the config's
     model, ``hooks`` replace the sparsity hooks of ``cfg.sparsity``."""
     device = resolve_device(cfg.device)
@@ -169,42 +141,25 @@ def build_trainer(
     data_cfg = data_config_for(cfg).model_copy(update={"batch_size": batch})
     data = build_data(data_cfg, seed=cfg.seed, rank=dist.rank(), world_size=dist.world_size())
     if len(data.train_loader) == 0 and cfg.train.epochs > 0:
-        raise PolarpruneError(
-            f"data.batch_size {batch} is larger than the training set "
-            f"({data.train_size} images over {dist.world_size()} process(es))"
-        )
+        raise PolarpruneError(f"data.batch_size {batch} is larger than the training set "
+                              f"({data.train_size} images over {dist.world_size()} process(es))")
     model = model if model is not None else build_model(cfg, data.num_classes, data.in_channels)
     model.to(device)
     if hooks is None:
         hooks = build_hooks(cfg.sparsity, model, probe_batch(data, 8).to(device))
     t = cfg.train
     return Trainer(
-        model,
-        data.train_loader,
-        data.eval_loader,
-        build_optimizer(t, model),
-        epochs=t.epochs,
-        lr_schedule=partial(lr_at, t.schedule, t.lr, total_epochs=t.epochs),
-        out_dir=cfg.out,
-        hooks=hooks,
-        device=device,
-        criterion=build_criterion(cfg, device),
-        amp_dtype=amp_dtype_of(t, device),
-        channels_last=t.channels_last,
-        sync_bn=t.sync_bn,
-        eval_every=t.eval_every,
-        max_steps_per_epoch=t.max_steps_per_epoch,
-        progress=t.progress,
-        run_config=cfg.model_dump(mode="json"),
-        resume=resume,
-        max_bad_steps=t.max_bad_steps,
+        model, data.train_loader, data.eval_loader, build_optimizer(t, model), epochs=t.epochs,
+        lr_schedule=partial(lr_at, t.schedule, t.lr, total_epochs=t.epochs), out_dir=cfg.out, hooks=hooks, device=device,
+        criterion=build_criterion(cfg, device), amp_dtype=amp_dtype_of(t, device), channels_last=t.channels_last,
+        sync_bn=t.sync_bn, eval_every=t.eval_every, max_steps_per_epoch=t.max_steps_per_epoch, progress=t.progress,
+        run_config=cfg.model_dump(mode="json"), resume=resume, max_bad_steps=t.max_bad_steps,
     )
 
 
 def run_training(cfg: TrainConfig, **options: Any) -> TrainResult:
-    """Train as ``cfg`` says (resuming from ``cfg.out``/last.pt if present) and return the result;
-    ``options`` are those of ``build_trainer``. The config is saved as ``config.yaml`` next to
-    the checkpoints."""
+    """Train as ``cfg`` says (resuming from ``cfg.out``/last.pt if present), with ``build_trainer``'s
+    ``options``; the config is saved as ``config.yaml`` next to the checkpoints."""
     trainer = build_trainer(cfg, **options)
     if dist.is_main():
         atomic_write_text(trainer.out_dir / "config.yaml", dump_yaml(cfg))
