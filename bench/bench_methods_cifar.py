@@ -167,7 +167,39 @@ def train_stage(cfg: TrainConfig, model: nn.Module | None = None, hooks: list | 
 # ----------------------------------------------------------------------------- the runner
 
 
-class Bench:
+class CifarStages:
+    """What every methods benchmark asks of its data: the loaders (built once from ``self.base``),
+    a fixed probe batch, top-1, the regularized BNs and their |gamma|."""
+
+    base: dict[str, Any]
+    _bundle: Any = None
+    _example: torch.Tensor | None = None
+
+    @property
+    def bundle(self):
+        if self._bundle is None:
+            cfg = TrainConfig.model_validate(self.base)
+            self._bundle = build_data(cfg.data, seed=cfg.seed)
+        return self._bundle
+
+    def example(self) -> torch.Tensor:
+        if self._example is None:
+            self._example = probe_batch(self.bundle, 8)
+        return self._example
+
+    def top1(self, model: nn.Module) -> float:
+        return evaluate(model, self.bundle.eval_loader, torch.device("cpu"))["top1"]
+
+    def bn_names(self, model: nn.Module) -> list[str]:
+        return regularized_bn_names(model, self.example())
+
+    def gammas(self, model: nn.Module) -> list[float]:
+        """|gamma| of the BNs polarprune regularizes (bn1, bn2 of every block), for the histograms."""
+        wanted = set(self.bn_names(model))
+        return [v for name, m in model.named_modules() if name in wanted for v in m.weight.detach().abs().flatten().tolist()]
+
+
+class Bench(CifarStages):
     """One model's methods: shared data, cached stages, the matched MACs reduction R."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -179,31 +211,6 @@ class Bench:
         self.work = Path(args.workdir).expanduser() / f"{args.model}-{args.protocol}"
         self.base = base_config(args.model, self.proto, args.seed, args.device)
         self._bundle = None
-
-    @property
-    def bundle(self):
-        if self._bundle is None:
-            cfg = TrainConfig.model_validate(self.base)
-            self._bundle = build_data(cfg.data, seed=cfg.seed)
-        return self._bundle
-
-    def example(self) -> torch.Tensor:
-        return probe_batch(self.bundle, 8)
-
-    def top1(self, model: nn.Module) -> float:
-        return evaluate(model, self.bundle.eval_loader, torch.device("cpu"))["top1"]
-
-    def bn_names(self, model: nn.Module) -> list[str]:
-        return regularized_bn_names(model, self.example())
-
-    def gammas(self, model: nn.Module) -> list[float]:
-        """|gamma| of the BNs polarprune regularizes (bn1, bn2 of every block), for the histograms."""
-        wanted = set(self.bn_names(model))
-        values: list[float] = []
-        for name, module in model.named_modules():
-            if name in wanted:
-                values.extend(module.weight.detach().abs().flatten().tolist())
-        return values
 
     def target(self) -> float:
         if self.args.target_macs_reduction is not None:

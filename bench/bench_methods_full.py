@@ -43,7 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_methods_cifar import (  # noqa: E402
-    ARCHIVE, INPUT_SHAPE, LABELS, _load_model, _read_json, _save_fig, _save_model, _write_json, plot_gammas, stage_config,
+    ARCHIVE, INPUT_SHAPE, LABELS, CifarStages, _load_model, _read_json, _save_fig, _save_model, _write_json, plot_gammas, stage_config,
     train_stage,
 )
 from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
@@ -101,7 +101,7 @@ def base_config(seed: int, smoke: bool = False) -> dict[str, Any]:
     return cfg
 
 
-class FullBench:
+class FullBench(CifarStages):
     """Cached stages of the full-data protocol."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -112,30 +112,6 @@ class FullBench:
             PROTOCOL.update(SMOKE)
         self._bundle = None
         self._example: torch.Tensor | None = None
-
-    # -- shared pieces
-
-    @property
-    def bundle(self):
-        if self._bundle is None:
-            cfg = TrainConfig.model_validate(self.base)
-            self._bundle = build_data(cfg.data, seed=cfg.seed)
-        return self._bundle
-
-    def example(self) -> torch.Tensor:
-        if self._example is None:
-            self._example = probe_batch(self.bundle, 8)
-        return self._example
-
-    def top1(self, model: nn.Module) -> float:
-        return evaluate(model, self.bundle.eval_loader, torch.device("cpu"))["top1"]
-
-    def bn_names(self, model: nn.Module) -> list[str]:
-        return regularized_bn_names(model, self.example())
-
-    def gammas(self, model: nn.Module) -> list[float]:
-        wanted = set(self.bn_names(model))
-        return [v for name, m in model.named_modules() if name in wanted for v in m.weight.detach().abs().flatten().tolist()]
 
     def stage(self, folder: str, epochs: int, lr: float, sparsity: dict[str, Any] | None = None,
               model: nn.Module | None = None, hooks: list | None = None, distill: dict[str, Any] | None = None,
