@@ -259,11 +259,13 @@ def plot_levels(rows: list[dict[str, Any]], baseline: dict[str, Any], path: Path
     fig, ax = plt.subplots(figsize=(7.0, 4.5))
     markers = {"a": "o", "b": "s"}
     colours = {name: f"C{i}" for i, name in enumerate(METHODS)}
+    labelled: set[str] = set()
     for row in rows:
         macs = row["prune"]["macs_after"] / 1e6
         ax.plot([macs, macs], [row["prune"]["top1"], row["finetune"]["top1"]], color="#cccccc", lw=1, zorder=1)
         ax.scatter([macs], [row["finetune"]["top1"]], marker=markers[row["level"]], color=colours[row["method"]], s=42,
-                   zorder=3, label=row["label"] if row["level"] == "a" else None)
+                   zorder=3, label=None if row["method"] in labelled else row["label"])
+        labelled.add(row["method"])
     ax.scatter([baseline["macs"] / 1e6], [baseline["top1"]], marker="*", s=140, color="black", label="unpruned baseline", zorder=3)
     ax.set_xlabel("MACs per image (M)   (circles: level a, squares: level b)")
     ax.set_ylabel("top-1 after fine-tuning (%)")
