@@ -68,8 +68,8 @@ PROTOCOL: dict[str, Any] = {
     "baseline_epochs": 24, "baseline_lr": 0.1,
     "sparsity_epochs": 6, "sparsity_lr": 0.05,
     "finetune_epochs": 6, "finetune_lr": 0.02,
-    # Pruned widths (15, 13, 9, ...) are slow in channels_last: bf16 NCHW trains the pruned
-    # polarization model at 1.4x the channels_last rate here; the unpruned stages keep channels_last.
+    # Pruned widths (15, 13, 9, ...) trained faster in NCHW than in channels_last in a quick
+    # check (not a committed benchmark); the unpruned stages keep channels_last.
     "finetune_channels_last": False,
     # The papers' lambdas are for 160-200 epochs from scratch; a 6-epoch stage from a converged
     # baseline needs a stronger push, the same scale for L1 and Torch-Pruning's sign(gamma).
