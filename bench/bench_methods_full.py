@@ -172,14 +172,22 @@ class FullBench(CifarStages):
 
     # -- methods
 
+    @staticmethod
+    def polarization_sparsity(level: str) -> dict[str, Any]:
+        return {"regularizer": "polarization", "clamp": 1.0, "monitor": True, **PROTOCOL["polarization"][level]}
+
+    @staticmethod
+    def l1_sparsity() -> dict[str, Any]:
+        return {"regularizer": "l1", "lbd": PROTOCOL["l1_lbd"], "monitor": False}
+
     def run_polarization(self, level: str) -> dict[str, Any]:
-        spars = {"regularizer": "polarization", "clamp": 1.0, "monitor": True, **PROTOCOL["polarization"][level]}
+        spars = self.polarization_sparsity(level)
         model, rec = self.sparse(f"polarization-{level}-sparse", spars)
         pruned, prune_rec = self.polarprune_prune(model, strategy="grad")
         return self.finish("polarization", level, model, rec, pruned, prune_rec, extra={"regularizer": spars})
 
     def run_polarization_distill(self, level: str) -> dict[str, Any]:
-        model, rec = self.sparse(f"polarization-{level}-sparse", None)  # cached by run_polarization
+        model, rec = self.sparse(f"polarization-{level}-sparse", self.polarization_sparsity(level))  # run_polarization's stage
         teacher = self.work / f"polarization-{level}-sparse" / "teacher.safetensors"
         if not teacher.is_file():
             save_model_file(model, teacher)
@@ -193,7 +201,7 @@ class FullBench(CifarStages):
         return self.global_threshold("none", level, None)
 
     def run_l1(self, level: str) -> dict[str, Any]:
-        return self.global_threshold("l1", level, {"regularizer": "l1", "lbd": PROTOCOL["l1_lbd"], "monitor": False})
+        return self.global_threshold("l1", level, self.l1_sparsity())
 
     def global_threshold(self, name: str, level: str, sparsity: dict[str, Any] | None) -> dict[str, Any]:
         model, rec = self.sparse(f"{name}-sparse", sparsity)
@@ -202,7 +210,7 @@ class FullBench(CifarStages):
 
     def run_masksparsity(self, level: str) -> dict[str, Any]:
         """Mask = what global L1 (the ``l1`` stage) prunes at the level; mask-L1 from the baseline."""
-        l1_model, _ = self.sparse("l1-sparse", {"regularizer": "l1", "lbd": PROTOCOL["l1_lbd"], "monitor": False})
+        l1_model, _ = self.sparse("l1-sparse", self.l1_sparsity())
         mask_path = self.work / f"masksparsity-{level}-sparse" / "mask.json"
         if not mask_path.is_file():
             masks = plan_pruning(l1_model, self.example(), strategy="flops-target",
@@ -300,14 +308,12 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int) ->
     baseline = {"top1": base_rec["top1"], "macs": cost.macs, "params": cost.params, "epochs": PROTOCOL["baseline_epochs"],
                 "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s")}
     lat = latencies(bench, rows, base_model, latency_rounds) if latency_rounds > 0 and rows else {}
-    for row in rows:
-        row["latency"] = lat.get(f"{row['method']}-{row['level']}")
-        row["within_1_point_of_target"] = None
     targets = {lv: _read_json(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
     targets = {lv: r["prune"]["macs_reduction"] for lv, r in targets.items() if r}
     for row in rows:
-        if row["level"] in targets:
-            row["within_1_point_of_target"] = abs(row["prune"]["macs_reduction"] - targets[row["level"]]) <= 0.01
+        row["latency"] = lat.get(f"{row['method']}-{row['level']}")
+        target = targets.get(row["level"])
+        row["within_1_point_of_target"] = None if target is None else abs(row["prune"]["macs_reduction"] - target) <= 0.01
     stem = f"methods_full_{MODEL}"
     result = {
         "benchmark": "methods_full", "model": MODEL, "protocol": PROTOCOL, "provenance": provenance(bench.args.seed),

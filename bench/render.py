@@ -266,21 +266,27 @@ METHOD_ROWS = (
 )
 
 
+def _accuracy_cells(entries: list[tuple[str, dict[str, Any]]], final: Callable[[dict[str, Any]], str]) -> list[tuple[str, str]]:
+    """Per entry the "right after pruning (change)" and the fine-tuned cell (``final``), the best of each column in bold."""
+    best_pruned = max(e["prune"]["top1"] for _, e in entries)
+    best_final = max(e["finetune"]["top1"] for _, e in entries)
+    cells = []
+    for _, e in entries:
+        pruned = f"{e['prune']['top1']:.2f} ({-_drop(e):+.2f})"
+        cells.append((f"**{pruned}**" if e["prune"]["top1"] == best_pruned else pruned,
+                      f"**{final(e)}**" if e["finetune"]["top1"] == best_final else final(e)))
+    return cells
+
+
 def methods_table(results: Results, model: str) -> str:
     """The six methods at matched MACs; the best after pruning and after fine-tuning in bold."""
     data = _methods(results, model)
     entries = [(label, _method(data, key)) for key, label in METHOD_ROWS]
-    best_pruned = max(e["prune"]["top1"] for _, e in entries)
-    best_final = max(e["finetune"]["top1"] for _, e in entries)
     rows = []
-    for label, e in entries:
-        pruned = f"{e['prune']['top1']:.2f} ({-_drop(e):+.2f})"
-        final = f"{e['finetune']['top1']:.2f}"
+    for (label, e), (pruned, final) in zip(entries, _accuracy_cells(entries, lambda e: f"{e['finetune']['top1']:.2f}")):
         sparsity = f"{e['sparsity']['top1']:.2f}" + (" (after mask-L1)" if e["method"] == "masksparsity" else "")
         rows.append([
-            label, sparsity,
-            f"**{pruned}**" if e["prune"]["top1"] == best_pruned else pruned,
-            f"**{final}**" if e["finetune"]["top1"] == best_final else final,
+            label, sparsity, pruned, final,
             f"{e['prune']['macs_reduction']:.1%}", f"{e['prune']['params_reduction']:.1%}",
             f"{e['latency_ms']['b1_ratio']:.2f} / {e['latency_ms']['b64_ratio']:.2f}",
         ])
@@ -391,7 +397,7 @@ def methods_standard_error(results: Results, model: str) -> str:
     """Binomial standard error (points) of a top-1 on the evaluation subset at the mean top-1, and of a difference."""
     data = _methods(results, model)
     p = statistics.mean(e["finetune"]["top1"] for e in data["methods"]) / 100
-    se = 100 * math.sqrt(p * (1 - p) / data["protocol_settings"]["eval_subset"])
+    se = _se(100 * p, data["protocol_settings"]["eval_subset"])
     return (f"a top-1 on {data['protocol_settings']['eval_subset']:,} test images at {100 * p:.0f}% has a binomial "
             f"standard error of {se:.1f} points, so the difference of two methods has {math.sqrt(2) * se:.1f} points")
 
@@ -478,17 +484,12 @@ def full_table(results: Results, level: str) -> str:
     """Every method at one level; the best right after pruning and after fine-tuning in bold."""
     base = results.load(FULL_STEM)["baseline"]["top1"]
     entries = _full_rows(results, level)
-    best_pruned = max(e["prune"]["top1"] for _, e in entries)
-    best_final = max(e["finetune"]["top1"] for _, e in entries)
+    cells = _accuracy_cells(entries, lambda e: f"{e['finetune']['top1']:.2f} ({e['finetune']['top1'] - base:+.2f})")
     rows = []
-    for label, e in entries:
-        pruned = f"{e['prune']['top1']:.2f} ({-_drop(e):+.2f})"
-        final = f"{e['finetune']['top1']:.2f} ({e['finetune']['top1'] - base:+.2f})"
+    for (label, e), (pruned, final) in zip(entries, cells):
         lat = e.get("latency") or {}
         rows.append([
-            label, f"{e['sparsity']['top1']:.2f}",
-            f"**{pruned}**" if e["prune"]["top1"] == best_pruned else pruned,
-            f"**{final}**" if e["finetune"]["top1"] == best_final else final,
+            label, f"{e['sparsity']['top1']:.2f}", pruned, final,
             f"{e['prune']['macs_reduction']:.1%}", f"{e['prune']['params_reduction']:.1%}",
             f"{lat['b1_ratio']:.2f} / {lat['b64_ratio']:.2f}" if lat else "-",
         ])
