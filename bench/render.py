@@ -460,7 +460,7 @@ def full_protocol(results: Results) -> str:
         f"{pa['target_macs_ratio']:g} of the MACs (level a) and lambda {pb['lbd']:g}, t {pb['t']:g}, stopped at "
         f"{pb['target_macs_ratio']:g} (level b); L1 {p['l1_lbd']:g}; mask-L1 {p['ms_mask_lbd']:g}; Torch-Pruning BNScale "
         f"reg {p['tp_bnscale_reg']:g}, GroupNorm reg {p['tp_groupnorm_reg']:g}; distillation T {p['distill']['temperature']:g}, "
-        f"alpha {p['distill']['alpha']:g}, teacher: the unpruned polarization model of the same level."
+        f"alpha {p['distill']['alpha']:g}, teacher: the unpruned baseline."
     )
 
 
