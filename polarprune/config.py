@@ -120,6 +120,9 @@ class TrainSection(Section):
     amp: bool = Field(False, description="mixed precision on CUDA (bf16 autocast on CPU)")
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = False
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="the parameters' and inputs' precision while training; float64 (several times slower) keeps float rounding "
+        "from growing into different pruning decisions, so runs match across process and thread counts (docs/distributed.md)")
     sync_bn: bool = Field(True, description="synchronised BatchNorm under DDP, so N processes with batch B train like 1 with N*B (off: faster, per-process statistics)")
     max_bad_steps: int = Field(
         0, ge=0, description="steps with a non-finite loss or gradient that are skipped before training stops (fp16 overflow steps the grad scaler skips do not count)"

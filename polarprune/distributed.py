@@ -201,11 +201,11 @@ def sync_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, runni
     shape = [1, -1] + [1] * (x.dim() - 2)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
-        scale = scale * weight.float()
+        scale = scale * weight.to(scale.dtype)
     shift = -mean * scale
     if bias is not None:
-        shift = shift + bias.float()
-    return (x.float() * scale.view(shape) + shift.view(shape)).to(x.dtype)
+        shift = shift + bias.to(scale.dtype)
+    return (x.to(scale.dtype) * scale.view(shape) + shift.view(shape)).to(x.dtype)
 
 
 class _AllReduceSum(torch.autograd.Function):

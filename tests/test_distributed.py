@@ -93,9 +93,10 @@ def test_sync_batch_norm_of_one_process_matches_torch_forward_backward_and_runni
     ref = F.batch_norm(x, rm_ref, rv_ref, weight, bias, True, 0.1, 1e-5)
     ref_grads = torch.autograd.grad((ref * upstream).sum(), (x, weight, bias))
 
-    torch.testing.assert_close(out, ref)
+    assert out.dtype == torch.float64  # computed in float64, not through float32 (train.dtype=float64)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rm, rm_ref)
     torch.testing.assert_close(rv, rv_ref)  # unbiased running variance, as torch stores it
 

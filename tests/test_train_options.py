@@ -86,3 +86,31 @@ def test_channels_last_on_cpu(tmp_path: Path) -> None:
     plain = build_trainer(digits_config(tmp_path / "plain", channels_last=False, max_steps_per_epoch=5))
     last, default = trainer.fit().model.state_dict(), plain.fit().model.state_dict()
     assert all(torch.allclose(last[k], default[k], atol=1e-4) for k in default)
+
+
+def test_float64_training_returns_a_float32_model_and_resumes_in_float64(tmp_path: Path) -> None:
+    """``train.dtype=float64``: parameters and inputs are float64 while training (so is the
+    resumable ``last.pt``), the model handed on to pruning is float32, and rounding is small
+    enough that the same run on 1 and on 2 intra-op threads agrees to 1e-9."""
+    from polarprune.training.checkpoint import read_checkpoint
+
+    runs = {}
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            trainer = build_trainer(digits_config(tmp_path / f"t{n}", dtype="float64", max_steps_per_epoch=6))
+            assert {p.dtype for p in trainer.model.parameters()} == {torch.float64}
+            runs[n] = trainer.fit().model
+    finally:
+        torch.set_num_threads(threads)
+    assert {p.dtype for p in runs[1].parameters()} == {torch.float32}
+    saved = read_checkpoint(tmp_path / "t1" / "last.pt")["model"]
+    assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float64}
+    one, two = runs[1].state_dict(), runs[2].state_dict()
+    assert all(torch.equal(one[k], two[k]) or torch.allclose(one[k].double(), two[k].double(), rtol=1e-9, atol=1e-9)
+               for k in one)
+    resumed = build_trainer(digits_config(tmp_path / "t1", dtype="float64", epochs=2, max_steps_per_epoch=6))
+    assert resumed.start_epoch == 1
+    state = resumed.model.state_dict()
+    assert all(torch.equal(state[k], v) and state[k].dtype == v.dtype for k, v in saved.items())  # bit-exact resume

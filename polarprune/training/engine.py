@@ -78,14 +78,14 @@ def loader_world_size(loader: Iterable) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, dtype: torch.dtype | None = None) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean loss, summed over all ranks when the loader is sharded."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
     criterion = nn.CrossEntropyLoss(reduction="sum")
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, dtype=dtype, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -160,11 +160,13 @@ class Trainer:
                  epochs: int, lr_schedule: Callable[[float], float], out_dir: str | Path, hooks: Sequence[TrainHook] = (),
                  device: torch.device | str = "cpu", criterion: nn.Module | None = None,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False, sync_bn: bool = False,
+                 dtype: torch.dtype = torch.float32,
                  eval_every: int = 1, max_steps_per_epoch: int | None = None, progress: bool = False,
                  run_config: dict[str, Any] | None = None, resume: bool = True, max_bad_steps: int = 0,
                  name: str | None = None) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.dtype = dtype  # of parameters and inputs while training; the returned model is float32
+        self.model = model.to(self.device, dtype)
         self.spec = model_spec(self.model)
         self.channels_last = channels_last
         if self.channels_last:
@@ -279,7 +281,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.guard.epoch, self.guard.step = epoch + 1, i + 1
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, dtype=self.dtype, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -340,8 +342,8 @@ class Trainer:
                 row.update(self._train_epoch(epoch, writer))
                 self._check_finite_weights(epoch)
                 if (epoch + 1) % self.eval_every == 0 or epoch + 1 == total:
-                    metrics = evaluate(self.model, self.eval_loader, self.device,
-                                       amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+                    metrics = evaluate(self.model, self.eval_loader, self.device, amp_dtype=self.amp_dtype,
+                                       channels_last=self.channels_last, dtype=self.dtype)
                     row.update({"eval_top1": metrics["top1"], "eval_top5": metrics["top5"], "eval_loss": metrics["loss"]})
                 for hook in self.hooks:
                     row.update(hook.on_epoch_end(self.model, epoch, writer.tb))
@@ -364,8 +366,9 @@ class Trainer:
             writer.close()
         top1, top5 = final.get("eval_top1"), final.get("eval_top5")
         if top1 is None:  # nothing trained (epochs=0): evaluate what we have
-            metrics = evaluate(self.model, self.eval_loader, self.device)
+            metrics = evaluate(self.model, self.eval_loader, self.device, dtype=self.dtype)
             top1, top5 = metrics["top1"], metrics["top5"]
+        self.model.to(torch.float32)  # what pruning, model files and the next stage take
         return TrainResult(model=self.model, out_dir=self.out_dir, final_top1=float(top1),
                            best_top1=max(self.best_top1, float(top1)), final_top5=float(top5), history=self.history,
                            resumed_from_epoch=self.start_epoch)

@@ -117,14 +117,16 @@ def build_criterion(cfg: TrainConfig, device: torch.device) -> nn.Module:
     task = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     if cfg.distill is None:
         return task
-    return distillation_criterion(cfg.distill, task, device, channels_last=cfg.train.channels_last)
+    return distillation_criterion(cfg.distill, task, device, channels_last=cfg.train.channels_last,
+                                  dtype=getattr(torch, cfg.train.dtype))
 
 
 def distillation_criterion(
-    distill: DistillConfig, task: nn.Module, device: torch.device, *, channels_last: bool = False
+    distill: DistillConfig, task: nn.Module, device: torch.device, *, channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> DistillationLoss:
     """``DistillationLoss`` with the teacher read from ``distill.teacher`` (a file path)."""
-    teacher = load_any_model(distill.teacher).to(device)
+    teacher = load_any_model(distill.teacher).to(device, dtype)
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     return DistillationLoss(teacher, task, temperature=distill.temperature, alpha=distill.alpha)
@@ -144,15 +146,16 @@ def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Se
         raise PolarpruneError(f"data.batch_size {batch} is larger than the training set "
                               f"({data.train_size} images over {dist.world_size()} process(es))")
     model = model if model is not None else build_model(cfg, data.num_classes, data.in_channels)
-    model.to(device)
-    if hooks is None:
-        hooks = build_hooks(cfg.sparsity, model, probe_batch(data, 8).to(device))
     t = cfg.train
+    dtype = getattr(torch, t.dtype)
+    model.to(device, dtype)
+    if hooks is None:
+        hooks = build_hooks(cfg.sparsity, model, probe_batch(data, 8).to(device, dtype))
     return Trainer(
         model, data.train_loader, data.eval_loader, build_optimizer(t, model), epochs=t.epochs,
         lr_schedule=partial(lr_at, t.schedule, t.lr, total_epochs=t.epochs), out_dir=cfg.out, hooks=hooks, device=device,
         criterion=build_criterion(cfg, device), amp_dtype=amp_dtype_of(t, device), channels_last=t.channels_last,
-        sync_bn=t.sync_bn, eval_every=t.eval_every, max_steps_per_epoch=t.max_steps_per_epoch, progress=t.progress,
+        sync_bn=t.sync_bn, dtype=dtype, eval_every=t.eval_every, max_steps_per_epoch=t.max_steps_per_epoch, progress=t.progress,
         run_config=cfg.model_dump(mode="json"), resume=resume, max_bad_steps=t.max_bad_steps,
     )
 
