@@ -392,38 +392,3 @@ def test_hung_rank_fails_the_others_after_the_collective_timeout(tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
-
-
-@pytest.mark.slow
-def test_two_process_demo_pipeline_prunes_like_the_single_process_one(tmp_path):
-    """`polarprune run demo-polarization` under torchrun: DDP sparsity training (sync BN, batch B
-    per process), pruning once on rank 0, DDP fine-tuning of the file rank 0 wrote. Same seed
-    as a 1-process run with batch 2B, so the gammas agree to float rounding and the pruned
-    architecture must be the same."""
-    from polarprune.serialization import load, read_spec
-
-    overrides = ["stages.sparsity.train.epochs=2", "stages.finetune.train.epochs=1", "train.progress=false",
-                 "train.sync_bn=true", "stages.prune.strategy=percent", "stages.prune.percent=0.3"]
-    runs = {}
-    for label, nproc, batch in (("single", 1, 64), ("ddp", 2, 32)):  # the demo's batch is 64
-        args = ["-m", "polarprune", "run", "demo-polarization", *overrides, f"data.batch_size={batch}",
-                "--out", str(tmp_path / label), "--no-plots"]
-        cmd = torchrun(nproc, *args) if nproc > 1 else [sys.executable, *args]
-        proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[label] = proc
-
-    assert runs["ddp"].stderr.count("[prune] running") == 1  # rank 0 logs alone
-    single_spec = read_spec(tmp_path / "single" / "prune" / "pruned.safetensors")
-    ddp_spec = read_spec(tmp_path / "ddp" / "prune" / "pruned.safetensors")
-    assert ddp_spec == single_spec
-    single_model = load(tmp_path / "single" / "prune" / "pruned.safetensors")
-    ddp_model = load(tmp_path / "ddp" / "prune" / "pruned.safetensors")
-    shapes = {k: tuple(v.shape) for k, v in single_model.state_dict().items()}
-    assert shapes == {k: tuple(v.shape) for k, v in ddp_model.state_dict().items()}
-    assert sum(v.numel() for v in ddp_model.parameters()) < sum(
-        v.numel() for v in create("small_cnn", 10, in_channels=1).parameters()
-    )  # something was pruned
-    finetune = json.loads((tmp_path / "ddp" / "finetune" / "done.json").read_text())
-    assert finetune["epochs"] == 1
-    assert (tmp_path / "ddp" / "summary.json").is_file()
