@@ -48,6 +48,7 @@ def test_overrides_parse_yaml_types(tmp_path):
         ("", ["train.schedule.milestones=[1,2]", "train.schedule.gammas=[0.1]"], "schedule.gammas"),
         ("", ["sparsity.regularizer=mask-l1"], "sparsity.mask"),
         ("", ["data.batch_size=0"], "data.batch_size"),
+        ("", ["sparsity.target_check_every=10"], "target_check_every needs target_macs_ratio"),
     ],
 )
 def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, overrides, fragment):

@@ -246,6 +246,7 @@ class FakeTrial:
 
     def macs_ratio(self, model: nn.Module, strategy: str, epoch: int | None = None) -> float:
         self.calls += 1
+        self.cache_keys = getattr(self, "cache_keys", []) + [epoch]
         return self.ratios.pop(0)
 
 
@@ -268,6 +269,35 @@ def test_target_macs_ratio_stops_regularizing_and_survives_resume() -> None:
     assert resumed.lbd == 0.0 and resumed.target_reached and resumed.reached_epoch == 2
     assert resumed.on_epoch_end(model, 3)["lambda"] == 0.0  # no trial once reached
     assert trial.calls == 3
+
+
+def test_target_check_every_stops_within_the_epoch_and_resumes_counting_steps() -> None:
+    model = tiny_net()
+    trial = FakeTrial([0.9, 0.8, 0.7, 0.5])
+    hook = SparsityHook(make_regularizer("l1", lbd=0.1), BN_NAMES, target_macs_ratio=0.6, trial=trial, check_every=3)
+    hook.on_train_start(model, 2)
+    for _ in range(4):  # epoch 1: a check after step 3 only (0.9), then the epoch end (0.8)
+        hook.after_step(model)
+    assert trial.calls == 1
+    assert hook.on_epoch_end(model, 0)["trial_macs_ratio_grad"] == 0.8 and trial.calls == 2
+    resumed = SparsityHook(make_regularizer("l1", lbd=0.1), BN_NAMES, target_macs_ratio=0.6, trial=trial, check_every=3)
+    resumed.load_state_dict(hook.state_dict())  # a resume at the epoch boundary
+    resumed.on_train_start(model, 2)
+    for _ in range(2):
+        resumed.after_step(model)
+    assert trial.calls == 2  # the step count restarted with the epoch
+    resumed.after_step(model)  # step 3 of epoch 2: 0.7, above the target
+    assert resumed.lbd == pytest.approx(0.1)
+    for _ in range(3):  # step 6: 0.5 reaches it in the middle of epoch 2
+        resumed.after_step(model)
+    assert resumed.lbd == 0.0 and resumed.target_reached and resumed.reached_epoch == 1
+    for _ in range(6):
+        resumed.after_step(model)
+    metrics = resumed.on_epoch_end(model, 1)
+    assert metrics["lambda"] == 0.0 and "trial_macs_ratio_grad" not in metrics and trial.calls == 4
+    assert trial.cache_keys == [None, 0, None, None]  # mid-epoch trials bypass the per-epoch cache
+    with pytest.raises(ValueError, match="check_every"):
+        SparsityHook(make_regularizer("l1", lbd=0.1), BN_NAMES, trial=trial, check_every=3)
 
 
 # ----------------------------------------------------------------------------- FLOPs weights and the cost model

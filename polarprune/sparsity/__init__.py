@@ -38,7 +38,7 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
         weights = flops_weights({n: channel_macs.get(n, 0.0) for n in names}, cfg.weight_min, cfg.weight_max)
         layer_weights = [weights[n] for n in names]
     regularizer = kind.from_config(cfg, targets, layer_weights)
-    hook = SparsityHook(regularizer, names, target_macs_ratio=cfg.target_macs_ratio, trial=trial,
+    hook = SparsityHook(regularizer, names, target_macs_ratio=cfg.target_macs_ratio, trial=trial, check_every=cfg.target_check_every,
                         freeze_on_target=cfg.freeze_on_target, clamp_all=cfg.clamp_scope == "all")
     hooks: list[TrainHook] = [hook]
     if cfg.monitor:

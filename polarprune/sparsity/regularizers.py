@@ -316,15 +316,23 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
 class SparsityHook(TrainHook):
     """Applies one ``Regularizer`` to the named BN gammas at its moments of a training step.
 
-    With ``target_macs_ratio`` a ``grad`` trial prune runs at every epoch end; once it leaves at most that
-    fraction of the MACs, lambda is 0 for the rest of the run, and with ``freeze_on_target`` the regularized
-    gammas get no more updates (the original freezes them). ``clamp_all``: clamp every BN's gamma (the original).
+    With ``target_macs_ratio`` a ``grad`` trial prune runs at every epoch end (and, with ``check_every``, after
+    every that many steps of an epoch: a strong regularizer can cross the target by far within one epoch);
+    once it leaves at most that fraction of the MACs, lambda is 0 for the rest of the run, and with
+    ``freeze_on_target`` the regularized gammas get no more updates (the original freezes them).
+    ``clamp_all``: clamp every BN's gamma (the original).
     """
 
     def __init__(self, regularizer: Regularizer, bn_names: Sequence[str], *, target_macs_ratio: float | None = None,
-                 trial: Any | None = None, freeze_on_target: bool = False, clamp_all: bool = False) -> None:
+                 trial: Any | None = None, freeze_on_target: bool = False, clamp_all: bool = False,
+                 check_every: int | None = None) -> None:
         if target_macs_ratio is not None and trial is None:
             raise ValueError("target_macs_ratio needs a trial pruner")
+        if check_every is not None and (target_macs_ratio is None or check_every < 1):
+            raise ValueError("check_every needs target_macs_ratio and is at least 1")
+        self.check_every = check_every
+        self._epoch_steps = 0
+        self._epoch = 0
         self.freeze_on_target = bool(freeze_on_target)
         self.clamp_all = bool(clamp_all)
         self._all_gammas: list[Tensor] = []
@@ -373,23 +381,34 @@ class SparsityHook(TrainHook):
             return
         self.regularizer.after_backward(self.gammas(model))
 
+    def on_train_start(self, model: nn.Module, total_epochs: int) -> None:
+        self._epoch_steps = 0  # runs resume at epoch boundaries
+
     def after_step(self, model: nn.Module) -> None:
         gammas = self.gammas(model)
         self.regularizer.after_step(gammas)
         if self.clamp_all and self.regularizer.clamp is not None:
             clamp_(self._all_gammas, self.regularizer.clamp)
+        self._epoch_steps += 1
+        if self.check_every is not None and not self.target_reached and self._epoch_steps % self.check_every == 0:
+            self._check_target(model, self._epoch, f"step {self._epoch_steps} of epoch {self._epoch + 1}")
+
+    def _check_target(self, model: nn.Module, epoch: int, moment: str, cache_key: int | None = None) -> float:
+        """Trial-prune now (``cache_key``: the trial's per-epoch cache, None mid-epoch); on reaching the target, lambda 0."""
+        ratio = self.trial.macs_ratio(model, "grad", epoch=cache_key)  # type: ignore[union-attr]
+        if ratio <= self.target_macs_ratio:  # type: ignore[operator]
+            self.set_lambda(0.0)
+            self.target_reached = True
+            self.reached_epoch = epoch
+            log.warning("sparsity: trial prune (grad) leaves %.3f of the MACs <= target %.3f after %s; "
+                        "lambda set to 0 for the rest of training", ratio, self.target_macs_ratio, moment)
+        return ratio
 
     def on_epoch_end(self, model: nn.Module, epoch: int, writer: Any | None = None) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.target_macs_ratio is not None and not self.target_reached:
-            ratio = self.trial.macs_ratio(model, "grad", epoch=epoch)  # type: ignore[union-attr]
-            metrics["trial_macs_ratio_grad"] = ratio
-            if ratio <= self.target_macs_ratio:
-                self.set_lambda(0.0)
-                self.target_reached = True
-                self.reached_epoch = epoch
-                log.warning("sparsity: trial prune (grad) leaves %.3f of the MACs <= target %.3f after epoch %d; "
-                            "lambda set to 0 for the rest of training", ratio, self.target_macs_ratio, epoch + 1)
+            metrics["trial_macs_ratio_grad"] = self._check_target(model, epoch, f"the end of epoch {epoch + 1}", cache_key=epoch)
+        self._epoch, self._epoch_steps = epoch + 1, 0
         metrics["lambda"] = self.lbd
         metrics["sparsity_target_reached"] = float(self.target_reached)
         return metrics
@@ -400,13 +419,15 @@ class SparsityHook(TrainHook):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint: the current lambda and whether the MACs target was met."""
-        return {"lbd": self.lbd, "target_reached": self.target_reached, "reached_epoch": self.reached_epoch}
+        return {"lbd": self.lbd, "target_reached": self.target_reached, "reached_epoch": self.reached_epoch,
+                "next_epoch": self._epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.set_lambda(float(state.get("lbd", self.base_lbd)))
         self.target_reached = bool(state.get("target_reached", False))
         reached = state.get("reached_epoch")
         self.reached_epoch = int(reached) if reached is not None else None
+        self._epoch = int(state.get("next_epoch", 0))
 
 
 __all__ = ["l1_penalty", "l1_scales", "add_scaled_sign_", "add_l1_subgradient_", "polarization_penalty",
