@@ -520,6 +520,11 @@ def full_final_pruned(results: Results, level: str, methods: str) -> str:
     return span([_full_entry(results, level, key)["prune"]["top1"] for key in methods.split(",")], ".2f")
 
 
+def _beyond_noise(ref: float, top1: float) -> bool:
+    """Whether two top-1s (10,000 test images each) differ by more than two standard errors of their difference."""
+    return abs(top1 - ref) > 2 * math.sqrt(_se(ref) ** 2 + _se(top1) ** 2)
+
+
 def full_noise(results: Results, level: str) -> str:
     """Which fine-tuned differences to polarization exceed two standard errors of a difference."""
     ref = _full_entry(results, level, "polarization")["finetune"]["top1"]
@@ -528,14 +533,20 @@ def full_noise(results: Results, level: str) -> str:
         if e["method"] == "polarization":
             continue
         top1 = e["finetune"]["top1"]
-        limit = 2 * math.sqrt(_se(ref) ** 2 + _se(top1) ** 2)
-        (beyond if abs(top1 - ref) > limit else within).append(f"{label} {top1 - ref:+.2f}")
+        (beyond if _beyond_noise(ref, top1) else within).append(f"{label} {top1 - ref:+.2f}")
     parts = []
     if beyond:
         parts.append("beyond noise: " + "; ".join(beyond))
     if within:
         parts.append("within noise: " + "; ".join(within))
     return " — ".join(parts)
+
+
+def full_diff(results: Results, level: str, method: str, reference: str) -> str:
+    """One method's fine-tuned top-1 against another's at a level: the difference and whether it exceeds the noise."""
+    ref = _full_entry(results, level, reference)["finetune"]["top1"]
+    top1 = _full_entry(results, level, method)["finetune"]["top1"]
+    return f"{top1 - ref:+.2f} points, {'beyond' if _beyond_noise(ref, top1) else 'within'} noise"
 
 
 def full_se(results: Results) -> str:
@@ -912,6 +923,7 @@ RENDERERS: dict[str, Renderer] = {
     "full-drop": full_drop,
     "full-final": full_final,
     "full-noise": full_noise,
+    "full-diff": full_diff,
     "full-final-pruned": full_final_pruned,
     "full-gammas": full_gammas,
     "full-se": full_se,

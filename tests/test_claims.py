@@ -116,6 +116,24 @@ def test_every_decimal_figure_of_a_benchmarks_table_is_rendered() -> None:
     assert typed == []
 
 
+def test_noise_rule_is_two_standard_errors_of_a_difference() -> None:
+    """se(80%) = 0.400 and se(81.2%) = 0.391 points on 10,000 images: two standard errors of their difference
+    are 2 * sqrt(0.400^2 + 0.391^2) = 1.118 points, so 1.2 apart is beyond noise and 1.0 apart is not."""
+    assert render._se(80.0) == pytest.approx(0.4)
+    assert render._beyond_noise(80.0, 81.2) and render._beyond_noise(81.2, 80.0)
+    assert not render._beyond_noise(80.0, 81.0)
+    data = {"methods": [{"method": "polarization", "level": "b", "finetune": {"top1": 80.0}},
+                        {"method": "l1", "level": "b", "finetune": {"top1": 81.2}}]}
+
+    class Fixed(render.Results):
+        def load(self, stem):
+            return data
+
+    results = Fixed(Path("."))
+    assert render.full_diff(results, "b", "l1", "polarization") == "+1.20 points, beyond noise"
+    assert render.full_noise(results, "b") == "beyond noise: L1 + global threshold +1.20"
+
+
 def test_cited_files_expand_brace_lists() -> None:
     assert render.cited_files("see `bench/results/a{1,2}.{json,md}`") == [
         "bench/results/a1.json", "bench/results/a1.md", "bench/results/a2.json", "bench/results/a2.md"]
