@@ -50,6 +50,7 @@ def main(plan_path: str) -> int:
         tmp = Path(plan["summary"] + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, plan["summary"])
+    dist.barrier()  # as the CLI does: no rank tears down the group while another still uses it
     dist.destroy()
     return 0
 

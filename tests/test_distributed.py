@@ -220,6 +220,12 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def failure_output(proc: subprocess.CompletedProcess) -> str:
+    """The start of stderr (where a rank's own error is) and its end (torchrun's report)."""
+    err = proc.stderr
+    return err if len(err) <= 6000 else f"{err[:3000]}\n[...]\n{err[-3000:]}"
+
+
 def torchrun(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
@@ -281,7 +287,7 @@ def ddp_equivalence(tmp_path_factory) -> dict:
         worker = [str(TESTS_DIR / "ddp_worker.py"), str(root / f"{label}-plan.json")]
         cmd = torchrun(nproc, *worker) if nproc > 1 else [sys.executable, *worker]
         proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, failure_output(proc)
         summaries[label] = json.loads((root / f"{label}.json").read_text())
     return {"root": root, "summaries": summaries, "mask": mask}
 
@@ -351,7 +357,7 @@ def test_killed_rank_fails_the_run_quickly_and_the_rerun_resumes_exactly(ddp_equ
     assert read_checkpoint(out / "last.pt")["epoch"] == 1  # the completed epoch survived
 
     resumed = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_output(resumed)
     assert resumed.stderr.count("resumed from") == 1  # logged by rank 0 only
     uninterrupted = final_state(ddp_equivalence["root"] / "ddp" / "polarization")
     after_resume = final_state(out)
