@@ -338,11 +338,13 @@ def main() -> int:
     parser.add_argument("--settings", nargs="+", choices=list(CPU_SETTINGS), default=list(CPU_SETTINGS),
                         help="CPU settings to compare (each: engine vs a bare loop doing the same)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results/")
+    parser.add_argument("--stem", default=RESULT_STEM,
+                        help="result file name in bench/results/ (another machine's measurement beside the first)")
     args = parser.parse_args()
     per_setting = {setting: run(args, setting) for setting in args.settings}
     result, markdown = report(args, per_setting)
     if not args.no_write:
-        paths = write_results(RESULT_STEM, result, markdown)
+        paths = write_results(args.stem, result, markdown)
         print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     print(markdown)
     return 0 if result["acceptance"]["passed"] else 1

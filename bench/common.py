@@ -56,6 +56,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
+        "cpu_native_bf16": cpu_native_bf16(),
     }
     try:
         import torch
@@ -65,6 +66,18 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU computes bfloat16 natively (AVX-512 BF16 or AMX): without it bf16 autocast is
+    emulated and far slower than fp32. None where /proc/cpuinfo does not say (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def _cpu_model_name() -> str:
@@ -183,6 +196,7 @@ def provenance_markdown(prov: Mapping[str, Any]) -> str:
         f"Command: `{prov['command']}` (seed {prov['seed']}, git {prov['git']}, {prov['date_utc']}).\n\n"
         f"Machine: {machine['platform']}, {machine.get('processor') or machine['machine']}, "
         f"{machine['cpus_usable']} of {machine['cpu_count']} CPUs usable, "
-        f"torch threads {machine.get('torch_threads')}, GPU {machine.get('cuda') or 'none'}. "
+        f"torch threads {machine.get('torch_threads')}, GPU {machine.get('cuda') or 'none'}"
+        + {True: ", native bf16", False: ", no native bf16 (bf16 emulated)"}.get(machine.get("cpu_native_bf16"), "") + ". "
         f"Python {machine['python']}; {versions}.\n"
     )

@@ -97,7 +97,9 @@ Renderer = Callable[..., str]
 
 
 def fmt(value: Any, spec: str = "g") -> str:
-    """``format(value, spec)``; RenderError for a value that is not a number."""
+    """``format(value, spec)``; RenderError for a value that is not a number (or, with spec ``s``, a string)."""
+    if spec == "s" and isinstance(value, str):
+        return value
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise RenderError(f"expected a number, got {value!r}")
     return format(value, spec)
@@ -230,7 +232,8 @@ def provenance_table(results: Results) -> str:
         loads = _recorded_load(data)
         rows.append([
             f"`{path.name}`", prov["date"][:10],
-            f"{machine.get('cpus_usable', machine.get('cpu_count', '-'))} CPUs, GPU {machine.get('cuda') or 'none'}",
+            f"{machine.get('processor') or '-'}, {machine.get('cpus_usable', machine.get('cpu_count', '-'))} CPUs, "
+            f"GPU {machine.get('cuda') or 'none'}" + {True: ", native bf16", False: ", no native bf16"}.get(machine.get("cpu_native_bf16"), ""),
             versions.get("torch", "-"), machine.get("torch_threads", "-"),
             span(loads, ".2f") if loads else "not recorded",
         ])
@@ -758,26 +761,41 @@ def cifar_recipe_table(results: Results) -> str:
     return table(["stage", "top-1 (%)", "MACs", "params", "MACs reduction", "params reduction"], rows, align="lrrrrr")
 
 
-def engine_table(results: Results) -> str:
-    """Engine vs bare-loop throughput."""
-    data = results.load("engine_throughput")
+def engine_table(results: Results, stem: str = "engine_throughput") -> str:
+    """Engine vs bare-loop throughput in every CPU setting, and each setting's speed against fp32 NCHW."""
+    settings = results.load(stem)["cpu_settings"]
+    reference = settings["fp32-nchw"]["cpu_time"]["engine_images_per_s"]["median"] if "fp32-nchw" in settings else None
     rows = []
-    for key, label in (("wall_clock", "wall clock"), ("cpu_time", "CPU time of the process")):
-        d = data[key]
-        rows.append([label, f"{d['engine_images_per_s']['median']:.1f}", f"{d['bare_images_per_s']['median']:.1f}",
-                     f"{100 * d['ratio_of_medians']:.1f} %"])
-    return table(["measure", "engine img/s", "bare img/s", "engine / bare"], rows)
+    for name, m in settings.items():
+        engine = m["cpu_time"]["engine_images_per_s"]["median"]
+        rows.append([f"`{name}`", f"{engine:.1f}", f"{m['cpu_time']['bare_images_per_s']['median']:.1f}",
+                     f"{100 * m['wall_clock']['ratio_of_medians']:.1f} %", f"{100 * m['cpu_time']['ratio_of_medians']:.1f} %",
+                     f"{engine / reference:.2f}x" if reference else "-"])
+    return table(["setting", "engine img/s", "bare img/s", "engine / bare (wall clock)", "engine / bare (CPU time)",
+                  "engine speed vs `fp32-nchw`"], rows)
 
 
-def engine_notes(results: Results) -> str:
+def engine_speed(results: Results, stem: str, setting: str) -> str:
+    """One setting's engine throughput against ``fp32-nchw`` in the same run (CPU time)."""
+    settings = results.load(stem)["cpu_settings"]
+    if setting not in settings or "fp32-nchw" not in settings:
+        raise RenderError(f"{stem}: no setting {setting!r} beside fp32-nchw")
+    speed = lambda name: settings[name]["cpu_time"]["engine_images_per_s"]["median"]  # noqa: E731
+    return f"{speed(setting) / speed('fp32-nchw'):.2f}x"
+
+
+def engine_notes(results: Results, stem: str = "engine_throughput") -> str:
     """The acceptance and the spread of the engine benchmark."""
-    data = results.load("engine_throughput")
-    rounds = data["wall_clock"]["per_round_ratios"]
+    data = results.load(stem)
+    settings = data["cpu_settings"]
+    rounds = [r for m in settings.values() for r in m["wall_clock"]["per_round_ratios"]["all"]]
+    ratios = [m[k]["ratio_of_medians"] for m in settings.values() for k in ("wall_clock", "cpu_time")]
     verdict = "keeps" if data["acceptance"]["passed"] else "does NOT keep"
-    return (f"The engine {verdict} >= {data['acceptance']['min_ratio']:.0%} of a bare loop's throughput (the acceptance "
-            f"line). Per-round wall-clock ratios range from {rounds['min']:.0%} to {rounds['max']:.0%} because of the other "
-            f"jobs on the machine; CPU time, which leaves out the time other processes held the CPU, is the steadier "
-            f"measure. Checkpoint + logs: {1000 * data['engine_checkpoint_log_s_per_epoch']['median']:.0f} ms per epoch.")
+    return (f"The engine {verdict} >= {data['acceptance']['min_ratio']:.0%} of a bare loop's throughput in every setting "
+            f"(the acceptance line; {span([100 * r for r in ratios], '.1f')} %). Per-round wall-clock ratios range from "
+            f"{min(rounds):.0%} to {max(rounds):.0%} because of the other jobs on the machine; CPU time, which leaves out the "
+            f"time other processes held the CPU, is the steadier measure. Checkpoint + logs: "
+            f"{1000 * data['engine_checkpoint_log_s_per_epoch']['median']:.0f} ms per epoch.")
 
 
 REGULARIZER_LABELS = {"none": "none", "l1": "L1", "polarization": "polarization", "mask-l1": "mask-L1"}
@@ -957,6 +975,7 @@ RENDERERS: dict[str, Renderer] = {
     "cifar-recipe-table": cifar_recipe_table,
     "engine-table": engine_table,
     "engine-notes": engine_notes,
+    "engine-speed": engine_speed,
     "regularizer-table": regularizer_table,
     "regularizer-notes": regularizer_notes,
     "data-loader-notes": data_loader_notes,
