@@ -33,13 +33,14 @@ def test_global_batch_size_that_does_not_divide_or_disagrees_is_one_line_error()
 # The whole demo pipeline as its recipe says (40 epochs of polarization, `grad`, 20 epochs of
 # fine-tuning), in float64 as the recipe sets it: in float32 the rounding differences between
 # batch layouts grow into other pruning decisions over 60 epochs (docs/distributed.md).
-def run_demo(out: Path, nproc: int, batch: int) -> subprocess.CompletedProcess:
+def start_demo(out: Path, nproc: int, batch: int) -> subprocess.Popen:
+    """The demo recipe on ``nproc`` processes (one thread each), started in the background."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cli = ["-m", "polarprune", "run", "demo-polarization", f"data.batch_size={batch}", "train.progress=false", "--no-plots",
            "--out", str(out)]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    return subprocess.run([*launcher, *cli], env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.Popen([*launcher, *cli], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def kept_channels(run: Path) -> list[tuple[str, int]]:
@@ -60,13 +61,20 @@ def test_n_processes_with_batch_b_run_the_pipeline_of_one_process_with_batch_n_b
     to float64 rounding, in both training stages."""
     from polarprune.serialization import read_spec
 
+    # both at once: the one-thread reference would leave a core idle while it ran alone
+    started = {label: start_demo(tmp_path / label, n, b) for label, n, b in (("single", 1, nproc * batch), ("ddp", nproc, batch))}
     runs = {}
-    for label, n, b in (("single", 1, nproc * batch), ("ddp", nproc, batch)):
-        proc = run_demo(tmp_path / label, n, b)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    for label, proc in started.items():
+        try:
+            _, stderr = proc.communicate(timeout=1200)
+        finally:
+            if proc.returncode != 0:  # failed or timed out: leave nothing running
+                for other in started.values():
+                    other.kill()
+        assert proc.returncode == 0, (label, stderr[-2000:])
         runs[label] = tmp_path / label
-        if n > 1:
-            assert proc.stderr.count("[prune] running") == 1  # rank 0 logs and prunes alone
+        if label == "ddp":
+            assert stderr.count("[prune] running") == 1  # rank 0 logs and prunes alone
     for stage, epochs in (("sparsity", 40), ("finetune", 20)):
         single, ddp = train_losses(runs["single"], stage), train_losses(runs["ddp"], stage)
         assert len(single) == epochs
