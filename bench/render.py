@@ -453,7 +453,7 @@ def full_protocol(results: Results) -> str:
     pa, pb = p["polarization"]["a"], p["polarization"]["b"]
     return (
         f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast, "
-        f"channels_last for the unpruned stages (section 4: the fastest CPU setting) and NCHW for fine-tuning the pruned "
+        f"channels_last for the unpruned stages (section 4: the fastest CPU setting on a CPU with native bf16, as this one had) and NCHW for fine-tuning the pruned "
         f"models (chosen after a quick, uncommitted check that their uneven widths trained faster so); SGD momentum 0.9, weight decay {p['weight_decay']:g} on "
         f"all parameters incl. BN; BN gammas initialised to 0.5. **Baseline**: {p['baseline_epochs']} epochs without "
         f"regularizer (lr {p['baseline_lr']:g}, cosine, 1 warm-up epoch). **Sparsity stage** of every method: "
