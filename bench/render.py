@@ -761,13 +761,18 @@ def cifar_recipe_table(results: Results) -> str:
     return table(["stage", "top-1 (%)", "MACs", "params", "MACs reduction", "params reduction"], rows, align="lrrrrr")
 
 
+def _engine_images_per_s(settings: dict[str, Any], name: str) -> float:
+    """The engine's median throughput (CPU time) in one CPU setting."""
+    return settings[name]["cpu_time"]["engine_images_per_s"]["median"]
+
+
 def engine_table(results: Results, stem: str = "engine_throughput") -> str:
     """Engine vs bare-loop throughput in every CPU setting, and each setting's speed against fp32 NCHW."""
     settings = results.load(stem)["cpu_settings"]
-    reference = settings["fp32-nchw"]["cpu_time"]["engine_images_per_s"]["median"] if "fp32-nchw" in settings else None
+    reference = _engine_images_per_s(settings, "fp32-nchw") if "fp32-nchw" in settings else None
     rows = []
     for name, m in settings.items():
-        engine = m["cpu_time"]["engine_images_per_s"]["median"]
+        engine = _engine_images_per_s(settings, name)
         rows.append([f"`{name}`", f"{engine:.1f}", f"{m['cpu_time']['bare_images_per_s']['median']:.1f}",
                      f"{100 * m['wall_clock']['ratio_of_medians']:.1f} %", f"{100 * m['cpu_time']['ratio_of_medians']:.1f} %",
                      f"{engine / reference:.2f}x" if reference else "-"])
@@ -780,8 +785,7 @@ def engine_speed(results: Results, stem: str, setting: str) -> str:
     settings = results.load(stem)["cpu_settings"]
     if setting not in settings or "fp32-nchw" not in settings:
         raise RenderError(f"{stem}: no setting {setting!r} beside fp32-nchw")
-    speed = lambda name: settings[name]["cpu_time"]["engine_images_per_s"]["median"]  # noqa: E731
-    return f"{speed(setting) / speed('fp32-nchw'):.2f}x"
+    return f"{_engine_images_per_s(settings, setting) / _engine_images_per_s(settings, 'fp32-nchw'):.2f}x"
 
 
 def engine_notes(results: Results, stem: str = "engine_throughput") -> str:

@@ -418,7 +418,8 @@ class SparsityHook(TrainHook):
         self.regularizer.set_lambda(value)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data for the checkpoint: the current lambda and whether the MACs target was met."""
+        """Plain data for the checkpoint: the current lambda, whether (and when) the MACs target was met, and
+        the epoch the next step belongs to (for mid-epoch checks after a resume)."""
         return {"lbd": self.lbd, "target_reached": self.target_reached, "reached_epoch": self.reached_epoch,
                 "next_epoch": self._epoch}
 
