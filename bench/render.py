@@ -451,6 +451,8 @@ def full_protocol(results: Results) -> str:
     """The full-data protocol's settings, as the result file records them."""
     p = results.load(FULL_STEM)["protocol"]
     pa, pb = p["polarization"]["a"], p["polarization"]["b"]
+    checks = {level["target_check_every"] for level in (pa, pb) if level.get("target_check_every")}
+    checked = f" (the target checked every {', '.join(map(str, sorted(checks)))} steps)" if checks else " (the target checked at epoch ends)"
     return (
         f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast, "
         f"channels_last for the unpruned stages (section 4: the fastest CPU setting on a CPU with native bf16, as this one had) and NCHW for fine-tuning the pruned "
@@ -461,7 +463,7 @@ def full_protocol(results: Results) -> str:
         f"**Fine-tuning** of every pruned model: {p['finetune_epochs']} epochs (lr {p['finetune_lr']:g}, cosine, 1 warm-up "
         f"epoch). Strengths: polarization lambda {pa['lbd']:g}, t {pa['t']:g}, stopped once `grad` would leave "
         f"{pa['target_macs_ratio']:g} of the MACs (level a) and lambda {pb['lbd']:g}, t {pb['t']:g}, stopped at "
-        f"{pb['target_macs_ratio']:g} (level b); L1 {p['l1_lbd']:g}; mask-L1 {p['ms_mask_lbd']:g}; Torch-Pruning BNScale "
+        f"{pb['target_macs_ratio']:g} (level b){checked}; L1 {p['l1_lbd']:g}; mask-L1 {p['ms_mask_lbd']:g}; Torch-Pruning BNScale "
         f"reg {p['tp_bnscale_reg']:g}, GroupNorm reg {p['tp_groupnorm_reg']:g}; distillation T {p['distill']['temperature']:g}, "
         f"alpha {p['distill']['alpha']:g}, teacher: the unpruned baseline."
     )

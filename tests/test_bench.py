@@ -157,3 +157,15 @@ def test_methods_full_standard_error_and_levels() -> None:
     assert base["train"]["amp"] and base["train"]["channels_last"]
     smoke = module.base_config(0, smoke=True)
     assert smoke["data"]["train_subset"] == 640 and smoke["train"]["max_steps_per_epoch"] == 3
+
+
+def test_methods_full_seeds_keep_apart(tmp_path: Path) -> None:
+    """A second seed must neither reuse the main run's cached stages nor overwrite its result files."""
+    module = load_script(BENCH / "bench_methods_full.py")
+    assert module.run_name(0) == "methods_full_resnet20"  # the stem BENCHMARKS.md renders from
+    assert module.run_name(1) == "methods_full_resnet20_seed1"
+    folders = {seed: module.FullBench(module.parse_args(["--workdir", str(tmp_path), "--seed", str(seed)])).work
+               for seed in (0, 1)}
+    assert folders[0] != folders[1] and folders[0].parent == folders[1].parent == tmp_path
+    # both levels' polarization stages check the MACs target within epochs (level b crossed it by far in one epoch)
+    assert all(level["target_check_every"] == 20 for level in module.PROTOCOL["polarization"].values())

@@ -168,3 +168,20 @@ def test_inline_and_block_markers_keep_their_layout(tmp_path: Path) -> None:
     assert new == "x <!-- render: value r a .1% -->12.3%<!-- /render --> y\n<!-- render: range r b[*] -->\n1-3\n<!-- /render -->\n"
     assert [b.spec for b in blocks] == ["value r a .1%", "range r b[*]"]
     assert render.render_text(new, results)[0] == new
+
+
+def test_full_protocol_says_how_often_the_target_was_checked() -> None:
+    """The committed run checked polarization's MACs target at epoch ends; a run made with
+    ``target_check_every`` must say so instead."""
+    data = json.loads((REPO_ROOT / "bench" / "results" / "methods_full_resnet20.json").read_text())
+
+    class Fixed(render.Results):
+        def load(self, stem):
+            return data
+
+    results = Fixed(Path("."))
+    assert "(the target checked at epoch ends)" in render.full_protocol(results)
+    for level in data["protocol"]["polarization"].values():
+        level["target_check_every"] = 20
+    text = render.full_protocol(results)
+    assert "(the target checked every 20 steps)" in text and "epoch ends" not in text
