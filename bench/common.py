@@ -36,6 +36,7 @@ from polarprune.deploy.latency import (  # noqa: F401  (re-exported for the scri
     steady_malloc,
     timed,
 )
+from polarprune.hardware import cpu_native_bf16
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -66,18 +67,6 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-def cpu_native_bf16(cpuinfo: str | None = None) -> bool | None:
-    """Whether the CPU computes bfloat16 natively (AVX-512 BF16 or AMX): without it bf16 autocast is
-    emulated and far slower than fp32. None where /proc/cpuinfo does not say (not Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
-    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def _cpu_model_name() -> str:

@@ -88,13 +88,6 @@ def test_provenance_records_command_versions_and_machine(monkeypatch) -> None:
     assert "`python bench/bench_x.py --rounds 2`" in text and "seed 7" in text and "torch " in text
 
 
-def test_native_bf16_is_read_from_the_cpu_flags() -> None:
-    assert common.cpu_native_bf16("processor : 0\nflags : fpu sse avx512f avx512_bf16 avx512_vnni\n") is True
-    assert common.cpu_native_bf16("flags : fpu avx512f amx_bf16 amx_tile\n") is True
-    assert common.cpu_native_bf16("flags : fpu sse avx512f avx512bw avx512_vnni\n") is False
-    assert common.cpu_native_bf16("processor : 0\n") is None
-
-
 def test_write_results_writes_both_files_atomically(tmp_path: Path) -> None:
     json_path, md_path = common.write_results("x", {"a": 1.5}, "# title", folder=tmp_path / "out")
     assert json.loads(json_path.read_text()) == {"a": 1.5}

@@ -4,6 +4,7 @@ and a ``Trainer``. The order of the steps is fixed: it decides the random number
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from functools import partial
@@ -18,6 +19,7 @@ from ..config import DataConfig, DistillConfig, TrainConfig, TrainSection, dump_
 from ..data import build_data, probe_batch
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
+from ..hardware import cpu_native_bf16
 from ..models import create, get_entry, init_bn_gamma
 from ..serialization import load_any_model
 from ..sparsity import build_hooks
@@ -25,6 +27,8 @@ from ..training.distill import DistillationLoss
 from ..training.engine import Trainer, TrainResult
 from ..training.hooks import TrainHook
 from ..training.schedule import lr_at
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,6 +79,19 @@ def amp_dtype_of(t: TrainSection, device: torch.device) -> torch.dtype | None:
     if not t.amp:
         return None
     return torch.float16 if device.type != "cpu" and t.amp_dtype == "float16" else torch.bfloat16
+
+
+def warn_emulated_bf16(amp_dtype: torch.dtype | None, device: torch.device, native: bool | None = None) -> bool:
+    """Warn (and return True) when bf16 autocast is asked of a CPU that only emulates bf16: there it
+    trains several times slower than fp32 (BENCHMARKS.md, section 4), a setting nobody wants by accident."""
+    if amp_dtype != torch.bfloat16 or device.type != "cpu":
+        return False
+    if (cpu_native_bf16() if native is None else native) is not False:
+        return False
+    log.warning("train.amp: this CPU has no native bf16 (no AVX-512 BF16 or AMX), so bf16 autocast is emulated and "
+                "trains several times slower than fp32; set train.amp=false (train.channels_last=true is the faster "
+                "CPU setting there)")
+    return True
 
 
 def data_config_for(cfg: TrainConfig) -> DataConfig:
@@ -151,10 +168,12 @@ def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Se
     model.to(device, dtype)
     if hooks is None:
         hooks = build_hooks(cfg.sparsity, model, probe_batch(data, 8).to(device, dtype))
+    amp_dtype = amp_dtype_of(t, device)
+    warn_emulated_bf16(amp_dtype, device)
     return Trainer(
         model, data.train_loader, data.eval_loader, build_optimizer(t, model), epochs=t.epochs,
         lr_schedule=partial(lr_at, t.schedule, t.lr, total_epochs=t.epochs), out_dir=cfg.out, hooks=hooks, device=device,
-        criterion=build_criterion(cfg, device), amp_dtype=amp_dtype_of(t, device), channels_last=t.channels_last,
+        criterion=build_criterion(cfg, device), amp_dtype=amp_dtype, channels_last=t.channels_last,
         sync_bn=t.sync_bn, dtype=dtype, eval_every=t.eval_every, max_steps_per_epoch=t.max_steps_per_epoch, progress=t.progress,
         run_config=cfg.model_dump(mode="json"), resume=resume, max_bad_steps=t.max_bad_steps,
     )
