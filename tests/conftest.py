@@ -1,0 +1,33 @@
+"""Suite-wide settings for parallel runs (``pytest -n 2 --maxschedchunk 2``, the README's test command).
+
+- Each xdist worker computes with one torch thread: two workers of two threads each on a
+  two-core machine fight over the cores and every test gets slower.
+- The longest tests run first, so that the two workers share them instead of one worker
+  finishing them alone after the other has run out of work (``--maxschedchunk 2``: xdist would
+  otherwise hand each worker a quarter of its share at once, all the long tests to the first).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Longest first (minutes each on a 2-core machine); every other file follows in its usual order.
+LONGEST_FIRST = ("test_world_size.py", "test_integration_cifar.py", "test_pipeline.py", "test_progressive.py",
+                 "test_distributed.py", "test_export.py", "test_engine.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses tests start
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each file is kept
