@@ -118,9 +118,11 @@ def test_float64_training_returns_a_float32_model_and_resumes_in_float64(tmp_pat
 
 def test_bf16_autocast_on_a_cpu_that_emulates_it_warns_once(tmp_path: Path, caplog, monkeypatch) -> None:
     """Emulated bf16 trains several times slower than fp32 (BENCHMARKS.md section 4): asking for
-    it on such a CPU gets one warning naming the option; a native-bf16 CPU, fp32 and CUDA get none."""
+    it on such a CPU gets one warning per process naming the option; a native-bf16 CPU, fp32 and
+    CUDA get none."""
     import polarprune.workflows.train as train_module
 
+    monkeypatch.setattr(train_module, "_warned_emulated_bf16", [])  # the process's once-flag stays untouched
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert train_module.warn_emulated_bf16(torch.bfloat16, cpu, native=False) is True
     assert train_module.warn_emulated_bf16(torch.bfloat16, cpu, native=True) is False
@@ -129,9 +131,11 @@ def test_bf16_autocast_on_a_cpu_that_emulates_it_warns_once(tmp_path: Path, capl
     monkeypatch.setattr(train_module, "cpu_native_bf16", lambda: None)  # flags unknown (not Linux): no claim
     assert train_module.warn_emulated_bf16(torch.bfloat16, cpu) is False
     monkeypatch.setattr(train_module, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(train_module, "_warned_emulated_bf16", [])  # the calls above said it already
     caplog.clear()
     with caplog.at_level("WARNING", logger="polarprune"):
         build_trainer(digits_config(tmp_path / "amp", amp=True))
         build_trainer(digits_config(tmp_path / "fp32"))
+        build_trainer(digits_config(tmp_path / "amp2", amp=True))  # a pipeline's next stage: said already
     warnings = [r.getMessage() for r in caplog.records if "no native bf16" in r.getMessage()]
     assert len(warnings) == 1 and "train.amp=false" in warnings[0]

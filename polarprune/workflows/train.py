@@ -81,13 +81,20 @@ def amp_dtype_of(t: TrainSection, device: torch.device) -> torch.dtype | None:
     return torch.float16 if device.type != "cpu" and t.amp_dtype == "float16" else torch.bfloat16
 
 
+_warned_emulated_bf16: list[bool] = []  # once per process: a pipeline builds a trainer per stage
+
+
 def warn_emulated_bf16(amp_dtype: torch.dtype | None, device: torch.device, native: bool | None = None) -> bool:
-    """Warn (and return True) when bf16 autocast is asked of a CPU that only emulates bf16: there it
-    trains several times slower than fp32 (BENCHMARKS.md, section 4), a setting nobody wants by accident."""
+    """Whether bf16 autocast is asked of a CPU that only emulates bf16: there it trains several
+    times slower than fp32 (BENCHMARKS.md, section 4), a setting nobody wants by accident. The
+    first time in a process, rank 0 logs a warning."""
     if amp_dtype != torch.bfloat16 or device.type != "cpu":
         return False
     if (cpu_native_bf16() if native is None else native) is not False:
         return False
+    if _warned_emulated_bf16 or dist.rank() != 0:
+        return True
+    _warned_emulated_bf16.append(True)
     log.warning("train.amp: this CPU has no native bf16 (no AVX-512 BF16 or AMX), so bf16 autocast is emulated and "
                 "trains several times slower than fp32; set train.amp=false (train.channels_last=true is the faster "
                 "CPU setting there)")
