@@ -32,6 +32,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -260,6 +261,31 @@ class FullBench(CifarStages):
         return result
 
 
+# ----------------------------------------------------------------------------- hand-over
+
+FINISHED_STAGE_FILES = ("stage.json", "model.pt")  # what train_stage reads back for a finished stage
+METHOD_FILES = ("result.json", "pruned.pt", "mask.json")  # a method's record, its pruned model, MaskSparsity's mask
+
+
+def export_stages(work: Path, dest: Path) -> list[Path]:
+    """Copy what another machine needs to go on from ``work`` into ``dest``: every finished stage's
+    record and model, each method's result, pruned model and mask, and an unfinished stage's
+    ``last.pt`` (it resumes from its last epoch); no TensorBoard logs, best.pt or checkpoints of
+    finished stages. Copying ``dest`` back under a ``--workdir`` continues the run."""
+    copied: list[Path] = []
+    for folder in sorted(p for p in [work, *work.rglob("*")] if p.is_dir()):
+        finished = (folder / "stage.json").is_file()
+        names = [*METHOD_FILES, *(FINISHED_STAGE_FILES if finished else ("last.pt",))]
+        for name in names:
+            source = folder / name
+            if source.is_file():
+                target = dest / source.relative_to(work)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                copied.append(target)
+    return copied
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -396,6 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-rounds", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="1 epoch of 3 steps per stage on 640 images: checks the code paths, not the methods")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the result files from the cache")
+    parser.add_argument("--export-stages", metavar="DEST",
+                        help="copy the finished stages (and an unfinished stage's last.pt) of this seed's run to DEST "
+                             "and exit: to go on elsewhere, copy DEST to WORKDIR/" + run_name(0) + " (or _seed<N>)")
     return parser.parse_args(argv)
 
 
@@ -406,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     bench = FullBench(args)
+    if args.export_stages:
+        copied = export_stages(bench.work, Path(args.export_stages).expanduser())
+        print(f"copied {len(copied)} files ({sum(p.stat().st_size for p in copied) / 1e6:.1f} MB) to {args.export_stages}")
+        return 0
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     unknown = sorted(set(wanted) - set(METHODS)) + sorted(set(levels) - set(LEVELS))

@@ -162,3 +162,24 @@ def test_methods_full_seeds_keep_apart(tmp_path: Path) -> None:
     assert folders[0] != folders[1] and folders[0].parent == folders[1].parent == tmp_path
     # both levels' polarization stages check the MACs target within epochs (level b crossed it by far in one epoch)
     assert all(level["target_check_every"] == 20 for level in module.PROTOCOL["polarization"].values())
+
+
+def test_methods_full_export_stages_keeps_what_a_resume_reads(tmp_path: Path) -> None:
+    """The hand-over copy holds each finished stage's record and model, each method's files and an
+    unfinished stage's last checkpoint, and nothing else (no logs, best.pt or finished checkpoints)."""
+    module = load_script(BENCH / "bench_methods_full.py")
+    work = tmp_path / "work"
+    files = ["baseline/stage.json", "baseline/model.pt", "baseline/last.pt", "baseline/best.pt", "baseline/tb/events",
+             "baseline/config.yaml", "l1-a/result.json", "l1-a/pruned.pt", "l1-a/finetune/stage.json",
+             "l1-a/finetune/model.pt", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt",
+             "none-a/finetune/metrics.jsonl"]
+    for name in files:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(name.encode())
+    dest = tmp_path / "dest"
+    copied = module.export_stages(work, dest)
+    kept = {"baseline/stage.json", "baseline/model.pt", "l1-a/result.json", "l1-a/pruned.pt", "l1-a/finetune/stage.json",
+            "l1-a/finetune/model.pt", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt"}
+    assert {p.relative_to(dest).as_posix() for p in copied} == kept
+    assert {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} == kept
+    assert (dest / "l1-a" / "pruned.pt").read_bytes() == b"l1-a/pruned.pt"
