@@ -339,7 +339,8 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int) -> None:
+def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, results_dir: Path | None = None) -> None:
+    """Write the result files (JSON, Markdown, both plots) for ``rows`` to ``results_dir`` (default: ``--results-dir``)."""
     base_model, base_rec = bench.baseline()
     cost = count_model(base_model, INPUT_SHAPE)
     baseline = {"top1": base_rec["top1"], "macs": cost.macs, "params": cost.params, "epochs": PROTOCOL["baseline_epochs"],
@@ -359,7 +360,7 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int) ->
         "not_run": [f"{m}-{lv}" for lv in LEVELS for m in METHODS if not any(r["method"] == m and r["level"] == lv for r in rows)],
         "latency_rounds": latency_rounds,
     }
-    results_dir = Path(bench.args.results_dir)
+    results_dir = Path(results_dir or bench.args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     acc_png, gam_png = results_dir / f"{stem}_acc_macs.png", results_dir / f"{stem}_gammas.png"
     if rows:
@@ -454,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(cached)
                 continue
             rows.append(bench.run(method, level))
-            report(bench, list(rows), 0)  # partial results on disk after every method
+            # partial results after every method, in the stage folder: the committed result files change only
+            # when the run is complete (or on --report-only)
+            report(bench, list(rows), 0, results_dir=bench.work / "partial")
     report(bench, rows, args.latency_rounds)
     return 0
 

@@ -183,3 +183,16 @@ def test_methods_full_export_stages_keeps_what_a_resume_reads(tmp_path: Path) ->
     assert {p.relative_to(dest).as_posix() for p in copied} == kept
     assert {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} == kept
     assert (dest / "l1-a" / "pruned.pt").read_bytes() == b"l1-a/pruned.pt"
+
+
+def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After every method the run writes its partial result files into the stage folder; only the
+    complete run's report goes to ``--results-dir`` (so an interrupted run never overwrites the
+    committed results)."""
+    module = load_script(BENCH / "bench_methods_full.py")
+    written: list[Path | None] = []
+    monkeypatch.setattr(module.FullBench, "run", lambda self, name, level: {"method": name, "level": level})
+    monkeypatch.setattr(module, "report", lambda bench, rows, rounds, results_dir=None: written.append(results_dir))
+    assert module.main(["--workdir", str(tmp_path), "--methods", "none,l1", "--levels", "a", "--results-dir", str(tmp_path / "r")]) == 0
+    partial = tmp_path / "methods_full_resnet20" / "partial"
+    assert written == [partial, partial, None]
