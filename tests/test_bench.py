@@ -191,8 +191,12 @@ def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, mo
     committed results)."""
     module = load_script(BENCH / "bench_methods_full.py")
     written: list[Path | None] = []
-    monkeypatch.setattr(module.FullBench, "run", lambda self, name, level: {"method": name, "level": level})
+    ran: list[str] = []
+    monkeypatch.setattr(module.FullBench, "run", lambda self, name, level: ran.append(f"{name}-{level}") or {})
     monkeypatch.setattr(module, "report", lambda bench, rows, rounds, results_dir=None: written.append(results_dir))
-    assert module.main(["--workdir", str(tmp_path), "--methods", "none,l1", "--levels", "a", "--results-dir", str(tmp_path / "r")]) == 0
+    argv = ["--workdir", str(tmp_path), "--methods", "polarization-distill,none", "--results-dir", str(tmp_path / "r")]
+    assert module.main(argv) == 0
     partial = tmp_path / "methods_full_resnet20" / "partial"
-    assert written == [partial, partial, None]
+    assert written == [partial, partial, partial, None]
+    # the protocol's one distilled row is at level b only
+    assert ran == ["none-a", "none-b", "polarization-distill-b"]
