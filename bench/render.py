@@ -427,11 +427,11 @@ FULL_ROWS = (
 )
 
 
-def _full_rows(results: Results, level: str) -> list[tuple[str, dict[str, Any]]]:
+def _full_rows(results: Results, level: str, stem: str = FULL_STEM) -> list[tuple[str, dict[str, Any]]]:
     """(label, entry) of every method run at ``level``, in the table's order."""
-    by_key = {e["method"]: e for e in results.load(FULL_STEM)["methods"] if e["level"] == level}
+    by_key = {e["method"]: e for e in results.load(stem)["methods"] if e["level"] == level}
     if not by_key:
-        raise RenderError(f"{FULL_STEM}: no method at level {level!r}")
+        raise RenderError(f"{stem}: no method at level {level!r}")
     return [(label, by_key[key]) for key, label in FULL_ROWS if key in by_key]
 
 
@@ -605,6 +605,43 @@ def full_run(results: Results) -> str:
     rates = [s["images_per_s"] for s in stages if s.get("images_per_s")]
     hours = sum(s["wall_s"] for s in stages) / 3600
     return f"{span(rates, '.0f')} training images/s, {hours:.1f} hours of training in all (the stages' `wall_s`)"
+
+
+def _seed_pairs(results: Results, level: str, seed: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+    """The main run, the repeat with ``seed``, and (label, main entry, repeat entry) of the methods both ran at ``level``."""
+    main, repeat = results.load(FULL_STEM), results.load(f"{FULL_STEM}_seed{seed}")
+    again = {e["method"]: e for _, e in _full_rows(results, level, f"{FULL_STEM}_seed{seed}")}
+    pairs = [(label, e, again[e["method"]]) for label, e in _full_rows(results, level) if e["method"] in again]
+    if not pairs:
+        raise RenderError(f"{FULL_STEM}_seed{seed}: no method of the main run at level {level!r}")
+    return main, repeat, pairs
+
+
+def full_seeds(results: Results, level: str, seed: str) -> str:
+    """The main run (seed 0) beside its repeat with another seed: baseline, level, the rows both ran and their
+    differences to L1, each seed-to-seed change marked when it exceeds the sampling noise."""
+    main, repeat, pairs = _seed_pairs(results, level, seed)
+
+    def row(name: str, a: float, b: float, noisy: bool = True) -> list[str]:
+        mark = (" (beyond noise)" if _beyond_noise(a, b) else " (within noise)") if noisy else ""
+        return [name, f"{a:.2f}", f"{b:.2f}", f"{b - a:+.2f}{mark}"]
+
+    rows = [row("unpruned baseline", main["baseline"]["top1"], repeat["baseline"]["top1"]),
+            [f"level {level}: MACs reduction", f"{main['level_targets'][level]:.1%}", f"{repeat['level_targets'][level]:.1%}",
+             f"{100 * (repeat['level_targets'][level] - main['level_targets'][level]):+.1f} points"]]
+    rows += [row(f"{label}, after fine-tuning", a["finetune"]["top1"], b["finetune"]["top1"]) for label, a, b in pairs]
+    l1 = next(((a, b) for _, a, b in pairs if a["method"] == "l1"), None)
+    if l1 is not None:
+        rows += [row(f"{label} minus L1", a["finetune"]["top1"] - l1[0]["finetune"]["top1"],
+                     b["finetune"]["top1"] - l1[1]["finetune"]["top1"], noisy=False)
+                 for label, a, b in pairs if a["method"] != "l1"]
+    return table(["top-1 (%)", "seed 0", f"seed {seed}", f"seed {seed} minus seed 0"], rows)
+
+
+def full_seed_change(results: Results, level: str, seed: str) -> str:
+    """How far the fine-tuned top-1 of the same rows moved between the seeds (range of the absolute changes)."""
+    _, _, pairs = _seed_pairs(results, level, seed)
+    return span([abs(b["finetune"]["top1"] - a["finetune"]["top1"]) for _, a, b in pairs], ".2f")
 
 
 # ----------------------------------------------------------------------------- section 2: pruning time
@@ -954,6 +991,8 @@ RENDERERS: dict[str, Renderer] = {
     "full-gap": full_gap,
     "full-gammas-of": full_gammas_of,
     "full-run": full_run,
+    "full-seeds": full_seeds,
+    "full-seed-change": full_seed_change,
     "methods-table": methods_table,
     "methods-unpruned": methods_unpruned,
     "methods-protocol": methods_protocol,

@@ -187,3 +187,31 @@ def test_full_protocol_says_how_often_the_target_was_checked() -> None:
         level["target_check_every"] = 20
     text = render.full_protocol(results)
     assert "(the target checked every 20 steps)" in text and "epoch ends" not in text
+
+
+def _full_file(baseline: float, target: float, finals: dict[str, float]) -> dict:
+    return {"baseline": {"top1": baseline}, "level_targets": {"b": target},
+            "methods": [{"method": m, "level": "b", "finetune": {"top1": v}} for m, v in finals.items()]}
+
+
+def test_full_seeds_sets_a_repeat_beside_the_main_run(tmp_path: Path) -> None:
+    """The rows both seeds ran, their seed-to-seed changes against the sampling noise, and each method's
+    difference to L1 per seed; a method only the main run has is left out."""
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(
+        _full_file(87.5, 0.72, {"polarization": 81.0, "l1": 82.0, "masksparsity": 82.5, "tp-bnscale": 80.0})))
+    (tmp_path / "methods_full_resnet20_seed1.json").write_text(json.dumps(
+        _full_file(87.0, 0.70, {"polarization": 82.5, "l1": 81.8, "masksparsity": 82.0})))
+    text = render.full_seeds(render.Results(tmp_path), "b", "1")
+    lines = text.splitlines()
+    assert lines[0] == "| top-1 (%) | seed 0 | seed 1 | seed 1 minus seed 0 |"
+    assert "| unpruned baseline | 87.50 | 87.00 | -0.50 (within noise) |" in lines
+    assert "| level b: MACs reduction | 72.0% | 70.0% | -2.0 points |" in lines
+    # +1.5 points at ~82% exceeds two standard errors of a difference (about 1.08), -0.2 does not
+    assert "| polarization + grad, after fine-tuning | 81.00 | 82.50 | +1.50 (beyond noise) |" in lines
+    assert "| L1 + global threshold, after fine-tuning | 82.00 | 81.80 | -0.20 (within noise) |" in lines
+    assert "| MaskSparsity minus L1 | 0.50 | 0.20 | -0.30 |" in lines
+    assert "| polarization + grad minus L1 | -1.00 | 0.70 | +1.70 |" in lines
+    assert "BNScale" not in text
+    assert render.full_seed_change(render.Results(tmp_path), "b", "1") == "0.20-1.50"
+    with pytest.raises(render.RenderError, match="seed2"):
+        render.full_seeds(render.Results(tmp_path), "b", "2")
