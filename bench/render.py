@@ -591,9 +591,9 @@ def full_gammas_of(results: Results, method: str) -> str:
     return " and ".join(f"{v:.0%} (level {lv})" for lv, v in sorted(shares.items()))
 
 
-def full_run(results: Results) -> str:
-    """Training throughput and the machine time of all stages."""
-    data = results.load(FULL_STEM)
+def full_run(results: Results, stem: str = FULL_STEM) -> str:
+    """Training throughput and the machine time of all stages of a run (the main one, or a repeat's ``stem``)."""
+    data = results.load(stem)
     stages = [data["baseline"]]
     seen: set[str] = set()
     for e in data["methods"]:
