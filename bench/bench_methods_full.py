@@ -350,7 +350,7 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
     base_model, base_rec = bench.baseline()
     cost = count_model(base_model, INPUT_SHAPE)
     baseline = {"top1": base_rec["top1"], "macs": cost.macs, "params": cost.params, "epochs": PROTOCOL["baseline_epochs"],
-                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s")}
+                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s"), "machine": base_rec.get("machine")}
     lat = latencies(bench, rows, base_model, latency_rounds) if latency_rounds > 0 and rows else {}
     targets = {lv: _read_json(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
     targets = {lv: r["prune"]["macs_reduction"] for lv, r in targets.items() if r}

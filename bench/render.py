@@ -43,6 +43,7 @@ second.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import re
@@ -604,7 +605,11 @@ def full_run(results: Results, stem: str = FULL_STEM) -> str:
         stages.append(e["finetune"])
     rates = [s["images_per_s"] for s in stages if s.get("images_per_s")]
     hours = sum(s["wall_s"] for s in stages) / 3600
-    return f"{span(rates, '.0f')} training images/s, {hours:.1f} hours of training in all (the stages' `wall_s`)"
+    text = f"{span(rates, '.0f')} training images/s, {hours:.1f} hours of training in all (the stages' `wall_s`)"
+    machines = collections.Counter(s.get("machine") or "machine not recorded" for s in stages)
+    if set(machines) != {"machine not recorded"}:  # stage records name their machine since the runs of 2026-12-06
+        text += "; stages per machine: " + ", ".join(f"{name} {n}" for name, n in machines.items())
+    return text
 
 
 def _seed_pairs(results: Results, level: str, seed: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, dict[str, Any], dict[str, Any]]]]:

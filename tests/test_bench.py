@@ -200,3 +200,35 @@ def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, mo
     assert written == [partial, partial, partial, None]
     # the protocol's one distilled row is at level b only
     assert ran == ["none-a", "none-b", "polarization-distill-b"]
+
+
+def test_machine_label_names_cpu_count_and_bf16() -> None:
+    info = common.machine_info()
+    label = common.machine_label()
+    assert f", {info['cpus_usable']} CPUs, " in label
+    assert label.endswith(", native bf16" if info["cpu_native_bf16"] else ", no native bf16")
+
+
+def test_a_stage_record_names_the_machine_it_finished_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage's record says where it ran (a resumed run's stages may come from several machines); a
+    finished stage is read back, not run again."""
+    import types
+
+    import torch
+
+    module = load_script(BENCH / "bench_methods_cifar.py")
+    calls: list[str] = []
+
+    def fake_training(cfg, model=None, hooks=None, resume=True):
+        calls.append(cfg.out)
+        return types.SimpleNamespace(final_top1=42.5, model=torch.nn.Linear(2, 2),
+                                     history=[{"images_per_s": 100.0, "epoch": 1}, {"images_per_s": 300.0, "epoch": 2}])
+
+    monkeypatch.setattr(module, "run_training", fake_training)
+    cfg = types.SimpleNamespace(out=str(tmp_path / "stage"), train=types.SimpleNamespace(epochs=2))
+    _, record = module.train_stage(cfg)
+    saved = json.loads((tmp_path / "stage" / "stage.json").read_text())
+    assert saved == record and record["machine"] == common.machine_label()
+    assert record["top1"] == 42.5 and record["images_per_s"] == 200.0 and record["last_epoch"] == {"images_per_s": 300.0, "epoch": 2}
+    _, again = module.train_stage(cfg)
+    assert again == record and len(calls) == 1
