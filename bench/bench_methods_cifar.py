@@ -39,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS_DIR, machine_label, provenance, provenance_markdown, reexec_with_steady_malloc,  # noqa: E402
+from common import (RESULTS_DIR, machine_info, provenance, provenance_markdown, reexec_with_steady_malloc,  # noqa: E402
                     steady_malloc, write_results)
 
 from polarprune.config import TrainConfig, deep_merge  # noqa: E402
@@ -159,7 +159,7 @@ def train_stage(cfg: TrainConfig, model: nn.Module | None = None, hooks: list | 
         "images_per_s": statistics.median([r["images_per_s"] for r in result.history]) if result.history else None,
         "last_epoch": {k: v for k, v in (result.history[-1] if result.history else {}).items()
                        if isinstance(v, (int, float))},
-        "machine": machine_label(),  # a resumed run's stages may have finished on several machines
+        "machine": machine_info(),  # a resumed run's stages may have finished on several machines
     }
     _save_model(result.model.cpu().eval(), out / "model.pt")
     _write_json(out / "stage.json", record)

@@ -69,14 +69,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def machine_label() -> str:
-    """This machine in a few words (CPU model, usable CPUs, native bf16 or not), for the record of a stage
-    that a resumed run may have finished on another machine."""
-    info = machine_info()
-    bf16 = "native bf16" if info["cpu_native_bf16"] else "no native bf16"
-    return f"{info['processor'] or info['machine']}, {info['cpus_usable']} CPUs, {bf16}"
-
-
 def _cpu_model_name() -> str:
     """The CPU model from /proc/cpuinfo (Linux), where platform.processor() is empty."""
     try:

@@ -223,6 +223,13 @@ def _recorded_load(data: dict[str, Any]) -> list[float]:
     return loads
 
 
+def _machine_cell(machine: dict[str, Any]) -> str:
+    """A ``machine_info()`` record in a few words: CPU model, usable CPUs, GPU, native bf16 or not."""
+    return (f"{machine.get('processor') or '-'}, {machine.get('cpus_usable', machine.get('cpu_count', '-'))} CPUs, "
+            f"GPU {machine.get('cuda') or 'none'}"
+            + {True: ", native bf16", False: ", no native bf16"}.get(machine.get("cpu_native_bf16"), ""))
+
+
 def provenance_table(results: Results) -> str:
     """Where and with what each result file of BENCHMARKS.md was produced."""
     rows = []
@@ -232,9 +239,7 @@ def provenance_table(results: Results) -> str:
         machine, versions = prov["machine"], prov["versions"]
         loads = _recorded_load(data)
         rows.append([
-            f"`{path.name}`", prov["date"][:10],
-            f"{machine.get('processor') or '-'}, {machine.get('cpus_usable', machine.get('cpu_count', '-'))} CPUs, "
-            f"GPU {machine.get('cuda') or 'none'}" + {True: ", native bf16", False: ", no native bf16"}.get(machine.get("cpu_native_bf16"), ""),
+            f"`{path.name}`", prov["date"][:10], _machine_cell(machine),
             versions.get("torch", "-"), machine.get("torch_threads", "-"),
             span(loads, ".2f") if loads else "not recorded",
         ])
@@ -606,9 +611,9 @@ def full_run(results: Results, stem: str = FULL_STEM) -> str:
     rates = [s["images_per_s"] for s in stages if s.get("images_per_s")]
     hours = sum(s["wall_s"] for s in stages) / 3600
     text = f"{span(rates, '.0f')} training images/s, {hours:.1f} hours of training in all (the stages' `wall_s`)"
-    machines = collections.Counter(s.get("machine") or "machine not recorded" for s in stages)
+    machines = collections.Counter(_machine_cell(s["machine"]) if s.get("machine") else "machine not recorded" for s in stages)
     if set(machines) != {"machine not recorded"}:  # stage records name their machine since the runs of 2026-12-06
-        text += "; stages per machine: " + ", ".join(f"{name} {n}" for name, n in machines.items())
+        text += "; stages per machine: " + "; ".join(f"{name} ({n})" for name, n in machines.items())
     return text
 
 

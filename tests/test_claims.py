@@ -220,17 +220,21 @@ def test_full_seeds_sets_a_repeat_beside_the_main_run(tmp_path: Path) -> None:
 def test_full_run_counts_the_stages_per_machine_once_records_name_it(tmp_path: Path) -> None:
     """Throughput range and hours over the distinct stages (a level's shared sparsity stage once);
     the machines are listed only when some stage record names one."""
-    def stage(rate: float, wall: float, machine: str | None = None) -> dict:
+    a = {"processor": "A", "cpus_usable": 2, "cuda": None, "cpu_native_bf16": True}
+    b = {"processor": "B", "cpus_usable": 16, "cuda": "H100", "cpu_native_bf16": False}
+
+    def stage(rate: float, wall: float, machine: dict | None = None) -> dict:
         return {"images_per_s": rate, "wall_s": wall, **({"machine": machine} if machine else {})}
 
-    data = {"baseline": stage(1000, 3600, "A"), "methods": [
-        {"method": "l1", "level": "a", "sparsity": stage(800, 1800, "A"), "finetune": stage(900, 900, "B")},
-        {"method": "l1", "level": "b", "sparsity": stage(800, 1800, "A"), "finetune": stage(700, 900)},
+    data = {"baseline": stage(1000, 3600, a), "methods": [
+        {"method": "l1", "level": "a", "sparsity": stage(800, 1800, a), "finetune": stage(900, 900, b)},
+        {"method": "l1", "level": "b", "sparsity": stage(800, 1800, a), "finetune": stage(700, 900)},
     ]}
     (tmp_path / "run.json").write_text(json.dumps(data))
     assert render.full_run(render.Results(tmp_path), "run") == (
         "700-1000 training images/s, 2.0 hours of training in all (the stages' `wall_s`); "
-        "stages per machine: A 2, B 1, machine not recorded 1")
+        "stages per machine: A, 2 CPUs, GPU none, native bf16 (2); B, 16 CPUs, GPU H100, no native bf16 (1); "
+        "machine not recorded (1)")
     for entry in [data["baseline"]] + [e[k] for e in data["methods"] for k in ("sparsity", "finetune")]:
         entry.pop("machine", None)
     (tmp_path / "run.json").write_text(json.dumps(data))
