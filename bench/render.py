@@ -619,11 +619,12 @@ def full_run(results: Results, stem: str = FULL_STEM) -> str:
 
 def _seed_pairs(results: Results, level: str, seed: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
     """The main run, the repeat with ``seed``, and (label, main entry, repeat entry) of the methods both ran at ``level``."""
-    main, repeat = results.load(FULL_STEM), results.load(f"{FULL_STEM}_seed{seed}")
-    again = {e["method"]: e for _, e in _full_rows(results, level, f"{FULL_STEM}_seed{seed}")}
+    stem = f"{FULL_STEM}_seed{seed}"
+    main, repeat = results.load(FULL_STEM), results.load(stem)
+    again = {e["method"]: e for _, e in _full_rows(results, level, stem)}
     pairs = [(label, e, again[e["method"]]) for label, e in _full_rows(results, level) if e["method"] in again]
     if not pairs:
-        raise RenderError(f"{FULL_STEM}_seed{seed}: no method of the main run at level {level!r}")
+        raise RenderError(f"{stem}: no method of the main run at level {level!r}")
     return main, repeat, pairs
 
 
