@@ -133,17 +133,16 @@ class TrainSection(Section):
 
 
 class SparsityConfig(Section):
-    """The sparsity regularizer on BN scaling factors (REFERENCE section 2)."""
+    """How sparsity training is set up (REFERENCE section 2). The regularizer's own parameters (``lbd``;
+    polarization's ``t``, ``alpha``, ``clamp``, ``detach_mean``; mask-l1's ``mask``) sit next to these
+    keys, but each regularizer declares and checks them (``sparsity.regularizers``: its ``Params``);
+    ``sparsity.resolve_sparsity`` checks the name and those parameters. This layer knows neither."""
 
-    regularizer: Literal["none", "l1", "polarization", "mask-l1"] = "none"
-    lbd: float = Field(1e-4, ge=0, description="lambda, the regularizer's strength")
-    t: float = Field(1.0, ge=0, description="polarization: weight of the L1 part (larger: more channels to 0)")
-    alpha: float = Field(1.0, ge=0, description="polarization: scale of the mean")
-    clamp: float | None = Field(1.0, gt=0, description="polarization: clamp gammas to [0, clamp] after each step; null: no clamp")
-    detach_mean: bool = Field(False, description="polarization: stop the gradient through the mean (pol_grad)")
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    regularizer: str = Field("none", description="a name of sparsity.regularizers.REGULARIZERS (none, l1, polarization, mask-l1)")
     include: list[str] = Field(default_factory=list, description="fnmatch patterns of BN names to regularize (empty: default choice)")
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of BN names not to regularize")
-    mask: str | None = Field(None, description="mask-l1: mask file (True = keep)")
     flops_weighted: bool = False
     flops_weighting: Literal["residual", "original"] = Field(
         "residual", description="flops_weighted: what one channel costs: residual (producer + every consumer through residual additions) "
@@ -164,6 +163,10 @@ class SparsityConfig(Section):
         if self.target_check_every is not None and self.target_macs_ratio is None:
             raise ValueError("target_check_every needs target_macs_ratio")
         return self
+
+    def regularizer_options(self) -> dict[str, Any]:
+        """The keys this section does not declare: the regularizer's own parameters."""
+        return dict(self.model_extra or {})
 
 
 class DistillConfig(Section):
@@ -186,12 +189,6 @@ class TrainConfig(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     distill: DistillConfig | None = Field(None, description="distil from a teacher while training (None: off)")
-
-    @model_validator(mode="after")
-    def _check_mask(self) -> "TrainConfig":
-        if self.sparsity.regularizer == "mask-l1" and not self.sparsity.mask:
-            raise ValueError("sparsity.mask: required when sparsity.regularizer is mask-l1")
-        return self
 
 
 # ----------------------------------------------------------------------------- loading
@@ -230,20 +227,25 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_path(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
+    """Set ``data[path[0]][path[1]]... = value`` in place, creating sections (``item``: the override, for errors)."""
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise PolarpruneError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted ``key=value`` overrides set (sections are created)."""
     data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise PolarpruneError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_path(data, path, value, item)
     return data
 
 
@@ -258,10 +260,11 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(exc: ValidationError, source: str = "config") -> str:
-    """One line naming the first offending key, its problem and the value given."""
+def format_validation_error(exc: ValidationError, source: str = "config", prefix: str = "") -> str:
+    """One line naming the first offending key (``prefix``: the section the schema sits in), its problem
+    and the value given."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]]) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}"
@@ -281,13 +284,6 @@ def validate(schema: type[Section], data: dict[str, Any], source: str = "config"
         return schema.model_validate(data)
     except ValidationError as exc:
         raise PolarpruneError(format_validation_error(exc, source)) from None
-
-
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a training config from YAML (or defaults when ``path`` is None) and apply overrides."""
-    data = read_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return validate(TrainConfig, data, source=str(path) if path else "config")
 
 
 def dump_yaml(cfg: BaseModel) -> str:

@@ -12,9 +12,6 @@ from .deploy.latency import latency_ms
 from .flops import count_model
 from .fileio import atomic_write_json, atomic_write_text
 
-MODEL_STAGES = ("baseline", "sparsity", "mask_sparsity", "prune", "progressive", "finetune", "scratch")
-
-
 @torch.no_grad()
 def cpu_latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int = 1, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time (ms) of one eval-mode forward pass on the CPU (``polarprune latency``'s

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from polarprune.config import TrainConfig, apply_overrides, deep_merge, load_train_config, parse_override
+from polarprune.config import TrainConfig, apply_overrides, deep_merge, parse_override
+from polarprune.workflows.train import load_train_config
 from polarprune.errors import PolarpruneError
 
 

@@ -130,7 +130,7 @@ def test_polarization_demo_prunes_and_keeps_accuracy(tmp_path):
                                                "train.dtype=float32", "train.progress=false"])
     pipeline = Pipeline(recipe, tmp_path / "run")
     pipeline.run()
-    summary = summarize(pipeline)
+    summary = summarize(pipeline.context)
     rows = {r["name"]: r for r in summary["stages"]}
     assert set(rows) == {"sparsity", "prune", "finetune"}
     assert summary["reductions"]["macs_reduction"] >= 0.30

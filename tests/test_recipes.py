@@ -8,7 +8,8 @@ import torch
 from fixtures import make_cifar10, make_cifar100, make_imagefolder
 from polarprune.errors import PolarpruneError
 from polarprune.models import create
-from polarprune.workflows.recipe import TRAINING_STAGES, builtin_recipes, load_recipe, stage_config
+from polarprune.workflows.kinds import stage_kind
+from polarprune.workflows.recipe import builtin_recipes, load_recipe, stage_config
 from polarprune.workflows.train import run_training
 
 RECIPES = sorted(builtin_recipes())
@@ -64,7 +65,7 @@ def fixture_overrides(name: str, tmp_path) -> list[str]:
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_first_training_steps(name, tmp_path):
     recipe = load_recipe(name, fixture_overrides(name, tmp_path))
-    first = next(s for s in recipe.present_stages() if s in TRAINING_STAGES)
+    first = next(s for s in recipe.present_stages() if stage_kind(s).trains)
     cfg = stage_config(
         recipe, first, tmp_path / "run",
         device="cpu", train={"epochs": 1, "max_steps_per_epoch": 2}, model={"num_classes": None},

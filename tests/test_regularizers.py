@@ -412,15 +412,48 @@ def test_build_hooks_variants(tmp_path) -> None:
 # ----------------------------------------------------------------------------- the registry
 
 
-def test_regularizer_registry_names_match_config_and_unknown_is_one_line() -> None:
-    from typing import get_args
+def test_regularizer_registry_names_match_config_and_unknown_is_one_line(monkeypatch) -> None:
+    from pydantic import Field
 
-    assert set(REGULARIZERS) == set(get_args(SparsityConfig.model_fields["regularizer"].annotation))
-    with pytest.raises(PolarpruneError) as err:
-        make_regularizer("l2", lbd=0.1)
-    message = str(err.value)
-    assert "\n" not in message and "'l2'" in message
-    assert all(name in message for name in ("none", "l1", "mask-l1", "polarization"))
+    from polarprune.sparsity.regularizers import RegularizerParams, resolve_sparsity
+
+    for make in (lambda: make_regularizer("l2", lbd=0.1), lambda: resolve_sparsity(SparsityConfig(regularizer="l2"))):
+        with pytest.raises(PolarpruneError) as err:
+            make()
+        message = str(err.value)
+        assert "\n" not in message and "'l2'" in message
+        assert all(name in message for name in REGULARIZERS)
+
+    class ScaledParams(RegularizerParams):
+        scale: float = Field(2.0, gt=0)
+
+    from polarprune.sparsity.regularizers import Regularizer
+
+    class Scaled(Regularizer):  # a registered name and its own parameters are all the config knows
+        name = "scaled"
+        Params = ScaledParams
+
+    monkeypatch.setitem(REGULARIZERS, "scaled", Scaled)
+    resolved = resolve_sparsity(SparsityConfig(regularizer="scaled", lbd=0.5))
+    assert (resolved.regularizer, resolved.lbd, resolved.scale) == ("scaled", 0.5, 2.0)
+    with pytest.raises(PolarpruneError, match=r"^config: sparsity\.scale: .*greater than 0 \(got -1\)$"):
+        resolve_sparsity(SparsityConfig(regularizer="scaled", scale=-1))
+    with pytest.raises(PolarpruneError, match=r"unknown key 'sparsity\.t'"):  # polarization's key is not scaled's
+        resolve_sparsity(SparsityConfig(regularizer="scaled", t=1.2))
+
+
+def test_each_regularizer_checks_its_own_parameters_once() -> None:
+    """Polarization's keys are checked by polarization; mask-l1 without a mask is refused by its Params."""
+    from polarprune.sparsity.regularizers import resolve_sparsity
+
+    polar = resolve_sparsity(SparsityConfig(regularizer="polarization", t=1.4))
+    assert (polar.lbd, polar.t, polar.alpha, polar.clamp, polar.detach_mean) == (1e-4, 1.4, 1.0, 1.0, False)
+    with pytest.raises(PolarpruneError, match=r"sparsity\.lbd: .*greater than or equal to 0 \(got -0\.002\)"):
+        resolve_sparsity(SparsityConfig(regularizer="polarization", lbd=-0.002))
+    with pytest.raises(PolarpruneError, match=r"missing key 'sparsity\.mask'"):
+        build_hooks(SparsityConfig(regularizer="mask-l1"), tiny_net(), torch.randn(2, 1, 6, 6))
+    with pytest.raises(PolarpruneError, match=r"unknown key 'sparsity\.t'"):
+        resolve_sparsity(SparsityConfig(regularizer="l1", t=1.2))
 
 
 def test_registered_regularizer_is_used_by_build_hooks(monkeypatch) -> None:

@@ -38,7 +38,7 @@ def run_recipe(recipe_name: str, overrides: list[str], out: str | None, plots: b
     with dist.clear_collective_errors(f"running {run_dir}"):  # a peer died: one line, not a gloo traceback
         pipeline.run()
     if dist.is_main():
-        summary = summarize(pipeline, plots=plots)
+        summary = summarize(pipeline.context, plots=plots)
         print(format_table(summary))
         red = summary["reductions"]
         if red and red["reference_stage"] != red["final_stage"]:

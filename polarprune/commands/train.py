@@ -29,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed as dist
-    from ..config import load_train_config
-    from ..workflows.train import run_training
+    from ..workflows.train import load_train_config, run_training
 
     overrides = list(args.overrides)
     if args.out:

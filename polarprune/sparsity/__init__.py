@@ -17,17 +17,19 @@ from ..pruning.trial import TrialAnalysis
 from .flops_weighting import original_channel_macs
 from .monitor import GammaMonitorHook
 from .regularizers import (REGULARIZERS, Regularizer, SparsityHook, add_l1_subgradient_, clamp_, flops_weights, l1_penalty,
-                           make_regularizer, polarization_penalty, register_regularizer, regularizer_class)
+                           make_regularizer, polarization_penalty, register_regularizer, regularizer_class,
+                           regularizer_params, resolve_sparsity)
 from .selection import regularized_bn_names
 
 
 def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> list[TrainHook]:
     """The hooks that apply ``cfg``'s regularizer (and, with ``cfg.monitor``, monitoring) to ``model``; ``none``:
     no hook. ``example_inputs`` (a small batch) serves one-off probes and the one ``TrialAnalysis`` of the run."""
+    params = regularizer_params(cfg)
     kind = regularizer_class(cfg.regularizer)
     if not kind.active:
         return []
-    targets = kind.targets(cfg, model, example_inputs)
+    targets = kind.targets(cfg, params, model, example_inputs)
     names = targets.names
     needs_trial = cfg.flops_weighted or cfg.target_macs_ratio is not None or cfg.monitor
     trial = TrialAnalysis(model, example_inputs, bn_names=names) if needs_trial else None  # one analysis per run
@@ -37,7 +39,7 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
         channel_macs = original_channel_macs(model, trial.analysis.layer_shapes(), names) if cfg.flops_weighting == "original" else trial.channel_macs()
         weights = flops_weights({n: channel_macs.get(n, 0.0) for n in names}, cfg.weight_min, cfg.weight_max)
         layer_weights = [weights[n] for n in names]
-    regularizer = kind.from_config(cfg, targets, layer_weights)
+    regularizer = kind.from_params(params, targets, layer_weights)
     hook = SparsityHook(regularizer, names, target_macs_ratio=cfg.target_macs_ratio, trial=trial, check_every=cfg.target_check_every,
                         freeze_on_target=cfg.freeze_on_target, clamp_all=cfg.clamp_scope == "all")
     hooks: list[TrainHook] = [hook]
@@ -48,6 +50,7 @@ def build_hooks(cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> l
 
 
 __all__ = ["build_hooks", "SparsityHook", "Regularizer", "REGULARIZERS", "register_regularizer", "regularizer_class",
+           "regularizer_params", "resolve_sparsity",
            "make_regularizer", "GammaMonitorHook", "TrialAnalysis", "regularized_bn_names", "l1_penalty",
            "add_l1_subgradient_", "polarization_penalty", "clamp_", "flops_weights", "load_mask", "save_mask",
            "uniform_mask", "mask_from_strategy", "masksparsity_mask"]

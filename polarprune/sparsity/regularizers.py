@@ -10,8 +10,11 @@ The math is a handful of pure functions on a list of gamma tensors (one per regu
 - ``clamp_``: gammas back into ``[0, clamp]`` after every optimizer step (polarization).
 - ``flops_weights``: per-layer lambda factors, linearly mapped from the MACs one channel costs.
 
-Each regularizer is a ``Regularizer`` class registered by name in ``REGULARIZERS``; ``SparsityHook``
-calls it at the moments of a training step and knows nothing of its insides.
+Each regularizer is a ``Regularizer`` class registered by name in ``REGULARIZERS``; it declares its
+own validated parameters (``Params``, a config section whose keys sit in the ``sparsity`` section
+next to the common ones of ``config.SparsityConfig``), and ``resolve_sparsity`` is the one place that
+checks a sparsity section's regularizer name and parameters. ``SparsityHook`` calls the regularizer
+at the moments of a training step and knows nothing of its insides.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
+from pydantic import Field, ValidationError
 from torch import Tensor, nn
 
-from ..config import SparsityConfig
+from ..config import Section, SparsityConfig, format_validation_error
 from ..errors import PolarpruneError
 from ..training.hooks import TrainHook
 from .masks import load_mask
@@ -167,11 +171,34 @@ def register_regularizer(cls: type["Regularizer"]) -> type["Regularizer"]:
     return cls
 
 
+class RegularizerParams(Section):
+    """The parameters every regularizer takes (a subclass adds its own)."""
+
+    lbd: float = Field(1e-4, ge=0, description="lambda, the regularizer's strength")
+
+
+class PolarizationParams(RegularizerParams):
+    """``polarization``'s parameters."""
+
+    t: float = Field(1.0, ge=0, description="weight of the L1 part (larger: more channels to 0)")
+    alpha: float = Field(1.0, ge=0, description="scale of the mean")
+    clamp: float | None = Field(1.0, gt=0, description="clamp gammas to [0, clamp] after each step; null: no clamp")
+    detach_mean: bool = Field(False, description="stop the gradient through the mean (pol_grad)")
+
+
+class MaskL1Params(RegularizerParams):
+    """``mask-l1``'s parameters: the mask file is required."""
+
+    mask: str = Field(description="mask file (True = keep); its other channels are regularized")
+
+
 class Regularizer:
     """One sparsity regularizer on the regularized gammas: strength ``lbd``, ``layer_weights`` (one lambda
-    factor per BN), ``clamp`` (upper bound after each step). Subclasses override the moments they act at."""
+    factor per BN), ``clamp`` (upper bound after each step). Subclasses override the moments they act at
+    and declare their parameters in ``Params``."""
 
     name: ClassVar[str] = ""
+    Params: ClassVar[type[RegularizerParams]] = RegularizerParams
     method: ClassVar[str | None] = None  # whose paper's BN choice ``targets`` uses
     active: ClassVar[bool] = True  # False: no hook at all (``none``)
 
@@ -181,14 +208,14 @@ class Regularizer:
         self.clamp = clamp
 
     @classmethod
-    def targets(cls, cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> Targets:
+    def targets(cls, cfg: SparsityConfig, params: Any, model: nn.Module, example_inputs: Any) -> Targets:
         """The BNs ``cfg`` asks for: the family's choice for ``method``, narrowed by include/exclude."""
         return Targets(regularized_bn_names(model, example_inputs, cfg.include, cfg.exclude, method=cls.method))
 
     @classmethod
-    def from_config(cls, cfg: SparsityConfig, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
-        """The regularizer ``cfg`` describes, acting on ``targets``."""
-        return cls(cfg.lbd, layer_weights)
+    def from_params(cls, params: Any, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
+        """The regularizer its validated ``params`` describe, acting on ``targets``."""
+        return cls(params.lbd, layer_weights)
 
     def set_lambda(self, value: float) -> None:
         """Change the strength (cached per-step factors are rebuilt on the next step)."""
@@ -236,8 +263,8 @@ class L1(Regularizer):
         self._scales: list[Tensor] | None = None
 
     @classmethod
-    def from_config(cls, cfg: SparsityConfig, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
-        return cls(cfg.lbd, layer_weights, regularize=targets.regularize)
+    def from_params(cls, params: Any, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
+        return cls(params.lbd, layer_weights, regularize=targets.regularize)
 
     def reset(self) -> None:
         self._scales = None
@@ -257,14 +284,13 @@ class MaskL1(L1):
     name = "mask-l1"
     method = "masksparsity"
     needs_masks = True
+    Params = MaskL1Params
 
     @classmethod
-    def targets(cls, cfg: SparsityConfig, model: nn.Module, example_inputs: Any) -> Targets:
+    def targets(cls, cfg: SparsityConfig, params: Any, model: nn.Module, example_inputs: Any) -> Targets:
         """The BNs of the mask file (narrowed by include/exclude); each regularizes its NOT-keep channels."""
-        if not cfg.mask:
-            raise PolarpruneError("sparsity.mask: required when sparsity.regularizer is mask-l1")
-        keep = load_mask(cfg.mask, model)
-        names = narrow(list(keep), cfg.include, cfg.exclude, where=f"layer of mask file {cfg.mask}")
+        keep = load_mask(params.mask, model)
+        names = narrow(list(keep), cfg.include, cfg.exclude, where=f"layer of mask file {params.mask}")
         return Targets(names, [~keep[n] for n in names])
 
 
@@ -274,6 +300,7 @@ class Polarization(Regularizer):
 
     name = "polarization"
     method = "polarization"
+    Params = PolarizationParams
 
     def __init__(self, lbd: float = 0.0, layer_weights: Sequence[float] | None = None, clamp: float | None = 1.0,
                  t: float = 1.0, alpha: float = 1.0, detach_mean: bool = False) -> None:
@@ -282,8 +309,8 @@ class Polarization(Regularizer):
         self._flat_weights: Tensor | None = None
 
     @classmethod
-    def from_config(cls, cfg: SparsityConfig, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
-        return cls(cfg.lbd, layer_weights, cfg.clamp, cfg.t, cfg.alpha, cfg.detach_mean)
+    def from_params(cls, params: Any, targets: Targets, layer_weights: Sequence[float] | None = None) -> "Regularizer":
+        return cls(params.lbd, layer_weights, params.clamp, params.t, params.alpha, params.detach_mean)
 
     def reset(self) -> None:
         self._flat_weights = None
@@ -296,12 +323,30 @@ class Polarization(Regularizer):
         return polarization_penalty(gammas, self.lbd, self.t, self.alpha, self.detach_mean, self._flat_weights)
 
 
-def regularizer_class(name: str) -> type[Regularizer]:
-    """The class registered as ``name``; a one-line error listing the known names otherwise."""
+def regularizer_class(name: str, where: str = "") -> type[Regularizer]:
+    """The class registered as ``name``; a one-line error (after ``where``) listing the known names otherwise."""
     try:
         return REGULARIZERS[name]
     except KeyError:
-        raise PolarpruneError(f"unknown regularizer {name!r}; known: {', '.join(REGULARIZERS)}") from None
+        raise PolarpruneError(f"{where}unknown regularizer {name!r}; known: {', '.join(REGULARIZERS)}") from None
+
+
+def regularizer_params(cfg: SparsityConfig, source: str = "config") -> RegularizerParams:
+    """The regularizer's own parameters of a sparsity section, checked by its ``Params`` (defaults filled);
+    a one-line error naming the key (``sparsity.lbd``) otherwise. The one check of these keys."""
+    kind = regularizer_class(cfg.regularizer, where=f"{source}: sparsity.regularizer: ")
+    try:
+        return kind.Params.model_validate(cfg.regularizer_options())
+    except ValidationError as exc:
+        raise PolarpruneError(format_validation_error(exc, source, prefix="sparsity")) from None
+
+
+def resolve_sparsity(cfg: SparsityConfig, source: str = "config") -> SparsityConfig:
+    """``cfg`` checked by its regularizer, with every parameter of it spelled out (defaults included),
+    as a training run uses it and saves it in ``config.yaml``."""
+    params = regularizer_params(cfg, source)
+    common = cfg.model_dump(include=set(SparsityConfig.model_fields))
+    return SparsityConfig.model_validate({**common, **params.model_dump()})
 
 
 def make_regularizer(name: str, **options: Any) -> Regularizer:
@@ -434,4 +479,5 @@ class SparsityHook(TrainHook):
 __all__ = ["l1_penalty", "l1_scales", "add_scaled_sign_", "add_l1_subgradient_", "polarization_penalty",
            "flat_layer_weights", "clamp_", "linear_map", "flops_weights", "Targets", "Regularizer", "NoRegularizer",
            "L1", "MaskL1", "Polarization", "REGULARIZERS", "register_regularizer", "regularizer_class",
-           "make_regularizer", "SparsityHook"]
+           "make_regularizer", "SparsityHook", "RegularizerParams", "PolarizationParams", "MaskL1Params",
+           "regularizer_params", "resolve_sparsity"]

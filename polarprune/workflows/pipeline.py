@@ -1,5 +1,6 @@
-"""The pipeline: a recipe's stages run in order, each in its own folder; a stage whose ``done.json``
-(written atomically, last) exists is skipped, an interrupted training stage resumes from its ``last.pt``."""
+"""The pipeline: a recipe's stages run in order, each in its own folder, by their kind's ``run``
+(``kinds.STAGE_KINDS``); a stage whose ``done.json`` (written atomically, last) exists is skipped, an
+interrupted training stage resumes from its ``last.pt``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import yaml
 
 from .. import distributed as dist
 from ..fileio import atomic_write_json, atomic_write_text, read_json
+from .context import StageContext, StageRecord, json_default
+from .kinds import stage_kind
 from .recipe import Recipe
-from .stages import STAGES, StageContext, StageRecord, json_default
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -25,29 +27,33 @@ def write_done(stage_dir: Path, payload: dict[str, Any]) -> None:
     dist.barrier()
 
 
-class Pipeline(StageContext):
-    """Runs the stages of a recipe in ``run_dir``."""
+class Pipeline:
+    """Runs the stages of a recipe in ``run_dir``; the stages share ``context``."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path) -> None:
+        self.context = StageContext(recipe, run_dir)
 
     def run(self) -> dict[str, StageRecord]:
         """Run every stage not yet complete; return the records of all stages."""
-        dist.init_from_env(resolve_device(self.recipe.device).type)  # join the group before rank-0-only steps
+        ctx = self.context
+        dist.init_from_env(resolve_device(ctx.recipe.device).type)  # join the group before rank-0-only steps
         if dist.is_main():
-            atomic_write_text(self.run_dir / "recipe.yaml", _recipe_yaml(self.recipe))
-        for stage in self.recipe.present_stages():
-            stage_dir = self.run_dir / stage
+            atomic_write_text(ctx.run_dir / "recipe.yaml", _recipe_yaml(ctx.recipe))
+        for stage in ctx.recipe.present_stages():
+            stage_dir = ctx.run_dir / stage
             done = read_json(stage_dir / "done.json")
             if done is not None:
                 log.info("[%s] complete, skipped", stage)
-                self.records[stage] = StageRecord(stage, done)
+                ctx.records[stage] = StageRecord(stage, done)
                 continue
             log.info("[%s] running", stage)
             if dist.is_main():
                 stage_dir.mkdir(parents=True, exist_ok=True)
-            payload = STAGES[stage](self, stage, stage_dir)
+            payload = stage_kind(stage).run(ctx, stage, stage_dir)
             payload["stage"] = stage
             write_done(stage_dir, payload)
-            self.records[stage] = StageRecord(stage, payload)
-        return self.records
+            ctx.records[stage] = StageRecord(stage, payload)
+        return ctx.records
 
 
 def _recipe_yaml(recipe: Recipe) -> str:

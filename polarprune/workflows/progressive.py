@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,23 +24,11 @@ from ..flops import count_model
 from ..pruning import TrialAnalysis, prune_model
 from ..pruning.options import PruneOptions
 from ..serialization import load_any_model, save
-from ..data import DataBundle
 from ..training.engine import evaluate
+from .context import StageContext
 from .recipe import PROGRESSIVE_KNOBS, Recipe, default_init, stage_config
 from .train import run_training
 
-
-class StageContext(Protocol):
-    """What this stage uses of ``stages.StageContext`` (which registers it, so no import back)."""
-
-    recipe: Recipe
-    run_dir: Path
-
-    def data(self) -> DataBundle: ...
-    def example_inputs(self) -> torch.Tensor: ...
-    def model_of(self, stage: str) -> nn.Module: ...
-    def bn_names(self, model: nn.Module, source: str) -> list[str]: ...
-    def distill_overrides(self, stage: str) -> dict[str, Any]: ...
 
 BISECTION_ROUNDS = 40
 

@@ -1,5 +1,6 @@
 """Recipes: the schema of a whole experiment (base sections and stages), and how one is loaded.
-Stages, in the order of ``Stages`` (a recipe names the ones it runs):
+Each stage is validated by its kind's schema (``kinds.STAGE_KINDS``). The built-in kinds, in the
+order they run (a recipe names the ones it runs):
 
 - ``baseline``      train without regularizer;
 - ``sparsity``      sparsity training (``none``/``l1``/``polarization``), from scratch or a stage;
@@ -16,14 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import Section, TrainConfig, apply_overrides, deep_merge, read_yaml, validate
+from ..config import (Section, TrainConfig, deep_merge, format_validation_error, parse_override, read_yaml, set_path,
+                      validate)
 from ..data import get_source
 from ..errors import PolarpruneError
 from ..pruning.options import PruneOptions, StrategyName
+from ..sparsity.regularizers import resolve_sparsity
+from .kinds import STAGE_KINDS, stage_kind
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -53,6 +57,16 @@ class PruneStage(PruneOptions):
 
     init: str | None = Field(None, description="stage whose model is pruned (None: default)")
     strategy: StrategyName = Field("grad", description="how channels are chosen")
+
+
+class MaskStage(PruneStage):
+    """The ``mask`` stage: a prune stage's options; its strategy makes the mask, so it is not ``mask``."""
+
+    @model_validator(mode="after")
+    def _not_from_a_mask(self) -> "MaskStage":
+        if self.strategy == "mask":
+            raise ValueError("strategy cannot be 'mask' (this stage makes the mask)")
+        return self
 
 
 # the option of each strategy that progressive pruning sets to aim at a round's MACs
@@ -94,27 +108,57 @@ class ProgressiveStage(TrainStage):
         return {**self.prune, "strategy": self.strategy, knob: placeholder}
 
 
-class Stages(Section):
-    """The stages a recipe runs; the field order is the order they run in."""
-
-    baseline: TrainStage | None = None
-    sparsity: TrainStage | None = None
-    mask: PruneStage | None = None
-    mask_sparsity: TrainStage | None = None
-    prune: PruneStage | None = None
-    progressive: ProgressiveStage | None = None
-    finetune: TrainStage | None = None
-    scratch: ScratchStage | None = None
+SECTIONS = ("model", "data", "train", "sparsity")  # the recipe's base sections, merged into training stages
 
 
-STAGE_ORDER: list[str] = list(Stages.model_fields)
-TRAINING_STAGES: set[str] = {  # the stages that train a model (their section is a TrainStage)
-    name for name, field in Stages.model_fields.items() if issubclass(get_args(field.annotation)[0], TrainStage)
-}
+class Stages(dict):
+    """A recipe's stages: stage name -> its kind's validated schema, in run order. A registered
+    kind the recipe does not run reads as None (``recipe.stages.mask is None``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self:
+            return self[name]
+        if name in STAGE_KINDS:
+            return None
+        raise AttributeError(name)
+
+
+def typed_stages(raw: dict[str, Any]) -> Stages:
+    """Each stage validated by its kind's schema (a None stage is absent), in the registry's order."""
+    unknown = [name for name in raw if name not in STAGE_KINDS]
+    if unknown:
+        raise ValueError(f"unknown key 'stages.{unknown[0]}' (stage kinds: {', '.join(STAGE_KINDS)})")
+    stages = Stages()
+    for name, kind in STAGE_KINDS.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        try:
+            stages[name] = value if isinstance(value, kind.schema) else kind.schema.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, f"stages.{name}")) from None
+    return stages
+
+
+def check_stage_links(stages: Stages) -> None:
+    """Stages a stage needs are present; ``init`` and a stage teacher are earlier stages."""
+    if not stages:
+        raise ValueError("stages: a recipe needs at least one stage")
+    order = list(stages)
+    for position, (name, spec) in enumerate(stages.items()):
+        missing = [need for need in stage_kind(name).needs if need not in stages]
+        if missing:
+            raise ValueError(f"stages.{name} needs a stages.{missing[0]} stage")
+        init = getattr(spec, "init", None)
+        if init is not None and init not in order[:position]:
+            raise ValueError(f"stages.{name}.init: {init!r} is not an earlier stage of this recipe")
+        teacher = (getattr(spec, "distill", None) or {}).get("teacher")
+        if teacher in STAGE_KINDS and teacher not in order[:position]:
+            raise ValueError(f"stages.{name}.distill.teacher: {teacher!r} is not an earlier stage of this recipe")
 
 
 class Recipe(Section):
-    """A whole experiment: base sections shared by every training stage, and the stages."""
+    """A whole experiment: base sections shared by the training stages, and the stages."""
 
     name: str = "recipe"
     description: str = ""
@@ -124,8 +168,8 @@ class Recipe(Section):
     model: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
-    sparsity: dict[str, Any] = Field(default_factory=dict)
-    stages: Stages = Field(default_factory=Stages)
+    sparsity: dict[str, Any] = Field(default_factory=dict, description="reaches the stages whose kind reads it (sparsity, mask_sparsity)")
+    stages: dict[str, Any] = Field(default_factory=dict, description="stage name -> its settings (its kind's schema)")
 
     @field_validator("name")
     @classmethod
@@ -136,27 +180,16 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_stages(self) -> "Recipe":
-        present = self.present_stages()
-        if not present:
-            raise ValueError("stages: a recipe needs at least one stage")
-        s = self.stages
-        if s.mask_sparsity is not None and s.mask is None:
-            raise ValueError("stages.mask_sparsity needs a stages.mask stage (the mask it regularizes)")
-        if s.mask is not None and s.mask.strategy == "mask":
-            raise ValueError("stages.mask.strategy cannot be 'mask'")
-        if (s.finetune is not None or s.scratch is not None) and s.prune is None:
-            raise ValueError("stages.finetune and stages.scratch need a stages.prune stage")
-        for name in present:
-            init = getattr(s, name).init
-            if init is not None and (init not in present or STAGE_ORDER.index(init) >= STAGE_ORDER.index(name)):
-                raise ValueError(f"stages.{name}.init: {init!r} is not an earlier stage of this recipe")
-            teacher = (getattr(getattr(s, name), "distill", None) or {}).get("teacher")
-            if teacher in STAGE_ORDER and (teacher not in present or STAGE_ORDER.index(teacher) >= STAGE_ORDER.index(name)):
-                raise ValueError(f"stages.{name}.distill.teacher: {teacher!r} is not an earlier stage of this recipe")
+        self.__dict__["stages"] = stages = typed_stages(self.stages)  # typed in place (no re-validation)
+        check_stage_links(stages)
+        if self.sparsity and not any(stage_kind(s).reads_section("sparsity") for s in stages):
+            raise ValueError("sparsity: no stage of this recipe reads the recipe's sparsity section; "
+                             "set it on a stage (stages.<stage>.sparsity)")
         return self
 
     def present_stages(self) -> list[str]:
-        return [name for name in STAGE_ORDER if getattr(self.stages, name) is not None]
+        """The recipe's stages, in run order."""
+        return list(self.stages)
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -177,50 +210,69 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     raise PolarpruneError(f"unknown recipe {name_or_path!r}; `polarprune recipes` lists the built-in ones")
 
 
+def section_readers(data: dict[str, Any], section: str) -> list[str]:
+    """The stages of raw recipe ``data`` that its top-level ``section`` reaches."""
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return []
+    return [name for name, spec in stages.items()
+            if spec is not None and name in STAGE_KINDS and STAGE_KINDS[name].reads_section(section)]
+
+
+def apply_recipe_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with dotted ``key=value`` overrides set. An override of a base section's key
+    (``sparsity.lbd=...``) is also set in every stage that section reaches, so it wins over the
+    stages' own values; when it reaches no stage, the command stops with one line."""
+    data = deep_merge(data, {})
+    for item in overrides:
+        path, value = parse_override(item)
+        targets = [path]
+        if path[0] in SECTIONS and len(path) > 1:
+            readers = section_readers(data, path[0])
+            if not readers:
+                raise PolarpruneError(f"override {item!r}: no stage of this recipe reads its top-level {path[0]} section; "
+                                      f"set stages.<stage>.{'.'.join(path)} instead")
+            targets += [["stages", stage, *path] for stage in readers]
+        for target in targets:
+            set_path(data, target, value, item)
+    return data
+
+
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe, including every training stage's merged config."""
     path = resolve_recipe_path(name_or_path)
-    data = apply_overrides(read_yaml(path), overrides or [])
+    data = apply_recipe_overrides(read_yaml(path), overrides or [])
     recipe = validate(Recipe, data, source=f"recipe {path.name}")
     for stage in recipe.present_stages():
-        if stage in TRAINING_STAGES:
+        if stage_kind(stage).trains:
             get_source(stage_config(recipe, stage, Path(".")).data.name)  # validates now, before anything runs
     return recipe
 
 
 def stage_config(recipe: Recipe, stage: str, run_dir: Path, **extra: Any) -> TrainConfig:
-    """The full training config of a training stage: base sections merged with the stage's."""
-    spec: TrainStage = getattr(recipe.stages, stage)
+    """The full training config of a training stage: its kind's sparsity defaults, the recipe's
+    base sections (the sparsity section only where the kind reads it), the stage's own, ``extra``."""
+    kind = stage_kind(stage)
+    spec = recipe.stages.get(stage)
+    if not kind.trains or spec is None:
+        raise PolarpruneError(f"recipe {recipe.name}: stages.{stage}: not a training stage of this recipe")
+    sparsity = deep_merge(kind.sparsity_defaults(run_dir), recipe.sparsity if kind.reads_recipe_sparsity else {})
     data: dict[str, Any] = {
         "seed": recipe.seed, "deterministic": recipe.deterministic, "device": recipe.device, "out": str(run_dir / stage),
-        "model": recipe.model, "data": recipe.data, "train": recipe.train,
-        "sparsity": recipe.sparsity if stage in ("sparsity", "mask_sparsity") else {},
+        "model": recipe.model, "data": recipe.data, "train": recipe.train, "sparsity": sparsity,
     }
-    data = deep_merge(data, {k: getattr(spec, k) for k in ("model", "data", "train", "sparsity")})
+    data = deep_merge(data, {k: getattr(spec, k) for k in SECTIONS})
     if spec.distill is not None:
         data["distill"] = spec.distill
-    if stage in ("baseline", "progressive", "finetune", "scratch"):
-        data["sparsity"] = deep_merge({"regularizer": "none", "monitor": False}, spec.sparsity)
-    if stage == "mask_sparsity":
-        data["sparsity"] = deep_merge({"regularizer": "mask-l1"}, data["sparsity"])
-        data["sparsity"].setdefault("mask", str(run_dir / "mask" / "mask.json"))
     data = deep_merge(data, extra)
-    return validate(TrainConfig, data, source=f"recipe {recipe.name}: stages.{stage}")
+    source = f"recipe {recipe.name}: stages.{stage}"
+    cfg = validate(TrainConfig, data, source=source)
+    return cfg.model_copy(update={"sparsity": resolve_sparsity(cfg.sparsity, source)})
 
 
 def default_init(recipe: Recipe, stage: str) -> str | None:
-    """Where a stage's weights come from when the recipe does not say."""
-    spec = getattr(recipe.stages, stage)
-    if spec.init:
-        return spec.init
-    present = recipe.present_stages()
-    candidates = {
-        "sparsity": ("baseline",),
-        "mask": ("sparsity", "baseline"),
-        "mask_sparsity": ("baseline",),
-        "prune": ("mask_sparsity", "sparsity", "baseline"),
-        "progressive": ("mask_sparsity", "sparsity", "baseline"),
-        "finetune": ("prune",),
-        "scratch": ("prune",),
-    }.get(stage, ())
-    return next((c for c in candidates if c in present), None)
+    """Where a stage's weights come from when the recipe does not say: the first of its kind's sources present."""
+    init = getattr(recipe.stages[stage], "init", None)
+    if init:
+        return init
+    return next((c for c in stage_kind(stage).sources if c in recipe.stages), None)

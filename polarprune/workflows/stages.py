@@ -1,101 +1,31 @@
-"""What each kind of stage does, behind one registry (``STAGES``: stage name -> function that gets the
-``StageContext`` and the stage's folder and returns the payload of its ``done.json``)."""
+"""What each built-in kind of stage does, and its record in ``kinds.STAGE_KINDS`` (registered here,
+in run order). A stage function gets the ``StageContext``, the stage's name and folder, and returns
+the payload of its ``done.json``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..data import DataBundle, build_data, probe_batch
-from ..errors import PolarpruneError
+from ..config import deep_merge
 from ..fileio import atomic_write_json
 from ..models import init_bn_gamma
 from ..pruning import plan_pruning, prune_model
-from ..serialization import load_any_model, save
+from ..serialization import save
 from ..sparsity.masks import load_mask, save_mask
-from ..sparsity.regularizers import regularizer_class
-from ..sparsity.selection import regularized_bn_names
 from ..training.engine import evaluate
-from ..config import deep_merge
+from .context import StageContext, StageRecord, json_default
+from .kinds import StageKind, no_sparsity, register_stage_kind
 from .progressive import progressive_stage
-from .recipe import TRAINING_STAGES, PruneStage, Recipe, ScratchStage, default_init, stage_config
-from .train import data_config_for, run_training
+from .recipe import MaskStage, ProgressiveStage, PruneStage, ScratchStage, TrainStage, default_init, stage_config
+from .train import run_training
 
-
-@dataclass
-class StageRecord:
-    """What a finished stage left (``done.json``)."""
-
-    name: str
-    data: dict[str, Any]
-
-    @property
-    def model_path(self) -> Path | None:
-        path = self.data.get("model_path")
-        return Path(path) if path else None
-
-
-def json_default(value: Any) -> Any:
-    """Paths and tensors as plain JSON values (the stages' ``done.json`` and ``report.json``)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-class StageContext:
-    """The state the stages of one run share: the recipe, the run folder, the finished stages."""
-
-    def __init__(self, recipe: Recipe, run_dir: str | Path) -> None:
-        self.recipe = recipe
-        self.run_dir = Path(run_dir)
-        self.records: dict[str, StageRecord] = {}
-        self._data_bundle: DataBundle | None = None
-
-    def first_training_stage(self) -> str:
-        return next((name for name in self.recipe.present_stages() if name in TRAINING_STAGES), "baseline")
-
-    def data(self) -> DataBundle:
-        """The recipe's data (evaluation split and probe batch), built once."""
-        if self._data_bundle is None:
-            cfg = stage_config(self.recipe, self.first_training_stage(), self.run_dir)
-            self._data_bundle = build_data(data_config_for(cfg), seed=cfg.seed)
-        return self._data_bundle
-
-    def example_inputs(self) -> torch.Tensor:
-        return probe_batch(self.data(), 8)
-
-    def model_of(self, stage: str) -> nn.Module:
-        """The final model of a completed stage, on the CPU in eval mode."""
-        record = self.records.get(stage)
-        if record is None or record.model_path is None:
-            raise PolarpruneError(f"stage {stage!r} has no model (has it run?)")
-        return load_any_model(record.model_path).cpu().eval()
-
-    def bn_names(self, model: nn.Module, source: str) -> list[str]:
-        """The BNs the source stage's regularizer chose (narrowed by ``sparsity.include``/``exclude``)."""
-        if source not in TRAINING_STAGES:
-            return regularized_bn_names(model, self.example_inputs())
-        sparsity = stage_config(self.recipe, source, self.run_dir).sparsity
-        method = regularizer_class(sparsity.regularizer).method
-        return regularized_bn_names(model, self.example_inputs(), sparsity.include, sparsity.exclude, method=method)
-
-    def distill_overrides(self, stage: str) -> dict[str, Any]:
-        """``stage_config`` extras pointing ``distill.teacher`` at the teacher stage's model file (a path stays)."""
-        spec = getattr(self.recipe.stages, stage)
-        teacher = (getattr(spec, "distill", None) or {}).get("teacher")
-        if teacher not in self.recipe.present_stages():
-            return {}
-        record = self.records.get(teacher)
-        if record is None or record.model_path is None:
-            raise PolarpruneError(f"stages.{stage}.distill.teacher: stage {teacher!r} has no model (has it run?)")
-        return {"distill": {"teacher": str(record.model_path)}}
+__all__ = ["StageContext", "StageRecord", "json_default", "train_stage", "scratch_stage", "mask_stage", "prune_stage",
+           "prune_kwargs", "reinitialise"]
 
 
 def _train(ctx: StageContext, stage: str, stage_dir: Path, model: nn.Module | None, **extra: Any) -> dict[str, Any]:
@@ -113,13 +43,14 @@ def train_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any
 
 def scratch_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]:
     """The pruned architecture from random init; Scratch-B scales the epochs by the MACs ratio."""
-    spec: ScratchStage = ctx.recipe.stages.scratch  # type: ignore[assignment]
-    model = ctx.model_of("prune")
+    spec: ScratchStage = ctx.recipe.stages[stage]
+    source = default_init(ctx.recipe, stage)
+    model = ctx.model_of(source)
     cfg = stage_config(ctx.recipe, stage, ctx.run_dir)
     reinitialise(model, cfg.model.bn_init, cfg.model.bn_init_scope)
     epochs = cfg.train.epochs
     if spec.budget == "B":
-        prune = ctx.records["prune"].data
+        prune = ctx.records[source].data
         epochs = max(1, round(epochs * prune["macs_before"] / max(prune["macs_after"], 1)))
     payload = _train(ctx, stage, stage_dir, model, train={"epochs": epochs})
     payload["budget"] = spec.budget
@@ -133,7 +64,7 @@ def prune_kwargs(opts: PruneStage) -> dict[str, Any]:
 
 def mask_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]:
     """MaskSparsity's mask: the channels a strategy would remove from the source stage's model."""
-    opts: PruneStage = ctx.recipe.stages.mask  # type: ignore[assignment]
+    opts: PruneStage = ctx.recipe.stages[stage]
     source = default_init(ctx.recipe, stage) or "baseline"
     model = ctx.model_of(source)
     masks = None
@@ -150,7 +81,7 @@ def mask_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]
 
 def prune_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]:
     """Remove channels (rank 0), save the pruned model and its report, evaluate before and after."""
-    opts: PruneStage = ctx.recipe.stages.prune  # type: ignore[assignment]
+    opts: PruneStage = ctx.recipe.stages[stage]
     source = default_init(ctx.recipe, stage)
     model = ctx.model_of(source)
     out = stage_dir / "pruned.safetensors"
@@ -186,15 +117,25 @@ def reinitialise(model: nn.Module, bn_init: float | None, bn_init_scope: str = "
         init_bn_gamma(model, bn_init, bn_init_scope)
 
 
-StageFunction = Callable[[StageContext, str, Path], dict[str, Any]]
+def mask_file_sparsity(run_dir: Path) -> dict[str, Any]:
+    """mask_sparsity's defaults: mask-l1 on the mask the ``mask`` stage wrote."""
+    return {"regularizer": "mask-l1", "mask": str(run_dir / "mask" / "mask.json")}
 
-STAGES: dict[str, StageFunction] = {
-    "baseline": train_stage,
-    "sparsity": train_stage,
-    "mask": mask_stage,
-    "mask_sparsity": train_stage,
-    "prune": prune_stage,
-    "progressive": progressive_stage,
-    "finetune": train_stage,
-    "scratch": scratch_stage,
-}
+
+_FROM_TRAINED = ("mask_sparsity", "sparsity", "baseline")  # a pruning stage's source, the most regularized first
+
+for _kind in (
+    StageKind("baseline", TrainStage, train_stage, trains=True, sparsity_defaults=no_sparsity),
+    StageKind("sparsity", TrainStage, train_stage, sources=("baseline",), trains=True, reads_recipe_sparsity=True),
+    StageKind("mask", MaskStage, mask_stage, sources=("sparsity", "baseline"), produces_model=False),
+    StageKind("mask_sparsity", TrainStage, train_stage, sources=("baseline",), needs=("mask",), trains=True,
+              reads_recipe_sparsity=True, sparsity_defaults=mask_file_sparsity),
+    StageKind("prune", PruneStage, prune_stage, sources=_FROM_TRAINED),
+    StageKind("progressive", ProgressiveStage, progressive_stage, sources=_FROM_TRAINED, trains=True,
+              sparsity_defaults=no_sparsity),
+    StageKind("finetune", TrainStage, train_stage, sources=("prune",), needs=("prune",), trains=True,
+              sparsity_defaults=no_sparsity),
+    StageKind("scratch", ScratchStage, scratch_stage, sources=("prune",), needs=("prune",), trains=True,
+              sparsity_defaults=no_sparsity),
+):
+    register_stage_kind(_kind)

@@ -10,9 +10,10 @@ import torch
 
 from .. import plots as plotting
 from ..models import create
-from ..report import MODEL_STAGES, add_reductions, stage_row, write_summary
-from .recipe import TRAINING_STAGES, default_init, stage_config
-from .stages import StageContext
+from ..report import add_reductions, stage_row, write_summary
+from .context import StageContext
+from .kinds import stage_kind
+from .recipe import default_init, stage_config
 
 
 def summarize(run: StageContext, *, plots: bool = True) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def summarize(run: StageContext, *, plots: bool = True) -> dict[str, Any]:
     rows = [
         stage_row(stage, run.model_of(stage), run.records[stage].data.get("top1"), shape)
         for stage in run.recipe.present_stages()
-        if stage in MODEL_STAGES and stage in run.records
+        if stage_kind(stage).produces_model and stage in run.records
     ]
     summary: dict[str, Any] = {
         "recipe": run.recipe.name,
@@ -70,7 +71,7 @@ def _initial_gammas(run: StageContext, source: str, names: list[str]) -> dict[st
     start = default_init(run.recipe, source)
     if start:
         return plotting.bn_gammas(run.model_of(start), names)
-    if source not in TRAINING_STAGES:
+    if not stage_kind(source).trains:
         return None
     cfg = stage_config(run.recipe, source, run.run_dir)
     data = run.data()
@@ -84,26 +85,30 @@ def make_plots(run: StageContext, rows: list[dict[str, Any]]) -> list[Path]:
     """The run's PNGs: gamma histograms, channels per layer, accuracy curves, accuracy vs MACs."""
     run_dir = run.run_dir
     made: list[Path] = []
-    curves = {s: _metrics_curve(run_dir / s) for s in run.recipe.present_stages() if s in TRAINING_STAGES}
+    curves = {s: _metrics_curve(run_dir / s) for s in run.recipe.present_stages() if stage_kind(s).trains}
     if any(curves.values()):
         made.append(plotting.accuracy_curves(curves, run_dir / "accuracy_curves.png"))
     if rows:
         made.append(plotting.accuracy_vs_macs(rows, run_dir / "accuracy_vs_macs.png"))
-    report_path = run_dir / "prune" / "report.json"
-    if "prune" in run.records and report_path.is_file():
-        report = json.loads(report_path.read_text())
-        layer_rows = _layer_rows(report)
-        if layer_rows:
-            made.append(plotting.channels_per_layer(layer_rows, run_dir / "channels_per_layer.png"))
-        source = run.records["prune"].data.get("source")
-        if source:
-            after_model = run.model_of(source)
-            names = run.bn_names(after_model, source)
-            made.append(
-                plotting.gamma_histograms(
-                    _initial_gammas(run, source, names), plotting.bn_gammas(after_model, names),
-                    run_dir / "gamma_histograms.png", thresholds=_thresholds(report),
-                    title=f"BN scaling factors ({source} stage)",
-                )
-            )
+    pruned = [s for s, r in run.records.items() if (run_dir / s / "report.json").is_file() and r.data.get("source")]
+    if pruned:  # the first stage that left a prune report (the prune stage)
+        made += _prune_plots(run, pruned[0])
+    return made
+
+
+def _prune_plots(run: StageContext, stage: str) -> list[Path]:
+    """Channels per layer and the source stage's gamma histograms, from ``stage``'s prune report."""
+    run_dir = run.run_dir
+    report = json.loads((run_dir / stage / "report.json").read_text())
+    made: list[Path] = []
+    layer_rows = _layer_rows(report)
+    if layer_rows:
+        made.append(plotting.channels_per_layer(layer_rows, run_dir / "channels_per_layer.png"))
+    source = run.records[stage].data["source"]
+    after_model = run.model_of(source)
+    names = run.bn_names(after_model, source)
+    made.append(plotting.gamma_histograms(
+        _initial_gammas(run, source, names), plotting.bn_gammas(after_model, names),
+        run_dir / "gamma_histograms.png", thresholds=_thresholds(report), title=f"BN scaling factors ({source} stage)",
+    ))
     return made

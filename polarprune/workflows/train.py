@@ -8,6 +8,7 @@ import logging
 import os
 import random
 from functools import partial
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,20 +16,30 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..config import DataConfig, DistillConfig, TrainConfig, TrainSection, dump_yaml
+from ..config import DataConfig, DistillConfig, TrainConfig, TrainSection, apply_overrides, dump_yaml, read_yaml, validate
 from ..data import build_data, probe_batch
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
 from ..hardware import cpu_native_bf16
 from ..models import create, get_entry, init_bn_gamma
 from ..serialization import load_any_model
-from ..sparsity import build_hooks
+from ..sparsity import build_hooks, resolve_sparsity
 from ..training.distill import DistillationLoss
 from ..training.engine import Trainer, TrainResult
 from ..training.hooks import TrainHook
 from ..training.schedule import lr_at
 
 log = logging.getLogger(__name__)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training config from YAML (or defaults when ``path`` is None), apply overrides and check
+    it all, the sparsity regularizer's own parameters included."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    source = str(path) if path else "config"
+    cfg = validate(TrainConfig, data, source=source)
+    return cfg.model_copy(update={"sparsity": resolve_sparsity(cfg.sparsity, source)})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,6 +171,7 @@ def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Se
                   resume: bool = True) -> Trainer:
     """A ``Trainer`` for ``cfg``: ``model`` (e.g. a pruned one to fine-tune) replaces the config's
     model, ``hooks`` replace the sparsity hooks of ``cfg.sparsity``."""
+    cfg = cfg.model_copy(update={"sparsity": resolve_sparsity(cfg.sparsity)})  # checked before anything runs
     device = resolve_device(cfg.device)
     dist.init_from_env(device.type)
     seed_everything(cfg.seed, cfg.deterministic)
