@@ -260,22 +260,26 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(exc: ValidationError, source: str = "config", prefix: str = "") -> str:
-    """One line naming the first offending key (``prefix``: the section the schema sits in), its problem
-    and the value given."""
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """The first offending key (``prefix``: the section the schema sits in), its problem and the value given."""
     err = exc.errors()[0]
-    key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]]) or "(top level)"
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key {key!r}"
+        return f"unknown key {key!r}"
     if err["type"] == "missing":
-        return f"{source}: missing key {key!r}"
+        return f"missing key {key!r}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-        return f"{source}: {msg}" if key == "(top level)" else f"{source}: {key}: {msg}"
+        return f"{key}: {msg}" if key else msg
     given = err.get("input")
     shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__
-    return f"{source}: {key}: {msg} (got {shown})"
+    return f"{key or '(top level)'}: {msg} (got {shown})"
+
+
+def format_validation_error(exc: ValidationError, source: str = "config", prefix: str = "") -> str:
+    """One line: ``source``, then the first offending key, its problem and the value given."""
+    return f"{source}: {describe_validation_error(exc, prefix)}"
 
 
 def validate(schema: type[Section], data: dict[str, Any], source: str = "config") -> Any:

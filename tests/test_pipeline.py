@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from polarprune.config import Section
 from polarprune.errors import PolarpruneError
-from polarprune.serialization import read_checkpoint
-from polarprune.workflows import Pipeline, load_recipe, summarize
+from polarprune.serialization import read_checkpoint, save
+from polarprune.workflows import STAGE_KINDS, Pipeline, StageKind, load_recipe, register_stage_kind, summarize
+from polarprune.workflows.context import StageContext
+from polarprune.workflows.kinds import unregister_stage_kind
+from polarprune.workflows.recipe import default_init, stage_config
 
 FAULT_RUNNER = str(Path(__file__).resolve().parent / "fault_runner.py")
 
@@ -145,4 +149,75 @@ def test_polarization_demo_prunes_and_keeps_accuracy(tmp_path):
     # a second run is a pure report: every stage skipped, same numbers
     again = Pipeline(recipe, tmp_path / "run")
     again.run()
-    assert all(r.data == pipeline.records[n].data for n, r in again.records.items())
+    assert all(r.data == pipeline.context.records[n].data for n, r in again.context.records.items())
+
+
+# ----------------------------------------------------------------------------- a new stage kind
+
+
+class CopyStage(Section):
+    """The toy kind's schema: which stage's model it copies."""
+
+    init: str | None = None
+
+
+def copy_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict:
+    """Load the previous stage's model and save it again (a stage that changes nothing)."""
+    source = default_init(ctx.recipe, stage)
+    out = save(ctx.model_of(source), stage_dir / "copy.safetensors")
+    return {"kind": "copy", "source": source, "model_path": str(out), "top1": ctx.records[source].data["top1"]}
+
+
+@pytest.fixture
+def copy_kind():
+    """A 'copy' stage kind registered through the registry alone (and removed afterwards)."""
+    register_stage_kind(StageKind("copy", CopyStage, copy_stage, sources=("baseline",)))
+    yield
+    unregister_stage_kind("copy")
+
+
+TOY_RECIPE = """name: toy-copy
+device: cpu
+model: {name: small_cnn, options: {width: 4}}
+data: {name: digits, batch_size: 32, train_subset: 64, eval_subset: 32}
+train: {epochs: 1, max_steps_per_epoch: 2, progress: false}
+stages:
+  baseline: {}
+  copy: {}
+"""
+
+
+def test_a_stage_kind_added_through_the_registry_runs_in_a_recipe_and_through_the_cli(copy_kind, tmp_path, capsys):
+    from polarprune.cli import main
+
+    recipe_file = tmp_path / "toy.yaml"
+    recipe_file.write_text(TOY_RECIPE)
+    with pytest.raises(PolarpruneError, match=r"^recipe toy.yaml: unknown key 'stages\.copy\.epochs'$"):
+        load_recipe(str(recipe_file), ["stages.copy.epochs=3"])  # the kind's own schema checks its settings
+    pipeline = Pipeline(load_recipe(str(recipe_file)), tmp_path / "api")
+    records = pipeline.run()
+    assert list(records) == ["baseline", "copy"] and records["copy"].data["source"] == "baseline"
+    original, copied = (pipeline.context.model_of(s).state_dict() for s in ("baseline", "copy"))
+    assert original.keys() == copied.keys() and all(torch.equal(original[k], copied[k]) for k in original)
+    rows = {row["name"]: row for row in summarize(pipeline.context, plots=False)["stages"]}
+    assert rows["copy"]["macs"] == rows["baseline"]["macs"] and rows["copy"]["top1"] == rows["baseline"]["top1"]
+
+    assert main(["run", str(recipe_file), "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert [row["name"] for row in summary["stages"]] == ["baseline", "copy"]
+    assert json.loads((tmp_path / "cli" / "copy" / "done.json").read_text())["kind"] == "copy"
+    assert "copy" in capsys.readouterr().out  # the summary table printed by the command
+
+
+def test_stage_kinds_are_records_read_by_recipes():
+    """The built-in kinds in run order, and what the records say (no stage name branches elsewhere)."""
+    assert list(STAGE_KINDS) == ["baseline", "sparsity", "mask", "mask_sparsity", "prune", "progressive",
+                                 "finetune", "scratch"]
+    assert [n for n, k in STAGE_KINDS.items() if not k.produces_model] == ["mask"]
+    assert [n for n, k in STAGE_KINDS.items() if k.reads_section("sparsity")] == ["sparsity", "mask_sparsity"]
+    recipe = load_recipe("demo-masksparsity")
+    assert [default_init(recipe, s) for s in recipe.present_stages()] == [
+        None, "baseline", "sparsity", "baseline", "mask_sparsity", "prune"]
+    cfg = stage_config(recipe, "mask_sparsity", Path("/run"))
+    assert (cfg.sparsity.regularizer, cfg.sparsity.mask, cfg.sparsity.lbd) == ("mask-l1", "/run/mask/mask.json", 3e-2)
+    assert stage_config(recipe, "finetune", Path("/run")).sparsity.regularizer == "none"

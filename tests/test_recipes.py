@@ -87,3 +87,44 @@ def test_unknown_recipe_and_bad_override():
         load_recipe("demo-polarization", ["stages.prun.strategy=grad"])
     with pytest.raises(PolarpruneError, match="needs percent"):
         load_recipe("demo-polarization", ["stages.prune.strategy=percent"])
+
+
+# ----------------------------------------------------------------------------- overrides reach the stages
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["demo", "sparsity.lbd=-0.002"], "stages.sparsity: sparsity.lbd: Input should be greater than or equal to 0 (got -0.002)"),
+    (["run", "cifar10-resnet56-polarization", "sparsity.lbd=-1"], "stages.sparsity: sparsity.lbd: Input should be greater than or equal to 0 (got -1)"),
+    (["demo", "sparsity.lbdd=1"], "unknown key 'sparsity.lbdd'"),
+    (["demo", "--method", "l1", "sparsity.t=1.2"], "unknown key 'sparsity.t'"),  # polarization's key, not l1's
+])
+def test_a_bad_top_level_override_stops_the_command_before_training(argv, fragment, tmp_path, capsys):
+    """Issue 27: these were accepted (the stage's own lbd won) and the demo trained; now one line, nothing written."""
+    from polarprune.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and fragment in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_top_level_override_reaches_the_stages_that_read_its_section(tmp_path):
+    recipe = load_recipe("demo-polarization", ["sparsity.lbd=0.003", "train.epochs=2"])
+    sparsity = stage_config(recipe, "sparsity", tmp_path)
+    assert sparsity.sparsity.lbd == 0.003 and sparsity.sparsity.t == 1.2  # the stage's other values stay
+    assert sparsity.train.epochs == stage_config(recipe, "finetune", tmp_path).train.epochs == 2
+    assert stage_config(recipe, "finetune", tmp_path).sparsity.regularizer == "none"  # sparsity does not reach it
+    masked = load_recipe("demo-masksparsity", ["sparsity.lbd=0.2"])
+    assert stage_config(masked, "sparsity", tmp_path).sparsity.lbd == stage_config(masked, "mask_sparsity", tmp_path).sparsity.lbd == 0.2
+    assert stage_config(masked, "baseline", tmp_path).sparsity.regularizer == "none"
+
+
+def test_a_section_no_stage_reads_is_refused_with_where_the_key_must_go(tmp_path):
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text("name: base\nmodel: {name: small_cnn}\nstages:\n  baseline: {}\n")
+    with pytest.raises(PolarpruneError, match=r"^override 'sparsity.lbd=0.1': no stage of this recipe reads its top-level "
+                                              r"sparsity section; set stages.<stage>.sparsity.lbd instead$"):
+        load_recipe(str(recipe), ["sparsity.lbd=0.1"])
+    recipe.write_text("name: base\nsparsity: {lbd: 0.1}\nstages:\n  baseline: {}\n")
+    with pytest.raises(PolarpruneError, match="no stage of this recipe reads the recipe's sparsity section"):
+        load_recipe(str(recipe))

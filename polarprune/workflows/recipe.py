@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import (Section, TrainConfig, deep_merge, format_validation_error, parse_override, read_yaml, set_path,
+from ..config import (Section, TrainConfig, deep_merge, describe_validation_error, parse_override, read_yaml, set_path,
                       validate)
 from ..data import get_source
 from ..errors import PolarpruneError
@@ -136,7 +136,7 @@ def typed_stages(raw: dict[str, Any]) -> Stages:
         try:
             stages[name] = value if isinstance(value, kind.schema) else kind.schema.model_validate(value)
         except ValidationError as exc:
-            raise ValueError(format_validation_error(exc, f"stages.{name}")) from None
+            raise ValueError(describe_validation_error(exc, prefix=f"stages.{name}")) from None
     return stages
 
 
