@@ -108,9 +108,19 @@ class RecordingHook(TrainHook):
         return {"hook_metric": 1.5}
 
 
-def test_hooks_run_in_order_and_metrics_are_logged(tmp_path):
+class NamingHook(TrainHook):
+    """Reports metrics under names the engine has never heard of."""
+
+    def on_epoch_end(self, model, epoch, writer=None):
+        return {"toy_ratio": 0.000123456, "toy_count": 7}
+
+
+def test_hooks_run_in_order_and_metrics_are_logged(tmp_path, caplog):
     hook = RecordingHook()
-    result = run_training(digits_config(tmp_path / "run", epochs=1, max_steps_per_epoch=3), hooks=[hook])
+    with caplog.at_level("INFO", logger="polarprune.training.engine"):
+        result = run_training(digits_config(tmp_path / "run", epochs=1, max_steps_per_epoch=3), hooks=[hook, NamingHook()])
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    assert line.endswith("| hook_metric 1.5 | toy_ratio 0.0001235 | toy_count 7")  # whatever the hooks report
     assert hook.calls == ["loss_term", "after_backward", "after_step"] * 3 + ["epoch_end"]
     assert all(n > 0 for n in hook.grad_norms)
     assert result.history[0]["hook_metric"] == 1.5

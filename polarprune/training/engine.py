@@ -266,7 +266,7 @@ class Trainer:
 
     # -- training
 
-    def _train_epoch(self, epoch: int, writer: _Writer) -> dict[str, float]:
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
         loader = self.train_loader
         loader.set_epoch(epoch)
         steps = len(loader) if self.max_steps_per_epoch is None else min(len(loader), self.max_steps_per_epoch)
@@ -339,14 +339,16 @@ class Trainer:
             for epoch in range(self.start_epoch, total):
                 t0 = time.perf_counter()
                 row: dict[str, Any] = {"epoch": epoch + 1}
-                row.update(self._train_epoch(epoch, writer))
+                row.update(self._train_epoch(epoch))
                 self._check_finite_weights(epoch)
                 if (epoch + 1) % self.eval_every == 0 or epoch + 1 == total:
                     metrics = evaluate(self.model, self.eval_loader, self.device, amp_dtype=self.amp_dtype,
                                        channels_last=self.channels_last, dtype=self.dtype)
                     row.update({"eval_top1": metrics["top1"], "eval_top5": metrics["top5"], "eval_loss": metrics["loss"]})
+                reported: dict[str, Any] = {}
                 for hook in self.hooks:
-                    row.update(hook.on_epoch_end(self.model, epoch, writer.tb))
+                    reported.update(hook.on_epoch_end(self.model, epoch, writer.tb))
+                row.update(reported)
                 row["epoch_time_s"] = time.perf_counter() - t0
                 improved = "eval_top1" in row and row["eval_top1"] > self.best_top1
                 if improved:
@@ -355,7 +357,7 @@ class Trainer:
                 self._save(epoch + 1, improved)
                 writer.scalars(row, epoch + 1)
                 final = row
-                log.info(_epoch_line(row, total))
+                log.info(_epoch_line(row, total, reported))
                 if on_epoch is not None:
                     on_epoch(row)
         except Exception as exc:  # a peer died or hung: one clear line instead of a gloo/NCCL traceback
@@ -374,10 +376,16 @@ class Trainer:
                            resumed_from_epoch=self.start_epoch)
 
 
-def _epoch_line(row: dict[str, Any], total: int) -> str:
+def _epoch_line(row: dict[str, Any], total: int, reported: dict[str, Any]) -> str:
+    """The epoch's log line: the engine's numbers, then every metric the hooks reported (``reported``)."""
     parts = [f"epoch {row['epoch']}/{total}", f"loss {row['train_loss']:.4f}", f"train {row['train_top1']:.2f}%"]
     if "eval_top1" in row:
         parts.append(f"top1 {row['eval_top1']:.2f}%")
     parts += [f"lr {row['lr']:.4g}", f"{row['images_per_s']:.0f} img/s"]
-    parts += [f"{key} {row[key]:.3f}" for key in ("trial_macs_ratio_grad", "gamma_frac_below_0.01") if key in row]
+    parts += [f"{key} {_metric(value)}" for key, value in reported.items()]
     return " | ".join(parts)
+
+
+def _metric(value: Any) -> str:
+    """A hook's metric for the log line: numbers with 4 significant digits, anything else as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
