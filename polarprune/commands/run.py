@@ -9,7 +9,10 @@ from . import add_trust_code_argument
 
 HELP = """Run the stages of a recipe (baseline -> sparsity -> [mask -> mask_sparsity] -> prune ->
 finetune/scratch). RECIPE is a built-in recipe name (see `polarprune recipes`) or a YAML file.
-Overrides apply to the recipe, e.g. stages.sparsity.train.epochs=10 data.root=/data/cifar.
+Overrides apply to the recipe, e.g. stages.sparsity.train.epochs=10 data.root=/data/cifar;
+a base-section override (model.*, data.*, train.*, sparsity.*) is also set in every stage that
+section reaches, so sparsity.lbd=0.003 changes the sparsity stage's lambda, and each stage
+validates it before anything runs.
 Each stage writes its own folder under --out; running the same command again skips complete
 stages and resumes an interrupted one. The summary (table, summary.json, summary.md, PNG plots)
 is written when the run ends. Under torchrun every training stage runs with DDP."""
