@@ -221,3 +221,11 @@ def test_stage_kinds_are_records_read_by_recipes():
     cfg = stage_config(recipe, "mask_sparsity", Path("/run"))
     assert (cfg.sparsity.regularizer, cfg.sparsity.mask, cfg.sparsity.lbd) == ("mask-l1", "/run/mask/mask.json", 3e-2)
     assert stage_config(recipe, "finetune", Path("/run")).sparsity.regularizer == "none"
+
+
+def test_a_stage_without_a_model_to_start_from_is_refused_up_front(tmp_path):
+    recipe = tmp_path / "prune-only.yaml"
+    recipe.write_text("name: prune-only\nstages:\n  prune: {strategy: grad}\n")
+    with pytest.raises(PolarpruneError, match=r"stages.prune needs a stage whose model it takes: "
+                                              r"one of mask_sparsity, sparsity, baseline, or init$"):
+        load_recipe(str(recipe))

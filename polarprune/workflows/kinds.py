@@ -38,7 +38,7 @@ class StageKind:
     """One kind of stage.
 
     ``sources``: the stages its model comes from when the recipe gives no ``init`` (the first
-    present one wins). ``needs``: stages a recipe must also have. ``trains``: its schema is a
+    present one wins); ``needs_source``: it cannot start without one. ``needs``: stages a recipe must also have. ``trains``: its schema is a
     training stage and ``stage_config`` builds its ``TrainConfig``. ``reads_recipe_sparsity``:
     the recipe's top-level ``sparsity`` section reaches it. ``sparsity_defaults``: the sparsity
     settings under everything else, from the run folder (e.g. the mask file to regularize).
@@ -49,6 +49,7 @@ class StageKind:
     schema: type[BaseModel]
     run: StageFunction
     sources: tuple[str, ...] = ()
+    needs_source: bool = False
     needs: tuple[str, ...] = ()
     trains: bool = False
     reads_recipe_sparsity: bool = False

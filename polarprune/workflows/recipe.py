@@ -146,10 +146,13 @@ def check_stage_links(stages: Stages) -> None:
         raise ValueError("stages: a recipe needs at least one stage")
     order = list(stages)
     for position, (name, spec) in enumerate(stages.items()):
-        missing = [need for need in stage_kind(name).needs if need not in stages]
+        kind = stage_kind(name)
+        missing = [need for need in kind.needs if need not in stages]
         if missing:
             raise ValueError(f"stages.{name} needs a stages.{missing[0]} stage")
         init = getattr(spec, "init", None)
+        if kind.needs_source and init is None and not set(kind.sources) & set(order[:position]):
+            raise ValueError(f"stages.{name} needs a stage whose model it takes: one of {', '.join(kind.sources)}, or init")
         if init is not None and init not in order[:position]:
             raise ValueError(f"stages.{name}.init: {init!r} is not an earlier stage of this recipe")
         teacher = (getattr(spec, "distill", None) or {}).get("teacher")

@@ -65,7 +65,7 @@ def prune_kwargs(opts: PruneStage) -> dict[str, Any]:
 def mask_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any]:
     """MaskSparsity's mask: the channels a strategy would remove from the source stage's model."""
     opts: PruneStage = ctx.recipe.stages[stage]
-    source = default_init(ctx.recipe, stage) or "baseline"
+    source = default_init(ctx.recipe, stage)
     model = ctx.model_of(source)
     masks = None
     if dist.is_main():
@@ -127,15 +127,15 @@ _FROM_TRAINED = ("mask_sparsity", "sparsity", "baseline")  # a pruning stage's s
 for _kind in (
     StageKind("baseline", TrainStage, train_stage, trains=True, sparsity_defaults=no_sparsity),
     StageKind("sparsity", TrainStage, train_stage, sources=("baseline",), trains=True, reads_recipe_sparsity=True),
-    StageKind("mask", MaskStage, mask_stage, sources=("sparsity", "baseline"), produces_model=False),
+    StageKind("mask", MaskStage, mask_stage, sources=("sparsity", "baseline"), needs_source=True, produces_model=False),
     StageKind("mask_sparsity", TrainStage, train_stage, sources=("baseline",), needs=("mask",), trains=True,
               reads_recipe_sparsity=True, sparsity_defaults=mask_file_sparsity),
-    StageKind("prune", PruneStage, prune_stage, sources=_FROM_TRAINED),
-    StageKind("progressive", ProgressiveStage, progressive_stage, sources=_FROM_TRAINED, trains=True,
+    StageKind("prune", PruneStage, prune_stage, sources=_FROM_TRAINED, needs_source=True),
+    StageKind("progressive", ProgressiveStage, progressive_stage, sources=_FROM_TRAINED, needs_source=True, trains=True,
               sparsity_defaults=no_sparsity),
-    StageKind("finetune", TrainStage, train_stage, sources=("prune",), needs=("prune",), trains=True,
+    StageKind("finetune", TrainStage, train_stage, sources=("prune",), needs_source=True, needs=("prune",), trains=True,
               sparsity_defaults=no_sparsity),
-    StageKind("scratch", ScratchStage, scratch_stage, sources=("prune",), needs=("prune",), trains=True,
-              sparsity_defaults=no_sparsity),
+    StageKind("scratch", ScratchStage, scratch_stage, sources=("prune",), needs_source=True, needs=("prune",),
+              trains=True, sparsity_defaults=no_sparsity),
 ):
     register_stage_kind(_kind)
