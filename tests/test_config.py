@@ -50,6 +50,9 @@ def test_overrides_parse_yaml_types(tmp_path):
         ("", ["sparsity.regularizer=mask-l1"], "sparsity.mask"),
         ("", ["data.batch_size=0"], "data.batch_size"),
         ("", ["sparsity.target_check_every=10"], "target_check_every needs target_macs_ratio"),
+        ("", ["sparsity.regularizer=polarization", "sparsity.lbd=-1"], "sparsity.lbd: Input should be greater than or equal to 0"),
+        ("sparsity: {regularizer: l1, t: 1.2}\n", [], "unknown key 'sparsity.t'"),  # polarization's key
+        ("", ["sparsity.lbdd=1"], "unknown key 'sparsity.lbdd'"),
     ],
 )
 def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, overrides, fragment):
