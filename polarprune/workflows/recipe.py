@@ -15,6 +15,7 @@ order they run (a recipe names the ones it runs):
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -226,7 +227,7 @@ def apply_recipe_overrides(data: dict[str, Any], overrides: list[str]) -> dict[s
     """``data`` with dotted ``key=value`` overrides set. An override of a base section's key
     (``sparsity.lbd=...``) is also set in every stage that section reaches, so it wins over the
     stages' own values; when it reaches no stage, the command stops with one line."""
-    data = deep_merge(data, {})
+    data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
         targets = [path]
