@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from ..config import Section, TrainConfig, apply_overrides, deep_merge, read_yaml, validate
 from ..data import get_source
 from ..errors import PolarpruneError
+from ..pruning import registry as pruning_registry
 from ..pruning.options import PruneOptions, StrategyName
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -55,15 +56,9 @@ class PruneStage(PruneOptions):
     strategy: StrategyName = Field("grad", description="how channels are chosen")
 
 
-# the option of each strategy that progressive pruning sets to aim at a round's MACs
-PROGRESSIVE_KNOBS: dict[str, str] = {
-    "flops-target": "target_macs_reduction",
-    "percent": "percent",
-    "fixed": "threshold",
-    "uniform": "ratio",
-    "l1-norm": "ratio",
-    "random": "ratio",
-}
+# the option of each strategy that progressive pruning sets to aim at a round's MACs (the strategy
+# records' ``knob``, read at every use)
+PROGRESSIVE_KNOBS = pruning_registry.PROGRESSIVE_KNOBS
 
 
 class ProgressiveStage(TrainStage):
