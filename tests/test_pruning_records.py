@@ -22,14 +22,7 @@ from polarprune.pruning.registry import (GROUP_RULES, PROGRESSIVE_KNOBS, SCORE_S
                                          register_group_rule, register_strategy, unregister_strategy)
 from polarprune.pruning.resolve import decide
 from polarprune.pruning.search import bisect_knob
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from test_pruning import one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 def graded_small_cnn(width: int = 8) -> nn.Module:
