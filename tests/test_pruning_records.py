@@ -16,7 +16,8 @@ from polarprune.models import create
 from polarprune.pruning import TrialAnalysis, prune_model
 from polarprune.pruning import api as pruning_api
 from polarprune.pruning.api import analysed_copy
-from polarprune.pruning.cost import MacsCost, estimate_macs
+from polarprune.pruning.base import OUT, kept_width
+from polarprune.pruning.cost import MacsCost
 from polarprune.pruning.options import PruneOptions, parse_options
 from polarprune.pruning.registry import (GROUP_RULES, PROGRESSIVE_KNOBS, SCORE_STRATEGIES, STRATEGIES, GroupRule, Strategy,
                                          register_group_rule, register_strategy, unregister_strategy)
@@ -126,8 +127,8 @@ class FirstLayerCost:
     name = "first-conv MACs"
 
     def cost(self, analysis, removed, removed_modules=()) -> float:
-        first = {k: v for k, v in analysis.layer_costs.items() if k == "features.0"}
-        return float(estimate_macs(type(analysis)(analysis.model, [], first, {}, {}), removed, removed_modules))
+        layer = analysis.layer_costs["features.0"]
+        return float(layer.macs(layer.in_channels, kept_width(layer.out_channels, removed, "features.0", OUT)))
 
     def steps(self, analysis, group):
         return range(1, group.num_channels + 1)

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..errors import PolarpruneError
 from ..flops import CostProfile, counted_forward
 from ..models.entry import pruning_entry
 from ..modes import restored_modes

@@ -24,7 +24,8 @@ from ..models.entry import pruning_entry
 from ..models.layers import BlockInfo, ChannelShuffle
 from .base import (BN_TYPES, BOTH, CONV_TYPES, IN, OUT, SLICEABLE, as_input_tuple, deleted_with_block, is_depthwise,
                    is_grouped)
-from .cost import LayerCost, channel_macs, cost_hooks, estimate_macs, estimate_params, params_split
+from .cost import LayerCost, cost_hooks, params_split
+from .cost import channel_macs, estimate_macs, estimate_params  # noqa: F401  (their old home: re-exported for readers)
 from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners
 
 _as_input_tuple = as_input_tuple  # the old private name

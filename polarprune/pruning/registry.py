@@ -17,7 +17,7 @@ Adding a strategy is one record plus its function::
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar
 
 from ..errors import PolarpruneError
