@@ -47,7 +47,8 @@ class Strategy:
     """One pruning strategy (docs/pruning.md): what it needs, how it decides, which knob sets how much.
 
     ``needs``: the ``PruneOptions`` field that must be set (None: none), ``hint`` says what it holds;
-    ``knob``: the field that sets how much is pruned (what the progressive stage aims, None: nothing);
+    ``knob``: the field that sets how much is pruned (what the progressive stage aims, None: nothing),
+    ``knob_scale``: its range (``fraction``: [0, 1]; ``gamma``: up to the largest |gamma|);
     ``aims``: for a search, the strategy whose knob it searches; ``select``: the selection function
     (``bn``/``group``: ``(scores, args) -> (keep, thresholds, notes)``; ``search``:
     ``(analysis, options, quiet=, cost=) -> Decision``; ``user``: none, the masks are the choice).
@@ -56,6 +57,7 @@ class Strategy:
     name: str
     decides: Decides
     knob: str | None = None
+    knob_scale: Literal["fraction", "gamma"] = "fraction"
     needs: str | None = None
     hint: str = ""
     score: Score = "gamma"
@@ -167,7 +169,7 @@ _VOTE = "polarprune.pruning.votes:"
 for _record in (
     Strategy("grad", "bn", select=_SELECT + "select_grad", progressive=False,
              description="per BN, the first valley of its |gamma| histogram"),
-    Strategy("fixed", "bn", knob="threshold", select=_SELECT + "select_fixed", description="one global |gamma| threshold"),
+    Strategy("fixed", "bn", knob="threshold", knob_scale="gamma", select=_SELECT + "select_fixed", description="one global |gamma| threshold"),
     Strategy("percent", "bn", knob="percent", needs="percent", hint=" in [0, 1] (a fraction)", select=_SELECT + "select_percent",
              description="the smallest fraction of all scored |gamma| goes (global quantile)"),
     Strategy("uniform", "group", knob="ratio", needs="ratio", select=_SELECT + "select_smallest",

@@ -24,12 +24,12 @@ from ..flops import count_model
 from ..pruning import TrialAnalysis, prune_model
 from ..models.layers import gamma_magnitude
 from ..pruning.options import PruneOptions
-from ..pruning.registry import PROGRESSIVE_KNOBS, STRATEGIES
+from ..pruning.registry import STRATEGIES
 from ..pruning.search import bisect_knob
 from ..serialization import load_any_model, save
 from ..data import DataBundle
 from ..training.engine import evaluate
-from .recipe import Recipe, default_init, stage_config
+from .recipe import PROGRESSIVE_KNOBS, Recipe, default_init, stage_config
 from .train import run_training
 
 
@@ -76,8 +76,8 @@ def aimed_options(analysis: TrialAnalysis, model: nn.Module, options: PruneOptio
     if record.decides == "search":  # the strategy aims itself
         found = ratio_at(min(max(1.0 - wanted_ratio, 1e-6), 1 - 1e-6))
         return found[1], found[0]
-    high = 1.0  # percent and ratio are fractions; a threshold above every |gamma| removes all it may
-    if knob == "threshold":
+    high = 1.0  # a fraction; a threshold above every |gamma| removes all it may
+    if record.knob_scale == "gamma":
         high = 1.001 * max(float(gamma_magnitude(m).max()) for m in model.modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None)
     best = bisect_knob(ratio_at, wanted_ratio, 0.0, high, rounds=BISECTION_ROUNDS)
