@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from ..errors import PolarpruneError
 from .registry import (BUILTIN_GROUP_RULES, BUILTIN_STRATEGIES, GROUP_RULES, RATIO_STRATEGIES, SCORE_STRATEGIES, STRATEGIES,
-                       STRATEGY_NEEDS)
+                       STRATEGY_NEEDS, Strategy)
 
 # how residual channels go: with their whole coupled group, or scattered back (the original; CIFAR ResNets)
 RESIDUAL_MODES: tuple[str, ...] = ("group", "scatter")
@@ -62,6 +62,11 @@ class PruneOptions(BaseModel):
     compensate: bool = Field(True, description="fold removed channels' constant shift into their consumers",
                              json_schema_extra={"off_help": "do not fold removed channels' constant shift into their consumers"})
     seed: int = Field(0, description="seed of the random strategy")
+
+    @property
+    def strategy_record(self) -> Strategy:
+        """The record of the chosen strategy (what it needs, how it decides)."""
+        return STRATEGIES[self.strategy]
 
     @field_validator("ratio")
     @classmethod

@@ -56,9 +56,8 @@ class PruneStage(PruneOptions):
     strategy: StrategyName = Field("grad", description="how channels are chosen")
 
 
-# the option of each strategy that progressive pruning sets to aim at a round's MACs (the strategy
-# records' ``knob``, read at every use)
-PROGRESSIVE_KNOBS = pruning_registry.PROGRESSIVE_KNOBS
+# the option of each strategy that progressive pruning sets to aim at a round's MACs
+PROGRESSIVE_KNOBS = pruning_registry.PROGRESSIVE_KNOBS  # the strategy records' knobs, read at every use
 
 
 class ProgressiveStage(TrainStage):

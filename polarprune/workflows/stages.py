@@ -16,7 +16,6 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..models import init_bn_gamma
 from ..pruning import plan_pruning, prune_model
-from ..pruning.registry import STRATEGIES
 from ..serialization import load_any_model, save
 from ..sparsity.masks import load_mask, save_mask
 from ..sparsity.regularizers import regularizer_class
@@ -158,7 +157,7 @@ def prune_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any
     payload: dict[str, Any] = {"kind": "prune", "model_path": str(out), "source": source}
     if dist.is_main():
         kwargs = prune_kwargs(opts)
-        if STRATEGIES[opts.strategy].needs_mask_file:
+        if opts.strategy_record.needs_mask_file:
             kwargs["masks"] = load_mask(ctx.run_dir / "mask" / "mask.json", model)
         pruned, report = prune_model(model, ctx.example_inputs(), bn_names=ctx.bn_names(model, source), **kwargs)
         eval_loader, device = ctx.data().eval_loader, torch.device("cpu")
