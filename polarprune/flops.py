@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .errors import PolarpruneError
 from .modes import inference
@@ -297,6 +298,14 @@ def bind_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     return dict(zip([a.name for a in func._schema.arguments], args), **kwargs)
 
 
+def index_arithmetic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """True when an operator's tensors are all integer or bool (index bookkeeping such as a layer's
+    ``placement >= 0``): it costs 0, like data movement, so a model counts the same whichever
+    equivalent layer (a padding shortcut or its index-placing form) it holds."""
+    tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    return bool(tensors) and not any(t.is_floating_point() or t.is_complex() for t in tensors)
+
+
 class CostCounter(TorchDispatchMode):
     """Dispatch mode that prices every aten call made while it is active (whole batch)."""
 
@@ -323,6 +332,8 @@ class CostCounter(TorchDispatchMode):
             return func(*args, **kwargs)
         name = op_name(func)
         rule = RULES.get(name)
+        if rule is not None and index_arithmetic(args, kwargs):
+            return func(*args, **kwargs)  # integer/bool bookkeeping (indices, masks): computes addresses, not activations
         if rule is None and name not in FREE_OPS:
             # An op we do not know may be built from ones we do: price its decomposition.
             with self:

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from polarprune.fileio import atomic_output  # noqa: E402
+from polarprune.models.layers import gamma_magnitude  # noqa: E402
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
@@ -28,7 +29,7 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
 def bn_gammas(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """|gamma| per BN layer (all BNs, or the named ones)."""
     wanted = set(names) if names is not None else None
-    return {name: module.weight.detach().abs().flatten().cpu() for name, module in model.named_modules()
+    return {name: gamma_magnitude(module) for name, module in model.named_modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None
             and (wanted is None or name in wanted)}
 

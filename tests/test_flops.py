@@ -356,3 +356,22 @@ def test_cli_model_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["flops", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == count_model(model, (1, 32, 32)).as_dict()
+
+
+def test_index_bookkeeping_costs_nothing() -> None:
+    """A comparison on integer or bool tensors computes addresses, not activations: 0 FLOPs; the same
+    comparison on floats costs one per element. So an option-A shortcut and its index-placing form count alike."""
+    from polarprune.flops import CostCounter
+    from polarprune.models.cifar_resnet import PadShortcut
+    from polarprune.models.layers import ChannelPlacementShortcut
+
+    with CostCounter() as counter:
+        (torch.arange(6) + 1) >= 2
+    assert counter.total.flops == 0 and not counter.uncounted
+    with CostCounter() as counter:
+        torch.linspace(0, 1, 6) >= 0.5
+    assert counter.total.flops == 6
+    x = torch.randn(1, 4, 8, 8)
+    pad, placed = PadShortcut(2, 4), ChannelPlacementShortcut.from_pad_shortcut(2, 4, 4)
+    assert torch.equal(pad(x), placed(x))
+    assert count_model(pad, x) == count_model(placed, x)

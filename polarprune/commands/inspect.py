@@ -139,6 +139,7 @@ def write_plots(folder: Path, layers: dict[str, Any], overall_names: Sequence[st
 def inspect_model(model: Any, example_inputs: Any, regularized_only: bool = False) -> dict[str, Any]:
     """The report as plain data: per-layer rows, summary, trial-prune MACs ratios."""
     from ..pruning import TrialAnalysis
+    from ..models.layers import gamma_magnitude
     from ..sparsity.monitor import bn_modules
     from ..sparsity.selection import regularized_bn_names
 
@@ -148,7 +149,7 @@ def inspect_model(model: Any, example_inputs: Any, regularized_only: bool = Fals
     regularized = regularized_bn_names(model, example_inputs)
     chosen = set(regularized)
     names = [n for n in bns if n in chosen] if regularized_only else list(bns)
-    magnitudes = {n: bns[n].weight.detach().abs().float().cpu() for n in names}
+    magnitudes = {n: gamma_magnitude(bns[n]) for n in names}
     rows = [layer_stats(n, magnitudes[n], n in chosen) for n in names]
     reg_rows = [r for r in rows if r["regularized"]]
     summary = summary_stats(reg_rows, [magnitudes[r["name"]] for r in reg_rows])

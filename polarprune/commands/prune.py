@@ -38,6 +38,8 @@ def add_prune_options(p: argparse.ArgumentParser, fields: Sequence[str], helps: 
         default = info.get_default(call_default_factory=True)
         if isinstance(default, bool):
             kwargs["action"] = "store_false" if default else "store_true"
+            if default and name not in helps:  # the flag turns the option off: say what it does
+                text = dict(info.json_schema_extra or {}).get("off_help", text)  # type: ignore[arg-type]
         elif isinstance(default, list):
             kwargs.update(action="append", default=[], metavar="PATTERN")
             text += " (repeatable)"

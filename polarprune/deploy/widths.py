@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..models.layers import gamma_magnitude
 from ..pruning import channel_groups, prune_model
 
 
@@ -36,7 +37,7 @@ def round_widths(model: nn.Module, multiple: int, example_inputs: Any) -> nn.Mod
         for item in items:
             bn = model.get_submodule(item.module_name)
             if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.weight is not None:
-                scores.index_add_(0, item.root_t, bn.weight.detach().abs().float()[item.idx_t])
+                scores.index_add_(0, item.root_t, gamma_magnitude(bn)[item.idx_t])
         kept_roots = torch.zeros(group.num_channels, dtype=torch.bool)
         kept_roots[torch.topk(scores, rounded_count(group.num_channels, multiple)).indices] = True
         for item in items:

@@ -138,4 +138,5 @@ def prepare_for_pruning(model: nn.Module, example_inputs: object = None) -> list
 for _depth in CIFAR_RESNET_DEPTHS:
     register(f"resnet{_depth}", lambda num_classes, depth=_depth, **kw: CifarResNet(depth, num_classes, **kw),
              family="cifar_resnet", input_size=32, num_classes=10, classes=(CifarResNet,), bn_selection=regularized_bns,
-             residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning, scatter_block=ScatterBasicBlock)
+             residual_blocks=residual_blocks, prepare_for_pruning=prepare_for_pruning, scatter_block=ScatterBasicBlock,
+             paper_accounting=True)

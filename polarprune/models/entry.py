@@ -50,6 +50,26 @@ class ModelEntry:
     # pruned residual block so that its last BN's kept channels go back to ``positions`` of ``width``
     scatter_block: Callable[[nn.Module, Sequence[int], int], nn.Module] | None = None
     finish_pruning: Callable[[nn.Module], Any] | None = None  # undoes what prepare_for_pruning did only for the analysis
+    # every prune report of this family also gives the original code's (scatter) accounting of MACs
+    paper_accounting: bool = False
+
+    def blocks(self, model: nn.Module) -> dict[str, Any]:
+        """The residual blocks whose branch pruning may remove (name -> ``BlockInfo``); none without a rule."""
+        return dict(self.residual_blocks(model)) if self.residual_blocks is not None else {}
+
+    def prepare(self, model: nn.Module, example_inputs: Any) -> list[str]:
+        """Adapt ``model`` for pruning in place (e.g. option-A shortcuts become placement shortcuts);
+        returns what was replaced, nothing without an adapter."""
+        return list(self.prepare_for_pruning(model, example_inputs) or []) if self.prepare_for_pruning is not None else []
+
+    def finish(self, model: nn.Module) -> None:
+        """Undo, after surgery, what ``prepare`` changed only for the analysis."""
+        if self.finish_pruning is not None:
+            self.finish_pruning(model)
+
+    def scatters(self) -> bool:
+        """The family can prune the original way (``residual: scatter``)."""
+        return self.scatter_block is not None and self.residual_blocks is not None
 
     def regularized_bns(self, model: nn.Module, method: str | None = None) -> list[str] | None:
         """The BNs the papers regularize for ``method`` on ``model`` (None: no family rule)."""
@@ -141,6 +161,19 @@ def entry_for(model: nn.Module) -> ModelEntry | None:
     return get_entry(name) if isinstance(name, str) else None
 
 
+def _no_builder(*args: Any, **kwargs: Any) -> nn.Module:
+    raise PolarpruneError("this model has no registered family to build it from")
+
+
+# the entry of a model nobody knows: no block rule, no adapter (the dependency-graph defaults)
+UNKNOWN = ModelEntry(name="", builder=_no_builder)
+
+
+def pruning_entry(model: nn.Module) -> ModelEntry:
+    """The entry whose pruning knowledge applies to ``model`` (``UNKNOWN`` when no family knows it)."""
+    return entry_for(model) or UNKNOWN
+
+
 def every_bn(model: nn.Module, method: str | None = None) -> list[str]:
     """Every affine BatchNorm of the model, in definition order (a ``bn_selection``)."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
@@ -162,5 +195,5 @@ def block_bns(model: nn.Module, rules: Sequence[tuple[type, Sequence[str]]]) -> 
     return names
 
 
-__all__ = ["ModelEntry", "METHODS", "IMAGENET_MEAN", "IMAGENET_STD", "register", "add", "add_resolver", "get_entry",
+__all__ = ["ModelEntry", "UNKNOWN", "pruning_entry", "METHODS", "IMAGENET_MEAN", "IMAGENET_STD", "register", "add", "add_resolver", "get_entry",
            "entry_for", "add_loader", "registered_names", "every_bn", "block_bns"]

@@ -171,4 +171,13 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
-__all__ = ["BlockInfo", "ChannelPlacementShortcut", "ChannelShift", "ShortcutOnlyBlock", "ChannelShuffle", "shuffle_channels"]
+def gamma_magnitude(bn: nn.Module) -> Tensor:
+    """``|gamma|`` of a BatchNorm (float32, CPU, detached): the per-channel score of every strategy,
+    mask and gamma plot. A BN without an affine weight has no score (a ``ValueError``)."""
+    weight = getattr(bn, "weight", None)
+    if weight is None:
+        raise ValueError(f"{type(bn).__name__} has no affine weight (gamma) to score")
+    return weight.detach().abs().float().cpu()
+
+
+__all__ = ["gamma_magnitude", "BlockInfo", "ChannelPlacementShortcut", "ChannelShift", "ShortcutOnlyBlock", "ChannelShuffle", "shuffle_channels"]

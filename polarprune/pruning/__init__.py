@@ -10,7 +10,9 @@ Public API (loaded lazily, so ``polarprune.pruning.options`` imports without tor
   from one analysis reused for every decision (sparsity training's monitor);
 - ``PruneOptions``: every option, validated (shared by the API, the commands and recipes);
 - ``prunable_bn_names(model, example_inputs)``, ``channel_groups(model, example_inputs)``;
-- ``select_channels`` / ``grad_threshold``: the pure strategies.
+- ``select_channels`` / ``grad_threshold``: the pure strategies;
+- ``STRATEGIES`` / ``register_strategy`` / ``Strategy``, ``GROUP_RULES``: the records (``registry.py``);
+- ``CostModel`` / ``MacsCost``: the cost seam (``cost.py``).
 
 See docs/pruning.md for the rules.
 """
@@ -20,12 +22,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .options import GROUP_RULES, SCORE_STRATEGIES as STRATEGIES, PruneOptions, STRATEGIES as ALL_STRATEGIES
+from .options import PruneOptions
+from .registry import GROUP_RULES, SCORE_STRATEGIES, STRATEGIES, GroupRule, Strategy, register_group_rule, register_strategy
+
+ALL_STRATEGIES = STRATEGIES  # the old name: ``STRATEGIES`` now means every strategy everywhere
 
 _LAZY = {
     "prune_model": "api", "plan_pruning": "api", "prunable_bn_names": "api", "channel_groups": "api",
     "trial_macs_ratio": "trial", "TrialAnalysis": "trial", "ChannelGroup": "graph", "PruneReport": "report",
     "GroupRow": "report", "SelectionResult": "strategies", "grad_threshold": "strategies", "select_channels": "strategies",
+    "CostModel": "cost", "MacsCost": "cost",
 }
 
 
@@ -35,4 +41,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "PruneOptions", "ALL_STRATEGIES", "GROUP_RULES", "STRATEGIES"]
+__all__ = [*_LAZY, "PruneOptions", "ALL_STRATEGIES", "GROUP_RULES", "STRATEGIES", "SCORE_STRATEGIES", "Strategy", "GroupRule",
+           "register_strategy", "register_group_rule"]

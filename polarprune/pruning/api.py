@@ -10,39 +10,43 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import PolarpruneError
-from ..flops import counted_forward
+from ..flops import CostProfile, counted_forward
+from ..models.entry import pruning_entry
 from ..modes import restored_modes
-from .compensation import apply_adjustments, compensate as fold_constants
-from .graph import ChannelGroup, ModelAnalysis, _as_input_tuple, analysed_copy, analyze, deleted_with_block, finish_pruning, prepare_for_pruning
+from .base import as_input_tuple, deleted_with_block, max_abs_diff
+from .compensation import CompensationResult, apply_adjustments, compensate as fold_constants
+from .graph import ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, prepare_for_pruning
 from .options import PruneOptions, parse_options
 from .plan import make_plan, unpruned_view
-from .report import GroupRow, PruneReport
+from .report import GroupRow, PruneReport, build_report
 from .resolve import Decision, decide
 from .scatter import original_accounting, prune_scatter
 from .surgery import apply_decision, set_block_shifts
 
 
-def _first_tensor(value: Any) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (list, tuple)) and value:
-        return _first_tensor(value[0])
-    if isinstance(value, dict) and value:
-        return _first_tensor(next(iter(value.values())))
-    raise PolarpruneError(f"cannot compare model outputs of type {type(value).__name__}")
+class Timer:
+    """Seconds spent per step (``with timer("decide"): ...`` adds to ``seconds["decide"]``)."""
 
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
 
-def _max_abs_diff(a: Any, b: Any) -> float:
-    x, y = _first_tensor(a), _first_tensor(b)
-    if x.shape != y.shape:
-        raise PolarpruneError(f"pruned model output shape {tuple(y.shape)} differs from the original {tuple(x.shape)}")
-    return float((x.float() - y.float()).abs().max()) if x.numel() else 0.0
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - tick
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self.start}
 
 
 def plan_pruning(model: nn.Module, example_inputs: Any, strategy: str | None = None, *,
@@ -92,6 +96,64 @@ def _attach_plan(pruned: nn.Module, base_view: dict[str, Any]) -> None:
     pruned.polarprune_spec = {**spec, "plan": make_plan(pruned, base_view)}  # type: ignore[assignment]
 
 
+def paper_accounting(model: nn.Module, example_inputs: Any, opts: PruneOptions, decision: Decision,
+                     analysis: ModelAnalysis, notes: list[str]) -> int | None:
+    """The original code's (scatter) accounting of the same per-BN choice, only where the model's family
+    declares it wants it (``ModelEntry.paper_accounting``); None elsewhere or when it is not defined."""
+    if not pruning_entry(model).paper_accounting:
+        return None
+    accounting, why = original_accounting(model, example_inputs, opts, decision.threshold, analysis.layer_shapes())
+    if why:
+        notes.append(f"original accounting: {why}")
+    return accounting
+
+
+def _compensate_and_slice(work: nn.Module, analysis: ModelAnalysis, decision: Decision, opts: PruneOptions,
+                          example_inputs: Any, timer: Timer) -> tuple[CompensationResult | None, float | None]:
+    """Fold the removed channels' constants (when asked), slice, then apply the folded adjustments;
+    the output difference without compensation when it differs from the final one."""
+    with timer("compensation"):
+        folded = fold_constants(work, analysis, decision, example_inputs) if opts.compensate and decision.removed else None
+    with timer("surgery"):
+        apply_decision(work, decision)
+    uncompensated: float | None = None
+    if folded is not None:
+        with timer("compensation"):
+            if folded.changes_outputs:  # else the uncompensated model is this one: one output check serves both
+                with torch.no_grad():
+                    uncompensated = max_abs_diff(analysis.traced_output, work(*as_input_tuple(example_inputs)))
+            apply_adjustments(work, decision, folded.adjustments)
+            set_block_shifts(work, decision, folded.block_shifts)
+    return folded, uncompensated
+
+
+def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, inplace: bool,
+                   timer: Timer) -> tuple[nn.Module, PruneReport]:
+    """``prune_model`` for ``residual: group`` (the model in eval mode, modes restored by the caller)."""
+    with timer("graph"):
+        work = model if inplace else copy.deepcopy(model)
+        prepare_for_pruning(work, example_inputs)
+        work.eval()
+        analysis = analyze(work, example_inputs, count=True)  # one pass: groups, costs, the reference output
+    before: CostProfile = analysis.traced_cost  # type: ignore[assignment]
+    with timer("decide"):
+        decision = decide(analysis, options=opts)
+    notes = list(decision.notes)
+    with timer("accounting"):
+        accounting = paper_accounting(model, example_inputs, opts, decision, analysis, notes)
+    folded, uncompensated = _compensate_and_slice(work, analysis, decision, opts, example_inputs, timer)
+    notes += folded.notes if folded is not None else []
+    with timer("report"):
+        finish_pruning(work)
+        output, after = counted_forward(work, as_input_tuple(example_inputs))
+        diff = max_abs_diff(analysis.traced_output, output)
+    if folded is not None and not folded.changes_outputs:
+        uncompensated = diff
+    return work, build_report(opts, group_rows(analysis, decision), before, after, diff, threshold=decision.threshold,
+                              max_abs_output_diff_uncompensated=uncompensated, compensated=opts.compensate,
+                              removed_blocks=sorted(decision.removed_blocks), notes=notes, macs_original_accounting=accounting)
+
+
 def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = None, *, inplace: bool = False,
                 options: PruneOptions | None = None, **fields: Any) -> tuple[nn.Module, PruneReport]:
     """Remove channels for real and return ``(pruned model, report)``.
@@ -101,78 +163,21 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
     the graph is traced with and the report's output difference is measured on.
     """
     opts = parse_options(strategy, options, **fields)
+    base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
     if opts.residual == "scatter":
-        base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
-        scattered, report = prune_scatter(model, example_inputs, options=opts, inplace=inplace)
-        _attach_plan(scattered, base_view)
-        report.macs_original_accounting = report.macs_after
-        return scattered, report
-    inputs = _as_input_tuple(example_inputs)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    known = {id(module) for module in model.modules()}
-    with restored_modes(model):
-        model.eval()
-        base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
-        work = model if inplace else copy.deepcopy(model)
-        notes: list[str] = []
-        prepare_for_pruning(work, example_inputs)
-        work.eval()
-        analysis = analyze(work, example_inputs, count=True)  # one pass: groups, costs, the reference output
-        reference, before = analysis.traced_output, analysis.traced_cost
-        assert before is not None
-        seconds["graph"] = time.perf_counter() - start
-
-        tick = time.perf_counter()
-        decision = decide(analysis, options=opts)
-        seconds["decide"] = time.perf_counter() - tick
-        notes += decision.notes
-        tick = time.perf_counter()
-        accounting, why = original_accounting(model, example_inputs, opts, decision.threshold, analysis.layer_shapes())
-        if why:
-            notes.append(f"original accounting: {why}")
-        seconds["accounting"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        folded = fold_constants(work, analysis, decision, example_inputs) if opts.compensate and decision.removed else None
-        seconds["compensation"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        apply_decision(work, decision)
-        seconds["surgery"] = time.perf_counter() - tick
-
-        uncompensated_diff: float | None = None
-        if folded is not None:
-            tick = time.perf_counter()
-            if folded.changes_outputs:  # else the uncompensated model is this one: one output check serves both
-                with torch.no_grad():
-                    uncompensated_diff = _max_abs_diff(reference, work(*inputs))
-            apply_adjustments(work, decision, folded.adjustments)
-            set_block_shifts(work, decision, folded.block_shifts)
-            notes += folded.notes
-            seconds["compensation"] += time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        finish_pruning(work)
-        output, after = counted_forward(work, inputs)
-        diff = _max_abs_diff(reference, output)
-        if folded is not None and not folded.changes_outputs:
-            uncompensated_diff = diff
-        _attach_plan(work, base_view)
-        seconds["report"] = time.perf_counter() - tick
-    for module in work.modules():
-        if id(module) not in known:  # the copy (or new layers): the model's mode
-            module.training = model.training
-    recorded = opts.model_dump(exclude={"masks", "bn_include", "bn_exclude"})
-    recorded.update(threshold=decision.threshold if decision.threshold is not None else opts.threshold,
-                    masks=sorted(opts.masks) if opts.masks else None)
-    seconds["total"] = time.perf_counter() - start
-    return work, PruneReport(
-        strategy=opts.strategy, options=recorded, rows=group_rows(analysis, decision),
-        macs_before=before.cost.macs, macs_after=after.cost.macs, flops_before=before.cost.flops,
-        flops_after=after.cost.flops, params_before=before.cost.params, params_after=after.cost.params,
-        max_abs_output_diff=diff, max_abs_output_diff_uncompensated=uncompensated_diff, compensated=opts.compensate,
-        removed_blocks=sorted(decision.removed_blocks), notes=notes, seconds=seconds, macs_original_accounting=accounting)
+        work, report = prune_scatter(model, example_inputs, options=opts, inplace=inplace)
+    else:
+        timer = Timer()
+        known = {id(module) for module in model.modules()}
+        with restored_modes(model):
+            model.eval()
+            work, report = _prune_grouped(model, example_inputs, opts, inplace, timer)
+        for module in work.modules():
+            if id(module) not in known:  # the copy (or new layers): the model's mode
+                module.training = model.training
+        report.seconds = timer.total()
+    _attach_plan(work, base_view)
+    return work, report
 
 
-__all__ = ["prune_model", "plan_pruning", "channel_groups", "prunable_bn_names", "analysed_copy", "group_rows"]
+__all__ = ["max_abs_diff", "Timer", "paper_accounting", "prune_model", "plan_pruning", "channel_groups", "prunable_bn_names", "analysed_copy", "group_rows"]

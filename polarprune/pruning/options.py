@@ -1,35 +1,41 @@
 """``PruneOptions``: every option of a pruning, validated once (the API, the commands, the recipes).
 
-This module imports neither torch nor the rest of ``polarprune.pruning``, so the commands can
-build their ``--help`` (choices, defaults) from it and the recipe schema can embed it.
-
-The strategy names live here and nowhere else: ``STRATEGIES`` (with what each one needs) and
-``RATIO_STRATEGIES`` (decided per group on an aggregated score; the others per BN, by a
-threshold, or from user masks). The functions behind the names are in ``strategies.py``.
+This module imports neither torch nor the rest of ``polarprune.pruning`` (only the torch-free
+``registry``), so the commands can build their ``--help`` (choices, defaults) from it and the recipe
+schema can embed it. What a strategy or a group rule is lives in ``registry.py``: validation reads
+the records at call time, so a strategy registered later is accepted.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from ..errors import PolarpruneError
+from .registry import (BUILTIN_GROUP_RULES, BUILTIN_STRATEGIES, GROUP_RULES, RATIO_STRATEGIES, SCORE_STRATEGIES, STRATEGIES,
+                       STRATEGY_NEEDS, Strategy)
 
-# strategy name -> the option it needs (None: none)
-STRATEGY_NEEDS: dict[str, str | None] = {
-    "grad": None, "fixed": None, "percent": "percent", "uniform": "ratio", "l1-norm": "ratio", "random": "ratio",
-    "mask": "masks", "flops-target": "target_macs_reduction"}
-STRATEGIES: tuple[str, ...] = tuple(STRATEGY_NEEDS)
-RATIO_STRATEGIES: tuple[str, ...] = ("uniform", "l1-norm", "random")
-# strategies that pick channels from per-layer scores alone (``select_channels``)
-SCORE_STRATEGIES: tuple[str, ...] = tuple(s for s in STRATEGIES if s not in ("mask", "flops-target"))
-GROUP_RULES: tuple[str, ...] = ("any", "all", "mean", "masksparsity")
 # how residual channels go: with their whole coupled group, or scattered back (the original; CIFAR ResNets)
 RESIDUAL_MODES: tuple[str, ...] = ("group", "scatter")
 
-StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
-GroupRule = Literal[GROUP_RULES]  # type: ignore[valid-type]
+
+def _known_strategy(value: Any) -> str:
+    if value not in STRATEGIES:
+        raise ValueError(f"unknown pruning strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+    return value
+
+
+def _known_group_rule(value: Any) -> str:
+    if value not in GROUP_RULES:
+        raise ValueError(f"unknown group rule {value!r}; choose one of {', '.join(GROUP_RULES)}")
+    return value
+
+
+# The Literal lists the built-in names (schema, docs); validation reads the registry at call time.
+StrategyName = Annotated[Literal[BUILTIN_STRATEGIES], PlainValidator(_known_strategy)]  # type: ignore[valid-type]
+GroupRuleName = Annotated[Literal[BUILTIN_GROUP_RULES], PlainValidator(_known_group_rule)]  # type: ignore[valid-type]
+GroupRule = GroupRuleName  # the old name of the annotation
 ResidualMode = Literal[RESIDUAL_MODES]  # type: ignore[valid-type]
 
 
@@ -47,20 +53,20 @@ class PruneOptions(BaseModel):
     bn_names: list[str] | None = Field(None, description="BNs that are scored (default: every BN of a prunable group)")
     bn_include: list[str] = Field(default_factory=list, description="score only BNs matching these fnmatch patterns")
     bn_exclude: list[str] = Field(default_factory=list, description="do not score BNs matching these fnmatch patterns")
-    group_rule: GroupRule = Field("any", description="how a group's BNs vote (masksparsity: MaskSparsity's relaxing vote)")
+    group_rule: GroupRuleName = Field("any", description="how a group's BNs vote (masksparsity: MaskSparsity's relaxing vote)")
     residual: ResidualMode = Field("group", description="group: residual channels leave with their whole group; scatter: the original's accounting, block outputs scattered back to full width (CIFAR ResNets)")
     min_channels: int = Field(1, ge=0, description="channels every group keeps")
-    remove_empty_blocks: bool = Field(True, description="an emptied residual branch is removed (else it keeps min_channels)")
+    remove_empty_blocks: bool = Field(True, description="an emptied residual branch is removed (else it keeps min_channels)",
+                                      json_schema_extra={"off_help": "keep an emptied residual branch (with min_channels) instead of removing it"})
     round_to: int = Field(1, ge=1, description="round every group's kept channels to a multiple of N (16 for CPU inference)")
-    compensate: bool = Field(True, description="fold removed channels' constant shift into their consumers")
+    compensate: bool = Field(True, description="fold removed channels' constant shift into their consumers",
+                             json_schema_extra={"off_help": "do not fold removed channels' constant shift into their consumers"})
     seed: int = Field(0, description="seed of the random strategy")
 
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _known_strategy(cls, value: Any) -> Any:
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown pruning strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
-        return value
+    @property
+    def strategy_record(self) -> Strategy:
+        """The record of the chosen strategy (what it needs, how it decides)."""
+        return STRATEGIES[self.strategy]
 
     @field_validator("ratio")
     @classmethod
@@ -73,11 +79,9 @@ class PruneOptions(BaseModel):
 
     @model_validator(mode="after")
     def _needs(self) -> "PruneOptions":
-        need = STRATEGY_NEEDS[self.strategy]
-        if need is not None and getattr(self, need) is None:
-            hint = {"masks": " (BN name -> keep vector)", "target_macs_reduction": " in (0, 1)",
-                    "percent": " in [0, 1] (a fraction)"}.get(need, "")
-            raise ValueError(f"strategy {self.strategy!r} needs {need}{hint}")
+        record = STRATEGIES[self.strategy]
+        if record.needs is not None and getattr(self, record.needs) is None:
+            raise ValueError(f"strategy {self.strategy!r} needs {record.needs}{record.hint}")
         return self
 
 

@@ -139,4 +139,22 @@ class PruneReport:
         return "\n".join(lines)
 
 
-__all__ = ["PruneReport", "GroupRow"]
+def recorded_options(options: Any, threshold: float | None = None) -> dict[str, Any]:
+    """A ``PruneOptions`` as the report records it: plain data, mask names only, the threshold a search found."""
+    recorded = options.model_dump(exclude={"masks", "bn_include", "bn_exclude"})
+    recorded["masks"] = sorted(options.masks) if options.masks else None
+    if threshold is not None:
+        recorded["threshold"] = threshold
+    return recorded
+
+
+def build_report(options: Any, rows: list[GroupRow], before: Any, after: Any, diff: float, **extra: Any) -> PruneReport:
+    """The one report of both residual modes: ``before``/``after`` are ``flops.CostProfile``s of the same
+    counter (the unpruned and the pruned model); ``extra``: the other ``PruneReport`` fields."""
+    return PruneReport(strategy=options.strategy, options=recorded_options(options, extra.pop("threshold", None)), rows=rows,
+                       macs_before=before.cost.macs, macs_after=after.cost.macs, flops_before=before.cost.flops,
+                       flops_after=after.cost.flops, params_before=before.cost.params, params_after=after.cost.params,
+                       max_abs_output_diff=diff, **extra)
+
+
+__all__ = ["PruneReport", "GroupRow", "build_report", "recorded_options"]

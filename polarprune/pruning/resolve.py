@@ -1,8 +1,9 @@
 """Decisions: from per-channel scores to the channels every layer loses.
 
-Threshold strategies (``grad``, ``fixed``, ``percent``, ``mask``) decide per BN, ratio strategies
-(``uniform``, ``l1-norm``, ``random``) per group on its aggregated score. A group's channel is kept
-according to the group rule over its *scored* BNs:
+A strategy's record (``registry.STRATEGIES``) says how it decides: per BN (``grad``, ``fixed``,
+``percent``), from the user's masks (``mask``), per group on its aggregated score (``uniform``,
+``l1-norm``, ``random``) or by a search (``flops-target``). A group's channel is kept according to the
+group rule (``registry.GROUP_RULES``) over its *scored* BNs:
 
 - ``any`` (default): kept if any scored BN keeps it (removal is exact when every BN of the
   group has gamma = beta = 0 there);
@@ -22,28 +23,31 @@ import dataclasses
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
-from ..models.layers import BlockInfo
-from .graph import BN_TYPES, BOTH, IN, OUT, ChannelGroup, ModelAnalysis, deleted_with_block, estimate_macs, estimate_params, is_grouped
+from ..models.layers import BlockInfo, gamma_magnitude
+from .base import BN_TYPES, BOTH, IN, OUT, Removals, deleted_with_block, is_grouped
+from .cost import MACS, CostModel, estimate_macs, estimate_params
+from .graph import ChannelGroup, ModelAnalysis
 from .modules import ChannelPlacementShortcut
-from .options import GROUP_RULES, RATIO_STRATEGIES, STRATEGIES, PruneOptions, parse_options
-from .strategies import select_channels
-from .votes import relaxed_prune
+from .options import GROUP_RULES, STRATEGIES, PruneOptions, parse_options
+from .registry import Strategy
+from .search import bisect_knob
+from .strategies import keep_at_least, select_channels
 
-ALL_STRATEGIES = STRATEGIES
+ALL_STRATEGIES = STRATEGIES  # the old name (one registry: every strategy)
 
 
 @dataclass
 class Decision:
-    """What a pruning will do, in the original model's coordinates."""
+    """What a pruning will do, in the original model's coordinates; ``estimated_cost``: the cost model's."""
 
     group_keep: dict[str, Tensor]
-    removed: dict[tuple[str, str], set[int]]
+    removed: Removals
     removed_blocks: dict[str, BlockInfo]
     bn_keep: dict[str, Tensor]
     thresholds: dict[str, float]
@@ -53,6 +57,8 @@ class Decision:
     estimated_params: int = 0
     estimated_params_before: int = 0
     threshold: float | None = None  # the threshold flops-target found
+    estimated_cost: float = 0.0
+    estimated_cost_before: float = 0.0
 
     @property
     def macs_ratio(self) -> float:
@@ -64,54 +70,67 @@ class Decision:
         """Estimated parameters after / before (without biases compensation may add)."""
         return self.estimated_params / max(1, self.estimated_params_before)
 
+    @property
+    def cost_ratio(self) -> float:
+        """Cost after / before under the decision's cost model (``MacsCost``: the MACs ratio)."""
+        return self.estimated_cost / self.estimated_cost_before if self.estimated_cost_before > 0 else 1.0
+
 
 def bn_scores(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     """``|gamma|`` of each named BN (float32, CPU)."""
     scores = {}
     for name in names:
-        bn = model.get_submodule(name)
-        if getattr(bn, "weight", None) is None:
-            raise PolarpruneError(f"BatchNorm {name!r} has no affine weight (gamma) to score")
-        scores[name] = bn.weight.detach().abs().float().cpu()
+        try:
+            scores[name] = gamma_magnitude(model.get_submodule(name))
+        except ValueError:
+            raise PolarpruneError(f"BatchNorm {name!r} has no affine weight (gamma) to score") from None
     return scores
 
 
-def _aggregate(values: list[Tensor], roots: list[Tensor], size: int, rule: str) -> Tensor:
-    """Per group channel: max (``any``), min (``all``) or mean (``mean``) of the values landing on it; +inf where none does."""
+# a group rule's aggregate -> how the values landing on one group channel combine
+_REDUCTIONS = {"max": ("amax", -math.inf), "min": ("amin", math.inf)}
+
+
+def _aggregate(values: list[Tensor], roots: list[Tensor], size: int, how: str) -> Tensor:
+    """Per group channel: the max, min or mean (``how``) of the values landing on it; +inf where none does."""
     if not values:
         return torch.full((size,), math.inf)
     value, root = torch.cat(values).double(), torch.cat(roots)
     count = torch.zeros(size, dtype=torch.long).index_add_(0, root, torch.ones_like(root))
-    if rule == "mean":
+    if how == "mean":
         out = torch.zeros(size, dtype=torch.float64).index_add_(0, root, value) / count.clamp(min=1)
     else:
-        high = rule in ("any", "masksparsity")  # ratio strategies: masksparsity aggregates like any
-        start = -math.inf if high else math.inf
-        out = torch.full((size,), start, dtype=torch.float64).scatter_reduce_(0, root, value, "amax" if high else "amin")
+        reduce, start = _REDUCTIONS[how]
+        out = torch.full((size,), start, dtype=torch.float64).scatter_reduce_(0, root, value, reduce)
     return torch.where(count > 0, out, torch.full_like(out, math.inf)).float()
 
 
-def group_scores(group: ChannelGroup, model: nn.Module, scored: set[str], rule: str, strategy: str) -> Tensor:
-    """Per group channel: the rule's aggregate of the scored BNs' |gamma| (``l1-norm``: of the producing filters'
-    L1 norms); +inf where no scored layer covers it."""
+def filter_l1(module: nn.Module) -> Tensor:
+    """Per output channel, the L1 norm of the layer's filter (float32, CPU)."""
+    weight = module.weight.detach().float().cpu()
+    return weight.abs().reshape(weight.shape[0], -1).sum(dim=1)
+
+
+def group_scores(group: ChannelGroup, model: nn.Module, scored: set[str], rule: str, score: str = "gamma") -> Tensor:
+    """Per group channel: the rule's aggregate of the scored BNs' |gamma| (``score="filter-l1"``: of the
+    producing filters' L1 norms); +inf where no scored layer covers it."""
     values: list[Tensor] = []
     roots: list[Tensor] = []
-    if strategy == "l1-norm":
+    if score == "filter-l1":
         for item in group.producers():
-            weight = item.module.weight.detach().float().cpu()
-            values.append(weight.abs().reshape(weight.shape[0], -1).sum(dim=1)[item.idx_t])
+            values.append(filter_l1(item.module)[item.idx_t])
             roots.append(item.root_t)
     else:
         for item in group.bn_items():
             if item.module_name in scored:
-                values.append(item.module.weight.detach().abs().float().cpu()[item.idx_t])
+                values.append(gamma_magnitude(item.module)[item.idx_t])
                 roots.append(item.root_t)
-    return _aggregate(values, roots, group.num_channels, rule)
+    return _aggregate(values, roots, group.num_channels, GROUP_RULES[rule].aggregate)
 
 
 def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded: Sequence[str]) -> Tensor:
-    """Keep mask over the group's channels from its scored BNs' keep masks. BNs in ``excluded`` (removed
-    branches, now a constant shift) do not vote, and a channel only they covered is removed."""
+    """Keep mask over the group's channels from its scored BNs' keep masks (the rule's vote). BNs in
+    ``excluded`` (removed branches, now a constant shift) do not vote, and a channel only they covered is removed."""
     size = group.num_channels
     yes = torch.zeros(size, dtype=torch.long)
     total = torch.zeros(size, dtype=torch.long)
@@ -126,26 +145,8 @@ def vote(group: ChannelGroup, bn_keep: Mapping[str, Tensor], rule: str, excluded
             total.index_add_(0, item.root_t, torch.ones_like(item.root_t))
             yes.index_add_(0, item.root_t, bn_keep[item.module_name][item.idx_t].long())
             own_prunes.append(int((~bn_keep[item.module_name][item.idx_t].bool()).sum()))
-    if rule == "any":
-        keep = yes > 0
-    elif rule == "all":
-        keep = yes == total
-    elif rule == "masksparsity":
-        keep = ~relaxed_prune(total - yes, max(1, int(total.max())), min(own_prunes, default=0))
-    else:
-        keep = 2 * yes >= total
+    keep = GROUP_RULES[rule].voter()(yes, total, own_prunes)
     return torch.where(total > 0, keep, ~constant_only)
-
-
-def keep_at_least(keep: Tensor, scores: Tensor, count: int) -> Tensor:
-    """``keep`` plus the best-scored channels so that ``min(count, size)`` stay."""
-    need = min(count, keep.numel())
-    if int(keep.sum()) >= need:
-        return keep
-    keep = keep.clone()
-    order = torch.sort(torch.where(keep, torch.full_like(scores, math.inf), scores), descending=True, stable=True).indices
-    keep[order[:need]] = True
-    return keep
 
 
 def round_kept(keep: Tensor, scores: Tensor, multiple: int, mode: str) -> Tensor:
@@ -281,25 +282,43 @@ def _check_masks(analysis: ModelAnalysis, masks: Mapping[str, Tensor] | None) ->
     return checked
 
 
-def _per_bn_choice(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], groups: list[ChannelGroup],
-                   notes: list[str], quiet: bool) -> tuple[dict[str, Tensor], dict[str, float], set[str]]:
-    """Threshold strategies and user masks: a keep mask per scored BN (the groups vote later)."""
-    if options.strategy == "mask":
-        user = _check_masks(analysis, options.masks)
-        notes += [f"{n}: mask ignored (its group cannot be pruned or the BN is not scored)" for n in user if n not in scored]
-        bn_keep = {n: m for n, m in user.items() if n in scored}
-        return bn_keep, {}, set(bn_keep)
-    ordered = list(dict.fromkeys(bn for g in groups for bn in g.bn_names if bn in scored))
-    result = select_channels(bn_scores(analysis.model, ordered), options.strategy, threshold=options.threshold,
+@dataclass
+class Choice:
+    """A strategy's first choice, before groups are resolved: a keep mask per scored BN (its groups vote)
+    or per group; the thresholds used; the BNs whose choice counts."""
+
+    bn_keep: dict[str, Tensor]
+    group_keep: dict[str, Tensor]
+    thresholds: dict[str, float]
+    scored: set[str]
+
+
+def _ordered_bns(groups: Sequence[ChannelGroup], scored: set[str]) -> list[str]:
+    return list(dict.fromkeys(bn for g in groups for bn in g.bn_names if bn in scored))
+
+
+def choose_per_bn(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], notes: list[str], quiet: bool) -> Choice:
+    """``decides="bn"``: a keep mask per scored BN from its scores (the groups vote later)."""
+    names = _ordered_bns(analysis.prunable_groups(), scored)
+    result = select_channels(bn_scores(analysis.model, names), options.strategy, threshold=options.threshold,
                              percent=options.percent, min_channels=0, seed=options.seed, warn=not quiet)
     notes += result.notes
-    return result.keep, result.thresholds, scored
+    return Choice(result.keep, {}, result.thresholds, scored)
 
 
-def _per_group_choice(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], groups: list[ChannelGroup],
-                      notes: list[str]) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Ratio strategies: a keep mask per group from its aggregated score."""
-    scores = {g.name: group_scores(g, analysis.model, scored, options.group_rule, options.strategy) for g in groups}
+def choose_user(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], notes: list[str], quiet: bool) -> Choice:
+    """``decides="user"``: the user's keep mask per BN (only scored BNs of prunable groups count)."""
+    user = _check_masks(analysis, options.masks)
+    notes += [f"{n}: mask ignored (its group cannot be pruned or the BN is not scored)" for n in user if n not in scored]
+    bn_keep = {n: m for n, m in user.items() if n in scored}
+    return Choice(bn_keep, {}, {}, set(bn_keep))
+
+
+def choose_per_group(analysis: ModelAnalysis, options: PruneOptions, scored: set[str], notes: list[str], quiet: bool) -> Choice:
+    """``decides="group"``: a keep mask per scored group from its aggregated score."""
+    groups = [g for g in analysis.prunable_groups() if any(bn in scored for bn in g.bn_names)]
+    score = STRATEGIES[options.strategy].score
+    scores = {g.name: group_scores(g, analysis.model, scored, options.group_rule, score) for g in groups}
     finite = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in scores.items()}
     ratio: float | dict[str, float] | None = options.ratio
     if isinstance(options.ratio, Mapping):
@@ -307,144 +326,171 @@ def _per_group_choice(analysis: ModelAnalysis, options: PruneOptions, scored: se
         ratio = {name: float(options.ratio[key]) for name, key in keys.items() if key is not None}
     result = select_channels(finite, options.strategy, ratio=ratio, min_channels=0, seed=options.seed)
     notes += result.notes
-    return {g.name: result.keep[g.name] | ~torch.isfinite(scores[g.name]) for g in groups}, result.thresholds
+    keep = {g.name: result.keep[g.name] | ~torch.isfinite(scores[g.name]) for g in groups}
+    return Choice({}, keep, result.thresholds, scored)
 
 
-def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneOptions | None = None, *,
-           quiet: bool = False, **fields: Any) -> Decision:
-    """Resolve a strategy (``PruneOptions`` and/or keywords) into per-layer removals for the analysed model.
-    ``quiet`` keeps ``grad``'s per-layer warnings out of the log (trial decisions every epoch)."""
-    opts = parse_options(strategy, options, **fields)
-    if opts.strategy == "flops-target":
-        return search_threshold(analysis, float(opts.target_macs_reduction), opts, quiet=quiet)  # type: ignore[arg-type]
-    model = analysis.model
-    notes: list[str] = []
-    scored = scored_bns(analysis, opts, notes)
-    groups = analysis.prunable_groups()
-    scored_groups = [g for g in groups if any(bn in scored for bn in g.bn_names)]
-    bn_keep: dict[str, Tensor] = {}
-    group_choice: dict[str, Tensor] = {}
-    if opts.strategy in RATIO_STRATEGIES:
-        group_choice, thresholds = _per_group_choice(analysis, opts, scored, scored_groups, notes)
+# how a strategy decides (its record's ``decides``) -> the function making its first choice
+CHOOSERS: dict[str, Callable[..., Choice]] = {"bn": choose_per_bn, "user": choose_user, "group": choose_per_group}
+
+
+@dataclass
+class _Resolution:
+    """Groups resolved so far (``resolve_groups``' state)."""
+
+    group_keep: dict[str, Tensor] = field(default_factory=dict)
+    removed_blocks: dict[str, BlockInfo] = field(default_factory=dict)
+    removals: dict[str, Removals] = field(default_factory=dict)  # per decided group
+    removed_so_far: Removals = field(default_factory=dict)
+
+
+def inner_block(group: ChannelGroup, blocks: Mapping[str, BlockInfo], inner_of: Mapping[str, BlockInfo]) -> BlockInfo | None:
+    """The residual block whose inner BNs are all of the group's BNs (its emptiness removes the branch)."""
+    owners = {inner_of[bn].name if bn in inner_of else None for bn in group.bn_names}
+    if len(owners) == 1 and None not in owners:
+        return blocks[owners.pop()]  # type: ignore[index]
+    return None
+
+
+def _fit_group(group: ChannelGroup, keep: Tensor, scores: Tensor, opts: PruneOptions, record: Strategy,
+               notes: list[str]) -> Tensor:
+    """A group's keep mask after ``min_channels``, ``round_to`` and the grouped convs' balance."""
+    before = int(keep.sum())
+    keep = keep_at_least(keep, scores, opts.min_channels)
+    if int(keep.sum()) != before:
+        notes.append(f"{group.name}: kept {int(keep.sum())} channels (min_channels={opts.min_channels}) instead of {before}")
+    per_group = record.decides == "group"
+    segments, problem = grouped_conv_segments(group)
+    if opts.round_to > 1 and not segments:
+        keep = round_kept(keep, scores, opts.round_to, "nearest" if per_group else "up")
+    if problem:
+        notes.append(f"{group.name}: left whole ({problem})")
+        keep = torch.ones_like(keep)
+    for segs in segments:
+        keep = balance_segments(keep, scores, segs, "mean" if per_group else "max")
+    return keep
+
+
+def _resolve_group(group: ChannelGroup, block: BlockInfo | None, choice: Choice, state: _Resolution, opts: PruneOptions,
+                   record: Strategy, notes: list[str], model: nn.Module) -> None:
+    """Decide one group: its vote (or its own choice), branch removal, then ``_fit_group``."""
+    if group.name in choice.group_keep:
+        keep = choice.group_keep[group.name]
     else:
-        bn_keep, thresholds, scored = _per_bn_choice(analysis, opts, scored, scored_groups, notes, quiet)
-        scored_groups = [g for g in groups if any(bn in scored for bn in g.bn_names)]
+        keep = vote(group, choice.bn_keep, opts.group_rule, list(state.removed_blocks))
+        keep = keep | _placement_votes(group, state.removed_so_far, keep)
+    if int(keep.sum()) == 0 and block is not None and opts.remove_empty_blocks:
+        state.removed_blocks[block.name] = dataclasses.replace(block, emptied_bns=[bn for bn in group.bn_names if bn in block.inner_bns])
+        notes.append(f"{block.name}: residual branch removed (no channel of {group.name} kept); the block is its shortcut")
+        state.group_keep[group.name] = keep
+        return
+    if block is not None and block.name in state.removed_blocks:
+        state.group_keep[group.name] = torch.ones_like(keep)
+        return
+    scores = group_scores(group, model, choice.scored, opts.group_rule, record.score)
+    keep = _fit_group(group, keep, scores, opts, record, notes)
+    state.group_keep[group.name] = keep
+    state.removals[group.name] = removals_of(group, keep)
+    for key, idxs in state.removals[group.name].items():
+        state.removed_so_far.setdefault(key, set()).update(idxs)
 
+
+def resolve_groups(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, notes: list[str]) -> _Resolution:
+    """Every scored group's keep mask. Inner groups go first (their emptiness decides which blocks go); a
+    group fed by an option-A placement shortcut waits for the group that feeds it (placed channels vote keep)."""
+    record = STRATEGIES[opts.strategy]
     blocks = analysis.blocks
     inner_of = {bn: block for block in blocks.values() for bn in block.inner_bns}
-    removed_blocks: dict[str, BlockInfo] = {}
-    group_keep: dict[str, Tensor] = {}
-
-    def is_inner(group: ChannelGroup) -> BlockInfo | None:
-        owners = {inner_of[bn].name if bn in inner_of else None for bn in group.bn_names}
-        if len(owners) == 1 and None not in owners:
-            return blocks[owners.pop()]  # type: ignore[index]
-        return None
-
-    # inner groups first (their emptiness decides which blocks go); a group fed by an option-A
-    # placement shortcut waits for the group that feeds it (its placed channels vote keep)
-    pending = sorted(scored_groups, key=lambda g: is_inner(g) is None)
+    scored_groups = [g for g in analysis.prunable_groups() if any(bn in choice.scored for bn in g.bn_names)]
+    pending = sorted(scored_groups, key=lambda g: inner_block(g, blocks, inner_of) is None)
     feeds = {g.name: {it.module_name for it in _placement_items(g, IN)} for g in pending}
     fed_by = {g.name: {it.module_name for it in _placement_items(g, OUT)} for g in pending}
-    removed_so_far: dict[tuple[str, str], set[int]] = {}
-    removals: dict[str, dict[tuple[str, str], set[int]]] = {}  # per decided group
-    score_kind = "l1-norm" if opts.strategy == "l1-norm" else "bn"
+    state = _Resolution()
     while pending:
         ready = [g for g in pending if not _waits_for_placement(g, pending, feeds, fed_by)]
         group = (ready or pending)[0]
         pending.remove(group)
-        if group.name in group_choice:
-            keep = group_choice[group.name]
-        else:
-            keep = vote(group, bn_keep, opts.group_rule, list(removed_blocks))
-            keep = keep | _placement_votes(group, removed_so_far, keep)
-        scores = group_scores(group, model, scored, opts.group_rule, score_kind)
-        block = is_inner(group)
-        if int(keep.sum()) == 0 and block is not None and opts.remove_empty_blocks:
-            removed_blocks[block.name] = dataclasses.replace(block, emptied_bns=[bn for bn in group.bn_names if bn in block.inner_bns])
-            notes.append(f"{block.name}: residual branch removed (no channel of {group.name} kept); the block is its shortcut")
-            group_keep[group.name] = keep
-            continue
-        if block is not None and block.name in removed_blocks:
-            group_keep[group.name] = torch.ones_like(keep)
-            continue
-        before = int(keep.sum())
-        keep = keep_at_least(keep, scores, opts.min_channels)
-        if int(keep.sum()) != before:
-            notes.append(f"{group.name}: kept {int(keep.sum())} channels (min_channels={opts.min_channels}) instead of {before}")
-        segments, problem = grouped_conv_segments(group)
-        if opts.round_to > 1 and not segments:
-            keep = round_kept(keep, scores, opts.round_to, "nearest" if opts.strategy in RATIO_STRATEGIES else "up")
-        if problem:
-            notes.append(f"{group.name}: left whole ({problem})")
-            keep = torch.ones_like(keep)
-        for segs in segments:
-            keep = balance_segments(keep, scores, segs, "mean" if opts.strategy in RATIO_STRATEGIES else "max")
-        group_keep[group.name] = keep
-        removals[group.name] = removals_of(group, keep)
-        for key, idxs in removals[group.name].items():
-            removed_so_far.setdefault(key, set()).update(idxs)
+        _resolve_group(group, inner_block(group, blocks, inner_of), choice, state, opts, record, notes, analysis.model)
+    return state
 
-    removed: dict[tuple[str, str], set[int]] = {}
+
+def _removed_and_bn_keep(analysis: ModelAnalysis, state: _Resolution) -> tuple[Removals, dict[str, Tensor]]:
+    """Every removal of the resolved groups and removed branches, and the keep mask of every BN of a prunable group."""
+    removed: Removals = {}
     by_name = analysis.group_by_name()
-    for name, keep in group_keep.items():
-        for key, idxs in (removals[name] if name in removals else removals_of(by_name[name], keep)).items():
+    for name, keep in state.group_keep.items():
+        for key, idxs in (state.removals[name] if name in state.removals else removals_of(by_name[name], keep)).items():
             removed.setdefault(key, set()).update(idxs)
-    for block in removed_blocks.values():
+    for block in state.removed_blocks.values():
         for bn in block.emptied_bns:
             removed[(bn, BOTH)] = set(range(analysis.channel_params[bn][1]))
-    gone = list(removed_blocks)
+    gone = list(state.removed_blocks)
     bn_keep = {}
-    for bn in sorted({bn for g in groups for bn in g.bn_names}):
+    for bn in sorted({bn for g in analysis.prunable_groups() for bn in g.bn_names}):
         mask = torch.ones(analysis.channel_params[bn][1], dtype=torch.bool)
         mask[sorted(removed.get((bn, BOTH), ()))] = False
         if deleted_with_block(bn, gone):
             mask[:] = False  # the whole branch is gone
         bn_keep[bn] = mask
-    return Decision(group_keep, removed, removed_blocks, bn_keep, thresholds, notes,
-                    estimate_macs(analysis, removed, gone), estimate_macs(analysis, {}, ()),
-                    estimate_params(analysis, removed, removed_blocks), estimate_params(analysis, {}, {}))
+    return removed, bn_keep
 
 
-def search_threshold(analysis: ModelAnalysis, target_reduction: float, options: PruneOptions | None = None, *,
-                     tolerance: float = 0.005, iterations: int = 40, quiet: bool = False) -> Decision:
-    """The ``fixed`` decision whose estimated MACs reduction is closest to the target (threshold in
-    ``decision.threshold``): bisection on the global |gamma| threshold, within ``tolerance``."""
-    if not 0.0 < float(target_reduction) < 1.0:
-        raise PolarpruneError(f"target MACs reduction must be in (0, 1), got {target_reduction}")
-    base = (options or PruneOptions()).model_copy(update={"strategy": "fixed"})
+def estimated(analysis: ModelAnalysis, decision: Decision, cost: CostModel) -> Decision:
+    """``decision`` with its estimated MACs, parameters and cost (before and after) filled in."""
+    gone = list(decision.removed_blocks)
+    decision.estimated_macs = estimate_macs(analysis, decision.removed, gone)
+    decision.estimated_macs_before = estimate_macs(analysis, {}, ())
+    decision.estimated_params = estimate_params(analysis, decision.removed, decision.removed_blocks)
+    decision.estimated_params_before = estimate_params(analysis, {}, {})
+    same = cost == MACS  # the MACs just computed serve
+    decision.estimated_cost = float(decision.estimated_macs) if same else cost.cost(analysis, decision.removed, gone)
+    decision.estimated_cost_before = float(decision.estimated_macs_before) if same else cost.cost(analysis, {}, ())
+    return decision
+
+
+def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneOptions | None = None, *,
+           quiet: bool = False, cost: CostModel = MACS, **fields: Any) -> Decision:
+    """Resolve a strategy (``PruneOptions`` and/or keywords) into per-layer removals for the analysed model.
+    ``quiet`` keeps ``grad``'s per-layer warnings out of the log (trial decisions every epoch); ``cost``:
+    the cost model searches aim with and ``Decision.cost_ratio`` reports."""
+    opts = parse_options(strategy, options, **fields)
+    record = STRATEGIES[opts.strategy]
+    if record.decides == "search":
+        return record.function()(analysis, opts, quiet=quiet, cost=cost)
+    notes: list[str] = []
+    scored = scored_bns(analysis, opts, notes)
+    choice = CHOOSERS[record.decides](analysis, opts, scored, notes, quiet)
+    state = resolve_groups(analysis, choice, opts, notes)
+    removed, bn_keep = _removed_and_bn_keep(analysis, state)
+    decision = Decision(state.group_keep, removed, state.removed_blocks, bn_keep, choice.thresholds, notes)
+    return estimated(analysis, decision, cost)
+
+
+def search_threshold(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False, cost: CostModel = MACS,
+                     tolerance: float = 0.005, iterations: int = 40) -> Decision:
+    """The decision of the searched strategy's ``aims`` (``fixed``) whose estimated cost reduction is closest
+    to ``target_macs_reduction`` (threshold in ``decision.threshold``): bisection on the global |gamma|
+    threshold, within ``tolerance``."""
+    target = options.target_macs_reduction
+    if target is None or not 0.0 < float(target) < 1.0:
+        raise PolarpruneError(f"target MACs reduction must be in (0, 1), got {target}")
+    base = options.model_copy(update={"strategy": STRATEGIES[options.strategy].aims or "fixed"})
     scored = scored_bns(analysis, base, [])
     if not scored:
-        raise PolarpruneError("flops-target: the model has no prunable BatchNorm layer")
+        raise PolarpruneError(f"{options.strategy}: the model has no prunable BatchNorm layer")
     top = max(float(score.max()) for score in bn_scores(analysis.model, sorted(scored)).values())
 
-    def at(threshold: float) -> Decision:
-        found = decide(analysis, options=base.model_copy(update={"threshold": threshold}), quiet=quiet)
+    def at(threshold: float) -> tuple[float, Decision]:
+        found = decide(analysis, options=base.model_copy(update={"threshold": threshold}), quiet=quiet, cost=cost)
         found.threshold = threshold
-        return found
+        return found.cost_ratio, found
 
-    def miss(decision: Decision) -> float:
-        return abs(1.0 - decision.macs_ratio - target_reduction)
-
-    low, high = 0.0, top * (1 + 1e-6) + 1e-12
-    best = at(low)
-    if miss(best) <= tolerance:
-        return best
-    for _ in range(iterations):
-        middle = (low + high) / 2
-        decision = at(middle)
-        if miss(decision) < miss(best):
-            best = decision
-        if miss(decision) <= tolerance:
-            break
-        if 1.0 - decision.macs_ratio < target_reduction:
-            low = middle
-        else:
-            high = middle
-    best.notes.append(f"flops-target: threshold {best.threshold:.6g} gives an estimated MACs reduction of "
-                      f"{1.0 - best.macs_ratio:.2%} (target {target_reduction:.2%})")
+    best = bisect_knob(at, 1.0 - float(target), 0.0, top * (1 + 1e-6) + 1e-12, rounds=iterations, tolerance=tolerance).result
+    best.notes.append(f"{options.strategy}: threshold {best.threshold:.6g} gives an estimated {cost.name} reduction of "
+                      f"{1.0 - best.cost_ratio:.2%} (target {float(target):.2%})")
     return best
 
 
-__all__ = ["ALL_STRATEGIES", "GROUP_RULES", "BlockInfo", "Decision", "decide", "search_threshold", "scored_bns",
-           "vote", "keep_at_least", "balance_segments", "group_scores", "bn_scores"]
+__all__ = ["ALL_STRATEGIES", "GROUP_RULES", "BlockInfo", "Decision", "Choice", "CHOOSERS", "decide", "search_threshold",
+           "scored_bns", "vote", "keep_at_least", "balance_segments", "group_scores", "bn_scores", "resolve_groups",
+           "filter_l1"]

@@ -21,14 +21,16 @@ from ..conv_links import ConvLinks, LayerShape, conv_links
 from ..errors import PolarpruneError
 from ..flops import counted_forward
 from ..modes import restored_modes
-from ..models import entry_for
-from ..models.entry import ModelEntry, prefixed
+from ..models.entry import ModelEntry, prefixed, pruning_entry
 from ..models.expand import ChannelScatter
 from ..models.layers import BlockInfo, ShortcutOnlyBlock
-from .graph import BN_TYPES, CONV_TYPES, analysed_copy
+from .base import BN_TYPES, CONV_TYPES, as_input_tuple, max_abs_diff
+from .graph import analysed_copy
 from .modules import set_module
-from .options import RESIDUAL_MODES, PruneOptions, parse_options
-from .report import GroupRow, PruneReport
+from .options import RESIDUAL_MODES, STRATEGIES, PruneOptions, parse_options
+from .registry import strategy as strategy_record
+from .report import GroupRow, PruneReport, build_report
+from .resolve import bn_scores
 from .strategies import select_channels
 from .surgery import slice_batchnorm, slice_conv_in, slice_conv_out
 
@@ -39,11 +41,11 @@ def _keep_list(mask: Tensor) -> list[int]:
 
 def _scatter_family(model: nn.Module) -> tuple[ModelEntry, dict[str, BlockInfo]]:
     """The model's entry and residual blocks, when its family declares a ``scatter_block``."""
-    entry = entry_for(model)
-    if entry is None or entry.scatter_block is None or entry.residual_blocks is None:
+    entry = pruning_entry(model)
+    if not entry.scatters():
         raise PolarpruneError(f"residual: scatter needs a model family that declares scatter_block (CIFAR ResNets); "
                               f"{type(model).__name__} has none")
-    return entry, entry.residual_blocks(model)
+    return entry, entry.blocks(model)
 
 
 def scatter_bn_names(model: nn.Module) -> list[str]:
@@ -59,9 +61,10 @@ def scatter_keep_masks(model: nn.Module, strategy: str = "fixed", *, threshold: 
     ``|gamma|`` (``grad``, ``fixed``, ``percent``) or user ``masks`` (missing BNs: kept whole)."""
     names = list(bn_names) if bn_names is not None else scatter_bn_names(model)
     modules = dict(model.named_modules())
-    if strategy == "mask":
+    record = strategy_record(strategy)
+    if record.decides == "user":
         if masks is None:
-            raise PolarpruneError("strategy 'mask' needs masks (BN name -> keep vector)")
+            raise PolarpruneError(f"strategy {strategy!r} needs masks (BN name -> keep vector)")
         result = {}
         for name in names:
             width = modules[name].num_features
@@ -70,13 +73,13 @@ def scatter_keep_masks(model: nn.Module, strategy: str = "fixed", *, threshold: 
                 raise PolarpruneError(f"mask for {name!r} has {mask.numel()} entries, the layer has {width} channels")
             result[name] = mask
         return result
-    if strategy not in ("grad", "fixed", "percent"):
-        raise PolarpruneError(f"residual: scatter decides per BN: strategy must be grad, fixed, percent or mask, got {strategy!r}")
+    if record.decides != "bn":
+        per_bn = ", ".join(n for n, s in STRATEGIES.items() if s.decides in ("bn", "user"))
+        raise PolarpruneError(f"residual: scatter decides per BN: strategy must be {per_bn}, got {strategy!r}")
     missing = [n for n in names if n not in modules]
     if missing:
         raise PolarpruneError(f"no BatchNorm layer named {missing[0]!r} in the model")
-    scores = {n: modules[n].weight.detach().abs().float().cpu() for n in names}
-    return select_channels(scores, strategy, threshold=threshold, percent=percent, min_channels=0, warn=warn).keep
+    return select_channels(bn_scores(model, names), strategy, threshold=threshold, percent=percent, min_channels=0, warn=warn).keep
 
 
 def apply_scatter(model: nn.Module, bn_keep: Mapping[str, Tensor], *, inplace: bool = False) -> tuple[nn.Module, list[str]]:
@@ -132,28 +135,25 @@ def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, T
     (layers shrink on their directly linked sides only; a block with an empty BN costs nothing)."""
     links = links if links is not None else conv_links(model, analysed_copy(model, example_inputs).layer_shapes())
     kept = {name: int(torch.as_tensor(mask).bool().sum()) for name, mask in bn_keep.items()}
-    entry = entry_for(model)
-    blocks = entry.residual_blocks(model) if entry is not None and entry.residual_blocks is not None else {}
     emptied: list[str] = []
-    for block in blocks.values():
+    for block in pruning_entry(model).blocks(model).values():
         if any(kept.get(bn, 1) == 0 for bn in [*block.inner_bns, block.last_bn]):
             emptied += _branch_layers(block, list(links.layers))
     return links.scatter_macs(kept, emptied)
 
 
 def per_bn_choice(model: nn.Module, options: PruneOptions, bn_names: Sequence[str], threshold: float | None = None) -> dict[str, Tensor] | None:
-    """Each BN's own keep mask for ``options`` before any group vote (the original's decision), None for
-    ``l1-norm``; ``threshold`` overrides the options' (``flops-target``: the one it found)."""
-    if options.strategy == "l1-norm":
+    """Each BN's own keep mask for ``options`` before any group vote (the original's decision), None for a
+    strategy that does not score |gamma| (``l1-norm``); ``threshold`` overrides the options' (a search:
+    the one it found, for the strategy it aims)."""
+    record = STRATEGIES[options.strategy]
+    if record.score != "gamma":
         return None
-    if options.strategy == "mask":
+    if record.decides == "user":
         return {n: torch.as_tensor(m).bool().flatten() for n, m in (options.masks or {}).items() if n in bn_names}
-    strategy = "fixed" if options.strategy == "flops-target" else options.strategy
-    modules = dict(model.named_modules())
-    scores = {n: modules[n].weight.detach().abs().float().cpu() for n in bn_names}
     cut = options.threshold if threshold is None else threshold
-    return select_channels(scores, strategy, threshold=cut, percent=options.percent, ratio=options.ratio,
-                           min_channels=0, seed=options.seed, warn=False).keep
+    return select_channels(bn_scores(model, bn_names), record.aims or options.strategy, threshold=cut, percent=options.percent,
+                           ratio=options.ratio, min_channels=0, seed=options.seed, warn=False).keep
 
 
 def original_accounting(model: nn.Module, example_inputs: Any, options: PruneOptions, threshold: float | None = None,
@@ -176,7 +176,7 @@ def prune_scatter(model: nn.Module, example_inputs: Any, strategy: str | None = 
     """``prune_model`` for ``residual: scatter``: each BN decides alone, bn2 outputs are scattered back to
     full width; one report row per pruned BN."""
     opts = parse_options(strategy, options, **fields)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = as_input_tuple(example_inputs)
     start = time.perf_counter()
     notes: list[str] = []
     if opts.compensate:
@@ -194,15 +194,8 @@ def prune_scatter(model: nn.Module, example_inputs: Any, strategy: str | None = 
     pruned.train(model.training)
     notes += [f"{name}: residual branch removed (bn1 or bn2 kept nothing); the block is its shortcut" for name in emptied]
     rows = [GroupRow(name, [name], name.endswith("bn2"), mask.numel(), int(mask.sum()), None) for name, mask in keep.items()]
-    first, last = reference if isinstance(reference, Tensor) else reference[0], output if isinstance(output, Tensor) else output[0]
-    recorded = opts.model_dump(exclude={"masks", "bn_include", "bn_exclude"})
-    recorded["masks"] = sorted(opts.masks) if opts.masks else None
-    report = PruneReport(
-        strategy=opts.strategy, options=recorded, rows=rows, macs_before=before.cost.macs, macs_after=after.cost.macs,
-        flops_before=before.cost.flops, flops_after=after.cost.flops, params_before=before.cost.params,
-        params_after=after.cost.params, max_abs_output_diff=float((first.float() - last.float()).abs().max()),
-        compensated=False, removed_blocks=emptied, notes=notes, seconds={"total": time.perf_counter() - start},
-    )
+    report = build_report(opts, rows, before, after, max_abs_diff(reference, output), compensated=False, removed_blocks=emptied,
+                          notes=notes, seconds={"total": time.perf_counter() - start}, macs_original_accounting=after.cost.macs)
     return pruned, report
 
 

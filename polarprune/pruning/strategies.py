@@ -28,11 +28,10 @@ import torch
 from torch import Tensor
 
 from ..errors import PolarpruneError
-from .options import SCORE_STRATEGIES
+from .registry import SCORE_STRATEGIES, STRATEGIES, LiveView, strategy as strategy_record
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = SCORE_STRATEGIES
 GRAD_FALLBACK_THRESHOLD = 0.01
 GRAD_WARN_THRESHOLD = 0.2
 VALLEY = "valley"
@@ -96,13 +95,14 @@ def smallest_mask(scores: Tensor, num_remove: int) -> Tensor:
     return keep
 
 
-def enforce_min_channels(scores: Tensor, keep: Tensor, min_channels: int) -> Tensor:
-    """``keep`` plus the largest scores needed so that ``min(min_channels, C)`` channels stay."""
-    need = min(min_channels, keep.numel())
+def keep_at_least(keep: Tensor, scores: Tensor, count: int) -> Tensor:
+    """``keep`` plus the best-scored removed channels so that ``min(count, size)`` stay (kept ones first)."""
+    need = min(count, keep.numel())
     if int(keep.sum()) >= need:
         return keep
     keep = keep.clone()
-    order = torch.sort(scores.detach().cpu(), descending=True, stable=True).indices
+    scores = scores.detach().cpu()
+    order = torch.sort(torch.where(keep, torch.full_like(scores, math.inf), scores), descending=True, stable=True).indices
     keep[order[:need]] = True
     return keep
 
@@ -152,7 +152,7 @@ def global_percent_threshold(scores: Mapping[str, Tensor], percent: float) -> tu
 Selection = tuple[dict[str, Tensor], dict[str, float], list[str]]
 
 
-def _select_grad(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+def select_grad(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
     keep, thresholds, notes = {}, {}, []
     for name, layer in values.items():
         cut, how = grad_threshold(layer, warn=args["warn"])
@@ -165,12 +165,12 @@ def _select_grad(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selectio
     return keep, thresholds, notes
 
 
-def _select_fixed(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+def select_fixed(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
     threshold = float(args["threshold"])
     return {n: layer > threshold for n, layer in values.items()}, {n: threshold for n in values}, []
 
 
-def _select_percent(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+def select_percent(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
     percent = args["percent"]
     if percent is None or not 0.0 <= float(percent) <= 1.0:
         raise PolarpruneError(f"strategy 'percent' needs percent in [0, 1] (a fraction), got {percent}")
@@ -178,7 +178,7 @@ def _select_percent(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selec
     return keep, {name: cut for name in values}, []
 
 
-def _select_smallest(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+def select_smallest(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
     keep, thresholds = {}, {}
     for name, layer in values.items():
         keep[name] = smallest_mask(layer, count_to_remove(_layer_ratio(args["ratio"], name, args["strategy"]), layer.numel()))
@@ -187,7 +187,7 @@ def _select_smallest(values: Mapping[str, Tensor], args: dict[str, Any]) -> Sele
     return keep, thresholds, []
 
 
-def _select_random(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
+def select_random(values: Mapping[str, Tensor], args: dict[str, Any]) -> Selection:
     generator = torch.Generator().manual_seed(int(args["seed"]))
     keep, thresholds = {}, {}
     for name, layer in values.items():
@@ -199,10 +199,9 @@ def _select_random(values: Mapping[str, Tensor], args: dict[str, Any]) -> Select
     return keep, thresholds, []
 
 
-# strategy name -> selection; the names are those of ``options.SCORE_STRATEGIES``
-SELECTORS: dict[str, Callable[[Mapping[str, Tensor], dict[str, Any]], Selection]] = {
-    "grad": _select_grad, "fixed": _select_fixed, "percent": _select_percent, "uniform": _select_smallest,
-    "l1-norm": _select_smallest, "random": _select_random}
+# score strategy name -> its selection function (a live view of the registry's records)
+SELECTORS: Mapping[str, Callable[[Mapping[str, Tensor], dict[str, Any]], Selection]] = LiveView(
+    lambda: {name: record.function() for name, record in SCORE_STRATEGIES.items()})
 
 
 def select_channels(scores: Mapping[str, Tensor], strategy: str, *, threshold: float = 0.01, percent: float | None = None,
@@ -210,21 +209,22 @@ def select_channels(scores: Mapping[str, Tensor], strategy: str, *, threshold: f
                     warn: bool = True) -> SelectionResult:
     """Keep masks per layer for ``strategy``; ``ratio``: one fraction or layer -> fraction (missing: 0),
     ``seed``: one generator over the layers in order (``random``), ``warn``: log ``grad``'s high valleys."""
-    if strategy not in SELECTORS:
-        raise PolarpruneError(f"unknown pruning strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    record = strategy_record(strategy)
+    if not record.from_scores:
+        raise PolarpruneError(f"strategy {strategy!r} does not pick channels from scores; choose one of {', '.join(SCORE_STRATEGIES)}")
     if min_channels < 0:
         raise PolarpruneError(f"min_channels must be >= 0, got {min_channels}")
     values = _check_scores(scores)
     args = {"strategy": strategy, "threshold": threshold, "percent": percent, "ratio": ratio, "seed": seed, "warn": warn}
-    keep, thresholds, notes = SELECTORS[strategy](values, args)
+    keep, thresholds, notes = record.function()(values, args)
     for name, layer in values.items():
         before = int(keep[name].sum())
-        keep[name] = enforce_min_channels(layer, keep[name], min_channels).to(torch.bool)
+        keep[name] = keep_at_least(keep[name].to(torch.bool), layer, min_channels)
         if int(keep[name].sum()) != before:
             notes.append(f"{name}: kept {int(keep[name].sum())} channels (min_channels={min_channels}) instead of {before}")
     return SelectionResult(keep=keep, thresholds=thresholds, notes=notes)
 
 
-__all__ = ["STRATEGIES", "GRAD_FALLBACK_THRESHOLD", "SELECTORS", "SelectionResult", "grad_threshold",
-           "histogram_valley", "select_channels", "count_to_remove", "smallest_mask", "enforce_min_channels",
+__all__ = ["STRATEGIES", "SCORE_STRATEGIES", "select_grad", "select_fixed", "select_percent", "select_smallest", "select_random", "GRAD_FALLBACK_THRESHOLD", "SELECTORS", "SelectionResult", "grad_threshold",
+           "histogram_valley", "select_channels", "count_to_remove", "smallest_mask", "keep_at_least",
            "global_percent_threshold"]

@@ -2,7 +2,8 @@
 
 ``TrialAnalysis`` analyses a model once (as ``prune_model`` does) and then decides from its *current*
 gammas as often as asked (every epoch of a sparsity run); the analysed copy shares the model's
-parameters and buffers, so a decision reads the live values and costs no copy.
+parameters and buffers, so a decision reads the live values and costs no copy. Its decisions are
+priced by a cost model (``cost.MacsCost`` by default): ``cost_ratio`` is what a target stop reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from torch import nn
 
 from ..errors import PolarpruneError
 from ..modes import restored_modes
-from .graph import analyze, channel_macs, prepare_for_pruning
+from .cost import MACS, CostModel, channel_macs
+from .graph import analyze, prepare_for_pruning
 from .options import PruneOptions, parse_options
 from .resolve import Decision, decide
 
@@ -28,10 +30,12 @@ def shared_copy(model: nn.Module) -> nn.Module:
 
 class TrialAnalysis:
     """One dependency analysis of ``model``, reused for every trial decision of a run (``defaults``:
-    ``PruneOptions`` fields of every decision); decisions are cached per (strategy, epoch)."""
+    ``PruneOptions`` fields of every decision; ``cost``: the cost model decisions are priced and
+    searches aimed with); decisions are cached per (strategy, epoch)."""
 
-    def __init__(self, model: nn.Module, example_inputs: Any, **defaults: Any) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Any, cost: CostModel = MACS, **defaults: Any) -> None:
         self.defaults = parse_options(**defaults)
+        self.cost = cost
         self.model = model
         with restored_modes(model):
             self._view = shared_copy(model)
@@ -65,7 +69,7 @@ class TrialAnalysis:
         if options is None and strategy is None:
             strategy = "grad"
         opts = parse_options(strategy, options if options is not None else self.defaults, **fields)
-        decision = decide(self.analysis, options=opts, quiet=True)
+        decision = decide(self.analysis, options=opts, quiet=True, cost=self.cost)
         if epoch is not None and plain:
             self._cache = {k: v for k, v in self._cache.items() if k[1] == epoch}
             self._cache[key] = decision  # type: ignore[index]
@@ -74,6 +78,10 @@ class TrialAnalysis:
     def macs_ratio(self, model: nn.Module | None = None, strategy: str = "grad", epoch: int | None = None, **options: Any) -> float:
         """MACs after / before that the pruning would give (equal to ``prune_model``'s report)."""
         return self.decide(model, strategy, epoch=epoch, **options).macs_ratio
+
+    def cost_ratio(self, model: nn.Module | None = None, strategy: str = "grad", epoch: int | None = None, **options: Any) -> float:
+        """Cost after / before under the trial's cost model (``MacsCost``: ``macs_ratio``)."""
+        return self.decide(model, strategy, epoch=epoch, **options).cost_ratio
 
     def ratios(self, model: nn.Module | None = None, strategy: str = "grad", epoch: int | None = None, **options: Any) -> tuple[float, float]:
         """(MACs ratio, params ratio) after / before (params without compensation's biases)."""

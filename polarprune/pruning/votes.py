@@ -55,4 +55,28 @@ def masksparsity_keep(bn_keep: Sequence[Tensor]) -> Tensor:
     return ~relaxed_prune(prune.sum(dim=0), len(masks), least)
 
 
-__all__ = ["relaxed_prune", "masksparsity_keep"]
+# The group rules' votes (``registry.GROUP_RULES`` names them): per group channel, ``yes`` of the
+# ``total`` voting BNs keep it; ``own_prunes``: how many channels each voting BN removes on its own.
+
+
+def vote_any(yes: Tensor, total: Tensor, own_prunes: Sequence[int]) -> Tensor:
+    """Kept while any voting BN keeps the channel."""
+    return yes > 0
+
+
+def vote_all(yes: Tensor, total: Tensor, own_prunes: Sequence[int]) -> Tensor:
+    """Kept only if every voting BN keeps the channel."""
+    return yes == total
+
+
+def vote_mean(yes: Tensor, total: Tensor, own_prunes: Sequence[int]) -> Tensor:
+    """Kept if at least half of the voting BNs keep the channel (majority)."""
+    return 2 * yes >= total
+
+
+def vote_masksparsity(yes: Tensor, total: Tensor, own_prunes: Sequence[int]) -> Tensor:
+    """MaskSparsity's relaxing vote: at least as many channels go as the most conservative BN removes."""
+    return ~relaxed_prune(total - yes, max(1, int(total.max())), min(own_prunes, default=0))
+
+
+__all__ = ["relaxed_prune", "masksparsity_keep", "vote_any", "vote_all", "vote_mean", "vote_masksparsity"]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
+from ..models.layers import gamma_magnitude
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def gamma_magnitudes(model: nn.Module, bn_names: Sequence[str]) -> dict[str, Ten
             raise PolarpruneError(f"no layer named {name!r} in the model") from None
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.weight is None:
             raise PolarpruneError(f"layer {name!r} is not an affine BatchNorm")
-        out[name] = bn.weight.detach().abs().float().cpu()
+        out[name] = gamma_magnitude(bn)
     return out
 
 

@@ -2,7 +2,7 @@
 
 Round ``k`` of ``K`` aims at ``macs_0 * (1 - target_macs_reduction) ** (k / K)`` MACs, always against
 the original count so rounding errors do not add up. ``flops-target`` gets the round's reduction;
-the other strategies' knob (``PROGRESSIVE_KNOBS``) is found by bisection on ``TrialAnalysis`` decisions.
+the other strategies' knob (their record's ``knob``) is found by ``search.bisect_knob`` on ``TrialAnalysis`` decisions.
 
 Round ``k`` lives in ``<stage>/step-<k>/`` (``prune.json``, ``pruned.safetensors``, the fine-tuning,
 ``done.json``); a rerun skips complete rounds and resumes the others, ending with the same weights.
@@ -22,7 +22,10 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_json, atomic_write_json_lines, read_json
 from ..flops import count_model
 from ..pruning import TrialAnalysis, prune_model
+from ..models.layers import gamma_magnitude
 from ..pruning.options import PruneOptions
+from ..pruning.registry import STRATEGIES
+from ..pruning.search import bisect_knob
 from ..serialization import load_any_model, save
 from ..training.engine import evaluate
 from .context import StageContext
@@ -43,37 +46,30 @@ def step_targets(macs_before: float, reduction: float, steps: int) -> list[float
 
 def aimed_options(analysis: TrialAnalysis, model: nn.Module, options: PruneOptions,
                   wanted_ratio: float) -> tuple[PruneOptions, float]:
-    """``options`` with the strategy's knob set so that pruning ``model`` leaves MACs as close
-    as possible to ``wanted_ratio`` of its current MACs; returns them and the ratio they give."""
-    knob = PROGRESSIVE_KNOBS.get(options.strategy)
-    if knob is None:
+    """``options`` with the strategy's knob set so that pruning ``model`` leaves a cost (the trial's cost
+    model; default MACs) as close as possible to ``wanted_ratio`` of its current one; returns them and
+    the ratio they give."""
+    record = STRATEGIES[options.strategy]
+    if not record.aimable:
         raise PolarpruneError(
             f"progressive pruning: strategy {options.strategy!r} has no option to aim at a MACs target; "
             f"use one of {', '.join(PROGRESSIVE_KNOBS)}"
         )
-    if knob == "target_macs_reduction":  # the strategy aims itself
-        aimed = options.model_copy(update={knob: min(max(1.0 - wanted_ratio, 1e-6), 1 - 1e-6)})
-        return aimed, analysis.decide(model, options=aimed).macs_ratio
-    high = 1.0  # percent and ratio are fractions; a threshold above every |gamma| removes all it may
-    if knob == "threshold":
-        high = 1.001 * max(float(m.weight.detach().abs().max()) for m in model.modules()
+    knob = record.knob
+
+    def ratio_at(value: float) -> tuple[float, PruneOptions]:
+        aimed = options.model_copy(update={knob: value})
+        return analysis.decide(model, options=aimed).cost_ratio, aimed
+
+    if record.decides == "search":  # the strategy aims itself
+        found = ratio_at(min(max(1.0 - wanted_ratio, 1e-6), 1 - 1e-6))
+        return found[1], found[0]
+    high = 1.0  # a fraction; a threshold above every |gamma| removes all it may
+    if record.knob_scale == "gamma":
+        high = 1.001 * max(float(gamma_magnitude(m).max()) for m in model.modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None)
-
-    def ratio_at(value: float) -> float:
-        return analysis.decide(model, options=options.model_copy(update={knob: value})).macs_ratio
-
-    low = 0.0  # ratio_at is non-increasing in the knob: find the smallest knob reaching the aim
-    if ratio_at(high) > wanted_ratio:
-        low = high
-    else:
-        for _ in range(BISECTION_ROUNDS):
-            middle = 0.5 * (low + high)
-            if ratio_at(middle) <= wanted_ratio:
-                high = middle
-            else:
-                low = middle
-    best = min((abs(ratio_at(v) - wanted_ratio), v) for v in (low, high))[1]
-    return options.model_copy(update={knob: best}), ratio_at(best)
+    best = bisect_knob(ratio_at, wanted_ratio, 0.0, high, rounds=BISECTION_ROUNDS)
+    return best.result, best.value
 
 
 def _prune_round(ctx: StageContext, model: nn.Module, options: PruneOptions, target_macs: float,

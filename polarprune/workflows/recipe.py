@@ -26,6 +26,7 @@ from ..config import (Section, TrainConfig, deep_merge, describe_validation_erro
                       validate)
 from ..data import get_source
 from ..errors import PolarpruneError
+from ..pruning import registry as pruning_registry
 from ..pruning.options import PruneOptions, StrategyName
 from ..sparsity.regularizers import resolve_sparsity
 from .kinds import STAGE_KINDS, stage_kind
@@ -71,14 +72,7 @@ class MaskStage(PruneStage):
 
 
 # the option of each strategy that progressive pruning sets to aim at a round's MACs
-PROGRESSIVE_KNOBS: dict[str, str] = {
-    "flops-target": "target_macs_reduction",
-    "percent": "percent",
-    "fixed": "threshold",
-    "uniform": "ratio",
-    "l1-norm": "ratio",
-    "random": "ratio",
-}
+PROGRESSIVE_KNOBS = pruning_registry.PROGRESSIVE_KNOBS  # the strategy records' knobs, read at every use
 
 
 class ProgressiveStage(TrainStage):

@@ -88,7 +88,7 @@ def prune_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any
     payload: dict[str, Any] = {"kind": "prune", "model_path": str(out), "source": source}
     if dist.is_main():
         kwargs = prune_kwargs(opts)
-        if opts.strategy == "mask":
+        if opts.strategy_record.needs_mask_file:
             kwargs["masks"] = load_mask(ctx.run_dir / "mask" / "mask.json", model)
         pruned, report = prune_model(model, ctx.example_inputs(), bn_names=ctx.bn_names(model, source), **kwargs)
         eval_loader, device = ctx.data().eval_loader, torch.device("cpu")
