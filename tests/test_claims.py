@@ -1,6 +1,6 @@
 """The claims check: every figure of BENCHMARKS.md, the README and docs/ is what bench/results gives.
 
-``bench/render.py`` renders the marked blocks from the committed result files; these tests
+``bench/render.py`` (the ``bench/rendering`` package) renders the marked blocks from the committed result files; these tests
 re-render into a temporary copy of the documents and compare, check that every cited result
 file exists, and check the check itself (a changed result value or a missing file must make
 it fail). Standard library only, well under a second.
@@ -8,7 +8,6 @@ it fail). Standard library only, well under a second.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -18,10 +17,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("bench_render", REPO_ROOT / "bench" / "render.py")
-render = importlib.util.module_from_spec(_spec)
-sys.modules["bench_render"] = render  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(render)
+sys.path.insert(0, str(REPO_ROOT / "bench"))  # bench/render.py's package, imported as the script does
+import rendering as render  # noqa: E402
+from rendering import full, stats  # noqa: E402
 
 
 @pytest.fixture()
@@ -119,9 +117,9 @@ def test_every_decimal_figure_of_a_benchmarks_table_is_rendered() -> None:
 def test_noise_rule_is_two_standard_errors_of_a_difference() -> None:
     """se(80%) = 0.400 and se(81.2%) = 0.391 points on 10,000 images: two standard errors of their difference
     are 2 * sqrt(0.400^2 + 0.391^2) = 1.118 points, so 1.2 apart is beyond noise and 1.0 apart is not."""
-    assert render._se(80.0) == pytest.approx(0.4)
-    assert render._beyond_noise(80.0, 81.2) and render._beyond_noise(81.2, 80.0)
-    assert not render._beyond_noise(80.0, 81.0)
+    assert stats.standard_error(80.0) == pytest.approx(0.4)
+    assert stats.beyond_noise(80.0, 81.2) and stats.beyond_noise(81.2, 80.0)
+    assert not stats.beyond_noise(80.0, 81.0)
     data = {"methods": [{"method": "polarization", "level": "b", "finetune": {"top1": 80.0}},
                         {"method": "l1", "level": "b", "finetune": {"top1": 81.2}}]}
 
@@ -130,8 +128,8 @@ def test_noise_rule_is_two_standard_errors_of_a_difference() -> None:
             return data
 
     results = Fixed(Path("."))
-    assert render.full_diff(results, "b", "l1", "polarization") == "+1.20 points, beyond noise"
-    assert render.full_noise(results, "b") == "beyond noise: L1 + global threshold +1.20"
+    assert full.full_diff(results, "b", "l1", "polarization") == "+1.20 points, beyond noise"
+    assert full.full_noise(results, "b") == "beyond noise: L1 + global threshold +1.20"
 
 
 def test_cited_files_expand_brace_lists() -> None:
@@ -182,10 +180,10 @@ def test_full_protocol_says_how_often_the_target_was_checked() -> None:
     results = Fixed(Path("."))
     for level in data["protocol"]["polarization"].values():
         level.pop("target_check_every", None)
-    assert "(the target checked at epoch ends)" in render.full_protocol(results)
+    assert "(the target checked at epoch ends)" in full.full_protocol(results)
     for level in data["protocol"]["polarization"].values():
         level["target_check_every"] = 20
-    text = render.full_protocol(results)
+    text = full.full_protocol(results)
     assert "(the target checked every 20 steps)" in text and "epoch ends" not in text
 
 
@@ -201,7 +199,7 @@ def test_full_seeds_sets_a_repeat_beside_the_main_run(tmp_path: Path) -> None:
         _full_file(87.5, 0.72, {"polarization": 81.0, "l1": 82.0, "masksparsity": 82.5, "tp-bnscale": 80.0})))
     (tmp_path / "methods_full_resnet20_seed1.json").write_text(json.dumps(
         _full_file(87.0, 0.70, {"polarization": 82.5, "l1": 81.8, "masksparsity": 82.0})))
-    text = render.full_seeds(render.Results(tmp_path), "b", "1")
+    text = full.full_seeds(render.Results(tmp_path), "b", "1")
     lines = text.splitlines()
     assert lines[0] == "| top-1 (%) | seed 0 | seed 1 | seed 1 minus seed 0 |"
     assert "| unpruned baseline | 87.50 | 87.00 | -0.50 (within noise) |" in lines
@@ -212,9 +210,9 @@ def test_full_seeds_sets_a_repeat_beside_the_main_run(tmp_path: Path) -> None:
     assert "| MaskSparsity minus L1 | 0.50 | 0.20 | -0.30 |" in lines
     assert "| polarization + grad minus L1 | -1.00 | 0.70 | +1.70 |" in lines
     assert "BNScale" not in text
-    assert render.full_seed_change(render.Results(tmp_path), "b", "1") == "0.20-1.50"
+    assert full.full_seed_change(render.Results(tmp_path), "b", "1") == "0.20-1.50"
     with pytest.raises(render.RenderError, match="seed2"):
-        render.full_seeds(render.Results(tmp_path), "b", "2")
+        full.full_seeds(render.Results(tmp_path), "b", "2")
 
 
 def test_full_run_counts_the_stages_per_machine_once_records_name_it(tmp_path: Path) -> None:
@@ -231,11 +229,22 @@ def test_full_run_counts_the_stages_per_machine_once_records_name_it(tmp_path: P
         {"method": "l1", "level": "b", "sparsity": stage(800, 1800, a), "finetune": stage(700, 900)},
     ]}
     (tmp_path / "run.json").write_text(json.dumps(data))
-    assert render.full_run(render.Results(tmp_path), "run") == (
+    assert full.full_run(render.Results(tmp_path), "run") == (
         "700-1000 training images/s, 2.0 hours of training in all (the stages' `wall_s`); "
         "stages per machine: A, 2 CPUs, GPU none, native bf16 (2); B, 16 CPUs, GPU H100, no native bf16 (1); "
         "machine not recorded (1)")
     for entry in [data["baseline"]] + [e[k] for e in data["methods"] for k in ("sparsity", "finetune")]:
         entry.pop("machine", None)
     (tmp_path / "run.json").write_text(json.dumps(data))
-    assert render.full_run(render.Results(tmp_path), "run").endswith("(the stages' `wall_s`)")
+    assert full.full_run(render.Results(tmp_path), "run").endswith("(the stages' `wall_s`)")
+
+
+def test_every_renderer_is_registered_by_its_family_module() -> None:
+    """The registry is filled by the ``@renderer`` decorators (no hand-kept dict): each name once,
+    each function from the engine or a family module, a second registration refused."""
+    families = {"rendering.engine", "rendering.provenance", "rendering.methods", "rendering.full", "rendering.latency",
+                "rendering.training", "rendering.demo"}
+    assert {func.__module__ for func in render.RENDERERS.values()} <= families
+    assert {"value", "range", "max", "full-table", "methods-table", "demo-table"} <= set(render.RENDERERS)
+    with pytest.raises(render.RenderError, match="registered twice"):
+        render.renderer("value")(lambda results: "")

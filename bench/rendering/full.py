@@ -1,0 +1,256 @@
+"""Section 1 of BENCHMARKS.md, all of CIFAR-10: ``methods_full_resnet20*.json``."""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+from typing import Any
+
+from .engine import RenderError, Results, renderer, span, table
+from .methods import accuracy_cells, top1_drop
+from .provenance import machine_cell
+from .stats import beyond_noise, share_below, standard_error
+
+
+FULL_STEM = "methods_full_resnet20"
+
+
+FULL_ROWS = (
+    ("polarization", "polarization + grad"),
+    ("polarization-distill", "polarization + grad, distilled fine-tuning"),
+    ("masksparsity", "MaskSparsity"),
+    ("l1", "L1 + global threshold"),
+    ("none", "no regularizer + global threshold"),
+    ("tp-bnscale", "Torch-Pruning BNScalePruner"),
+    ("tp-groupnorm", "Torch-Pruning GroupNormPruner"),
+)
+
+
+def _full_rows(results: Results, level: str, stem: str = FULL_STEM) -> list[tuple[str, dict[str, Any]]]:
+    """(label, entry) of every method run at ``level``, in the table's order."""
+    by_key = {e["method"]: e for e in results.load(stem)["methods"] if e["level"] == level}
+    if not by_key:
+        raise RenderError(f"{stem}: no method at level {level!r}")
+    return [(label, by_key[key]) for key, label in FULL_ROWS if key in by_key]
+
+
+def _full_entry(results: Results, level: str, key: str) -> dict[str, Any]:
+    for _, entry in _full_rows(results, level):
+        if entry["method"] == key:
+            return entry
+    raise RenderError(f"{FULL_STEM}: no method {key!r} at level {level!r}")
+
+
+@renderer("full-protocol")
+def full_protocol(results: Results) -> str:
+    """The full-data protocol's settings, as the result file records them."""
+    p = results.load(FULL_STEM)["protocol"]
+    pa, pb = p["polarization"]["a"], p["polarization"]["b"]
+    checks = {level["target_check_every"] for level in (pa, pb) if level.get("target_check_every")}
+    checked = f" (the target checked every {', '.join(map(str, sorted(checks)))} steps)" if checks else " (the target checked at epoch ends)"
+    return (
+        f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast, "
+        f"channels_last for the unpruned stages (section 4: the fastest CPU setting on a CPU with native bf16, as this one had) and NCHW for fine-tuning the pruned "
+        f"models (chosen after a quick, uncommitted check that their uneven widths trained faster so); SGD momentum 0.9, weight decay {p['weight_decay']:g} on "
+        f"all parameters incl. BN; BN gammas initialised to 0.5. **Baseline**: {p['baseline_epochs']} epochs without "
+        f"regularizer (lr {p['baseline_lr']:g}, cosine, 1 warm-up epoch). **Sparsity stage** of every method: "
+        f"{p['sparsity_epochs']} epochs from the baseline's weights (lr {p['sparsity_lr']:g}, cosine, 1 warm-up epoch). "
+        f"**Fine-tuning** of every pruned model: {p['finetune_epochs']} epochs (lr {p['finetune_lr']:g}, cosine, 1 warm-up "
+        f"epoch). Strengths: polarization lambda {pa['lbd']:g}, t {pa['t']:g}, stopped once `grad` would leave "
+        f"{pa['target_macs_ratio']:g} of the MACs (level a) and lambda {pb['lbd']:g}, t {pb['t']:g}, stopped at "
+        f"{pb['target_macs_ratio']:g} (level b){checked}; L1 {p['l1_lbd']:g}; mask-L1 {p['ms_mask_lbd']:g}; Torch-Pruning BNScale "
+        f"reg {p['tp_bnscale_reg']:g}, GroupNorm reg {p['tp_groupnorm_reg']:g}; distillation T {p['distill']['temperature']:g}, "
+        f"alpha {p['distill']['alpha']:g}, teacher: the unpruned baseline."
+    )
+
+
+@renderer("full-baseline")
+def full_baseline(results: Results) -> str:
+    """One sentence on the shared baseline (and the no-regularizer model after its sparsity stage)."""
+    data = results.load(FULL_STEM)
+    b = data["baseline"]
+    text = (f"top-1 **{b['top1']:.2f}%** after {b['epochs']} epochs (standard error {standard_error(b['top1']):.2f} points), "
+            f"{b['macs'] / 1e6:.2f} M MACs, {b['params'] / 1e3:.1f} k params")
+    if b.get("latency"):
+        text += f", {b['latency']['b1_ms']:.2f} ms at batch 1 and {b['latency']['b64_ms']:.1f} ms at batch 64"
+    none = [e for e in data["methods"] if e["method"] == "none"]
+    if none:
+        text += (f"; after the no-regularizer method's own {data['protocol']['sparsity_epochs']}-epoch sparsity stage "
+                 f"(the same schedule as every other method's, without a regularizer) the unpruned network is at "
+                 f"**{none[0]['sparsity']['top1']:.2f}%**")
+    return text
+
+
+@renderer("full-table")
+def full_table(results: Results, level: str) -> str:
+    """Every method at one level; the best right after pruning and after fine-tuning in bold."""
+    base = results.load(FULL_STEM)["baseline"]["top1"]
+    entries = _full_rows(results, level)
+    cells = accuracy_cells(entries, lambda e: f"{e['finetune']['top1']:.2f} ({e['finetune']['top1'] - base:+.2f})")
+    rows = []
+    for (label, e), (pruned, final) in zip(entries, cells):
+        lat = e.get("latency") or {}
+        rows.append([
+            label, f"{e['sparsity']['top1']:.2f}", pruned, final,
+            f"{e['prune']['macs_reduction']:.1%}", f"{e['prune']['params_reduction']:.1%}",
+            f"{lat['b1_ratio']:.2f} / {lat['b64_ratio']:.2f}" if lat else "-",
+        ])
+    return table(["method", "top-1 after sparsity stage", "right after pruning (change)", "after fine-tuning (vs baseline)",
+                  "MACs red.", "params red.", "latency b1 / b64 vs baseline"], rows)
+
+
+@renderer("full-target")
+def full_target(results: Results, level: str) -> str:
+    """A level's MACs reduction and how far the methods are from it."""
+    data = results.load(FULL_STEM)
+    target = data["level_targets"][level]
+    worst = max(abs(e["prune"]["macs_reduction"] - target) for _, e in _full_rows(results, level))
+    return f"{target:.1%} (every method within {100 * worst:.1f} point of it)"
+
+
+@renderer("full-drop")
+def full_drop(results: Results, level: str, methods: str) -> str:
+    """Top-1 points lost right after pruning at a level: one method, or the range over several."""
+    return span([top1_drop(_full_entry(results, level, key)) for key in methods.split(",")], ".2f")
+
+
+@renderer("full-final")
+def full_final(results: Results, level: str, methods: str) -> str:
+    """Top-1 after fine-tuning at a level: one method, or the range over several."""
+    return span([_full_entry(results, level, key)["finetune"]["top1"] for key in methods.split(",")], ".2f")
+
+
+@renderer("full-final-pruned")
+def full_final_pruned(results: Results, level: str, methods: str) -> str:
+    """Top-1 right after pruning at a level: one method, or the range over several."""
+    return span([_full_entry(results, level, key)["prune"]["top1"] for key in methods.split(",")], ".2f")
+
+
+@renderer("full-noise")
+def full_noise(results: Results, level: str) -> str:
+    """Which fine-tuned differences to polarization exceed two standard errors of a difference."""
+    ref = _full_entry(results, level, "polarization")["finetune"]["top1"]
+    beyond, within = [], []
+    for label, e in _full_rows(results, level):
+        if e["method"] == "polarization":
+            continue
+        top1 = e["finetune"]["top1"]
+        (beyond if beyond_noise(ref, top1) else within).append(f"{label} {top1 - ref:+.2f}")
+    parts = []
+    if beyond:
+        parts.append("beyond noise: " + "; ".join(beyond))
+    if within:
+        parts.append("within noise: " + "; ".join(within))
+    return " — ".join(parts)
+
+
+@renderer("full-diff")
+def full_diff(results: Results, level: str, method: str, reference: str) -> str:
+    """One method's fine-tuned top-1 against another's at a level: the difference and whether it exceeds the noise."""
+    ref = _full_entry(results, level, reference)["finetune"]["top1"]
+    top1 = _full_entry(results, level, method)["finetune"]["top1"]
+    return f"{top1 - ref:+.2f} points, {'beyond' if beyond_noise(ref, top1) else 'within'} noise"
+
+
+@renderer("full-se")
+def full_se(results: Results) -> str:
+    """The sampling noise of the fine-tuned top-1s: standard error at their mean, of a difference, twice that."""
+    finals = [e["finetune"]["top1"] for e in results.load(FULL_STEM)["methods"]]
+    mean = statistics.mean(finals)
+    se = standard_error(mean)
+    return (f"a top-1 of {mean:.0f}% (the mean of the fine-tuned models) has a binomial standard error of {se:.2f} points, "
+            f"the difference of two models {math.sqrt(2) * se:.2f} points, and two standard errors of a difference are "
+            f"{2 * math.sqrt(2) * se:.2f} points")
+
+
+@renderer("full-gammas")
+def full_gammas(results: Results) -> str:
+    """Share of the regularized BN gammas below 0.01 after each sparsity stage."""
+    seen: dict[str, float] = {}
+    for e in results.load(FULL_STEM)["methods"]:
+        if e["method"] == "polarization-distill":
+            continue
+        name = f"{e['method']} ({e['level']})" if e["method"] in ("polarization", "masksparsity") else e["method"]
+        seen.setdefault(name, share_below(e["gammas"]))
+    return "; ".join(f"{name} {share:.0%}" for name, share in seen.items())
+
+
+@renderer("full-gap")
+def full_gap(results: Results) -> str:
+    """Points between the baseline and the fine-tuned models (range)."""
+    data = results.load(FULL_STEM)
+    return span([data["baseline"]["top1"] - e["finetune"]["top1"] for e in data["methods"]], ".1f")
+
+
+@renderer("full-gammas-of")
+def full_gammas_of(results: Results, method: str) -> str:
+    """Share of a method's regularized gammas below 0.01 after its sparsity stage (per level where it differs)."""
+    shares = {e["level"]: share_below(e["gammas"]) for e in results.load(FULL_STEM)["methods"] if e["method"] == method}
+    if not shares:
+        raise RenderError(f"{FULL_STEM}: no method {method!r}")
+    if len({round(v, 2) for v in shares.values()}) == 1:
+        return f"{next(iter(shares.values())):.0%}"
+    return " and ".join(f"{v:.0%} (level {lv})" for lv, v in sorted(shares.items()))
+
+
+@renderer("full-run")
+def full_run(results: Results, stem: str = FULL_STEM) -> str:
+    """Training throughput and the machine time of all stages of a run (the main one, or a repeat's ``stem``)."""
+    data = results.load(stem)
+    stages = [data["baseline"]]
+    seen: set[str] = set()
+    for e in data["methods"]:
+        key = e["method"] if e["method"] not in ("polarization", "masksparsity", "polarization-distill") else f"{e['method']}-{e['level']}"
+        if key not in seen and e["method"] != "polarization-distill":
+            stages.append(e["sparsity"])
+        seen.add(key)
+        stages.append(e["finetune"])
+    rates = [s["images_per_s"] for s in stages if s.get("images_per_s")]
+    hours = sum(s["wall_s"] for s in stages) / 3600
+    text = f"{span(rates, '.0f')} training images/s, {hours:.1f} hours of training in all (the stages' `wall_s`)"
+    machines = collections.Counter(machine_cell(s["machine"]) if s.get("machine") else "machine not recorded" for s in stages)
+    if set(machines) != {"machine not recorded"}:  # stage records name their machine since the runs of 2026-12-06
+        text += "; stages per machine: " + "; ".join(f"{name} ({n})" for name, n in machines.items())
+    return text
+
+
+def _seed_pairs(results: Results, level: str, seed: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+    """The main run, the repeat with ``seed``, and (label, main entry, repeat entry) of the methods both ran at ``level``."""
+    stem = f"{FULL_STEM}_seed{seed}"
+    main, repeat = results.load(FULL_STEM), results.load(stem)
+    again = {e["method"]: e for _, e in _full_rows(results, level, stem)}
+    pairs = [(label, e, again[e["method"]]) for label, e in _full_rows(results, level) if e["method"] in again]
+    if not pairs:
+        raise RenderError(f"{stem}: no method of the main run at level {level!r}")
+    return main, repeat, pairs
+
+
+@renderer("full-seeds")
+def full_seeds(results: Results, level: str, seed: str) -> str:
+    """The main run (seed 0) beside its repeat with another seed: baseline, level, the rows both ran and their
+    differences to L1, each seed-to-seed change marked when it exceeds the sampling noise."""
+    main, repeat, pairs = _seed_pairs(results, level, seed)
+
+    def row(name: str, a: float, b: float, noisy: bool = True) -> list[str]:
+        mark = (" (beyond noise)" if beyond_noise(a, b) else " (within noise)") if noisy else ""
+        return [name, f"{a:.2f}", f"{b:.2f}", f"{b - a:+.2f}{mark}"]
+
+    rows = [row("unpruned baseline", main["baseline"]["top1"], repeat["baseline"]["top1"]),
+            [f"level {level}: MACs reduction", f"{main['level_targets'][level]:.1%}", f"{repeat['level_targets'][level]:.1%}",
+             f"{100 * (repeat['level_targets'][level] - main['level_targets'][level]):+.1f} points"]]
+    rows += [row(f"{label}, after fine-tuning", a["finetune"]["top1"], b["finetune"]["top1"]) for label, a, b in pairs]
+    l1 = next(((a, b) for _, a, b in pairs if a["method"] == "l1"), None)
+    if l1 is not None:
+        rows += [row(f"{label} minus L1", a["finetune"]["top1"] - l1[0]["finetune"]["top1"],
+                     b["finetune"]["top1"] - l1[1]["finetune"]["top1"], noisy=False)
+                 for label, a, b in pairs if a["method"] != "l1"]
+    return table(["top-1 (%)", "seed 0", f"seed {seed}", f"seed {seed} minus seed 0"], rows)
+
+
+@renderer("full-seed-change")
+def full_seed_change(results: Results, level: str, seed: str) -> str:
+    """How far the fine-tuned top-1 of the same rows moved between the seeds (range of the absolute changes)."""
+    _, _, pairs = _seed_pairs(results, level, seed)
+    return span([abs(b["finetune"]["top1"] - a["finetune"]["top1"]) for _, a, b in pairs], ".2f")
+

@@ -1,0 +1,53 @@
+"""The provenance table of BENCHMARKS.md: where, when and with what each result file was made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine import Results, renderer, span, table
+
+
+def provenance_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The provenance record of a result (older files keep machine/versions at the top level)."""
+    prov = data.get("provenance") or {}
+    machine = prov.get("machine") or data.get("machine") or {}
+    versions = prov.get("versions") or data.get("versions") or {}
+    return {"date": prov.get("date_utc") or data.get("date_utc") or "-", "machine": machine, "versions": versions,
+            "command": prov.get("command") or data.get("command") or "-"}
+
+
+def recorded_load(data: dict[str, Any]) -> list[float]:
+    """Every 1-minute load average a result recorded."""
+    loads: list[float] = []
+    for key in ("load_average", "load_start", "load_end"):
+        if isinstance(data.get(key), list) and data[key]:
+            loads.append(data[key][0])
+    for model in data.get("models", []) if isinstance(data.get("models"), list) else []:
+        if isinstance(model, dict) and "load_average_1min" in model:
+            loads.append(model["load_average_1min"])
+    return loads
+
+
+def machine_cell(machine: dict[str, Any]) -> str:
+    """A ``machine_info()`` record in a few words: CPU model, usable CPUs, GPU, native bf16 or not."""
+    return (f"{machine.get('processor') or '-'}, {machine.get('cpus_usable', machine.get('cpu_count', '-'))} CPUs, "
+            f"GPU {machine.get('cuda') or 'none'}"
+            + {True: ", native bf16", False: ", no native bf16"}.get(machine.get("cpu_native_bf16"), ""))
+
+
+@renderer("provenance-table")
+def provenance_table(results: Results) -> str:
+    """Where and with what each result file of BENCHMARKS.md was produced."""
+    rows = []
+    for path in sorted(results.folder.glob("*.json")):
+        data = results.load(path.stem)
+        prov = provenance_of(data)
+        machine, versions = prov["machine"], prov["versions"]
+        loads = recorded_load(data)
+        rows.append([
+            f"`{path.name}`", prov["date"][:10], machine_cell(machine),
+            versions.get("torch", "-"), machine.get("torch_threads", "-"),
+            span(loads, ".2f") if loads else "not recorded",
+        ])
+    return table(["result file", "date (UTC)", "machine", "torch", "torch threads", "1-min load average recorded"], rows)
+
