@@ -19,7 +19,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "bench"))  # bench/render.py's package, imported as the script does
 import rendering as render  # noqa: E402
-from rendering import full, stats  # noqa: E402
+import stats  # noqa: E402  (bench/stats.py)
+from rendering import full  # noqa: E402
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from typing import Any
 from .engine import RenderError, Results, renderer, span, table
 from .methods import accuracy_cells, top1_drop
 from .provenance import machine_cell
-from .stats import beyond_noise, share_below, standard_error
+from stats import beyond_noise, share_below, standard_error
 
 
 FULL_STEM = "methods_full_resnet20"

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .engine import RenderError, Results, renderer, span, table
 from .provenance import provenance_of
-from .stats import share_below, standard_error
+from stats import share_below, standard_error
 
 
 def _methods(results: Results, model: str) -> dict[str, Any]:
