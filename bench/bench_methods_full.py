@@ -43,21 +43,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_methods_cifar import (  # noqa: E402
-    ARCHIVE, INPUT_SHAPE, LABELS, CifarStages, _load_model, _read_json, _save_fig, _save_model, _write_json, plot_gammas, stage_config,
-    train_stage,
-)
+from plots import plot_gammas, save_fig  # noqa: E402
+from stages import (ARCHIVE, INPUT_SHAPE, LABELS, MODEL_FILE, RECORD, CifarStages, load_model, read_record, save_model,  # noqa: E402
+                    stage_config, train_stage, write_record)
+from stats import standard_error  # noqa: E402,F401  (the report's noise line; tests call it here)
 from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
 
-from polarprune.config import TrainConfig  # noqa: E402
-from polarprune.data import build_data, probe_batch  # noqa: E402
 from polarprune.deploy.latency import measure_latency  # noqa: E402
 from polarprune.flops import count_model  # noqa: E402
 from polarprune.pruning import plan_pruning, prune_model  # noqa: E402
-from polarprune.serialization import save as save_model_file  # noqa: E402
 from polarprune.sparsity.masks import load_mask, save_mask  # noqa: E402
-from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
-from polarprune.training.engine import evaluate  # noqa: E402
 
 MODEL = "resnet20"
 LEVELS = ("a", "b")
@@ -148,14 +143,14 @@ class FullBench(CifarStages):
 
     def sparse(self, folder: str, sparsity: dict[str, Any] | None, hooks_for=None) -> tuple[nn.Module, dict[str, Any]]:
         """A sparsity stage from the baseline's weights."""
-        done = _read_json(self.work / folder / "sparsity" / "stage.json")
+        done = read_record(self.work / folder / "sparsity" / "stage.json")
         start = None if done is not None else copy.deepcopy(self.baseline()[0])
         hooks = hooks_for(start) if (hooks_for and start is not None) else None
         return self.stage(f"{folder}/sparsity", PROTOCOL["sparsity_epochs"], PROTOCOL["sparsity_lr"], sparsity,
                           model=start, hooks=hooks, resume=hooks is None)
 
     def level_target(self, level: str) -> float:
-        record = _read_json(self.work / f"polarization-{level}" / "result.json")
+        record = read_record(self.work / f"polarization-{level}" / "result.json")
         if record is None:
             raise SystemExit(f"polarization at level {level} must run first (it sets the level's MACs reduction)")
         reduction = float(record["prune"]["macs_reduction"])
@@ -179,13 +174,14 @@ class FullBench(CifarStages):
                prune_rec: dict[str, Any], *, distill: dict[str, Any] | None = None, resume: bool = True,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         folder = f"{name}-{level}"
-        _save_model(pruned, self.work / folder / "pruned.pt")
+        save_model(pruned, self.work / folder / "pruned.safetensors")
         tuned, ft_rec = self.stage(f"{folder}/finetune", PROTOCOL["finetune_epochs"], PROTOCOL["finetune_lr"],
                                    model=pruned, distill=distill, resume=resume,
                                    channels_last=PROTOCOL["finetune_channels_last"])
         result = {"method": name, "level": level, "label": FULL_LABELS[name], "sparsity": sparse_rec, "prune": prune_rec,
-                  "finetune": ft_rec, "gammas": self.gammas(sparse), **(extra or {})}
-        _write_json(self.work / folder / "result.json", result)
+                  "finetune": {**ft_rec, "per_image": self.per_image(tuned)},  # for paired tests between methods
+                  "gammas": self.gammas(sparse), **(extra or {})}
+        write_record(self.work / folder / "result.json", result)
         return result
 
     # -- methods
@@ -208,9 +204,9 @@ class FullBench(CifarStages):
         model, rec = self.sparse(f"polarization-{level}-sparse", self.polarization_sparsity(level))  # run_polarization's stage
         teacher = self.work / "baseline" / "teacher.safetensors"
         if not teacher.is_file():
-            save_model_file(self.baseline()[0], teacher)
-        pruned = _load_model(self.work / f"polarization-{level}" / "pruned.pt")
-        prune_rec = _read_json(self.work / f"polarization-{level}" / "result.json")["prune"]
+            save_model(self.baseline()[0], teacher)
+        pruned = load_model(self.work / f"polarization-{level}" / "pruned.safetensors")
+        prune_rec = read_record(self.work / f"polarization-{level}" / "result.json")["prune"]
         distill = {"teacher": str(teacher), **PROTOCOL["distill"]}
         return self.finish("polarization-distill", level, model, rec, pruned, prune_rec, distill=distill,
                            extra={"distill": distill})
@@ -253,7 +249,7 @@ class FullBench(CifarStages):
         return self.finish(name, level, model, rec, matched.model, prune_rec, resume=False, extra={"reg": reg})
 
     def run(self, name: str, level: str) -> dict[str, Any]:
-        cached = _read_json(self.work / f"{name}-{level}" / "result.json")
+        cached = read_record(self.work / f"{name}-{level}" / "result.json")
         if cached is not None:
             return cached
         print(f"== {name} level {level}", flush=True)
@@ -269,8 +265,8 @@ class FullBench(CifarStages):
 
 # ----------------------------------------------------------------------------- hand-over
 
-FINISHED_STAGE_FILES = ("stage.json", "model.pt")  # what train_stage reads back for a finished stage
-METHOD_FILES = ("result.json", "pruned.pt", "mask.json")  # a method's record, its pruned model, MaskSparsity's mask
+FINISHED_STAGE_FILES = (RECORD, MODEL_FILE)  # what train_stage reads back for a finished stage
+METHOD_FILES = ("result.json", "pruned.safetensors", "mask.json")  # a method's record, its pruned model, MaskSparsity's mask
 
 
 def export_stages(work: Path, dest: Path) -> list[Path]:
@@ -293,12 +289,6 @@ def export_stages(work: Path, dest: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def standard_error(top1: float, n: int = 10_000) -> float:
-    """Binomial standard error (points) of a top-1 measured on ``n`` images."""
-    p = top1 / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
 
 
 def plot_levels(rows: list[dict[str, Any]], baseline: dict[str, Any], path: Path, title: str) -> None:
@@ -325,14 +315,14 @@ def plot_levels(rows: list[dict[str, Any]], baseline: dict[str, Any], path: Path
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    _save_fig(fig, path)
+    save_fig(fig, path)
 
 
 def latencies(bench: FullBench, rows: list[dict[str, Any]], baseline_model: nn.Module, rounds: int) -> dict[str, Any]:
     """``polarprune latency``'s measurement (eager, batch 1 and 64, interleaved) of every fine-tuned model."""
     models = {"unpruned": baseline_model}
     for row in rows:
-        models[f"{row['method']}-{row['level']}"] = _load_model(bench.work / f"{row['method']}-{row['level']}" / "finetune" / "model.pt")
+        models[f"{row['method']}-{row['level']}"] = load_model(bench.work / f"{row['method']}-{row['level']}" / "finetune" / "model.safetensors")
     result = measure_latency(models, INPUT_SHAPE, runtime="eager", batches=(1, 64), rounds=rounds)
     out: dict[str, Any] = {}
     for name in models:
@@ -350,9 +340,10 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
     base_model, base_rec = bench.baseline()
     cost = count_model(base_model, INPUT_SHAPE)
     baseline = {"top1": base_rec["top1"], "macs": cost.macs, "params": cost.params, "epochs": PROTOCOL["baseline_epochs"],
-                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s"), "machine": base_rec.get("machine")}
+                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s"), "machine": base_rec.get("machine"),
+                "per_image": bench.per_image(base_model)}
     lat = latencies(bench, rows, base_model, latency_rounds) if latency_rounds > 0 and rows else {}
-    targets = {lv: _read_json(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
+    targets = {lv: read_record(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
     targets = {lv: r["prune"]["macs_reduction"] for lv, r in targets.items() if r}
     for row in rows:
         row["latency"] = lat.get(f"{row['method']}-{row['level']}")
@@ -456,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in order:
         for level in (lv for lv in levels if planned(method, lv)):
             if args.report_only:
-                cached = _read_json(bench.work / f"{method}-{level}" / "result.json")
+                cached = read_record(bench.work / f"{method}-{level}" / "result.json")
                 if cached is not None:
                     rows.append(cached)
                 continue

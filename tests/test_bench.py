@@ -13,7 +13,8 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in ("common.py", "tp_baselines.py"))
+HELPERS = ("common.py", "tp_baselines.py", "stages.py", "plots.py", "stats.py")  # imported by the scripts, no main()
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in HELPERS)
 
 sys.path.insert(0, str(BENCH))  # the scripts import their helpers as ``from common import ...``
 import common  # noqa: E402
@@ -169,20 +170,21 @@ def test_methods_full_export_stages_keeps_what_a_resume_reads(tmp_path: Path) ->
     unfinished stage's last checkpoint, and nothing else (no logs, best.pt or finished checkpoints)."""
     module = load_script(BENCH / "bench_methods_full.py")
     work = tmp_path / "work"
-    files = ["baseline/stage.json", "baseline/model.pt", "baseline/last.pt", "baseline/best.pt", "baseline/tb/events",
-             "baseline/config.yaml", "l1-a/result.json", "l1-a/pruned.pt", "l1-a/finetune/stage.json",
-             "l1-a/finetune/model.pt", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt",
+    files = ["baseline/stage.json", "baseline/model.safetensors", "baseline/last.pt", "baseline/best.pt", "baseline/tb/events",
+             "baseline/config.yaml", "l1-a/result.json", "l1-a/pruned.safetensors", "l1-a/finetune/stage.json",
+             "l1-a/finetune/model.safetensors", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt",
              "none-a/finetune/metrics.jsonl"]
     for name in files:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_bytes(name.encode())
     dest = tmp_path / "dest"
     copied = module.export_stages(work, dest)
-    kept = {"baseline/stage.json", "baseline/model.pt", "l1-a/result.json", "l1-a/pruned.pt", "l1-a/finetune/stage.json",
-            "l1-a/finetune/model.pt", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt"}
+    kept = {"baseline/stage.json", "baseline/model.safetensors", "l1-a/result.json", "l1-a/pruned.safetensors",
+            "l1-a/finetune/stage.json", "l1-a/finetune/model.safetensors", "masksparsity-a-sparse/mask.json",
+            "none-a/finetune/last.pt"}
     assert {p.relative_to(dest).as_posix() for p in copied} == kept
     assert {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} == kept
-    assert (dest / "l1-a" / "pruned.pt").read_bytes() == b"l1-a/pruned.pt"
+    assert (dest / "l1-a" / "pruned.safetensors").read_bytes() == b"l1-a/pruned.safetensors"
 
 
 def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,24 +206,58 @@ def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, mo
 
 def test_a_stage_record_names_the_machine_it_finished_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage's record says where it ran (a resumed run's stages may come from several machines); a
-    finished stage is read back, not run again."""
+    finished stage is read back from its safetensors file, not run again, and nothing is pickled."""
     import types
 
     import torch
 
-    module = load_script(BENCH / "bench_methods_cifar.py")
+    import stages
+    from polarprune import models
+
     calls: list[str] = []
+    trained = models.create("resnet20", num_classes=10)
+    torch.nn.init.constant_(trained.fc.bias, 0.25)
 
     def fake_training(cfg, model=None, hooks=None, resume=True):
         calls.append(cfg.out)
-        return types.SimpleNamespace(final_top1=42.5, model=torch.nn.Linear(2, 2),
+        return types.SimpleNamespace(final_top1=42.5, model=trained,
                                      history=[{"images_per_s": 100.0, "epoch": 1}, {"images_per_s": 300.0, "epoch": 2}])
 
-    monkeypatch.setattr(module, "run_training", fake_training)
+    monkeypatch.setattr(stages, "run_training", fake_training)
     cfg = types.SimpleNamespace(out=str(tmp_path / "stage"), train=types.SimpleNamespace(epochs=2))
-    _, record = module.train_stage(cfg)
+    model, record = stages.train_stage(cfg)
     saved = json.loads((tmp_path / "stage" / "stage.json").read_text())
     assert saved == record and record["machine"] == common.machine_info()
     assert record["top1"] == 42.5 and record["images_per_s"] == 200.0 and record["last_epoch"] == {"images_per_s": 300.0, "epoch": 2}
-    _, again = module.train_stage(cfg)
-    assert again == record and len(calls) == 1
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["model.safetensors", "stage.json"]
+    again, record_again = stages.train_stage(cfg)
+    assert record_again == record and len(calls) == 1
+    assert again is not trained and torch.equal(again.fc.bias, torch.full((10,), 0.25))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(again(x), trained.eval()(x))
+
+
+def test_per_image_correctness_is_stored_in_the_loader_order(tmp_path: Path) -> None:
+    """``CifarStages.per_image``: the bitset of which test images the model gets right, and its top-1."""
+    import torch
+
+    import stages
+    import stats
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):  # always predicts class 1
+            return torch.tensor([[0.0, 1.0]]).expand(x.shape[0], 2)
+
+    loader = [(torch.zeros(3, 1), torch.tensor([1, 0, 1])), (torch.zeros(2, 1), torch.tensor([0, 1]))]
+    assert stages.per_image_correct(Fixed(), loader) == [True, False, True, False, True]
+    bench = stages.CifarStages()
+    bench._bundle = types_namespace(eval_loader=loader)
+    record = bench.per_image(Fixed())
+    assert record["top1"] == pytest.approx(60.0) and record["n"] == 5
+    assert stats.decode_correct(record) == [True, False, True, False, True]
+
+
+def types_namespace(**kwargs):
+    import types
+
+    return types.SimpleNamespace(**kwargs)

@@ -266,7 +266,7 @@ def render_documents(root: Path = REPO_ROOT, results_dir: Path | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Fill the measured numbers of the documents from the committed result files.")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs or a cited file is missing")
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: this checkout)")
     parser.add_argument("--results", type=Path, help="result folder (default ROOT/bench/results)")
