@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, steady_malloc, write_results  # noqa: E402
+from common import RESULTS_DIR, add_provenance_options, bundle_sizes, checked_revision, provenance, provenance_markdown, reexec_with_steady_malloc, steady_malloc, write_results  # noqa: E402
 from plots import plot_acc_macs, plot_gammas  # noqa: E402
 from stages import (ARCHIVE, INPUT_SHAPE, LABELS, CifarStages, load_model, read_record, save_model, stage_config,  # noqa: E402
                     train_stage, write_record)
@@ -287,9 +286,9 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
     target = rows[0]["prune"]["macs_reduction"] if rows and rows[0]["method"] == "polarization" else None
     result = {
         "benchmark": "methods_cifar", "model": args.model, "protocol": args.protocol, "protocol_settings": proto,
-        "provenance": provenance(args.seed), "target_macs_reduction": target,
+        "provenance": provenance(args.seed, data=bundle_sizes(bench.bundle, ARCHIVE), allow_dirty=args.allow_dirty), "target_macs_reduction": target,
         "unpruned": {**(base_rec or {}), "latency_ms": latency.get("unpruned")},
-        "load_average": list(os.getloadavg()), "methods": rows, "methods_not_run": [m for m in METHODS if m not in {r["method"] for r in rows}],
+        "methods": rows, "methods_not_run": [m for m in METHODS if m not in {r["method"] for r in rows}],
     }
     results_dir = Path(args.results_dir)
     acc_png = results_dir / f"{stem}_acc_macs.png"
@@ -359,11 +358,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the result files from the cache")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default allocator settings (batch-64 latencies then include page faults; see common.STEADY_MALLOC_ENV)")
+    add_provenance_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    checked_revision(args.allow_dirty)  # before hours of training, not after them
     if not args.default_malloc and argv is None:
         reexec_with_steady_malloc()
     torch.manual_seed(args.seed)

@@ -31,7 +31,6 @@ import argparse
 import copy
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -47,7 +46,7 @@ from plots import plot_gammas, save_fig  # noqa: E402
 from stages import (ARCHIVE, INPUT_SHAPE, LABELS, MODEL_FILE, RECORD, CifarStages, load_model, read_record, save_model,  # noqa: E402
                     stage_config, train_stage, write_record)
 from stats import standard_error  # noqa: E402,F401  (the report's noise line; tests call it here)
-from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
+from common import RESULTS_DIR, add_provenance_options, bundle_sizes, checked_revision, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
 
 from polarprune.deploy.latency import measure_latency  # noqa: E402
 from polarprune.flops import count_model  # noqa: E402
@@ -351,9 +350,9 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
         row["within_1_point_of_target"] = None if target is None else abs(row["prune"]["macs_reduction"] - target) <= 0.01
     stem = run_name(bench.args.seed)
     result = {
-        "benchmark": "methods_full", "model": MODEL, "protocol": PROTOCOL, "provenance": provenance(bench.args.seed),
+        "benchmark": "methods_full", "model": MODEL, "protocol": PROTOCOL, "provenance": provenance(bench.args.seed, data=bundle_sizes(bench.bundle, ARCHIVE), allow_dirty=bench.args.allow_dirty),
         "baseline": {**baseline, "latency": lat.get("unpruned"), "standard_error": round(standard_error(baseline["top1"]), 3)},
-        "level_targets": targets, "load_average": list(os.getloadavg()), "methods": rows,
+        "level_targets": targets, "methods": rows,
         "not_run": [f"{m}-{lv}" for lv in LEVELS for m in METHODS if planned(m, lv) and not any(r["method"] == m and r["level"] == lv for r in rows)],
         "latency_rounds": latency_rounds,
     }
@@ -423,11 +422,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export-stages", metavar="DEST",
                         help="copy the finished stages (and an unfinished stage's last.pt) of this seed's run to DEST "
                              "and exit: to go on elsewhere, copy DEST to WORKDIR/" + run_name(0) + " (or _seed<N>)")
+    add_provenance_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    checked_revision(args.allow_dirty)  # before hours of training, not after them
     if argv is None:
         reexec_with_steady_malloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

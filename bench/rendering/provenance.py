@@ -13,12 +13,13 @@ def provenance_of(data: dict[str, Any]) -> dict[str, Any]:
     machine = prov.get("machine") or data.get("machine") or {}
     versions = prov.get("versions") or data.get("versions") or {}
     return {"date": prov.get("date_utc") or data.get("date_utc") or "-", "machine": machine, "versions": versions,
-            "command": prov.get("command") or data.get("command") or "-"}
+            "command": prov.get("command") or data.get("command") or "-", "git": prov.get("git") or data.get("git"),
+            "data": prov.get("data"), "load": prov.get("load") or {}}
 
 
 def recorded_load(data: dict[str, Any]) -> list[float]:
     """Every 1-minute load average a result recorded."""
-    loads: list[float] = []
+    loads = [values[0] for values in provenance_of(data)["load"].values() if values]  # common.provenance's start and end
     for key in ("load_average", "load_start", "load_end"):
         if isinstance(data.get(key), list) and data[key]:
             loads.append(data[key][0])
@@ -47,7 +48,15 @@ def provenance_table(results: Results) -> str:
         rows.append([
             f"`{path.name}`", prov["date"][:10], machine_cell(machine),
             versions.get("torch", "-"), machine.get("torch_threads", "-"),
-            span(loads, ".2f") if loads else "not recorded",
+            span(loads, ".2f") if loads else "not recorded", prov["git"] or "not recorded", images_cell(prov["data"]),
         ])
-    return table(["result file", "date (UTC)", "machine", "torch", "torch threads", "1-min load average recorded"], rows)
+    return table(["result file", "date (UTC)", "machine", "torch", "torch threads", "1-min load average recorded", "git",
+                  "images (train / test)"], rows)
+
+
+def images_cell(data: dict[str, Any] | None) -> str:
+    """The training and test images a result used (``common.data_sizes``), or that it did not record them."""
+    if not data:
+        return "not recorded"
+    return f"{data['train_images']:,} / {data['test_images']:,}" + (" (random)" if "random" in data.get("source", "") else "")
 

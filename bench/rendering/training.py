@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .engine import RenderError, Results, renderer, span, table
+from .provenance import provenance_of
 
 
 @renderer("cifar-recipe-table")
@@ -100,7 +101,7 @@ def data_loader_notes(results: Results) -> str:
     data = results.load("data_loader")
     return (f"The in-memory loader (gather, 4-px crop + flip, normalise) takes {data['loader_ms_per_batch_median']:.2f} ms "
             f"per batch of {data['batch_size']} against {data['train_step_ms_median']:.0f} ms for a ResNet-56 training step "
-            f"({data['machine']['torch_threads']} threads, median of {data['repeats']}): "
+            f"({provenance_of(data)['machine']['torch_threads']} threads, median of {data['repeats']}): "
             f"{data['loader_over_step_median_ratio']:.2%} of a step, so CIFAR training on the CPU is never loader-bound.")
 
 
