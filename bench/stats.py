@@ -95,3 +95,12 @@ def paired_verdict(ref: dict[str, Any], other: dict[str, Any]) -> tuple[bool, fl
     """Whether two encoded per-image results differ beyond noise by McNemar's exact test, and its p."""
     p = mcnemar_exact(*discordant(decode_correct(ref), decode_correct(other)))
     return p < ALPHA, p
+
+
+def judge(ref: dict[str, Any], other: dict[str, Any], n: int = 10_000) -> tuple[bool, float | None]:
+    """Whether two scored models (records with ``top1`` and, in newer result files, ``per_image``)
+    differ beyond noise: McNemar's exact test when both stored their per-image correctness (and its
+    p), else the unpaired two-standard-error rule on ``n`` test images (and None)."""
+    if ref.get("per_image") and other.get("per_image"):
+        return paired_verdict(ref["per_image"], other["per_image"])
+    return beyond_noise(ref["top1"], other["top1"], n), None

@@ -10,7 +10,7 @@ from typing import Any
 from .engine import RenderError, Results, renderer, span, table
 from .methods import accuracy_cells, top1_drop
 from .provenance import machine_cell
-from stats import beyond_noise, share_below, standard_error
+from stats import judge, noise_line, share_below, standard_error
 
 
 FULL_STEM = "methods_full_resnet20"
@@ -130,13 +130,13 @@ def full_final_pruned(results: Results, level: str, methods: str) -> str:
 @renderer("full-noise")
 def full_noise(results: Results, level: str) -> str:
     """Which fine-tuned differences to polarization exceed two standard errors of a difference."""
-    ref = _full_entry(results, level, "polarization")["finetune"]["top1"]
+    ref = _full_entry(results, level, "polarization")["finetune"]
     beyond, within = [], []
     for label, e in _full_rows(results, level):
         if e["method"] == "polarization":
             continue
-        top1 = e["finetune"]["top1"]
-        (beyond if beyond_noise(ref, top1) else within).append(f"{label} {top1 - ref:+.2f}")
+        exceeds, p = judge(ref, e["finetune"])
+        (beyond if exceeds else within).append(f"{label} {e['finetune']['top1'] - ref['top1']:+.2f}{paired_note(p)}")
     parts = []
     if beyond:
         parts.append("beyond noise: " + "; ".join(beyond))
@@ -148,9 +148,32 @@ def full_noise(results: Results, level: str) -> str:
 @renderer("full-diff")
 def full_diff(results: Results, level: str, method: str, reference: str) -> str:
     """One method's fine-tuned top-1 against another's at a level: the difference and whether it exceeds the noise."""
+    ref = _full_entry(results, level, reference)["finetune"]
+    other = _full_entry(results, level, method)["finetune"]
+    exceeds, p = judge(ref, other)
+    return f"{other['top1'] - ref['top1']:+.2f} points, {'beyond' if exceeds else 'within'} noise{paired_note(p)}"
+
+
+@renderer("full-noise-line")
+def full_noise_line(results: Results, level: str, method: str, reference: str) -> str:
+    """The unpaired rule's line (two standard errors of the difference, points) for two fine-tuned methods at a level."""
     ref = _full_entry(results, level, reference)["finetune"]["top1"]
-    top1 = _full_entry(results, level, method)["finetune"]["top1"]
-    return f"{top1 - ref:+.2f} points, {'beyond' if beyond_noise(ref, top1) else 'within'} noise"
+    return f"{noise_line(ref, _full_entry(results, level, method)['finetune']['top1']):.2f}"
+
+
+def paired_note(p: float | None) -> str:
+    """`` (McNemar p ...)`` after a verdict made by the paired test; nothing after the unpaired rule."""
+    return "" if p is None else f" (McNemar p {p:.2g})"
+
+
+@renderer("noise-test")
+def noise_test(results: Results, stem: str) -> str:
+    """Which test judged the differences of a methods result file: McNemar's when every fine-tuned model
+    stored its per-image correctness, else the unpaired rule."""
+    methods = results.load(stem)["methods"]
+    if all(e["finetune"].get("per_image") for e in methods):
+        return "McNemar's exact test on the per-image results the file stores (p < 0.05)"
+    return "the unpaired rule (two standard errors of a difference): the file stores no per-image results"
 
 
 @renderer("full-se")
@@ -232,18 +255,21 @@ def full_seeds(results: Results, level: str, seed: str) -> str:
     differences to L1, each seed-to-seed change marked when it exceeds the sampling noise."""
     main, repeat, pairs = _seed_pairs(results, level, seed)
 
-    def row(name: str, a: float, b: float, noisy: bool = True) -> list[str]:
-        mark = (" (beyond noise)" if beyond_noise(a, b) else " (within noise)") if noisy else ""
-        return [name, f"{a:.2f}", f"{b:.2f}", f"{b - a:+.2f}{mark}"]
+    def row(name: str, a: dict[str, Any], b: dict[str, Any], noisy: bool = True) -> list[str]:
+        mark = ""
+        if noisy:
+            exceeds, p = judge(a, b)
+            mark = (" (beyond noise" if exceeds else " (within noise") + paired_note(p).replace(" (", "; ") + ")"
+        return [name, f"{a['top1']:.2f}", f"{b['top1']:.2f}", f"{b['top1'] - a['top1']:+.2f}{mark}"]
 
-    rows = [row("unpruned baseline", main["baseline"]["top1"], repeat["baseline"]["top1"]),
+    rows = [row("unpruned baseline", main["baseline"], repeat["baseline"]),
             [f"level {level}: MACs reduction", f"{main['level_targets'][level]:.1%}", f"{repeat['level_targets'][level]:.1%}",
              f"{100 * (repeat['level_targets'][level] - main['level_targets'][level]):+.1f} points"]]
-    rows += [row(f"{label}, after fine-tuning", a["finetune"]["top1"], b["finetune"]["top1"]) for label, a, b in pairs]
+    rows += [row(f"{label}, after fine-tuning", a["finetune"], b["finetune"]) for label, a, b in pairs]
     l1 = next(((a, b) for _, a, b in pairs if a["method"] == "l1"), None)
     if l1 is not None:
-        rows += [row(f"{label} minus L1", a["finetune"]["top1"] - l1[0]["finetune"]["top1"],
-                     b["finetune"]["top1"] - l1[1]["finetune"]["top1"], noisy=False)
+        rows += [row(f"{label} minus L1", {"top1": a["finetune"]["top1"] - l1[0]["finetune"]["top1"]},
+                     {"top1": b["finetune"]["top1"] - l1[1]["finetune"]["top1"]}, noisy=False)
                  for label, a, b in pairs if a["method"] != "l1"]
     return table(["top-1 (%)", "seed 0", f"seed {seed}", f"seed {seed} minus seed 0"], rows)
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .engine import RenderError, Results, renderer, span, table
 from .provenance import provenance_of
-from stats import share_below, standard_error
+from stats import judge, share_below, standard_error
 
 
 def _methods(results: Results, model: str) -> dict[str, Any]:
@@ -190,3 +190,44 @@ def methods_latency_ranges(results: Results, model: str) -> str:
     return (f"{span([e['latency_ms']['b1_ratio'] for e in methods], '.2f')}x at batch 1 and "
             f"{span([e['latency_ms']['b64_ratio'] for e in methods], '.2f')}x at batch 64")
 
+
+
+def _labels(keys: str) -> list[tuple[str, str]]:
+    """(key, label) of the comma-separated method keys, in the given order."""
+    labels = dict(METHOD_ROWS)
+    unknown = [k for k in keys.split(",") if k not in labels]
+    if unknown:
+        raise RenderError(f"unknown methods {unknown} (known: {', '.join(labels)})")
+    return [(k, labels[k]) for k in keys.split(",")]
+
+
+@renderer("methods-changes")
+def methods_changes(results: Results, model: str, methods: str) -> str:
+    """Each method's top-1 change right after pruning (points, as the table's "change"), in the given order."""
+    data = _methods(results, model)
+    return ", ".join(f"{label} {-top1_drop(_method(data, key)):+.2f}" for key, label in _labels(methods))
+
+
+@renderer("methods-worst-drop")
+def methods_worst_drop(results: Results, methods: str) -> str:
+    """The most points any of ``methods`` lost right after pruning, on either model."""
+    return f"{max(top1_drop(_method(_methods(results, m), key)) for m in ('resnet20', 'resnet56') for key, _ in _labels(methods)):.2f}"
+
+
+@renderer("methods-beyond")
+def methods_beyond(results: Results, model: str) -> str:
+    """Every pair of methods whose fine-tuned top-1s differ beyond noise (largest difference first), or that none does."""
+    data = _methods(results, model)
+    n = data["protocol_settings"]["eval_subset"]
+    entries = [(label, _method(data, key)["finetune"]) for key, label in METHOD_ROWS]
+    pairs = []
+    for i, (label_a, a) in enumerate(entries):
+        for label_b, b in entries[i + 1:]:
+            (high, hi), (low, lo) = sorted([(label_a, a), (label_b, b)], key=lambda item: -item[1]["top1"])
+            exceeds, p = judge(lo, hi, n)
+            if exceeds:
+                note = "" if p is None else f", McNemar p {p:.2g}"
+                pairs.append((hi["top1"] - lo["top1"], f"{high} above {low} by {hi['top1'] - lo['top1']:.2f}{note}"))
+    if not pairs:
+        return "no pair of methods differs beyond noise"
+    return "; ".join(text for _, text in sorted(pairs, key=lambda pair: -pair[0]))
