@@ -249,3 +249,51 @@ def test_every_renderer_is_registered_by_its_family_module() -> None:
     assert {"value", "range", "max", "full-table", "methods-table", "demo-table"} <= set(render.RENDERERS)
     with pytest.raises(render.RenderError, match="registered twice"):
         render.renderer("value")(lambda results: "")
+
+
+def test_verdicts_use_mcnemar_once_per_image_results_are_stored(tmp_path: Path) -> None:
+    """With per-image bitsets a verdict is McNemar's (and says its p); without, the unpaired rule. 40 test
+    images: L1 gets 12 images right that polarization misses and none the other way, b=0, c=12,
+    p = 2 / 2**12 = 0.00049, beyond noise although the unpaired rule on 10,000 images would not judge it so."""
+    pol = [False] * 12 + [True] * 28
+    l1 = [True] * 40
+    data = {"methods": [
+        {"method": "polarization", "level": "b", "finetune": {"top1": 70.0, "per_image": stats.encode_correct(pol)}},
+        {"method": "l1", "level": "b", "finetune": {"top1": 70.5, "per_image": stats.encode_correct(l1)}}]}
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    assert full.full_diff(results, "b", "l1", "polarization") == "+0.50 points, beyond noise (McNemar p 0.00049)"
+    assert full.noise_test(results, "methods_full_resnet20").startswith("McNemar's exact test")
+    del data["methods"][1]["finetune"]["per_image"]
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    assert full.full_diff(results, "b", "l1", "polarization") == "+0.50 points, within noise"
+    assert full.noise_test(results, "methods_full_resnet20").startswith("the unpaired rule")
+    assert full.full_noise_line(results, "b", "l1", "polarization") == "1.29"  # 2 * sqrt(0.458^2 + 0.456^2)
+
+
+def test_the_smoke_summary_lists_every_pair_beyond_noise(tmp_path: Path) -> None:
+    """On 2,000 images at ~30% two standard errors of a difference are about 2.9 points: 33.30 vs 26.55 is
+    beyond noise, 29.25 vs 28.80 is not; the prune changes are rendered with their signs."""
+    from rendering import methods
+
+    def entry(key: str, before: float, pruned: float, final: float) -> dict:
+        return {"method": key, "prune": {"top1_before": before, "top1": pruned}, "finetune": {"top1": final}}
+
+    rows = [entry("polarization", 29.25, 24.00, 28.80), entry("l1", 31.85, 12.85, 26.55), entry("none", 31.45, 17.10, 29.25),
+            entry("masksparsity", 28.55, 27.95, 33.30), entry("tp-bnscale", 31.20, 15.15, 29.85),
+            entry("tp-groupnorm", 28.50, 29.85, 32.35)]
+    data = {"model": "resnet20", "protocol_settings": {"eval_subset": 2000}, "methods": rows}
+    for model in ("resnet20", "resnet56"):
+        (tmp_path / f"methods_cifar_{model}.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    assert methods.methods_changes(results, "resnet20", "polarization,tp-groupnorm") == (
+        "polarization + grad -5.25, Torch-Pruning GroupNormPruner +1.35")
+    assert methods.methods_worst_drop(results, "polarization,masksparsity,tp-groupnorm") == "5.25"
+    beyond = methods.methods_beyond(results, "resnet20")
+    assert beyond.startswith("MaskSparsity above L1 + global threshold by 6.75;")
+    assert "no regularizer + global threshold above polarization" not in beyond
+    for e in rows:
+        e["finetune"]["top1"] = 30.0
+    (tmp_path / "methods_cifar_resnet20.json").write_text(json.dumps(data))
+    assert methods.methods_beyond(render.Results(tmp_path), "resnet20") == "no pair of methods differs beyond noise"
