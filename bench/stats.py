@@ -37,6 +37,14 @@ def beyond_noise(ref: float, top1: float, n: int = 10_000) -> bool:
     return abs(top1 - ref) > noise_line(ref, top1, n)
 
 
+def noise_figures(top1s: list[float], n: int = 10_000) -> dict[str, float]:
+    """The sampling noise of a set of top-1s on ``n`` images, in points: their mean, the standard error
+    at the mean, that of the difference of two such top-1s, and two of the latter (the unpaired line)."""
+    mean = sum(top1s) / len(top1s)
+    se = standard_error(mean, n)
+    return {"mean": mean, "se": se, "difference": math.sqrt(2) * se, "line": 2 * math.sqrt(2) * se}
+
+
 def share_below(gammas: list[float], limit: float = 0.01) -> float:
     """The share of ``gammas`` whose magnitude is below ``limit``."""
     return sum(abs(g) < limit for g in gammas) / len(gammas)

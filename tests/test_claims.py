@@ -71,7 +71,9 @@ def test_documents_render_the_main_result_files() -> None:
         ("regularizer_overhead", lambda d: d["variants"]["polarization"].__setitem__("hook_ms", 0.5), "regularizer-table"),
         ("methods_cifar_resnet56", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "methods-table resnet56"),
         ("methods_full_resnet20", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "full-table a"),
-        ("methods_full_resnet20", lambda d: d["baseline"].__setitem__("top1", 99.0), "full-baseline"),
+        ("methods_full_resnet20", lambda d: d["baseline"].__setitem__("top1", 99.0), "value methods_full_resnet20 baseline/top1 .2f"),
+        ("methods_full_resnet20", lambda d: d["protocol"].__setitem__("finetune_lr", 0.5), "value methods_full_resnet20 protocol/finetune_lr"),
+        ("data_loader", lambda d: d.__setitem__("train_step_ms_median", 999.0), "value data_loader train_step_ms_median .0f"),
         ("pruned_latency", lambda d: d["models"][1]["latency"]["nchw"]["64"]["latency_cut"].__setitem__("pruned", 0.1), "pruned-latency-table"),
         ("demo_polarization", lambda d: d["stages"][0].__setitem__("top1", 50.0), "demo-table"),
         ("pruning_time", lambda d: d["models"][0].__setitem__("seconds_median", 9.99), "pruning-time-table"),
@@ -169,23 +171,28 @@ def test_inline_and_block_markers_keep_their_layout(tmp_path: Path) -> None:
     assert render.render_text(new, results)[0] == new
 
 
-def test_full_protocol_says_how_often_the_target_was_checked() -> None:
-    """A run without ``target_check_every`` checked polarization's MACs target at epoch ends; a run
-    made with it must say how often instead."""
-    data = json.loads((REPO_ROOT / "bench" / "results" / "methods_full_resnet20.json").read_text())
+def test_full_protocol_says_how_often_the_target_was_checked(copy_root: Path, capsys) -> None:
+    """The protocol paragraph renders how often polarization's MACs target was checked from the file; a
+    file that does not record it (an older run checked at epoch ends) cannot render that sentence."""
+    _edit_json(copy_root / "bench" / "results" / "methods_full_resnet20.json",
+               lambda d: [level.__setitem__("target_check_every", 5) for level in d["protocol"]["polarization"].values()])
+    assert render.main(["--root", str(copy_root)]) == 0
+    assert "(the target checked every <!-- render: range methods_full_resnet20 protocol/polarization/*/target_check_every -->5<!-- /render --> steps)" in (
+        copy_root / "BENCHMARKS.md").read_text()
+    _edit_json(copy_root / "bench" / "results" / "methods_full_resnet20.json",
+               lambda d: [level.pop("target_check_every") for level in d["protocol"]["polarization"].values()])
+    assert render.main(["--root", str(copy_root), "--check"]) == 2
+    assert "no key 'target_check_every'" in capsys.readouterr().err
 
-    class Fixed(render.Results):
-        def load(self, stem):
-            return data
 
-    results = Fixed(Path("."))
-    for level in data["protocol"]["polarization"].values():
-        level.pop("target_check_every", None)
-    assert "(the target checked at epoch ends)" in full.full_protocol(results)
-    for level in data["protocol"]["polarization"].values():
-        level["target_check_every"] = 20
-    text = full.full_protocol(results)
-    assert "(the target checked every 20 steps)" in text and "epoch ends" not in text
+def test_prose_is_markdown_and_only_figures_are_rendered() -> None:
+    """The protocol, baseline and noise sentences of BENCHMARKS.md are Markdown around inline figures:
+    no rendered block there holds a sentence of its own."""
+    text = (REPO_ROOT / "BENCHMARKS.md").read_text()
+    for spec in ("full-protocol", "full-baseline", "methods-protocol", "methods-unpruned", "data-loader-notes"):
+        assert f"<!-- render: {spec}" not in text and spec not in render.RENDERERS
+    assert "standard error of\n<!-- render: full-se se -->0.37<!-- /render --> points" in text
+    assert "All **50,000 training and 10,000 test images** of the shared JPEG archive" in render.MARKER.sub("", text)
 
 
 def _full_file(baseline: float, target: float, finals: dict[str, float]) -> dict:

@@ -73,7 +73,6 @@ def renderer(name: str) -> Callable[[Renderer], Renderer]:
     return register
 
 
-
 def fmt(value: Any, spec: str = "g") -> str:
     """``format(value, spec)``; RenderError for a value that is not a number (or, with spec ``s``, a string)."""
     if spec == "s" and isinstance(value, str):
@@ -174,6 +173,17 @@ def value_range(results: Results, stem: str, path: str, spec: str = "g") -> str:
 def value_max(results: Results, stem: str, path: str, spec: str = "g") -> str:
     """The largest of the values a wildcard path selects."""
     return fmt(max(lookup(results.load(stem), path)), spec)
+
+
+@renderer("scaled")
+def value_scaled(results: Results, stem: str, path: str, factor: str, spec: str = "g") -> str:
+    """One value of a result file times ``factor`` (``1e-6`` for millions, ``1000`` for seconds to ms), formatted."""
+    found = lookup(results.load(stem), path)
+    if len(found) != 1:
+        raise RenderError(f"{stem}:{path} selects {len(found)} values, expected one")
+    if not isinstance(found[0], (int, float)) or isinstance(found[0], bool):
+        raise RenderError(f"expected a number, got {found[0]!r}")
+    return fmt(found[0] * float(factor), spec)
 
 
 @dataclass

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import collections
-import math
-import statistics
 from typing import Any
 
-from .engine import RenderError, Results, renderer, span, table
+from stats import judge, noise_figures, noise_line, share_below
+
+from .engine import RenderError, Results, fmt, renderer, span, table
 from .methods import accuracy_cells, top1_drop
 from .provenance import machine_cell
-from stats import judge, noise_line, share_below, standard_error
-
 
 FULL_STEM = "methods_full_resnet20"
 
@@ -40,46 +38,6 @@ def _full_entry(results: Results, level: str, key: str) -> dict[str, Any]:
         if entry["method"] == key:
             return entry
     raise RenderError(f"{FULL_STEM}: no method {key!r} at level {level!r}")
-
-
-@renderer("full-protocol")
-def full_protocol(results: Results) -> str:
-    """The full-data protocol's settings, as the result file records them."""
-    p = results.load(FULL_STEM)["protocol"]
-    pa, pb = p["polarization"]["a"], p["polarization"]["b"]
-    checks = {level["target_check_every"] for level in (pa, pb) if level.get("target_check_every")}
-    checked = f" (the target checked every {', '.join(map(str, sorted(checks)))} steps)" if checks else " (the target checked at epoch ends)"
-    return (
-        f"All **50,000 training and 10,000 test images** of the shared JPEG archive; batch {p['batch_size']}; bf16 autocast, "
-        f"channels_last for the unpruned stages (section 4: the fastest CPU setting on a CPU with native bf16, as this one had) and NCHW for fine-tuning the pruned "
-        f"models (chosen after a quick, uncommitted check that their uneven widths trained faster so); SGD momentum 0.9, weight decay {p['weight_decay']:g} on "
-        f"all parameters incl. BN; BN gammas initialised to 0.5. **Baseline**: {p['baseline_epochs']} epochs without "
-        f"regularizer (lr {p['baseline_lr']:g}, cosine, 1 warm-up epoch). **Sparsity stage** of every method: "
-        f"{p['sparsity_epochs']} epochs from the baseline's weights (lr {p['sparsity_lr']:g}, cosine, 1 warm-up epoch). "
-        f"**Fine-tuning** of every pruned model: {p['finetune_epochs']} epochs (lr {p['finetune_lr']:g}, cosine, 1 warm-up "
-        f"epoch). Strengths: polarization lambda {pa['lbd']:g}, t {pa['t']:g}, stopped once `grad` would leave "
-        f"{pa['target_macs_ratio']:g} of the MACs (level a) and lambda {pb['lbd']:g}, t {pb['t']:g}, stopped at "
-        f"{pb['target_macs_ratio']:g} (level b){checked}; L1 {p['l1_lbd']:g}; mask-L1 {p['ms_mask_lbd']:g}; Torch-Pruning BNScale "
-        f"reg {p['tp_bnscale_reg']:g}, GroupNorm reg {p['tp_groupnorm_reg']:g}; distillation T {p['distill']['temperature']:g}, "
-        f"alpha {p['distill']['alpha']:g}, teacher: the unpruned baseline."
-    )
-
-
-@renderer("full-baseline")
-def full_baseline(results: Results) -> str:
-    """One sentence on the shared baseline (and the no-regularizer model after its sparsity stage)."""
-    data = results.load(FULL_STEM)
-    b = data["baseline"]
-    text = (f"top-1 **{b['top1']:.2f}%** after {b['epochs']} epochs (standard error {standard_error(b['top1']):.2f} points), "
-            f"{b['macs'] / 1e6:.2f} M MACs, {b['params'] / 1e3:.1f} k params")
-    if b.get("latency"):
-        text += f", {b['latency']['b1_ms']:.2f} ms at batch 1 and {b['latency']['b64_ms']:.1f} ms at batch 64"
-    none = [e for e in data["methods"] if e["method"] == "none"]
-    if none:
-        text += (f"; after the no-regularizer method's own {data['protocol']['sparsity_epochs']}-epoch sparsity stage "
-                 f"(the same schedule as every other method's, without a regularizer) the unpruned network is at "
-                 f"**{none[0]['sparsity']['top1']:.2f}%**")
-    return text
 
 
 @renderer("full-table")
@@ -177,14 +135,12 @@ def noise_test(results: Results, stem: str) -> str:
 
 
 @renderer("full-se")
-def full_se(results: Results) -> str:
-    """The sampling noise of the fine-tuned top-1s: standard error at their mean, of a difference, twice that."""
-    finals = [e["finetune"]["top1"] for e in results.load(FULL_STEM)["methods"]]
-    mean = statistics.mean(finals)
-    se = standard_error(mean)
-    return (f"a top-1 of {mean:.0f}% (the mean of the fine-tuned models) has a binomial standard error of {se:.2f} points, "
-            f"the difference of two models {math.sqrt(2) * se:.2f} points, and two standard errors of a difference are "
-            f"{2 * math.sqrt(2) * se:.2f} points")
+def full_se(results: Results, what: str, spec: str = ".2f") -> str:
+    """One figure of the sampling noise of the fine-tuned top-1s (``stats.noise_figures``: mean, se, difference, line)."""
+    figures = noise_figures([e["finetune"]["top1"] for e in results.load(FULL_STEM)["methods"]])
+    if what not in figures:
+        raise RenderError(f"unknown noise figure {what!r} (known: {', '.join(figures)})")
+    return fmt(figures[what], spec)
 
 
 @renderer("full-gammas")

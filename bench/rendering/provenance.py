@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Results, renderer, span, table
+from .engine import RenderError, Results, renderer, span, table
 
 
 def provenance_of(data: dict[str, Any]) -> dict[str, Any]:
@@ -60,3 +60,11 @@ def images_cell(data: dict[str, Any] | None) -> str:
         return "not recorded"
     return f"{data['train_images']:,} / {data['test_images']:,}" + (" (random)" if "random" in data.get("source", "") else "")
 
+
+@renderer("torch-threads")
+def torch_threads(results: Results, stem: str) -> str:
+    """The torch threads a result ran with, wherever its file keeps the machine record."""
+    threads = provenance_of(results.load(stem))["machine"].get("torch_threads")
+    if threads is None:
+        raise RenderError(f"{stem}: no torch_threads recorded")
+    return str(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .engine import RenderError, Results, renderer, span, table
-from .provenance import provenance_of
 
 
 @renderer("cifar-recipe-table")
@@ -93,16 +92,6 @@ def regularizer_notes(results: Results) -> str:
             f"end-to-end ratios carry a few percent of machine noise. Building the hooks with the trial-prune monitor "
             f"costs {data['build_hooks_with_monitor_seconds']:.2f} s once per run; the per-epoch trial prune "
             f"{1000 * data['monitor_epoch_end_seconds']['median']:.0f} ms.")
-
-
-@renderer("data-loader-notes")
-def data_loader_notes(results: Results) -> str:
-    """Loader cost against a training step."""
-    data = results.load("data_loader")
-    return (f"The in-memory loader (gather, 4-px crop + flip, normalise) takes {data['loader_ms_per_batch_median']:.2f} ms "
-            f"per batch of {data['batch_size']} against {data['train_step_ms_median']:.0f} ms for a ResNet-56 training step "
-            f"({provenance_of(data)['machine']['torch_threads']} threads, median of {data['repeats']}): "
-            f"{data['loader_over_step_median_ratio']:.2%} of a step, so CIFAR training on the CPU is never loader-bound.")
 
 
 @renderer("bimodality-table")
