@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, add_provenance_options, bundle_sizes, checked_revision, provenance, provenance_markdown, reexec_with_steady_malloc, steady_malloc, write_results  # noqa: E402
 from plots import plot_acc_macs, plot_gammas  # noqa: E402
-from stages import (ARCHIVE, INPUT_SHAPE, LABELS, CifarStages, load_model, read_record, save_model, stage_config,  # noqa: E402
-                    train_stage, write_record)
+from stages import (ARCHIVE, INPUT_SHAPE, LABELS, MODEL_FILE, RECORD, CifarStages, load_model, read_record,  # noqa: E402
+                    save_model, stage_config, train_stage, write_record)
 
 from polarprune.config import TrainConfig  # noqa: E402
 from polarprune.flops import count_model  # noqa: E402
@@ -265,21 +265,25 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def unpruned_reference(bench: Bench) -> tuple[nn.Module | None, dict[str, Any] | None]:
+    """The unpruned reference (the no-regularizer sparsity stage) and its record, once that stage has run."""
+    none_dir = bench.work / "none" / "sparsity"
+    if not (none_dir / MODEL_FILE).is_file():
+        return None, None
+    unpruned = load_model(none_dir / MODEL_FILE)
+    cost = count_model(unpruned, INPUT_SHAPE)
+    return unpruned, {"top1": read_record(none_dir / RECORD)["top1"], "macs": cost.macs, "params": cost.params,
+                      "per_image": bench.per_image(unpruned)}
+
+
 def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> None:
+    """Write the result files (JSON, Markdown, both plots) of the methods in ``rows``."""
     args, proto = bench.args, bench.proto
     stem = f"methods_cifar_{args.model}"
-    models = {"unpruned": None}
-    base_rec = None
-    none_dir = bench.work / "none" / "sparsity"
-    if (none_dir / "model.safetensors").is_file():
-        unpruned = load_model(none_dir / "model.safetensors")
-        cost = count_model(unpruned, INPUT_SHAPE)
-        base_rec = {"top1": read_record(none_dir / "stage.json")["top1"], "macs": cost.macs, "params": cost.params,
-                    "per_image": bench.per_image(unpruned)}
-        models["unpruned"] = unpruned
-    models = {k: v for k, v in models.items() if v is not None}
+    unpruned, base_rec = unpruned_reference(bench)
+    models = {"unpruned": unpruned} if unpruned is not None else {}
     for row in rows:
-        models[row["method"]] = load_model(bench.work / row["method"] / "finetune" / "model.safetensors")
+        models[row["method"]] = load_model(bench.work / row["method"] / "finetune" / MODEL_FILE)
     latency = measure_latencies(models, latency_rounds) if models and latency_rounds > 0 else {}
     for row in rows:
         row["latency_ms"] = latency.get(row["method"])
@@ -297,8 +301,17 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
     if rows:
         plot_acc_macs(rows, base_rec, acc_png, title)
         plot_gammas(rows, gam_png, f"BN |gamma| after sparsity training, {args.model}")
+    text = report_markdown(result, latency_rounds, acc_png.name, gam_png.name)
+    write_results(stem, result, text, folder=results_dir)
+    print(text)
+
+
+def report_markdown(result: dict[str, Any], latency_rounds: int, acc_png: str, gam_png: str) -> str:
+    """The Markdown page of a methods result."""
+    proto, target, base_rec = result["protocol_settings"], result["target_macs_reduction"], result["unpruned"]
+    rows, latency = result["methods"], {"unpruned": base_rec.get("latency_ms")}
     lines = [
-        f"# Methods on CIFAR-10: {args.model} ({args.protocol} protocol)", "",
+        f"# Methods on CIFAR-10: {result['model']} ({result['protocol']} protocol)", "",
         provenance_markdown(result["provenance"]), "",
         f"Protocol: {proto['train_subset'] or 'all'} training / {proto['eval_subset'] or 'all'} test images "
         f"(fixed stratified subsets of `{ARCHIVE}`), batch {proto['batch_size']}, sparsity training "
@@ -307,7 +320,7 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
         f"MaskSparsity global-L1 and mask-L1 stages {proto['ms_stage_epochs']} epochs each from the no-regularizer run. "
         f"Matched MACs reduction R = {_pct(target)} (set by polarization + grad).", "",
     ]
-    if base_rec:
+    if base_rec.get("top1") is not None:
         lat = latency.get("unpruned") or {}
         lines += [f"Unpruned (no regularizer, {proto['sparsity_epochs']} epochs): top-1 {base_rec['top1']:.2f}%, "
                   f"{base_rec['macs'] / 1e6:.2f} M MACs, {base_rec['params'] / 1e3:.1f} k params, latency "
@@ -330,9 +343,8 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
               f"{latency_rounds} round-robin rounds over all models (20 runs at batch 1, 5 at batch 64 per round); "
               "x / unpruned: median of the per-round latency ratios to the unpruned model. Allocator: "
               + ("glibc keeps freed memory (common.STEADY_MALLOC_ENV)." if steady_malloc() else "glibc defaults (page faults included)."),
-              "", f"![accuracy vs MACs]({acc_png.name})", "", f"![gamma histograms]({gam_png.name})"]
-    write_results(stem, result, "\n".join(lines), folder=results_dir)
-    print("\n".join(lines))
+              "", f"![accuracy vs MACs]({acc_png})", "", f"![gamma histograms]({gam_png})"]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main

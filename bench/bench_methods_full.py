@@ -369,7 +369,15 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
                 sparse_rows.append({**row, "method": f"{row['method']}-{row['level']}" if key[1] else row["method"]})
         if sparse_rows:  # a run of the distilled row alone has no sparsity stage of its own
             plot_gammas(sparse_rows, gam_png, f"BN |gamma| after the sparsity stage, {MODEL}, full CIFAR-10")
-    p = PROTOCOL
+    text = report_markdown(result, acc_png.name, gam_png.name)
+    write_results(stem, result, text, folder=results_dir)
+    print(text, flush=True)
+
+
+def report_markdown(result: dict[str, Any], acc_png: str, gam_png: str) -> str:
+    """The Markdown page of a full-data methods result."""
+    p, baseline, targets, rows = result["protocol"], result["baseline"], result["level_targets"], result["methods"]
+    latency_rounds = result["latency_rounds"]
     lines = [f"# Methods on all of CIFAR-10: {MODEL}, two pruning levels (CPU)", "", provenance_markdown(result["provenance"]), "",
              f"Protocol: all 50,000 training / 10,000 test images of `{ARCHIVE}`, batch {p['batch_size']}, bf16 autocast, "
              f"channels_last for the unpruned stages and {'channels_last' if p['finetune_channels_last'] else 'NCHW'} for "
@@ -401,9 +409,8 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
               "points apart (two standard errors of a difference).",
               "", f"Latency: `polarprune latency`'s measurement (eager PyTorch, {latency_rounds} interleaved rounds, medians; "
               "ratio: median of the per-round ratios to the unpruned baseline).", "",
-              f"![accuracy vs MACs]({acc_png.name})", "", f"![gamma histograms]({gam_png.name})"]
-    write_results(stem, result, "\n".join(lines), folder=results_dir)
-    print("\n".join(lines), flush=True)
+              f"![accuracy vs MACs]({acc_png})", "", f"![gamma histograms]({gam_png})"]
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
