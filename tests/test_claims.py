@@ -304,3 +304,21 @@ def test_the_smoke_summary_lists_every_pair_beyond_noise(tmp_path: Path) -> None
         e["finetune"]["top1"] = 30.0
     (tmp_path / "methods_cifar_resnet20.json").write_text(json.dumps(data))
     assert methods.methods_beyond(render.Results(tmp_path), "resnet20") == "no pair of methods differs beyond noise"
+
+
+def test_scaled_values_and_noise_figures(tmp_path: Path) -> None:
+    """``scaled`` multiplies one value before formatting (MACs in millions, seconds in ms); the noise figures
+    are computed from the fine-tuned top-1s: mean 80% on 10,000 images -> se 0.40, difference 0.57, line 1.13."""
+    (tmp_path / "r.json").write_text(json.dumps({"macs": 40_551_000, "s": 0.0375, "flag": True}))
+    results = render.Results(tmp_path)
+    assert render.render_spec("scaled r macs 1e-6 .2f", results) == "40.55"
+    assert render.render_spec("scaled r s 1000 .1f", results) == "37.5"
+    with pytest.raises(render.RenderError, match="expected a number"):
+        render.render_spec("scaled r flag 2", results)
+    data = {"methods": [{"finetune": {"top1": 79.0}}, {"finetune": {"top1": 81.0}}]}
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    figures = [full.full_se(results, what) for what in ("mean", "se", "difference", "line")]
+    assert figures == ["80.00", "0.40", "0.57", "1.13"]
+    with pytest.raises(render.RenderError, match="unknown noise figure 'x'"):
+        full.full_se(results, "x")
