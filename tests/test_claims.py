@@ -74,6 +74,8 @@ def test_documents_render_the_main_result_files() -> None:
         ("methods_full_resnet20", lambda d: d["baseline"].__setitem__("top1", 99.0), "value methods_full_resnet20 baseline/top1 .2f"),
         ("methods_full_resnet20", lambda d: d["protocol"].__setitem__("finetune_lr", 0.5), "value methods_full_resnet20 protocol/finetune_lr"),
         ("data_loader", lambda d: d.__setitem__("train_step_ms_median", 999.0), "value data_loader train_step_ms_median .0f"),
+        ("regularizer_overhead", lambda d: d["variants"]["l1"].__setitem__("pass", False), "regularizer-verdict"),
+        ("engine_throughput", lambda d: d["acceptance"].__setitem__("passed", False), "engine-verdict engine_throughput"),
         ("pruned_latency", lambda d: d["models"][1]["latency"]["nchw"]["64"]["latency_cut"].__setitem__("pruned", 0.1), "pruned-latency-table"),
         ("demo_polarization", lambda d: d["stages"][0].__setitem__("top1", 50.0), "demo-table"),
         ("pruning_time", lambda d: d["models"][0].__setitem__("seconds_median", 9.99), "pruning-time-table"),
@@ -189,7 +191,8 @@ def test_prose_is_markdown_and_only_figures_are_rendered() -> None:
     """The protocol, baseline and noise sentences of BENCHMARKS.md are Markdown around inline figures:
     no rendered block there holds a sentence of its own."""
     text = (REPO_ROOT / "BENCHMARKS.md").read_text()
-    for spec in ("full-protocol", "full-baseline", "methods-protocol", "methods-unpruned", "data-loader-notes"):
+    for spec in ("full-protocol", "full-baseline", "methods-protocol", "methods-unpruned", "data-loader-notes", "engine-notes",
+                 "regularizer-notes", "pruning-time-settings"):
         assert f"<!-- render: {spec}" not in text and spec not in render.RENDERERS
     assert "standard error of\n<!-- render: full-se se -->0.37<!-- /render --> points" in text
     assert "All **50,000 training and 10,000 test images** of the shared JPEG archive" in render.MARKER.sub("", text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .engine import RenderError, Results, renderer, span, table
-from .provenance import provenance_of, recorded_load
 
 
 MODEL_LABELS = {"resnet56": "CIFAR ResNet-56", "resnet50": "ResNet-50 (224 px)"}
@@ -25,15 +24,6 @@ def pruning_time_table(results: Results) -> str:
         ])
     return table(["model", "time (s)", "graph / decide / compensation / surgery (s)", "MACs before -> after (G)",
                   "MACs red.", "params before -> after (M)", "params red."], rows)
-
-
-@renderer("pruning-time-settings")
-def pruning_time_settings(results: Results) -> str:
-    """The settings sentence of the pruning-time benchmark."""
-    data = results.load("pruning_time")
-    prov = provenance_of(data)
-    return (f"median of {data['repeats']} runs each on a fresh deep copy, torch threads "
-            f"{prov['machine'].get('torch_threads')}, load average {span(recorded_load(data), '.1f')}")
 
 
 def _latency_models(results: Results) -> list[dict[str, Any]]:

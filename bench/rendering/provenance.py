@@ -68,3 +68,12 @@ def torch_threads(results: Results, stem: str) -> str:
     if threads is None:
         raise RenderError(f"{stem}: no torch_threads recorded")
     return str(threads)
+
+
+@renderer("load-range")
+def load_range(results: Results, stem: str, spec: str = ".2f") -> str:
+    """``min-max`` of every 1-minute load average a result recorded."""
+    loads = recorded_load(results.load(stem))
+    if not loads:
+        raise RenderError(f"{stem}: no load average recorded")
+    return span(loads, spec)

@@ -47,19 +47,26 @@ def engine_speed(results: Results, stem: str, setting: str) -> str:
     return f"{_engine_images_per_s(settings, setting) / _engine_images_per_s(settings, 'fp32-nchw'):.2f}x"
 
 
-@renderer("engine-notes")
-def engine_notes(results: Results, stem: str = "engine_throughput") -> str:
-    """The acceptance and the spread of the engine benchmark."""
-    data = results.load(stem)
-    settings = data["cpu_settings"]
-    rounds = [r for m in settings.values() for r in m["wall_clock"]["per_round_ratios"]["all"]]
-    ratios = [m[k]["ratio_of_medians"] for m in settings.values() for k in ("wall_clock", "cpu_time")]
-    verdict = "keeps" if data["acceptance"]["passed"] else "does NOT keep"
-    return (f"The engine {verdict} >= {data['acceptance']['min_ratio']:.0%} of a bare loop's throughput in every setting "
-            f"(the acceptance line; {span([100 * r for r in ratios], '.1f')} %). Per-round wall-clock ratios range from "
-            f"{min(rounds):.0%} to {max(rounds):.0%} because of the other jobs on the machine; CPU time, which leaves out the "
-            f"time other processes held the CPU, is the steadier measure. Checkpoint + logs: "
-            f"{1000 * data['engine_checkpoint_log_s_per_epoch']['median']:.0f} ms per epoch.")
+@renderer("engine-verdict")
+def engine_verdict(results: Results, stem: str = "engine_throughput") -> str:
+    """``keeps`` or ``does NOT keep``: whether the engine kept the acceptance share of a bare loop's throughput."""
+    return "keeps" if results.load(stem)["acceptance"]["passed"] else "does NOT keep"
+
+
+@renderer("engine-ratios")
+def engine_ratios(results: Results, stem: str = "engine_throughput") -> str:
+    """The range (in %) of engine / bare throughput over every setting, wall clock and CPU time."""
+    settings = results.load(stem)["cpu_settings"].values()
+    return span([100 * m[k]["ratio_of_medians"] for m in settings for k in ("wall_clock", "cpu_time")], ".1f")
+
+
+@renderer("engine-rounds")
+def engine_rounds(results: Results, stem: str, end: str) -> str:
+    """The lowest (``min``) or highest (``max``) per-round wall-clock ratio of engine to bare loop."""
+    rounds = [r for m in results.load(stem)["cpu_settings"].values() for r in m["wall_clock"]["per_round_ratios"]["all"]]
+    if end not in ("min", "max"):
+        raise RenderError(f"end must be min or max, got {end!r}")
+    return f"{(min if end == 'min' else max)(rounds):.0%}"
 
 
 REGULARIZER_LABELS = {"none": "none", "l1": "L1", "polarization": "polarization", "mask-l1": "mask-L1"}
@@ -80,18 +87,27 @@ def regularizer_table(results: Results) -> str:
     return table(["regularizer", "median step (s)", "paired ratio to `none`", "hook work alone (ms)", "hook / step"], rows)
 
 
-@renderer("regularizer-notes")
-def regularizer_notes(results: Results) -> str:
-    """The verdict and the one-off costs of the regularizer benchmark."""
-    data = results.load("regularizer_overhead")
-    variants = [v for k, v in data["variants"].items() if k != "none"]
-    verdict = "All within" if all(v["pass"] for v in variants) else "NOT all within"
-    return (f"{verdict} the {data['limit_ratio'] - 1:.0%} acceptance line; the isolated hook time "
-            f"({span([v['hook_ms'] for v in variants], '.2f')} ms against a "
-            f"{1000 * data['variants']['none']['step_seconds']['median']:.0f} ms step) is the precise measure, the "
-            f"end-to-end ratios carry a few percent of machine noise. Building the hooks with the trial-prune monitor "
-            f"costs {data['build_hooks_with_monitor_seconds']:.2f} s once per run; the per-epoch trial prune "
-            f"{1000 * data['monitor_epoch_end_seconds']['median']:.0f} ms.")
+def _regularized(results: Results) -> list[dict[str, Any]]:
+    """The regularizer variants (all but ``none``) of the overhead benchmark."""
+    return [v for k, v in results.load("regularizer_overhead")["variants"].items() if k != "none"]
+
+
+@renderer("regularizer-verdict")
+def regularizer_verdict(results: Results) -> str:
+    """``All within`` or ``NOT all within``: whether every regularizer kept within the acceptance line."""
+    return "All within" if all(v["pass"] for v in _regularized(results)) else "NOT all within"
+
+
+@renderer("regularizer-limit")
+def regularizer_limit(results: Results) -> str:
+    """The acceptance line as the step-time increase allowed (``limit_ratio`` 1.03 -> 3%)."""
+    return f"{results.load('regularizer_overhead')['limit_ratio'] - 1:.0%}"
+
+
+@renderer("regularizer-hook-ms")
+def regularizer_hook_ms(results: Results) -> str:
+    """The range of the isolated hook times (ms) of the regularizers."""
+    return span([v["hook_ms"] for v in _regularized(results)], ".2f")
 
 
 @renderer("bimodality-table")
