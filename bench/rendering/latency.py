@@ -84,16 +84,6 @@ def pruned_latency_faults(results: Results, stem: str = "pruned_latency") -> str
     return f"0 in {len(cells) - len(nonzero)} of {len(cells)} cells, {listed}"
 
 
-@renderer("pruned-latency-settings")
-def pruned_latency_settings(results: Results) -> str:
-    """Threads, rounds and load of the latency run."""
-    data = results.load("pruned_latency")
-    rounds = {m["model"]: m["latency"]["nchw"]["64"]["seconds"]["unpruned"]["n"] for m in data["models"]}
-    return (f"torch threads {data['threads']}, "
-            + ", ".join(f"{n} interleaved rounds for {MODEL_LABELS[k]}" for k, n in rounds.items())
-            + f"; load average {span(data['load_start'][:1] + data['load_end'][:1], '.2f')} (1 min, start and end)")
-
-
 @renderer("pruned-latency-required")
 def pruned_latency_required(results: Results) -> str:
     """The acceptance line at batch 64 (0.7 x the MACs cut of each model)."""
@@ -134,15 +124,14 @@ def pruned_latency_default_malloc(results: Results) -> str:
             f"at batch 64 (NCHW) in that run and {1000 * unpruned_steady:.0f} ms in the steady one; two runs, so only indicative.)")
 
 
-@renderer("pruned-latency-phases")
-def pruned_latency_phases(results: Results) -> str:
-    """The phases of ``prune_model`` on ResNet-50 at 224 px (computed from the phases, not the file's sum key)."""
+@renderer("pruning-phases")
+def pruning_phases(results: Results, phases: str) -> str:
+    """Seconds of ``prune_model`` on ResNet-50 at 224 px in the phases named (``graph+surgery``: their sum,
+    computed from the phases, not the file's sum key), or ``runs``: how many runs the medians are of."""
     entry = next(t for t in results.load("pruned_latency")["pruning_time"] if t["example_input"][-1] == 224)
-    s = entry["seconds"]
-    return (f"graph {s['graph']:.2f} s, decide {s['decide']:.2f} s, surgery {s['surgery']:.2f} s "
-            f"(**{s['graph'] + s['surgery']:.2f} s for graph + surgery**, {s['graph'] + s['decide'] + s['surgery']:.2f} s "
-            f"with the decision), compensation {s['compensation']:.2f} s, {s['total']:.2f} s in total with probes and report "
-            f"(medians of {len(entry['runs'])} runs)")
+    if phases == "runs":
+        return str(len(entry["runs"]))
+    return f"{sum(entry['seconds'][phase] for phase in phases.split('+')):.2f}"
 
 
 @renderer("deploy-latency-table")

@@ -77,3 +77,10 @@ def load_range(results: Results, stem: str, spec: str = ".2f") -> str:
     if not loads:
         raise RenderError(f"{stem}: no load average recorded")
     return span(loads, spec)
+
+
+@renderer("load-start-end")
+def load_start_end(results: Results, stem: str, spec: str = ".2f") -> str:
+    """``min-max`` of the 1-minute load averages a timing run recorded just before and after its timings."""
+    data = results.load(stem)
+    return span([data["load_start"][0], data["load_end"][0]], spec)
