@@ -48,19 +48,6 @@ def pruned_latency_table(results: Results) -> str:
                   "latency cut channels_last (pruned / expand)"], rows, align="lrlll")
 
 
-@renderer("pruned-latency-batch1")
-def pruned_latency_batch1(results: Results) -> str:
-    """Batch-1 latency cuts of the pruned models."""
-    parts = []
-    for model in ("resnet56", "resnet50"):
-        cells = []
-        for m in (m for m in _latency_models(results) if m["model"] == model):
-            cuts = [m["latency"][layout]["1"]["latency_cut"]["pruned"] for layout in ("nchw", "channels_last")]
-            cells.append(f"{cuts[0]:.1%} / {cuts[1]:.1%} (`round_to={m['round_to']}`)")
-        parts.append(f"{MODEL_LABELS[model]} " + " and ".join(cells))
-    return "Batch 1 (NCHW / channels_last): " + "; ".join(parts) + "."
-
-
 def _page_faults(data: dict[str, Any]) -> list[tuple[str, int, str, str, str, int]]:
     """(model, round_to, layout, batch, variant, faults) of every cell."""
     cells = []
@@ -106,22 +93,6 @@ def pruned_latency_rounds(results: Results) -> str:
             parts.append(f"{MODEL_LABELS[m['model']]} {layout}: {span(cuts, '.1%', ' .. ')}, "
                          f"{below} of {len(cuts)} rounds under the line")
     return "; ".join(parts)
-
-
-@renderer("pruned-latency-default-malloc")
-def pruned_latency_default_malloc(results: Results) -> str:
-    """What the default-allocator run of ResNet-56 measured."""
-    data = results.load("pruned_latency_resnet56_default_malloc")
-    steady = results.load("pruned_latency")
-    faults = [c[5] for c in _page_faults(data) if c[3] == "64"]
-    cut = {m["round_to"]: [m["latency"][lay]["64"]["latency_cut"]["pruned"] for lay in ("nchw", "channels_last")]
-           for m in data["models"]}
-    unpruned = data["models"][0]["latency"]["nchw"]["64"]["seconds"]["unpruned"]["median"]
-    unpruned_steady = next(m for m in steady["models"] if m["model"] == "resnet56")["latency"]["nchw"]["64"]["seconds"]["unpruned"]["median"]
-    return (f"counts {span(faults, ',d', ' to ')} page faults per batch-64 forward depending on the model and layout, "
-            f"and the ranking follows the page faults: there, unrounded widths \"win\" with {span(cut[1], '.1%')} and "
-            f"`round_to=16` \"loses\" with {span(cut[16], '.1%')}. (The unpruned ResNet-56 took {1000 * unpruned:.0f} ms "
-            f"at batch 64 (NCHW) in that run and {1000 * unpruned_steady:.0f} ms in the steady one; two runs, so only indicative.)")
 
 
 @renderer("pruning-phases")
@@ -185,3 +156,8 @@ def deploy_latency_goal(results: Results) -> str:
                      f"({', '.join(g['equal_macs']) or 'none at equal MACs'}): {', '.join(below) if below else 'never'}")
     return "; ".join(parts)
 
+
+@renderer("page-faults-range")
+def page_faults_range(results: Results, stem: str, batch: str = "64") -> str:
+    """``A to B``: the fewest and most page faults per forward over a latency run's cells at ``batch``."""
+    return span([cell[5] for cell in _page_faults(results.load(stem)) if cell[3] == batch], ",d", " to ")
