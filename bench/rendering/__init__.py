@@ -2,8 +2,10 @@
 
 Nobody types a measured number by hand: BENCHMARKS.md, README.md and docs/*.md mark every
 table and every figure taken from ``bench/results/*.json`` and ``python bench/render.py``
-writes them. The sentences around the numbers are Markdown; only numbers, tables of numbers
-and verdicts computed from numbers (``within noise``) are rendered.
+writes them. The sentences around the numbers are Markdown; a family renderer returns only a
+number computed from a file (a sum, a noise figure), a table of numbers, a verdict computed
+from numbers (``within noise``, ``keeps``) or a list whose items depend on the data (the
+pairs beyond noise, the share of small gammas per method).
 
 Markers (HTML comments, invisible in rendered Markdown)::
 
@@ -20,7 +22,8 @@ Generic inline renderers (no code needed for a number that is in a file):
 
 - ``value STEM PATH [FORMAT]``: one value of ``bench/results/STEM.json``;
 - ``range STEM PATH [FORMAT]``: ``min-max`` of the values a wildcard path selects;
-- ``max STEM PATH [FORMAT]``: the largest of them.
+- ``max STEM PATH [FORMAT]``: the largest of them;
+- ``scaled STEM PATH FACTOR [FORMAT]``: one value times ``FACTOR`` (``1e-6`` for millions, ``1000`` for s -> ms).
 
 ``PATH`` is ``/``-separated keys (keys may contain dots); a list step is ``[3]`` (index),
 ``[*]`` (every element) or ``[key=value,key2=v1|v2]`` (the elements whose fields match; one
