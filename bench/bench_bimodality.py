@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import add_provenance_options, configured_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 from polarprune.config import TrainConfig, validate  # noqa: E402
 from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
@@ -29,6 +29,7 @@ from polarprune.workflows.train import run_training  # noqa: E402
 
 NEAR_ZERO = 0.05
 GAP = (0.05, 0.15)
+DATA = {"name": "digits", "batch_size": 64, "workers": 0}
 RUNS = {
     "polarization": {"regularizer": "polarization", "lbd": 2e-2, "t": 1.2, "clamp": 1.0},
     "l1": {"regularizer": "l1", "lbd": 2e-2, "monitor": False},
@@ -41,7 +42,7 @@ def train(out: Path, epochs: int, seed: int, sparsity: dict[str, Any]) -> dict[s
     cfg = validate(TrainConfig, {
         "seed": seed, "device": "cpu", "out": str(out),
         "model": {"name": "small_cnn", "bn_init": 0.5},
-        "data": {"name": "digits", "batch_size": 64, "workers": 0},
+        "data": DATA,
         "train": {"epochs": epochs, "lr": 0.1, "weight_decay": 5e-4, "progress": False, "schedule": {"type": "cosine"}},
         "sparsity": sparsity,
     })
@@ -75,12 +76,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    add_provenance_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="polarprune-bimodality-") as tmp:
         runs = {name: train(Path(tmp) / name, args.epochs, args.seed, sparsity) for name, sparsity in RUNS.items()}
     result = {"benchmark": "bimodality_digits", "epochs": args.epochs, "near_zero": NEAR_ZERO, "gap": list(GAP),
-              "runs": runs, "provenance": provenance(args.seed)}
+              "runs": runs, "provenance": provenance(args.seed, data=configured_sizes(DATA, args.seed), allow_dirty=args.allow_dirty)}
     json_path, md_path = write_results("bimodality_digits", result, markdown(result))
     print(markdown(result))
     print(f"wrote {json_path} and {md_path}")

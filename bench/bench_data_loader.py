@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -21,10 +19,13 @@ from pathlib import Path
 
 import torch
 
-from polarprune.data import InMemoryLoader
-from polarprune.models import create
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_provenance_options, data_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from polarprune.data import InMemoryLoader  # noqa: E402
+from polarprune.models import create  # noqa: E402
+
+IMAGES = 50_000
 
 
 def time_loader_batches(loader: InMemoryLoader, iterator, count: int) -> float:
@@ -60,13 +61,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="training steps timed per round")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    add_provenance_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (50_000,))
+    images = torch.randint(0, 256, (IMAGES, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (IMAGES,))
     loader = InMemoryLoader(
         images, labels, batch_size=args.batch, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
         train=True, padding=4, flip=True, seed=args.seed,
@@ -88,35 +90,25 @@ def main() -> int:
     ratios = [a / b for a, b in zip(loader_s, step_s)]
     result = {
         "benchmark": "in-memory loader batch vs ResNet-56 training step",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seed": args.seed,
+        "provenance": provenance(args.seed, data=data_sizes(IMAGES, 0, "random uint8 32x32 images (no dataset)"),
+                                 allow_dirty=args.allow_dirty),
         "batch_size": args.batch,
         "repeats": args.repeats,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "loader_ms_per_batch_median": 1e3 * loader_median,
         "train_step_ms_median": 1e3 * step_median,
         "loader_over_step_median_ratio": statistics.median(ratios),
         "loader_ms_per_batch_all": [1e3 * v for v in loader_s],
         "train_step_ms_all": [1e3 * v for v in step_s],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_loader.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "data_loader.md").write_text(
-        "# In-memory loader vs ResNet-56 training step (CPU)\n\n"
-        f"Command: `{result['command']}`; seed {args.seed}; machine: {platform.platform()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads.\n"
+    markdown = (
+        "# In-memory loader vs ResNet-56 training step (CPU)\n\n" + provenance_markdown(result["provenance"]) + "\n"
         f"Batch {args.batch}; {args.repeats} interleaved rounds; medians.\n\n"
         "| what | median per batch |\n|---|---|\n"
         f"| loader: gather, 4-px crop + flip, normalise | {1e3 * loader_median:.2f} ms |\n"
         f"| ResNet-56 step: forward + backward + SGD | {1e3 * step_median:.0f} ms |\n"
         f"| loader / step (median of per-round ratios) | {100 * statistics.median(ratios):.2f} % |\n"
     )
+    write_results("data_loader", result, markdown)
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_all")}, indent=2))
     return 0
 

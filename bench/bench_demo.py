@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import add_provenance_options, configured_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 METHODS = ("polarization", "l1", "masksparsity")
 
@@ -77,12 +77,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=METHODS, default="polarization")
     parser.add_argument("--out-stem", help="result file stem (default demo_<method>)")
+    add_provenance_options(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="polarprune-demo-") as tmp:
         run_dir = Path(tmp) / "run"
         seconds, stdout = run_demo(args.method, run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
         epochs = stage_epochs(run_dir)
+        data = configured_sizes((yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {})["data"])
     result = {
         "benchmark": "demo",
         "method": args.method,
@@ -92,7 +94,7 @@ def main() -> int:
         "stages": summary["stages"],
         "reductions": summary.get("reductions"),
         "stdout": stdout,
-        "provenance": provenance(0),
+        "provenance": provenance(0, data=data, allow_dirty=args.allow_dirty),
     }
     json_path, md_path = write_results(args.out_stem or f"demo_{args.method}", result, markdown(result))
     print(markdown(result))

@@ -38,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pruned_latency import randomise  # noqa: E402
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import RANDOM_INPUTS, add_provenance_options, provenance, provenance_markdown, write_results  # noqa: E402
 from tp_baselines import bisect_ratio, macs_reduction, residual_stream_layers  # noqa: E402
 
 from polarprune.deploy import RUNTIMES, measure_latency  # noqa: E402
@@ -185,6 +185,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-stem", default="deploy_latency", help="result file name under bench/results/")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_provenance_options(parser)
     args = parser.parse_args()
     reexec_with_steady_malloc()
     wanted = args.models.split(",")
@@ -196,7 +197,7 @@ def main() -> int:
         parser.error(f"--extra-round-to: expected comma-separated integers, got {args.extra_round_to!r}")
     torch.set_num_threads(args.threads)
     start = time.time()
-    result: dict[str, Any] = {"provenance": provenance(args.seed, LIBRARIES), "threads": args.threads, "steady_malloc": steady_malloc(),
+    result: dict[str, Any] = {"provenance": provenance(args.seed, LIBRARIES, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty), "threads": args.threads, "steady_malloc": steady_malloc(),
                               "load_start": [round(v, 2) for v in os.getloadavg()], "models": []}
     for name, size, rounds in (("resnet56", 32, args.rounds), ("resnet50", 224, args.r50_rounds)):
         if name in wanted:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import clock, paired_ratios, provenance, provenance_markdown, summary, write_results  # noqa: E402
+from common import add_provenance_options, clock, data_sizes, paired_ratios, provenance, provenance_markdown, summary, write_results  # noqa: E402
 
 from polarprune.config import TrainConfig, validate  # noqa: E402
 from polarprune.data import crop_flip, load_fake_splits  # noqa: E402
@@ -267,7 +267,8 @@ def report(args: argparse.Namespace, per_setting: dict[str, dict[str, list[float
     passed = all(m["passed"] for m in measures.values())
     result = {
         "benchmark": "engine training throughput vs a bare PyTorch loop",
-        **provenance(args.seed),
+        "provenance": provenance(args.seed, data=data_sizes(args.steps * args.batch_size, args.batch_size, "fake (random) images"),
+                                 allow_dirty=args.allow_dirty),
         "settings": {
             "model": args.model,
             "device": "cpu",
@@ -340,6 +341,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results/")
     parser.add_argument("--stem", default=RESULT_STEM,
                         help="result file name in bench/results/ (another machine's measurement beside the first)")
+    add_provenance_options(parser)
     args = parser.parse_args()
     per_setting = {setting: run(args, setting) for setting in args.settings}
     result, markdown = report(args, per_setting)

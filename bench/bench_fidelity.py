@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import add_provenance_options, configured_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 from polarprune.config import TrainConfig  # noqa: E402
 from polarprune.data import build_data, probe_batch  # noqa: E402
@@ -160,8 +160,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
+    add_provenance_options(parser)
     args = parser.parse_args()
-    result = {"provenance": provenance(args.seed), "votes": votes(args.seed), "flops_weights": weights(args.seed),
+    result = {"provenance": provenance(args.seed, data=configured_sizes({"name": "digits", "batch_size": 64}, args.seed),
+                                        allow_dirty=args.allow_dirty), "votes": votes(args.seed), "flops_weights": weights(args.seed),
               "percent": percent(), "raw_gamma": raw_gamma(args.seed), "bn_init": bn_init(args.seed)}
     text = markdown(result)
     print(text)

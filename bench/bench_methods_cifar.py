@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import statistics
 import sys
 import time
@@ -39,30 +37,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS_DIR, machine_info, provenance, provenance_markdown, reexec_with_steady_malloc,  # noqa: E402
-                    steady_malloc, write_results)
+from common import RESULTS_DIR, add_provenance_options, bundle_sizes, checked_revision, provenance, provenance_markdown, reexec_with_steady_malloc, steady_malloc, write_results  # noqa: E402
+from plots import plot_acc_macs, plot_gammas  # noqa: E402
+from stages import (ARCHIVE, INPUT_SHAPE, LABELS, MODEL_FILE, RECORD, CifarStages, load_model, read_record,  # noqa: E402
+                    save_model, stage_config, train_stage, write_record)
 
-from polarprune.config import TrainConfig, deep_merge  # noqa: E402
-from polarprune.data import build_data, probe_batch  # noqa: E402
+from polarprune.config import TrainConfig  # noqa: E402
 from polarprune.flops import count_model  # noqa: E402
 from polarprune.pruning import plan_pruning, prune_model  # noqa: E402
 from polarprune.report import cpu_latency_ms  # noqa: E402
-from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
-from polarprune.sparsity.masks import save_mask  # noqa: E402
-from polarprune.training.engine import evaluate  # noqa: E402
-from polarprune.workflows.train import run_training  # noqa: E402
+from polarprune.sparsity.masks import load_mask, save_mask  # noqa: E402
 
-ARCHIVE = "/work/shared/data/cifar10-jpg.tar.gz"
 METHODS = ("polarization", "none", "l1", "masksparsity", "tp-groupnorm", "tp-bnscale")
-LABELS = {
-    "none": "no regularizer + global threshold",
-    "l1": "L1 (Network Slimming) + global threshold",
-    "polarization": "polarization + grad",
-    "masksparsity": "MaskSparsity (L1 -> mask -> mask-L1)",
-    "tp-bnscale": "Torch-Pruning BNScalePruner",
-    "tp-groupnorm": "Torch-Pruning GroupNormPruner",
-}
-INPUT_SHAPE = (3, 32, 32)
 
 # Protocols: epochs, data, learning rates and regularizer strengths. The CPU protocol's lambdas
 # are the papers' scaled by the ratio of optimizer steps (their 200 epochs x 390 steps against a
@@ -108,97 +94,11 @@ def base_config(model_name: str, proto: dict[str, Any], seed: int, device: str) 
     }
 
 
-def stage_config(base: dict[str, Any], out: Path, epochs: int, sparsity: dict[str, Any] | None = None,
-                 **train: Any) -> TrainConfig:
-    """A validated training config for one stage (evaluation only after the last epoch)."""
-    data = deep_merge(base, {"out": str(out), "train": {"epochs": epochs, "eval_every": max(epochs, 1), **train},
-                             "sparsity": sparsity or {"regularizer": "none", "monitor": False}})
-    return TrainConfig.model_validate(data)
-
-
 def finetune_config(base: dict[str, Any], proto: dict[str, Any], out: Path) -> TrainConfig:
     return stage_config(base, out, proto["finetune_epochs"], lr=proto["finetune_lr"], schedule=proto["finetune_schedule"])
 
 
-# ----------------------------------------------------------------------------- cached stages
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _save_model(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model, tmp)
-    tmp.replace(path)
-
-
-def _load_model(path: Path) -> nn.Module:
-    return torch.load(path, weights_only=False).cpu().eval()
-
-
-def train_stage(cfg: TrainConfig, model: nn.Module | None = None, hooks: list | None = None,
-                resume: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Run (or load the finished) stage at ``cfg.out``; returns its model and a record."""
-    out = Path(cfg.out)
-    done = _read_json(out / "stage.json")
-    if done is not None:
-        return _load_model(out / "model.pt"), done
-    start = time.perf_counter()
-    result = run_training(cfg, model=model, hooks=hooks, resume=resume)
-    record = {
-        "top1": result.final_top1, "epochs": cfg.train.epochs, "wall_s": round(time.perf_counter() - start, 1),
-        "images_per_s": statistics.median([r["images_per_s"] for r in result.history]) if result.history else None,
-        "last_epoch": {k: v for k, v in (result.history[-1] if result.history else {}).items()
-                       if isinstance(v, (int, float))},
-        "machine": machine_info(),  # a resumed run's stages may have finished on several machines
-    }
-    _save_model(result.model.cpu().eval(), out / "model.pt")
-    _write_json(out / "stage.json", record)
-    return result.model.cpu().eval(), record
-
-
 # ----------------------------------------------------------------------------- the runner
-
-
-class CifarStages:
-    """What every methods benchmark asks of its data: the loaders (built once from ``self.base``),
-    a fixed probe batch, top-1, the regularized BNs and their |gamma|."""
-
-    base: dict[str, Any]
-    _bundle: Any = None
-    _example: torch.Tensor | None = None
-
-    @property
-    def bundle(self):
-        if self._bundle is None:
-            cfg = TrainConfig.model_validate(self.base)
-            self._bundle = build_data(cfg.data, seed=cfg.seed)
-        return self._bundle
-
-    def example(self) -> torch.Tensor:
-        if self._example is None:
-            self._example = probe_batch(self.bundle, 8)
-        return self._example
-
-    def top1(self, model: nn.Module) -> float:
-        return evaluate(model, self.bundle.eval_loader, torch.device("cpu"))["top1"]
-
-    def bn_names(self, model: nn.Module) -> list[str]:
-        return regularized_bn_names(model, self.example())
-
-    def gammas(self, model: nn.Module) -> list[float]:
-        """|gamma| of the BNs polarprune regularizes (bn1, bn2 of every block), for the histograms."""
-        wanted = set(self.bn_names(model))
-        return [v for name, m in model.named_modules() if name in wanted for v in m.weight.detach().abs().flatten().tolist()]
 
 
 class Bench(CifarStages):
@@ -217,7 +117,7 @@ class Bench(CifarStages):
     def target(self) -> float:
         if self.args.target_macs_reduction is not None:
             return self.args.target_macs_reduction
-        record = _read_json(self.work / "polarization" / "result.json")
+        record = read_record(self.work / "polarization" / "result.json")
         if record is None:
             raise SystemExit("the polarization method must run first (it sets the MACs reduction R)")
         return float(record["prune"]["macs_reduction"])
@@ -246,12 +146,13 @@ class Bench(CifarStages):
     def finish(self, method: str, sparse_model: nn.Module, sparse_rec: dict[str, Any], pruned: nn.Module,
                prune_rec: dict[str, Any], extra: dict[str, Any] | None = None, resume: bool = True) -> dict[str, Any]:
         """Fine-tune the pruned model and record the method."""
-        _save_model(pruned, self.work / method / "pruned.pt")
+        save_model(pruned, self.work / method / "pruned.safetensors")
         tuned, ft_rec = train_stage(finetune_config(self.base, self.proto, self.work / method / "finetune"),
                                     model=pruned, resume=resume)
         result = {"method": method, "label": LABELS[method], "sparsity": sparse_rec, "prune": prune_rec,
-                  "finetune": ft_rec, "gammas": self.gammas(sparse_model), **(extra or {})}
-        _write_json(self.work / method / "result.json", result)
+                  "finetune": {**ft_rec, "per_image": self.per_image(tuned)},  # for paired tests between methods
+                  "gammas": self.gammas(sparse_model), **(extra or {})}
+        write_record(self.work / method / "result.json", result)
         return result
 
     # -- methods
@@ -292,8 +193,6 @@ class Bench(CifarStages):
                               {"regularizer": "mask-l1", "lbd": self.proto["ms_mask_lbd"], "mask": str(mask_path),
                                "monitor": False})
         ms_model, ms_rec = train_stage(ms_cfg, model=copy.deepcopy(baseline))
-        from polarprune.sparsity.masks import load_mask
-
         pruned, prune_rec = self.polarprune_prune(ms_model, strategy="mask", masks=load_mask(mask_path, ms_model))
         return self.finish("masksparsity", ms_model, ms_rec, pruned, prune_rec,
                            {"baseline": base_rec, "global_l1": l1_rec, "mask_path": str(mask_path)})
@@ -327,7 +226,7 @@ class Bench(CifarStages):
         return self.finish(method, model, rec, matched.model, prune_rec, {"reg": reg}, resume=False)
 
     def run(self, method: str) -> dict[str, Any]:
-        cached = _read_json(self.work / method / "result.json")
+        cached = read_record(self.work / method / "result.json")
         if cached is not None:
             return cached
         print(f"== {self.args.model} {method}", flush=True)
@@ -362,88 +261,38 @@ def measure_latencies(models: dict[str, nn.Module], rounds: int) -> dict[str, di
     return out
 
 
-def plot_acc_macs(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for row in rows:
-        macs = row["prune"]["macs_after"] / 1e6
-        ax.plot([macs, macs], [row["prune"]["top1"], row["finetune"]["top1"]], color="#bbbbbb", lw=1)
-        ax.scatter([macs], [row["finetune"]["top1"]], label=row["label"], s=40, zorder=3)
-        ax.scatter([macs], [row["prune"]["top1"]], marker="x", color="#888888", s=20, zorder=3)
-    if baseline:
-        ax.scatter([baseline["macs"] / 1e6], [baseline["top1"]], marker="*", s=120, color="black",
-                   label="unpruned (no regularizer)", zorder=3)
-    ax.set_xlabel("MACs per image (M)")
-    ax.set_ylabel("top-1 (%)  (dot: fine-tuned, x: right after pruning)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    _save_fig(fig, path)
-
-
-def plot_gammas(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 3
-    lines = (len(rows) + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(4.2 * cols, 2.9 * lines), squeeze=False)
-    for ax in axes.flat[len(rows):]:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
-        values = row["gammas"]
-        upper = max(1.0, max(values)) if values else 1.0
-        ax.hist(values, bins=100, range=(0.0, upper), color="#4C72B0")
-        ax.set_yscale("log")
-        ax.set_title(f"{row['method']} ({len(values)} channels)", fontsize=9)
-        ax.set_xlabel("|gamma| after sparsity training", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save_fig(fig, path)
-
-
-def _save_fig(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def unpruned_reference(bench: Bench) -> tuple[nn.Module | None, dict[str, Any] | None]:
+    """The unpruned reference (the no-regularizer sparsity stage) and its record, once that stage has run."""
+    none_dir = bench.work / "none" / "sparsity"
+    if not (none_dir / MODEL_FILE).is_file():
+        return None, None
+    unpruned = load_model(none_dir / MODEL_FILE)
+    cost = count_model(unpruned, INPUT_SHAPE)
+    return unpruned, {"top1": read_record(none_dir / RECORD)["top1"], "macs": cost.macs, "params": cost.params,
+                      "per_image": bench.per_image(unpruned)}
+
+
 def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> None:
+    """Write the result files (JSON, Markdown, both plots) of the methods in ``rows``."""
     args, proto = bench.args, bench.proto
     stem = f"methods_cifar_{args.model}"
-    models = {"unpruned": None}
-    base_rec = None
-    none_dir = bench.work / "none" / "sparsity"
-    if (none_dir / "model.pt").is_file():
-        unpruned = _load_model(none_dir / "model.pt")
-        cost = count_model(unpruned, INPUT_SHAPE)
-        base_rec = {"top1": _read_json(none_dir / "stage.json")["top1"], "macs": cost.macs, "params": cost.params}
-        models["unpruned"] = unpruned
-    models = {k: v for k, v in models.items() if v is not None}
+    unpruned, base_rec = unpruned_reference(bench)
+    models = {"unpruned": unpruned} if unpruned is not None else {}
     for row in rows:
-        models[row["method"]] = _load_model(bench.work / row["method"] / "finetune" / "model.pt")
+        models[row["method"]] = load_model(bench.work / row["method"] / "finetune" / MODEL_FILE)
     latency = measure_latencies(models, latency_rounds) if models and latency_rounds > 0 else {}
     for row in rows:
         row["latency_ms"] = latency.get(row["method"])
     target = rows[0]["prune"]["macs_reduction"] if rows and rows[0]["method"] == "polarization" else None
     result = {
         "benchmark": "methods_cifar", "model": args.model, "protocol": args.protocol, "protocol_settings": proto,
-        "provenance": provenance(args.seed), "target_macs_reduction": target,
+        "provenance": provenance(args.seed, data=bundle_sizes(bench.bundle, ARCHIVE), allow_dirty=args.allow_dirty), "target_macs_reduction": target,
         "unpruned": {**(base_rec or {}), "latency_ms": latency.get("unpruned")},
-        "load_average": list(os.getloadavg()), "methods": rows, "methods_not_run": [m for m in METHODS if m not in {r["method"] for r in rows}],
+        "methods": rows, "methods_not_run": [m for m in METHODS if m not in {r["method"] for r in rows}],
     }
     results_dir = Path(args.results_dir)
     acc_png = results_dir / f"{stem}_acc_macs.png"
@@ -452,8 +301,17 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
     if rows:
         plot_acc_macs(rows, base_rec, acc_png, title)
         plot_gammas(rows, gam_png, f"BN |gamma| after sparsity training, {args.model}")
+    text = report_markdown(result, latency_rounds, acc_png.name, gam_png.name)
+    write_results(stem, result, text, folder=results_dir)
+    print(text)
+
+
+def report_markdown(result: dict[str, Any], latency_rounds: int, acc_png: str, gam_png: str) -> str:
+    """The Markdown page of a methods result."""
+    proto, target, base_rec = result["protocol_settings"], result["target_macs_reduction"], result["unpruned"]
+    rows, latency = result["methods"], {"unpruned": base_rec.get("latency_ms")}
     lines = [
-        f"# Methods on CIFAR-10: {args.model} ({args.protocol} protocol)", "",
+        f"# Methods on CIFAR-10: {result['model']} ({result['protocol']} protocol)", "",
         provenance_markdown(result["provenance"]), "",
         f"Protocol: {proto['train_subset'] or 'all'} training / {proto['eval_subset'] or 'all'} test images "
         f"(fixed stratified subsets of `{ARCHIVE}`), batch {proto['batch_size']}, sparsity training "
@@ -462,7 +320,7 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
         f"MaskSparsity global-L1 and mask-L1 stages {proto['ms_stage_epochs']} epochs each from the no-regularizer run. "
         f"Matched MACs reduction R = {_pct(target)} (set by polarization + grad).", "",
     ]
-    if base_rec:
+    if base_rec.get("top1") is not None:
         lat = latency.get("unpruned") or {}
         lines += [f"Unpruned (no regularizer, {proto['sparsity_epochs']} epochs): top-1 {base_rec['top1']:.2f}%, "
                   f"{base_rec['macs'] / 1e6:.2f} M MACs, {base_rec['params'] / 1e3:.1f} k params, latency "
@@ -485,9 +343,8 @@ def report(bench: Bench, rows: list[dict[str, Any]], latency_rounds: int) -> Non
               f"{latency_rounds} round-robin rounds over all models (20 runs at batch 1, 5 at batch 64 per round); "
               "x / unpruned: median of the per-round latency ratios to the unpruned model. Allocator: "
               + ("glibc keeps freed memory (common.STEADY_MALLOC_ENV)." if steady_malloc() else "glibc defaults (page faults included)."),
-              "", f"![accuracy vs MACs]({acc_png.name})", "", f"![gamma histograms]({gam_png.name})"]
-    write_results(stem, result, "\n".join(lines), folder=results_dir)
-    print("\n".join(lines))
+              "", f"![accuracy vs MACs]({acc_png})", "", f"![gamma histograms]({gam_png})"]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
@@ -513,11 +370,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the result files from the cache")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default allocator settings (batch-64 latencies then include page faults; see common.STEADY_MALLOC_ENV)")
+    add_provenance_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    checked_revision(args.allow_dirty)  # before hours of training, not after them
     if not args.default_malloc and argv is None:
         reexec_with_steady_malloc()
     torch.manual_seed(args.seed)
@@ -530,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method in ordered:
         if args.report_only:
-            cached = _read_json(bench.work / method / "result.json")
+            cached = read_record(bench.work / method / "result.json")
             if cached is not None:
                 rows.append(cached)
             continue

@@ -31,7 +31,6 @@ import argparse
 import copy
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -43,21 +42,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_methods_cifar import (  # noqa: E402
-    ARCHIVE, INPUT_SHAPE, LABELS, CifarStages, _load_model, _read_json, _save_fig, _save_model, _write_json, plot_gammas, stage_config,
-    train_stage,
-)
-from common import RESULTS_DIR, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
+from plots import plot_gammas, save_fig  # noqa: E402
+from stages import (ARCHIVE, INPUT_SHAPE, LABELS, MODEL_FILE, RECORD, CifarStages, load_model, read_record, save_model,  # noqa: E402
+                    stage_config, train_stage, write_record)
+from stats import standard_error  # noqa: E402,F401  (the report's noise line; tests call it here)
+from common import RESULTS_DIR, add_provenance_options, bundle_sizes, checked_revision, provenance, provenance_markdown, reexec_with_steady_malloc, write_results  # noqa: E402
 
-from polarprune.config import TrainConfig  # noqa: E402
-from polarprune.data import build_data, probe_batch  # noqa: E402
 from polarprune.deploy.latency import measure_latency  # noqa: E402
 from polarprune.flops import count_model  # noqa: E402
 from polarprune.pruning import plan_pruning, prune_model  # noqa: E402
-from polarprune.serialization import save as save_model_file  # noqa: E402
 from polarprune.sparsity.masks import load_mask, save_mask  # noqa: E402
-from polarprune.sparsity.selection import regularized_bn_names  # noqa: E402
-from polarprune.training.engine import evaluate  # noqa: E402
 
 MODEL = "resnet20"
 LEVELS = ("a", "b")
@@ -148,14 +142,14 @@ class FullBench(CifarStages):
 
     def sparse(self, folder: str, sparsity: dict[str, Any] | None, hooks_for=None) -> tuple[nn.Module, dict[str, Any]]:
         """A sparsity stage from the baseline's weights."""
-        done = _read_json(self.work / folder / "sparsity" / "stage.json")
+        done = read_record(self.work / folder / "sparsity" / "stage.json")
         start = None if done is not None else copy.deepcopy(self.baseline()[0])
         hooks = hooks_for(start) if (hooks_for and start is not None) else None
         return self.stage(f"{folder}/sparsity", PROTOCOL["sparsity_epochs"], PROTOCOL["sparsity_lr"], sparsity,
                           model=start, hooks=hooks, resume=hooks is None)
 
     def level_target(self, level: str) -> float:
-        record = _read_json(self.work / f"polarization-{level}" / "result.json")
+        record = read_record(self.work / f"polarization-{level}" / "result.json")
         if record is None:
             raise SystemExit(f"polarization at level {level} must run first (it sets the level's MACs reduction)")
         reduction = float(record["prune"]["macs_reduction"])
@@ -179,13 +173,14 @@ class FullBench(CifarStages):
                prune_rec: dict[str, Any], *, distill: dict[str, Any] | None = None, resume: bool = True,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         folder = f"{name}-{level}"
-        _save_model(pruned, self.work / folder / "pruned.pt")
+        save_model(pruned, self.work / folder / "pruned.safetensors")
         tuned, ft_rec = self.stage(f"{folder}/finetune", PROTOCOL["finetune_epochs"], PROTOCOL["finetune_lr"],
                                    model=pruned, distill=distill, resume=resume,
                                    channels_last=PROTOCOL["finetune_channels_last"])
         result = {"method": name, "level": level, "label": FULL_LABELS[name], "sparsity": sparse_rec, "prune": prune_rec,
-                  "finetune": ft_rec, "gammas": self.gammas(sparse), **(extra or {})}
-        _write_json(self.work / folder / "result.json", result)
+                  "finetune": {**ft_rec, "per_image": self.per_image(tuned)},  # for paired tests between methods
+                  "gammas": self.gammas(sparse), **(extra or {})}
+        write_record(self.work / folder / "result.json", result)
         return result
 
     # -- methods
@@ -208,9 +203,9 @@ class FullBench(CifarStages):
         model, rec = self.sparse(f"polarization-{level}-sparse", self.polarization_sparsity(level))  # run_polarization's stage
         teacher = self.work / "baseline" / "teacher.safetensors"
         if not teacher.is_file():
-            save_model_file(self.baseline()[0], teacher)
-        pruned = _load_model(self.work / f"polarization-{level}" / "pruned.pt")
-        prune_rec = _read_json(self.work / f"polarization-{level}" / "result.json")["prune"]
+            save_model(self.baseline()[0], teacher)
+        pruned = load_model(self.work / f"polarization-{level}" / "pruned.safetensors")
+        prune_rec = read_record(self.work / f"polarization-{level}" / "result.json")["prune"]
         distill = {"teacher": str(teacher), **PROTOCOL["distill"]}
         return self.finish("polarization-distill", level, model, rec, pruned, prune_rec, distill=distill,
                            extra={"distill": distill})
@@ -253,7 +248,7 @@ class FullBench(CifarStages):
         return self.finish(name, level, model, rec, matched.model, prune_rec, resume=False, extra={"reg": reg})
 
     def run(self, name: str, level: str) -> dict[str, Any]:
-        cached = _read_json(self.work / f"{name}-{level}" / "result.json")
+        cached = read_record(self.work / f"{name}-{level}" / "result.json")
         if cached is not None:
             return cached
         print(f"== {name} level {level}", flush=True)
@@ -269,8 +264,8 @@ class FullBench(CifarStages):
 
 # ----------------------------------------------------------------------------- hand-over
 
-FINISHED_STAGE_FILES = ("stage.json", "model.pt")  # what train_stage reads back for a finished stage
-METHOD_FILES = ("result.json", "pruned.pt", "mask.json")  # a method's record, its pruned model, MaskSparsity's mask
+FINISHED_STAGE_FILES = (RECORD, MODEL_FILE)  # what train_stage reads back for a finished stage
+METHOD_FILES = ("result.json", "pruned.safetensors", "mask.json")  # a method's record, its pruned model, MaskSparsity's mask
 
 
 def export_stages(work: Path, dest: Path) -> list[Path]:
@@ -293,12 +288,6 @@ def export_stages(work: Path, dest: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def standard_error(top1: float, n: int = 10_000) -> float:
-    """Binomial standard error (points) of a top-1 measured on ``n`` images."""
-    p = top1 / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
 
 
 def plot_levels(rows: list[dict[str, Any]], baseline: dict[str, Any], path: Path, title: str) -> None:
@@ -325,14 +314,14 @@ def plot_levels(rows: list[dict[str, Any]], baseline: dict[str, Any], path: Path
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    _save_fig(fig, path)
+    save_fig(fig, path)
 
 
 def latencies(bench: FullBench, rows: list[dict[str, Any]], baseline_model: nn.Module, rounds: int) -> dict[str, Any]:
     """``polarprune latency``'s measurement (eager, batch 1 and 64, interleaved) of every fine-tuned model."""
     models = {"unpruned": baseline_model}
     for row in rows:
-        models[f"{row['method']}-{row['level']}"] = _load_model(bench.work / f"{row['method']}-{row['level']}" / "finetune" / "model.pt")
+        models[f"{row['method']}-{row['level']}"] = load_model(bench.work / f"{row['method']}-{row['level']}" / "finetune" / "model.safetensors")
     result = measure_latency(models, INPUT_SHAPE, runtime="eager", batches=(1, 64), rounds=rounds)
     out: dict[str, Any] = {}
     for name in models:
@@ -350,9 +339,10 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
     base_model, base_rec = bench.baseline()
     cost = count_model(base_model, INPUT_SHAPE)
     baseline = {"top1": base_rec["top1"], "macs": cost.macs, "params": cost.params, "epochs": PROTOCOL["baseline_epochs"],
-                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s"), "machine": base_rec.get("machine")}
+                "images_per_s": base_rec.get("images_per_s"), "wall_s": base_rec.get("wall_s"), "machine": base_rec.get("machine"),
+                "per_image": bench.per_image(base_model)}
     lat = latencies(bench, rows, base_model, latency_rounds) if latency_rounds > 0 and rows else {}
-    targets = {lv: _read_json(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
+    targets = {lv: read_record(bench.work / f"polarization-{lv}" / "result.json") for lv in LEVELS}
     targets = {lv: r["prune"]["macs_reduction"] for lv, r in targets.items() if r}
     for row in rows:
         row["latency"] = lat.get(f"{row['method']}-{row['level']}")
@@ -360,9 +350,9 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
         row["within_1_point_of_target"] = None if target is None else abs(row["prune"]["macs_reduction"] - target) <= 0.01
     stem = run_name(bench.args.seed)
     result = {
-        "benchmark": "methods_full", "model": MODEL, "protocol": PROTOCOL, "provenance": provenance(bench.args.seed),
+        "benchmark": "methods_full", "model": MODEL, "protocol": PROTOCOL, "provenance": provenance(bench.args.seed, data=bundle_sizes(bench.bundle, ARCHIVE), allow_dirty=bench.args.allow_dirty),
         "baseline": {**baseline, "latency": lat.get("unpruned"), "standard_error": round(standard_error(baseline["top1"]), 3)},
-        "level_targets": targets, "load_average": list(os.getloadavg()), "methods": rows,
+        "level_targets": targets, "methods": rows,
         "not_run": [f"{m}-{lv}" for lv in LEVELS for m in METHODS if planned(m, lv) and not any(r["method"] == m and r["level"] == lv for r in rows)],
         "latency_rounds": latency_rounds,
     }
@@ -379,7 +369,15 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
                 sparse_rows.append({**row, "method": f"{row['method']}-{row['level']}" if key[1] else row["method"]})
         if sparse_rows:  # a run of the distilled row alone has no sparsity stage of its own
             plot_gammas(sparse_rows, gam_png, f"BN |gamma| after the sparsity stage, {MODEL}, full CIFAR-10")
-    p = PROTOCOL
+    text = report_markdown(result, acc_png.name, gam_png.name)
+    write_results(stem, result, text, folder=results_dir)
+    print(text, flush=True)
+
+
+def report_markdown(result: dict[str, Any], acc_png: str, gam_png: str) -> str:
+    """The Markdown page of a full-data methods result."""
+    p, baseline, targets, rows = result["protocol"], result["baseline"], result["level_targets"], result["methods"]
+    latency_rounds = result["latency_rounds"]
     lines = [f"# Methods on all of CIFAR-10: {MODEL}, two pruning levels (CPU)", "", provenance_markdown(result["provenance"]), "",
              f"Protocol: all 50,000 training / 10,000 test images of `{ARCHIVE}`, batch {p['batch_size']}, bf16 autocast, "
              f"channels_last for the unpruned stages and {'channels_last' if p['finetune_channels_last'] else 'NCHW'} for "
@@ -411,9 +409,8 @@ def report(bench: FullBench, rows: list[dict[str, Any]], latency_rounds: int, re
               "points apart (two standard errors of a difference).",
               "", f"Latency: `polarprune latency`'s measurement (eager PyTorch, {latency_rounds} interleaved rounds, medians; "
               "ratio: median of the per-round ratios to the unpruned baseline).", "",
-              f"![accuracy vs MACs]({acc_png.name})", "", f"![gamma histograms]({gam_png.name})"]
-    write_results(stem, result, "\n".join(lines), folder=results_dir)
-    print("\n".join(lines), flush=True)
+              f"![accuracy vs MACs]({acc_png})", "", f"![gamma histograms]({gam_png})"]
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -432,11 +429,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export-stages", metavar="DEST",
                         help="copy the finished stages (and an unfinished stage's last.pt) of this seed's run to DEST "
                              "and exit: to go on elsewhere, copy DEST to WORKDIR/" + run_name(0) + " (or _seed<N>)")
+    add_provenance_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    checked_revision(args.allow_dirty)  # before hours of training, not after them
     if argv is None:
         reexec_with_steady_malloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -456,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in order:
         for level in (lv for lv in levels if planned(method, lv)):
             if args.report_only:
-                cached = _read_json(bench.work / f"{method}-{level}" / "result.json")
+                cached = read_record(bench.work / f"{method}-{level}" / "result.json")
                 if cached is not None:
                     rows.append(cached)
                 continue

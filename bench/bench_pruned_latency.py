@@ -35,6 +35,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    RANDOM_INPUTS,
+    add_provenance_options,
     interleaved,
     minor_page_faults,
     paired_ratios,
@@ -280,13 +282,14 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--default-malloc", action="store_true",
                         help="time with glibc's default allocator settings (page faults included) instead of restarting with STEADY_MALLOC_ENV")
+    add_provenance_options(parser)
     args = parser.parse_args()
     if not args.default_malloc:
         reexec_with_steady_malloc()
     torch.set_num_threads(args.threads)
     start = time.time()
     load_start = [round(v, 2) for v in os.getloadavg()]
-    result: dict[str, Any] = {"provenance": provenance(args.seed), "threads": args.threads, "load_start": load_start,
+    result: dict[str, Any] = {"provenance": provenance(args.seed, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty), "threads": args.threads, "load_start": load_start,
                               "steady_malloc": steady_malloc()}
     wanted = args.models.split(",")
     unknown = sorted(set(wanted) - {"resnet56", "resnet50"})

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import RANDOM_INPUTS, add_provenance_options, provenance, provenance_markdown, write_results  # noqa: E402
 
 from polarprune.pruning import prune_model  # noqa: E402
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seed", type=int, default=0)
+    add_provenance_options(parser)
     args = parser.parse_args(argv)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one failing model must not hide the others' numbers
             rows.append({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
         print(rows[-1], flush=True)
-    result = {"benchmark": "pruning_time", "provenance": provenance(args.seed), "ratio": args.ratio,
+    result = {"benchmark": "pruning_time", "provenance": provenance(args.seed, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty), "ratio": args.ratio,
               "repeats": args.repeats, "models": rows}
     write_results("pruning_time", result, markdown(result))
     print(markdown(result))

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import add_provenance_options, checked_revision, configured_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 from polarprune.workflows import Pipeline, load_recipe  # noqa: E402
 
@@ -146,12 +146,14 @@ def main() -> int:
     parser.add_argument("--reduction", type=float, default=0.5)
     parser.add_argument("--arms", nargs="*", default=None, help="run only these arms")
     parser.add_argument("--fresh", action="store_true", help="delete the run folders first (else they resume)")
+    add_provenance_options(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not args.archive.is_file():
         raise SystemExit(f"CIFAR-10 archive not found: {args.archive}")
     if args.finetune_epochs % args.steps:
         raise SystemExit("--finetune-epochs must be a multiple of --steps (equal total epochs)")
+    checked_revision(args.allow_dirty)  # before the run, not after it
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
     recipes = arms(args)
@@ -163,7 +165,7 @@ def main() -> int:
         shared = shared or (args.out / arm.replace("+", "-") / "sparsity").resolve()
         print(json.dumps(rows[-1]), flush=True)
     sparsity = json.loads((shared / "done.json").read_text())  # type: ignore[operator]
-    prov = provenance(0)
+    prov = provenance(0, data=configured_sizes(base_recipe(args, "data")["data"]), allow_dirty=args.allow_dirty)
     result = {"provenance": prov, "settings": vars(args) | {"archive": str(args.archive), "out": str(args.out)},
               "sparsity": {"top1": sparsity["top1"], "epochs": sparsity["epochs"]}, "arms": rows}
     text = markdown(rows, sparsity, args, prov)

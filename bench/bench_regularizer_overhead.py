@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import paired_ratios, provenance, provenance_markdown, summary, write_results  # noqa: E402
+from common import RANDOM_INPUTS, add_provenance_options, paired_ratios, provenance, provenance_markdown, summary, write_results  # noqa: E402
 
 from polarprune.config import SparsityConfig  # noqa: E402
 from polarprune.models import create  # noqa: E402
@@ -120,6 +120,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-stem", default="regularizer_overhead")
+    add_provenance_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,7 +196,7 @@ def main() -> int:
         "monitor_metrics_example": metrics,
         "load_start": load_start,
         "load_end": list(os.getloadavg()),
-        "provenance": provenance(args.seed),
+        "provenance": provenance(args.seed, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty),
     }
     lines = [
         "# Regularizer overhead per training step (CIFAR ResNet-56, CPU)",

@@ -32,6 +32,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    RANDOM_INPUTS,
+    add_provenance_options,
     interleaved,
     paired_ratios,
     provenance,
@@ -147,11 +149,12 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.4, help="fraction of every block BN's channels at 0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_provenance_options(parser)
     args = parser.parse_args()
     reexec_with_steady_malloc()
     torch.set_num_threads(args.threads)
     start = time.time()
-    result: dict[str, Any] = {"provenance": provenance(args.seed), "threads": args.threads,
+    result: dict[str, Any] = {"provenance": provenance(args.seed, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty), "threads": args.threads,
                               "load_start": [round(v, 2) for v in os.getloadavg()], "steady_malloc": steady_malloc()}
     result.update(run(args.repeats, args.seed, args.fraction))
     result["load_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import clock, provenance, provenance_markdown, summary, write_results  # noqa: E402
+from common import RANDOM_INPUTS, add_provenance_options, clock, provenance, provenance_markdown, summary, write_results  # noqa: E402
 
 from polarprune.pruning import TrialAnalysis, prune_model  # noqa: E402
 from polarprune.pruning.api import analysed_copy  # noqa: E402
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stem", default="trial_analysis")
+    add_provenance_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import torchvision
@@ -105,7 +106,7 @@ def main() -> None:
     m = {k: summary(v)["median"] for k, v in walls.items()}
     c = {k: summary(v)["median"] for k, v in cpus.items()}
     result = {
-        "provenance": provenance(args.seed),
+        "provenance": provenance(args.seed, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty),
         "model": "torchvision resnet50", "input": [1, 3, 224, 224], "ratio": args.ratio, "repeats": args.repeats,
         "threads": args.threads, "load_average_1min": os.getloadavg()[0],
         "wall_seconds": {k: summary(v) for k, v in walls.items()},

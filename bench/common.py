@@ -1,7 +1,9 @@
 """Shared helpers of the benchmark scripts: what every result must record, and timing.
 
-Every result file records the machine, the library versions, the command and the seed
-(``provenance(seed)``), and is written atomically (``write_results``). Timings are taken side
+Every result file records where and from what it came (``provenance``: git revision, refusing
+a dirty tree unless ``--allow-dirty`` and then marked ``+dirty``; date; machine; the 1-minute
+load at start and end; the training and test images used; command, seed, library versions), and
+is written atomically by ``write_results``, which refuses a result without it. Timings are taken side
 by side in one process: ``interleaved`` runs the candidates round-robin so that drifts of a
 shared machine hit all of them alike, and ``summary`` reports medians.
 
@@ -11,6 +13,7 @@ Scripts in ``bench/`` import this as ``from common import ...`` (the script's fo
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import importlib.metadata
 import json
@@ -43,6 +46,10 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 DEFAULT_LIBRARIES = ("polarprune", "torch", "torchvision", "numpy", "torch-pruning")
+
+# The load when the script started (it imports this module first): provenance records it beside the load at the end.
+LOAD_AT_START = [round(v, 2) for v in os.getloadavg()]
+PROVENANCE_FIELDS = ("git", "date_utc", "machine", "load", "data")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -118,16 +125,73 @@ def git_revision() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def provenance(seed: int, libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, Any]:
-    """Everything a result must record about how it was produced."""
+def checked_revision(allow_dirty: bool) -> str | None:
+    """The git revision a result may record: a tree with uncommitted changes stops the script
+    (one line) unless ``allow_dirty``, and is then marked ``+dirty``."""
+    revision = git_revision()
+    if revision is not None and revision.endswith("+dirty") and not allow_dirty:
+        raise SystemExit("bench: the git tree has uncommitted changes; commit them first, or pass --allow-dirty "
+                         "(the result is then marked +dirty)")
+    return revision
+
+
+def add_provenance_options(parser: argparse.ArgumentParser) -> None:
+    """The option every bench script takes for its provenance: ``--allow-dirty``."""
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run from a git tree with uncommitted changes (the result's git revision is marked +dirty)")
+
+
+def data_sizes(train_images: int, test_images: int, source: str) -> dict[str, Any]:
+    """The images a result used: how many for training and for testing, and from where
+    (``source``; 0 images for benchmarks on random tensors)."""
+    return {"train_images": int(train_images), "test_images": int(test_images), "source": source}
+
+
+def loader_images(loader: Any) -> int:
+    """How many images a polarprune loader holds (in memory or as files)."""
+    images = getattr(loader, "images", None)
+    return int(images.shape[0]) if images is not None else int(loader.dataset_size)
+
+
+def bundle_sizes(bundle: Any, source: str) -> dict[str, Any]:
+    """``data_sizes`` of a ``polarprune.data`` bundle (its training and evaluation loaders)."""
+    return data_sizes(loader_images(bundle.train_loader), loader_images(bundle.eval_loader), source)
+
+
+RANDOM_INPUTS = data_sizes(0, 0, "random tensors (no dataset)")
+
+
+def configured_sizes(data: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    """``data_sizes`` of a ``data:`` config section (as a recipe or a stage has it), counted by
+    building its loaders; for scripts that run the library in a subprocess."""
+    from polarprune.config import TrainConfig
+    from polarprune.data import build_data
+
+    cfg = TrainConfig.model_validate({"data": dict(data), "seed": seed})
+    return bundle_sizes(build_data(cfg.data, seed=seed), str(data.get("root") or data.get("name")))
+
+
+def provenance(seed: int, libraries: Iterable[str] = DEFAULT_LIBRARIES, *, data: Mapping[str, Any] | None = None,
+               allow_dirty: bool = False) -> dict[str, Any]:
+    """Everything a result must record about how it was produced (``write_results`` checks it)."""
     return {
         "command": command_line(),
         "seed": seed,
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git": git_revision(),
+        "git": checked_revision(allow_dirty),
         "machine": machine_info(),
         "versions": library_versions(libraries),
+        "load": {"start": LOAD_AT_START, "end": [round(v, 2) for v in os.getloadavg()]},
+        "data": dict(data) if data is not None else None,
     }
+
+
+def check_provenance(stem: str, result: Mapping[str, Any]) -> None:
+    """Refuse a result without a complete ``provenance`` record (see ``provenance``)."""
+    prov = result.get("provenance")
+    missing = [key for key in PROVENANCE_FIELDS if not isinstance(prov, Mapping) or prov.get(key) is None]
+    if missing:
+        raise ValueError(f"result {stem!r}: provenance lacks {', '.join(missing)} (build it with common.provenance(..., data=...))")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -169,7 +233,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_results(stem: str, result: Mapping[str, Any], markdown: str, folder: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Write ``<folder>/<stem>.json`` and ``<folder>/<stem>.md`` atomically; return both paths."""
+    """Write ``<folder>/<stem>.json`` and ``<folder>/<stem>.md`` atomically (after checking the
+    result's provenance); return both paths."""
+    check_provenance(stem, result)
     json_path = folder / f"{stem}.json"
     md_path = folder / f"{stem}.md"
     _write_atomic(json_path, json.dumps(result, indent=2) + "\n")
@@ -187,5 +253,14 @@ def provenance_markdown(prov: Mapping[str, Any]) -> str:
         f"{machine['cpus_usable']} of {machine['cpu_count']} CPUs usable, "
         f"torch threads {machine.get('torch_threads')}, GPU {machine.get('cuda') or 'none'}"
         + {True: ", native bf16", False: ", no native bf16 (bf16 emulated)"}.get(machine.get("cpu_native_bf16"), "") + ". "
-        f"Python {machine['python']}; {versions}.\n"
+        f"Python {machine['python']}; {versions}.\n" + _load_and_data_markdown(prov)
     )
+
+
+def _load_and_data_markdown(prov: Mapping[str, Any]) -> str:
+    """The load and data sentence of a provenance record (empty for records made before they were kept)."""
+    load, data = prov.get("load"), prov.get("data")
+    if not load or not data:
+        return ""
+    return (f"\nLoad average (1 min): {load['start'][0]} at start, {load['end'][0]} at end. Images: "
+            f"{data['train_images']:,} training, {data['test_images']:,} test ({data['source']}).\n")

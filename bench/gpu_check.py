@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, provenance_markdown, write_results  # noqa: E402
+from common import add_provenance_options, data_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 LIBRARIES = ("polarprune", "torch", "torchvision", "numpy", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
 SKIP_LINE = "skipped: no CUDA device"
@@ -196,6 +196,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds after which no new check starts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_provenance_options(parser)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(SKIP_LINE)
@@ -205,7 +206,8 @@ def main() -> int:
     def budget_left() -> float:
         return args.budget - (time.perf_counter() - start)
 
-    result: dict[str, Any] = {"provenance": provenance(args.seed, LIBRARIES), "device": torch.cuda.get_device_name(0), "checks": {}}
+    result: dict[str, Any] = {"provenance": provenance(args.seed, LIBRARIES, data=data_sizes(0, 0, "random tensors and generated fake images (no dataset)"),
+                                                     allow_dirty=args.allow_dirty), "device": torch.cuda.get_device_name(0), "checks": {}}
     with tempfile.TemporaryDirectory(prefix="polarprune-gpu-check-") as folder:
         checks: dict[str, Callable[[], dict[str, Any]]] = {
             "amp_fp16_grad_scaler": lambda: require(train_steps(Path(folder) / "amp", args.steps, amp=True, amp_dtype="float16"),

@@ -31,6 +31,7 @@ import torch_pruning as tp
 from torch import nn
 
 from polarprune.flops import count_model
+from polarprune.pruning.plan import make_plan
 from polarprune.training.hooks import TrainHook
 
 TP_METHODS = ("tp-bnscale", "tp-groupnorm")
@@ -121,5 +122,17 @@ def prune_to_macs(method: str, model: nn.Module, example_inputs: torch.Tensor, t
         return candidate
 
     ratio, tries = bisect_ratio(lambda r: macs_reduction(pruned_at(r), base_macs, input_shape), target_reduction)
-    final = pruned_at(ratio)
+    final = describe_pruned(pruned_at(ratio), model)
     return MatchedPrune(final, ratio, macs_reduction(final, base_macs, input_shape), tries)
+
+
+def describe_pruned(pruned: nn.Module, base: nn.Module) -> nn.Module:
+    """Give a model Torch-Pruning thinned the spec of ``base`` plus the plan of the new layer shapes,
+    so that ``polarprune.serialization`` saves and rebuilds it (its deep-copied spec still
+    described the unpruned widths)."""
+    spec = getattr(base, "polarprune_spec", None)
+    if isinstance(spec, dict):
+        if spec.get("plan"):
+            raise ValueError("describe_pruned needs an unpruned base model (its spec already has a plan)")
+        pruned.polarprune_spec = {**spec, "plan": make_plan(pruned, base)}  # type: ignore[assignment]
+    return pruned

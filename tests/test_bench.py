@@ -3,17 +3,20 @@ and cheap smoke runs of two scripts produce well-formed results (written to a te
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import sys
+import types
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in ("common.py", "tp_baselines.py"))
+HELPERS = ("common.py", "tp_baselines.py", "stages.py", "plots.py", "stats.py")  # imported by the scripts, no main()
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in HELPERS)
 
 sys.path.insert(0, str(BENCH))  # the scripts import their helpers as ``from common import ...``
 import common  # noqa: E402
@@ -78,21 +81,62 @@ def test_minor_page_faults_count_fresh_pages() -> None:
 
 def test_provenance_records_command_versions_and_machine(monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [str(BENCH / "bench_x.py"), "--rounds", "2"])
+    monkeypatch.setattr(common, "git_revision", lambda: "abc1234")
     assert common.command_line() == "python bench/bench_x.py --rounds 2"
-    prov = common.provenance(7, libraries=("torch", "no-such-distribution-xyz"))
-    assert prov["seed"] == 7 and prov["command"] == "python bench/bench_x.py --rounds 2"
+    data = common.data_sizes(2500, 2000, "archive.tar.gz")
+    prov = common.provenance(7, libraries=("torch", "no-such-distribution-xyz"), data=data)
+    assert prov["seed"] == 7 and prov["command"] == "python bench/bench_x.py --rounds 2" and prov["git"] == "abc1234"
     assert prov["versions"]["no-such-distribution-xyz"] is None and prov["versions"]["torch"]
     assert prov["machine"]["cpu_count"] == os.cpu_count() and prov["machine"]["cpus_usable"] >= 1
     assert len(prov["date_utc"]) == 20 and prov["date_utc"].endswith("Z")
+    assert prov["load"]["start"] == common.LOAD_AT_START and len(prov["load"]["end"]) == 3
+    assert prov["data"] == {"train_images": 2500, "test_images": 2000, "source": "archive.tar.gz"}
     text = common.provenance_markdown(prov)
     assert "`python bench/bench_x.py --rounds 2`" in text and "seed 7" in text and "torch " in text
+    assert "2,500 training, 2,000 test (archive.tar.gz)" in text
 
 
-def test_write_results_writes_both_files_atomically(tmp_path: Path) -> None:
-    json_path, md_path = common.write_results("x", {"a": 1.5}, "# title", folder=tmp_path / "out")
-    assert json.loads(json_path.read_text()) == {"a": 1.5}
+def test_provenance_refuses_a_dirty_tree_unless_allowed(monkeypatch) -> None:
+    monkeypatch.setattr(common, "git_revision", lambda: "abc1234+dirty")
+    with pytest.raises(SystemExit, match="uncommitted changes.*--allow-dirty"):
+        common.provenance(0, data=common.RANDOM_INPUTS)
+    assert common.provenance(0, data=common.RANDOM_INPUTS, allow_dirty=True)["git"] == "abc1234+dirty"
+    parser = argparse.ArgumentParser()
+    common.add_provenance_options(parser)
+    assert parser.parse_args(["--allow-dirty"]).allow_dirty and not parser.parse_args([]).allow_dirty
+
+
+def test_data_sizes_count_the_loaders_images() -> None:
+    import torch
+
+    from polarprune.data import InMemoryLoader
+
+    def loader(n: int) -> InMemoryLoader:
+        return InMemoryLoader(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64), batch_size=4,
+                              mean=(0.5,) * 3, std=(0.5,) * 3, train=False)
+
+    bundle = types.SimpleNamespace(train_loader=loader(12), eval_loader=loader(5))
+    assert common.bundle_sizes(bundle, "x") == {"train_images": 12, "test_images": 5, "source": "x"}
+    sizes = common.configured_sizes({"name": "digits", "batch_size": 64})
+    assert sizes["source"] == "digits" and sizes["train_images"] > sizes["test_images"] > 100
+
+
+def test_write_results_writes_both_files_atomically(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(common, "git_revision", lambda: "abc1234")
+    result = {"a": 1.5, "provenance": common.provenance(0, data=common.RANDOM_INPUTS)}
+    json_path, md_path = common.write_results("x", result, "# title", folder=tmp_path / "out")
+    assert json.loads(json_path.read_text()) == result
     assert md_path.read_text() == "# title\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.json", "x.md"]  # no temporary files left
+
+
+def test_write_results_refuses_a_result_without_its_provenance(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="provenance lacks git, date_utc, machine, load, data"):
+        common.write_results("x", {"a": 1.5}, "# title", folder=tmp_path)
+    old_style = {"provenance": {"git": "abc", "date_utc": "2026-01-01T00:00:00Z", "machine": {}, "load": {}, "data": None}}
+    with pytest.raises(ValueError, match="lacks data"):
+        common.write_results("x", old_style, "# title", folder=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def capture_results(module: ModuleType, monkeypatch) -> dict:
@@ -111,8 +155,9 @@ def test_pruning_time_smoke_run(monkeypatch, capsys) -> None:
     module = load_script(BENCH / "bench_pruning_time.py")
     written = capture_results(module, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["bench_pruning_time.py"])
-    assert module.main(["--models", "resnet18", "--repeats", "1"]) == 0
+    assert module.main(["--models", "resnet18", "--repeats", "1", "--allow-dirty"]) == 0  # tests run in a working tree
     row = written["result"]["models"][0]
+    assert written["result"]["provenance"]["data"] == common.RANDOM_INPUTS
     assert written["stem"] == "pruning_time" and row["model"] == "resnet18", row
     assert row["macs_after"] < row["macs_before"] and 0.6 < row["macs_reduction"] < 0.8  # half the channels
     assert row["seconds_median"] > 0 and "| resnet18 |" in written["markdown"]
@@ -123,7 +168,7 @@ def test_regularizer_overhead_smoke_run(monkeypatch) -> None:
     module = load_script(BENCH / "bench_regularizer_overhead.py")
     written = capture_results(module, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["bench_regularizer_overhead.py", "--rounds", "1", "--warmup", "0",
-                                      "--hook-repeats", "2", "--batch-size", "8"])
+                                      "--hook-repeats", "2", "--batch-size", "8", "--allow-dirty"])
     module.main()
     result = written["result"]
     assert set(result["variants"]) == {"none", "l1", "polarization", "mask-l1"}
@@ -169,20 +214,21 @@ def test_methods_full_export_stages_keeps_what_a_resume_reads(tmp_path: Path) ->
     unfinished stage's last checkpoint, and nothing else (no logs, best.pt or finished checkpoints)."""
     module = load_script(BENCH / "bench_methods_full.py")
     work = tmp_path / "work"
-    files = ["baseline/stage.json", "baseline/model.pt", "baseline/last.pt", "baseline/best.pt", "baseline/tb/events",
-             "baseline/config.yaml", "l1-a/result.json", "l1-a/pruned.pt", "l1-a/finetune/stage.json",
-             "l1-a/finetune/model.pt", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt",
+    files = ["baseline/stage.json", "baseline/model.safetensors", "baseline/last.pt", "baseline/best.pt", "baseline/tb/events",
+             "baseline/config.yaml", "l1-a/result.json", "l1-a/pruned.safetensors", "l1-a/finetune/stage.json",
+             "l1-a/finetune/model.safetensors", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt",
              "none-a/finetune/metrics.jsonl"]
     for name in files:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_bytes(name.encode())
     dest = tmp_path / "dest"
     copied = module.export_stages(work, dest)
-    kept = {"baseline/stage.json", "baseline/model.pt", "l1-a/result.json", "l1-a/pruned.pt", "l1-a/finetune/stage.json",
-            "l1-a/finetune/model.pt", "masksparsity-a-sparse/mask.json", "none-a/finetune/last.pt"}
+    kept = {"baseline/stage.json", "baseline/model.safetensors", "l1-a/result.json", "l1-a/pruned.safetensors",
+            "l1-a/finetune/stage.json", "l1-a/finetune/model.safetensors", "masksparsity-a-sparse/mask.json",
+            "none-a/finetune/last.pt"}
     assert {p.relative_to(dest).as_posix() for p in copied} == kept
     assert {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} == kept
-    assert (dest / "l1-a" / "pruned.pt").read_bytes() == b"l1-a/pruned.pt"
+    assert (dest / "l1-a" / "pruned.safetensors").read_bytes() == b"l1-a/pruned.safetensors"
 
 
 def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +240,8 @@ def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, mo
     ran: list[str] = []
     monkeypatch.setattr(module.FullBench, "run", lambda self, name, level: ran.append(f"{name}-{level}") or {})
     monkeypatch.setattr(module, "report", lambda bench, rows, rounds, results_dir=None: written.append(results_dir))
-    argv = ["--workdir", str(tmp_path), "--methods", "polarization-distill,none", "--results-dir", str(tmp_path / "r")]
+    argv = ["--workdir", str(tmp_path), "--methods", "polarization-distill,none", "--results-dir", str(tmp_path / "r"),
+            "--allow-dirty"]
     assert module.main(argv) == 0
     partial = tmp_path / "methods_full_resnet20" / "partial"
     assert written == [partial, partial, partial, None]
@@ -204,24 +251,58 @@ def test_methods_full_partial_reports_stay_out_of_the_results(tmp_path: Path, mo
 
 def test_a_stage_record_names_the_machine_it_finished_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage's record says where it ran (a resumed run's stages may come from several machines); a
-    finished stage is read back, not run again."""
+    finished stage is read back from its safetensors file, not run again, and nothing is pickled."""
     import types
 
     import torch
 
-    module = load_script(BENCH / "bench_methods_cifar.py")
+    import stages
+    from polarprune import models
+
     calls: list[str] = []
+    trained = models.create("resnet20", num_classes=10)
+    torch.nn.init.constant_(trained.fc.bias, 0.25)
 
     def fake_training(cfg, model=None, hooks=None, resume=True):
         calls.append(cfg.out)
-        return types.SimpleNamespace(final_top1=42.5, model=torch.nn.Linear(2, 2),
+        return types.SimpleNamespace(final_top1=42.5, model=trained,
                                      history=[{"images_per_s": 100.0, "epoch": 1}, {"images_per_s": 300.0, "epoch": 2}])
 
-    monkeypatch.setattr(module, "run_training", fake_training)
+    monkeypatch.setattr(stages, "run_training", fake_training)
     cfg = types.SimpleNamespace(out=str(tmp_path / "stage"), train=types.SimpleNamespace(epochs=2))
-    _, record = module.train_stage(cfg)
+    model, record = stages.train_stage(cfg)
     saved = json.loads((tmp_path / "stage" / "stage.json").read_text())
     assert saved == record and record["machine"] == common.machine_info()
     assert record["top1"] == 42.5 and record["images_per_s"] == 200.0 and record["last_epoch"] == {"images_per_s": 300.0, "epoch": 2}
-    _, again = module.train_stage(cfg)
-    assert again == record and len(calls) == 1
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["model.safetensors", "stage.json"]
+    again, record_again = stages.train_stage(cfg)
+    assert record_again == record and len(calls) == 1
+    assert again is not trained and torch.equal(again.fc.bias, torch.full((10,), 0.25))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(again(x), trained.eval()(x))
+
+
+def test_per_image_correctness_is_stored_in_the_loader_order(tmp_path: Path) -> None:
+    """``CifarStages.per_image``: the bitset of which test images the model gets right, and its top-1."""
+    import torch
+
+    import stages
+    import stats
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):  # always predicts class 1
+            return torch.tensor([[0.0, 1.0]]).expand(x.shape[0], 2)
+
+    loader = [(torch.zeros(3, 1), torch.tensor([1, 0, 1])), (torch.zeros(2, 1), torch.tensor([0, 1]))]
+    assert stages.per_image_correct(Fixed(), loader) == [True, False, True, False, True]
+    bench = stages.CifarStages()
+    bench._bundle = types_namespace(eval_loader=loader)
+    record = bench.per_image(Fixed())
+    assert record["top1"] == pytest.approx(60.0) and record["n"] == 5
+    assert stats.decode_correct(record) == [True, False, True, False, True]
+
+
+def types_namespace(**kwargs):
+    import types
+
+    return types.SimpleNamespace(**kwargs)

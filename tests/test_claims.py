@@ -1,6 +1,6 @@
 """The claims check: every figure of BENCHMARKS.md, the README and docs/ is what bench/results gives.
 
-``bench/render.py`` renders the marked blocks from the committed result files; these tests
+``bench/render.py`` (the ``bench/rendering`` package) renders the marked blocks from the committed result files; these tests
 re-render into a temporary copy of the documents and compare, check that every cited result
 file exists, and check the check itself (a changed result value or a missing file must make
 it fail). Standard library only, well under a second.
@@ -8,7 +8,6 @@ it fail). Standard library only, well under a second.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -18,10 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("bench_render", REPO_ROOT / "bench" / "render.py")
-render = importlib.util.module_from_spec(_spec)
-sys.modules["bench_render"] = render  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(render)
+sys.path.insert(0, str(REPO_ROOT / "bench"))  # bench/render.py's package, imported as the script does
+import rendering as render  # noqa: E402
+import stats  # noqa: E402  (bench/stats.py)
+from rendering import full  # noqa: E402
 
 
 @pytest.fixture()
@@ -72,7 +71,11 @@ def test_documents_render_the_main_result_files() -> None:
         ("regularizer_overhead", lambda d: d["variants"]["polarization"].__setitem__("hook_ms", 0.5), "regularizer-table"),
         ("methods_cifar_resnet56", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "methods-table resnet56"),
         ("methods_full_resnet20", lambda d: d["methods"][0]["finetune"].__setitem__("top1", 12.34), "full-table a"),
-        ("methods_full_resnet20", lambda d: d["baseline"].__setitem__("top1", 99.0), "full-baseline"),
+        ("methods_full_resnet20", lambda d: d["baseline"].__setitem__("top1", 99.0), "value methods_full_resnet20 baseline/top1 .2f"),
+        ("methods_full_resnet20", lambda d: d["protocol"].__setitem__("finetune_lr", 0.5), "value methods_full_resnet20 protocol/finetune_lr"),
+        ("data_loader", lambda d: d.__setitem__("train_step_ms_median", 999.0), "value data_loader train_step_ms_median .0f"),
+        ("regularizer_overhead", lambda d: d["variants"]["l1"].__setitem__("pass", False), "regularizer-verdict"),
+        ("engine_throughput", lambda d: d["acceptance"].__setitem__("passed", False), "engine-verdict engine_throughput"),
         ("pruned_latency", lambda d: d["models"][1]["latency"]["nchw"]["64"]["latency_cut"].__setitem__("pruned", 0.1), "pruned-latency-table"),
         ("demo_polarization", lambda d: d["stages"][0].__setitem__("top1", 50.0), "demo-table"),
         ("pruning_time", lambda d: d["models"][0].__setitem__("seconds_median", 9.99), "pruning-time-table"),
@@ -119,9 +122,9 @@ def test_every_decimal_figure_of_a_benchmarks_table_is_rendered() -> None:
 def test_noise_rule_is_two_standard_errors_of_a_difference() -> None:
     """se(80%) = 0.400 and se(81.2%) = 0.391 points on 10,000 images: two standard errors of their difference
     are 2 * sqrt(0.400^2 + 0.391^2) = 1.118 points, so 1.2 apart is beyond noise and 1.0 apart is not."""
-    assert render._se(80.0) == pytest.approx(0.4)
-    assert render._beyond_noise(80.0, 81.2) and render._beyond_noise(81.2, 80.0)
-    assert not render._beyond_noise(80.0, 81.0)
+    assert stats.standard_error(80.0) == pytest.approx(0.4)
+    assert stats.beyond_noise(80.0, 81.2) and stats.beyond_noise(81.2, 80.0)
+    assert not stats.beyond_noise(80.0, 81.0)
     data = {"methods": [{"method": "polarization", "level": "b", "finetune": {"top1": 80.0}},
                         {"method": "l1", "level": "b", "finetune": {"top1": 81.2}}]}
 
@@ -130,8 +133,8 @@ def test_noise_rule_is_two_standard_errors_of_a_difference() -> None:
             return data
 
     results = Fixed(Path("."))
-    assert render.full_diff(results, "b", "l1", "polarization") == "+1.20 points, beyond noise"
-    assert render.full_noise(results, "b") == "beyond noise: L1 + global threshold +1.20"
+    assert full.full_diff(results, "b", "l1", "polarization") == "+1.20 points, beyond noise"
+    assert full.full_noise(results, "b") == "beyond noise: L1 + global threshold +1.20"
 
 
 def test_cited_files_expand_brace_lists() -> None:
@@ -170,23 +173,29 @@ def test_inline_and_block_markers_keep_their_layout(tmp_path: Path) -> None:
     assert render.render_text(new, results)[0] == new
 
 
-def test_full_protocol_says_how_often_the_target_was_checked() -> None:
-    """A run without ``target_check_every`` checked polarization's MACs target at epoch ends; a run
-    made with it must say how often instead."""
-    data = json.loads((REPO_ROOT / "bench" / "results" / "methods_full_resnet20.json").read_text())
+def test_full_protocol_says_how_often_the_target_was_checked(copy_root: Path, capsys) -> None:
+    """The protocol paragraph renders how often polarization's MACs target was checked from the file; a
+    file that does not record it (an older run checked at epoch ends) cannot render that sentence."""
+    _edit_json(copy_root / "bench" / "results" / "methods_full_resnet20.json",
+               lambda d: [level.__setitem__("target_check_every", 5) for level in d["protocol"]["polarization"].values()])
+    assert render.main(["--root", str(copy_root)]) == 0
+    assert "(the target checked every <!-- render: range methods_full_resnet20 protocol/polarization/*/target_check_every -->5<!-- /render --> steps)" in (
+        copy_root / "BENCHMARKS.md").read_text()
+    _edit_json(copy_root / "bench" / "results" / "methods_full_resnet20.json",
+               lambda d: [level.pop("target_check_every") for level in d["protocol"]["polarization"].values()])
+    assert render.main(["--root", str(copy_root), "--check"]) == 2
+    assert "no key 'target_check_every'" in capsys.readouterr().err
 
-    class Fixed(render.Results):
-        def load(self, stem):
-            return data
 
-    results = Fixed(Path("."))
-    for level in data["protocol"]["polarization"].values():
-        level.pop("target_check_every", None)
-    assert "(the target checked at epoch ends)" in render.full_protocol(results)
-    for level in data["protocol"]["polarization"].values():
-        level["target_check_every"] = 20
-    text = render.full_protocol(results)
-    assert "(the target checked every 20 steps)" in text and "epoch ends" not in text
+def test_prose_is_markdown_and_only_figures_are_rendered() -> None:
+    """The protocol, baseline and noise sentences of BENCHMARKS.md are Markdown around inline figures:
+    no rendered block there holds a sentence of its own."""
+    text = (REPO_ROOT / "BENCHMARKS.md").read_text()
+    for spec in ("full-protocol", "full-baseline", "methods-protocol", "methods-unpruned", "data-loader-notes", "engine-notes",
+                 "regularizer-notes", "pruning-time-settings"):
+        assert f"<!-- render: {spec}" not in text and spec not in render.RENDERERS
+    assert "standard error of\n<!-- render: full-se se -->0.37<!-- /render --> points" in text
+    assert "All **50,000 training and 10,000 test images** of the shared JPEG archive" in render.MARKER.sub("", text)
 
 
 def _full_file(baseline: float, target: float, finals: dict[str, float]) -> dict:
@@ -201,7 +210,7 @@ def test_full_seeds_sets_a_repeat_beside_the_main_run(tmp_path: Path) -> None:
         _full_file(87.5, 0.72, {"polarization": 81.0, "l1": 82.0, "masksparsity": 82.5, "tp-bnscale": 80.0})))
     (tmp_path / "methods_full_resnet20_seed1.json").write_text(json.dumps(
         _full_file(87.0, 0.70, {"polarization": 82.5, "l1": 81.8, "masksparsity": 82.0})))
-    text = render.full_seeds(render.Results(tmp_path), "b", "1")
+    text = full.full_seeds(render.Results(tmp_path), "b", "1")
     lines = text.splitlines()
     assert lines[0] == "| top-1 (%) | seed 0 | seed 1 | seed 1 minus seed 0 |"
     assert "| unpruned baseline | 87.50 | 87.00 | -0.50 (within noise) |" in lines
@@ -212,9 +221,9 @@ def test_full_seeds_sets_a_repeat_beside_the_main_run(tmp_path: Path) -> None:
     assert "| MaskSparsity minus L1 | 0.50 | 0.20 | -0.30 |" in lines
     assert "| polarization + grad minus L1 | -1.00 | 0.70 | +1.70 |" in lines
     assert "BNScale" not in text
-    assert render.full_seed_change(render.Results(tmp_path), "b", "1") == "0.20-1.50"
+    assert full.full_seed_change(render.Results(tmp_path), "b", "1") == "0.20-1.50"
     with pytest.raises(render.RenderError, match="seed2"):
-        render.full_seeds(render.Results(tmp_path), "b", "2")
+        full.full_seeds(render.Results(tmp_path), "b", "2")
 
 
 def test_full_run_counts_the_stages_per_machine_once_records_name_it(tmp_path: Path) -> None:
@@ -231,11 +240,88 @@ def test_full_run_counts_the_stages_per_machine_once_records_name_it(tmp_path: P
         {"method": "l1", "level": "b", "sparsity": stage(800, 1800, a), "finetune": stage(700, 900)},
     ]}
     (tmp_path / "run.json").write_text(json.dumps(data))
-    assert render.full_run(render.Results(tmp_path), "run") == (
+    assert full.full_run(render.Results(tmp_path), "run") == (
         "700-1000 training images/s, 2.0 hours of training in all (the stages' `wall_s`); "
         "stages per machine: A, 2 CPUs, GPU none, native bf16 (2); B, 16 CPUs, GPU H100, no native bf16 (1); "
         "machine not recorded (1)")
     for entry in [data["baseline"]] + [e[k] for e in data["methods"] for k in ("sparsity", "finetune")]:
         entry.pop("machine", None)
     (tmp_path / "run.json").write_text(json.dumps(data))
-    assert render.full_run(render.Results(tmp_path), "run").endswith("(the stages' `wall_s`)")
+    assert full.full_run(render.Results(tmp_path), "run").endswith("(the stages' `wall_s`)")
+
+
+def test_every_renderer_is_registered_by_its_family_module() -> None:
+    """The registry is filled by the ``@renderer`` decorators (no hand-kept dict): each name once,
+    each function from the engine or a family module, a second registration refused."""
+    families = {"rendering.engine", "rendering.provenance", "rendering.methods", "rendering.full", "rendering.latency",
+                "rendering.training", "rendering.demo"}
+    assert {func.__module__ for func in render.RENDERERS.values()} <= families
+    assert {"value", "range", "max", "full-table", "methods-table", "demo-table"} <= set(render.RENDERERS)
+    with pytest.raises(render.RenderError, match="registered twice"):
+        render.renderer("value")(lambda results: "")
+
+
+def test_verdicts_use_mcnemar_once_per_image_results_are_stored(tmp_path: Path) -> None:
+    """With per-image bitsets a verdict is McNemar's (and says its p); without, the unpaired rule. 40 test
+    images: L1 gets 12 images right that polarization misses and none the other way, b=0, c=12,
+    p = 2 / 2**12 = 0.00049, beyond noise although the unpaired rule on 10,000 images would not judge it so."""
+    pol = [False] * 12 + [True] * 28
+    l1 = [True] * 40
+    data = {"methods": [
+        {"method": "polarization", "level": "b", "finetune": {"top1": 70.0, "per_image": stats.encode_correct(pol)}},
+        {"method": "l1", "level": "b", "finetune": {"top1": 70.5, "per_image": stats.encode_correct(l1)}}]}
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    assert full.full_diff(results, "b", "l1", "polarization") == "+0.50 points, beyond noise (McNemar p 0.00049)"
+    assert full.noise_test(results, "methods_full_resnet20").startswith("McNemar's exact test")
+    del data["methods"][1]["finetune"]["per_image"]
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    assert full.full_diff(results, "b", "l1", "polarization") == "+0.50 points, within noise"
+    assert full.noise_test(results, "methods_full_resnet20").startswith("the unpaired rule")
+    assert full.full_noise_line(results, "b", "l1", "polarization") == "1.29"  # 2 * sqrt(0.458^2 + 0.456^2)
+
+
+def test_the_smoke_summary_lists_every_pair_beyond_noise(tmp_path: Path) -> None:
+    """On 2,000 images at ~30% two standard errors of a difference are about 2.9 points: 33.30 vs 26.55 is
+    beyond noise, 29.25 vs 28.80 is not; the prune changes are rendered with their signs."""
+    from rendering import methods
+
+    def entry(key: str, before: float, pruned: float, final: float) -> dict:
+        return {"method": key, "prune": {"top1_before": before, "top1": pruned}, "finetune": {"top1": final}}
+
+    rows = [entry("polarization", 29.25, 24.00, 28.80), entry("l1", 31.85, 12.85, 26.55), entry("none", 31.45, 17.10, 29.25),
+            entry("masksparsity", 28.55, 27.95, 33.30), entry("tp-bnscale", 31.20, 15.15, 29.85),
+            entry("tp-groupnorm", 28.50, 29.85, 32.35)]
+    data = {"model": "resnet20", "protocol_settings": {"eval_subset": 2000}, "methods": rows}
+    for model in ("resnet20", "resnet56"):
+        (tmp_path / f"methods_cifar_{model}.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    assert methods.methods_changes(results, "resnet20", "polarization,tp-groupnorm") == (
+        "polarization + grad -5.25, Torch-Pruning GroupNormPruner +1.35")
+    assert methods.methods_worst_drop(results, "polarization,masksparsity,tp-groupnorm") == "5.25"
+    beyond = methods.methods_beyond(results, "resnet20")
+    assert beyond.startswith("MaskSparsity above L1 + global threshold by 6.75;")
+    assert "no regularizer + global threshold above polarization" not in beyond
+    for e in rows:
+        e["finetune"]["top1"] = 30.0
+    (tmp_path / "methods_cifar_resnet20.json").write_text(json.dumps(data))
+    assert methods.methods_beyond(render.Results(tmp_path), "resnet20") == "no pair of methods differs beyond noise"
+
+
+def test_scaled_values_and_noise_figures(tmp_path: Path) -> None:
+    """``scaled`` multiplies one value before formatting (MACs in millions, seconds in ms); the noise figures
+    are computed from the fine-tuned top-1s: mean 80% on 10,000 images -> se 0.40, difference 0.57, line 1.13."""
+    (tmp_path / "r.json").write_text(json.dumps({"macs": 40_551_000, "s": 0.0375, "flag": True}))
+    results = render.Results(tmp_path)
+    assert render.render_spec("scaled r macs 1e-6 .2f", results) == "40.55"
+    assert render.render_spec("scaled r s 1000 .1f", results) == "37.5"
+    with pytest.raises(render.RenderError, match="expected a number"):
+        render.render_spec("scaled r flag 2", results)
+    data = {"methods": [{"finetune": {"top1": 79.0}}, {"finetune": {"top1": 81.0}}]}
+    (tmp_path / "methods_full_resnet20.json").write_text(json.dumps(data))
+    results = render.Results(tmp_path)
+    figures = [full.full_se(results, what) for what in ("mean", "se", "difference", "line")]
+    assert figures == ["80.00", "0.40", "0.57", "1.13"]
+    with pytest.raises(render.RenderError, match="unknown noise figure 'x'"):
+        full.full_se(results, "x")
