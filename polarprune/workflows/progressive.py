@@ -29,7 +29,7 @@ from ..pruning.search import bisect_knob
 from ..serialization import load_any_model, save
 from ..training.engine import evaluate
 from .context import StageContext
-from .recipe import PROGRESSIVE_KNOBS, Recipe, default_init, stage_config
+from .recipe import PROGRESSIVE_KNOBS, default_init, stage_config
 from .train import run_training
 
 

@@ -66,8 +66,8 @@ class MaskStage(PruneStage):
 
     @model_validator(mode="after")
     def _not_from_a_mask(self) -> "MaskStage":
-        if self.strategy == "mask":
-            raise ValueError("strategy cannot be 'mask' (this stage makes the mask)")
+        if self.strategy_record.needs_mask_file:
+            raise ValueError(f"strategy cannot be {self.strategy!r} (this stage makes the mask)")
         return self
 
 
