@@ -87,11 +87,6 @@ def build_model(spec: dict[str, Any], where: str = "model spec", *, trust_code: 
     return model.eval()
 
 
-def build_model_from_spec(spec: dict[str, Any], *, trust_code: bool = False) -> nn.Module:
-    """Rebuild an architecture (pruned or not) from its spec (kept name of ``build_model``)."""
-    return build_model(spec, trust_code=trust_code)
-
-
 def _state_versions(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """The per-module state-dict versions (``state_dict()._metadata``) as plain data."""
     metadata = getattr(state, "_metadata", None) or {}
@@ -319,6 +314,6 @@ def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 
     return create(text, num_classes, in_channels=in_channels, trust_code=trust_code).eval()
 
 
-__all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "build_model_from_spec", "instance_spec",
+__all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "instance_spec",
            "apply_to_instance", "check_fit", "fill_weights", "read_spec", "read_metadata", "model_spec",
            "load_state_strict", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]
