@@ -28,8 +28,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # after the writer: some (safetensors) replace the file
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
