@@ -33,7 +33,7 @@ class DataSettings:
 
 
 def _timm() -> Any:
-    return require_extra("timm", "timm", "timm models")
+    return require_extra("timm", "timm", "a timm model")
 
 
 def timm_name(name: str) -> str:
