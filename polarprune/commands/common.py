@@ -65,10 +65,11 @@ def check_at_least(bounds: Mapping[str, tuple[Any, int]]) -> None:
 
 
 def expected_input(model: Any) -> str:
-    """The input form a model takes, from its spec or its first convolution: ``"N x 1 x H x W"``."""
+    """The input form a model takes, from its spec or its first layer with ``in_channels`` (the stem
+    convolution): ``"N x 1 x H x W"``."""
     spec = getattr(model, "polarprune_spec", None) or {}
     channels = spec.get("in_channels") or next(
-        (getattr(m, "in_channels") for m in model.modules() if type(m).__name__.startswith("Conv")), None)
+        (m.in_channels for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
     return f"N x {channels} x H x W" if channels else "N x C x H x W"
 
 
