@@ -130,7 +130,7 @@ class TrainSection(Section):
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
     progress: bool = Field(True, description="show progress: a bar on a terminal, else a log line at a steady pace")
     progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is not a terminal "
-                                     "(a line also at every tenth of an epoch)")
+                                     "(a line also at every tenth of an epoch, but none within a sixth of this of the last)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke tests)")
 
 

@@ -256,6 +256,22 @@ def test_progress_without_a_terminal_logs_at_a_steady_pace() -> None:
                                                       "e: step 15/1000 (2%)", "e: step 20/1000 (2%)",
                                                       "e: step 25/1000 (2%)", "e: step 30/1000 (3%)"]
     assert slow[0] == "e: step 5/1000 (0%), 0.14 steps/s, ETA 1h56m"  # 995 steps left at 7 s each: 6,965 s
+    # a quick epoch (2 s) stays quiet: no line within 5 s (a sixth of the interval) of the start
+    quick: list[str] = []
+    clock = FakeClock()
+    progress = LogProgress(200, "q", interval=30.0, write=quick.append, clock=clock)
+    for _ in range(200):
+        clock.now += 0.01
+        progress.step(lambda: {})
+    assert quick == []
+    # a 20 s epoch: the tenths come every 2 s, faster than the least gap, so a line every 5 s
+    medium: list[str] = []
+    clock = FakeClock()
+    progress = LogProgress(100, "m", interval=30.0, write=medium.append, clock=clock)
+    for _ in range(100):
+        clock.now += 0.2
+        progress.step(lambda: {})
+    assert [line.split(" (")[0] for line in medium] == ["m: step 25/100", "m: step 50/100", "m: step 75/100"]
     assert [format_duration(s) for s in (0, 18.4, 185, 3725)] == ["0s", "18s", "3m05s", "1h02m"]
 
 

@@ -1,6 +1,7 @@
 """Progress of a training epoch: a tqdm bar on a terminal; elsewhere (stderr redirected to a file, a batch
 job's log) a plain line at a steady pace, every ``interval`` seconds or every tenth of the epoch, whichever
-comes first, with the throughput and an ETA. Without it an epoch of minutes prints nothing to a log file."""
+comes first, with the throughput and an ETA. Without it an epoch of minutes prints nothing to a log file;
+a line never follows the previous one within a sixth of the interval, so epochs of seconds stay quiet."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 30.0  # a log line at least this often ...
 LOG_FRACTION = 0.1  # ... and at every tenth of the epoch
+MIN_GAP_FRACTION = 1 / 6  # but no two lines closer than this share of the interval (5 s of 30 s)
 BAR_REFRESH_STEPS = 10  # the bar's numbers (which cost a device sync) every this many steps
 Stats = Callable[[], dict[str, str]]  # the numbers to show, computed only when they are shown
 
@@ -54,8 +56,9 @@ def progress_line(desc: str, done: int, total: int, elapsed: float, stats: dict[
 
 
 class LogProgress:
-    """A line (through ``write``, default the ``polarprune`` logger) every ``interval`` seconds or every
-    ``LOG_FRACTION`` of the steps, whichever comes first; none for the last step (the epoch line follows)."""
+    """A line (through ``write``, default the ``polarprune`` logger) every ``interval`` seconds or at every
+    ``LOG_FRACTION`` of the steps, whichever comes first, but not within ``MIN_GAP_FRACTION * interval`` of
+    the previous line; none for the last step (the epoch line follows)."""
 
     def __init__(self, total: int, desc: str, *, interval: float = DEFAULT_INTERVAL_S,
                  write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -65,15 +68,17 @@ class LogProgress:
         self.start = self.last = clock()
         self.done = 0
         self.every = max(1, round(total * LOG_FRACTION))
+        self.next_mark = self.every  # the step count of the next tenth of the epoch
 
     def step(self, stats: Stats) -> None:
         self.done += 1
         now = self.clock()
-        if self.done >= self.total:
-            return
-        if self.done % self.every and now - self.last < self.interval:
+        gap = now - self.last
+        at_mark = self.done >= self.next_mark and gap >= self.interval * MIN_GAP_FRACTION
+        if self.done >= self.total or not (at_mark or gap >= self.interval):
             return
         self.last = now
+        self.next_mark = (self.done // self.every + 1) * self.every
         self.write(progress_line(self.desc, self.done, self.total, now - self.start, stats()))
 
     def close(self) -> None:
