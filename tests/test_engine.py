@@ -228,49 +228,42 @@ class NotATerminal:
         return False
 
 
+def logged_lines(desc: str, step_seconds: list[float], stats=lambda: {}) -> list[str]:
+    """The lines a 30 s-interval ``LogProgress`` writes over an epoch whose steps take ``step_seconds``."""
+    from polarprune.training.progress import LogProgress
+
+    lines: list[str] = []
+    clock = FakeClock()
+    progress = LogProgress(len(step_seconds), desc, interval=30.0, write=lines.append, clock=clock)
+    for seconds in step_seconds:
+        clock.now += seconds
+        progress.step(stats)
+    return lines
+
+
 def test_progress_without_a_terminal_logs_at_a_steady_pace() -> None:
     """Not a TTY: a line every `interval` seconds or every tenth of the epoch, with the rate, an ETA and the numbers."""
     from polarprune.training.progress import LogProgress, epoch_progress, format_duration
 
-    lines: list[str] = []
     assert isinstance(epoch_progress(5, "x", stream=NotATerminal()), LogProgress)
-    clock = FakeClock()
-    progress = LogProgress(200, "epoch 1/3", interval=30.0, write=lines.append, clock=clock)
     asked = []
-    for step in range(1, 200 + 1):
-        clock.now += 2.0 if step <= 10 else 0.5  # 2 s per step, then 0.5 s
-        progress.step(lambda: asked.append(1) or {"loss": "1.234", "img_s": "64"})
+    lines = logged_lines("epoch 1/3", [2.0] * 10 + [0.5] * 190,  # 2 s per step, then 0.5 s
+                         lambda: asked.append(1) or {"loss": "1.234", "img_s": "64"})
     # steps 1-10 take 20 s (no line yet, under 30 s and 10% = 20 steps); 10% marks at 20, 40, ..., 180;
     # the interval adds none (a tenth of the epoch comes every 10 s after that); no line for the last step
     assert len(lines) == 9 == len(asked)  # the numbers are computed only for the lines written
     assert lines[0] == "epoch 1/3: step 20/200 (10%), 0.80 steps/s, ETA 3m45s, loss 1.234, img_s 64"
     assert lines[-1].startswith("epoch 1/3: step 180/200 (90%), ") and "ETA 12s" in lines[-1]  # 20 steps at 105 s / 180
     # a slow epoch: the interval comes first
-    slow: list[str] = []
-    clock = FakeClock()
-    progress = LogProgress(1000, "e", interval=30.0, write=slow.append, clock=clock)
-    for _ in range(30):
-        clock.now += 7.0
-        progress.step(lambda: {})
+    slow = logged_lines("e", [7.0] * 30 + [7.0] * 970)[:6]
     assert [line.split(",")[0] for line in slow] == ["e: step 5/1000 (0%)", "e: step 10/1000 (1%)",
                                                       "e: step 15/1000 (2%)", "e: step 20/1000 (2%)",
                                                       "e: step 25/1000 (2%)", "e: step 30/1000 (3%)"]
     assert slow[0] == "e: step 5/1000 (0%), 0.14 steps/s, ETA 1h56m"  # 995 steps left at 7 s each: 6,965 s
     # a quick epoch (2 s) stays quiet: no line within 5 s (a sixth of the interval) of the start
-    quick: list[str] = []
-    clock = FakeClock()
-    progress = LogProgress(200, "q", interval=30.0, write=quick.append, clock=clock)
-    for _ in range(200):
-        clock.now += 0.01
-        progress.step(lambda: {})
-    assert quick == []
+    assert logged_lines("q", [0.01] * 200) == []
     # a 20 s epoch: the tenths come every 2 s, faster than the least gap, so a line every 5 s
-    medium: list[str] = []
-    clock = FakeClock()
-    progress = LogProgress(100, "m", interval=30.0, write=medium.append, clock=clock)
-    for _ in range(100):
-        clock.now += 0.2
-        progress.step(lambda: {})
+    medium = logged_lines("m", [0.2] * 100)
     assert [line.split(" (")[0] for line in medium] == ["m: step 25/100", "m: step 50/100", "m: step 75/100"]
     assert [format_duration(s) for s in (0, 18.4, 185, 3725)] == ["0s", "18s", "3m05s", "1h02m"]
 
