@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 from . import __version__
 from .errors import PolarpruneError
@@ -23,19 +24,32 @@ DESCRIPTION = (
 )
 
 
+DEBUG_HELP = "show full Python tracebacks on errors"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the README's error form: ``polarprune: error: ...`` and one hint line naming the
+    help of the command that failed, instead of the usage block; exit status 2."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        usage_error(message, self.prog)
+
+
+def usage_error(message: str, prog: str = "polarprune") -> NoReturn:
+    """Print a usage error in two lines (the error, where to read the help) and exit 2."""
+    print(f"polarprune: error: {message}\nsee '{prog} --help'", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polarprune", description=DESCRIPTION)
+    parser = Parser(prog="polarprune", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"polarprune {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full Python tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"polarprune.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"polarprune.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"polarprune.commands.{name}").register(sub)
+    for command in sub.choices.values():  # `polarprune prune --debug ...` works as `polarprune --debug prune ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -82,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
                 args.overrides = list(args.overrides) + extras
             else:
-                parser.error(f"unrecognized arguments: {' '.join(extras)}")
+                usage_error(f"unrecognized arguments: {' '.join(extras)}", f"polarprune {args.command or ''}".strip())
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -128,7 +128,9 @@ class TrainSection(Section):
         0, ge=0, description="steps with a non-finite loss or gradient that are skipped before training stops (fp16 overflow steps the grad scaler skips do not count)"
     )
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
-    progress: bool = True
+    progress: bool = Field(True, description="show progress: a bar on a terminal, else a log line at a steady pace")
+    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is not a terminal "
+                                     "(a line also at every tenth of an epoch, but none within a sixth of this of the last)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke tests)")
 
 

@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder (created if needed); on success it is fsynced and
-    replaces ``path``, on error it vanishes."""
+    replaces ``path``, on error it vanishes. The file gets the mode a plain ``open`` would give it (0666
+    less the umask), not mkstemp's private 0600, so a shared run folder stays readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,6 +29,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # after the writer: some (safetensors) replace the file
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

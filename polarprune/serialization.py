@@ -87,11 +87,6 @@ def build_model(spec: dict[str, Any], where: str = "model spec", *, trust_code: 
     return model.eval()
 
 
-def build_model_from_spec(spec: dict[str, Any], *, trust_code: bool = False) -> nn.Module:
-    """Rebuild an architecture (pruned or not) from its spec (kept name of ``build_model``)."""
-    return build_model(spec, trust_code=trust_code)
-
-
 def _state_versions(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """The per-module state-dict versions (``state_dict()._metadata``) as plain data."""
     metadata = getattr(state, "_metadata", None) or {}
@@ -240,9 +235,17 @@ def apply_to_instance(model: nn.Module, spec: dict[str, Any], where: str) -> nn.
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False) -> nn.Module:
-    """The model stored at ``path``, in eval mode, never unpickling anything: rebuilt from the spec, or
-    ``model`` (a fresh, unpruned instance of the saved architecture) with the plan applied and filled."""
+    """The model stored at ``path`` (a model file, or a training checkpoint such as ``runs/x/last.pt``), in
+    eval mode, never unpickling anything: rebuilt from the spec, or ``model`` (a fresh, unpruned instance of
+    the saved architecture) with the plan applied and filled."""
     source = Path(path)
+    if source.is_file() and is_checkpoint(source):
+        return _load_checkpoint(source, model, trust_code)
+    return _load_model_file(source, model, trust_code)
+
+
+def _load_model_file(source: Path, model: nn.Module | None, trust_code: bool) -> nn.Module:
+    """``load`` of a safetensors model file."""
     meta = read_metadata(source)
     spec = meta["spec"]
     if model is None:
@@ -251,13 +254,18 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         target = apply_to_instance(model, spec, str(source))
     fill_weights(target, _read_tensors(source), str(source), meta["versions"])
     if model is not None:
-        if spec["name"] is not None and (not is_import_path(spec["name"]) or trust_code):
-            # a registry spec travels with the model (saving again, pruning again); an import
-            # path from an untrusted file does not, so that nothing later imports it
-            model.polarprune_spec = json.loads(json.dumps(spec))  # type: ignore[assignment]
-        elif hasattr(model, "polarprune_spec"):
-            del model.polarprune_spec  # it described the unpruned instance; save() now describes every layer
+        _adopt_spec(model, spec, trust_code)
     return target.eval()
+
+
+def _adopt_spec(model: nn.Module, spec: dict[str, Any], trust_code: bool) -> None:
+    """The caller's instance, loaded from a file, takes the file's spec: a registry spec travels with the
+    model (saving again, pruning again); an import path from an untrusted file does not, so that nothing
+    later imports it."""
+    if spec["name"] is not None and (not is_import_path(spec["name"]) or trust_code):
+        model.polarprune_spec = json.loads(json.dumps(spec))  # type: ignore[assignment]
+    elif hasattr(model, "polarprune_spec"):
+        del model.polarprune_spec  # it described the unpruned instance; save() now describes every layer
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -279,22 +287,33 @@ def load_model_from_checkpoint(path: str | Path, *, trust_code: bool = False) ->
     """The model stored in a training checkpoint (or a polarprune model file), in eval mode."""
     path = Path(path)
     if path.suffix == SAFETENSORS_SUFFIX:
-        return load(path, trust_code=trust_code)
+        return _load_model_file(path, None, trust_code)
+    return _load_checkpoint(path, None, trust_code)
+
+
+def _load_checkpoint(path: Path, model: nn.Module | None, trust_code: bool) -> nn.Module:
+    """The model of a training checkpoint: rebuilt from its spec, or ``model`` (a fresh instance of the
+    architecture) with the spec's plan applied, then filled with the checkpoint's weights."""
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt.get("spec"), where=str(path), trust_code=trust_code)
-    load_state_strict(model, ckpt["model"], str(path))
-    model.polarprune_spec = ckpt["spec"]  # type: ignore[assignment]
-    return model.eval()
+    spec = _check_spec(ckpt.get("spec"), str(path))
+    if model is None:
+        target = build_model(spec, where=str(path), trust_code=trust_code)
+    else:
+        target = apply_to_instance(model, spec, str(path))
+    load_state_strict(target, ckpt["model"], str(path))
+    if model is not None:
+        _adopt_spec(model, spec, trust_code)
+    return target.eval()
 
 
-def is_model_file(path: str | Path) -> bool:
-    """True for a safetensors model file (by suffix or by its header), False for a checkpoint."""
+def is_checkpoint(path: str | Path) -> bool:
+    """True for a training checkpoint (a torch.save zip archive), False for a safetensors model file
+    (by suffix) or anything else (which the model-file reader then names)."""
     path = Path(path)
     if path.suffix == SAFETENSORS_SUFFIX:
-        return True
+        return False
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    return len(head) == 8 and not head.startswith(b"PK")  # torch.save files are zip archives
+        return handle.read(2) == b"PK"  # torch.save files are zip archives
 
 
 def load_any_model(path: str | Path, *, trust_code: bool = False) -> nn.Module:
@@ -302,9 +321,7 @@ def load_any_model(path: str | Path, *, trust_code: bool = False) -> nn.Module:
     path = Path(path)
     if not path.exists():
         raise PolarpruneError(f"model file not found: {path}")
-    if is_model_file(path):
-        return load(path, trust_code=trust_code)
-    return load_model_from_checkpoint(path, trust_code=trust_code)
+    return load(path, trust_code=trust_code)
 
 
 def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
@@ -319,6 +336,6 @@ def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 
     return create(text, num_classes, in_channels=in_channels, trust_code=trust_code).eval()
 
 
-__all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "build_model_from_spec", "instance_spec",
+__all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "instance_spec",
            "apply_to_instance", "check_fit", "fill_weights", "read_spec", "read_metadata", "model_spec",
            "load_state_strict", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]

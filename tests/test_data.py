@@ -506,3 +506,29 @@ def test_real_cifar10_archive(monkeypatch: pytest.MonkeyPatch):
     assert images.shape == (50, 3, 32, 32) and bundle.train_loader.padding == 4
     assert all(abs(m - c) < 0.02 for m, c in zip(bundle.mean, pdata.CIFAR10_MEAN))
     assert all(abs(s - c) < 0.02 for s, c in zip(bundle.std, pdata.CIFAR10_STD))
+
+
+@pytest.mark.parametrize("size", [16, 72])  # decoded into memory / read from files
+def test_eval_only_needs_just_the_evaluation_split(tmp_path: Path, size: int) -> None:
+    """``eval`` on a tree with only ``val/``: the evaluation split alone is read, classes from its folders."""
+    root = make_imagefolder(tmp_path / "valonly", n_per_class=3, size=size, classes=3, split_names=("val",))
+    cfg = DataConfig(name="imagefolder", root=str(root), eval_batch_size=4, image_size=32 if size > 64 else None,
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), workers=0)
+    with pytest.raises(PolarpruneError, match="valonly/train not found"):
+        build_data(cfg)  # training needs train/
+    bundle = build_data(cfg, eval_only=True)
+    assert (bundle.train_size, bundle.eval_size) == (0, 9)
+    assert bundle.class_names == ["class0", "class1", "class2"] and bundle.num_classes == 3
+    images, labels = (torch.cat(parts) for parts in zip(*all_batches(bundle.eval_loader)))
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    side = 32 if size > 64 else size  # large images: cropped to image_size
+    assert images.shape == (9, 3, side, side)
+    if size <= 64:  # exactly the files, normalised by the config's mean/std
+        first = np.asarray(Image.open(root / "val" / "class0" / "0000.png"), dtype=np.float64) / 255.0
+        expected = torch.from_numpy((first - 0.5) / 0.25).permute(2, 0, 1).float()
+        assert torch.allclose(images[0], expected, atol=1e-5)
+    # a tree with train/ evaluates exactly as before: eval_only changes nothing there
+    full = make_imagefolder(tmp_path / "full", n_per_class=3, size=16, classes=3)
+    both = build_data(DataConfig(name="imagefolder", root=str(full), eval_batch_size=4))
+    alone = build_data(DataConfig(name="imagefolder", root=str(full), eval_batch_size=4), eval_only=True)
+    assert both.mean == alone.mean and same_batches(all_batches(both.eval_loader), all_batches(alone.eval_loader))

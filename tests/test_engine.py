@@ -207,3 +207,110 @@ def test_batch_larger_than_data_is_a_clear_error(tmp_path):
     cfg.data.batch_size = 5000
     with pytest.raises(PolarpruneError, match="data.batch_size 5000"):
         run_training(cfg)
+
+
+# ----------------------------------------------------------------------------- progress output
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class NotATerminal:
+    """A stream that says it is no terminal (stderr redirected to a file)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def logged_lines(desc: str, step_seconds: list[float], stats=lambda: {}) -> list[str]:
+    """The lines a 30 s-interval ``LogProgress`` writes over an epoch whose steps take ``step_seconds``."""
+    from polarprune.training.progress import LogProgress
+
+    lines: list[str] = []
+    clock = FakeClock()
+    progress = LogProgress(len(step_seconds), desc, interval=30.0, write=lines.append, clock=clock)
+    for seconds in step_seconds:
+        clock.now += seconds
+        progress.step(stats)
+    return lines
+
+
+def test_progress_without_a_terminal_logs_at_a_steady_pace() -> None:
+    """Not a TTY: a line every `interval` seconds or every tenth of the epoch, with the rate, an ETA and the numbers."""
+    from polarprune.training.progress import LogProgress, epoch_progress, format_duration
+
+    assert isinstance(epoch_progress(5, "x", stream=NotATerminal()), LogProgress)
+    asked = []
+    lines = logged_lines("epoch 1/3", [2.0] * 10 + [0.5] * 190,  # 2 s per step, then 0.5 s
+                         lambda: asked.append(1) or {"loss": "1.234", "img_s": "64"})
+    # steps 1-10 take 20 s (no line yet, under 30 s and 10% = 20 steps); 10% marks at 20, 40, ..., 180;
+    # the interval adds none (a tenth of the epoch comes every 10 s after that); no line for the last step
+    assert len(lines) == 9 == len(asked)  # the numbers are computed only for the lines written
+    assert lines[0] == "epoch 1/3: step 20/200 (10%), 0.80 steps/s, ETA 3m45s, loss 1.234, img_s 64"
+    assert lines[-1].startswith("epoch 1/3: step 180/200 (90%), ") and "ETA 12s" in lines[-1]  # 20 steps at 105 s / 180
+    # a slow epoch: the interval comes first
+    slow = logged_lines("e", [7.0] * 30 + [7.0] * 970)[:6]
+    assert [line.split(",")[0] for line in slow] == ["e: step 5/1000 (0%)", "e: step 10/1000 (1%)",
+                                                      "e: step 15/1000 (2%)", "e: step 20/1000 (2%)",
+                                                      "e: step 25/1000 (2%)", "e: step 30/1000 (3%)"]
+    assert slow[0] == "e: step 5/1000 (0%), 0.14 steps/s, ETA 1h56m"  # 995 steps left at 7 s each: 6,965 s
+    # a quick epoch (2 s) stays quiet: no line within 5 s (a sixth of the interval) of the start
+    assert logged_lines("q", [0.01] * 200) == []
+    # a 20 s epoch: the tenths come every 2 s, faster than the least gap, so a line every 5 s
+    medium = logged_lines("m", [0.2] * 100)
+    assert [line.split(" (")[0] for line in medium] == ["m: step 25/100", "m: step 50/100", "m: step 75/100"]
+    assert [format_duration(s) for s in (0, 18.4, 185, 3725)] == ["0s", "18s", "3m05s", "1h02m"]
+
+
+def test_progress_on_a_terminal_is_a_bar() -> None:
+    from polarprune.training.progress import BarProgress, epoch_progress
+
+    terminal = NotATerminal()
+    terminal.isatty = lambda: True  # type: ignore[method-assign]
+    bar = epoch_progress(3, "epoch 1/1", stream=terminal)
+    assert isinstance(bar, BarProgress)
+    for _ in range(3):
+        bar.step(lambda: {"loss": "0.500"})
+    bar.close()
+    assert "epoch 1/1" in terminal.text and "3/3" in terminal.text and "loss=0.500" in terminal.text
+
+
+def test_training_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path: Path, monkeypatch) -> None:
+    """A real (tiny) training run with stderr redirected: progress lines appear with an ETA."""
+    import logging
+
+    from polarprune.training import progress
+
+    stream = NotATerminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(progress.__name__)
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        cfg = digits_config(tmp_path / "run", epochs=1, progress=True, progress_interval=1e-9, max_steps_per_epoch=4)
+        run_training(cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": 16})}))
+    finally:
+        logger.removeHandler(handler)
+    steps = [line for line in lines if line.startswith("epoch 1/1: step ")]
+    assert [line.split(" (")[0] for line in steps] == ["epoch 1/1: step 1/4", "epoch 1/1: step 2/4", "epoch 1/1: step 3/4"]
+    assert all("ETA " in line and "steps/s" in line and "img_s " in line and "loss " in line for line in steps)
+    assert "\r" not in stream.text  # no bar drawn into the redirected stream

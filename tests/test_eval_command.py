@@ -73,3 +73,41 @@ def test_eval_errors_are_one_line(model_file, tmp_path: Path, capsys) -> None:
     errors = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(errors) == 2 and all(line.startswith("polarprune: error: ") for line in errors)
     assert "--batch-size must be >= 1" in errors[1]
+
+
+def test_eval_reads_only_the_evaluation_split(tmp_path: Path, capsys) -> None:
+    """An ImageFolder tree with only ``val/``: eval works, on exactly those images (was: ``train not found``)."""
+    import numpy as np
+    from fixtures import make_imagefolder
+    from PIL import Image
+
+    root = make_imagefolder(tmp_path / "valonly", n_per_class=4, size=8, classes=3, split_names=("val",))
+    torch.manual_seed(0)
+    model = create("small_cnn", num_classes=3, in_channels=3, width=8).eval()
+    path = serialization.save(model, tmp_path / "m.safetensors")
+    assert main(["eval", str(path), "--data", "imagefolder", "--data-root", str(root), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "no train/ folder" in captured.err  # says how it normalised
+    files = sorted((root / "val").glob("class*/*.png"))
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                          for f in files])
+    mean = images.mean(dim=(0, 2, 3), keepdim=True)
+    std = images.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False).view(1, 3, 1, 1)
+    labels = torch.tensor([int(f.parent.name.removeprefix("class")) for f in files])
+    with torch.no_grad():
+        expected = 100.0 * float((model((images - mean) / std).argmax(1) == labels).float().mean())
+    assert result["images"] == 12
+    assert result["top1"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_eval_model_that_does_not_fit_the_images_is_one_line(model_file, tmp_path: Path, capsys) -> None:
+    """A 1-channel digits model on 3-channel images: one line naming the model, the shape and the expected form."""
+    from fixtures import make_imagefolder
+
+    _, path = model_file
+    root = make_imagefolder(tmp_path / "rgb", n_per_class=2, size=8, classes=2)
+    assert main(["eval", str(path), "--data", "imagefolder", "--data-root", str(root)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("polarprune")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"polarprune: error: {path} does not run on input 1x3x8x8: it expects N x 1 x H x W")

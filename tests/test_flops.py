@@ -335,7 +335,7 @@ def test_cli_torchvision_defaults_to_224(capsys: pytest.CaptureFixture[str]) -> 
         (["flops", "no_such_model"], "unknown model 'no_such_model'"),
         (["flops", "missing/model.safetensors"], "model file not found: missing/model.safetensors"),
         (["flops", "resnet20", "--input-size", "0"], "--input-size must be >= 1"),
-        (["flops", "vgg11", "--input-size", "8"], "cannot run CifarVGG"),
+        (["flops", "vgg11", "--input-size", "8"], "vgg11 does not run on input 1x3x8x8: it expects N x 3 x H x W"),
     ],
 )
 def test_cli_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -256,3 +256,28 @@ def test_subpackages_are_attributes() -> None:
     assert "models" in dir(polarprune)
     with pytest.raises(AttributeError):
         polarprune.no_such_thing  # noqa: B018
+
+
+def test_load_accepts_a_training_checkpoint(tmp_path: Path, pruned_small: torch.nn.Module) -> None:
+    """``polarprune.load("runs/x/last.pt")``: the first file a user has is a training checkpoint."""
+    import polarprune
+    from polarprune.training.checkpoint import atomic_torch_save
+
+    checkpoint = tmp_path / "runs" / "x" / "last.pt"
+    atomic_torch_save({"format": serialization.CHECKPOINT_FORMAT, "version": 1, "epoch": 2,
+                       "spec": pruned_small.polarprune_spec, "model": pruned_small.state_dict()}, checkpoint)
+    x = torch.randn(2, 3, 32, 32)
+    loaded = polarprune.load(checkpoint)
+    assert not loaded.training
+    assert torch.equal(outputs(loaded, x), outputs(pruned_small, x))
+    assert loaded.polarprune_spec["plan"] == pruned_small.polarprune_spec["plan"]
+    # into the caller's fresh, unpruned instance: the checkpoint's plan is applied, then its weights
+    fresh = create("resnet20", num_classes=7)
+    assert polarprune.load(str(checkpoint), model=fresh) is fresh
+    assert torch.equal(outputs(fresh, x), outputs(pruned_small, x))
+    assert fresh.polarprune_spec["plan"] == pruned_small.polarprune_spec["plan"]
+    # a file that is neither still gets the one-line checkpoint error, not "unreadable safetensors"
+    bad = tmp_path / "junk.pt"
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(PolarpruneError, match="not a polarprune training checkpoint"):
+        polarprune.load(bad)

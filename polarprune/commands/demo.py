@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import command_parser
+
 METHODS = ("polarization", "l1", "masksparsity")
 
 HELP = """Run a complete pruning pipeline on scikit-learn's bundled handwritten digits (no
@@ -13,12 +15,11 @@ running it again with the same --out resumes or just reports."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled digits (a few minutes on a CPU)",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(sub, "demo", "the whole pipeline on the bundled digits (a few minutes on a CPU)", HELP, run,
+                       raw=True, trust_code=False)
     p.add_argument("--method", choices=METHODS, default="polarization", help="sparsity method (default: polarization)")
     p.add_argument("--out", help="run folder (default: runs/demo-<method>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_trust_code_argument
+from .common import check_at_least, check_forward, command_parser
+
+DESCRIPTION = """Top-1/top-5 of a training checkpoint (.pt) or polarprune model file (.safetensors) on a data set's
+evaluation split, with MACs, params and CPU latency at batch 1. Only the evaluation split is read (an ImageFolder
+tree may hold just val/ or test/)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint or pruned model",
-                       description="Top-1/top-5 of a training checkpoint (.pt) or polarprune model file "
-                                   "(.safetensors) on a data set's evaluation split, with MACs, params and "
-                                   "CPU latency at batch 1.")
+    p = command_parser(sub, "eval", "evaluate a checkpoint or pruned model", DESCRIPTION, run)
     p.add_argument("model", help="checkpoint (.pt) or model file (.safetensors)")
     p.add_argument("--data", required=True, metavar="NAME", help="data set (as data.name of a config, see docs/data.md)")
     p.add_argument("--data-root", help="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has val/ or test/)")
@@ -21,24 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="imagefolder crop size (default 224)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..data import build_data
-    from ..errors import PolarpruneError
     from ..report import stage_row
     from ..serialization import read_model
     from ..training.engine import evaluate
     from ..workflows.train import resolve_device
 
-    if args.batch_size < 1:
-        raise PolarpruneError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_at_least({"--batch-size": (args.batch_size, 1), "--subset": (args.subset, 1), "--image-size": (args.image_size, 1)})
     model = read_model(args.model)
     data = build_data(DataConfig(name=args.data, root=args.data_root, eval_batch_size=args.batch_size,
-                                 eval_subset=args.subset, image_size=args.image_size, train_subset=None))
+                                 eval_subset=args.subset, image_size=args.image_size, train_subset=None), eval_only=True)
+    check_forward(args.model, model, (data.in_channels, *data.input_size), f"the {args.data} images do not fit this model")
     device = resolve_device(args.device)
     metrics = evaluate(model.to(device), data.eval_loader, device)
     row = stage_row(str(args.model), model, metrics["top1"], (data.in_channels, *data.input_size))

@@ -5,43 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_trust_code_argument
+from .common import add_model_name_arguments, check_at_least, check_forward, command_parser
 
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")  # a copy so --help stays torch-free (deploy.EXPORT_FORMATS)
+DESCRIPTION = """Export a polarprune model file (or a model name) to ONNX, TorchScript or a torch.export program, run
+the artifact (onnxruntime for ONNX, torch for the others) on a probe batch and compare it with PyTorch: the max
+abs difference is reported, and above the tolerance nothing is written and the command fails. docs/deploy.md
+describes the formats."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export", help="export a model to ONNX / TorchScript / torch.export and verify it",
-        description=(
-            "Export a polarprune model file (or a model name) to ONNX, TorchScript or a torch.export "
-            "program, run the artifact (onnxruntime for ONNX, torch for the others) on a probe batch and "
-            "compare it with PyTorch: the max abs difference is reported, and above the tolerance nothing "
-            "is written and the command fails. docs/deploy.md describes the formats."
-        ),
-    )
+    p = command_parser(sub, "export", "export a model to ONNX / TorchScript / torch.export and verify it", DESCRIPTION,
+                       run)
     p.add_argument("model", metavar="MODEL_FILE", help="a model file written by polarprune (or a model name)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="artifact format (default onnx)")
     p.add_argument("--out", required=True, metavar="PATH", help="the artifact to write (exported-program: *.pt2)")
-    p.add_argument("--input-size", type=int, metavar="S", help="input height and width (default: the model's own, e.g. 32 for CIFAR models)")
     p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="a dynamic batch dimension (default) or a fixed batch size")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: torch's exporter default)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="T", help="largest accepted max abs difference (default 1e-4)")
-    p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of a model name (a file knows its own)")
-    add_trust_code_argument(p)
+    add_model_name_arguments(p, "the model's own, e.g. 32 for CIFAR models")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.export import check_batch, export_model
-    from ..errors import PolarpruneError
+    from ..deploy.export import check_batch, export_model, model_input_shape
     from ..serialization import read_model
 
-    if args.input_size is not None and args.input_size < 1:
-        raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
+    check_at_least({"--input-size": (args.input_size, 1), "--num-classes": (args.num_classes, 1)})
     batch = check_batch(args.batch)
     model = read_model(args.model, num_classes=args.num_classes, trust_code=args.trust_code)
+    check_forward(args.model, model, model_input_shape(model, args.input_size), "set --input-size")
     report = export_model(model, args.out, args.format, input_size=args.input_size, batch=batch, opset=args.opset,
                           tolerance=args.tolerance)
     if args.json:

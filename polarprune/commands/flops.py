@@ -5,37 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import PolarpruneError
-from . import add_trust_code_argument
+from .common import add_model_name_arguments, check_at_least, check_forward, command_parser
+
+if TYPE_CHECKING:  # torch only for the annotations: `--help` must not import it
+    from torch import nn
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 CIFAR_INPUT_SIZE = 32
 IMAGENET_INPUT_SIZE = 224
+FORWARD_HINT = "set --input-size and --in-channels"
+DESCRIPTION = """Count the per-image conv+linear multiply-accumulates (MACs, the papers' headline metric), the FLOPs of
+all layers (one MAC = one FLOP) and the parameters of a model name or of a pruned model file. docs/flops.md
+describes the conventions."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "flops",
-        help="count a model's MACs, FLOPs and parameters",
-        description=(
-            "Count the per-image conv+linear multiply-accumulates (MACs, the papers' headline "
-            "metric), the FLOPs of all layers (one MAC = one FLOP) and the parameters of a model "
-            "name or of a pruned model file. docs/flops.md describes the conventions."
-        ),
-    )
+    p = command_parser(sub, "flops", "count a model's MACs, FLOPs and parameters", DESCRIPTION, run)
     p.add_argument("model", metavar="MODEL", help="a model name (`polarprune models`) or a model file written by polarprune")
-    p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of a named model (default 10; a file knows its own)")
-    p.add_argument(
-        "--input-size", type=int, default=None, metavar="S",
-        help=f"input height and width (default {CIFAR_INPUT_SIZE} for the CIFAR/digits models, {IMAGENET_INPUT_SIZE} otherwise)",
-    )
+    add_model_name_arguments(p, f"{CIFAR_INPUT_SIZE} for the CIFAR/digits models, {IMAGENET_INPUT_SIZE} otherwise")
     p.add_argument("--in-channels", type=int, default=None, metavar="C", help="input channels (default 3, or what a model file records)")
     p.add_argument("--json", action="store_true", help='print one JSON object {"macs", "flops", "params"} and nothing else')
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 def looks_like_path(text: str) -> bool:
@@ -78,14 +70,14 @@ def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str,
 def run(args: argparse.Namespace) -> int:
     from ..flops import count_model
 
-    for option, value in (("--num-classes", args.num_classes), ("--input-size", args.input_size), ("--in-channels", args.in_channels)):
-        if value is not None and value < 1:
-            raise PolarpruneError(f"{option} must be >= 1, got {value}")
+    check_at_least({"--num-classes": (args.num_classes, 1), "--input-size": (args.input_size, 1),
+                    "--in-channels": (args.in_channels, 1)})
     model, description = resolve_model(args)
     spec = getattr(model, "polarprune_spec", {})
     channels = args.in_channels or int(spec.get("in_channels", 3))
     size = args.input_size or default_input_size(model)
     input_shape = (channels, size, size)
+    check_forward(args.model, model, input_shape, FORWARD_HINT)
     cost = count_model(model, input_shape).as_dict()
     if args.json:
         print(json.dumps(cost))

@@ -13,30 +13,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import PolarpruneError
-from . import add_trust_code_argument
+from .common import add_checkpoint_arguments, check_at_least, command_parser
 
 SMALL_GAMMA = 0.01
 QUANTILES = (("min", 0.0), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("max", 1.0))
 GRID_COLUMNS = 6
+DESCRIPTION = """Show how polarized the BN scaling factors of a checkpoint are: per-layer |gamma| quantiles,
+channels below 0.01 and below the layer's grad threshold, and what a trial prune would leave."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="per-layer statistics of the BN gammas",
-        description=(
-            "Show how polarized the BN scaling factors of a checkpoint are: per-layer |gamma| "
-            "quantiles, channels below 0.01 and below the layer's grad threshold, and what a trial "
-            "prune would leave."
-        ),
-    )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
+    p = command_parser(sub, "inspect", "per-layer statistics of the BN gammas", DESCRIPTION, run)
+    add_checkpoint_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot-dir", metavar="DIR", help="write gamma_histogram.png and gamma_layers.png into DIR")
     p.add_argument("--regularized-only", action="store_true", help="list only the BNs sparsity training regularizes by default")
-    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- statistics (pure)
@@ -163,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serialization import read_model
     from .prune import example_input_for
 
-    if args.input_size is not None and args.input_size < 1:
-        raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
+    check_at_least({"--input-size": (args.input_size, 1)})
     model = read_model(args.checkpoint)
     x = example_input_for(model, args.input_size)
     report = inspect_model(model, x, args.regularized_only)

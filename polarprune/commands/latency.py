@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Any
 
-from . import add_trust_code_argument
+from .common import add_model_name_arguments, check_at_least, check_forward, command_parser
 
 RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")  # a copy so --help stays torch-free (deploy.RUNTIMES)
 
@@ -23,17 +23,15 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+DESCRIPTION = """Time one forward of each MODEL (model file or model name) side by side: interleaved rounds, medians,
+and per-round ratios against the first MODEL. By default the measurement runs in a child process with glibc told
+to keep freed memory, so that page faults do not blur the times. --round-to 1,8,16 adds copies of every model with
+each channel group cut to a multiple (for timing width choices; docs/deploy.md)."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "latency", help="time models side by side in one runtime (interleaved rounds, medians)",
-        description=(
-            "Time one forward of each MODEL (model file or model name) side by side: interleaved rounds, "
-            "medians, and per-round ratios against the first MODEL. By default the measurement runs in a "
-            "child process with glibc told to keep freed memory, so that page faults do not blur the times. "
-            "--round-to 1,8,16 adds copies of every model with each channel group cut to a multiple "
-            "(for timing width choices; docs/deploy.md)."
-        ),
-    )
+    p = command_parser(sub, "latency", "time models side by side in one runtime (interleaved rounds, medians)",
+                       DESCRIPTION, run)
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files written by polarprune or model names")
     p.add_argument("--runtime", choices=RUNTIMES, default="eager", help="where to run (default eager)")
     p.add_argument("--batch", type=int_list, default=[1, 64], metavar="B[,B...]", help="batch sizes (default 1,64)")
@@ -41,12 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved timed rounds (default 7)")
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed rounds first (default 1)")
     p.add_argument("--round-to", type=int_list, metavar="K[,K...]", help="also time each model with widths cut to multiples of K")
-    p.add_argument("--input-size", type=int, metavar="S", help="input height and width (default: the first model's own)")
-    p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of model names (default 10)")
-    add_trust_code_argument(p)
+    add_model_name_arguments(p, "the first model's own")
     p.add_argument("--json", metavar="OUT", help="also write the full result (every round) to this JSON file")
     p.add_argument("--default-malloc", action="store_true", help="time in this process with glibc's default allocator settings")
-    p.set_defaults(func=run)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -100,20 +95,19 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.export import model_input_shape
     from ..deploy.latency import measure_latency, run_with_steady_malloc, steady_malloc
     from ..deploy.widths import round_widths
-    from ..errors import PolarpruneError
     from ..fileio import atomic_write_json
     from ..flops import count_model
     from ..serialization import read_model
 
-    for option, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
-                                 ("--input-size", args.input_size, 1), ("--num-classes", args.num_classes, 1)):
-        if value is not None and value < least:
-            raise PolarpruneError(f"{option} must be >= {least}, got {value}")
+    check_at_least({"--rounds": (args.rounds, 1), "--warmup": (args.warmup, 0), "--threads": (args.threads, 1),
+                    "--input-size": (args.input_size, 1), "--num-classes": (args.num_classes, 1)})
     if not args.default_malloc and not steady_malloc():
         return run_with_steady_malloc(child_argv(args))
     loaded = {label: read_model(text, num_classes=args.num_classes, trust_code=args.trust_code)
               for label, text in zip(unique_labels(args.models), args.models)}
     shape = model_input_shape(next(iter(loaded.values())), args.input_size)
+    for label, model in loaded.items():
+        check_forward(label, model, shape, "set --input-size")
     models = loaded
     if args.round_to:
         example = torch.randn(1, *shape)

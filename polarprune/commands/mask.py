@@ -7,38 +7,31 @@ would; ``mask-l1`` sparsity training then pushes the ``0`` channels to zero. See
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..errors import PolarpruneError
 from ..pruning.options import SCORE_STRATEGIES
-from . import add_trust_code_argument
+from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser
 from .prune import add_prune_options, options_from_args
 
 STRATEGY_CHOICES = SCORE_STRATEGIES
 MASK_FIELDS = ("strategy", "threshold", "percent", "ratio", "group_rule", "min_channels", "seed")
 
 
+DESCRIPTION = """Decide which channels of the regularized BNs a pruning would keep and write them to a mask file
+(JSON, 1 = keep) for mask-l1 sparsity training. Default: |gamma| <= 0.01 goes (MaskSparsity's threshold on a
+global-L1 checkpoint), at least one channel per layer."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "mask",
-        help="write a channel mask file (MaskSparsity)",
-        description=(
-            "Decide which channels of the regularized BNs a pruning would keep and write them to a "
-            "mask file (JSON, 1 = keep) for mask-l1 sparsity training. Default: |gamma| <= 0.01 goes "
-            "(MaskSparsity's threshold on a global-L1 checkpoint), at least one channel per layer."
-        ),
-    )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
+    p = command_parser(sub, "mask", "write a channel mask file (MaskSparsity)", DESCRIPTION, run)
+    add_checkpoint_arguments(p)
     add_prune_options(p, MASK_FIELDS, choices={"strategy": STRATEGY_CHOICES},
                       helps={"threshold": "fixed: |gamma| threshold, channels at or below it go"})
     p.add_argument("--per-layer", action="store_true", help="uniform: decide every BN alone (residual-coupled BNs may differ)")
     p.add_argument("--bn-include", action="append", default=[], metavar="PATTERN", help="mask only BNs matching this fnmatch pattern (repeatable; default: the BNs sparsity training regularizes)")
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="leave out BNs matching this pattern (repeatable)")
-    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
     p.add_argument("--out", required=True, metavar="MASK", help="mask file to write (.json)")
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -46,11 +39,8 @@ def check_args(args: argparse.Namespace) -> None:
     options_from_args(args, MASK_FIELDS)
     if args.per_layer and args.strategy != "uniform":
         raise PolarpruneError("--per-layer only applies to --strategy uniform")
-    if args.input_size is not None and args.input_size < 1:
-        raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
-    parent = Path(args.out).parent
-    if str(parent) and not parent.is_dir():
-        raise PolarpruneError(f"--out {args.out}: folder {parent} does not exist")
+    check_at_least({"--input-size": (args.input_size, 1)})
+    check_output_folders({"--out": args.out})
 
 
 def format_summary(masks: dict[str, Any]) -> str:

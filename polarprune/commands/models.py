@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from .common import command_parser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list model names", description="List every model name that configs and commands accept.")
-    p.set_defaults(func=run)
+    command_parser(sub, "models", "list model names", "List every model name that configs and commands accept.", run,
+                   trust_code=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,15 +11,15 @@ from typing import Any, Sequence
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
-from . import add_trust_code_argument
+from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser
 
-DIGITS_INPUT_SIZE = 8  # small_cnn is sized for the 8x8 digits
 STRATEGY_CHOICES = STRATEGIES
 # options that are flags which turn a default-on behaviour off
 NEGATING_FLAGS = {"remove_empty_blocks": "--keep-empty-blocks", "compensate": "--no-compensate"}
-# the prune command's options (masks come from --mask FILE, bn_names from the patterns)
-PRUNE_FIELDS = ("strategy", "threshold", "percent", "ratio", "target_macs_reduction", "bn_include", "bn_exclude",
-                "group_rule", "residual", "min_channels", "round_to", "remove_empty_blocks", "compensate", "seed")
+# PruneOptions fields that are not flags of the prune command: masks come from --mask FILE, bn_names from the patterns
+NOT_FLAGS = ("masks", "bn_names")
+# the prune command's options: every other PruneOptions field, in the model's order
+PRUNE_FIELDS = tuple(name for name in PruneOptions.model_fields if name not in NOT_FLAGS)
 
 
 def flag_of(field: str) -> str:
@@ -73,28 +73,21 @@ def options_from_args(args: argparse.Namespace, fields: Sequence[str], **extra: 
         raise PolarpruneError(message) from None
 
 
+DESCRIPTION = """Remove BN channels for real (weights sliced, residual groups pruned together, shift compensation)
+and write a self-describing pruned model file. docs/pruning.md describes the strategies and rules."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="remove channels of a trained model",
-        description=(
-            "Remove BN channels for real (weights sliced, residual groups pruned together, "
-            "shift compensation) and write a self-describing pruned model file. docs/pruning.md "
-            "describes the strategies and rules."
-        ),
-    )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
+    p = command_parser(sub, "prune", "remove channels of a trained model", DESCRIPTION, run)
+    add_checkpoint_arguments(p)
     add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES})
     p.add_argument("--mask", metavar="FILE", help="mask: mask file (BN name -> 0/1 keep string)")
-    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
     p.add_argument("--data", choices=("digits", "cifar10", "cifar100", "imagefolder", "fake"), help="also report top-1 before/after on this data set")
     p.add_argument("--data-root", help="data folder for --data")
     p.add_argument("--subset", type=int, help="evaluate --data on this many images only")
     p.add_argument("--plot", metavar="PNG", help="bar chart of channels kept/removed per group")
     p.add_argument("--out", required=True, metavar="PRUNED", help="pruned model file to write (.safetensors)")
     p.add_argument("--report", metavar="REPORT.json", help="write the prune report as JSON")
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 def example_input_for(model: Any, size: int | None) -> Any:
@@ -122,13 +115,10 @@ def _top1(model: Any, args: argparse.Namespace) -> float:
 
 
 def _check_args(args: argparse.Namespace) -> PruneOptions:
-    if args.input_size is not None and args.input_size < 1:
-        raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
+    check_at_least({"--input-size": (args.input_size, 1), "--subset": (args.subset, 1)})
     if not str(args.out).endswith(".safetensors"):
         raise PolarpruneError(f"--out {args.out}: the pruned model file must end in .safetensors")
-    for option, value in (("--out", args.out), ("--report", args.report), ("--plot", args.plot)):
-        if value and not Path(value).parent.is_dir() and str(Path(value).parent):
-            raise PolarpruneError(f"{option} {value}: folder {Path(value).parent} does not exist")
+    check_output_folders({"--out": args.out, "--report": args.report, "--plot": args.plot})
     if args.strategy == "mask" and not args.mask:
         raise PolarpruneError("--strategy mask needs --mask FILE")
     return options_from_args(args, PRUNE_FIELDS, masks={} if args.strategy == "mask" else None)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from .common import command_parser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipes", help="list the built-in recipes",
-                       description="List the recipes shipped with polarprune (use them by name with `polarprune run`).")
+    p = command_parser(sub, "recipes", "list the built-in recipes",
+                       "List the recipes shipped with polarprune (use them by name with `polarprune run`).", run,
+                       trust_code=False)
     p.add_argument("--show", metavar="NAME", help="print one recipe's YAML")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_trust_code_argument
+from .common import add_config_arguments, command_parser
 
 HELP = """Run the stages of a recipe (baseline -> sparsity -> [mask -> mask_sparsity] -> prune ->
 finetune/scratch). RECIPE is a built-in recipe name (see `polarprune recipes`) or a YAML file.
@@ -19,14 +19,9 @@ is written when the run ends. Under torchrun every training stage runs with DDP.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a recipe's pipeline of stages", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", help="built-in recipe name or YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (dotted keys)")
-    p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    p = command_parser(sub, "run", "run a recipe's pipeline of stages", HELP, run, raw=True)
+    add_config_arguments(p, "recipe", "built-in recipe name or YAML file", "run folder (default: runs/<recipe name>)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 def run_recipe(recipe_name: str, overrides: list[str], out: str | None, plots: bool = True) -> int:

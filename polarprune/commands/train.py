@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_trust_code_argument
+from .common import add_config_arguments, command_parser
 
 HELP = """Train one model from a YAML training config (sections: model, data, train, sparsity).
 Any key can be overridden on the command line as section.key=value, e.g.
@@ -16,15 +16,10 @@ Under torchrun (torchrun --nproc_per_node N -m polarprune train ...) it trains w
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML training config file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
-    p.add_argument("--out", help="output folder (overrides the config's `out`)")
+    p = command_parser(sub, "train", "train a model from a YAML config", HELP, run, raw=True)
+    add_config_arguments(p, "config", "YAML training config file", "output folder (overrides the config's `out`)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if the output folder has last.pt")
     p.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout")
-    add_trust_code_argument(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

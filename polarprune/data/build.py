@@ -45,12 +45,15 @@ def _subset_samples(samples: list[tuple[str, int]], n: int | None) -> list[tuple
     return [samples[i] for i in stratified_subset(np.array([label for _, label in samples]), n).tolist()]
 
 
-def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> DataBundle:
+def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+               eval_only: bool = False) -> DataBundle:
     """The train and evaluation loaders of ``cfg`` for process ``rank`` of ``world_size``. ``seed`` drives
-    the shuffle and augmentations only (splits and subsets use constants: every stage sees the same images)."""
+    the shuffle and augmentations only (splits and subsets use constants: every stage sees the same images).
+    ``eval_only``: the caller only evaluates, so a data set whose training split is missing is accepted
+    where the source can read its evaluation split alone (an ImageFolder tree with only ``val/``)."""
     check_rank(rank, world_size)
     kind = get_source(cfg.name)
-    source = kind.load(cfg)
+    source = (kind.load_eval if eval_only and kind.load_eval else kind.load)(cfg)
     pin_memory = torch.cuda.is_available()
     if isinstance(source, FolderSplits):
         train_samples = _subset_samples(source.train_samples, cfg.train_subset)
@@ -80,8 +83,8 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
                                   padding=source.padding if cfg.augment else 0, flip=source.flip and cfg.augment, **common)
     eval_loader = InMemoryLoader(eval_images, eval_labels, batch_size=cfg.eval_batch_size, train=False, **common)
     return DataBundle(train_loader=train_loader, eval_loader=eval_loader, num_classes=len(source.class_names),
-                      in_channels=int(train_images.shape[1]),
-                      input_size=(int(train_images.shape[2]), int(train_images.shape[3])),
+                      in_channels=int(eval_images.shape[1]),
+                      input_size=(int(eval_images.shape[2]), int(eval_images.shape[3])),
                       class_names=list(source.class_names), train_size=len(train_labels), eval_size=len(eval_labels),
                       name=cfg.name, mean=mean, std=std)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PolarpruneError
-from ..fileio import atomic_output
+from ..fileio import atomic_output, current_umask
 
 CACHE_ENV = "POLARPRUNE_CACHE"
 ARCHIVE_ENV = "POLARPRUNE_CIFAR10_ARCHIVE"
@@ -37,12 +37,6 @@ def default_cifar10_archive() -> Path | None:
     repo = Path(__file__).resolve().parents[2]
     path = repo.parent / "shared" / "data" / CIFAR10_ARCHIVE_NAME
     return path if path.is_file() else None
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _archive_stem(name: str) -> str:
@@ -82,7 +76,7 @@ def ensure_extracted(archive: str | Path, cache_root: str | Path | None = None) 
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-partial-", dir=target.parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the cache may be shared
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the cache may be shared
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
             try:
@@ -113,4 +107,3 @@ def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private

@@ -3,6 +3,7 @@ images (e.g. 32x32 CIFAR JPEGs) are decoded once into memory and cached; larger 
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,17 +14,21 @@ import torch
 
 from ..config import DataConfig
 from ..errors import PolarpruneError
+from .augment import channel_stats
 from .cache import decoded_cache_path, ensure_extracted, is_archive, write_npz_atomic
 from .loaders import image_error
 from .sampling import evenly_spaced
 from .splits import ArraySplits, FolderSplits, nhwc_to_nchw
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_IMAGE_SIZE = 224  # imagefolder crop size for ImageNet-sized images
 SIZE_PROBE_COUNT = 8  # images looked at to decide whether an ImageFolder fits in memory
 
 
-def resolve_imagefolder_root(root: str | None) -> tuple[Path, Path, Path]:
-    """``(root, train_dir, eval_dir)``; ``root`` may be a tar archive (extracted into the cache)."""
+def resolve_imagefolder_root(root: str | None, require_train: bool = True) -> tuple[Path, Path | None, Path]:
+    """``(root, train_dir, eval_dir)``; ``root`` may be a tar archive (extracted into the cache). Without
+    ``require_train`` a tree holding only ``val/`` or ``test/`` is accepted (``train_dir`` None)."""
     if not root:
         raise PolarpruneError("data.root: required for imagefolder (a folder with train/ and val/ or test/)")
     path = Path(root).expanduser()
@@ -31,9 +36,11 @@ def resolve_imagefolder_root(root: str | None) -> tuple[Path, Path, Path]:
         path = ensure_extracted(path)
     if not path.is_dir():
         raise PolarpruneError(f"imagefolder: {path} not found")
-    train_dir = path / "train"
+    train_dir: Path | None = path / "train"
     if not train_dir.is_dir():
-        raise PolarpruneError(f"imagefolder: {train_dir} not found (expected {path}/train/<class>/*)")
+        if require_train:
+            raise PolarpruneError(f"imagefolder: {train_dir} not found (expected {path}/train/<class>/*)")
+        train_dir = None
     for name in ("val", "test"):
         if (path / name).is_dir():
             return path, train_dir, path / name
@@ -130,22 +137,38 @@ def load_decoded_split(split_dir: Path, samples: list[tuple[str, int]], size: tu
     return nhwc_to_nchw(images), torch.from_numpy(labels)
 
 
-def load_imagefolder(cfg: DataConfig) -> ArraySplits | FolderSplits:
+def load_imagefolder(cfg: DataConfig, require_train: bool = True) -> ArraySplits | FolderSplits:
     """Small images (e.g. 32x32 CIFAR JPEGs): decoded into memory (cached) and treated like
-    CIFAR; larger ones: file lists for the DataLoader path with ImageNet transforms."""
-    _, train_dir, eval_dir = resolve_imagefolder_root(cfg.root)
-    classes = find_classes(train_dir)
+    CIFAR; larger ones: file lists for the DataLoader path with ImageNet transforms. Without
+    ``require_train`` (evaluation only) a tree without ``train/`` gives an empty training split."""
+    _, train_dir, eval_dir = resolve_imagefolder_root(cfg.root, require_train)
+    classes = find_classes(train_dir or eval_dir)
     class_to_idx = {name: i for i, name in enumerate(classes)}
-    train_samples = list_samples(train_dir, class_to_idx, allow_empty=False)
+    train_samples = list_samples(train_dir, class_to_idx, allow_empty=False) if train_dir else []
     eval_samples = list_samples(eval_dir, class_to_idx, allow_empty=True)
     if not eval_samples:
         raise PolarpruneError(f"imagefolder: {eval_dir} holds no images")
-    size = small_image_size(train_samples, cfg.in_memory_max_size)
+    size = small_image_size(train_samples or eval_samples, cfg.in_memory_max_size)
     if size is None:
         return FolderSplits(train_samples, eval_samples, classes, cfg.image_size or DEFAULT_IMAGE_SIZE)
-    train_images, train_labels = load_decoded_split(train_dir, train_samples, size)
     eval_images, eval_labels = load_decoded_split(eval_dir, eval_samples, size)
+    if train_dir is None:
+        return _eval_only_splits(eval_images, eval_labels, classes, cfg)
+    train_images, train_labels = load_decoded_split(train_dir, train_samples, size)
     return ArraySplits.normalised_by_train(
         train_images=train_images, train_labels=train_labels, eval_images=eval_images, eval_labels=eval_labels,
         class_names=classes, padding=max(round(min(size) / 8), 1), flip=True,  # padding 4 for 32-px images, as CIFAR
     )
+
+
+def _eval_only_splits(eval_images: torch.Tensor, eval_labels: torch.Tensor, classes: list[str],
+                      cfg: DataConfig) -> ArraySplits:
+    """In-memory splits of a tree without ``train/``: an empty training split, and the normalisation the
+    config gives (``data.mean``/``data.std``), else measured on the evaluation images themselves (a trained
+    model's own statistics come from its training images, so give them when they are known)."""
+    if not (cfg.mean and cfg.std):
+        logger.warning("imagefolder: no train/ folder; normalising by the evaluation images' own mean/std "
+                       "(set data.mean and data.std to the training statistics)")
+    mean, std = channel_stats(eval_images)
+    return ArraySplits(train_images=eval_images[:0], train_labels=eval_labels[:0], eval_images=eval_images,
+                       eval_labels=eval_labels, class_names=classes, mean=mean, std=std, padding=0, flip=False)

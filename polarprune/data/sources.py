@@ -170,12 +170,14 @@ class Source:
 
     load: Callable[[DataConfig], ArraySplits | FolderSplits]
     sized_by_subsets: bool = False
+    # reads the evaluation split where the training split may be missing (None: ``load``, which needs both)
+    load_eval: Callable[[DataConfig], ArraySplits | FolderSplits] | None = None
 
 
 SOURCES: dict[str, Source] = {
     "digits": Source(load_digits_splits),
     **{name: Source(partial(_load_cifar, name)) for name in CIFAR_RELEASES},
-    "imagefolder": Source(load_imagefolder),
+    "imagefolder": Source(load_imagefolder, load_eval=partial(load_imagefolder, require_train=False)),
     "fake": Source(load_fake_splits, sized_by_subsets=True),
 }
 

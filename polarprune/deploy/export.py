@@ -21,7 +21,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import PolarpruneError, first_line
+from ..errors import PolarpruneError, first_line, require_extra
 from ..fileio import atomic_output
 from ..models import default_input_size
 
@@ -29,6 +29,8 @@ EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 DEFAULT_TOLERANCE = 1e-4
 EXAMPLE_BATCH = 2  # export example of a dynamic batch; the probe uses another size
 PROBE_BATCH = 3
+# the deploy extra's modules that an ONNX export and its check import (torch's exporter needs onnxscript)
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 Batch = Union[int, str]  # an int, or "dynamic"
 Runner = Callable[[Tensor], Tensor]
 
@@ -71,6 +73,12 @@ def model_input_shape(model: nn.Module, input_size: int | None = None, in_channe
     if channels < 1 or size < 1:
         raise PolarpruneError(f"input channels and size must be >= 1, got {channels} and {size}")
     return channels, size, size
+
+
+def require_onnx(purpose: str = "onnx export") -> None:
+    """A one-line error naming the deploy extra when one of the ONNX modules is not installed."""
+    for module in ONNX_MODULES:
+        require_extra(module, "deploy", purpose)
 
 
 def _first_conv_channels(model: nn.Module) -> int:
@@ -159,7 +167,7 @@ def load_artifact(path: str | os.PathLike[str], fmt: str, *, threads: int | None
     """A callable running the exported artifact at ``path`` on a CPU tensor batch (ONNX in onnxruntime with
     ``threads`` intra-op threads and ``providers``, default CPU; the others through torch)."""
     if fmt == "onnx":
-        import onnxruntime as ort
+        ort = require_extra("onnxruntime", "deploy", "running an onnx model")
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -225,6 +233,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
     if not tolerance > 0:
         raise PolarpruneError(f"tolerance must be > 0, got {tolerance}")
     batch = check_batch(batch)
+    if format == "onnx":
+        require_onnx()
     if not isinstance(model, nn.Module):
         raise PolarpruneError(f"export needs a torch.nn.Module, got {type(model).__name__}")
     target = Path(path)
@@ -271,4 +281,4 @@ def _onnx_opset(path: Path) -> int | None:
 
 
 __all__ = ["DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "check_batch", "export_model", "failing_module",
-           "load_artifact", "model_input_shape"]
+           "load_artifact", "model_input_shape", "require_onnx"]

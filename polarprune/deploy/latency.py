@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import PolarpruneError
-from .export import export_model, load_artifact
+from .export import export_model, load_artifact, require_onnx
 
 RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")
 MIN_ROUND_SECONDS = 0.02  # a timed round repeats small forwards until it lasts about this long
@@ -112,6 +112,7 @@ def forward_runner(model: nn.Module, runtime: str, input_shape: Sequence[int], b
         raise PolarpruneError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
     if runtime == "onnxruntime":
+        require_onnx("the onnxruntime runtime")
         folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="polarprune-latency-"))
         handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
         os.close(handle)

@@ -14,11 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import PolarpruneError
+from ..errors import PolarpruneError, require_extra
 from .entry import ModelEntry, add_resolver
 
 PREFIX = "timm:"
-INSTALL_HINT = "install the timm extra: pip install 'polarprune[timm]'"
 
 
 @dataclass(frozen=True)
@@ -34,11 +33,7 @@ class DataSettings:
 
 
 def _timm() -> Any:
-    try:
-        import timm
-    except ModuleNotFoundError:
-        raise PolarpruneError(f"timm models need the timm package; {INSTALL_HINT}") from None
-    return timm
+    return require_extra("timm", "timm", "a timm model")
 
 
 def timm_name(name: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, re
 from .checkpoint import atomic_torch_save
 from .guard import DivergenceError, DivergenceGuard, all_finite
 from .hooks import TrainHook
+from .progress import DEFAULT_INTERVAL_S, NoProgress, Progress, epoch_progress
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,13 @@ def optimisation_step(model: nn.Module, train_model: nn.Module, images: torch.Te
     return StepResult(loss, logits)
 
 
+def progress_stats(sums: torch.Tensor, elapsed: float, lr: float) -> dict[str, str]:
+    """The epoch's running numbers for the progress output (``sums``: loss sum, correct, count)."""
+    done = max(sums[2].item(), 1.0)
+    return {"loss": f"{sums[0].item() / done:.3f}", "acc": f"{100 * sums[1].item() / done:.1f}",
+            "img_s": f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}", "lr": f"{lr:.4g}"}
+
+
 class Trainer:
     """One training run over built objects; ``fit()`` trains the remaining epochs. ``lr_schedule`` maps a
     fractional epoch to the LR, set every step, so resuming needs no scheduler state."""
@@ -163,7 +170,7 @@ class Trainer:
                  dtype: torch.dtype = torch.float32,
                  eval_every: int = 1, max_steps_per_epoch: int | None = None, progress: bool = False,
                  run_config: dict[str, Any] | None = None, resume: bool = True, max_bad_steps: int = 0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, progress_interval: float = DEFAULT_INTERVAL_S) -> None:
         self.device = torch.device(device)
         self.dtype = dtype  # of parameters and inputs while training; the returned model is float32
         self.model = model.to(self.device, dtype)
@@ -186,6 +193,7 @@ class Trainer:
         self.eval_every = int(eval_every)
         self.max_steps_per_epoch = max_steps_per_epoch
         self.progress = progress
+        self.progress_interval = float(progress_interval)  # seconds between log lines when stderr is no terminal
         self.run_config = run_config or {}
         self.start_epoch = 0
         self.global_step = 0
@@ -297,16 +305,9 @@ class Trainer:
                 sums[0] += loss.detach() * n
                 sums[1] += logits.argmax(1).eq(labels).sum()
                 sums[2] += n
-            if bar is not None:
-                bar.update(1)
-                if i % 10 == 0 or i == steps - 1:
-                    done = max(sums[2].item(), 1.0)
-                    elapsed = time.perf_counter() - start
-                    bar.set_postfix(loss=f"{sums[0].item() / done:.3f}", acc=f"{100 * sums[1].item() / done:.1f}",
-                                    img_s=f"{done * dist.world_size() / max(elapsed, 1e-9):.0f}", lr=f"{lr:.4g}")
+            bar.step(lambda: progress_stats(sums, time.perf_counter() - start, lr))
         elapsed = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
+        bar.close()
         dist.all_reduce_sum(sums)
         count = max(sums[2].item(), 1.0)
         return {"train_loss": sums[0].item() / count, "train_top1": 100.0 * sums[1].item() / count,
@@ -321,12 +322,11 @@ class Trainer:
                 "(the last complete checkpoint is kept; lower train.lr)"
             )
 
-    def _progress(self, steps: int, epoch: int) -> Any:
-        if not (self.progress and dist.is_main() and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True)
+    def _progress(self, steps: int, epoch: int) -> Progress:
+        """A bar on a terminal, steady log lines otherwise; nothing when off or on the other ranks."""
+        if not (self.progress and dist.is_main()):
+            return NoProgress()
+        return epoch_progress(steps, f"epoch {epoch + 1}/{self.epochs}", interval=self.progress_interval)
 
     def fit(self, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
         """Train from ``start_epoch`` to ``epochs``, evaluating, logging and checkpointing each epoch."""

@@ -194,6 +194,7 @@ def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Se
         lr_schedule=partial(lr_at, t.schedule, t.lr, total_epochs=t.epochs), out_dir=cfg.out, hooks=hooks, device=device,
         criterion=build_criterion(cfg, device), amp_dtype=amp_dtype, channels_last=t.channels_last,
         sync_bn=t.sync_bn, dtype=dtype, eval_every=t.eval_every, max_steps_per_epoch=t.max_steps_per_epoch, progress=t.progress,
+        progress_interval=t.progress_interval,
         run_config=cfg.model_dump(mode="json"), resume=resume, max_bad_steps=t.max_bad_steps,
     )
 
