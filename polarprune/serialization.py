@@ -6,7 +6,8 @@ ever unpickled and no module is imported unless the caller trusts code.
 A polarprune model file is a safetensors file (the state dict) whose metadata holds ``"format"``
 (``"polarprune"``), ``"polarprune_version"``, ``"spec"`` (JSON: ``model.polarprune_spec``, or for any
 other module ``name`` null, ``class`` for information only and a ``plan`` with the shape of every layer
-pruning can change), ``"versions"`` (the state dict's per-module versions, read by e.g. torchvision's
+pruning can change; ``input_shape``, ``[C, H, W]``, is the input the model was trained or pruned at,
+absent from files written before it was recorded: the commands then use the model family's default), ``"versions"`` (the state dict's per-module versions, read by e.g. torchvision's
 MNASNet) and ``"extra"`` (caller metadata).
 
 A training checkpoint is a ``torch.save`` of plain data read back with ``weights_only=True``:
@@ -29,6 +30,7 @@ from .errors import PolarpruneError
 from .fileio import atomic_output
 from .models import create
 from .models.imports import check_trusted, is_import_path, trusting_code
+from .models.inputs import INPUT_KEY, check_input_shape
 from .pruning.plan import apply_plan, make_plan, module_shape
 
 FORMAT = "polarprune"
@@ -46,7 +48,17 @@ def _check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise PolarpruneError(f"{where}: the model spec's 'name' must be a string or null")
     if not isinstance(spec.get("options") or {}, dict):
         raise PolarpruneError(f"{where}: the model spec's 'options' must be a mapping")
+    if spec.get(INPUT_KEY) is not None:
+        check_input_shape(spec[INPUT_KEY], where)
     return spec
+
+
+def same_architecture(a: Any, b: Any) -> bool:
+    """Whether two specs describe the same architecture (the recorded input shape aside: a checkpoint
+    written before it was recorded still resumes)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return a == b
+    return {k: v for k, v in a.items() if k != INPUT_KEY} == {k: v for k, v in b.items() if k != INPUT_KEY}
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -307,9 +319,10 @@ def load_any_model(path: str | Path, *, trust_code: bool = False) -> nn.Module:
     return load_model_from_checkpoint(path, trust_code=trust_code)
 
 
-def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
+def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int | None = None, trust_code: bool = False) -> nn.Module:
     """What a command's MODEL argument names: a model file or checkpoint, or a model name (a fresh model
-    with ``num_classes``/``in_channels``); import paths, by name or inside a file, need trusted code."""
+    with ``num_classes``/``in_channels``, default the family's); import paths, by name or inside a file,
+    need trusted code."""
     text = str(source)
     if os.path.exists(text):
         return load_any_model(text, trust_code=trust_code)
@@ -321,4 +334,4 @@ def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 
 
 __all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "build_model_from_spec", "instance_spec",
            "apply_to_instance", "check_fit", "fill_weights", "read_spec", "read_metadata", "model_spec",
-           "load_state_strict", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]
+           "load_state_strict", "same_architecture", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from . import add_trust_code_argument
 
@@ -18,11 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has val/ or test/)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--subset", type=int, help="evaluate on this many images only")
-    p.add_argument("--image-size", type=int, help="imagefolder crop size (default 224)")
+    p.add_argument("--image-size", type=int, help="imagefolder crop size / fake image side (default: the size the model "
+                                                  "file records it was trained or pruned at, else the data's: 224 / 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_trust_code_argument(p)
     p.set_defaults(func=run)
+
+
+def eval_image_size(model: Any, given: int | None) -> int | None:
+    """``--image-size``, else the square side the model records (None: the data's own default)."""
+    from ..models import recorded_input_shape
+
+    recorded = recorded_input_shape(model)
+    return given if given is not None or recorded is None or recorded[1] != recorded[2] else recorded[1]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise PolarpruneError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = read_model(args.model)
     data = build_data(DataConfig(name=args.data, root=args.data_root, eval_batch_size=args.batch_size,
-                                 eval_subset=args.subset, image_size=args.image_size, train_subset=None))
+                                 eval_subset=args.subset, image_size=eval_image_size(model, args.image_size), train_subset=None))
     device = resolve_device(args.device)
     metrics = evaluate(model.to(device), data.eval_loader, device)
     row = stage_row(str(args.model), model, metrics["top1"], (data.in_channels, *data.input_size))

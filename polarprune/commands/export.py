@@ -6,6 +6,7 @@ import argparse
 import json
 
 from . import add_trust_code_argument
+from .inputs import add_input_size_argument
 
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")  # a copy so --help stays torch-free (deploy.EXPORT_FORMATS)
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL_FILE", help="a model file written by polarprune (or a model name)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="artifact format (default onnx)")
     p.add_argument("--out", required=True, metavar="PATH", help="the artifact to write (exported-program: *.pt2)")
-    p.add_argument("--input-size", type=int, metavar="S", help="input height and width (default: the model's own, e.g. 32 for CIFAR models)")
+    add_input_size_argument(p)
     p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="a dynamic batch dimension (default) or a fixed batch size")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: torch's exporter default)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="T", help="largest accepted max abs difference (default 1e-4)")

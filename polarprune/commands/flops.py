@@ -10,10 +10,9 @@ from torch import nn
 
 from ..errors import PolarpruneError
 from . import add_trust_code_argument
+from .inputs import add_input_size_argument
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
-CIFAR_INPUT_SIZE = 32
-IMAGENET_INPUT_SIZE = 224
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="a model name (`polarprune models`) or a model file written by polarprune")
     p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of a named model (default 10; a file knows its own)")
-    p.add_argument(
-        "--input-size", type=int, default=None, metavar="S",
-        help=f"input height and width (default {CIFAR_INPUT_SIZE} for the CIFAR/digits models, {IMAGENET_INPUT_SIZE} otherwise)",
-    )
-    p.add_argument("--in-channels", type=int, default=None, metavar="C", help="input channels (default 3, or what a model file records)")
+    add_input_size_argument(p, channels=True)
     p.add_argument("--json", action="store_true", help='print one JSON object {"macs", "flops", "params"} and nothing else')
     add_trust_code_argument(p)
     p.set_defaults(func=run)
@@ -52,15 +47,8 @@ def resolve_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
         return read_model(args.model), args.model
     if looks_like_path(args.model) and not is_import_path(args.model):
         raise PolarpruneError(f"model file not found: {args.model}")
-    model = read_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels or 3)
+    model = read_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
     return model, f"{args.model} ({args.num_classes} classes)"
-
-
-def default_input_size(model: nn.Module) -> int:
-    """The model entry's input size, at least 32 (the command's documented default for small_cnn too)."""
-    from ..models import default_input_size as entry_input_size
-
-    return max(entry_input_size(model), CIFAR_INPUT_SIZE)
 
 
 def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str, int]) -> str:
@@ -77,15 +65,13 @@ def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str,
 
 def run(args: argparse.Namespace) -> int:
     from ..flops import count_model
+    from ..models import input_shape_of
 
     for option, value in (("--num-classes", args.num_classes), ("--input-size", args.input_size), ("--in-channels", args.in_channels)):
         if value is not None and value < 1:
             raise PolarpruneError(f"{option} must be >= 1, got {value}")
     model, description = resolve_model(args)
-    spec = getattr(model, "polarprune_spec", {})
-    channels = args.in_channels or int(spec.get("in_channels", 3))
-    size = args.input_size or default_input_size(model)
-    input_shape = (channels, size, size)
+    input_shape = input_shape_of(model, args.input_size, args.in_channels)
     cost = count_model(model, input_shape).as_dict()
     if args.json:
         print(json.dumps(cost))

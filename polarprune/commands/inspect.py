@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from ..errors import PolarpruneError
 from . import add_trust_code_argument
+from .inputs import add_input_size_argument
 
 SMALL_GAMMA = 0.01
 QUANTILES = (("min", 0.0), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("max", 1.0))
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot-dir", metavar="DIR", help="write gamma_histogram.png and gamma_layers.png into DIR")
     p.add_argument("--regularized-only", action="store_true", help="list only the BNs sparsity training regularizes by default")
-    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
+    add_input_size_argument(p)
     add_trust_code_argument(p)
     p.set_defaults(func=run)
 
@@ -160,12 +161,12 @@ def inspect_model(model: Any, example_inputs: Any, regularized_only: bool = Fals
 
 def run(args: argparse.Namespace) -> int:
     from ..serialization import read_model
-    from .prune import example_input_for
+    from ..flops import example_input
 
     if args.input_size is not None and args.input_size < 1:
         raise PolarpruneError(f"--input-size must be >= 1, got {args.input_size}")
     model = read_model(args.checkpoint)
-    x = example_input_for(model, args.input_size)
+    x = example_input(model, input_size=args.input_size)
     report = inspect_model(model, x, args.regularized_only)
     magnitudes = report.pop("_magnitudes")
     spec = getattr(model, "polarprune_spec", {}) or {}

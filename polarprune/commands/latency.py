@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from . import add_trust_code_argument
+from .inputs import add_input_size_argument
 
 RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")  # a copy so --help stays torch-free (deploy.RUNTIMES)
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved timed rounds (default 7)")
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed rounds first (default 1)")
     p.add_argument("--round-to", type=int_list, metavar="K[,K...]", help="also time each model with widths cut to multiples of K")
-    p.add_argument("--input-size", type=int, metavar="S", help="input height and width (default: the first model's own)")
+    add_input_size_argument(p)
     p.add_argument("--num-classes", type=int, default=10, metavar="N", help="classes of model names (default 10)")
     add_trust_code_argument(p)
     p.add_argument("--json", metavar="OUT", help="also write the full result (every round) to this JSON file")
@@ -97,12 +98,12 @@ def format_table(result: dict[str, Any], macs: dict[str, int]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..deploy.export import model_input_shape
     from ..deploy.latency import measure_latency, run_with_steady_malloc, steady_malloc
     from ..deploy.widths import round_widths
     from ..errors import PolarpruneError
     from ..fileio import atomic_write_json
     from ..flops import count_model
+    from ..models import input_shape_of
     from ..serialization import read_model
 
     for option, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return run_with_steady_malloc(child_argv(args))
     loaded = {label: read_model(text, num_classes=args.num_classes, trust_code=args.trust_code)
               for label, text in zip(unique_labels(args.models), args.models)}
-    shape = model_input_shape(next(iter(loaded.values())), args.input_size)
+    shape = input_shape_of(next(iter(loaded.values())), args.input_size)
     models = loaded
     if args.round_to:
         example = torch.randn(1, *shape)

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import PolarpruneError
 from ..pruning.options import SCORE_STRATEGIES
 from . import add_trust_code_argument
+from .inputs import add_input_size_argument
 from .prune import add_prune_options, options_from_args
 
 STRATEGY_CHOICES = SCORE_STRATEGIES
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true", help="uniform: decide every BN alone (residual-coupled BNs may differ)")
     p.add_argument("--bn-include", action="append", default=[], metavar="PATTERN", help="mask only BNs matching this fnmatch pattern (repeatable; default: the BNs sparsity training regularizes)")
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN", help="leave out BNs matching this pattern (repeatable)")
-    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
+    add_input_size_argument(p)
     p.add_argument("--out", required=True, metavar="MASK", help="mask file to write (.json)")
     add_trust_code_argument(p)
     p.set_defaults(func=run)
@@ -71,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from ..sparsity.masks import save_mask, uniform_mask
     from ..sparsity.selection import regularized_bn_names
     from ..serialization import read_model
-    from .prune import example_input_for
+    from ..flops import example_input
 
     check_args(args)
     model = read_model(args.checkpoint)
-    x = example_input_for(model, args.input_size)
+    x = example_input(model, input_size=args.input_size)
     names = regularized_bn_names(model, x, args.bn_include, args.bn_exclude, option="--bn")
     trial = TrialAnalysis(model, x)  # one analysis: the decision and its cost
     options = options_from_args(args, MASK_FIELDS)

@@ -12,8 +12,8 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
 from . import add_trust_code_argument
+from .inputs import add_input_size_argument
 
-DIGITS_INPUT_SIZE = 8  # small_cnn is sized for the 8x8 digits
 STRATEGY_CHOICES = STRATEGIES
 # options that are flags which turn a default-on behaviour off
 NEGATING_FLAGS = {"remove_empty_blocks": "--keep-empty-blocks", "compensate": "--no-compensate"}
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
     add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES})
     p.add_argument("--mask", metavar="FILE", help="mask: mask file (BN name -> 0/1 keep string)")
-    p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
+    add_input_size_argument(p)
     p.add_argument("--data", choices=("digits", "cifar10", "cifar100", "imagefolder", "fake"), help="also report top-1 before/after on this data set")
     p.add_argument("--data-root", help="data folder for --data")
     p.add_argument("--subset", type=int, help="evaluate --data on this many images only")
@@ -93,19 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="REPORT.json", help="write the prune report as JSON")
     add_trust_code_argument(p)
     p.set_defaults(func=run)
-
-
-def example_input_for(model: Any, size: int | None) -> Any:
-    """One random image shaped for ``model`` (channels from its spec)."""
-    import torch
-
-    from ..models import default_input_size
-
-    spec = getattr(model, "polarprune_spec", {}) or {}
-    channels = int(spec.get("in_channels", 3))
-    side = size or default_input_size(model)
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, channels, side, side, generator=generator)
 
 
 def _top1(model: Any, args: argparse.Namespace) -> float:
@@ -134,18 +121,21 @@ def _check_args(args: argparse.Namespace) -> PruneOptions:
 
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
+    from ..flops import example_input
+    from ..models import record_input_shape
     from ..pruning import prune_model
     from ..serialization import read_model
 
     options = _check_args(args)
     model = read_model(args.checkpoint)
-    x = example_input_for(model, args.input_size)
+    x = example_input(model, input_size=args.input_size)
     if args.strategy == "mask":
         from ..sparsity.masks import load_mask
 
         options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
     pruned, report = prune_model(model, x, options=options)
+    record_input_shape(pruned, x.shape[1:])  # the pruned file says what input it was traced at
     top1_after = _top1(pruned, args) if args.data else None
     result = report.to_dict()
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})
