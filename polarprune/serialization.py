@@ -93,7 +93,8 @@ def build_model(spec: dict[str, Any], where: str = "model spec", *, trust_code: 
     if is_import_path(name):
         check_trusted(name, where, trust_code)
     with trusting_code(trust_code):
-        model = create(name, int(spec["num_classes"]), in_channels=int(spec.get("in_channels") or 3), **dict(spec.get("options") or {}))
+        channels = int(spec["in_channels"]) if spec.get("in_channels") else None  # None: the family's
+        model = create(name, int(spec["num_classes"]), in_channels=channels, **dict(spec.get("options") or {}))
     apply_plan(model, spec.get("plan"), where)
     model.polarprune_spec = json.loads(json.dumps(spec))  # type: ignore[assignment]
     return model.eval()

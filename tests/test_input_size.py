@@ -128,7 +128,11 @@ def test_a_pruned_file_records_the_given_size(own_file, tmp_path: Path, capsys: 
     capsys.readouterr()
     assert read_spec(pruned)["input_shape"] == [3, 16, 16]
     loaded = polarprune.load(pruned, trust_code=True)
-    assert _cli_json(capsys, "flops", pruned, "--json", "--trust-code")["macs"] == count_model(loaded, (3, 16, 16)).macs
+    macs = count_model(loaded, (3, 16, 16)).macs
+    assert _cli_json(capsys, "flops", pruned, "--json", "--trust-code")["macs"] == macs
+    # eval loads the data at the recorded side (fake images are 32 px unless told)
+    evaluated = _cli_json(capsys, "eval", pruned, "--data", "fake", "--subset", "8", "--device", "cpu", "--json", "--trust-code")
+    assert evaluated["macs"] == macs
 
 
 def test_a_training_checkpoint_records_the_data_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,3 +159,11 @@ def test_a_training_checkpoint_records_the_data_size(tmp_path: Path, capsys: pyt
     config.write_text(config.read_text().replace("epochs: 1", "epochs: 2"))
     assert main(["train", str(config), "--out", str(out)]) == 0  # resumes: the architecture is the same
     assert read_checkpoint(checkpoint)["epoch"] == 2 and read_checkpoint(checkpoint)["spec"]["input_shape"] == [3, 32, 32]
+
+
+def test_latency_refuses_models_that_take_different_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    """small_cnn takes 1x8x8, resnet20 3x32x32: one line naming both, not a shape error inside torch."""
+    assert main(["latency", "small_cnn", "resnet20", "--default-malloc", "--rounds", "1", "--batch", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["polarprune: error: the models take different inputs (small_cnn: 1x8x8, resnet20: 3x32x32); "
+                   "time models that take the same input (--input-size S sets the size)"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from . import add_trust_code_argument
+from .inputs import data_image_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,14 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def eval_image_size(model: Any, given: int | None) -> int | None:
-    """``--image-size``, else the square side the model records (None: the data's own default)."""
-    from ..models import recorded_input_shape
-
-    recorded = recorded_input_shape(model)
-    return given if given is not None or recorded is None or recorded[1] != recorded[2] else recorded[1]
-
-
 def run(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..data import build_data
@@ -48,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise PolarpruneError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = read_model(args.model)
     data = build_data(DataConfig(name=args.data, root=args.data_root, eval_batch_size=args.batch_size,
-                                 eval_subset=args.subset, image_size=eval_image_size(model, args.image_size), train_subset=None))
+                                 eval_subset=args.subset, image_size=data_image_size(model, args.image_size), train_subset=None))
     device = resolve_device(args.device)
     metrics = evaluate(model.to(device), data.eval_loader, device)
     row = stage_row(str(args.model), model, metrics["top1"], (data.in_channels, *data.input_size))

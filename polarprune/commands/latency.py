@@ -95,6 +95,21 @@ def format_table(result: dict[str, Any], macs: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def common_input_shape(models: dict[str, Any], input_size: int | None) -> tuple[int, int, int]:
+    """The one input every model is timed on: each model's own (``input_shape_of``); models that take
+    different inputs are a one-line error instead of a shape mismatch deep inside torch."""
+    from ..errors import PolarpruneError
+    from ..models import input_shape_of
+
+    shapes = {label: input_shape_of(model, input_size) for label, model in models.items()}
+    first, *_ = shapes.values()
+    other = next((label for label, shape in shapes.items() if shape != first), None)
+    if other is not None:
+        raise PolarpruneError(f"the models take different inputs ({next(iter(shapes))}: {'x'.join(map(str, first))}, "
+                              f"{other}: {'x'.join(map(str, shapes[other]))}); time models that take the same input (--input-size S sets the size)")
+    return first
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -103,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import PolarpruneError
     from ..fileio import atomic_write_json
     from ..flops import count_model
-    from ..models import input_shape_of
     from ..serialization import read_model
 
     for option, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
@@ -114,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return run_with_steady_malloc(child_argv(args))
     loaded = {label: read_model(text, num_classes=args.num_classes, trust_code=args.trust_code)
               for label, text in zip(unique_labels(args.models), args.models)}
-    shape = input_shape_of(next(iter(loaded.values())), args.input_size)
+    shape = common_input_shape(loaded, args.input_size)
     models = loaded
     if args.round_to:
         example = torch.randn(1, *shape)

@@ -12,7 +12,7 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
 from . import add_trust_code_argument
-from .inputs import add_input_size_argument
+from .inputs import add_input_size_argument, data_image_size
 
 STRATEGY_CHOICES = STRATEGIES
 # options that are flags which turn a default-on behaviour off
@@ -102,7 +102,8 @@ def _top1(model: Any, args: argparse.Namespace) -> float:
 
     import torch
 
-    data = build_data(DataConfig(name=args.data, root=args.data_root, eval_subset=args.subset, train_subset=None, workers=0))
+    data = build_data(DataConfig(name=args.data, root=args.data_root, eval_subset=args.subset, train_subset=None, workers=0,
+                                 image_size=data_image_size(model, args.input_size)))
     return float(evaluate(model, data.eval_loader, torch.device("cpu"))["top1"])
 
 
