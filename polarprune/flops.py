@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_leaves
 
 from .errors import PolarpruneError
 from .modes import inference
+from .models.inputs import input_shape_of
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -352,9 +353,13 @@ class CostCounter(TorchDispatchMode):
 # Public entry points
 
 
-def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """The tensor the model is run on: the given one, or one random (C, H, W) image from a private generator
-    (the global RNG is left alone) on the device and floating dtype of the model's first parameter."""
+def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | None = None, *, input_size: int | None = None,
+                  in_channels: int | None = None, batch: int = 1) -> torch.Tensor:
+    """The tensor the model is run on: the given one, or ``batch`` random images of the given ``(C, H, W)``,
+    else of the model's own input shape (``models.inputs.input_shape_of``: ``input_size``/``in_channels``,
+    else recorded in the model, else its family's, else an error asking for --input-size). Random images
+    come from a private generator (the global RNG is left alone), on the device and floating dtype of the
+    model's first parameter."""
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -362,11 +367,11 @@ def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
         if input_shape.dim() < 1 or input_shape.shape[0] < 1:
             raise PolarpruneError(f"example input must have a batch dimension of at least 1, got shape {tuple(input_shape.shape)}")
         return input_shape.to(device)
-    shape = tuple(input_shape)
+    shape = input_shape_of(model, input_size, in_channels) if input_shape is None else tuple(input_shape)
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise PolarpruneError(f"input shape must be positive integers (C, H, W), got {shape!r}")
     generator = torch.Generator().manual_seed(0)
-    return torch.randn((1, *shape), generator=generator).to(device=device, dtype=dtype)
+    return torch.randn((batch, *shape), generator=generator).to(device=device, dtype=dtype)
 
 
 def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, CostProfile]:
@@ -378,9 +383,10 @@ def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Cos
     return output, counter.profile(model, batch)
 
 
-def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> CostProfile:
+def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | None = None) -> CostProfile:
     """Per-image totals and per-op costs of one forward pass (eval mode, no grad, modes restored) on one
-    (C, H, W) image, or on an example batch whose counts are divided by its batch size."""
+    (C, H, W) image (default: the model's own input, ``example_input``), or on an example batch whose
+    counts are divided by its batch size."""
     x = example_input(model, input_shape)
     try:
         return counted_forward(model, (x,))[1]
@@ -391,8 +397,9 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -
         raise PolarpruneError(f"cannot run {type(model).__name__} on an input of shape {tuple(x.shape)}: {first}") from exc
 
 
-def count_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> ModelCost:
-    """Per-image MACs, FLOPs and parameter count of ``model`` (see the module docstring)."""
+def count_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | None = None) -> ModelCost:
+    """Per-image MACs, FLOPs and parameter count of ``model`` (see the module docstring); ``input_shape``
+    defaults to the model's own input (``example_input``)."""
     return profile_model(model, input_shape).cost
 
 

@@ -6,7 +6,8 @@ ever unpickled and no module is imported unless the caller trusts code.
 A polarprune model file is a safetensors file (the state dict) whose metadata holds ``"format"``
 (``"polarprune"``), ``"polarprune_version"``, ``"spec"`` (JSON: ``model.polarprune_spec``, or for any
 other module ``name`` null, ``class`` for information only and a ``plan`` with the shape of every layer
-pruning can change), ``"versions"`` (the state dict's per-module versions, read by e.g. torchvision's
+pruning can change; ``input_shape``, ``[C, H, W]``, is the input the model was trained or pruned at,
+absent from files written before it was recorded: the commands then use the model family's default), ``"versions"`` (the state dict's per-module versions, read by e.g. torchvision's
 MNASNet) and ``"extra"`` (caller metadata).
 
 A training checkpoint is a ``torch.save`` of plain data read back with ``weights_only=True``:
@@ -29,6 +30,7 @@ from .errors import PolarpruneError
 from .fileio import atomic_output
 from .models import create
 from .models.imports import check_trusted, is_import_path, trusting_code
+from .models.inputs import INPUT_KEY, check_input_shape
 from .pruning.plan import apply_plan, make_plan, module_shape
 
 FORMAT = "polarprune"
@@ -46,7 +48,17 @@ def _check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise PolarpruneError(f"{where}: the model spec's 'name' must be a string or null")
     if not isinstance(spec.get("options") or {}, dict):
         raise PolarpruneError(f"{where}: the model spec's 'options' must be a mapping")
+    if spec.get(INPUT_KEY) is not None:
+        check_input_shape(spec[INPUT_KEY], where)
     return spec
+
+
+def same_architecture(a: Any, b: Any) -> bool:
+    """Whether two specs describe the same architecture (the recorded input shape aside: a checkpoint
+    written before it was recorded still resumes)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return a == b
+    return {k: v for k, v in a.items() if k != INPUT_KEY} == {k: v for k, v in b.items() if k != INPUT_KEY}
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -81,7 +93,8 @@ def build_model(spec: dict[str, Any], where: str = "model spec", *, trust_code: 
     if is_import_path(name):
         check_trusted(name, where, trust_code)
     with trusting_code(trust_code):
-        model = create(name, int(spec["num_classes"]), in_channels=int(spec.get("in_channels") or 3), **dict(spec.get("options") or {}))
+        channels = int(spec["in_channels"]) if spec.get("in_channels") else None  # None: the family's
+        model = create(name, int(spec["num_classes"]), in_channels=channels, **dict(spec.get("options") or {}))
     apply_plan(model, spec.get("plan"), where)
     model.polarprune_spec = json.loads(json.dumps(spec))  # type: ignore[assignment]
     return model.eval()
@@ -324,9 +337,10 @@ def load_any_model(path: str | Path, *, trust_code: bool = False) -> nn.Module:
     return load(path, trust_code=trust_code)
 
 
-def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
+def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int | None = None, trust_code: bool = False) -> nn.Module:
     """What a command's MODEL argument names: a model file or checkpoint, or a model name (a fresh model
-    with ``num_classes``/``in_channels``); import paths, by name or inside a file, need trusted code."""
+    with ``num_classes``/``in_channels``, default the family's); import paths, by name or inside a file,
+    need trusted code."""
     text = str(source)
     if os.path.exists(text):
         return load_any_model(text, trust_code=trust_code)
@@ -338,4 +352,4 @@ def read_model(source: str | Path, *, num_classes: int = 10, in_channels: int = 
 
 __all__ = ["FORMAT", "CHECKPOINT_FORMAT", "save", "load", "build_model", "instance_spec",
            "apply_to_instance", "check_fit", "fill_weights", "read_spec", "read_metadata", "model_spec",
-           "load_state_strict", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]
+           "load_state_strict", "same_architecture", "read_checkpoint", "load_model_from_checkpoint", "load_any_model", "read_model"]

@@ -113,7 +113,8 @@ def test_latency_command(tmp_path):
     result = json.loads(out.read_text())
     assert result["steady_malloc"] is True  # measured in the child process
     assert result["models"] == ["small_cnn @1", "small_cnn @8", "small_cnn #2 @1", "small_cnn #2 @8"]
-    assert result["input_shape"] == [3, 8, 8] and [b["batch"] for b in result["batches"]] == [1, 2]
+    # small_cnn is built for its family's input, 1x8x8 (the digits), and timed on it
+    assert result["input_shape"] == [1, 8, 8] and [b["batch"] for b in result["batches"]] == [1, 2]
     assert result["macs"]["small_cnn @8"] == result["macs"]["small_cnn @1"]  # width 32/64 is already a multiple of 8
     assert "small_cnn #2 @8" in proc.stdout and "latency cut" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "--rounds", "0"],

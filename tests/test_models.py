@@ -150,7 +150,9 @@ def test_entry_for_plain_torchvision_instances() -> None:
     assert models.entry_for(torchvision.models.densenet121()) is None  # no family rule: graph defaults
     assert models.entry_for(nn.Linear(2, 2)) is None
     assert models.entry_for(models.create("densenet121", 10)).family == "torchvision"  # by its name
-    assert models.default_input_size(nn.Linear(2, 2)) == 224
+    assert models.default_input_size(nn.Linear(2, 2)) is None  # unknown: the commands ask for --input-size
+    with pytest.raises(PolarpruneError, match="records no input size and no model family knows it; pass --input-size"):
+        models.input_shape_of(nn.Linear(2, 2))
 
 
 def test_family_input_sizes() -> None:

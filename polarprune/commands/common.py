@@ -14,7 +14,9 @@ TRUST_CODE_HELP = (
     "(on the command line, in a config or recipe, or inside a model file); without it such a model is refused"
 )
 CHECKPOINT_HELP = "training checkpoint (.pt) or polarprune model file (.safetensors)"
-INPUT_SIZE_HELP = "example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)"
+INPUT_SIZE_HELP = ("input height and width (default: what the model file records it was trained or pruned at, "
+                   "else its family's: 8 small_cnn, 32 CIFAR models, 224 torchvision/timm)")
+IN_CHANNELS_HELP = "input channels (default: what the model file records, else the model's own)"
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -43,17 +45,40 @@ def add_config_arguments(parser: argparse.ArgumentParser, name: str, source_help
     parser.add_argument("--out", help=out_help)
 
 
+def add_input_size_argument(parser: argparse.ArgumentParser, *, channels: bool = False) -> None:
+    """``--input-size S`` (and ``--in-channels C``), both defaulting to the model's own input
+    (``models.inputs.input_shape_of``: what the file records, else the family's, else an error)."""
+    parser.add_argument("--input-size", type=int, default=None, metavar="S", help=INPUT_SIZE_HELP)
+    if channels:
+        parser.add_argument("--in-channels", type=int, default=None, metavar="C", help=IN_CHANNELS_HELP)
+
+
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """``prune``, ``mask``, ``inspect``: the trained model to read and the example input's size."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    parser.add_argument("--input-size", type=int, metavar="S", help=INPUT_SIZE_HELP)
+    add_input_size_argument(parser)
 
 
-def add_model_name_arguments(parser: argparse.ArgumentParser, input_size_default: str) -> None:
-    """``export``, ``latency``, ``flops``: ``--input-size`` and the classes of a model given by name."""
-    parser.add_argument("--input-size", type=int, metavar="S", help=f"input height and width (default: {input_size_default})")
+def add_model_name_arguments(parser: argparse.ArgumentParser, *, channels: bool = False) -> None:
+    """``export``, ``latency``, ``flops``: ``--input-size`` (``channels``: and ``--in-channels``) and the
+    classes of a model given by name."""
+    add_input_size_argument(parser, channels=channels)
     parser.add_argument("--num-classes", type=int, default=10, metavar="N",
                         help="classes of a model name (default 10; a model file knows its own)")
+
+
+def data_image_size(model: Any, given: int | None) -> int | None:
+    """The image size to load evaluation data at (``data.image_size``: imagefolder's crop, fake's side):
+    ``given``, else the square side the model records; None leaves the data set's own default (also for
+    a recorded side below what ``data.image_size`` accepts)."""
+    from ..config import DataConfig
+    from ..models import recorded_input_shape
+
+    recorded = recorded_input_shape(model)
+    if given is not None or recorded is None or recorded[1] != recorded[2]:
+        return given
+    least = min((m.ge for m in DataConfig.model_fields["image_size"].metadata if getattr(m, "ge", None) is not None), default=1)
+    return recorded[1] if recorded[1] >= least else None
 
 
 def check_at_least(bounds: Mapping[str, tuple[Any, int]]) -> None:

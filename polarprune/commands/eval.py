@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import check_at_least, check_forward, command_parser
+from .common import check_at_least, check_forward, command_parser, data_image_size
 
 DESCRIPTION = """Top-1/top-5 of a training checkpoint (.pt) or polarprune model file (.safetensors) on a data set's
 evaluation split, with MACs, params and CPU latency at batch 1. Only the evaluation split is read (an ImageFolder
@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="data folder (cifar: parent of cifar-10-batches-py; imagefolder: has val/ or test/)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--subset", type=int, help="evaluate on this many images only")
-    p.add_argument("--image-size", type=int, help="imagefolder crop size (default 224)")
+    p.add_argument("--image-size", type=int, help="imagefolder crop size / fake image side (default: the size the model "
+                                                  "file records it was trained or pruned at, else the data's: 224 / 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     check_at_least({"--batch-size": (args.batch_size, 1), "--subset": (args.subset, 1), "--image-size": (args.image_size, 1)})
     model = read_model(args.model)
     data = build_data(DataConfig(name=args.data, root=args.data_root, eval_batch_size=args.batch_size,
-                                 eval_subset=args.subset, image_size=args.image_size, train_subset=None), eval_only=True)
+                                 eval_subset=args.subset, image_size=data_image_size(model, args.image_size),
+                                 train_subset=None), eval_only=True)
     check_forward(args.model, model, (data.in_channels, *data.input_size), f"the {args.data} images do not fit this model")
     device = resolve_device(args.device)
     metrics = evaluate(model.to(device), data.eval_loader, device)

@@ -23,18 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="a dynamic batch dimension (default) or a fixed batch size")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: torch's exporter default)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="T", help="largest accepted max abs difference (default 1e-4)")
-    add_model_name_arguments(p, "the model's own, e.g. 32 for CIFAR models")
+    add_model_name_arguments(p)
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.export import check_batch, export_model, model_input_shape
+    from ..deploy.export import check_batch, export_model
+    from ..models import input_shape_of
     from ..serialization import read_model
 
     check_at_least({"--input-size": (args.input_size, 1), "--num-classes": (args.num_classes, 1)})
     batch = check_batch(args.batch)
     model = read_model(args.model, num_classes=args.num_classes, trust_code=args.trust_code)
-    check_forward(args.model, model, model_input_shape(model, args.input_size), "set --input-size")
+    check_forward(args.model, model, input_shape_of(model, args.input_size), "set --input-size")
     report = export_model(model, args.out, args.format, input_size=args.input_size, batch=batch, opset=args.opset,
                           tolerance=args.tolerance)
     if args.json:

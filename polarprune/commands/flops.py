@@ -14,8 +14,6 @@ if TYPE_CHECKING:  # torch only for the annotations: `--help` must not import it
     from torch import nn
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
-CIFAR_INPUT_SIZE = 32
-IMAGENET_INPUT_SIZE = 224
 FORWARD_HINT = "set --input-size and --in-channels"
 DESCRIPTION = """Count the per-image conv+linear multiply-accumulates (MACs, the papers' headline metric), the FLOPs of
 all layers (one MAC = one FLOP) and the parameters of a model name or of a pruned model file. docs/flops.md
@@ -25,8 +23,7 @@ describes the conventions."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "flops", "count a model's MACs, FLOPs and parameters", DESCRIPTION, run)
     p.add_argument("model", metavar="MODEL", help="a model name (`polarprune models`) or a model file written by polarprune")
-    add_model_name_arguments(p, f"{CIFAR_INPUT_SIZE} for the CIFAR/digits models, {IMAGENET_INPUT_SIZE} otherwise")
-    p.add_argument("--in-channels", type=int, default=None, metavar="C", help="input channels (default 3, or what a model file records)")
+    add_model_name_arguments(p, channels=True)
     p.add_argument("--json", action="store_true", help='print one JSON object {"macs", "flops", "params"} and nothing else')
 
 
@@ -44,15 +41,8 @@ def resolve_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
         return read_model(args.model), args.model
     if looks_like_path(args.model) and not is_import_path(args.model):
         raise PolarpruneError(f"model file not found: {args.model}")
-    model = read_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels or 3)
+    model = read_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
     return model, f"{args.model} ({args.num_classes} classes)"
-
-
-def default_input_size(model: nn.Module) -> int:
-    """The model entry's input size, at least 32 (the command's documented default for small_cnn too)."""
-    from ..models import default_input_size as entry_input_size
-
-    return max(entry_input_size(model), CIFAR_INPUT_SIZE)
 
 
 def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str, int]) -> str:
@@ -69,14 +59,12 @@ def format_table(description: str, input_shape: tuple[int, ...], cost: dict[str,
 
 def run(args: argparse.Namespace) -> int:
     from ..flops import count_model
+    from ..models import input_shape_of
 
     check_at_least({"--num-classes": (args.num_classes, 1), "--input-size": (args.input_size, 1),
                     "--in-channels": (args.in_channels, 1)})
     model, description = resolve_model(args)
-    spec = getattr(model, "polarprune_spec", {})
-    channels = args.in_channels or int(spec.get("in_channels", 3))
-    size = args.input_size or default_input_size(model)
-    input_shape = (channels, size, size)
+    input_shape = input_shape_of(model, args.input_size, args.in_channels)
     check_forward(args.model, model, input_shape, FORWARD_HINT)
     cost = count_model(model, input_shape).as_dict()
     if args.json:

@@ -152,11 +152,11 @@ def inspect_model(model: Any, example_inputs: Any, regularized_only: bool = Fals
 
 def run(args: argparse.Namespace) -> int:
     from ..serialization import read_model
-    from .prune import example_input_for
+    from ..flops import example_input
 
     check_at_least({"--input-size": (args.input_size, 1)})
     model = read_model(args.checkpoint)
-    x = example_input_for(model, args.input_size)
+    x = example_input(model, input_size=args.input_size)
     report = inspect_model(model, x, args.regularized_only)
     magnitudes = report.pop("_magnitudes")
     spec = getattr(model, "polarprune_spec", {}) or {}

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved timed rounds (default 7)")
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed rounds first (default 1)")
     p.add_argument("--round-to", type=int_list, metavar="K[,K...]", help="also time each model with widths cut to multiples of K")
-    add_model_name_arguments(p, "the first model's own")
+    add_model_name_arguments(p)
     p.add_argument("--json", metavar="OUT", help="also write the full result (every round) to this JSON file")
     p.add_argument("--default-malloc", action="store_true", help="time in this process with glibc's default allocator settings")
 
@@ -89,10 +89,24 @@ def format_table(result: dict[str, Any], macs: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def common_input_shape(models: dict[str, Any], input_size: int | None) -> tuple[int, int, int]:
+    """The one input every model is timed on: each model's own (``input_shape_of``); models that take
+    different inputs are a one-line error instead of a shape mismatch deep inside torch."""
+    from ..errors import PolarpruneError
+    from ..models import input_shape_of
+
+    shapes = {label: input_shape_of(model, input_size) for label, model in models.items()}
+    first, *_ = shapes.values()
+    other = next((label for label, shape in shapes.items() if shape != first), None)
+    if other is not None:
+        raise PolarpruneError(f"the models take different inputs ({next(iter(shapes))}: {'x'.join(map(str, first))}, "
+                              f"{other}: {'x'.join(map(str, shapes[other]))}); time models that take the same input (--input-size S sets the size)")
+    return first
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..deploy.export import model_input_shape
     from ..deploy.latency import measure_latency, run_with_steady_malloc, steady_malloc
     from ..deploy.widths import round_widths
     from ..fileio import atomic_write_json
@@ -105,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return run_with_steady_malloc(child_argv(args))
     loaded = {label: read_model(text, num_classes=args.num_classes, trust_code=args.trust_code)
               for label, text in zip(unique_labels(args.models), args.models)}
-    shape = model_input_shape(next(iter(loaded.values())), args.input_size)
+    shape = common_input_shape(loaded, args.input_size)
     for label, model in loaded.items():
         check_forward(label, model, shape, "set --input-size")
     models = loaded

@@ -61,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from ..sparsity.masks import save_mask, uniform_mask
     from ..sparsity.selection import regularized_bn_names
     from ..serialization import read_model
-    from .prune import example_input_for
+    from ..flops import example_input
 
     check_args(args)
     model = read_model(args.checkpoint)
-    x = example_input_for(model, args.input_size)
+    x = example_input(model, input_size=args.input_size)
     names = regularized_bn_names(model, x, args.bn_include, args.bn_exclude, option="--bn")
     trial = TrialAnalysis(model, x)  # one analysis: the decision and its cost
     options = options_from_args(args, MASK_FIELDS)

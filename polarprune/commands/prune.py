@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
-from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser
+from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser, data_image_size
 
 STRATEGY_CHOICES = STRATEGIES
 # options that are flags which turn a default-on behaviour off
@@ -90,19 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="REPORT.json", help="write the prune report as JSON")
 
 
-def example_input_for(model: Any, size: int | None) -> Any:
-    """One random image shaped for ``model`` (channels from its spec)."""
-    import torch
-
-    from ..models import default_input_size
-
-    spec = getattr(model, "polarprune_spec", {}) or {}
-    channels = int(spec.get("in_channels", 3))
-    side = size or default_input_size(model)
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, channels, side, side, generator=generator)
-
-
 def _top1(model: Any, args: argparse.Namespace) -> float:
     from ..config import DataConfig
     from ..data import build_data
@@ -110,7 +97,8 @@ def _top1(model: Any, args: argparse.Namespace) -> float:
 
     import torch
 
-    data = build_data(DataConfig(name=args.data, root=args.data_root, eval_subset=args.subset, train_subset=None, workers=0))
+    data = build_data(DataConfig(name=args.data, root=args.data_root, eval_subset=args.subset, train_subset=None, workers=0,
+                                 image_size=data_image_size(model, args.input_size)))
     return float(evaluate(model, data.eval_loader, torch.device("cpu"))["top1"])
 
 
@@ -126,18 +114,21 @@ def _check_args(args: argparse.Namespace) -> PruneOptions:
 
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
+    from ..flops import example_input
+    from ..models import record_input_shape
     from ..pruning import prune_model
     from ..serialization import read_model
 
     options = _check_args(args)
     model = read_model(args.checkpoint)
-    x = example_input_for(model, args.input_size)
+    x = example_input(model, input_size=args.input_size)
     if args.strategy == "mask":
         from ..sparsity.masks import load_mask
 
         options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
     pruned, report = prune_model(model, x, options=options)
+    record_input_shape(pruned, x.shape[1:])  # the pruned file says what input it was traced at
     top1_after = _top1(pruned, args) if args.data else None
     result = report.to_dict()
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})

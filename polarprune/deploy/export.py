@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import PolarpruneError, first_line, require_extra
 from ..fileio import atomic_output
-from ..models import default_input_size
+from ..models import input_shape_of
 
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 DEFAULT_TOLERANCE = 1e-4
@@ -65,24 +65,10 @@ def check_batch(batch: Batch) -> Batch:
     return batch
 
 
-def model_input_shape(model: nn.Module, input_size: int | None = None, in_channels: int | None = None) -> tuple[int, int, int]:
-    """``(channels, size, size)`` of one input: the given values, else the model's own."""
-    spec = getattr(model, "polarprune_spec", None) or {}
-    channels = in_channels or int(spec.get("in_channels", 0)) or _first_conv_channels(model)
-    size = input_size or default_input_size(model)
-    if channels < 1 or size < 1:
-        raise PolarpruneError(f"input channels and size must be >= 1, got {channels} and {size}")
-    return channels, size, size
-
-
 def require_onnx(purpose: str = "onnx export") -> None:
     """A one-line error naming the deploy extra when one of the ONNX modules is not installed."""
     for module in ONNX_MODULES:
         require_extra(module, "deploy", purpose)
-
-
-def _first_conv_channels(model: nn.Module) -> int:
-    return next((int(module.in_channels) for module in model.modules() if isinstance(module, nn.Conv2d)), 3)
 
 
 def _quietly(fn: Callable[[], Any]) -> Any:
@@ -241,7 +227,7 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
     if target.is_dir():
         raise PolarpruneError(f"{target}: is a folder; give the artifact's file name")
     start = time.perf_counter()
-    shape = model_input_shape(model, input_size, in_channels)
+    shape = input_shape_of(model, input_size, in_channels)  # the given size, else recorded, else the family's
     work = copy.deepcopy(model).cpu().eval()
     dynamic = batch == "dynamic"
     generator = torch.Generator().manual_seed(seed)
@@ -281,4 +267,4 @@ def _onnx_opset(path: Path) -> int | None:
 
 
 __all__ = ["DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "check_batch", "export_model", "failing_module",
-           "load_artifact", "model_input_shape", "require_onnx"]
+           "load_artifact", "require_onnx"]

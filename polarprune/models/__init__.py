@@ -26,10 +26,9 @@ from .cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet
 from .cifar_vgg import CifarVGG
 from .entry import METHODS, ModelEntry, entry_for, get_entry, register
 from .imports import trusting_code
+from .inputs import input_shape_of, record_input_shape, recorded_input_shape
 from .small_cnn import SmallCNN
 from . import timm_models  # noqa: F401  (registers the timm: resolver; timm itself is imported on use)
-
-DEFAULT_INPUT_SIZE = 224  # for a model no entry knows
 
 
 def _load_torchvision(subject: object) -> None:
@@ -42,10 +41,11 @@ def _load_torchvision(subject: object) -> None:
 _entry.add_loader(_load_torchvision)
 
 
-def default_input_size(model_or_name: nn.Module | str) -> int:
-    """The square input side the model is made for (its entry's; 224 when no entry knows it)."""
+def default_input_size(model_or_name: nn.Module | str) -> int | None:
+    """The square input side the model's family is made for (its entry's); None when no entry knows it.
+    ``inputs.input_shape_of`` is the policy the commands use (a recorded size wins)."""
     found = get_entry(model_or_name) if isinstance(model_or_name, str) else entry_for(model_or_name)
-    return found.input_size if found is not None else DEFAULT_INPUT_SIZE
+    return found.input_size if found is not None else None
 
 
 def torchvision_names() -> list[str]:
@@ -77,18 +77,20 @@ def init_bn_gamma(model: nn.Module, value: float, scope: str = "all") -> None:
             nn.init.constant_(m.weight, value)
 
 
-def create(name: str, num_classes: int = 10, *, in_channels: int = 3, bn_init: float | None = None, bn_init_scope: str = "all",
+def create(name: str, num_classes: int = 10, *, in_channels: int | None = None, bn_init: float | None = None, bn_init_scope: str = "all",
            weights: str | None = None, trust_code: bool = False, **options: Any) -> nn.Module:
     """Build a model by name (a registry name, ``timm:<name>`` or ``"package.module:callable"``).
 
     ``bn_init`` sets the BN gammas, ``weights`` is a local state-dict file loaded after construction,
-    other options go to the constructor. An import path is imported only when code is trusted.
+    other options go to the constructor; ``in_channels`` defaults to the family's (1 for ``small_cnn``,
+    else 3). An import path is imported only when code is trusted.
     """
     if num_classes < 1:
         raise PolarpruneError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
     found = get_entry(name)
     if found is None:
         raise PolarpruneError(f"unknown model {name!r}{_depth_hint(name)}; `polarprune models` lists the names")
+    in_channels = found.in_channels if in_channels is None else in_channels
     with trusting_code(trust_code):
         model = _build(found, num_classes, in_channels, options)
     if bn_init is not None:
@@ -134,5 +136,6 @@ def _load_weights(model: nn.Module, name: str, path: str) -> None:
         raise PolarpruneError(f"model {name!r}: weights {path} do not fit: {' '.join(first[:3])}") from None
 
 
-__all__ = ["create", "register", "get_entry", "entry_for", "default_input_size", "ModelEntry", "METHODS",
+__all__ = ["create", "register", "get_entry", "entry_for", "default_input_size", "input_shape_of",
+           "record_input_shape", "recorded_input_shape", "ModelEntry", "METHODS",
            "list_models", "torchvision_names", "init_bn_gamma", "CifarResNet", "CifarVGG", "SmallCNN"]

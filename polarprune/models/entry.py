@@ -37,7 +37,7 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     family: str = ""
-    input_size: int = 224
+    input_size: int | None = None  # square input side of the family; None: unknown (commands ask for --input-size)
     in_channels: int = 3
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

@@ -16,7 +16,7 @@ from torch import nn
 from .. import distributed as dist
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json_lines
-from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, read_checkpoint
+from ..serialization import CHECKPOINT_FORMAT, load_state_strict, model_spec, read_checkpoint, same_architecture
 from .checkpoint import atomic_torch_save
 from .guard import DivergenceError, DivergenceGuard, all_finite
 from .hooks import TrainHook
@@ -243,7 +243,7 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = read_checkpoint(path)
-        if ckpt.get("spec") != self.spec:
+        if not same_architecture(ckpt.get("spec"), self.spec):
             raise PolarpruneError(f"{path}: the checkpoint's architecture differs from this run's model; "
                                   "use another out folder or delete the checkpoint")
         load_state_strict(self.model, ckpt["model"], str(path))

@@ -21,7 +21,7 @@ from ..data import build_data, probe_batch
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
 from ..hardware import cpu_native_bf16
-from ..models import create, get_entry, init_bn_gamma
+from ..models import create, get_entry, init_bn_gamma, record_input_shape
 from ..serialization import load_any_model
 from ..sparsity import build_hooks, resolve_sparsity
 from ..training.distill import DistillationLoss
@@ -182,6 +182,7 @@ def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Se
         raise PolarpruneError(f"data.batch_size {batch} is larger than the training set "
                               f"({data.train_size} images over {dist.world_size()} process(es))")
     model = model if model is not None else build_model(cfg, data.num_classes, data.in_channels)
+    record_input_shape(model, (data.in_channels, *data.input_size))  # checkpoints and model files say what it takes
     t = cfg.train
     dtype = getattr(torch, t.dtype)
     model.to(device, dtype)
