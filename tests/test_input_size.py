@@ -167,3 +167,13 @@ def test_latency_refuses_models_that_take_different_inputs(capsys: pytest.Captur
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["polarprune: error: the models take different inputs (small_cnn: 1x8x8, resnet20: 3x32x32); "
                    "time models that take the same input (--input-size S sets the size)"]
+
+
+def test_prune_model_records_the_input_it_traced() -> None:
+    """``prune_model`` called from Python records the image size it traced at, as the command does."""
+    from polarprune.pruning import prune_model
+
+    model = create("small_cnn", 10)
+    pruned, _ = prune_model(model, torch.randn(2, 1, 12, 12), "fixed", threshold=0.0)
+    assert pruned.polarprune_spec["input_shape"] == [1, 12, 12]
+    assert "input_shape" not in model.polarprune_spec

@@ -115,7 +115,6 @@ def _check_args(args: argparse.Namespace) -> PruneOptions:
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
     from ..flops import example_input
-    from ..models import record_input_shape
     from ..pruning import prune_model
     from ..serialization import read_model
 
@@ -128,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
         options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
     pruned, report = prune_model(model, x, options=options)
-    record_input_shape(pruned, x.shape[1:])  # the pruned file says what input it was traced at
     top1_after = _top1(pruned, args) if args.data else None
     result = report.to_dict()
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..flops import CostProfile, counted_forward
 from ..models.entry import pruning_entry
+from ..models.inputs import record_input_shape
 from ..modes import restored_modes
 from .base import as_input_tuple, deleted_with_block, max_abs_diff
 from .compensation import CompensationResult, apply_adjustments, compensate as fold_constants
@@ -177,7 +178,15 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
                 module.training = model.training
         report.seconds = timer.total()
     _attach_plan(work, base_view)
+    _record_traced_input(work, example_inputs)
     return work, report
+
+
+def _record_traced_input(pruned: nn.Module, example_inputs: Any) -> None:
+    """An image model's spec records the ``(C, H, W)`` it was pruned at, so its file says what it takes."""
+    first = as_input_tuple(example_inputs)[0]
+    if isinstance(first, Tensor) and first.dim() == 4:
+        record_input_shape(pruned, first.shape[1:])
 
 
 __all__ = ["max_abs_diff", "Timer", "paper_accounting", "prune_model", "plan_pruning", "channel_groups", "prunable_bn_names", "analysed_copy", "group_rows"]
