@@ -56,16 +56,56 @@ def test_measure_latency_medians_and_paired_ratios():
     assert json.loads(json.dumps(result.as_dict()))["batches"][0]["batch"] == 1
 
 
+# what each eager runtime feeds every convolution: (input dtype, input channels_last, weight dtype,
+# weight channels_last); onnxruntime runs no torch module at all
+EAGER_LAYOUT = {
+    "eager": (torch.float32, False, torch.float32, False),
+    "eager-channels-last": (torch.float32, True, torch.float32, True),
+    "eager-bf16": (torch.bfloat16, True, torch.bfloat16, True),
+}
+
+
+def channels_last(t: torch.Tensor) -> bool:
+    """Strictly channels_last: NHWC strides (a tensor with C == 1 or H == W == 1 is both, so not asked)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_every_runtime_computes_the_models_output(runtime):
+def test_every_runtime_computes_the_models_output(runtime, monkeypatch):
     model = small()
+    seen: list[tuple[torch.dtype, bool, torch.dtype, bool]] = []
+
+    def record(conv: nn.Conv2d, args: tuple[torch.Tensor, ...]) -> None:
+        if conv.in_channels > 1:  # the 1-channel input is channels_last and contiguous at once
+            seen.append((args[0].dtype, channels_last(args[0]), conv.weight.dtype, channels_last(conv.weight)))
+
+    for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        conv.register_forward_pre_hook(record)  # the runner's copy of the model keeps the hooks
+    sessions: list[int] = []
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        real_run = onnxruntime.InferenceSession.run
+        monkeypatch.setattr(onnxruntime.InferenceSession, "run",
+                            lambda self, *a, **k: sessions.append(1) or real_run(self, *a, **k))
     run = forward_runner(model, runtime, (1, 8, 8), 4, threads=1, seed=3)
+    seen.clear()
+    sessions.clear()  # only the timed call counts, not the export's own check
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(x)
-    got = run().float()
+    reference_calls = len(seen)
+    seen.clear()
+    got = run()
     assert got.shape == expected.shape
-    assert float((got - expected).abs().max()) <= (0.1 if runtime == "eager-bf16" else 1e-4)
+    if runtime == "onnxruntime":
+        assert seen == [] and sessions == [1]  # onnxruntime computed it, not torch
+        assert got.dtype == torch.float32
+    else:
+        assert len(seen) == reference_calls == 3 and set(seen) == {EAGER_LAYOUT[runtime]}
+        assert got.dtype == EAGER_LAYOUT[runtime][0]
+    assert float((got.float() - expected).abs().max()) <= (0.1 if runtime == "eager-bf16" else 1e-4)
+    assert next(model.parameters()).dtype == torch.float32 and not channels_last(model.features[3].weight)  # a copy ran
 
 
 def test_bad_arguments_are_one_line_errors():
