@@ -159,3 +159,68 @@ def test_latency_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "--rounds", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["polarprune: error: --rounds must be >= 1, got 0"]
+
+
+def latency_argv(tmp_path, *extra: str) -> list[str]:
+    return ["latency", "small_cnn", "--num-classes", "10", "--batch", "1", "--rounds", "1", "--warmup", "0",
+            "--threads", "1", "--json", str(tmp_path / "lat.json"), *extra]
+
+
+@pytest.fixture()
+def default_allocator(monkeypatch):
+    """This process as a user's shell starts it: without the steady allocator settings."""
+    for key in STEADY_MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_latency_command_runs_the_named_runtime(runtime, tmp_path, monkeypatch, capsys, default_allocator):
+    import polarprune.deploy.latency as latency
+
+    asked: list[str] = []
+    real = latency.forward_runner
+    monkeypatch.setattr(latency, "forward_runner", lambda model, rt, *a, **k: asked.append(rt) or real(model, rt, *a, **k))
+    from polarprune.cli import main
+
+    assert main(latency_argv(tmp_path, "--runtime", runtime, "--default-malloc")) == 0
+    assert asked == [runtime]  # one model, one batch: one runner, of the named runtime
+    result = json.loads((tmp_path / "lat.json").read_text())
+    assert result["runtime"] == runtime and result["steady_malloc"] is False
+    assert f"--runtime {runtime} " in result["command"]
+    assert capsys.readouterr().out.startswith(f"runtime {runtime}, input 3x8x8, threads 1, 1 interleaved rounds, allocator glibc default")
+
+
+def test_latency_command_default_malloc_measures_in_this_process(tmp_path, monkeypatch, capsys, default_allocator):
+    """Without ``--default-malloc`` the command hands itself to a child process with the steady
+    allocator (and measures nothing here); with it, it measures here; a steady parent measures itself."""
+    import polarprune.deploy.latency as latency
+    from polarprune.cli import main
+
+    children: list[list[str]] = []
+    monkeypatch.setattr(latency, "run_with_steady_malloc", lambda argv: children.append(list(argv)) or 7)
+    measured: list[str] = []
+    real = latency.measure_latency
+    monkeypatch.setattr(latency, "measure_latency", lambda models, *a, **k: measured.append("here") or real(models, *a, **k))
+    assert main(latency_argv(tmp_path, "--runtime", "eager-bf16")) == 7  # the child's exit status
+    assert measured == [] and len(children) == 1
+    child = children[0]
+    assert child[:4] == ["-m", "polarprune", "latency", "small_cnn"] and "--default-malloc" in child
+    assert child[child.index("--runtime") + 1] == "eager-bf16" and child[child.index("--json") + 1] == str(tmp_path / "lat.json")
+    assert main(latency_argv(tmp_path, "--default-malloc")) == 0
+    assert len(children) == 1 and measured == ["here"]
+    assert json.loads((tmp_path / "lat.json").read_text())["steady_malloc"] is False
+    for key, value in STEADY_MALLOC_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert main(latency_argv(tmp_path)) == 0
+    assert len(children) == 1 and measured == ["here", "here"]
+    assert json.loads((tmp_path / "lat.json").read_text())["steady_malloc"] is True
+    assert "allocator steady" in capsys.readouterr().out
+
+
+def test_latency_command_unknown_runtime_is_one_error_line():
+    proc = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "--runtime", "tpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("polarprune")
+    assert "argument --runtime: invalid choice: 'tpu'" in errors[0] and all(f"'{r}'" in errors[0] for r in RUNTIMES)
