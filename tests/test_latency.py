@@ -26,6 +26,11 @@ from polarprune.errors import PolarpruneError
 from polarprune.flops import count_model
 from polarprune.models import create
 from polarprune.report import cpu_latency_ms
+from test_export import needs_onnx
+
+
+# the onnxruntime runner exports the model first: it needs the deploy extra, the eager runtimes do not
+RUNTIME_PARAMS = [pytest.param(r, marks=needs_onnx) if r == "onnxruntime" else r for r in RUNTIMES]
 
 
 def small(width: int = 20) -> nn.Module:
@@ -70,7 +75,7 @@ def channels_last(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", RUNTIME_PARAMS)
 def test_every_runtime_computes_the_models_output(runtime, monkeypatch):
     model = small()
     seen: list[tuple[torch.dtype, bool, torch.dtype, bool]] = []
@@ -173,7 +178,7 @@ def default_allocator(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", RUNTIME_PARAMS)
 def test_latency_command_runs_the_named_runtime(runtime, tmp_path, monkeypatch, capsys, default_allocator):
     import polarprune.deploy.latency as latency
 

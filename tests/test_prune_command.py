@@ -106,6 +106,12 @@ def test_prune_command_mask_and_data(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [r["channels_after"] for r in data["layers"] if r["group"] == "features.1"] == [4]
     pruned = serialization.load(out)
     assert pruned.features[0].out_channels == 4
+
+    def macs(first: int) -> int:  # small_cnn (1 channel in, width 8) on 8x8 digits, conv 0 with ``first`` filters
+        convs = 8 * 8 * (1 * first + first * 8) + 4 * 4 * (8 * 16 + 16 * 16)
+        return 9 * convs + 16 * 16 + 16 * 10
+
+    assert (data["macs_before"], data["macs_after"]) == (macs(8), macs(4))
     # the reported top-1 values are the original's and the written model's, on the same 64 images
     before, seen = top1_by_hand(serialization.load(tiny_file), "digits", 64)
     after, _ = top1_by_hand(pruned, "digits", 64)
