@@ -1,5 +1,6 @@
 """Command options that had no test: ``train --no-resume``, ``eval --image-size`` and ``eval --device``;
-each checked by its effect (what was trained, which images the model saw, where it ran)."""
+each checked by its effect (what was trained, which images the model saw, where it ran); and the
+commands' JSON summaries against numbers worked out here (accuracy counted here, MACs and params by hand)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,50 @@ from polarprune import serialization
 from polarprune.cli import main
 from polarprune.models import create
 from polarprune.serialization import read_model
-from test_cli import small_cnn_macs, small_cnn_params
+
+
+def digits_accuracy(model) -> tuple[float, float]:
+    """Top-1 and top-5 (percent) of ``model`` on the digits' 360 test images, counted here."""
+    from polarprune.config import DataConfig
+    from polarprune.data import build_data
+
+    loader = build_data(DataConfig(name="digits", train_subset=None, eval_batch_size=90)).eval_loader
+    top1 = top5 = count = 0
+    model.eval()
+    with torch.no_grad():
+        for images, labels in loader:
+            ranked = model(images.to(next(model.parameters()).dtype)).argsort(dim=1, descending=True)
+            top1 += int((ranked[:, 0] == labels).sum())
+            top5 += int((ranked[:, :5] == labels[:, None]).any(dim=1).sum())
+            count += len(labels)
+    assert count == 360
+    return 100.0 * top1 / count, 100.0 * top5 / count
+
+
+def small_cnn_macs(size: int, channels: int = 3, width: int = 32, classes: int = 10) -> int:
+    """small_cnn's conv + linear MACs at ``size`` px, by hand: conv 3x3 c->w and w->w at full size,
+    w->2w and 2w->2w at half size, then linear 2w->2w and 2w->classes."""
+    full, half = size * size, (size // 2) ** 2
+    return 9 * (full * (channels * width + width * width) + half * (width * 2 * width + 4 * width * width)) \
+        + 4 * width * width + 2 * width * classes
+
+
+def small_cnn_params(channels: int = 3, width: int = 32, classes: int = 10) -> int:
+    """Conv weights (no bias), two affine parameters per BN channel, linear weights and biases."""
+    convs = 9 * (channels * width + width * width + 2 * width * width + 4 * width * width)
+    bns = 2 * (width + width + 2 * width + 2 * width) + 2 * (2 * width)
+    linears = (2 * width * 2 * width + 2 * width) + (2 * width * classes + classes)
+    return convs + bns + linears
+
+
+def test_flops_json_summary_is_exact(capsys):
+    for size, classes in ((8, 10), (16, 10), (32, 100)):
+        assert main(["flops", "small_cnn", "--input-size", str(size), "--num-classes", str(classes), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["macs"] == small_cnn_macs(size, classes=classes)
+        assert result["params"] == small_cnn_params(classes=classes)
+        assert result["flops"] > result["macs"]  # FLOPs add the BN, ReLU and pooling work
+
 
 CONFIG = """seed: 0
 deterministic: true
