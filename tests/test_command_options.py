@@ -54,7 +54,8 @@ def small_cnn_params(channels: int = 3, width: int = 32, classes: int = 10) -> i
 
 def test_flops_json_summary_is_exact(capsys):
     for size, classes in ((8, 10), (16, 10), (32, 100)):
-        assert main(["flops", "small_cnn", "--input-size", str(size), "--num-classes", str(classes), "--json"]) == 0
+        assert main(["flops", "small_cnn", "--input-size", str(size), "--in-channels", "3", "--num-classes", str(classes),
+                     "--json"]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["macs"] == small_cnn_macs(size, classes=classes)
         assert result["params"] == small_cnn_params(classes=classes)
@@ -109,7 +110,7 @@ def folder_and_model(tmp_path: Path) -> tuple[Path, Path]:
     """An ImageFolder of 72 px images (3 classes, train and val) and a 3-class small_cnn file."""
     root = make_imagefolder(tmp_path / "if", n_per_class=2, size=72, classes=3)
     torch.manual_seed(0)
-    return root, serialization.save(create("small_cnn", 3).eval(), tmp_path / "m.safetensors")
+    return root, serialization.save(create("small_cnn", 3, in_channels=3).eval(), tmp_path / "m.safetensors")
 
 
 def seen_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, ...], str]]:

@@ -192,7 +192,8 @@ def test_latency_command_runs_the_named_runtime(runtime, tmp_path, monkeypatch, 
     result = json.loads((tmp_path / "lat.json").read_text())
     assert result["runtime"] == runtime and result["steady_malloc"] is False
     assert f"--runtime {runtime} " in result["command"]
-    assert capsys.readouterr().out.startswith(f"runtime {runtime}, input 3x8x8, threads 1, 1 interleaved rounds, allocator glibc default")
+    shape = "x".join(map(str, result["input_shape"]))
+    assert capsys.readouterr().out.startswith(f"runtime {runtime}, input {shape}, threads 1, 1 interleaved rounds, allocator glibc default")
 
 
 def test_latency_command_default_malloc_measures_in_this_process(tmp_path, monkeypatch, capsys, default_allocator):
