@@ -74,7 +74,15 @@ def test_train_json_summary(tmp_path, capsys):
     cfg.write_text(f"model: {{name: small_cnn, options: {{width: 4}}}}\ntrain: {{epochs: 1, progress: false}}\nout: {tmp_path / 'o'}\n")
     assert main(["train", str(cfg), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) >= {"top1", "top5", "best_top1", "out"}
+    from polarprune.serialization import read_model
+    from test_command_options import digits_accuracy
+
+    assert set(result) == {"top1", "top5", "best_top1", "out", "epochs"}
+    assert result["out"] == str(tmp_path / "o") and result["epochs"] == 1
+    top1, top5 = digits_accuracy(read_model(tmp_path / "o" / "last.pt"))  # the trained model, evaluated here
+    assert result["top1"] == round(top1, 4) and result["top5"] == round(top5, 4)
+    assert result["best_top1"] == result["top1"]  # one epoch: the best is the last
+    assert result["top1"] > 15.0  # it learned something in an epoch (chance is 10%)
     assert 0 <= result["top1"] <= 100
 
 

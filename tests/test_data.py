@@ -373,23 +373,52 @@ def test_imagefolder_small_images_decoded_once_and_cached(tmp_path: Path, privat
     assert calls == [18, 18, 19] and third.eval_size == 19
 
 
-def test_imagefolder_large_images_use_the_file_loader(tmp_path: Path):
+def pil_eval_image(path: Path, size: int) -> torch.Tensor:
+    """The evaluation transform by hand with PIL and numpy: decode, resize the 72 px square to
+    round(size * 256 / 224) (bilinear), crop the centre ``size`` square, scale to [0, 1], normalise."""
+    side = int(round(size * 256 / 224))
+    with Image.open(path) as image:
+        resized = image.convert("RGB").resize((side, side), Image.BILINEAR)
+    top = int(round((side - size) / 2))
+    pixels = np.asarray(resized.crop((top, top, top + size, top + size)), dtype=np.float32) / 255.0
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
+
+
+def test_imagefolder_large_images_use_the_file_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from polarprune.data.loaders import FolderLoader
+
     root = make_imagefolder(tmp_path / "big", n_per_class=3, size=72, classes=2, split_names=("train", "test"), fmt="jpg")
     cfg = DataConfig(name="imagefolder", root=str(root), batch_size=2, eval_batch_size=4, workers=0)
+    opened: list[Path] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(Path(path)) or real_open(path, *a, **k))
     bundle = build_data(cfg)
+    assert isinstance(bundle.train_loader, FolderLoader) and isinstance(bundle.eval_loader, FolderLoader)
     assert bundle.input_size == (224, 224) and (bundle.train_size, bundle.eval_size) == (6, 6)
     assert len(bundle.train_loader) == 3 and len(bundle.eval_loader) == 2
     bundle.train_loader.set_epoch(1)
+    opened.clear()
     first = all_batches(bundle.train_loader)
+    train_files = sorted((root / "train").glob("*/*.jpg"))
+    assert sorted(opened) == train_files  # every epoch decodes each file once: nothing was held in memory
     assert first[0][0].shape == (2, 3, 224, 224) and first[0][1].dtype == torch.int64
     torch.manual_seed(123)
     assert same_batches(first, all_batches(bundle.train_loader))  # seeded per sample, not by global RNG
+    opened.clear()
     evaluated = all_batches(bundle.eval_loader)
-    assert evaluated[0][0].shape == (4, 3, 224, 224)
+    eval_files = sorted((root / "test").glob("*/*.jpg"))
+    assert opened == eval_files  # in order, once each
+    images = torch.cat([x for x, _ in evaluated])
+    assert images.shape == (6, 3, 224, 224)
     assert torch.cat([y for _, y in evaluated]).tolist() == [0, 0, 0, 1, 1, 1]
+    expected = torch.stack([pil_eval_image(path, 224) for path in eval_files])
+    assert float((images - expected).abs().max()) < 1e-5  # the pixels are the JPEG decode's
+    assert torch.equal(probe_batch(bundle, 6), images)
     assert probe_batch(bundle, 3).shape == (3, 3, 224, 224)
     small = build_data(cfg.model_copy(update={"image_size": 64}))
     assert next(iter(small.train_loader))[0].shape == (2, 3, 64, 64)
+    assert float((torch.cat([x for x, _ in small.eval_loader]) - torch.stack([pil_eval_image(p, 64) for p in eval_files])).abs().max()) < 1e-5
 
 
 def test_file_loader_two_ranks_equal_one_rank_of_double_batch(tmp_path: Path):

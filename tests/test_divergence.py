@@ -74,10 +74,48 @@ def test_nan_at_step_k_stops_with_one_line_keeps_last_checkpoint_and_resumes(tmp
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+class WatchedNaNStep(NaNAtStep):
+    """``NaNAtStep`` that also records the trainer's state (parameters, BN buffers, optimizer state)
+    just before each of the steps ``step - 1``, ``step`` and ``step + 1`` is taken."""
+
+    def __init__(self, trainer: Any, step: int) -> None:
+        super().__init__(trainer.train_loader, step, trainer.global_step)
+        self.trainer = trainer
+        self.before: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in super().__iter__():
+            position = self.position - 1  # the global step of this batch
+            if position in (self.step - 1, self.step, self.step + 1):
+                self.before[position] = self.state()
+            yield batch
+
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v.detach().clone() for k, v in self.trainer.model.state_dict().items()}
+        for index, slots in self.trainer.optimizer.state_dict()["state"].items():
+            tensors.update({f"optimizer.{index}.{k}": torch.as_tensor(v).clone() for k, v in slots.items()})
+        return tensors
+
+
+def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
 def test_max_bad_steps_skips_the_step_and_undoes_its_batch_norm_update(tmp_path: Path) -> None:
-    skipping = trainer_with_nan(tmp_path / "skip", 2, step=3, max_bad_steps=1)
+    bad = 3
+    skipping = build_trainer(config(tmp_path / "skip", 2, max_bad_steps=1))
+    watched = skipping.train_loader = WatchedNaNStep(skipping, bad)
     result = skipping.fit()
-    assert len(result.history) == 2
+    assert len(result.history) == 2 and skipping.guard.bad_steps == 1
+    before, after, later = watched.before[bad - 1], watched.before[bad], watched.before[bad + 1]
+    # an applied step changes every parameter, running statistic, BN batch counter and momentum buffer...
+    changed = differing(before, after)
+    assert {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))} <= set(changed)
+    assert {f"model.{k}" for k, _ in skipping.model.named_parameters()} <= set(changed)
+    assert any(k.startswith("optimizer.") for k in changed)
+    # ...the skipped NaN step changes nothing at all, BN statistics included
+    assert differing(after, later) == []
     assert all(torch.isfinite(t).all() for t in result.model.state_dict().values() if t.is_floating_point())
 
     # one more bad step than allowed stops it

@@ -4,6 +4,7 @@ one line naming the module and leave no file behind."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,15 +13,26 @@ import torch
 from torch import nn
 
 import polarprune
+from polarprune.cli import main
 from polarprune.deploy import EXPORT_FORMATS, export_model, load_artifact
 from polarprune.errors import PolarpruneError
 from polarprune.models import create
 from polarprune.models.layers import ChannelPlacementShortcut, ShortcutOnlyBlock
 from polarprune.pruning import prune_model
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
 
+
+def _onnx_available() -> bool:
+    """ONNX export and its check need the deploy extra (onnxscript, onnxruntime); the other formats do not."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "onnxscript"))
+
+
+HAS_ONNX = _onnx_available()
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+# the formats this machine can check: torchscript and exported-program need torch only
+FORMATS = tuple(fmt for fmt in EXPORT_FORMATS if HAS_ONNX or fmt != "onnx")
 ARTIFACT_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "exported-program": "model.pt2"}
 
 
@@ -55,7 +67,7 @@ def pruned(model: nn.Module, size: int, *, kill: str | None = None) -> nn.Module
 def round_trip_all_formats(model: nn.Module, folder, size: int | None = None) -> dict[str, float]:
     """Export to every format; each report's max abs difference (checked against a fresh run too)."""
     diffs = {}
-    for fmt in EXPORT_FORMATS:
+    for fmt in FORMATS:
         path = folder / ARTIFACT_NAMES[fmt]
         report = export_model(model, path, fmt, input_size=size)
         assert path.is_file() and report.bytes == path.stat().st_size
@@ -66,7 +78,7 @@ def round_trip_all_formats(model: nn.Module, folder, size: int | None = None) ->
         assert again <= 1e-4, (fmt, again)
         diffs[fmt] = report.max_abs_diff
     assert all(d <= 1e-4 for d in diffs.values()), diffs
-    assert sorted(p.name for p in folder.iterdir()) == sorted(ARTIFACT_NAMES.values())  # no temporary left
+    assert sorted(p.name for p in folder.iterdir()) == sorted(ARTIFACT_NAMES[f] for f in FORMATS)  # no temporary left
     return diffs
 
 
@@ -94,7 +106,7 @@ def test_cifar_resnet20_option_a_round_trips(tmp_path):
     model = create("resnet20").eval()
     zero_half_of_each_bn(model)  # non-trivial BN statistics
     diffs = round_trip_all_formats(model, tmp_path)
-    assert set(diffs) == set(EXPORT_FORMATS)
+    assert set(diffs) == set(FORMATS)
 
 
 def test_pruned_resnet56_with_removed_first_block_of_a_stage_round_trips(tmp_path):
@@ -129,6 +141,7 @@ def test_placement_shortcut_export_path_matches_eager():
     assert torch.equal(eager[:, 3], x[:, 0, ::2, ::2]) and torch.equal(eager[:, 1], torch.full((2, 3, 3), 1.0))
 
 
+@needs_onnx
 def test_fixed_and_dynamic_batch(tmp_path):
     import onnxruntime as ort
 
@@ -159,7 +172,7 @@ def net_with(bad: nn.Module) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), bad), nn.Flatten()).eval()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "exported-program"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "exported-program"])
 def test_unsupported_module_is_named_and_nothing_written(tmp_path, fmt):
     path = tmp_path / ARTIFACT_NAMES[fmt]
     with pytest.raises(PolarpruneError) as info:
@@ -190,6 +203,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_onnx
 def test_export_command_on_a_pruned_model_file(tmp_path):
     model = pruned(create("resnet20"), 32)
     polarprune.save(model, tmp_path / "pruned.safetensors")
@@ -197,17 +211,93 @@ def test_export_command_on_a_pruned_model_file(tmp_path):
                            "--format", "onnx", "--out", str(tmp_path / "pruned.onnx"), "--json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    import json
-
     report = json.loads(proc.stdout)
     assert report["input_shape"] == [3, 32, 32] and report["max_abs_diff"] <= 1e-4
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert float((load_artifact(tmp_path / "pruned.onnx", "onnx")(x) - model(x)).abs().max()) <= 1e-4
-    bad = subprocess.run([sys.executable, "-m", "polarprune", "export", str(tmp_path / "pruned.safetensors"),
+
+
+def test_export_command_names_the_pt2_suffix(tmp_path):
+    polarprune.save(create("small_cnn", 10, in_channels=1, width=4).eval(), tmp_path / "m.safetensors")
+    bad = subprocess.run([sys.executable, "-m", "polarprune", "export", str(tmp_path / "m.safetensors"),
                           "--format", "exported-program", "--out", str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         f"polarprune: error: {tmp_path / 'x.pt'}: an exported program is a .pt2 archive; name the file *.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+@pytest.fixture()
+def small_cnn_file(tmp_path):
+    """A small CNN whose BN statistics are not the identity, so an artifact's float rounding shows."""
+    torch.manual_seed(0)
+    model = create("small_cnn", 10, in_channels=1, width=8).eval()
+    zero_half_of_each_bn(model)
+    return polarprune.save(model, tmp_path / "small.safetensors"), model
+
+
+def exported_diff(model: nn.Module, path, fmt: str) -> float:
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        return float((load_artifact(path, fmt)(x) - model(x)).abs().max())
+
+
+@pytest.mark.parametrize("fmt,name", [pytest.param("onnx", "m.onnx", marks=needs_onnx), ("torchscript", "m.ts")])
+def test_export_command_tolerance(small_cnn_file, tmp_path, capsys, fmt, name):
+    """``--tolerance`` is the bar the artifact's difference is held to: a bar below the measured
+    difference fails with one line and writes nothing, the default accepts it."""
+    source, model = small_cnn_file
+    out = tmp_path / name
+    assert main(["export", str(source), "--format", fmt, "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tolerance"] == 1e-4 and report["max_abs_diff"] <= 1e-4
+    measured = report["max_abs_diff"]
+    out.unlink()
+    if measured == 0.0:  # bit-identical artifact: no tolerance > 0 can fail; the bar is still reported
+        assert main(["export", str(source), "--format", fmt, "--out", str(out), "--json", "--tolerance", "1e-30"]) == 0
+        assert json.loads(capsys.readouterr().out)["tolerance"] == 1e-30
+        return
+    assert main(["export", str(source), "--format", fmt, "--out", str(out), "--tolerance", f"{measured / 4:.3g}"]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith(f"polarprune: error: {out}: the {fmt} artifact differs from PyTorch by ")
+    assert f"above the tolerance {float(f'{measured / 4:.3g}'):g}; nothing written" in lines[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]
+    assert main(["export", str(source), "--format", fmt, "--out", str(out), "--tolerance", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "polarprune: error: tolerance must be > 0, got 0.0"
+
+
+@needs_onnx
+@pytest.mark.parametrize("opset", [18, 20])
+def test_export_command_opset_is_the_files_opset(small_cnn_file, tmp_path, capsys, opset):
+    import onnx
+
+    source, model = small_cnn_file
+    out = tmp_path / f"m{opset}.onnx"
+    assert main(["export", str(source), "--out", str(out), "--opset", str(opset), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["opset"] == opset
+    assert {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""] == opset
+    assert exported_diff(model, out, "onnx") <= 1e-4
+    assert main(["export", str(source), "--format", "torchscript", "--out", str(tmp_path / "m.ts"), "--opset", "17"]) == 1
+    assert capsys.readouterr().err.strip() == "polarprune: error: opset applies to the onnx format only (got format 'torchscript')"
+
+
+@needs_onnx
+def test_export_command_opset_below_the_exporters_is_written_or_refused(small_cnn_file, tmp_path):
+    """torch's exporter writes opset 18 and converts down when it can: the file has the asked
+    opset, or the command fails with one line and writes nothing (it used to keep 18 silently)."""
+    import onnx
+
+    source, _ = small_cnn_file
+    out = tmp_path / "m16.onnx"
+    proc = subprocess.run([sys.executable, "-m", "polarprune", "export", str(source), "--out", str(out), "--opset", "16"],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 0:
+        assert {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""] == 16
+    else:  # one line: the exporter's logged conversion traceback is not shown
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+            f"polarprune: error: {out}: torch's ONNX exporter cannot write this model at opset 16 (it wrote opset 18); "
+            "ask for that opset or higher; nothing written"]
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]
 
 
 @pytest.mark.slow

@@ -26,6 +26,11 @@ from polarprune.errors import PolarpruneError
 from polarprune.flops import count_model
 from polarprune.models import create
 from polarprune.report import cpu_latency_ms
+from test_export import needs_onnx
+
+
+# the onnxruntime runner exports the model first: it needs the deploy extra, the eager runtimes do not
+RUNTIME_PARAMS = [pytest.param(r, marks=needs_onnx) if r == "onnxruntime" else r for r in RUNTIMES]
 
 
 def small(width: int = 20) -> nn.Module:
@@ -56,16 +61,56 @@ def test_measure_latency_medians_and_paired_ratios():
     assert json.loads(json.dumps(result.as_dict()))["batches"][0]["batch"] == 1
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_every_runtime_computes_the_models_output(runtime):
+# what each eager runtime feeds every convolution: (input dtype, input channels_last, weight dtype,
+# weight channels_last); onnxruntime runs no torch module at all
+EAGER_LAYOUT = {
+    "eager": (torch.float32, False, torch.float32, False),
+    "eager-channels-last": (torch.float32, True, torch.float32, True),
+    "eager-bf16": (torch.bfloat16, True, torch.bfloat16, True),
+}
+
+
+def channels_last(t: torch.Tensor) -> bool:
+    """Strictly channels_last: NHWC strides (a tensor with C == 1 or H == W == 1 is both, so not asked)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("runtime", RUNTIME_PARAMS)
+def test_every_runtime_computes_the_models_output(runtime, monkeypatch):
     model = small()
+    seen: list[tuple[torch.dtype, bool, torch.dtype, bool]] = []
+
+    def record(conv: nn.Conv2d, args: tuple[torch.Tensor, ...]) -> None:
+        if conv.in_channels > 1:  # the 1-channel input is channels_last and contiguous at once
+            seen.append((args[0].dtype, channels_last(args[0]), conv.weight.dtype, channels_last(conv.weight)))
+
+    for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        conv.register_forward_pre_hook(record)  # the runner's copy of the model keeps the hooks
+    sessions: list[int] = []
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        real_run = onnxruntime.InferenceSession.run
+        monkeypatch.setattr(onnxruntime.InferenceSession, "run",
+                            lambda self, *a, **k: sessions.append(1) or real_run(self, *a, **k))
     run = forward_runner(model, runtime, (1, 8, 8), 4, threads=1, seed=3)
+    seen.clear()
+    sessions.clear()  # only the timed call counts, not the export's own check
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(x)
-    got = run().float()
+    reference_calls = len(seen)
+    seen.clear()
+    got = run()
     assert got.shape == expected.shape
-    assert float((got - expected).abs().max()) <= (0.1 if runtime == "eager-bf16" else 1e-4)
+    if runtime == "onnxruntime":
+        assert seen == [] and sessions == [1]  # onnxruntime computed it, not torch
+        assert got.dtype == torch.float32
+    else:
+        assert len(seen) == reference_calls == 3 and set(seen) == {EAGER_LAYOUT[runtime]}
+        assert got.dtype == EAGER_LAYOUT[runtime][0]
+    assert float((got.float() - expected).abs().max()) <= (0.1 if runtime == "eager-bf16" else 1e-4)
+    assert next(model.parameters()).dtype == torch.float32 and not channels_last(model.features[3].weight)  # a copy ran
 
 
 def test_bad_arguments_are_one_line_errors():
@@ -120,3 +165,69 @@ def test_latency_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "--rounds", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["polarprune: error: --rounds must be >= 1, got 0"]
+
+
+def latency_argv(tmp_path, *extra: str) -> list[str]:
+    return ["latency", "small_cnn", "--num-classes", "10", "--batch", "1", "--rounds", "1", "--warmup", "0",
+            "--threads", "1", "--json", str(tmp_path / "lat.json"), *extra]
+
+
+@pytest.fixture()
+def default_allocator(monkeypatch):
+    """This process as a user's shell starts it: without the steady allocator settings."""
+    for key in STEADY_MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.parametrize("runtime", RUNTIME_PARAMS)
+def test_latency_command_runs_the_named_runtime(runtime, tmp_path, monkeypatch, capsys, default_allocator):
+    import polarprune.deploy.latency as latency
+
+    asked: list[str] = []
+    real = latency.forward_runner
+    monkeypatch.setattr(latency, "forward_runner", lambda model, rt, *a, **k: asked.append(rt) or real(model, rt, *a, **k))
+    from polarprune.cli import main
+
+    assert main(latency_argv(tmp_path, "--runtime", runtime, "--default-malloc")) == 0
+    assert asked == [runtime]  # one model, one batch: one runner, of the named runtime
+    result = json.loads((tmp_path / "lat.json").read_text())
+    assert result["runtime"] == runtime and result["steady_malloc"] is False
+    assert f"--runtime {runtime} " in result["command"]
+    shape = "x".join(map(str, result["input_shape"]))
+    assert capsys.readouterr().out.startswith(f"runtime {runtime}, input {shape}, threads 1, 1 interleaved rounds, allocator glibc default")
+
+
+def test_latency_command_default_malloc_measures_in_this_process(tmp_path, monkeypatch, capsys, default_allocator):
+    """Without ``--default-malloc`` the command hands itself to a child process with the steady
+    allocator (and measures nothing here); with it, it measures here; a steady parent measures itself."""
+    import polarprune.deploy.latency as latency
+    from polarprune.cli import main
+
+    children: list[list[str]] = []
+    monkeypatch.setattr(latency, "run_with_steady_malloc", lambda argv: children.append(list(argv)) or 7)
+    measured: list[str] = []
+    real = latency.measure_latency
+    monkeypatch.setattr(latency, "measure_latency", lambda models, *a, **k: measured.append("here") or real(models, *a, **k))
+    assert main(latency_argv(tmp_path, "--runtime", "eager-bf16")) == 7  # the child's exit status
+    assert measured == [] and len(children) == 1
+    child = children[0]
+    assert child[:4] == ["-m", "polarprune", "latency", "small_cnn"] and "--default-malloc" in child
+    assert child[child.index("--runtime") + 1] == "eager-bf16" and child[child.index("--json") + 1] == str(tmp_path / "lat.json")
+    assert main(latency_argv(tmp_path, "--default-malloc")) == 0
+    assert len(children) == 1 and measured == ["here"]
+    assert json.loads((tmp_path / "lat.json").read_text())["steady_malloc"] is False
+    for key, value in STEADY_MALLOC_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert main(latency_argv(tmp_path)) == 0
+    assert len(children) == 1 and measured == ["here", "here"]
+    assert json.loads((tmp_path / "lat.json").read_text())["steady_malloc"] is True
+    assert "allocator steady" in capsys.readouterr().out
+
+
+def test_latency_command_unknown_runtime_is_one_error_line():
+    proc = subprocess.run([sys.executable, "-m", "polarprune", "latency", "small_cnn", "--runtime", "tpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("polarprune")
+    assert "argument --runtime: invalid choice: 'tpu'" in errors[0] and all(f"'{r}'" in errors[0] for r in RUNTIMES)

@@ -49,8 +49,52 @@ def test_prune_command_end_to_end(tiny_file: Path, tmp_path: Path, capsys: pytes
     assert "MACs" in printed and "wrote" in printed
 
 
-def test_prune_command_mask_and_data(tiny_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def top1_by_hand(model: torch.nn.Module, name: str, subset: int) -> tuple[float, int]:
+    """Percent of the ``subset`` evaluation images of data set ``name`` whose arg-max logit is the label."""
+    from polarprune.config import DataConfig
+    from polarprune.data import build_data
+
+    loader = build_data(DataConfig(name=name, eval_subset=subset, train_subset=None, workers=0)).eval_loader
+    right = seen = 0
+    model.eval()
+    with torch.no_grad():
+        for images, labels in loader:
+            right += int((model(images).argmax(dim=1) == labels).sum())
+            seen += len(labels)
+    return 100.0 * right / seen, seen
+
+
+def digits_small_cnn() -> torch.nn.Module:
+    """A small CNN that classifies digits better than chance without training: BN statistics taken
+    from 512 training images and the last layer a least-squares fit of one-hot labels on its features.
+    (A random model predicts one class for every image, so pruning could not change its top-1.)"""
+    from polarprune.config import DataConfig
+    from polarprune.data import build_data
+
+    torch.manual_seed(0)
+    model = create("small_cnn", num_classes=10, in_channels=1, width=8)
+    bundle = build_data(DataConfig(name="digits", train_subset=512, eval_subset=None, batch_size=512, workers=0))
+    images, labels = next(iter(bundle.train_loader))
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # one forward in train mode sets the statistics of that batch
+    features: list[torch.Tensor] = []
+    with torch.no_grad():
+        model.train()(images)
+        handle = model.classifier[2].register_forward_hook(lambda module, args, out: features.append(out))
+        model.eval()(images)
+        handle.remove()
+        design = torch.cat([features[0], torch.ones(len(images), 1)], dim=1)
+        solution = torch.linalg.lstsq(design, torch.nn.functional.one_hot(labels, 10).float()).solution
+        model.classifier[3].weight.copy_(solution[:-1].T)
+        model.classifier[3].bias.copy_(solution[-1])
+    return model
+
+
+def test_prune_command_mask_and_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from polarprune.sparsity.masks import save_mask
+
+    tiny_file = serialization.save(digits_small_cnn(), tmp_path / "digits.safetensors")
 
     mask = tmp_path / "mask.json"
     save_mask({"features.1": torch.tensor([True, False] * 4)}, mask, "small_cnn")
@@ -59,9 +103,21 @@ def test_prune_command_mask_and_data(tiny_file: Path, tmp_path: Path, capsys: py
                  "--data", "digits", "--subset", "64"])
     assert code == 0
     data = json.loads(report.read_text())
-    assert 0.0 <= data["top1_before"] <= 100.0 and 0.0 <= data["top1_after"] <= 100.0
     assert [r["channels_after"] for r in data["layers"] if r["group"] == "features.1"] == [4]
-    assert "top-1" in capsys.readouterr().out
+    pruned = serialization.load(out)
+    assert pruned.features[0].out_channels == 4
+
+    def macs(first: int) -> int:  # small_cnn (1 channel in, width 8) on 8x8 digits, conv 0 with ``first`` filters
+        convs = 8 * 8 * (1 * first + first * 8) + 4 * 4 * (8 * 16 + 16 * 16)
+        return 9 * convs + 16 * 16 + 16 * 10
+
+    assert (data["macs_before"], data["macs_after"]) == (macs(8), macs(4))
+    # the reported top-1 values are the original's and the written model's, on the same 64 images
+    before, seen = top1_by_hand(serialization.load(tiny_file), "digits", 64)
+    after, _ = top1_by_hand(pruned, "digits", 64)
+    assert seen == 64 and before != after  # the fitted model does lose accuracy to this mask
+    assert data["top1_before"] == pytest.approx(before, abs=1e-9) and data["top1_after"] == pytest.approx(after, abs=1e-9)
+    assert f"top-1 {before:.2f}% -> {after:.2f}% on the digits evaluation split" in capsys.readouterr().out
 
 
 def test_prune_command_from_training_checkpoint(tmp_path: Path) -> None:

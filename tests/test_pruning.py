@@ -374,13 +374,34 @@ def test_emptied_branch_becomes_its_shortcut_exactly(tmp_path: Path) -> None:
     assert torch.equal(outputs(serialization.load(path), x), outputs(again, x))
 
 
+def expected_kept(model: nn.Module, x: torch.Tensor, threshold: float) -> dict[str, int]:
+    """Channels each prunable group of a CIFAR ResNet keeps at ``threshold`` under the ``any`` rule,
+    worked out by hand: a channel stays when one of its BNs has |gamma| above the threshold, or when
+    the option-A shortcut of the next stage places a kept channel of the previous stage on it (the
+    shortcut pads W/2 zero channels on each side: channel c of the wider stage carries c - W/2)."""
+    keep = {}
+    for group in channel_groups(model, x):
+        if not group.prunable:
+            continue
+        kept = torch.zeros(group.num_channels, dtype=torch.bool)
+        for item in group.bn_items():
+            gammas = model.get_submodule(item.module_name).weight.detach().abs()
+            for idx, root in zip(item.idxs, item.root_idxs):
+                kept[root] |= bool(gammas[idx] > threshold)
+        keep[group.name] = kept
+    for previous, wider in (("bn1", "layer2.0.bn2"), ("layer2.0.bn2", "layer3.0.bn2")):
+        width = keep[previous].numel()
+        keep[wider][width // 2 : width // 2 + width] |= keep[previous]
+    return {name: int(kept.sum()) for name, kept in keep.items()}
+
+
 def test_grad_and_percent_on_a_polarized_model() -> None:
     torch.manual_seed(0)
     model = create("resnet20").eval()
     randomise_bns(model)
     x = torch.randn(2, 3, 32, 32)
     zero_half(model, x)
-    with torch.no_grad():  # polarized: the zeroed half sits near 0, the rest near 0.6..1
+    with torch.no_grad():  # polarized: the zeroed half sits in [0, 0.001), the rest in [0.6, 1]
         for m in model.modules():
             if isinstance(m, BN):
                 small = m.weight == 0
@@ -388,12 +409,20 @@ def test_grad_and_percent_on_a_polarized_model() -> None:
                 m.weight[~small] = 0.6 + 0.4 * torch.rand(int((~small).sum()))
     pruned, report = prune_model(model, x, "grad")
     assert report.max_abs_output_diff < 5e-3  # only near-zero gammas (and zero betas) went
-    inner = [r for r in report.rows if not r.residual]
-    assert all(r.channels_after == r.channels_before // 2 for r in inner)
-    assert all(isinstance(r.threshold, float) and r.threshold <= 0.6 for r in inner)
+    # grad: 100 bins on [0, 1]; every layer's small gammas fill bin 0 and bins 1..59 are empty, so the
+    # first valley is bin 1 and the threshold its left edge, 0.01, in every layer
+    assert {r.group: r.threshold for r in report.rows} == {r.group: pytest.approx(0.01, abs=1e-12) for r in report.rows}
+    assert all(r.channels_after == r.channels_before // 2 for r in report.rows if not r.residual)
+    kept = {r.group: r.channels_after for r in report.rows}
+    assert kept == expected_kept(model, x, 0.01)
+    assert kept["bn1"] == 8 and 16 < kept["layer2.0.bn2"] < 32 and 32 < kept["layer3.0.bn2"] < 64  # shortcuts keep some
+    # percent: one global threshold, the round(0.25 * 688)-th smallest of the 688 BN gammas (all small)
     _, by_percent = prune_model(model, x, "percent", percent=0.25)
-    thresholds = {r.threshold for r in by_percent.rows if r.threshold is not None}
-    assert len(thresholds) == 1 and thresholds.pop() < 0.001  # one global threshold among the small gammas
+    gammas = torch.cat([m.weight.detach().abs() for m in model.modules() if isinstance(m, BN)])
+    assert gammas.numel() == 688
+    cut = float(torch.sort(gammas).values[172 - 1])
+    assert cut < 0.001 and {r.threshold for r in by_percent.rows} == {cut}
+    assert {r.group: r.channels_after for r in by_percent.rows} == expected_kept(model, x, cut)
     assert by_percent.channels_after < by_percent.channels_before
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 import time
 import warnings
@@ -72,10 +73,16 @@ def require_onnx(purpose: str = "onnx export") -> None:
 
 
 def _quietly(fn: Callable[[], Any]) -> Any:
-    """Run an exporter without its progress prints and tracer warnings."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn()
+    """Run an exporter without its progress prints, tracer warnings and logged warnings (the ONNX
+    exporter logs a failed opset conversion with its traceback; the caller checks the result)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    finally:
+        logging.disable(previous)
 
 
 def _dynamic_batch(example: tuple[Any, ...]) -> tuple[dict[int, Any], ...]:
@@ -189,6 +196,10 @@ def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tenso
         name, module = failing_module(work, example, fmt)
         where = f"module {name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
         raise PolarpruneError(f"cannot export to {fmt}: {where} is not supported: {first_line(exc)}") from None
+    if fmt == "onnx" and opset is not None and _onnx_opset(artifact) != opset:
+        # torch's exporter writes opset 18+ and converts down only some models, keeping 18 when it cannot
+        raise PolarpruneError(f"{target}: torch's ONNX exporter cannot write this model at opset {opset} "
+                              f"(it wrote opset {_onnx_opset(artifact)}); ask for that opset or higher; nothing written")
     run = _quietly(lambda: load_artifact(artifact, fmt))
     with torch.no_grad():
         got = _output_tensor(run(probe), f"the {fmt} artifact")

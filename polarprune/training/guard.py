@@ -51,10 +51,11 @@ class DivergenceGuard:
     _saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
 
     def before_forward(self, model: nn.Module) -> None:
-        """Snapshot the floating-point buffers (BN running statistics) when skipping is allowed."""
+        """Snapshot the buffers (BN running statistics and batch counters: a cumulative-average BN weighs
+        its next update by the counter) when skipping is allowed."""
         if self.max_bad_steps <= 0:
             return
-        self._saved_buffers = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
+        self._saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
 
     def loss_ok(self, loss: torch.Tensor) -> bool:
         """Check the loss of this step on every rank; a bad one is recorded (and may raise)."""
