@@ -561,3 +561,14 @@ def test_eval_only_needs_just_the_evaluation_split(tmp_path: Path, size: int) ->
     both = build_data(DataConfig(name="imagefolder", root=str(full), eval_batch_size=4))
     alone = build_data(DataConfig(name="imagefolder", root=str(full), eval_batch_size=4), eval_only=True)
     assert both.mean == alone.mean and same_batches(all_batches(both.eval_loader), all_batches(alone.eval_loader))
+
+
+def test_loader_processes_never_outnumber_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data.workers`` (default 4) is capped at the machine's cores: on 2 cores, 2 processes (torch warns
+    about more and they only contend); 0 stays in-process."""
+    from polarprune.data import loaders
+
+    monkeypatch.setattr(loaders.os, "cpu_count", lambda: 2)
+    assert [loaders.usable_workers(n) for n in (0, 1, 2, 4, 8)] == [0, 1, 2, 2, 2]
+    monkeypatch.setattr(loaders.os, "cpu_count", lambda: None)
+    assert loaders.usable_workers(4) == 1

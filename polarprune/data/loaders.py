@@ -3,6 +3,7 @@ contract of the package docstring."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -154,6 +155,12 @@ def _one_line(exc: BaseException) -> str:
     return last[len(prefix) :] if last.startswith(prefix) else last
 
 
+def usable_workers(asked: int) -> int:
+    """Loader processes: as many as asked, but no more than the machine has cores (more only contend;
+    the data each step sees does not depend on the count)."""
+    return max(0, min(asked, os.cpu_count() or 1))
+
+
 class FolderLoader:
     """Image files through a torch DataLoader (worker processes), with the shared contract."""
 
@@ -163,6 +170,7 @@ class FolderLoader:
         check_rank(rank, world_size)
         self.dataset = _FileDataset(samples, transform, seeded=train)
         self.sampler = _EpochBatchSampler(len(samples), batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
+        workers = usable_workers(workers)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=workers,
                                                   persistent_workers=workers > 0, pin_memory=pin_memory)
         self.dataset_size = len(samples)
