@@ -96,6 +96,10 @@ def test_a_toy_group_rule_is_one_record_plus_its_vote() -> None:
     register_group_rule(GroupRule("veto", lambda yes, total, own: yes == total, "min"))
     try:
         vetoed = decide(analysis, "fixed", group_rule="veto")
+        from polarprune.cli import build_parser
+
+        for command in ("prune", "mask"):  # the commands offer a registered rule too
+            assert build_parser().parse_args([command, "m.pt", "--group-rule", "veto", "--out", "x"]).group_rule == "veto"
     finally:
         GROUP_RULES.pop("veto")
     default = decide(analysis, "fixed")
@@ -201,3 +205,37 @@ def test_negating_flags_say_what_they_do(capsys) -> None:
     assert "--keep-empty-blocks keep an emptied residual branch" in text
     assert "an emptied residual branch is removed" not in text
     assert PruneOptions.model_fields["compensate"].description.startswith("fold removed")  # the option itself
+
+
+TOY_STRATEGY_RECIPE = """name: toy-strategy
+device: cpu
+model: {name: small_cnn, options: {width: 8}}
+data: {name: digits, batch_size: 32, train_subset: 64, eval_subset: 32}
+train: {epochs: 1, max_steps_per_epoch: 2, progress: false}
+stages:
+  baseline: {}
+  prune: {strategy: keep-first-half}
+"""
+
+
+def test_a_toy_strategy_runs_through_the_cli_and_a_recipe(toy_strategy, tmp_path, capsys) -> None:
+    """The record alone makes the strategy a choice of ``polarprune prune`` and of a recipe's prune stage."""
+    import json
+
+    from polarprune.cli import main
+    from polarprune.serialization import load, save
+
+    model = graded_small_cnn()
+    save(model, tmp_path / "model.safetensors")
+    out = tmp_path / "pruned.safetensors"
+    assert main(["prune", str(tmp_path / "model.safetensors"), "--strategy", "keep-first-half", "--out", str(out)]) == 0
+    convs = [m for m in load(out).features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 4, 8, 8]
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(TOY_STRATEGY_RECIPE)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-plots"]) == 0
+    report = json.loads((tmp_path / "run" / "prune" / "report.json").read_text())
+    assert report["strategy"] == "keep-first-half"
+    pruned = load(tmp_path / "run" / "prune" / "pruned.safetensors")
+    assert [m.out_channels for m in pruned.features if isinstance(m, nn.Conv2d)] == [4, 4, 8, 8]
+    capsys.readouterr()

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from ..errors import PolarpruneError
-from ..pruning.options import SCORE_STRATEGIES
+from ..pruning.options import GROUP_RULES, SCORE_STRATEGIES
 from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser
 from .prune import add_prune_options, options_from_args
 
@@ -26,7 +26,7 @@ global-L1 checkpoint), at least one channel per layer."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "mask", "write a channel mask file (MaskSparsity)", DESCRIPTION, run)
     add_checkpoint_arguments(p)
-    add_prune_options(p, MASK_FIELDS, choices={"strategy": STRATEGY_CHOICES},
+    add_prune_options(p, MASK_FIELDS, choices={"strategy": STRATEGY_CHOICES, "group_rule": GROUP_RULES},
                       helps={"threshold": "fixed: |gamma| threshold, channels at or below it go"})
     p.add_argument("--per-layer", action="store_true", help="uniform: decide every BN alone (residual-coupled BNs may differ)")
     p.add_argument("--bn-include", action="append", default=[], metavar="PATTERN", help="mask only BNs matching this fnmatch pattern (repeatable; default: the BNs sparsity training regularizes)")

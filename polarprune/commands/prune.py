@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
-from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
+from ..pruning.options import GROUP_RULES, STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
 from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser, data_image_size
 
 STRATEGY_CHOICES = STRATEGIES
@@ -80,7 +80,7 @@ and write a self-describing pruned model file. docs/pruning.md describes the str
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "prune", "remove channels of a trained model", DESCRIPTION, run)
     add_checkpoint_arguments(p)
-    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES})
+    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES, "group_rule": GROUP_RULES})
     p.add_argument("--mask", metavar="FILE", help="mask: mask file (BN name -> 0/1 keep string)")
     p.add_argument("--data", choices=("digits", "cifar10", "cifar100", "imagefolder", "fake"), help="also report top-1 before/after on this data set")
     p.add_argument("--data-root", help="data folder for --data")
