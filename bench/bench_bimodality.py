@@ -1,7 +1,7 @@
 """Gamma distributions after sparsity training on the digits: polarization is bimodal, L1 is not.
 
 The runs of docs/sparsity.md ("Bimodality on the digits") and of the slow test
-``tests/test_sparsity_training.py``: small_cnn, BN gammas initialised to 0.5, SGD lr 0.1 cosine,
+``tests/e2e/test_sparsity_training.py``: small_cnn, BN gammas initialised to 0.5, SGD lr 0.1 cosine,
 momentum 0.9, weight decay 5e-4, batch 64, 10 epochs, seed 0, one torch thread; polarization
 lambda 2e-2, t 1.2, clamp 1; L1 with the same lambda; no regularizer. For each run, over the
 regularized BNs' |gamma|: the share below 0.05, the share in [0.05, 0.15), the median of the

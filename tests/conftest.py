@@ -30,4 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
+    for item in items:
+        if "e2e" in item.path.parent.parts:  # the layout says what is end to end: tests/e2e/
+            item.add_marker(pytest.mark.e2e)
     items.sort(key=rank)  # stable: the order inside each file is kept

@@ -1,6 +1,6 @@
 """Test helper: run several training configs in one process group and check the ranks agree.
 
-Usage (from tests/test_distributed.py)::
+Usage (from tests/e2e/test_distributed.py)::
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py PLAN.json
     python tests/ddp_worker.py PLAN.json          # the single-process reference

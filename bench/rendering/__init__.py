@@ -38,7 +38,7 @@ paired test) and one module per result family (``provenance``, ``methods``, ``fu
 (or a new one imported below) write ``@renderer("deploy-latency") def deploy_latency_table(results: Results) -> str``
 that calls ``results.load("deploy_latency")`` and returns Markdown (``table(headers, rows)``
 builds a table), put an empty ``<!-- render: deploy-latency -->`` / ``<!-- /render -->`` pair
-where the table goes and run ``python bench/render.py``. ``tests/test_claims.py`` then keeps
+where the table goes and run ``python bench/render.py``. ``tests/benchmarks/test_claims.py`` then keeps
 the document and the file in step.
 
 Only the standard library and ``polarprune.fileio`` are used, so rendering takes well under a

@@ -222,7 +222,7 @@ def readme_block(marker: str) -> str:
     """The fenced block between ``<!-- marker -->`` and ``<!-- /marker -->`` in README.md."""
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     inside = text.split(f"<!-- {marker} -->", 1)[1].split(f"<!-- /{marker} -->", 1)[0]
     return inside.strip().removeprefix("```yaml").removesuffix("```")
 

@@ -200,7 +200,7 @@ def test_single_process_helpers_are_identities():
 
 # ----------------------------------------------------------------------------- multi-process runs (gloo)
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO = TESTS_DIR.parent
 FAULT_RUNNER = TESTS_DIR / "fault_runner.py"
 PER_PROCESS_BATCH = 16

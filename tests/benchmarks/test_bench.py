@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 HELPERS = ("common.py", "tp_baselines.py", "stages.py", "plots.py", "stats.py")  # imported by the scripts, no main()
 SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in HELPERS)
 

@@ -19,7 +19,7 @@ from polarprune.workflows.context import StageContext
 from polarprune.workflows.kinds import unregister_stage_kind
 from polarprune.workflows.recipe import default_init, stage_config
 
-FAULT_RUNNER = str(Path(__file__).resolve().parent / "fault_runner.py")
+FAULT_RUNNER = str(Path(__file__).resolve().parents[1] / "fault_runner.py")
 
 # MaskSparsity has every kind of stage: training, mask, mask-sparsity, prune, fine-tune (+ scratch).
 TINY_MASKSPARSITY = [
@@ -129,7 +129,7 @@ def test_sigkill_in_any_stage_then_rerun_matches_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_polarization_demo_prunes_and_keeps_accuracy(tmp_path):
     """The demo's criteria on a shortened run: >= 30% fewer MACs, top-1 within 2 points of the unpruned
-    stage (in float32: the recipe's float64 is for process-count invariance, tests/test_world_size.py)."""
+    stage (in float32: the recipe's float64 is for process-count invariance, tests/e2e/test_world_size.py)."""
     recipe = load_recipe("demo-polarization", ["stages.sparsity.train.epochs=30", "stages.finetune.train.epochs=5",
                                                "train.dtype=float32", "train.progress=false"])
     pipeline = Pipeline(recipe, tmp_path / "run")

@@ -14,7 +14,7 @@ from polarprune.models import create, list_models
 from polarprune.workflows import load_recipe
 from polarprune.workflows.recipe import builtin_recipes
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "polarprune" / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "polarprune" / "recipes"
 
 
 def test_recipes_lists_every_shipped_file_with_its_description(capsys) -> None:

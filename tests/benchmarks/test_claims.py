@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "bench"))  # bench/render.py's package, imported as the script does
 import rendering as render  # noqa: E402
 import stats  # noqa: E402  (bench/stats.py)

@@ -18,7 +18,7 @@ from polarprune.training import TrainHook
 from polarprune.training.checkpoint import atomic_torch_save, load_model_from_checkpoint, read_checkpoint
 from polarprune.workflows.train import build_trainer, parameter_groups, run_training
 
-FAULT_RUNNER = str(Path(__file__).resolve().parent / "fault_runner.py")
+FAULT_RUNNER = str(Path(__file__).resolve().parents[1] / "fault_runner.py")
 
 
 def digits_config(out: Path, **train) -> TrainConfig:
