@@ -14,8 +14,6 @@ from ..pruning.options import GROUP_RULES, STRATEGIES, STRATEGY_NEEDS, PruneOpti
 from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser, data_image_size
 
 STRATEGY_CHOICES = STRATEGIES
-# options that are flags which turn a default-on behaviour off
-NEGATING_FLAGS = {"remove_empty_blocks": "--keep-empty-blocks", "compensate": "--no-compensate"}
 # PruneOptions fields that are not flags of the prune command: masks come from --mask FILE, bn_names from the patterns
 NOT_FLAGS = ("masks", "bn_names")
 # the prune command's options: every other PruneOptions field, in the model's order
@@ -23,8 +21,10 @@ PRUNE_FIELDS = tuple(name for name in PruneOptions.model_fields if name not in N
 
 
 def flag_of(field: str) -> str:
-    """The command-line flag of a ``PruneOptions`` field."""
-    return NEGATING_FLAGS.get(field, "--" + field.replace("_", "-"))
+    """The command-line flag of a ``PruneOptions`` field (a default-on option's flag turns it off and is
+    named by the field, ``off_flag``)."""
+    extra = dict(PruneOptions.model_fields[field].json_schema_extra or {})  # type: ignore[arg-type]
+    return str(extra.get("off_flag", "--" + field.replace("_", "-")))
 
 
 def add_prune_options(p: argparse.ArgumentParser, fields: Sequence[str], helps: dict[str, str] | None = None,

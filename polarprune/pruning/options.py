@@ -57,10 +57,10 @@ class PruneOptions(BaseModel):
     residual: ResidualMode = Field("group", description="group: residual channels leave with their whole group; scatter: the original's accounting, block outputs scattered back to full width (CIFAR ResNets)")
     min_channels: int = Field(1, ge=0, description="channels every group keeps")
     remove_empty_blocks: bool = Field(True, description="an emptied residual branch is removed (else it keeps min_channels)",
-                                      json_schema_extra={"off_help": "keep an emptied residual branch (with min_channels) instead of removing it"})
+                                      json_schema_extra={"off_flag": "--keep-empty-blocks", "off_help": "keep an emptied residual branch (with min_channels) instead of removing it"})
     round_to: int = Field(1, ge=1, description="round every group's kept channels to a multiple of N (16 for CPU inference)")
     compensate: bool = Field(True, description="fold removed channels' constant shift into their consumers",
-                             json_schema_extra={"off_help": "do not fold removed channels' constant shift into their consumers"})
+                             json_schema_extra={"off_flag": "--no-compensate", "off_help": "do not fold removed channels' constant shift into their consumers"})
     seed: int = Field(0, description="seed of the random strategy")
 
     @property
