@@ -51,15 +51,10 @@ class LayerShape:
         """Every conv group has one input channel (input and output widths move together)."""
         return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
 
-    @property
-    def macs_per_in_channel(self) -> float:
-        """MACs one input channel costs (the original's ``d_flops_in``)."""
-        return self.macs / max(1, self.in_channels)
-
-    @property
-    def macs_per_out_channel(self) -> float:
-        """MACs one output channel costs (the original's ``d_flops_out``)."""
-        return self.macs / max(1, self.out_channels)
+    def macs_per_channel(self, side: str) -> float:
+        """MACs one input (``side="in"``, the original's ``d_flops_in``) or output channel (``"out"``,
+        ``d_flops_out``) costs."""
+        return self.macs / max(1, self.in_channels if side == "in" else self.out_channels)
 
 
 @dataclass
@@ -82,8 +77,8 @@ class ConvLinks:
     def direct_channel_macs(self, bn: str) -> float:
         """MACs one channel of ``bn`` costs in the original's view: its producer's per-output-channel
         MACs plus every direct reader's per-input-channel MACs."""
-        cost = self.layers[self.producer[bn]].macs_per_out_channel if bn in self.producer else 0.0
-        return sum((self.layers[layer].macs_per_in_channel for layer in self.readers.get(bn, ())), cost)
+        cost = self.layers[self.producer[bn]].macs_per_channel("out") if bn in self.producer else 0.0
+        return sum((self.layers[layer].macs_per_channel("in") for layer in self.readers.get(bn, ())), cost)
 
     def scatter_macs(self, kept: Mapping[str, int], emptied: Iterable[str] = ()) -> int:
         """MACs when every BN in ``kept`` keeps that many channels and each layer shrinks only on
