@@ -1,4 +1,4 @@
-"""Latency of models side by side in one process, per runtime (``RUNTIMES``).
+"""Latency of models side by side in one process, per runtime (``runtimes.RUNTIME_RECORDS``).
 
 The candidates run round-robin (``interleaved``), so a shared machine's drifts hit all of them alike
 and the per-round ratios against the first model are paired measurements; figures are medians.
@@ -8,7 +8,6 @@ again: ``STEADY_MALLOC_ENV`` tells glibc to keep freed memory (``polarprune late
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import statistics
@@ -18,21 +17,17 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import PolarpruneError
-from .export import export_model, load_artifact
+from .runtimes import RUNTIME_RECORDS, TIMING_EXPORT_TOLERANCE, build_runner
 
-RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")
+RUNTIMES = tuple(RUNTIME_RECORDS)  # the built-in runtimes' names (runtimes.py holds the records)
 MIN_ROUND_SECONDS = 0.02  # a timed round repeats small forwards until it lasts about this long
 MAX_CALLS_PER_ROUND = 64
-# The onnxruntime runner's export check: the artifact is for timing, so float-rounding
-# differences of large random-weight models up to this are accepted (export's default is 1e-4).
-TIMING_EXPORT_TOLERANCE = 1e-3
 
 # ----------------------------------------------------------------------------- allocator
 
@@ -106,31 +101,10 @@ def _repeated(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
 
 def forward_runner(model: nn.Module, runtime: str, input_shape: Sequence[int], batch: int, *,
                    threads: int | None = None, workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Callable[[], Any]:
-    """A no-argument callable running one forward of a copy of ``model`` at ``batch`` in ``runtime``;
-    ``onnxruntime`` exports it into ``workdir`` (a new temporary folder, left to the caller, when None)."""
-    if runtime not in RUNTIMES:
-        raise PolarpruneError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
-    if runtime == "onnxruntime":
-        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="polarprune-latency-"))
-        handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
-        os.close(handle)
-        export_model(model, name, "onnx", input_size=int(input_shape[-1]), in_channels=int(input_shape[0]), batch=batch,
-                     tolerance=TIMING_EXPORT_TOLERANCE)
-        run = load_artifact(name, "onnx", threads=threads)
-        return lambda: run(x)
-    work = copy.deepcopy(model).cpu().eval()
-    if runtime == "eager-channels-last":
-        work, x = work.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    elif runtime == "eager-bf16":
-        work = work.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-
-    def run_eager() -> Any:
-        with torch.inference_mode():
-            return work(x)
-
-    return run_eager
+    """A no-argument callable running one forward of a copy of ``model`` at ``batch`` in ``runtime`` (its
+    record in ``runtimes.RUNTIME_RECORDS``); ``onnxruntime`` exports it into ``workdir`` (a new temporary
+    folder, left to the caller, when None)."""
+    return build_runner(model, runtime, input_shape, batch, threads=threads, workdir=workdir, seed=seed)
 
 
 @dataclass
@@ -224,7 +198,7 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, 
 
 
 __all__ = [
-    "RUNTIMES", "STEADY_MALLOC_ENV", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
+    "RUNTIMES", "STEADY_MALLOC_ENV", "TIMING_EXPORT_TOLERANCE", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
     "measure_latency", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
     "steady_malloc", "timed",
 ]

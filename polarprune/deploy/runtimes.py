@@ -1,0 +1,119 @@
+"""The runtimes latency is measured in, one record each (``RUNTIME_RECORDS``).
+
+A record says how to build a runner (a no-argument callable doing one forward of a copy of a model
+at a batch and thread count), which optional package it needs (``onnxruntime``: the ``deploy``
+extra) and whether that package is installed. ``forward_runner``, ``measure_latency`` and the
+latency cost model ask the records; adding a runtime is one record plus its builder.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import PolarpruneError
+from .export import export_model, load_artifact
+
+# The onnxruntime runner's export check: the artifact is for timing, so float-rounding
+# differences of large random-weight models up to this are accepted (export's default is 1e-4).
+TIMING_EXPORT_TOLERANCE = 1e-3
+
+Runner = Callable[[], Any]
+# (model, input batch, threads, work folder) -> runner
+Builder = Callable[[nn.Module, Tensor, "int | None", Path | None], Runner]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime: its name, its runner builder, the package it needs (None: torch only) and the
+    extra that installs it."""
+
+    name: str
+    build: Builder
+    package: str | None = None
+    extra: str | None = None
+    description: str = ""
+
+    @property
+    def available(self) -> bool:
+        """Its package is installed."""
+        return self.package is None or importlib.util.find_spec(self.package) is not None
+
+    def check(self) -> "Runtime":
+        """This record, or a one-line error naming the extra to install."""
+        if not self.available:
+            raise PolarpruneError(f"runtime {self.name!r} needs {self.package}: pip install 'polarprune[{self.extra}]'")
+        return self
+
+
+def _eager(memory_format: torch.memory_format, dtype: torch.dtype) -> Builder:
+    """A builder running a copy of the model in PyTorch eager mode with this layout and dtype."""
+
+    def build(model: nn.Module, x: Tensor, threads: int | None, workdir: Path | None) -> Runner:
+        work = copy.deepcopy(model).cpu().eval()
+        if memory_format != torch.contiguous_format or dtype != torch.float32:
+            work = work.to(dtype=dtype, memory_format=memory_format)
+            x = x.to(dtype)
+            x = x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return work(x)
+
+        return run
+
+    return build
+
+
+def _onnxruntime(model: nn.Module, x: Tensor, threads: int | None, workdir: Path | None) -> Runner:
+    """Export to ONNX into ``workdir`` (a new temporary folder, left to the caller, when None) and run it."""
+    folder = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="polarprune-latency-"))
+    handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
+    os.close(handle)
+    export_model(model, name, "onnx", input_size=int(x.shape[-1]), in_channels=int(x.shape[1]), batch=int(x.shape[0]),
+                 tolerance=TIMING_EXPORT_TOLERANCE)
+    run = load_artifact(name, "onnx", threads=threads)
+    return lambda: run(x)
+
+
+RUNTIME_RECORDS: dict[str, Runtime] = {}
+
+
+def register_runtime(record: Runtime) -> Runtime:
+    """Add ``record`` (a later record of the same name replaces the earlier one)."""
+    RUNTIME_RECORDS[record.name] = record
+    return record
+
+
+def runtime(name: str) -> Runtime:
+    """The record of ``name``, checked to be installed; a one-line error naming the known ones."""
+    if name not in RUNTIME_RECORDS:
+        raise PolarpruneError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIME_RECORDS)}")
+    return RUNTIME_RECORDS[name].check()
+
+
+def build_runner(model: nn.Module, name: str, input_shape: Sequence[int], batch: int, *, threads: int | None = None,
+                 workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Runner:
+    """A runner of ``model`` in runtime ``name`` on a seeded random batch of ``input_shape``."""
+    record = runtime(name)
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    return record.build(model, x, threads, Path(workdir) if workdir is not None else None)
+
+
+for _record in (
+    Runtime("eager", _eager(torch.contiguous_format, torch.float32), description="PyTorch eager, float32, NCHW"),
+    Runtime("eager-channels-last", _eager(torch.channels_last, torch.float32), description="PyTorch eager, float32, NHWC"),
+    Runtime("eager-bf16", _eager(torch.channels_last, torch.bfloat16), description="PyTorch eager, bfloat16, NHWC"),
+    Runtime("onnxruntime", _onnxruntime, package="onnxruntime", extra="deploy", description="ONNX Runtime, CPU"),
+):
+    register_runtime(_record)
+
+__all__ = ["Runtime", "RUNTIME_RECORDS", "TIMING_EXPORT_TOLERANCE", "build_runner", "register_runtime", "runtime"]
