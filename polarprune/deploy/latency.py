@@ -96,6 +96,14 @@ def _repeated(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
     return run
 
 
+def median_forward_ms(run: Callable[[], Any], rounds: int = 5, min_round_seconds: float = MIN_ROUND_SECONDS) -> float:
+    """Median ms of one call of ``run`` over ``rounds`` timed rounds after one warm-up call; a round
+    repeats the call (up to ``MAX_CALLS_PER_ROUND``) to last about ``min_round_seconds``."""
+    calls = max(1, min(MAX_CALLS_PER_ROUND, math.ceil(min_round_seconds / max(timed(run), 1e-9))))
+    seconds = interleaved({"run": _repeated(run, calls)}, rounds=rounds, warmup=0)["run"]
+    return statistics.median(seconds) * 1000.0 / calls
+
+
 # ----------------------------------------------------------------------------- runtimes
 
 
@@ -153,7 +161,7 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
     names = list(models)
     result = LatencyResult(runtime, tuple(int(s) for s in input_shape), threads or torch.get_num_threads(), rounds,
                            steady_malloc(), names)
-    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, _threads(threads):
+    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, pinned_threads(threads):
         for batch in batches:
             runners = {n: forward_runner(models[n], runtime, input_shape, int(batch), threads=threads, workdir=workdir, seed=seed)
                        for n in names}
@@ -178,7 +186,7 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
 
 
 @contextmanager
-def _threads(count: int | None) -> Iterator[None]:
+def pinned_threads(count: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``count`` (when given) inside, put back afterwards."""
     previous = torch.get_num_threads()
     if count is not None:
@@ -199,6 +207,6 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, 
 
 __all__ = [
     "RUNTIMES", "STEADY_MALLOC_ENV", "TIMING_EXPORT_TOLERANCE", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
-    "measure_latency", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
+    "measure_latency", "median_forward_ms", "pinned_threads", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
     "steady_malloc", "timed",
 ]

@@ -49,7 +49,8 @@ class Strategy:
     ``needs``: the ``PruneOptions`` field that must be set (None: none), ``hint`` says what it holds;
     ``knob``: the field that sets how much is pruned (what the progressive stage aims, None: nothing),
     ``knob_scale``: its range (``fraction``: [0, 1]; ``gamma``: up to the largest |gamma|);
-    ``aims``: for a search, the strategy whose knob it searches; ``select``: the selection function
+    ``aims``: for a search, the strategy whose knob it searches; ``cost``: the cost model it needs
+    (``latency``: a ``LatencyCost`` the caller builds for a runtime, ``deploy.prune_to_latency``); ``select``: the selection function
     (``bn``/``group``: ``(scores, args) -> (keep, thresholds, notes)``; ``search``:
     ``(analysis, options, quiet=, cost=) -> Decision``; ``user``: none, the masks are the choice).
     """
@@ -64,6 +65,7 @@ class Strategy:
     select: str | Callable[..., Any] | None = None
     aims: str | None = None
     needs_cost_model: bool = False
+    cost: Literal["macs", "latency"] = "macs"
     progressive: bool = True
     description: str = ""
 
@@ -183,6 +185,10 @@ for _record in (
     Strategy("flops-target", "search", knob="target_macs_reduction", needs="target_macs_reduction", hint=" in (0, 1)",
              select="polarprune.pruning.resolve:search_threshold", aims="fixed", needs_cost_model=True,
              description="the fixed threshold whose estimated cost reduction is closest to the target"),
+    Strategy("latency-target", "search", knob="target_latency_reduction", needs="target_latency_reduction", hint=" in (0, 1)",
+             select="polarprune.pruning.latency_target:select_latency_target", needs_cost_model=True, cost="latency",
+             progressive=False,
+             description="the least important channels per ms of predicted latency saved go, until the target is reached"),
 ):
     register_strategy(_record)
 
