@@ -12,14 +12,16 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..pruning.options import STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
 from . import add_trust_code_argument
+from .latency import RUNTIMES as RUNTIME_CHOICES
 
 DIGITS_INPUT_SIZE = 8  # small_cnn is sized for the 8x8 digits
 STRATEGY_CHOICES = STRATEGIES
 # options that are flags which turn a default-on behaviour off
 NEGATING_FLAGS = {"remove_empty_blocks": "--keep-empty-blocks", "compensate": "--no-compensate"}
 # the prune command's options (masks come from --mask FILE, bn_names from the patterns)
-PRUNE_FIELDS = ("strategy", "threshold", "percent", "ratio", "target_macs_reduction", "bn_include", "bn_exclude",
-                "group_rule", "residual", "min_channels", "round_to", "remove_empty_blocks", "compensate", "seed")
+PRUNE_FIELDS = ("strategy", "threshold", "percent", "ratio", "target_macs_reduction", "target_latency_reduction", "runtime",
+                "batch", "threads", "bn_include", "bn_exclude", "group_rule", "residual", "min_channels", "round_to",
+                "remove_empty_blocks", "compensate", "seed")
 
 
 def flag_of(field: str) -> str:
@@ -84,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="training checkpoint (.pt) or polarprune model file (.safetensors)")
-    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES})
+    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES, "runtime": RUNTIME_CHOICES})
     p.add_argument("--mask", metavar="FILE", help="mask: mask file (BN name -> 0/1 keep string)")
     p.add_argument("--input-size", type=int, metavar="S", help="example input height/width (default 8 for small_cnn, 32 for the CIFAR models, 224 otherwise)")
     p.add_argument("--data", choices=("digits", "cifar10", "cifar100", "imagefolder", "fake"), help="also report top-1 before/after on this data set")
@@ -147,9 +149,16 @@ def run(args: argparse.Namespace) -> int:
 
         options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
-    pruned, report = prune_model(model, x, options=options)
+    latency = None
+    if options.strategy_record.cost == "latency":  # the caller builds the cost model (deploy.latency_cost)
+        from ..deploy.latency_cost import prune_to_latency
+
+        latency = prune_to_latency(model, x, options)
+        pruned, report = latency.pruned, latency.report
+    else:
+        pruned, report = prune_model(model, x, options=options)
     top1_after = _top1(pruned, args) if args.data else None
-    result = report.to_dict()
+    result = {**report.to_dict(), **(latency.as_dict() if latency else {})}
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})
     if args.data:
         result["top1_before"], result["top1_after"] = top1_before, top1_after

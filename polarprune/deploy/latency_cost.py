@@ -151,7 +151,8 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     ``batch``, ``threads``), measure the result against the unpruned model and re-aim once when the
     measured cut misses the target by more than ``TOLERANCE``. ``measure`` / ``compare`` replace the
     runtime's per-layer timing and end-to-end comparison (tests: a fake runtime)."""
-    opts = parse_options(None, options, **{"strategy": "latency-target", **fields})
+    strategy = fields.pop("strategy", None) or (None if options is not None else "latency-target")
+    opts = parse_options(strategy, options, **fields)
     if opts.strategy_record.cost != "latency":
         raise PolarpruneError(f"prune_to_latency needs a latency strategy, got {opts.strategy!r}")
     runtime(opts.runtime)  # unknown runtime or missing extra: one line before any work

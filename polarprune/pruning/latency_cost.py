@@ -246,7 +246,7 @@ class LatencyCost:
     """Predicted ms of the analysed model after a decision (``CostModel``): the layers' tables at the
     kept widths, times their calls, plus the fixed rest."""
 
-    name = "predicted latency"
+    name = "latency (ms)"
 
     def __init__(self, tables: Mapping[str, LayerTable], calls: Mapping[str, int], rest_ms: float) -> None:
         self.tables, self.calls, self.rest_ms = dict(tables), dict(calls), float(rest_ms)

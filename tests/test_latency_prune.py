@@ -1,0 +1,144 @@
+"""``deploy.latency_cost``: the runtime records' checks, ``prune_to_latency``'s end-to-end check and
+refinement, and ``polarprune prune --strategy latency-target``. The per-layer timing and the
+end-to-end comparison are fakes with exactly known costs; one slow test times real eager runs and
+compares prediction and measurement within a factor of 2. No timing assertions elsewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from polarprune import serialization
+from polarprune.cli import main
+from polarprune.deploy import latency_cost as lc
+from polarprune.deploy.latency import forward_runner, median_forward_ms
+from polarprune.deploy.runtimes import RUNTIME_RECORDS
+from polarprune.errors import PolarpruneError
+from polarprune.models import create
+from polarprune.pruning import prune_model
+from polarprune.pruning.graph import analysed_copy
+
+from test_latency_target import X, fake_ms, tiny
+
+
+def fake_compare(unpruned: nn.Module, pruned: nn.Module) -> float:
+    """The fake runtime end to end: the ratio of the summed layer costs."""
+    return fake_ms(pruned, ()) / fake_ms(unpruned, ())
+
+
+def scripted(*ratios: float):
+    """A comparison answering the given measured ratios in turn."""
+    answers = iter(ratios)
+    return lambda unpruned, pruned: next(answers)
+
+
+def test_prune_to_latency_reports_predicted_and_measured(tmp_path):
+    result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms,
+                                 compare=fake_compare)
+    assert result.predicted_ratio == pytest.approx(13 / 28) and result.measured_ratio == pytest.approx(13 / 28)
+    assert not result.refined and result.aimed == 0.5
+    assert (result.pruned[0].out_channels, result.pruned[3].out_channels) == (3, 2)
+    assert result.as_dict()["measured_latency_ratio"] == pytest.approx(13 / 28)
+    assert any("latency cut: predicted 53.6%, measured 53.6%" in note for note in result.report.notes)
+
+
+def test_prune_to_latency_reaims_once_with_the_measured_ratio(tmp_path):
+    result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms,
+                                 compare=scripted(0.7, 0.52))
+    assert result.refined and result.measured_ratio == 0.52
+    assert result.aimed == pytest.approx(lc.reaimed(0.5, 13 / 28, 0.7)) == pytest.approx(1 - 0.5 * (13 / 28) / 0.7)
+
+
+def test_prune_to_latency_fails_in_one_line_after_a_second_miss(tmp_path):
+    with pytest.raises(PolarpruneError, match="misses the target 50.0% by more than 0.05 after one refinement"):
+        lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms,
+                            compare=scripted(0.9, 0.9))
+
+
+def test_reaimed_is_clamped():
+    assert lc.reaimed(0.5, 0.5, 0.5) == pytest.approx(0.5)
+    assert lc.reaimed(0.9, 0.1, 5.0) == 0.99 and lc.reaimed(0.1, 2.0, 0.5) == 0.01
+
+
+def test_unknown_runtime_and_missing_extra_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(PolarpruneError, match="unknown runtime 'tpu'; choose one of eager, "):
+        lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, runtime="tpu", cache_dir=tmp_path, measure=fake_ms)
+    missing = dataclasses.replace(RUNTIME_RECORDS["onnxruntime"], package="polarprune_no_such_package")
+    monkeypatch.setitem(RUNTIME_RECORDS, "onnxruntime", missing)
+    assert not RUNTIME_RECORDS["onnxruntime"].available and RUNTIME_RECORDS["eager"].available
+    with pytest.raises(PolarpruneError, match=r"runtime 'onnxruntime' needs polarprune_no_such_package: pip install 'polarprune\[deploy\]'"):
+        lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, runtime="onnxruntime", cache_dir=tmp_path,
+                            measure=fake_ms)
+    with pytest.raises(PolarpruneError, match="needs polarprune_no_such_package"):
+        forward_runner(tiny(), "onnxruntime", (1, 4, 4), 1)
+
+
+def test_cache_key_names_machine_runtime_versions_threads_batch():
+    key = lc.cache_key("eager", 8, 2)
+    assert key["runtime"] == "eager" and key["batch"] == 8 and key["threads"] == 2
+    assert key["cpu"] and key["versions"]["torch"] == torch.__version__
+    assert lc.cache_folder("~/x") == Path.home() / "x"
+
+
+@pytest.fixture()
+def small_file(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create("small_cnn", num_classes=10, in_channels=1, width=8).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.0, 1.0)
+    return serialization.save(model, tmp_path / "small.safetensors")
+
+
+def test_prune_command_latency_target(small_file, tmp_path, monkeypatch, capsys):
+    """The command builds the cost model (fake runtime here) and reports predicted vs measured."""
+    monkeypatch.setattr(lc, "runtime_measure", lambda *args, **kwargs: fake_ms)
+    monkeypatch.setattr(lc, "runtime_compare", lambda *args, **kwargs: fake_compare)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out, report = tmp_path / "p.safetensors", tmp_path / "r.json"
+    code = main(["prune", str(small_file), "--strategy", "latency-target", "--target-latency-reduction", "0.4",
+                 "--runtime", "eager", "--batch", "4", "--threads", "1", "--out", str(out), "--report", str(report)])
+    assert code == 0 and out.exists()
+    data = json.loads(report.read_text())
+    assert data["measured_latency_ratio"] == pytest.approx(data["predicted_latency_ratio"])
+    assert data["predicted_latency_ratio"] <= 0.6 and data["target_latency_reduction"] == 0.4
+    assert "latency cut: predicted" in capsys.readouterr().out
+    assert list((tmp_path / "cache" / "polarprune" / "latency").glob("*.json"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target-latency-reduction", "1.2"], "--target-latency-reduction: "),
+    (["--target-latency-reduction", "0"], "--target-latency-reduction: "),
+    ([], "--strategy latency-target needs --target-latency-reduction"),
+])
+def test_prune_command_latency_target_bad_input(small_file, tmp_path, capsys, argv, message):
+    out = tmp_path / "p.safetensors"
+    assert main(["prune", str(small_file), "--strategy", "latency-target", *argv, "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(errors) == 1 and message in errors[0] and not out.exists()
+
+
+def test_prune_command_unknown_runtime_is_refused(small_file, tmp_path, capsys):
+    code = main(["prune", str(small_file), "--strategy", "latency-target", "--target-latency-reduction", "0.5",
+                 "--runtime", "tpu", "--out", str(tmp_path / "p.safetensors")])
+    assert code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_eager_prediction_is_within_a_factor_of_two(tmp_path):
+    """Real eager timings (batch 16, 1 thread): the prediction for a pruned CNN lands within a factor of
+    2 of its measured latency (a tolerant bound: the machine may be loaded)."""
+    torch.manual_seed(0)
+    model = create("small_cnn", num_classes=10, in_channels=3, width=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    cost = lc.latency_cost(model, x, "eager", batch=16, threads=1, cache_dir=tmp_path)
+    pruned, _ = prune_model(model, x, "uniform", ratio=0.5)
+    predicted = cost.cost(analysed_copy(pruned, x), {}, ())
+    with lc.pinned_threads(1):
+        measured = median_forward_ms(forward_runner(pruned, "eager", (3, 32, 32), 16, threads=1), rounds=7)
+    assert 0.5 <= predicted / measured <= 2.0, (predicted, measured)
