@@ -35,6 +35,7 @@ from .runtimes import build_runner, runtime
 
 log = logging.getLogger(__name__)
 
+TABLE_ROUND_SECONDS = 0.005  # a table point's timed round repeats the forward to last about this long
 TOLERANCE = 0.05  # the measured cut may miss the target by this much before prune_to_latency re-aims
 # (unpruned model, pruned model) -> measured latency ratio pruned / unpruned
 Compare = Callable[[nn.Module, nn.Module], float]
@@ -70,11 +71,12 @@ def cache_key(runtime_name: str, batch: int, threads: int) -> dict[str, Any]:
 
 def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | os.PathLike[str],
                     rounds: int = 5) -> Measure:
-    """``measure(module, input_shape) -> ms`` of one forward at ``batch`` in the runtime (median of ``rounds``)."""
+    """``measure(module, input_shape) -> ms`` of one forward at ``batch`` in the runtime (median of ``rounds``
+    rounds of about ``TABLE_ROUND_SECONDS`` each)."""
 
     def measure(module: nn.Module, input_shape: Sequence[int]) -> float:
         run = build_runner(module, runtime_name, input_shape, batch, threads=threads, workdir=workdir)
-        return median_forward_ms(run, rounds=rounds)
+        return median_forward_ms(run, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
 
     return measure
 
