@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import PolarpruneError
+from ..hardware import cpu_model
 from ..pruning.api import prune_model
 from ..pruning.base import as_input_tuple
 from ..pruning.graph import analysed_copy
@@ -49,24 +50,13 @@ def cache_folder(folder: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polarprune" / "latency"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cache_key(runtime_name: str, batch: int, threads: int) -> dict[str, Any]:
     """What a latency table depends on besides the layer's shape."""
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     package = runtime(runtime_name).package
     if package is not None:
         versions[package] = getattr(sys.modules.get(package) or __import__(package), "__version__", "?")
-    return {"cpu": cpu_model(), "runtime": runtime_name, "versions": versions, "threads": threads, "batch": batch}
+    return {"cpu": cpu_model() or platform.processor() or platform.machine(), "runtime": runtime_name, "versions": versions, "threads": threads, "batch": batch}
 
 
 def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | os.PathLike[str],
@@ -178,5 +168,5 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     return result
 
 
-__all__ = ["TOLERANCE", "LatencyPrune", "cache_folder", "cache_key", "cpu_model", "latency_cost", "prune_to_latency",
+__all__ = ["TOLERANCE", "LatencyPrune", "cache_folder", "cache_key", "latency_cost", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..pruning.registry import lookup
 from .export import export_model, load_artifact
 
 # The onnxruntime runner's export check: the artifact is for timing, so float-rounding
@@ -95,9 +96,7 @@ def register_runtime(record: Runtime) -> Runtime:
 
 def runtime(name: str) -> Runtime:
     """The record of ``name``, checked to be installed; a one-line error naming the known ones."""
-    if name not in RUNTIME_RECORDS:
-        raise PolarpruneError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIME_RECORDS)}")
-    return RUNTIME_RECORDS[name].check()
+    return lookup(RUNTIME_RECORDS, name, "runtime").check()
 
 
 def build_runner(model: nn.Module, name: str, input_shape: Sequence[int], batch: int, *, threads: int | None = None,

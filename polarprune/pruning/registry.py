@@ -133,11 +133,16 @@ def register_group_rule(rule: GroupRule) -> GroupRule:
     return rule
 
 
+def lookup(records: Mapping[str, V], name: str, what: str) -> V:
+    """``records[name]``; a one-line error naming ``what`` and the known names."""
+    if name not in records:
+        raise PolarpruneError(f"unknown {what} {name!r}; choose one of {', '.join(records)}")
+    return records[name]
+
+
 def strategy(name: str) -> Strategy:
     """The record of ``name``; a one-line error naming the known ones."""
-    if name not in STRATEGIES:
-        raise PolarpruneError(f"unknown pruning strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    return lookup(STRATEGIES, name, "pruning strategy")
 
 
 class LiveView(Mapping[str, V]):
@@ -205,4 +210,4 @@ BUILTIN_GROUP_RULES: tuple[str, ...] = tuple(GROUP_RULES)
 
 __all__ = ["Strategy", "GroupRule", "STRATEGIES", "GROUP_RULES", "register_strategy", "unregister_strategy",
            "register_group_rule", "strategy", "LiveView", "SCORE_STRATEGIES", "RATIO_STRATEGIES", "STRATEGY_NEEDS",
-           "PROGRESSIVE_KNOBS", "BUILTIN_STRATEGIES", "BUILTIN_GROUP_RULES", "resolve_function", "DECIDES"]
+           "PROGRESSIVE_KNOBS", "BUILTIN_STRATEGIES", "BUILTIN_GROUP_RULES", "resolve_function", "lookup", "DECIDES"]
