@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from polarprune.errors import PolarpruneError
+from polarprune.models import create
 from polarprune.pruning import prune_model
 from polarprune.pruning.graph import analysed_copy
 from polarprune.pruning.latency_cost import LayerTable, layer_probes, profile_latency, width_grid
@@ -128,6 +129,22 @@ def test_latency_target_stops_where_the_target_is_met(tmp_path):
     decision = decide(analysed_copy(tiny(), X), "latency-target", target_latency_reduction=0.1, cost=cost)
     assert decision.estimated_cost == pytest.approx(22.0)  # one cut (bn2 ch1, saves 6) reaches 28 * 0.9
     assert decision.bn_keep["4"].tolist() == [True, False, True, True] and decision.bn_keep["1"].all()
+
+
+def test_latency_target_prunes_a_cifar_resnet_with_the_fake_runtime(tmp_path):
+    """A family with the original's accounting (CIFAR ResNets): latency-target has no per-BN choice to
+    account, so the report says so instead of failing; the predicted cut reaches the target."""
+    torch.manual_seed(0)
+    model = create("resnet20", 10).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.0, 1.0)
+    x = torch.randn(1, 3, 32, 32)
+    cost = profile_latency(model, x, fake_ms, KEY, tmp_path)
+    pruned, report = prune_model(model, x, "latency-target", target_latency_reduction=0.3, cost=cost)
+    predicted = cost.cost(analysed_copy(pruned, x), {}, ()) / cost.cost(analysed_copy(model, x), {}, ())
+    assert 0.6 < predicted <= 0.7 + 1e-9 and report.macs_original_accounting is None
+    assert pruned(x).shape == (1, 10) and report.channels_after < report.channels_before
 
 
 def test_latency_target_without_a_latency_cost_model_is_one_line():
