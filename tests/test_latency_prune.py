@@ -38,25 +38,25 @@ def scripted(*ratios: float):
 
 
 def test_prune_to_latency_reports_predicted_and_measured(tmp_path):
-    result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms,
+    result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms, step=1,
                                  compare=fake_compare)
-    assert result.predicted_ratio == pytest.approx(13 / 28) and result.measured_ratio == pytest.approx(13 / 28)
+    assert result.predicted_ratio == pytest.approx(0.5) and result.measured_ratio == pytest.approx(0.5)
     assert not result.refined and result.aimed == 0.5
-    assert (result.pruned[0].out_channels, result.pruned[3].out_channels) == (3, 2)
-    assert result.as_dict()["measured_latency_ratio"] == pytest.approx(13 / 28)
-    assert any("latency cut: predicted 53.6%, measured 53.6%" in note for note in result.report.notes)
+    assert (result.pruned[0].out_channels, result.pruned[3].out_channels) == (2, 3)
+    assert result.as_dict()["measured_latency_ratio"] == pytest.approx(0.5)
+    assert any("latency cut: predicted 50.0%, measured 50.0%" in note for note in result.report.notes)
 
 
 def test_prune_to_latency_reaims_once_with_the_measured_ratio(tmp_path):
-    result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms,
+    result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms, step=1,
                                  compare=scripted(0.7, 0.52))
     assert result.refined and result.measured_ratio == 0.52
-    assert result.aimed == pytest.approx(lc.reaimed(0.5, 13 / 28, 0.7)) == pytest.approx(1 - 0.5 * (13 / 28) / 0.7)
+    assert result.aimed == pytest.approx(lc.reaimed(0.5, 0.5, 0.7)) == pytest.approx(1 - 0.5 * 0.5 / 0.7)
 
 
 def test_prune_to_latency_fails_in_one_line_after_a_second_miss(tmp_path):
     with pytest.raises(PolarpruneError, match="misses the target 50.0% by more than 0.05 after one refinement"):
-        lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms,
+        lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms, step=1,
                             compare=scripted(0.9, 0.9))
 
 
@@ -97,7 +97,7 @@ def small_file(tmp_path: Path) -> Path:
 
 def test_prune_command_latency_target(small_file, tmp_path, monkeypatch, capsys):
     """The command builds the cost model (fake runtime here) and reports predicted vs measured."""
-    monkeypatch.setattr(lc, "runtime_measure", lambda *args, **kwargs: fake_ms)
+    monkeypatch.setattr(lc, "runtime_measure", lambda *args, **kwargs: fake_ms)  # the grid's steps of 8 stay
     monkeypatch.setattr(lc, "runtime_compare", lambda *args, **kwargs: fake_compare)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out, report = tmp_path / "p.safetensors", tmp_path / "r.json"

@@ -16,7 +16,7 @@ from polarprune.errors import PolarpruneError
 from polarprune.models import create
 from polarprune.pruning import prune_model
 from polarprune.pruning.graph import analysed_copy
-from polarprune.pruning.latency_cost import LayerTable, layer_probes, profile_latency, width_grid
+from polarprune.pruning.latency_cost import LatencyCost, LayerTable, layer_probes, profile_latency, width_grid
 from polarprune.pruning.options import parse_options
 from polarprune.pruning.resolve import decide
 from polarprune.pruning.base import CONV_TYPES
@@ -61,8 +61,8 @@ KEY = {"cpu": "fake", "runtime": "fake", "threads": 1, "batch": 1}
 
 
 def test_width_grid_keeps_one_and_full_and_thins():
-    assert width_grid(4, 8) == [1, 4]
-    assert width_grid(24, 8) == [1, 8, 16, 24]
+    assert width_grid(4, 8) == [1, 2, 3, 4] and width_grid(16, 8) == [1, 4, 8, 12, 16]  # narrow: a finer step
+    assert width_grid(64, 8) == [1, 8, 16, 24, 32, 40, 48, 56, 64]
     grid = width_grid(256, 16, max_points=6)
     assert len(grid) == 6 and grid[0] == 1 and grid[-1] == 256 and grid == sorted(grid)
 
@@ -83,14 +83,18 @@ def test_probes_record_input_shapes_and_calls():
 
 def test_prediction_is_exact_for_the_fake_runtime(tmp_path):
     model = tiny()
-    cost = profile_latency(model, X, fake_ms, KEY, tmp_path)
+    cost = profile_latency(model, X, fake_ms, KEY, tmp_path, step=1)
     analysis = analysed_copy(model, X)
     assert cost.rest_ms == 0.0  # the whole model costs exactly its layers
     assert cost.cost(analysis, {}, ()) == pytest.approx(4 + 16 + 8)
     removed = {("3", "in"): {0}, ("0", "out"): {0}, ("3", "out"): {0, 1}, ("8", "in"): {0, 1}}
     assert cost.cost(analysis, removed, ()) == pytest.approx(3 + 3 * 2 + 2 * 2)
     group = next(g for g in analysis.prunable_groups() if "1" in g.bn_names)
-    assert list(cost.steps(analysis, group)) == [1, 2, 3, 4]  # every channel saves time
+    assert list(cost.steps(analysis, group)) == [1, 2, 3, 4]  # every width measured, every channel saves time
+    tables = dict(cost.tables)
+    tables["3"] = LayerTable([1, 4], tables["3"].out_widths, [tables["3"].ms[0], tables["3"].ms[3]])  # conv2's input: 1, 4
+    coarse = LatencyCost(tables, cost.calls, cost.rest_ms)
+    assert list(coarse.steps(analysis, group)) == [1, 4]  # only widths every touched layer was measured at
 
 
 def test_cache_round_trips_and_is_keyed_by_threads_and_batch(tmp_path):
@@ -112,23 +116,25 @@ def test_cache_round_trips_and_is_keyed_by_threads_and_batch(tmp_path):
 
 def test_latency_target_removes_the_hand_worked_channels(tmp_path):
     """Costs: conv1 = w1, conv2 = w1*w2, linear = 2*w2 (28 unpruned, goal 14 at R = 0.5). The cheapest
-    score per ms saved goes first: bn2 ch1 (0.05/6), bn1 ch0 (0.1/4), bn2 ch0 (0.2/5): 13 <= 14."""
+    score per ms saved goes first: bn2 ch1 (0.05/6 -> 22), bn1 ch0 (0.1/4 -> 18). Then both offers reach
+    the goal (bn1 ch3 -> 14, bn2 ch0 -> 13): the one landing closest below it goes (14)."""
     model = tiny()
-    cost = profile_latency(model, X, fake_ms, KEY, tmp_path)
+    cost = profile_latency(model, X, fake_ms, KEY, tmp_path, step=1)
     decision = decide(analysed_copy(model, X), "latency-target", target_latency_reduction=0.5, cost=cost)
-    assert decision.bn_keep["1"].tolist() == [False, True, True, True]
-    assert decision.bn_keep["4"].tolist() == [False, False, True, True]
-    assert decision.estimated_cost == pytest.approx(13.0) and decision.estimated_cost_before == pytest.approx(28.0)
+    assert decision.bn_keep["1"].tolist() == [False, True, True, False]
+    assert decision.bn_keep["4"].tolist() == [True, False, True, True]
+    assert decision.estimated_cost == pytest.approx(14.0) and decision.estimated_cost_before == pytest.approx(28.0)
     pruned, report = prune_model(model, X, "latency-target", target_latency_reduction=0.5, cost=cost)
-    assert (pruned[0].out_channels, pruned[3].in_channels, pruned[3].out_channels, pruned[8].in_features) == (3, 3, 2, 2)
+    assert (pruned[0].out_channels, pruned[3].in_channels, pruned[3].out_channels, pruned[8].in_features) == (2, 2, 3, 3)
     assert any("predicted" in note for note in report.notes)
 
 
 def test_latency_target_stops_where_the_target_is_met(tmp_path):
-    cost = profile_latency(tiny(), X, fake_ms, KEY, tmp_path)
+    """Goal 25.2 at R = 0.1: bn1 ch0 (-> 23) and bn2 ch1 (-> 22) both reach it; 23 lands closest."""
+    cost = profile_latency(tiny(), X, fake_ms, KEY, tmp_path, step=1)
     decision = decide(analysed_copy(tiny(), X), "latency-target", target_latency_reduction=0.1, cost=cost)
-    assert decision.estimated_cost == pytest.approx(22.0)  # one cut (bn2 ch1, saves 6) reaches 28 * 0.9
-    assert decision.bn_keep["4"].tolist() == [True, False, True, True] and decision.bn_keep["1"].all()
+    assert decision.estimated_cost == pytest.approx(23.0)
+    assert decision.bn_keep["1"].tolist() == [False, True, True, True] and decision.bn_keep["4"].all()
 
 
 def test_latency_target_prunes_a_cifar_resnet_with_the_fake_runtime(tmp_path):

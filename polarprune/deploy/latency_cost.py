@@ -138,11 +138,12 @@ def _misses(measured_ratio: float, target: float) -> bool:
 
 def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
                      cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
-                     compare: Compare | None = None, **fields: Any) -> LatencyPrune:
+                     compare: Compare | None = None, step: int = 8, **fields: Any) -> LatencyPrune:
     """Prune ``model`` with ``latency-target`` (``options``: ``target_latency_reduction``, ``runtime``,
     ``batch``, ``threads``), measure the result against the unpruned model and re-aim once when the
     measured cut misses the target by more than ``TOLERANCE``. ``measure`` / ``compare`` replace the
-    runtime's per-layer timing and end-to-end comparison (tests: a fake runtime)."""
+    runtime's per-layer timing and end-to-end comparison (tests: a fake runtime); ``step``: the tables'
+    width grid (multiples of it, 1 and the full width; the widths latency-target may keep)."""
     strategy = fields.pop("strategy", None) or (None if options is not None else "latency-target")
     opts = parse_options(strategy, options, **fields)
     if opts.strategy_record.cost != "latency":
@@ -150,7 +151,8 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     runtime(opts.runtime)  # unknown runtime or missing extra: one line before any work
     target = float(opts.target_latency_reduction)  # type: ignore[arg-type]
     input_shape = tuple(as_input_tuple(example_inputs)[0].shape[1:])
-    cost = latency_cost(model, example_inputs, opts.runtime, opts.batch, opts.threads, cache_dir=cache_dir, measure=measure)
+    cost = latency_cost(model, example_inputs, opts.runtime, opts.batch, opts.threads, cache_dir=cache_dir, measure=measure,
+                        step=step)
     compare = compare or runtime_compare(opts, input_shape)
     pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, target, compare)
     log.info("latency-target: predicted cut %.1f%%, measured %.1f%% (target %.1f%%)", 100 * (1 - predicted),

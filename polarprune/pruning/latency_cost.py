@@ -97,9 +97,11 @@ def layer_probes(model: nn.Module, example_inputs: Any) -> dict[str, LayerProbe]
     return probes
 
 
-def width_grid(full: int, step: int, max_points: int = 6) -> list[int]:
-    """Widths a table is measured at: 1, multiples of ``step`` and ``full``, thinned evenly to at
-    most ``max_points`` (1 and ``full`` always stay)."""
+def width_grid(full: int, step: int, max_points: int = 9) -> list[int]:
+    """Widths a table is measured at: 1, multiples of the step and ``full``, thinned evenly to at most
+    ``max_points`` (1 and ``full`` always stay). The step shrinks to ``full // 4`` for narrow layers, so
+    a layer of 8 or 16 channels still has a few widths to choose from."""
+    step = max(1, min(step, full // 4))
     points = sorted({1, full, *range(step, full, step)})
     if len(points) <= max_points:
         return points
@@ -263,31 +265,47 @@ class LatencyCost:
             for name, c in analysis.layer_costs.items() if not deleted_with_block(name, gone))
 
     def steps(self, analysis: ModelAnalysis, group: ChannelGroup) -> Sequence[int]:
-        """Widths of ``group`` (the rest at full width) whose predicted latency is below every wider one's."""
+        """Widths of ``group`` (the rest at full width) where every layer it touches was measured, whose
+        predicted latency is below every wider one's: the widths worth keeping."""
         curve = group_curve(self, analysis, group)
         kept, best = [], math.inf
         for width in range(group.num_channels, 0, -1):
-            if curve[width] < best - 1e-12:
+            if curve[width] is not None and curve[width] < best - 1e-12:
                 kept.append(width)
                 best = curve[width]
         return sorted(kept)
 
+    def measured_at(self, name: str, in_width: int | None, out_width: int | None) -> bool:
+        """Whether the layer's table has a grid point at the given widths (None: that side is not asked)."""
+        table = self.tables.get(name)
+        if table is None:
+            return True
+        tied = table.in_widths == [0]
+        return ((in_width is None or tied or in_width in table.in_widths)
+                and (out_width is None or out_width in table.out_widths))
 
-def group_curve(cost: LatencyCost, analysis: ModelAnalysis, group: ChannelGroup) -> list[float]:
-    """Predicted ms of the layers ``group`` touches, per width of the group (index = width; 0 unused)."""
+
+def group_curve(cost: LatencyCost, analysis: ModelAnalysis, group: ChannelGroup) -> list[float | None]:
+    """Predicted ms of the layers ``group`` touches, per width of the group (index = width; 0 unused);
+    None at widths where one of those layers was not measured."""
     sides: dict[str, dict[str, int]] = {}
     for item in group.items:
-        sides.setdefault(item.module_name, {})[item.side] = len(item.idxs)
-    curve = [0.0] * (group.num_channels + 1)
+        if item.side in (IN, OUT):
+            sides.setdefault(item.module_name, {})[item.side] = len(item.idxs)
+    curve: list[float | None] = [None] + [0.0] * group.num_channels
     for name, touched in sides.items():
         layer = analysis.layer_costs.get(name)
         if layer is None:
             continue
         for width in range(1, group.num_channels + 1):
             gone = group.num_channels - width
-            in_w = layer.in_channels - min(gone, touched.get(IN, touched.get("both", 0)))
-            out_w = layer.out_channels - min(gone, touched.get(OUT, touched.get("both", 0)))
-            curve[width] += cost.layer_ms(name, in_w, out_w)
+            in_w = layer.in_channels - min(gone, touched.get(IN, 0))
+            out_w = layer.out_channels - min(gone, touched.get(OUT, 0))
+            value = curve[width]
+            if value is not None and cost.measured_at(name, in_w if IN in touched else None, out_w if OUT in touched else None):
+                curve[width] = value + cost.layer_ms(name, in_w, out_w)
+            else:
+                curve[width] = None
     return curve
 
 

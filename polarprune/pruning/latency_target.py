@@ -5,7 +5,8 @@ The cost model is the caller's (``decide(..., cost=)``): ``polarprune.deploy.lat
 ``LatencyCost`` for a runtime, batch and thread count; tests hand in one built from a fake runtime.
 Pruning never imports deploy. Greedy, one step at a time: every scored group offers its next cut
 (down to the next width its ``cost.steps`` says pays, its lowest-|gamma| channels first); the cut
-with the lowest summed score per ms saved goes. Every group keeps at least ``max(1, min_channels)``
+with the lowest summed score per ms saved goes, and the last one is the cut that lands closest below
+the target. Every group keeps at least ``max(1, min_channels)``
 channels, so no residual branch is removed.
 """
 
@@ -98,6 +99,15 @@ def _neighbours(groups: Sequence[ChannelGroup]) -> dict[str, set[str]]:
     return {g.name: {h.name for h in groups if layers[g.name] & layers[h.name]} for g in groups}
 
 
+def _next_cut(offers: Mapping[str, Cut], now: float, goal: float) -> str:
+    """The group whose cut goes next: the lowest score per ms saved; once some cut reaches the goal, the
+    one of those landing closest to it (a last cut of a coarse grid would otherwise overshoot)."""
+    reaching = [name for name, cut in offers.items() if now - cut.saving <= goal]
+    if reaching:
+        return max(reaching, key=lambda n: (now - offers[n].saving, -offers[n].price))
+    return min(offers, key=lambda n: offers[n].price)
+
+
 def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False,
                           cost: CostModel | None = None) -> Decision:
     """The greedy decision whose predicted cost is at most ``1 - target_latency_reduction`` of the unpruned."""
@@ -117,7 +127,7 @@ def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, qui
         offers = {name: c for name, c in cuts.items() if c is not None}
         if not offers:
             break
-        name = min(offers, key=lambda n: offers[n].price)
+        name = _next_cut(offers, now, goal)
         state.keep[name] = offers[name].keep
         state.removals[name] = removals_of(by_name[name], state.keep[name])
         now = cost.cost(analysis, state.removed(), ())
