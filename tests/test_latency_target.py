@@ -22,7 +22,7 @@ from polarprune.pruning.resolve import decide
 from polarprune.pruning.base import CONV_TYPES
 
 
-def fake_ms(module: nn.Module, input_shape) -> float:
+def fake_cost(module: nn.Module) -> float:
     """The fake runtime: every conv costs in * out/groups * kernel area, every linear in * out."""
     total = 0.0
     for m in module.modules():
@@ -33,15 +33,20 @@ def fake_ms(module: nn.Module, input_shape) -> float:
     return total
 
 
+def fake_ms(items) -> list[float]:
+    """``Measure`` of the fake runtime."""
+    return [fake_cost(module) for module, _ in items]
+
+
 class Counting:
-    """``fake_ms`` that counts its calls (a cache hit measures nothing)."""
+    """``fake_ms`` that counts the modules it times (a cache hit times nothing)."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, module: nn.Module, input_shape) -> float:
-        self.calls += 1
-        return fake_ms(module, input_shape)
+    def __call__(self, items) -> list[float]:
+        self.calls += len(items)
+        return fake_ms(items)
 
 
 def tiny() -> nn.Module:

@@ -96,12 +96,12 @@ def _repeated(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
     return run
 
 
-def median_forward_ms(run: Callable[[], Any], rounds: int = 5, min_round_seconds: float = MIN_ROUND_SECONDS) -> float:
-    """Median ms of one call of ``run`` over ``rounds`` timed rounds after one warm-up call; a round
-    repeats the call (up to ``MAX_CALLS_PER_ROUND``) to last about ``min_round_seconds``."""
-    calls = max(1, min(MAX_CALLS_PER_ROUND, math.ceil(min_round_seconds / max(timed(run), 1e-9))))
-    seconds = interleaved({"run": _repeated(run, calls)}, rounds=rounds, warmup=0)["run"]
-    return statistics.median(seconds) * 1000.0 / calls
+def median_forward_ms(runs: Sequence[Callable[[], Any]], rounds: int = 5, min_round_seconds: float = MIN_ROUND_SECONDS) -> list[float]:
+    """Median ms of one call of each of ``runs``, called side by side in ``rounds`` interleaved rounds after
+    one warm-up round; each repeats its call (up to ``MAX_CALLS_PER_ROUND``) to last about ``min_round_seconds``."""
+    calls = [max(1, min(MAX_CALLS_PER_ROUND, math.ceil(min_round_seconds / max(timed(run), 1e-9)))) for run in runs]
+    seconds = interleaved({str(k): _repeated(run, n) for k, (run, n) in enumerate(zip(runs, calls))}, rounds=rounds, warmup=1)
+    return [statistics.median(seconds[str(k)]) * 1000.0 / n for k, n in enumerate(calls)]
 
 
 # ----------------------------------------------------------------------------- runtimes

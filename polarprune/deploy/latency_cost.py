@@ -61,12 +61,12 @@ def cache_key(runtime_name: str, batch: int, threads: int) -> dict[str, Any]:
 
 def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | os.PathLike[str],
                     rounds: int = 5) -> Measure:
-    """``measure(module, input_shape) -> ms`` of one forward at ``batch`` in the runtime (median of ``rounds``
-    rounds of about ``TABLE_ROUND_SECONDS`` each)."""
+    """``measure([(module, input_shape), ...]) -> [ms, ...]``: one forward of each at ``batch`` in the runtime,
+    side by side (median of ``rounds`` interleaved rounds of about ``TABLE_ROUND_SECONDS`` each)."""
 
-    def measure(module: nn.Module, input_shape: Sequence[int]) -> float:
-        run = build_runner(module, runtime_name, input_shape, batch, threads=threads, workdir=workdir)
-        return median_forward_ms(run, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
+    def measure(items: Sequence[tuple[nn.Module, Sequence[int]]]) -> list[float]:
+        runs = [build_runner(module, runtime_name, shape, batch, threads=threads, workdir=workdir) for module, shape in items]
+        return median_forward_ms(runs, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
 
     return measure
 

@@ -5,9 +5,10 @@ timed alone on its own input shape over a small grid of input and output widths;
 the sum of the layers' times at the decision's widths (bilinear interpolation between grid
 points) plus the fixed rest (the whole model minus its layers at full width, measured once).
 
-Nothing here knows a runtime: the caller hands in ``measure(module, input_shape) -> ms`` (one
-forward at the caller's batch, runtime and threads; ``polarprune.deploy.latency_cost`` builds it,
-tests pass a fake whose costs are known exactly) and the cache ``key`` that names what
+Nothing here knows a runtime: the caller hands in ``measure([(module, input_shape), ...]) -> [ms, ...]``
+(one forward of each at the caller's batch, runtime and threads, timed side by side in interleaved
+rounds so a loaded machine's drifts hit every grid point alike; ``polarprune.deploy.latency_cost``
+builds it, tests pass a fake whose costs are known exactly) and the cache ``key`` that names what
 ``measure`` depends on (machine, runtime, versions, threads, batch). Tables are cached as JSON,
 one file per layer shape and key, under ``cache_dir``.
 """
@@ -36,10 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# ms of one forward of ``module`` on an input of shape (batch, *input_shape), batch fixed by the caller
-Measure = Callable[[nn.Module, Sequence[int]], float]
+# ms of one forward of each ``module`` on an input of shape (batch, *input_shape), batch fixed by the caller
+Measure = Callable[[Sequence[tuple[nn.Module, Sequence[int]]]], Sequence[float]]
 PROGRESS_SECONDS = 5.0  # a progress line at least this often while measuring
-TABLE_VERSION = 1  # bump when the table's meaning changes (old cache files are then ignored)
+TABLE_VERSION = 3  # bump when the table's meaning changes (old cache files are then ignored)
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,11 @@ def _bracket(grid: Sequence[int], value: int) -> tuple[int, float]:
 
 
 def measure_table(probe: LayerProbe, measure: Measure, step: int) -> LayerTable:
-    """Time ``probe`` at every point of its width grid (one width for depthwise convs)."""
+    """Time ``probe`` at every point of its width grid side by side (one width for depthwise convs)."""
     outs = width_grid(probe.out_channels, step)
     ins = [0] if probe.depthwise else width_grid(probe.in_channels, step)
-    rows = []
-    for i in ins:
-        rows.append([measure(*probe_module(probe, i or o, o)) for o in outs])
-    return LayerTable(ins, outs, rows)
+    ms = list(measure([probe_module(probe, i or o, o) for i in ins for o in outs]))
+    return LayerTable(ins, outs, [ms[k * len(outs):(k + 1) * len(outs)] for k in range(len(ins))])
 
 
 class TableCache:
@@ -227,21 +226,25 @@ def profile_latency(model: nn.Module, example_inputs: Any, measure: Measure, key
         if fresh and time.perf_counter() - last >= PROGRESS_SECONDS or done == len(probes):
             last = time.perf_counter()
             log.info("latency tables: %d/%d layers (%d measured, %.1f s)", done, len(probes), measured, last - started)
-    rest = _fixed_rest(model, example_inputs, probes, tables, measure, cache)
+    rest = _fixed_rest(model, example_inputs, probes, measure, cache)
     return LatencyCost({n: tables[n] for n in probes}, {n: p.calls for n, p in probes.items()}, rest)
 
 
-def _fixed_rest(model: nn.Module, example_inputs: Any, probes: Mapping[str, LayerProbe], tables: Mapping[str, LayerTable],
-                measure: Measure, cache: TableCache) -> float:
-    """Whole model minus the sum of its layers at full width (cached per model signature), at least 0."""
+def _fixed_rest(model: nn.Module, example_inputs: Any, probes: Mapping[str, LayerProbe], measure: Measure,
+                cache: TableCache) -> float:
+    """Whole model minus the sum of its layers at full width, timed side by side (cached per model
+    signature); at least 0 (a larger sum is logged: the layers timed alone cost more than in the model)."""
     shape = {**model_signature(probes, model), "input": list(as_input_tuple(example_inputs)[0].shape[1:])}
     found = cache.load(shape)
     if found is None:
-        whole = measure(model, shape["input"])
-        found = {"whole_ms": whole}
+        items = list(probes.values())
+        ms = list(measure([(model, shape["input"]), *(probe_module(p, p.in_channels, p.out_channels) for p in items)]))
+        found = {"whole_ms": ms[0], "layers_ms": sum(t * p.calls for t, p in zip(ms[1:], items))}
         cache.save(shape, found)
-    layers = sum(tables[n].at(p.in_channels, p.out_channels) * p.calls for n, p in probes.items())
-    return max(0.0, float(found["whole_ms"]) - layers)
+    whole, layers = float(found["whole_ms"]), float(found["layers_ms"])
+    if layers > 1.1 * whole:
+        log.info("latency tables: the layers timed alone sum to %.3g ms, the whole model takes %.3g ms", layers, whole)
+    return max(0.0, whole - layers)
 
 
 class LatencyCost:
