@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RANDOM_INPUTS, add_provenance_options, provenance, provenance_markdown, write_results  # noqa: E402
 
 from polarprune.deploy.latency import measure_latency  # noqa: E402
-from polarprune.deploy.latency_cost import latency_cost  # noqa: E402
+from polarprune.deploy.latency_cost import latency_cost_model  # noqa: E402
 from polarprune.models import create  # noqa: E402
 from polarprune.pruning import prune_model  # noqa: E402
 from polarprune.pruning.graph import analysed_copy  # noqa: E402
@@ -39,10 +39,10 @@ def profile_model(name: str, runtime: str, batch: int, threads: int) -> dict[str
     x = torch.randn(1, 3, 32, 32)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        cost = latency_cost(model, x, runtime, batch, threads, cache_dir=cache)
+        cost = latency_cost_model(model, x, runtime, batch, threads, cache_dir=cache)
         fresh = time.perf_counter() - start
         start = time.perf_counter()
-        latency_cost(model, x, runtime, batch, threads, cache_dir=cache)
+        latency_cost_model(model, x, runtime, batch, threads, cache_dir=cache)
         cached = time.perf_counter() - start
         files = len(list(Path(cache).glob("*.json")))
     pruned, _ = prune_model(model, x, "uniform", ratio=0.5)

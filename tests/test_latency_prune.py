@@ -15,7 +15,7 @@ from torch import nn
 
 from polarprune import serialization
 from polarprune.cli import main
-from polarprune.deploy import latency_cost as lc
+import polarprune.deploy.latency_cost as lc
 from polarprune.deploy.latency import forward_runner, median_forward_ms
 from polarprune.deploy.runtimes import RUNTIME_RECORDS
 from polarprune.errors import PolarpruneError
@@ -136,7 +136,7 @@ def test_real_eager_prediction_is_within_a_factor_of_two(tmp_path):
     torch.manual_seed(0)
     model = create("small_cnn", num_classes=10, in_channels=3, width=32).eval()
     x = torch.randn(1, 3, 32, 32)
-    cost = lc.latency_cost(model, x, "eager", batch=16, threads=1, cache_dir=tmp_path)
+    cost = lc.latency_cost_model(model, x, "eager", batch=16, threads=1, cache_dir=tmp_path)
     pruned, _ = prune_model(model, x, "uniform", ratio=0.5)
     predicted = cost.cost(analysed_copy(pruned, x), {}, ())
     with lc.pinned_threads(1):

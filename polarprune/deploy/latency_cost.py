@@ -1,6 +1,6 @@
 """The latency cost model for a runtime, and ``prune_to_latency`` (the ``latency-target`` strategy's entry point).
 
-``latency_cost`` builds a ``pruning.latency_cost.LatencyCost`` from per-layer timings in a runtime
+``latency_cost_model`` builds a ``pruning.latency_cost.LatencyCost`` from per-layer timings in a runtime
 record (``runtimes.py``) at a batch and thread count, cached under ``cache_folder()``, keyed by the
 CPU model, the runtime, the library versions, the threads and the batch. ``prune_to_latency`` prunes
 with it, then measures the pruned model against the unpruned one end to end (interleaved rounds)
@@ -71,7 +71,7 @@ def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | 
     return measure
 
 
-def latency_cost(model: nn.Module, example_inputs: Any, runtime_name: str = "eager", batch: int = 1, threads: int = 1, *,
+def latency_cost_model(model: nn.Module, example_inputs: Any, runtime_name: str = "eager", batch: int = 1, threads: int = 1, *,
                  cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None, step: int = 8) -> LatencyCost:
     """The latency cost model of ``model`` in a runtime at ``batch`` and ``threads`` (tables measured
     once, then read from the cache). ``measure`` replaces the runtime's timing (tests: a fake runtime)."""
@@ -151,7 +151,7 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     runtime(opts.runtime)  # unknown runtime or missing extra: one line before any work
     target = float(opts.target_latency_reduction)  # type: ignore[arg-type]
     input_shape = tuple(as_input_tuple(example_inputs)[0].shape[1:])
-    cost = latency_cost(model, example_inputs, opts.runtime, opts.batch, opts.threads, cache_dir=cache_dir, measure=measure,
+    cost = latency_cost_model(model, example_inputs, opts.runtime, opts.batch, opts.threads, cache_dir=cache_dir, measure=measure,
                         step=step)
     compare = compare or runtime_compare(opts, input_shape)
     pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, target, compare)
@@ -170,5 +170,5 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     return result
 
 
-__all__ = ["TOLERANCE", "LatencyPrune", "cache_folder", "cache_key", "latency_cost", "prune_to_latency",
+__all__ = ["TOLERANCE", "LatencyPrune", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]
