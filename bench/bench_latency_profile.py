@@ -5,7 +5,7 @@ folder (timed: the profiling), build it again (timed: a cache hit), then prune w
 ratio 0.5 and compare the predicted latency ratio (pruned / unpruned) with the measured one
 (``measure_latency``: interleaved rounds, medians). Runtime eager, one thread.
 
-Run: ``python bench/bench_latency_profile.py [--models resnet20,resnet56] [--batch 1]``; results in
+Run: ``python bench/bench_latency_profile.py [--models resnet20,resnet56] [--batches 1,64]``; results in
 ``bench/results/latency_profile.{json,md}``.
 """
 
@@ -60,8 +60,10 @@ def profile_model(name: str, runtime: str, batch: int, threads: int) -> dict[str
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Latency cost model: profiling time and prediction (CPU)", "", provenance_markdown(result["provenance"]), "",
              "CIFAR ResNets, random weights, 32x32 input. Profiling: every conv (with BN and ReLU) and the linear "
-             "layer timed alone over a grid of widths (steps of 8, at most 6 per side), plus the whole model once. "
-             "Prediction vs measurement: `uniform` ratio 0.5, ratio pruned / unpruned.", "",
+             "layer timed alone over a grid of widths (1, multiples of 8 or of width/4 when narrower, the full width; "
+             "at most 9 per side), all points of a layer side by side in interleaved rounds; then the whole model with "
+             "its full-width layers once. Prediction vs measurement: `uniform` ratio 0.5, ratio pruned / unpruned "
+             "(measured: median of the per-round ratios of 7 interleaved rounds).", "",
              "| model | runtime | batch | threads | layers | cache files | profiling (s) | cached (s) | predicted ratio | measured ratio | predicted ms (unpruned) | measured ms (unpruned) | load avg |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
@@ -76,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--runtime", default="eager")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batches", default="1,64")
     parser.add_argument("--threads", type=int, default=1)
     add_provenance_options(parser)
     args = parser.parse_args(argv)
-    rows = [profile_model(name.strip(), args.runtime, args.batch, args.threads) for name in args.models.split(",") if name.strip()]
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            rows.append(profile_model(name, args.runtime, batch, args.threads))
+            print(rows[-1], flush=True)
     result = {"benchmark": "latency_profile", "provenance": provenance(0, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty),
               "models": rows}
     write_results("latency_profile", result, markdown(result))
