@@ -60,6 +60,22 @@ def test_prune_to_latency_fails_in_one_line_after_a_second_miss(tmp_path):
                             compare=scripted(0.9, 0.9))
 
 
+def test_the_strategy_record_picks_the_cost_model(tmp_path):
+    """A recipe's prune stage and the command call ``prune_with_cost_model``: latency-target gets the
+    latency path (here with the fake runtime), other strategies ``prune_model``."""
+    from polarprune.workflows.recipe import load_recipe
+    from polarprune.workflows.stages import prune_kwargs
+
+    stage = load_recipe("demo-polarization", ["stages.prune.strategy=latency-target",
+                                              "stages.prune.target_latency_reduction=0.5", "stages.prune.batch=8"]).stages.prune
+    pruned, report, latency = lc.prune_with_cost_model(tiny(), X, measure=fake_ms, compare=fake_compare, cache_dir=tmp_path,
+                                                       **prune_kwargs(stage))
+    assert latency is not None and latency.measured_ratio == pytest.approx(0.5) and report.options["batch"] == 8
+    assert (pruned[0].out_channels, pruned[3].out_channels) == (2, 3)  # the hand-worked choice (grid 1..4)
+    pruned, report, latency = lc.prune_with_cost_model(tiny(), X, strategy="uniform", ratio=0.5)
+    assert latency is None and (pruned[0].out_channels, pruned[3].out_channels) == (2, 2)
+
+
 def test_reaimed_is_clamped():
     assert lc.reaimed(0.5, 0.5, 0.5) == pytest.approx(0.5)
     assert lc.reaimed(0.9, 0.1, 5.0) == 0.99 and lc.reaimed(0.1, 2.0, 0.5) == 0.01

@@ -138,7 +138,7 @@ def _check_args(args: argparse.Namespace) -> PruneOptions:
 
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
-    from ..pruning import prune_model
+    from ..deploy.latency_cost import prune_with_cost_model
     from ..serialization import read_model
 
     options = _check_args(args)
@@ -149,14 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
         options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
-    latency = None
-    if options.strategy_record.cost == "latency":  # the caller builds the cost model (deploy.latency_cost)
-        from ..deploy.latency_cost import prune_to_latency
-
-        latency = prune_to_latency(model, x, options)
-        pruned, report = latency.pruned, latency.report
-    else:
-        pruned, report = prune_model(model, x, options=options)
+    pruned, report, latency = prune_with_cost_model(model, x, options)
     top1_after = _top1(pruned, args) if args.data else None
     result = {**report.to_dict(), **(latency.as_dict() if latency else {})}
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})

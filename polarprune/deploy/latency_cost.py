@@ -170,5 +170,19 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     return result
 
 
-__all__ = ["TOLERANCE", "LatencyPrune", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
+def prune_with_cost_model(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
+                          cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
+                          compare: Compare | None = None, **fields: Any) -> tuple[nn.Module, PruneReport, LatencyPrune | None]:
+    """Prune with the cost model the strategy's record asks for: ``prune_to_latency`` for ``cost="latency"``
+    (its ``LatencyPrune`` third), ``prune_model`` (MACs) otherwise (None third). The prune command and the
+    recipes' prune stage call this, so neither names a strategy."""
+    opts = parse_options(fields.pop("strategy", None), options, **fields)
+    if opts.strategy_record.cost == "latency":
+        result = prune_to_latency(model, example_inputs, opts, cache_dir=cache_dir, measure=measure, compare=compare)
+        return result.pruned, result.report, result
+    pruned, report = prune_model(model, example_inputs, options=opts)
+    return pruned, report, None
+
+
+__all__ = ["TOLERANCE", "LatencyPrune", "prune_with_cost_model", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]
