@@ -158,3 +158,10 @@ def test_real_eager_prediction_is_within_a_factor_of_two(tmp_path):
     with lc.pinned_threads(1):
         measured = median_forward_ms([forward_runner(pruned, "eager", (3, 32, 32), 16, threads=1)], rounds=7)[0]
     assert 0.5 <= predicted / measured <= 2.0, (predicted, measured)
+
+
+def test_the_latency_commands_torch_free_runtime_list_matches_the_records():
+    from polarprune.commands import latency as latency_command
+    from polarprune.commands import prune as prune_command
+
+    assert tuple(latency_command.RUNTIMES) == tuple(RUNTIME_RECORDS) == tuple(prune_command.RUNTIME_CHOICES)
