@@ -165,3 +165,20 @@ def test_the_latency_commands_torch_free_runtime_list_matches_the_records():
     from polarprune.commands import prune as prune_command
 
     assert tuple(latency_command.RUNTIMES) == tuple(RUNTIME_RECORDS) == tuple(prune_command.RUNTIME_CHOICES)
+
+
+@pytest.mark.parametrize("runtime_name", list(RUNTIME_RECORDS))
+def test_the_tables_probe_runners_compute_the_layer(runtime_name):
+    """The runner the tables time (``probe=True``: onnxruntime's quicker export) computes the probe's output."""
+    from polarprune.deploy.runtimes import build_runner
+    from polarprune.pruning.latency_cost import layer_probes, probe_module
+
+    if RUNTIME_RECORDS[runtime_name].package:
+        pytest.importorskip(RUNTIME_RECORDS[runtime_name].package)
+    probes = layer_probes(tiny(), X)
+    for name in ("3", "8"):  # a conv (with BN and ReLU) and the linear layer
+        module, shape = probe_module(probes[name], 3, 2)
+        out = build_runner(module, runtime_name, shape, 2, threads=1, seed=5, probe=True)()
+        expected = module(torch.randn(2, *shape, generator=torch.Generator().manual_seed(5)))
+        tolerance = 5e-2 if runtime_name == "eager-bf16" else 1e-4
+        assert torch.allclose(out.float(), expected, atol=tolerance), (runtime_name, name)

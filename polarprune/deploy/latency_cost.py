@@ -65,7 +65,8 @@ def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | 
     side by side (median of ``rounds`` interleaved rounds of about ``TABLE_ROUND_SECONDS`` each)."""
 
     def measure(items: Sequence[tuple[nn.Module, Sequence[int]]]) -> list[float]:
-        runs = [build_runner(module, runtime_name, shape, batch, threads=threads, workdir=workdir) for module, shape in items]
+        runs = [build_runner(module, runtime_name, shape, batch, threads=threads, workdir=workdir, probe=True)
+                for module, shape in items]
         return median_forward_ms(runs, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
 
     return measure

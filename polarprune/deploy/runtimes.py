@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,13 +36,15 @@ Builder = Callable[[nn.Module, Tensor, "int | None", Path | None], Runner]
 @dataclass(frozen=True)
 class Runtime:
     """One runtime: its name, its runner builder, the package it needs (None: torch only) and the
-    extra that installs it."""
+    extra that installs it; ``build_probe``: the builder the latency tables use, where a quicker one
+    serves their simple layer probes."""
 
     name: str
     build: Builder
     package: str | None = None
     extra: str | None = None
     description: str = ""
+    build_probe: Builder | None = None  # a quicker builder for the latency tables' layer probes (default: build)
 
     @property
     def available(self) -> bool:
@@ -74,13 +77,31 @@ def _eager(memory_format: torch.memory_format, dtype: torch.dtype) -> Builder:
     return build
 
 
-def _onnxruntime(model: nn.Module, x: Tensor, threads: int | None, workdir: Path | None) -> Runner:
-    """Export to ONNX into ``workdir`` (a new temporary folder, left to the caller, when None) and run it."""
+def _onnx_file(workdir: Path | None) -> str:
+    """A new ``.onnx`` file name in ``workdir`` (a new temporary folder, left to the caller, when None)."""
     folder = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="polarprune-latency-"))
     handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
     os.close(handle)
+    return name
+
+
+def _onnxruntime(model: nn.Module, x: Tensor, threads: int | None, workdir: Path | None) -> Runner:
+    """Export to ONNX (verified, ``export_model``) and run it in onnxruntime."""
+    name = _onnx_file(workdir)
     export_model(model, name, "onnx", input_size=int(x.shape[-1]), in_channels=int(x.shape[1]), batch=int(x.shape[0]),
                  tolerance=TIMING_EXPORT_TOLERANCE)
+    run = load_artifact(name, "onnx", threads=threads)
+    return lambda: run(x)
+
+
+def _onnxruntime_probe(model: nn.Module, x: Tensor, threads: int | None, workdir: Path | None) -> Runner:
+    """The latency tables' onnxruntime runner: torch's TorchScript-based ONNX exporter, without the
+    artifact check (about 20 ms an export instead of seconds: a table has up to 81 layer probes)."""
+    name = _onnx_file(workdir)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(copy.deepcopy(model).cpu().eval(), (x,), name, dynamo=False, input_names=["input"],
+                          output_names=["output"])
     run = load_artifact(name, "onnx", threads=threads)
     return lambda: run(x)
 
@@ -100,18 +121,21 @@ def runtime(name: str) -> Runtime:
 
 
 def build_runner(model: nn.Module, name: str, input_shape: Sequence[int], batch: int, *, threads: int | None = None,
-                 workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Runner:
-    """A runner of ``model`` in runtime ``name`` on a seeded random batch of ``input_shape``."""
+                 workdir: str | os.PathLike[str] | None = None, seed: int = 0, probe: bool = False) -> Runner:
+    """A runner of ``model`` in runtime ``name`` on a seeded random batch of ``input_shape`` (``probe``: with
+    the record's quicker builder for the latency tables, where it has one)."""
     record = runtime(name)
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
-    return record.build(model, x, threads, Path(workdir) if workdir is not None else None)
+    build = record.build_probe if probe and record.build_probe is not None else record.build
+    return build(model, x, threads, Path(workdir) if workdir is not None else None)
 
 
 for _record in (
     Runtime("eager", _eager(torch.contiguous_format, torch.float32), description="PyTorch eager, float32, NCHW"),
     Runtime("eager-channels-last", _eager(torch.channels_last, torch.float32), description="PyTorch eager, float32, NHWC"),
     Runtime("eager-bf16", _eager(torch.channels_last, torch.bfloat16), description="PyTorch eager, bfloat16, NHWC"),
-    Runtime("onnxruntime", _onnxruntime, package="onnxruntime", extra="deploy", description="ONNX Runtime, CPU"),
+    Runtime("onnxruntime", _onnxruntime, package="onnxruntime", extra="deploy", description="ONNX Runtime, CPU",
+            build_probe=_onnxruntime_probe),
 ):
     register_runtime(_record)
 

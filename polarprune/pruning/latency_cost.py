@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # ms of one forward of each ``module`` on an input of shape (batch, *input_shape), batch fixed by the caller
 Measure = Callable[[Sequence[tuple[nn.Module, Sequence[int]]]], Sequence[float]]
 PROGRESS_SECONDS = 5.0  # a progress line at least this often while measuring
-TABLE_VERSION = 3  # bump when the table's meaning changes (old cache files are then ignored)
+TABLE_VERSION = 4  # bump when the table's meaning changes (old cache files are then ignored)
 
 
 @dataclass(frozen=True)
