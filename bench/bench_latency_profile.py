@@ -1,12 +1,12 @@
 """How long the latency cost model's profiling takes, and how close its prediction is to a measurement.
 
-For each CIFAR ResNet (32x32 input, random weights): build ``deploy.latency_cost`` in a fresh cache
+For each CIFAR ResNet (32x32 input, random weights): build ``deploy.latency_cost_model`` in a fresh cache
 folder (timed: the profiling), build it again (timed: a cache hit), then prune with ``uniform`` at
 ratio 0.5 and compare the predicted latency ratio (pruned / unpruned) with the measured one
-(``measure_latency``: interleaved rounds, medians). Runtime eager, one thread.
+(``measure_latency``: interleaved rounds, medians). Runtime ``--runtime`` (default eager), one thread.
 
 Run: ``python bench/bench_latency_profile.py [--models resnet20,resnet56] [--batches 1,64]``; results in
-``bench/results/latency_profile.{json,md}``.
+``bench/results/latency_profile.{json,md}`` (``latency_profile_RUNTIME`` for ``--runtime`` other than eager).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     result = {"benchmark": "latency_profile", "provenance": provenance(0, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty),
               "models": rows}
-    write_results("latency_profile", result, markdown(result))
+    write_results("latency_profile" if args.runtime == "eager" else f"latency_profile_{args.runtime}", result, markdown(result))
     print(markdown(result))
     return 0
 
