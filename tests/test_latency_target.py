@@ -92,6 +92,9 @@ def test_prediction_is_exact_for_the_fake_runtime(tmp_path):
     analysis = analysed_copy(model, X)
     assert cost.rest_ms == 0.0  # the whole model costs exactly its layers
     assert cost.cost(analysis, {}, ()) == pytest.approx(4 + 16 + 8)
+    training = tiny().train()
+    profile_latency(training, X, fake_ms, KEY, tmp_path)
+    assert training.training and training[1].training  # timed in eval mode, the caller's modes restored
     removed = {("3", "in"): {0}, ("0", "out"): {0}, ("3", "out"): {0, 1}, ("8", "in"): {0, 1}}
     assert cost.cost(analysis, removed, ()) == pytest.approx(3 + 3 * 2 + 2 * 2)
     group = next(g for g in analysis.prunable_groups() if "1" in g.bn_names)
@@ -100,6 +103,16 @@ def test_prediction_is_exact_for_the_fake_runtime(tmp_path):
     tables["3"] = LayerTable([1, 4], tables["3"].out_widths, [tables["3"].ms[0], tables["3"].ms[3]])  # conv2's input: 1, 4
     coarse = LatencyCost(tables, cost.calls, cost.rest_ms)
     assert list(coarse.steps(analysis, group)) == [1, 4]  # only widths every touched layer was measured at
+
+
+def test_a_runners_own_cost_counts_once(tmp_path):
+    """A runtime whose every call costs 10 more (the null probe's time): the tables leave it out and
+    the fixed rest keeps it once, so the unpruned prediction is the whole model's 28 + 10."""
+    model = tiny()
+    cost = profile_latency(model, X, lambda items: [fake_cost(m) + 10.0 for m, _ in items], KEY, tmp_path, step=1)
+    assert cost.rest_ms == pytest.approx(10.0)
+    assert cost.tables["3"].at(4, 4) == pytest.approx(16.0) and cost.tables["3"].at(1, 1) == pytest.approx(1.0)
+    assert cost.cost(analysed_copy(model, X), {}, ()) == pytest.approx(38.0)
 
 
 def test_cache_round_trips_and_is_keyed_by_threads_and_batch(tmp_path):

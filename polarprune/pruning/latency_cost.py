@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
+from ..modes import restored_modes
 from .base import CONV_TYPES, IN, OUT, Removals, as_input_tuple, deleted_with_block, is_depthwise, kept_width
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 # ms of one forward of each ``module`` on an input of shape (batch, *input_shape), batch fixed by the caller
 Measure = Callable[[Sequence[tuple[nn.Module, Sequence[int]]]], Sequence[float]]
 PROGRESS_SECONDS = 5.0  # a progress line at least this often while measuring
-TABLE_VERSION = 4  # bump when the table's meaning changes (old cache files are then ignored)
+TABLE_VERSION = 5  # bump when the table's meaning changes (old cache files are then ignored)
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,22 @@ def _bracket(grid: Sequence[int], value: int) -> tuple[int, float]:
 
 
 def measure_table(probe: LayerProbe, measure: Measure, step: int) -> LayerTable:
-    """Time ``probe`` at every point of its width grid side by side (one width for depthwise convs)."""
+    """Time ``probe`` at every point of its width grid side by side (one width for depthwise convs), less
+    the runner's own cost per call (``NULL_PROBE``, timed with them)."""
     outs = width_grid(probe.out_channels, step)
     ins = [0] if probe.depthwise else width_grid(probe.in_channels, step)
-    ms = list(measure([probe_module(probe, i or o, o) for i in ins for o in outs]))
+    ms = net_of_null(measure([NULL_PROBE, *(probe_module(probe, i or o, o) for i in ins for o in outs)]))
     return LayerTable(ins, outs, [ms[k * len(outs):(k + 1) * len(outs)] for k in range(len(ins))])
+
+
+# What a runner costs per call without a layer (an identity on a 1x1x1 input): a whole model pays it
+# once, a table point every time, so the tables leave it out and the fixed rest keeps it.
+NULL_PROBE: tuple[nn.Module, tuple[int, ...]] = (nn.Identity(), (1, 1, 1))
+
+
+def net_of_null(ms: Sequence[float]) -> list[float]:
+    """``ms[1:]`` less ``ms[0]`` (the null probe's time), at least 0."""
+    return [max(0.0, value - ms[0]) for value in ms[1:]]
 
 
 class TableCache:
@@ -211,8 +223,14 @@ def model_signature(probes: Mapping[str, LayerProbe], model: nn.Module) -> dict[
 
 def profile_latency(model: nn.Module, example_inputs: Any, measure: Measure, key: Mapping[str, Any],
                     cache_dir: str | Path, step: int = 8) -> "LatencyCost":
-    """A ``LatencyCost`` for ``model`` from per-layer tables (cached) and its measured fixed rest."""
-    model = model.eval()
+    """A ``LatencyCost`` for ``model`` (timed in eval mode; its modes are restored) from per-layer tables
+    (cached) and its measured fixed rest."""
+    with restored_modes(model):
+        return _profile(model.eval(), example_inputs, measure, key, cache_dir, step)
+
+
+def _profile(model: nn.Module, example_inputs: Any, measure: Measure, key: Mapping[str, Any], cache_dir: str | Path,
+             step: int) -> "LatencyCost":
     probes = layer_probes(model, example_inputs)
     if not probes:
         raise PolarpruneError("the model has no conv or linear layer to time")
@@ -232,14 +250,20 @@ def profile_latency(model: nn.Module, example_inputs: Any, measure: Measure, key
 
 def _fixed_rest(model: nn.Module, example_inputs: Any, probes: Mapping[str, LayerProbe], measure: Measure,
                 cache: TableCache) -> float:
-    """Whole model minus the sum of its layers at full width, timed side by side (cached per model
-    signature); at least 0 (a larger sum is logged: the layers timed alone cost more than in the model)."""
+    """Whole model (with the runner's own cost, paid once) minus the sum of its layers at full width (each
+    shape timed once, less the null probe), timed side by side (cached per model signature); at least 0 (a larger sum is logged: the layers timed alone cost more than in the model)."""
     shape = {**model_signature(probes, model), "input": list(as_input_tuple(example_inputs)[0].shape[1:])}
     found = cache.load(shape)
     if found is None:
-        items = list(probes.values())
-        ms = list(measure([(model, shape["input"]), *(probe_module(p, p.in_channels, p.out_channels) for p in items)]))
-        found = {"whole_ms": ms[0], "layers_ms": sum(t * p.calls for t, p in zip(ms[1:], items))}
+        unique = {json.dumps(p.shape_key(), sort_keys=True): p for p in probes.values()}
+        ms = list(measure([NULL_PROBE, (model, shape["input"]),
+                           *(probe_module(p, p.in_channels, p.out_channels) for p in unique.values())]))
+        calls: dict[str, int] = {}
+        for p in probes.values():
+            key = json.dumps(p.shape_key(), sort_keys=True)
+            calls[key] = calls.get(key, 0) + p.calls
+        layers = net_of_null([ms[0], *ms[2:]])
+        found = {"whole_ms": ms[1], "layers_ms": sum(t * calls[k] for t, k in zip(layers, unique))}
         cache.save(shape, found)
     whole, layers = float(found["whole_ms"]), float(found["layers_ms"])
     if layers > 1.1 * whole:
