@@ -52,10 +52,10 @@ class _Greedy:
     steps: dict[str, list[int]] = field(default_factory=dict)
     removals: dict[str, Removals] = field(default_factory=dict)
 
-    def removed(self, replace: Mapping[str, Removals] = {}) -> Removals:
+    def removed(self, replace: Mapping[str, Removals] | None = None) -> Removals:
         """Every group's removals merged (``replace``: some groups' removals swapped for others)."""
         merged: Removals = {}
-        for name, removals in {**self.removals, **replace}.items():
+        for removals in {**self.removals, **(replace or {})}.values():
             for key, idxs in removals.items():
                 merged.setdefault(key, set()).update(idxs)
         return merged
