@@ -182,3 +182,19 @@ def test_the_tables_probe_runners_compute_the_layer(runtime_name):
         expected = module(torch.randn(2, *shape, generator=torch.Generator().manual_seed(5)))
         tolerance = 5e-2 if runtime_name == "eager-bf16" else 1e-4
         assert torch.allclose(out.float(), expected, atol=tolerance), (runtime_name, name)
+
+
+def test_steady_malloc_here_applies_on_glibc_and_defers_to_the_environment(monkeypatch):
+    import platform
+
+    from polarprune.deploy.latency import STEADY_MALLOC_ENV, steady_malloc, steady_malloc_here
+
+    for name in STEADY_MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with steady_malloc_here() as applied:
+        assert applied == (platform.libc_ver()[0] == "glibc")
+    for name, value in STEADY_MALLOC_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert steady_malloc()
+    with steady_malloc_here() as applied:
+        assert not applied  # the process's own settings stay

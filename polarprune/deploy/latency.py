@@ -51,6 +51,42 @@ def run_with_steady_malloc(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, *argv], env={**os.environ, **STEADY_MALLOC_ENV}, check=False).returncode
 
 
+# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems (32 MiB)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD = 128 * 1024, 128 * 1024
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where it is not available (not glibc) or refuses the value."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+    except (OSError, AttributeError):
+        return False
+
+
+@contextmanager
+def steady_malloc_here() -> Iterator[bool]:
+    """Inside, glibc keeps freed memory in this process (``mallopt``: no trimming, mmap only above
+    ``MAX_MMAP_THRESHOLD``), as ``STEADY_MALLOC_ENV`` does for a process from its start; glibc's
+    defaults are set back afterwards. Yields whether it took effect (False off glibc, or when the
+    process already runs with ``STEADY_MALLOC_ENV``, which stays)."""
+    if steady_malloc():
+        yield False
+        return
+    applied = _mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and _mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)
+    try:
+        yield applied
+    finally:
+        if applied:
+            _mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+            _mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+
+
 def minor_page_faults() -> int:
     """Minor page faults of this process so far (a fresh page touched for the first time)."""
     import resource
@@ -207,6 +243,6 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, 
 
 __all__ = [
     "RUNTIMES", "STEADY_MALLOC_ENV", "TIMING_EXPORT_TOLERANCE", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
-    "measure_latency", "median_forward_ms", "pinned_threads", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
+    "measure_latency", "median_forward_ms", "pinned_threads", "steady_malloc_here", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
     "steady_malloc", "timed",
 ]

@@ -31,7 +31,7 @@ from ..pruning.graph import analysed_copy
 from ..pruning.latency_cost import LatencyCost, Measure, profile_latency
 from ..pruning.options import PruneOptions, parse_options
 from ..pruning.report import PruneReport
-from .latency import measure_latency, median_forward_ms, pinned_threads
+from .latency import measure_latency, median_forward_ms, pinned_threads, steady_malloc_here
 from .runtimes import build_runner, runtime
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def latency_cost_model(model: nn.Module, example_inputs: Any, runtime_name: str 
     key = cache_key(runtime_name, batch, threads)
     if measure is not None:
         return profile_latency(model, example_inputs, measure, key, cache_folder(cache_dir), step)
-    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, pinned_threads(threads):
+    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, pinned_threads(threads), steady_malloc_here():
         timed = runtime_measure(runtime_name, batch, threads, workdir)
         return profile_latency(model, example_inputs, timed, key, cache_folder(cache_dir), step)
 
@@ -88,8 +88,9 @@ def runtime_compare(options: PruneOptions, input_shape: Sequence[int], rounds: i
     """Measured latency ratio pruned / unpruned, side by side in interleaved rounds (``measure_latency``)."""
 
     def compare(unpruned: nn.Module, pruned: nn.Module) -> float:
-        result = measure_latency({"unpruned": unpruned, "pruned": pruned}, input_shape, runtime=options.runtime,
-                                 batches=(options.batch,), rounds=rounds, threads=options.threads)
+        with steady_malloc_here():
+            result = measure_latency({"unpruned": unpruned, "pruned": pruned}, input_shape, runtime=options.runtime,
+                                     batches=(options.batch,), rounds=rounds, threads=options.threads)
         return result.batches[0].ratio_to_first["pruned"]
 
     return compare
