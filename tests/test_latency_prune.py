@@ -155,7 +155,7 @@ def test_real_eager_prediction_is_within_a_factor_of_two(tmp_path):
     cost = lc.latency_cost_model(model, x, "eager", batch=16, threads=1, cache_dir=tmp_path)
     pruned, _ = prune_model(model, x, "uniform", ratio=0.5)
     predicted = cost.cost(analysed_copy(pruned, x), {}, ())
-    with lc.pinned_threads(1):
+    with lc.pinned_threads(1), lc.steady_malloc_here():  # as the tables were timed
         measured = median_forward_ms([forward_runner(pruned, "eager", (3, 32, 32), 16, threads=1)], rounds=7)[0]
     assert 0.5 <= predicted / measured <= 2.0, (predicted, measured)
 
