@@ -39,7 +39,7 @@ from polarprune.deploy.latency import (  # noqa: F401  (re-exported for the scri
     steady_malloc,
     timed,
 )
-from polarprune.hardware import cpu_native_bf16
+from polarprune.hardware import cpu_model, cpu_native_bf16
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -60,7 +60,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": platform.processor() or _cpu_model_name(),
+        "processor": platform.processor() or cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
@@ -74,17 +74,6 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-def _cpu_model_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), where platform.processor() is empty."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def library_versions(names: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, str | None]:

@@ -12,6 +12,7 @@ from ..errors import PolarpruneError
 from ..fileio import atomic_write_json
 from ..pruning.options import GROUP_RULES, STRATEGIES, STRATEGY_NEEDS, PruneOptions, parse_options
 from .common import add_checkpoint_arguments, check_at_least, check_output_folders, command_parser, data_image_size
+from .latency import RUNTIMES as RUNTIME_CHOICES
 
 STRATEGY_CHOICES = STRATEGIES
 # PruneOptions fields that are not flags of the prune command: masks come from --mask FILE, bn_names from the patterns
@@ -80,7 +81,8 @@ and write a self-describing pruned model file. docs/pruning.md describes the str
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "prune", "remove channels of a trained model", DESCRIPTION, run)
     add_checkpoint_arguments(p)
-    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES, "group_rule": GROUP_RULES})
+    add_prune_options(p, PRUNE_FIELDS, choices={"strategy": STRATEGY_CHOICES, "group_rule": GROUP_RULES,
+                                                "runtime": RUNTIME_CHOICES})
     p.add_argument("--mask", metavar="FILE", help="mask: mask file (BN name -> 0/1 keep string)")
     p.add_argument("--data", choices=("digits", "cifar10", "cifar100", "imagefolder", "fake"), help="also report top-1 before/after on this data set")
     p.add_argument("--data-root", help="data folder for --data")
@@ -114,8 +116,8 @@ def _check_args(args: argparse.Namespace) -> PruneOptions:
 
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
+    from ..deploy.latency_cost import prune_with_cost_model
     from ..flops import example_input
-    from ..pruning import prune_model
     from ..serialization import read_model
 
     options = _check_args(args)
@@ -126,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
 
         options = options.model_copy(update={"masks": load_mask(args.mask, model)})
     top1_before = _top1(model, args) if args.data else None
-    pruned, report = prune_model(model, x, options=options)
+    pruned, report, latency = prune_with_cost_model(model, x, options)
     top1_after = _top1(pruned, args) if args.data else None
-    result = report.to_dict()
+    result = {**report.to_dict(), **(latency.as_dict() if latency else {})}
     result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})
     if args.data:
         result["top1_before"], result["top1_after"] = top1_before, top1_after

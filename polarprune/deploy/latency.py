@@ -1,4 +1,4 @@
-"""Latency of models side by side in one process, per runtime (``RUNTIMES``).
+"""Latency of models side by side in one process, per runtime (``runtimes.RUNTIME_RECORDS``).
 
 The candidates run round-robin (``interleaved``), so a shared machine's drifts hit all of them alike
 and the per-round ratios against the first model are paired measurements; figures are medians.
@@ -8,7 +8,6 @@ again: ``STEADY_MALLOC_ENV`` tells glibc to keep freed memory (``polarprune late
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import statistics
@@ -18,21 +17,17 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import PolarpruneError
-from .export import export_model, load_artifact, require_onnx
+from .runtimes import RUNTIME_RECORDS, TIMING_EXPORT_TOLERANCE, build_runner
 
-RUNTIMES = ("eager", "eager-channels-last", "eager-bf16", "onnxruntime")
+RUNTIMES = tuple(RUNTIME_RECORDS)  # the built-in runtimes' names (runtimes.py holds the records)
 MIN_ROUND_SECONDS = 0.02  # a timed round repeats small forwards until it lasts about this long
 MAX_CALLS_PER_ROUND = 64
-# The onnxruntime runner's export check: the artifact is for timing, so float-rounding
-# differences of large random-weight models up to this are accepted (export's default is 1e-4).
-TIMING_EXPORT_TOLERANCE = 1e-3
 
 # ----------------------------------------------------------------------------- allocator
 
@@ -54,6 +49,42 @@ def run_with_steady_malloc(argv: Sequence[str]) -> int:
     """Run ``python ARGV...`` in a child process with ``STEADY_MALLOC_ENV``; its exit code.
     (A command cannot restart its own process: it may run inside a caller's, e.g. a test.)"""
     return subprocess.run([sys.executable, *argv], env={**os.environ, **STEADY_MALLOC_ENV}, check=False).returncode
+
+
+# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems (32 MiB)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD = 128 * 1024, 128 * 1024
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where it is not available (not glibc) or refuses the value."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+    except (OSError, AttributeError):
+        return False
+
+
+@contextmanager
+def steady_malloc_here() -> Iterator[bool]:
+    """Inside, glibc keeps freed memory in this process (``mallopt``: no trimming, mmap only above
+    ``MAX_MMAP_THRESHOLD``), as ``STEADY_MALLOC_ENV`` does for a process from its start; glibc's
+    defaults are set back afterwards. Yields whether it took effect (False off glibc, or when the
+    process already runs with ``STEADY_MALLOC_ENV``, which stays)."""
+    if steady_malloc():
+        yield False
+        return
+    applied = _mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and _mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)
+    try:
+        yield applied
+    finally:
+        if applied:
+            _mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+            _mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
 
 
 def minor_page_faults() -> int:
@@ -101,37 +132,23 @@ def _repeated(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
     return run
 
 
+def median_forward_ms(runs: Sequence[Callable[[], Any]], rounds: int = 5, min_round_seconds: float = MIN_ROUND_SECONDS) -> list[float]:
+    """Median ms of one call of each of ``runs``, called side by side in ``rounds`` interleaved rounds after
+    one warm-up round; each repeats its call (up to ``MAX_CALLS_PER_ROUND``) to last about ``min_round_seconds``."""
+    calls = [max(1, min(MAX_CALLS_PER_ROUND, math.ceil(min_round_seconds / max(timed(run), 1e-9)))) for run in runs]
+    seconds = interleaved({str(k): _repeated(run, n) for k, (run, n) in enumerate(zip(runs, calls))}, rounds=rounds, warmup=1)
+    return [statistics.median(seconds[str(k)]) * 1000.0 / n for k, n in enumerate(calls)]
+
+
 # ----------------------------------------------------------------------------- runtimes
 
 
 def forward_runner(model: nn.Module, runtime: str, input_shape: Sequence[int], batch: int, *,
                    threads: int | None = None, workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Callable[[], Any]:
-    """A no-argument callable running one forward of a copy of ``model`` at ``batch`` in ``runtime``;
-    ``onnxruntime`` exports it into ``workdir`` (a new temporary folder, left to the caller, when None)."""
-    if runtime not in RUNTIMES:
-        raise PolarpruneError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
-    if runtime == "onnxruntime":
-        require_onnx("the onnxruntime runtime")
-        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="polarprune-latency-"))
-        handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
-        os.close(handle)
-        export_model(model, name, "onnx", input_size=int(input_shape[-1]), in_channels=int(input_shape[0]), batch=batch,
-                     tolerance=TIMING_EXPORT_TOLERANCE)
-        run = load_artifact(name, "onnx", threads=threads)
-        return lambda: run(x)
-    work = copy.deepcopy(model).cpu().eval()
-    if runtime == "eager-channels-last":
-        work, x = work.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    elif runtime == "eager-bf16":
-        work = work.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-
-    def run_eager() -> Any:
-        with torch.inference_mode():
-            return work(x)
-
-    return run_eager
+    """A no-argument callable running one forward of a copy of ``model`` at ``batch`` in ``runtime`` (its
+    record in ``runtimes.RUNTIME_RECORDS``); ``onnxruntime`` exports it into ``workdir`` (a new temporary
+    folder, left to the caller, when None)."""
+    return build_runner(model, runtime, input_shape, batch, threads=threads, workdir=workdir, seed=seed)
 
 
 @dataclass
@@ -180,7 +197,7 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
     names = list(models)
     result = LatencyResult(runtime, tuple(int(s) for s in input_shape), threads or torch.get_num_threads(), rounds,
                            steady_malloc(), names)
-    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, _threads(threads):
+    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, pinned_threads(threads):
         for batch in batches:
             runners = {n: forward_runner(models[n], runtime, input_shape, int(batch), threads=threads, workdir=workdir, seed=seed)
                        for n in names}
@@ -205,7 +222,7 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
 
 
 @contextmanager
-def _threads(count: int | None) -> Iterator[None]:
+def pinned_threads(count: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``count`` (when given) inside, put back afterwards."""
     previous = torch.get_num_threads()
     if count is not None:
@@ -225,7 +242,7 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, 
 
 
 __all__ = [
-    "RUNTIMES", "STEADY_MALLOC_ENV", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
-    "measure_latency", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
+    "RUNTIMES", "STEADY_MALLOC_ENV", "TIMING_EXPORT_TOLERANCE", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
+    "measure_latency", "median_forward_ms", "pinned_threads", "steady_malloc_here", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
     "steady_malloc", "timed",
 ]

@@ -12,7 +12,8 @@ Public API (loaded lazily, so ``polarprune.pruning.options`` imports without tor
 - ``prunable_bn_names(model, example_inputs)``, ``channel_groups(model, example_inputs)``;
 - ``select_channels`` / ``grad_threshold``: the pure strategies;
 - ``STRATEGIES`` / ``register_strategy`` / ``Strategy``, ``GROUP_RULES``: the records (``registry.py``);
-- ``CostModel`` / ``MacsCost``: the cost seam (``cost.py``).
+- ``CostModel`` / ``MacsCost``: the cost seam (``cost.py``); ``LatencyCost`` / ``profile_latency``: predicted
+  latency from per-layer tables (``latency_cost.py``).
 
 See docs/pruning.md for the rules.
 """
@@ -31,7 +32,7 @@ _LAZY = {
     "prune_model": "api", "plan_pruning": "api", "prunable_bn_names": "api", "channel_groups": "api",
     "trial_macs_ratio": "trial", "TrialAnalysis": "trial", "ChannelGroup": "graph", "PruneReport": "report",
     "GroupRow": "report", "SelectionResult": "strategies", "grad_threshold": "strategies", "select_channels": "strategies",
-    "CostModel": "cost", "MacsCost": "cost",
+    "CostModel": "cost", "MacsCost": "cost", "LatencyCost": "latency_cost", "profile_latency": "latency_cost",
 }
 
 

@@ -49,7 +49,8 @@ class Strategy:
     ``needs``: the ``PruneOptions`` field that must be set (None: none), ``hint`` says what it holds;
     ``knob``: the field that sets how much is pruned (what the progressive stage aims, None: nothing),
     ``knob_scale``: its range (``fraction``: [0, 1]; ``gamma``: up to the largest |gamma|);
-    ``aims``: for a search, the strategy whose knob it searches; ``select``: the selection function
+    ``aims``: for a search, the strategy whose knob it searches; ``cost``: the cost model it needs
+    (``latency``: a ``LatencyCost`` the caller builds for a runtime, ``deploy.prune_to_latency``); ``select``: the selection function
     (``bn``/``group``: ``(scores, args) -> (keep, thresholds, notes)``; ``search``:
     ``(analysis, options, quiet=, cost=) -> Decision``; ``user``: none, the masks are the choice).
     """
@@ -64,6 +65,7 @@ class Strategy:
     select: str | Callable[..., Any] | None = None
     aims: str | None = None
     needs_cost_model: bool = False
+    cost: Literal["macs", "latency"] = "macs"
     progressive: bool = True
     description: str = ""
 
@@ -131,11 +133,16 @@ def register_group_rule(rule: GroupRule) -> GroupRule:
     return rule
 
 
+def lookup(records: Mapping[str, V], name: str, what: str) -> V:
+    """``records[name]``; a one-line error naming ``what`` and the known names."""
+    if name not in records:
+        raise PolarpruneError(f"unknown {what} {name!r}; choose one of {', '.join(records)}")
+    return records[name]
+
+
 def strategy(name: str) -> Strategy:
     """The record of ``name``; a one-line error naming the known ones."""
-    if name not in STRATEGIES:
-        raise PolarpruneError(f"unknown pruning strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    return lookup(STRATEGIES, name, "pruning strategy")
 
 
 class LiveView(Mapping[str, V]):
@@ -183,6 +190,10 @@ for _record in (
     Strategy("flops-target", "search", knob="target_macs_reduction", needs="target_macs_reduction", hint=" in (0, 1)",
              select="polarprune.pruning.resolve:search_threshold", aims="fixed", needs_cost_model=True,
              description="the fixed threshold whose estimated cost reduction is closest to the target"),
+    Strategy("latency-target", "search", knob="target_latency_reduction", needs="target_latency_reduction", hint=" in (0, 1)",
+             select="polarprune.pruning.latency_target:select_latency_target", needs_cost_model=True, cost="latency",
+             progressive=False,
+             description="the least important channels per ms of predicted latency saved go, until the target is reached"),
 ):
     register_strategy(_record)
 
@@ -199,4 +210,4 @@ BUILTIN_GROUP_RULES: tuple[str, ...] = tuple(GROUP_RULES)
 
 __all__ = ["Strategy", "GroupRule", "STRATEGIES", "GROUP_RULES", "register_strategy", "unregister_strategy",
            "register_group_rule", "strategy", "LiveView", "SCORE_STRATEGIES", "RATIO_STRATEGIES", "STRATEGY_NEEDS",
-           "PROGRESSIVE_KNOBS", "BUILTIN_STRATEGIES", "BUILTIN_GROUP_RULES", "resolve_function", "DECIDES"]
+           "PROGRESSIVE_KNOBS", "BUILTIN_STRATEGIES", "BUILTIN_GROUP_RULES", "resolve_function", "lookup", "DECIDES"]

@@ -460,6 +460,11 @@ def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneO
     notes: list[str] = []
     scored = scored_bns(analysis, opts, notes)
     choice = CHOOSERS[record.decides](analysis, opts, scored, notes, quiet)
+    return decision_of(analysis, choice, opts, notes, cost)
+
+
+def decision_of(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, notes: list[str], cost: CostModel) -> Decision:
+    """The decision of a first choice: its groups resolved, its removals gathered, its cost estimated."""
     state = resolve_groups(analysis, choice, opts, notes)
     removed, bn_keep = _removed_and_bn_keep(analysis, state)
     decision = Decision(state.group_keep, removed, state.removed_blocks, bn_keep, choice.thresholds, notes)
@@ -491,6 +496,6 @@ def search_threshold(analysis: ModelAnalysis, options: PruneOptions, *, quiet: b
     return best
 
 
-__all__ = ["ALL_STRATEGIES", "GROUP_RULES", "BlockInfo", "Decision", "Choice", "CHOOSERS", "decide", "search_threshold",
+__all__ = ["ALL_STRATEGIES", "GROUP_RULES", "BlockInfo", "Decision", "Choice", "CHOOSERS", "decide", "decision_of", "removals_of", "search_threshold",
            "scored_bns", "vote", "keep_at_least", "balance_segments", "group_scores", "bn_scores", "resolve_groups",
            "filter_l1"]

@@ -144,10 +144,10 @@ def original_macs(model: nn.Module, example_inputs: Any, bn_keep: Mapping[str, T
 
 def per_bn_choice(model: nn.Module, options: PruneOptions, bn_names: Sequence[str], threshold: float | None = None) -> dict[str, Tensor] | None:
     """Each BN's own keep mask for ``options`` before any group vote (the original's decision), None for a
-    strategy that does not score |gamma| (``l1-norm``); ``threshold`` overrides the options' (a search:
+    strategy that does not score |gamma| (``l1-norm``) or a search that aims no per-BN strategy (``latency-target``); ``threshold`` overrides the options' (a search:
     the one it found, for the strategy it aims)."""
     record = STRATEGIES[options.strategy]
-    if record.score != "gamma":
+    if record.score != "gamma" or record.decides == "search" and record.aims is None:  # no per-BN choice to copy
         return None
     if record.decides == "user":
         return {n: torch.as_tensor(m).bool().flatten() for n, m in (options.masks or {}).items() if n in bn_names}

@@ -12,9 +12,10 @@ from torch import nn
 
 from .. import distributed as dist
 from ..config import deep_merge
+from ..deploy.latency_cost import prune_with_cost_model
 from ..fileio import atomic_write_json
 from ..models import init_bn_gamma
-from ..pruning import plan_pruning, prune_model
+from ..pruning import plan_pruning
 from ..serialization import save
 from ..sparsity.masks import load_mask, save_mask
 from ..training.engine import evaluate
@@ -90,7 +91,7 @@ def prune_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[str, Any
         kwargs = prune_kwargs(opts)
         if opts.strategy_record.needs_mask_file:
             kwargs["masks"] = load_mask(ctx.run_dir / "mask" / "mask.json", model)
-        pruned, report = prune_model(model, ctx.example_inputs(), bn_names=ctx.bn_names(model, source), **kwargs)
+        pruned, report, _ = prune_with_cost_model(model, ctx.example_inputs(), bn_names=ctx.bn_names(model, source), **kwargs)
         eval_loader, device = ctx.data().eval_loader, torch.device("cpu")
         top1_before, top1_after = evaluate(model, eval_loader, device)["top1"], evaluate(pruned, eval_loader, device)["top1"]
         report_dict = report.to_dict()

@@ -1,0 +1,190 @@
+"""The latency cost model for a runtime, and ``prune_to_latency`` (the ``latency-target`` strategy's entry point).
+
+``latency_cost_model`` builds a ``pruning.latency_cost.LatencyCost`` from per-layer timings in a runtime
+record (``runtimes.py``) at a batch and thread count, cached under ``cache_folder()``, keyed by the
+CPU model, the runtime, the library versions, the threads and the batch. ``prune_to_latency`` prunes
+with it, then measures the pruned model against the unpruned one end to end (interleaved rounds)
+and, when the measured cut misses the target by more than ``TOLERANCE``, re-aims once with the
+measured ratio; a second miss is a one-line error. This is the seam: pruning asks for a cost model,
+the caller (this module, the prune command) builds it; pruning never imports deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PolarpruneError
+from ..hardware import cpu_model
+from ..pruning.api import prune_model
+from ..pruning.base import as_input_tuple
+from ..pruning.graph import analysed_copy
+from ..pruning.latency_cost import LatencyCost, Measure, profile_latency
+from ..pruning.options import PruneOptions, parse_options
+from ..pruning.report import PruneReport
+from .latency import measure_latency, median_forward_ms, pinned_threads, steady_malloc_here
+from .runtimes import build_runner, runtime
+
+log = logging.getLogger(__name__)
+
+TABLE_ROUND_SECONDS = 0.005  # a table point's timed round repeats the forward to last about this long
+TOLERANCE = 0.05  # the measured cut may miss the target by this much before prune_to_latency re-aims
+# (unpruned model, pruned model) -> measured latency ratio pruned / unpruned
+Compare = Callable[[nn.Module, nn.Module], float]
+
+
+def cache_folder(folder: str | os.PathLike[str] | None = None) -> Path:
+    """Where latency tables are cached: ``folder``, else ``$XDG_CACHE_HOME/polarprune/latency``
+    (``~/.cache/polarprune/latency``)."""
+    if folder is not None:
+        return Path(folder).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polarprune" / "latency"
+
+
+def cache_key(runtime_name: str, batch: int, threads: int) -> dict[str, Any]:
+    """What a latency table depends on besides the layer's shape."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    package = runtime(runtime_name).package
+    if package is not None:
+        versions[package] = getattr(sys.modules.get(package) or __import__(package), "__version__", "?")
+    return {"cpu": cpu_model() or platform.processor() or platform.machine(), "runtime": runtime_name, "versions": versions, "threads": threads, "batch": batch}
+
+
+def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | os.PathLike[str],
+                    rounds: int = 5) -> Measure:
+    """``measure([(module, input_shape), ...]) -> [ms, ...]``: one forward of each at ``batch`` in the runtime,
+    side by side (median of ``rounds`` interleaved rounds of about ``TABLE_ROUND_SECONDS`` each)."""
+
+    def measure(items: Sequence[tuple[nn.Module, Sequence[int]]]) -> list[float]:
+        runs = [build_runner(module, runtime_name, shape, batch, threads=threads, workdir=workdir, probe=True)
+                for module, shape in items]
+        return median_forward_ms(runs, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
+
+    return measure
+
+
+def latency_cost_model(model: nn.Module, example_inputs: Any, runtime_name: str = "eager", batch: int = 1, threads: int = 1, *,
+                 cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None, step: int = 8) -> LatencyCost:
+    """The latency cost model of ``model`` in a runtime at ``batch`` and ``threads`` (tables measured
+    once, then read from the cache). ``measure`` replaces the runtime's timing (tests: a fake runtime)."""
+    key = cache_key(runtime_name, batch, threads)
+    if measure is not None:
+        return profile_latency(model, example_inputs, measure, key, cache_folder(cache_dir), step)
+    with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, pinned_threads(threads), steady_malloc_here():
+        timed = runtime_measure(runtime_name, batch, threads, workdir)
+        return profile_latency(model, example_inputs, timed, key, cache_folder(cache_dir), step)
+
+
+def runtime_compare(options: PruneOptions, input_shape: Sequence[int], rounds: int = 7) -> Compare:
+    """Measured latency ratio pruned / unpruned, side by side in interleaved rounds (``measure_latency``)."""
+
+    def compare(unpruned: nn.Module, pruned: nn.Module) -> float:
+        with steady_malloc_here():
+            result = measure_latency({"unpruned": unpruned, "pruned": pruned}, input_shape, runtime=options.runtime,
+                                     batches=(options.batch,), rounds=rounds, threads=options.threads)
+        return result.batches[0].ratio_to_first["pruned"]
+
+    return compare
+
+
+@dataclass
+class LatencyPrune:
+    """``prune_to_latency``'s answer: the pruned model, its report, predicted and measured latency ratios."""
+
+    pruned: nn.Module
+    report: PruneReport
+    target: float  # the latency reduction asked for
+    aimed: float  # the reduction the last pruning aimed at (differs from target after a refinement)
+    predicted_ratio: float
+    measured_ratio: float
+    refined: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target_latency_reduction": self.target, "aimed_latency_reduction": self.aimed,
+                "predicted_latency_ratio": self.predicted_ratio, "measured_latency_ratio": self.measured_ratio,
+                "refined": self.refined}
+
+    def summary(self) -> str:
+        return (f"latency cut: predicted {1 - self.predicted_ratio:.1%}, measured {1 - self.measured_ratio:.1%} "
+                f"(target {self.target:.1%}{', after one refinement' if self.refined else ''})")
+
+
+def reaimed(target: float, predicted_ratio: float, measured_ratio: float) -> float:
+    """The reduction to aim the prediction at so the measured cut lands on ``target``, assuming the
+    measured/predicted ratio stays as it was (clamped into [0.01, 0.99])."""
+    aim = 1.0 - (1.0 - target) * predicted_ratio / max(measured_ratio, 1e-9)
+    return min(0.99, max(0.01, aim))
+
+
+def _prune_once(model: nn.Module, example_inputs: Any, options: PruneOptions, cost: LatencyCost, aim: float,
+                compare: Compare) -> tuple[nn.Module, PruneReport, float, float]:
+    """Prune aiming the prediction at ``aim``; (pruned, report, predicted ratio, measured ratio)."""
+    pruned, report = prune_model(model, example_inputs, options=options.model_copy(update={"target_latency_reduction": aim}),
+                                 cost=cost)
+    predicted = cost.cost(analysed_copy(pruned, example_inputs), {}, ()) / cost.cost(analysed_copy(model, example_inputs), {}, ())
+    return pruned, report, predicted, compare(model, pruned)
+
+
+def _misses(measured_ratio: float, target: float) -> bool:
+    return abs((1.0 - measured_ratio) - target) > TOLERANCE
+
+
+def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
+                     cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
+                     compare: Compare | None = None, step: int = 8, **fields: Any) -> LatencyPrune:
+    """Prune ``model`` with ``latency-target`` (``options``: ``target_latency_reduction``, ``runtime``,
+    ``batch``, ``threads``), measure the result against the unpruned model and re-aim once when the
+    measured cut misses the target by more than ``TOLERANCE``. ``measure`` / ``compare`` replace the
+    runtime's per-layer timing and end-to-end comparison (tests: a fake runtime); ``step``: the tables'
+    width grid (multiples of it, 1 and the full width; the widths latency-target may keep)."""
+    strategy = fields.pop("strategy", None) or (None if options is not None else "latency-target")
+    opts = parse_options(strategy, options, **fields)
+    if opts.strategy_record.cost != "latency":
+        raise PolarpruneError(f"prune_to_latency needs a latency strategy, got {opts.strategy!r}")
+    runtime(opts.runtime)  # unknown runtime or missing extra: one line before any work
+    target = float(opts.target_latency_reduction)  # type: ignore[arg-type]
+    input_shape = tuple(as_input_tuple(example_inputs)[0].shape[1:])
+    cost = latency_cost_model(model, example_inputs, opts.runtime, opts.batch, opts.threads, cache_dir=cache_dir, measure=measure,
+                        step=step)
+    compare = compare or runtime_compare(opts, input_shape)
+    pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, target, compare)
+    log.info("latency-target: predicted cut %.1f%%, measured %.1f%% (target %.1f%%)", 100 * (1 - predicted),
+             100 * (1 - measured), 100 * target)
+    aim, refined = target, False
+    if _misses(measured, target):
+        aim, refined = reaimed(target, predicted, measured), True
+        pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, aim, compare)
+    if _misses(measured, target):
+        raise PolarpruneError(f"latency-target: the measured latency cut {1 - measured:.1%} misses the target {target:.1%} "
+                              f"by more than {TOLERANCE} after one refinement (predicted {1 - predicted:.1%}, "
+                              f"runtime {opts.runtime}, batch {opts.batch}, threads {opts.threads})")
+    result = LatencyPrune(pruned, report, target, aim, predicted, measured, refined)
+    report.notes.append(result.summary())
+    return result
+
+
+def prune_with_cost_model(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
+                          cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
+                          compare: Compare | None = None, **fields: Any) -> tuple[nn.Module, PruneReport, LatencyPrune | None]:
+    """Prune with the cost model the strategy's record asks for: ``prune_to_latency`` for ``cost="latency"``
+    (its ``LatencyPrune`` third), ``prune_model`` (MACs) otherwise (None third). The prune command and the
+    recipes' prune stage call this, so neither names a strategy."""
+    opts = parse_options(fields.pop("strategy", None), options, **fields)
+    if opts.strategy_record.cost == "latency":
+        result = prune_to_latency(model, example_inputs, opts, cache_dir=cache_dir, measure=measure, compare=compare)
+        return result.pruned, result.report, result
+    pruned, report = prune_model(model, example_inputs, options=opts)
+    return pruned, report, None
+
+
+__all__ = ["TOLERANCE", "LatencyPrune", "prune_with_cost_model", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
+           "reaimed", "runtime_compare", "runtime_measure"]
