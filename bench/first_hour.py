@@ -120,14 +120,15 @@ def agreement_problems(what: str, values: Mapping[str, Any]) -> list[str]:
 
 def reported_figures(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """MACs of the pruned and unpruned model and the input shape, as each command reported them
-    (``results``: the parsed JSON of prune's report, flops, eval, export and latency)."""
+    (``results``: the parsed JSON of prune's report, flops, eval, export and latency), beside the
+    shape of the images the model was trained on."""
     prune, latency = results["prune"], results["latency"]
     return {
         "pruned MACs": {"prune": prune["macs_after"], "flops": results["flops"]["macs"],
                         "eval": results["eval"]["macs"], "latency": latency["macs"]["mine.safetensors"]},
         "unpruned MACs": {"prune": prune["macs_before"], "flops (checkpoint)": results["flops-unpruned"]["macs"],
                           "latency": latency["macs"]["runs/mine/last.pt"]},
-        "input shape": {"prune": prune["input_shape"], "export": results["export"]["input_shape"],
+        "input shape": {"images": [3, IMAGE_SIZE, IMAGE_SIZE], "prune": prune["input_shape"], "export": results["export"]["input_shape"],
                         "latency": latency["input_shape"]},
     }
 
@@ -253,7 +254,7 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, Any
              "| step | exit (expected) | seconds | traceback |", "|---|---:|---:|---|"]
     lines += [f"| {r['step']} | {r['rc']} ({r['expected_rc']}) | {r['seconds']} | {'yes' if r['traceback'] else 'no'} |"
               for r in rows]
-    lines += ["", "| figure | " + " | ".join(["as reported by each command"]) + " |", "|---|---|"]
+    lines += ["", "| figure | as reported by each command |", "|---|---|"]
     lines += [f"| {what} | " + ", ".join(f"{k}: {v}" for k, v in values.items()) + " |"
               for what, values in figures.items()]
     verdict = "no problems found" if not problems else "problems: " + "; ".join(problems)
@@ -297,9 +298,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the session, print the summary, write the result files; exit 1 on any problem."""
     args = parse_args(argv)
-    checked_revision(args.allow_dirty)  # refuse a dirty tree before the long run
+    checked_revision(args.allow_dirty)  # refuse a dirty tree before cloning it
     tmp = Path(tempfile.mkdtemp(prefix="polarprune-first-hour-"))
     folders, counts = prepare(tmp, (REPO_ROOT / "README.md").read_text())
+    # Provenance now, when the clone is taken (the tree may change during the long run).
+    prov = provenance(0, data=data_sizes(counts["train"], counts["val"], f"generated {IMAGE_SIZE}x{IMAGE_SIZE} "
+                                         f"ImageFolder, {CLASSES} classes"), allow_dirty=args.allow_dirty)
     print(f"work folder: {tmp}", flush=True)
     steps = session_steps(folders["clone"].joinpath("README.md").read_text(), folders["clone"],
                           folders["user"] / "data", args.with_tests)
@@ -310,12 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = reported_figures(results)
     except (KeyError, TypeError):
         figures = {}
-    prov = provenance(0, data=data_sizes(counts["train"], counts["val"], f"generated {IMAGE_SIZE}x{IMAGE_SIZE} ImageFolder, {CLASSES} classes"),
-                      allow_dirty=args.allow_dirty)
+    prov["load"]["end"] = [round(v, 2) for v in os.getloadavg()]
     rows = summary_rows(steps)
     report = markdown_report(rows, figures, problems, prov)
     write_results(STEM, {"provenance": prov, "steps": rows, "figures": figures, "problems": problems,
-                         "ok": not problems, "with_tests": args.with_tests}, report)
+                         "ok": not problems, "with_tests": args.with_tests,
+                         "protocol": {"train_overrides": list(TRAIN_OVERRIDES), "prune": list(PRUNE_STRATEGY)}}, report)
     print(report)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""The pure helpers of bench/first_hour.py (the scripted first hour itself is run by hand)."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import first_hour  # noqa: E402
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_readme_main_command_is_the_quick_start_line() -> None:
+    """The marked block is the Quick start command, without its fences."""
+    command = first_hour.readme_block(README, "main-command")
+    assert command == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/polarprune demo\n"
+
+
+def test_readme_block_without_markers_is_a_one_line_error() -> None:
+    with pytest.raises(first_hour.FirstHourError, match="no <!-- absent -->"):
+        first_hour.readme_block(README, "absent")
+    with pytest.raises(first_hour.FirstHourError, match="empty"):
+        first_hour.readme_block("<!-- x -->\n```bash\n```\n<!-- /x -->\n", "x")
+
+
+def test_with_data_root_changes_only_the_data_root() -> None:
+    """Only the data section's root line changes; every other line of the README's config stays."""
+    config = first_hour.readme_block(README, "own-model-config")
+    changed = first_hour.with_data_root(config, "/tmp/imgs")
+    before, after = config.splitlines(), changed.splitlines()
+    diff = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and diff == [("  root: /data/mine", "  root: /tmp/imgs")]
+    assert first_hour.with_data_root("out: x\nroot: y\ndata:\n  name: a\n  root: b  # c\n", "Z") == \
+        "out: x\nroot: y\ndata:\n  name: a\n  root: Z  # c\n"
+    with pytest.raises(first_hour.FirstHourError, match="data.root"):
+        first_hour.with_data_root("data:\n  name: a\n", "Z")
+
+
+def test_pixel_color_marks_the_class_channel() -> None:
+    rng = random.Random(0)
+    for label in range(6):
+        color = first_hour.pixel_color(rng, label)
+        assert color[label % 3] == 255 and all(c < 160 for i, c in enumerate(color) if i != label % 3)
+
+
+def test_output_problems_and_agreement() -> None:
+    assert first_hour.output_problems("eval", "ok\n", 0, 0) == []
+    assert first_hour.output_problems("eval", "Traceback (most recent call last):\n", 1, 0) == [
+        "eval: exit status 1, expected 0", "eval: output holds a Python traceback"]
+    assert first_hour.agreement_problems("MACs", {"a": 5, "b": 5}) == []
+    assert first_hour.agreement_problems("MACs", {"a": 5, "b": 6}) == ["MACs differ: a 5, b 6"]
+    assert first_hour.agreement_problems("shape", {"a": [3, 32, 32], "b": [3, 224, 224]}) != []
+
+
+def _results(pruned_eval: int) -> dict:
+    return {"prune": {"macs_after": 10, "macs_before": 20, "input_shape": [3, 32, 32]},
+            "flops": {"macs": 10}, "eval": {"macs": pruned_eval}, "flops-unpruned": {"macs": 20},
+            "export": {"input_shape": [3, 32, 32]},
+            "latency": {"macs": {"mine.safetensors": 10, "runs/mine/last.pt": 20}, "input_shape": [3, 32, 32]}}
+
+
+def test_session_problems_finds_differing_macs_and_bad_steps() -> None:
+    """A session whose commands agree has no problem; eval reporting other MACs is one; so is a
+    step that failed or was not run."""
+    names = ["prune", "flops", "flops-unpruned", "eval", "export", "latency"]
+
+    def steps(results: dict) -> list:
+        return [first_hour.Step(n, "x", rc=0, result=results[n]) for n in names]
+
+    assert first_hour.session_problems(steps(_results(10))) == []
+    assert first_hour.session_problems(steps(_results(11))) == [
+        "pruned MACs differ: prune 10, flops 10, eval 11, latency 10"]
+    broken = steps(_results(10)) + [first_hour.Step("late", "x"), first_hour.Step("bad", "x", rc=2, output="Traceback")]
+    assert first_hour.session_problems(broken) == [
+        "late: not run", "bad: exit status 2, expected 0", "bad: output holds a Python traceback"]
+
+
+def test_session_steps_follow_the_readme() -> None:
+    steps = first_hour.session_steps(README, Path("/c"), Path("/d"), with_tests=False)
+    assert steps[0].command == first_hour.readme_block(README, "main-command") and steps[0].where == "clone"
+    assert [s.name for s in steps if s.expect_rc != 0] == ["export without deploy extra"]
+    with_tests = first_hour.session_steps(README, Path("/c"), Path("/d"), with_tests=True)
+    assert with_tests[1].command == first_hour.readme_block(README, "test-command")
