@@ -1,5 +1,7 @@
-"""A new user's first hour, scripted (issue 27's acceptance): clone, the README's commands, an
-own-model run at 32 px, and checks that every command agrees on the MACs and input size.
+"""A new user's first hour, scripted (issue 27's acceptance), with checks of what it shows.
+
+It clones the repository, runs the README's commands and an own-model run at 32 px, and checks
+that every command agrees on the MACs and input size.
 
 What it does, in a temporary folder:
 
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, checked_revision, data_sizes, provenance, provenance_markdown, write_results  # noqa: E402
+from common import REPO_ROOT, add_provenance_options, checked_revision, data_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 STEM = "first_hour"
 IMAGE_SIZE = 32
@@ -290,8 +292,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--with-tests", action="store_true", help="also run the README's test command (slow)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
-    parser.add_argument("--allow-dirty", action="store_true",
-                        help="run from a git tree with uncommitted changes (the clone has only committed files)")
+    add_provenance_options(parser)  # --allow-dirty (the clone holds only the committed files either way)
     return parser.parse_args(argv)
 
 
