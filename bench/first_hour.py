@@ -16,8 +16,9 @@ What it does, in a temporary folder:
    inspect, prune (``--report``), flops, eval, export to ONNX (first without the deploy extra,
    which must fail with one line naming it, then after installing it) and latency (pruned vs
    unpruned).
-5. Checks that every command exited as expected, that no output holds a traceback and that
-   every command reports the same MACs and input shape; prints a table and writes
+5. Checks that every command exited as expected, that no output holds a traceback, that
+   every command reports the same MACs and input shape (the images' size), and that the demo
+   reproduced the README's table (bench/results/demo_polarization.json); prints a table and writes
    ``bench/results/first_hour.{json,md}``.
 
 Run by hand: ``python bench/first_hour.py [--with-tests] [--keep] [--allow-dirty]``.
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, add_provenance_options, checked_revision, data_sizes, provenance, provenance_markdown, write_results  # noqa: E402
+from common import DEFAULT_LIBRARIES, REPO_ROOT, add_provenance_options, checked_revision, data_sizes, provenance, provenance_markdown, write_results  # noqa: E402
 
 STEM = "first_hour"
 IMAGE_SIZE = 32
@@ -135,6 +136,22 @@ def reported_figures(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def demo_stages(stages: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Each demo stage as ``[name, top-1 to 2 decimals, MACs, params]`` (the README's table)."""
+    return [[s["name"], round(s["top1"], 2), s["macs"], s["params"]] for s in stages]
+
+
+def session_figures(results: Mapping[str, Any], readme_demo: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``reported_figures`` plus the demo's stages against the README's table (``readme_demo``:
+    bench/results/demo_polarization.json), when the demo ran."""
+    figures = reported_figures(results)
+    if "readme first command" in results:
+        figures["demo stages (top-1, MACs, params)"] = {
+            "this run": demo_stages(results["readme first command"]["stages"]),
+            "README": demo_stages(readme_demo["stages"])}
+    return figures
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -193,7 +210,8 @@ def session_steps(readme: str, clone: Path, data_root: Path, with_tests: bool) -
     in the clone, the own-model commands in the user's folder)."""
     pp = f"{clone}/.venv/bin/polarprune"
     trust = "--trust-code"
-    steps = [Step("readme first command", readme_block(readme, "main-command"), where="clone")]
+    steps = [Step("readme first command", readme_block(readme, "main-command"), where="clone",
+                  json_from="runs/demo-polarization/summary.json")]
     if with_tests:
         steps.append(Step("readme test command", readme_block(readme, "test-command"), where="clone"))
     return steps + [
@@ -223,7 +241,7 @@ def run_session(steps: Sequence[Step], folders: Mapping[str, Path], env: Mapping
             break
 
 
-def session_problems(steps: Sequence[Step]) -> list[str]:
+def session_problems(steps: Sequence[Step], readme_demo: Mapping[str, Any]) -> list[str]:
     """Every problem of the session: unrun steps, unexpected exit statuses, tracebacks, a missing
     extra not named, and MACs or input shapes that differ between commands."""
     problems = [f"{s.name}: not run" for s in steps if s.rc is None]
@@ -235,7 +253,7 @@ def session_problems(steps: Sequence[Step]) -> list[str]:
         problems.append("export without the deploy extra: the error does not name polarprune[deploy]")
     results = {s.name: s.result for s in steps if s.result is not None}
     try:
-        figures = reported_figures(results)
+        figures = session_figures(results, readme_demo)
     except (KeyError, TypeError) as exc:
         return problems + [f"a command's JSON lacks {exc}"]
     for what, values in figures.items():
@@ -261,6 +279,20 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, Any
               for what, values in figures.items()]
     verdict = "no problems found" if not problems else "problems: " + "; ".join(problems)
     return "\n".join(lines + ["", f"Verdict: {verdict}.", "", provenance_markdown(prov)])
+
+
+def venv_versions(clone: Path) -> dict[str, Any]:
+    """The library versions installed in the clone's venv (the provenance records the script's own)."""
+    code = ("import importlib.metadata as m, json, sys\n"
+            "def v(n):\n    try: return m.version(n)\n    except m.PackageNotFoundError: return None\n"
+            "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
+    names = [*DEFAULT_LIBRARIES, "onnx", "onnxruntime", "onnxscript"]
+    try:
+        proc = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c", code, *names], capture_output=True,
+                              text=True)
+    except OSError as exc:
+        return {"error": str(exc)}
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr.strip()[-300:]}
 
 
 def user_environment(user: Path) -> dict[str, str]:
@@ -309,10 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = session_steps(folders["clone"].joinpath("README.md").read_text(), folders["clone"],
                           folders["user"] / "data", args.with_tests)
     run_session(steps, folders, user_environment(folders["user"]))
-    problems = session_problems(steps)
-    results = {s.name: s.result for s in steps if s.result is not None}
+    readme_demo = json.loads((folders["clone"] / "bench" / "results" / "demo_polarization.json").read_text())
+    problems = session_problems(steps, readme_demo)
     try:
-        figures = reported_figures(results)
+        figures = session_figures({s.name: s.result for s in steps if s.result is not None}, readme_demo)
     except (KeyError, TypeError):
         figures = {}
     prov["load"]["end"] = [round(v, 2) for v in os.getloadavg()]
@@ -320,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = markdown_report(rows, figures, problems, prov)
     write_results(STEM, {"provenance": prov, "steps": rows, "figures": figures, "problems": problems,
                          "ok": not problems, "with_tests": args.with_tests,
-                         "protocol": {"train_overrides": list(TRAIN_OVERRIDES), "prune": list(PRUNE_STRATEGY)}}, report)
+                         "protocol": {"train_overrides": list(TRAIN_OVERRIDES), "prune": list(PRUNE_STRATEGY)},
+                         "venv_versions": venv_versions(folders["clone"])}, report)
     print(report)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)

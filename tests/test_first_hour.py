@@ -71,11 +71,11 @@ def test_session_problems_finds_differing_macs_and_bad_steps() -> None:
     def steps(results: dict) -> list:
         return [first_hour.Step(n, "x", rc=0, result=results[n]) for n in names]
 
-    assert first_hour.session_problems(steps(_results(10))) == []
-    assert first_hour.session_problems(steps(_results(11))) == [
+    assert first_hour.session_problems(steps(_results(10)), {}) == []
+    assert first_hour.session_problems(steps(_results(11)), {}) == [
         "pruned MACs differ: prune 10, flops 10, eval 11, latency 10"]
     broken = steps(_results(10)) + [first_hour.Step("late", "x"), first_hour.Step("bad", "x", rc=2, output="Traceback")]
-    assert first_hour.session_problems(broken) == [
+    assert first_hour.session_problems(broken, {}) == [
         "late: not run", "bad: exit status 2, expected 0", "bad: output holds a Python traceback"]
 
 
@@ -85,3 +85,27 @@ def test_session_steps_follow_the_readme() -> None:
     assert [s.name for s in steps if s.expect_rc != 0] == ["export without deploy extra"]
     with_tests = first_hour.session_steps(README, Path("/c"), Path("/d"), with_tests=True)
     assert with_tests[1].command == first_hour.readme_block(README, "test-command")
+
+
+def test_the_demo_is_compared_with_the_readme_table() -> None:
+    """The demo's stages are checked against the README's table; a different top-1 is a problem."""
+    readme = {"stages": [{"name": "prune", "top1": 99.1667, "macs": 591872, "params": 24565}]}
+    same = {"stages": [{"name": "prune", "top1": 99.16666, "macs": 591872, "params": 24565}]}
+    worse = {"stages": [{"name": "prune", "top1": 98.5, "macs": 591872, "params": 24565}]}
+    assert first_hour.demo_stages(readme["stages"]) == [["prune", 99.17, 591872, 24565]]
+    names = ["prune", "flops", "flops-unpruned", "eval", "export", "latency"]
+    for demo, expected in ((same, []), (worse, ["demo stages (top-1, MACs, params) differ: this run "
+                                                "[['prune', 98.5, 591872, 24565]], README [['prune', 99.17, 591872, 24565]]"])):
+        steps = [first_hour.Step(n, "x", rc=0, result=_results(10)[n]) for n in names]
+        steps.append(first_hour.Step("readme first command", "x", rc=0, result=demo))
+        assert first_hour.session_problems(steps, readme) == expected
+
+
+def test_venv_versions_reads_the_clones_venv(tmp_path: Path) -> None:
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    versions = first_hour.venv_versions(tmp_path)
+    assert versions["torch"] and versions["torch"][0].isdigit() and "onnx" in versions
+    assert "error" in first_hour.venv_versions(tmp_path / "absent")
