@@ -109,3 +109,27 @@ def test_venv_versions_reads_the_clones_venv(tmp_path: Path) -> None:
     versions = first_hour.venv_versions(tmp_path)
     assert versions["torch"] and versions["torch"][0].isdigit() and "onnx" in versions
     assert "error" in first_hour.venv_versions(tmp_path / "absent")
+
+
+def test_renderers_show_the_steps_figures_and_verdict(tmp_path: Path) -> None:
+    """BENCHMARKS section 7's tables come from first_hour.json: a disagreement is marked."""
+    import json
+
+    import rendering
+
+    result = {"steps": [{"step": "eval", "command": "polarprune eval m", "rc": 0, "expected_rc": 0, "seconds": 5.4,
+                         "traceback": False}],
+              "figures": {"pruned MACs": {"prune": 2806410, "eval": 2806411},
+                          "input shape": {"images": [3, 32, 32], "prune": [3, 32, 32]},
+                          "demo stages (top-1, MACs, params)": {"this run": [["prune", 99.17, 591872, 24565]]}},
+              "problems": ["pruned MACs differ: prune 2806410, eval 2806411"]}
+    (tmp_path / "first_hour.json").write_text(json.dumps(result))
+    results = rendering.Results(tmp_path)
+    steps = rendering.RENDERERS["first-hour-steps"](results)
+    assert "| eval | `polarprune eval m` | 0 (0) | 5 | no |" in steps
+    figures = rendering.RENDERERS["first-hour-figures"](results).splitlines()
+    assert figures[2] == "| pruned MACs | prune 2,806,410; eval 2,806,411 | **no** |"
+    assert figures[3] == "| input shape | images 3x32x32; prune 3x32x32 | yes |"
+    assert figures[4] == "| demo stages (top-1, MACs, params) | this run prune 99.17 591,872 24,565 | yes |"
+    assert rendering.RENDERERS["first-hour-verdict"](results) == \
+        "problems found: pruned MACs differ: prune 2806410, eval 2806411"

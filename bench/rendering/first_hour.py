@@ -8,7 +8,10 @@ from .engine import Results, renderer, table
 
 
 def _value_cell(value: Any) -> str:
-    """A MACs count with thousands separators, an input shape as ``3x32x32``."""
+    """A MACs count with thousands separators, an input shape as ``3x32x32``, table rows
+    (lists of lists) as ``name value value, ...``."""
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return ", ".join(" ".join(_value_cell(x) for x in row) for row in value)
     if isinstance(value, list):
         return "x".join(str(v) for v in value)
     return f"{value:,}" if isinstance(value, int) else str(value)
