@@ -131,5 +131,9 @@ def test_renderers_show_the_steps_figures_and_verdict(tmp_path: Path) -> None:
     assert figures[2] == "| pruned MACs | prune 2,806,410; eval 2,806,411 | **no** |"
     assert figures[3] == "| input shape | images 3x32x32; prune 3x32x32 | yes |"
     assert figures[4] == "| demo stages (top-1, MACs, params) | this run prune 99.17 591,872 24,565 | yes |"
+    from rendering.first_hour import short_command
+
+    assert short_command("/tmp/polarprune-first-hour-x1_y/clone/.venv/bin/polarprune eval m "
+                         "--data-root /tmp/polarprune-first-hour-x1_y/user/data") == "polarprune eval m --data-root TMP/user/data"
     assert rendering.RENDERERS["first-hour-verdict"](results) == \
         "problems found: pruned MACs differ: prune 2806410, eval 2806411"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .engine import Results, renderer, table
@@ -17,10 +18,17 @@ def _value_cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def short_command(command: str) -> str:
+    """A session command without its temporary folder: the clone venv's ``polarprune`` as
+    ``polarprune``, the rest of the folder as ``TMP/``."""
+    command = re.sub(r"\S*/clone/\.venv/bin/polarprune\b", "polarprune", command)
+    return re.sub(r"\S*/polarprune-first-hour-[^/\s]+/", "TMP/", command)
+
+
 @renderer("first-hour-steps")
 def first_hour_steps(results: Results) -> str:
     """Each command of the session: its exit status against the expected one, time, traceback seen."""
-    rows = [[f"{s['step']}", f"`{s['command']}`", f"{s['rc']} ({s['expected_rc']})", f"{s['seconds']:.0f}",
+    rows = [[f"{s['step']}", f"`{short_command(s['command'])}`", f"{s['rc']} ({s['expected_rc']})", f"{s['seconds']:.0f}",
              "yes" if s["traceback"] else "no"] for s in results.load("first_hour")["steps"]]
     return table(["step", "command", "exit (expected)", "seconds", "traceback"], rows, align="llrrl")
 
