@@ -58,6 +58,7 @@ def test_output_problems_and_agreement() -> None:
 
 def _results(pruned_eval: int) -> dict:
     return {"prune": {"macs_after": 10, "macs_before": 20, "input_shape": [3, 32, 32]},
+            "prune (README's grad)": {"macs_before": 20, "input_shape": [3, 32, 32]},
             "flops": {"macs": 10}, "eval": {"macs": pruned_eval}, "flops-unpruned": {"macs": 20},
             "export": {"input_shape": [3, 32, 32]},
             "latency": {"macs": {"mine.safetensors": 10, "runs/mine/last.pt": 20}, "input_shape": [3, 32, 32]}}
@@ -66,7 +67,7 @@ def _results(pruned_eval: int) -> dict:
 def test_session_problems_finds_differing_macs_and_bad_steps() -> None:
     """A session whose commands agree has no problem; eval reporting other MACs is one; so is a
     step that failed or was not run."""
-    names = ["prune", "flops", "flops-unpruned", "eval", "export", "latency"]
+    names = ["prune (README's grad)", "prune", "flops", "flops-unpruned", "eval", "export", "latency"]
 
     def steps(results: dict) -> list:
         return [first_hour.Step(n, "x", rc=0, result=results[n]) for n in names]
@@ -93,7 +94,7 @@ def test_the_demo_is_compared_with_the_readme_table() -> None:
     same = {"stages": [{"name": "prune", "top1": 99.16666, "macs": 591872, "params": 24565}]}
     worse = {"stages": [{"name": "prune", "top1": 98.5, "macs": 591872, "params": 24565}]}
     assert first_hour.demo_stages(readme["stages"]) == [["prune", 99.17, 591872, 24565]]
-    names = ["prune", "flops", "flops-unpruned", "eval", "export", "latency"]
+    names = ["prune (README's grad)", "prune", "flops", "flops-unpruned", "eval", "export", "latency"]
     for demo, expected in ((same, []), (worse, ["demo stages (top-1, MACs, params) differ: this run "
                                                 "[['prune', 98.5, 591872, 24565]], README [['prune', 99.17, 591872, 24565]]"])):
         steps = [first_hour.Step(n, "x", rc=0, result=_results(10)[n]) for n in names]
