@@ -17,11 +17,13 @@ import torch
 
 from polarprune.config import TrainConfig, validate
 from polarprune.models import create
+from polarprune.pruning import prune_model
 from polarprune.pruning.trial import TrialAnalysis
 from polarprune.sparsity.masks import save_mask
 from polarprune.sparsity.selection import regularized_bn_names
 from polarprune.serialization import read_checkpoint
 from polarprune.workflows.train import run_training
+from latency_fakes import fake_cost, fake_ms
 
 NEAR_ZERO = 0.05
 GAP = (0.05, 0.15)
@@ -159,3 +161,29 @@ def test_trial_prune_matches_prune_model(name: str, shape: tuple[int, ...], opti
         assert params == pytest.approx(report.params_after / report.params_before, abs=1e-3), strategy
         if name == "resnet20":
             assert report.removed_blocks == ["layer2.1"]
+
+
+@pytest.mark.slow
+def test_target_latency_ratio_stops_at_the_fake_latency_and_survives_resume(tmp_path: Path, monkeypatch) -> None:
+    """The latency tables come from the fake runtime (tests/latency_fakes.py: a conv costs in * out * kernel area,
+    nothing else), so the trial's predicted latency ratio is the fake cost of the grad-pruned model over the
+    unpruned one's. The stop fires at the first epoch whose ratio is at or below the target; the gammas are
+    frozen from then on, so the final model's grad prune has exactly the ratio logged at that epoch."""
+    monkeypatch.setattr("polarprune.deploy.latency_cost.runtime_measure", lambda *args, **kwargs: fake_ms)
+    out = tmp_path / "latency"
+    options = {"regularizer": "polarization", "lbd": 2e-2, "t": 1.2, "target_latency_ratio": 0.95,
+               "latency_cache": str(tmp_path / "cache"), "monitor": False}
+    _, first = train(out, epochs=3, **options)
+    rows = first.history
+    reached = [r["epoch"] for r in rows if r["sparsity_target_reached"] == 1.0]
+    assert reached, rows
+    stop = rows[[r["epoch"] for r in rows].index(reached[0])]
+    assert stop["trial_latency_ratio_grad"] <= 0.95 and "trial_macs_ratio_grad" not in stop
+    assert all(r["trial_latency_ratio_grad"] > 0.95 for r in rows if r["epoch"] < reached[0])
+    assert all(r["lambda"] == 0.0 for r in rows if r["epoch"] >= reached[0])
+    names = regularized_bn_names(first.model)
+    pruned, _ = prune_model(first.model, torch.randn(1, 1, 8, 8), "grad", bn_names=names)
+    assert fake_cost(pruned) / fake_cost(first.model) == pytest.approx(stop["trial_latency_ratio_grad"], rel=1e-6)
+    _, resumed = train(out, epochs=4, **options)
+    assert resumed.resumed_from_epoch == 3
+    assert resumed.history[-1]["lambda"] == 0.0 and resumed.history[-1]["sparsity_target_reached"] == 1.0
