@@ -76,16 +76,22 @@ PROGRESSIVE_KNOBS = pruning_registry.PROGRESSIVE_KNOBS  # the strategy records' 
 
 
 class ProgressiveStage(TrainStage):
-    """Progressive pruning: ``steps`` rounds of pruning a share of the MACs and fine-tuning
-    (``train``: each round's fine-tuning) to ``target_macs_reduction`` of the source's MACs."""
+    """Progressive pruning: ``steps`` rounds of pruning a share of the MACs (or of the predicted latency)
+    and fine-tuning (``train``: each round's fine-tuning) to ``target_macs_reduction`` of the source's MACs
+    (or ``target_latency_reduction`` of its latency in ``prune.runtime`` at ``prune.batch``, ``prune.threads``)."""
 
     steps: int = Field(3, ge=1, description="rounds of prune + fine-tune")
-    target_macs_reduction: float = Field(gt=0, lt=1, description="MACs reduction after the last round, in (0, 1)")
+    target_macs_reduction: float | None = Field(None, gt=0, lt=1, description="MACs reduction after the last round, in (0, 1)")
+    target_latency_reduction: float | None = Field(
+        None, gt=0, lt=1, description="instead of target_macs_reduction: predicted latency reduction after the last round, in (0, 1), "
+        "in prune.runtime at prune.batch and prune.threads (the latency cost model of the source model)")
     strategy: StrategyName = Field("flops-target", description="how each round chooses channels (its knob is aimed at the round's MACs)")
     prune: dict[str, Any] = Field(default_factory=dict, description="other PruneOptions of every round (group_rule, min_channels, round_to, ...)")
 
     @model_validator(mode="after")
     def _aimable(self) -> "ProgressiveStage":
+        if (self.target_macs_reduction is None) == (self.target_latency_reduction is None):
+            raise ValueError("give exactly one of target_macs_reduction and target_latency_reduction")
         if self.strategy not in PROGRESSIVE_KNOBS:
             raise ValueError(
                 f"strategy {self.strategy!r} has no option to aim at a MACs target; use one of {', '.join(PROGRESSIVE_KNOBS)}"
@@ -99,8 +105,13 @@ class ProgressiveStage(TrainStage):
     def prune_options(self) -> dict[str, Any]:
         """The rounds' ``PruneOptions`` fields; the knob holds a placeholder each round replaces."""
         knob = PROGRESSIVE_KNOBS[self.strategy]
-        placeholder = self.target_macs_reduction if knob == "target_macs_reduction" else 0.0
+        placeholder = self.target_reduction if knob in ("target_macs_reduction", "target_latency_reduction") else 0.0
         return {**self.prune, "strategy": self.strategy, knob: placeholder}
+
+    @property
+    def target_reduction(self) -> float:
+        """The reduction the last round reaches, of the MACs or of the predicted latency."""
+        return float(self.target_macs_reduction if self.target_macs_reduction is not None else self.target_latency_reduction)  # type: ignore[arg-type]
 
 
 SECTIONS = ("model", "data", "train", "sparsity")  # the recipe's base sections, merged into training stages
