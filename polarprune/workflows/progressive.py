@@ -35,7 +35,7 @@ from ..pruning.search import bisect_knob
 from ..serialization import load_any_model, save
 from ..training.engine import evaluate
 from .context import StageContext
-from .recipe import PROGRESSIVE_KNOBS, default_init, stage_config
+from .recipe import PROGRESSIVE_KNOBS, ProgressiveStage, default_init, stage_config
 from .train import run_training
 
 
@@ -85,7 +85,7 @@ def current_cost(model: nn.Module, inputs: torch.Tensor, cost: LatencyCost | Non
     return cost.cost(analysed_copy(model, inputs[:1]), {}, ())
 
 
-def stage_cost_model(ctx: StageContext, spec: Any, model: nn.Module) -> LatencyCost | None:
+def stage_cost_model(ctx: StageContext, spec: ProgressiveStage, model: nn.Module) -> LatencyCost | None:
     """Rank 0's latency cost model of the source model for a latency target (None: a MACs target, other ranks)."""
     if spec.target_latency_reduction is None or not dist.is_main():
         return None

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..config import (Section, TrainConfig, deep_merge, describe_validation_error, parse_override, read_yaml, set_path,
                       validate)
 from ..data import get_source
+from ..deploy.runtimes import runtime
 from ..errors import PolarpruneError
 from ..pruning import registry as pruning_registry
 from ..pruning.options import PruneOptions, StrategyName
@@ -254,8 +255,26 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     recipe = validate(Recipe, data, source=f"recipe {path.name}")
     for stage in recipe.present_stages():
         if stage_kind(stage).trains:
-            get_source(stage_config(recipe, stage, Path(".")).data.name)  # validates now, before anything runs
+            cfg = stage_config(recipe, stage, Path("."))  # validates now, before anything runs
+            get_source(cfg.data.name)
+            check_latency_runtimes(recipe, stage, cfg)
     return recipe
+
+
+def check_latency_runtimes(recipe: Recipe, stage: str, cfg: TrainConfig) -> None:
+    """The runtimes a training stage's latency targets name, checked before anything runs: an unknown
+    one, or one whose extra is missing, is one line naming the stage and the key."""
+    spec = recipe.stages[stage]
+    wanted = []
+    if cfg.sparsity.target_latency_ratio is not None:
+        wanted.append(("sparsity.latency_runtime", cfg.sparsity.latency_runtime))
+    if getattr(spec, "target_latency_reduction", None) is not None:
+        wanted.append(("prune.runtime", PruneOptions(**spec.prune_options()).runtime))
+    for key, name in wanted:
+        try:
+            runtime(name)
+        except PolarpruneError as exc:
+            raise PolarpruneError(f"recipe {recipe.name}: stages.{stage}.{key}: {exc}") from None
 
 
 def stage_config(recipe: Recipe, stage: str, run_dir: Path, **extra: Any) -> TrainConfig:

@@ -121,6 +121,11 @@ def test_a_progressive_stage_takes_exactly_one_target() -> None:
             load_recipe("demo-polarization", [f"stages.progressive={both}"])
     with pytest.raises(PolarpruneError, match="target_latency_reduction"):
         load_recipe("demo-polarization", ["stages.progressive={target_latency_reduction: 1.5}"])
+    with pytest.raises(PolarpruneError, match=r"stages.progressive.prune.runtime: .*'nope'") as info:
+        load_recipe("demo-polarization", ["stages.progressive={target_latency_reduction: 0.5, prune: {runtime: nope}}"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(PolarpruneError, match=r"stages.sparsity.sparsity.latency_runtime: .*'nope'"):
+        load_recipe("demo-polarization", ["sparsity.target_latency_ratio=0.5", "sparsity.latency_runtime=nope"])
 
 
 def test_the_progressive_latency_target_with_the_fake_runtime(tmp_path: Path, monkeypatch) -> None:
