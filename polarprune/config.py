@@ -152,9 +152,16 @@ class SparsityConfig(Section):
     weight_min: float = Field(0.5, gt=0)
     weight_max: float = Field(1.5, gt=0)
     target_macs_ratio: float | None = Field(None, gt=0, le=1, description="stop regularizing once a trial prune leaves MACs <= this fraction")
-    target_check_every: int | None = Field(None, ge=1, description="with target_macs_ratio: also trial-prune every N training steps, "
+    target_latency_ratio: float | None = Field(
+        None, gt=0, le=1, description="stop regularizing once a trial prune leaves predicted latency <= this fraction "
+        "(the latency cost model of latency_runtime at latency_batch and latency_threads); with target_macs_ratio: whichever comes first")
+    latency_runtime: str = Field("eager", min_length=1, description="with target_latency_ratio: the runtime whose latency counts (deploy.runtimes)")
+    latency_batch: int = Field(1, ge=1, description="with target_latency_ratio: the batch size whose latency counts")
+    latency_threads: int = Field(1, ge=1, description="with target_latency_ratio: the thread count whose latency counts")
+    latency_cache: str | None = Field(None, description="with target_latency_ratio: the latency tables' folder (null: ~/.cache/polarprune/latency)")
+    target_check_every: int | None = Field(None, ge=1, description="with a target (MACs or latency): also trial-prune every N training steps, "
                                            "so the stop lands closer to the target (null: at epoch ends only, as the original)")
-    freeze_on_target: bool = Field(True, description="with target_macs_ratio: once reached, also freeze the regularized gammas (as the original)")
+    freeze_on_target: bool = Field(True, description="with a target: once reached, also freeze the regularized gammas (as the original)")
     clamp_scope: Literal["regularized", "all"] = Field("regularized", description="clamp: the regularized gammas, or every BN's (the original)")
     monitor: bool = Field(True, description="trial-prune every epoch and log the MACs grad/fixed would leave")
 
@@ -162,8 +169,8 @@ class SparsityConfig(Section):
     def _check_weights(self) -> "SparsityConfig":
         if self.weight_min > self.weight_max:
             raise ValueError(f"weight_min ({self.weight_min}) exceeds weight_max ({self.weight_max})")
-        if self.target_check_every is not None and self.target_macs_ratio is None:
-            raise ValueError("target_check_every needs target_macs_ratio")
+        if self.target_check_every is not None and self.target_macs_ratio is None and self.target_latency_ratio is None:
+            raise ValueError("target_check_every needs target_macs_ratio or target_latency_ratio")
         return self
 
     def regularizer_options(self) -> dict[str, Any]:

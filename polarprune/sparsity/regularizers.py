@@ -365,16 +365,19 @@ class SparsityHook(TrainHook):
     every that many steps of an epoch: a strong regularizer can cross the target by far within one epoch);
     once it leaves at most that fraction of the MACs, lambda is 0 for the rest of the run, and with
     ``freeze_on_target`` the regularized gammas get no more updates (the original freezes them).
+    ``target_latency_ratio`` works alike on the trial's cost model (a latency model the caller built into
+    ``trial``); with both targets the first one reached stops the regularizer.
     ``clamp_all``: clamp every BN's gamma (the original).
     """
 
     def __init__(self, regularizer: Regularizer, bn_names: Sequence[str], *, target_macs_ratio: float | None = None,
                  trial: Any | None = None, freeze_on_target: bool = False, clamp_all: bool = False,
-                 check_every: int | None = None) -> None:
-        if target_macs_ratio is not None and trial is None:
-            raise ValueError("target_macs_ratio needs a trial pruner")
-        if check_every is not None and (target_macs_ratio is None or check_every < 1):
-            raise ValueError("check_every needs target_macs_ratio and is at least 1")
+                 check_every: int | None = None, target_latency_ratio: float | None = None) -> None:
+        targeted = target_macs_ratio is not None or target_latency_ratio is not None
+        if targeted and trial is None:
+            raise ValueError("a MACs or latency target needs a trial pruner")
+        if check_every is not None and (not targeted or check_every < 1):
+            raise ValueError("check_every needs a target and is at least 1")
         self.check_every = check_every
         self._epoch_steps = 0
         self._epoch = 0
@@ -385,6 +388,7 @@ class SparsityHook(TrainHook):
         self.bn_names = list(bn_names)
         self.base_lbd = regularizer.lbd
         self.target_macs_ratio = target_macs_ratio
+        self.target_latency_ratio = target_latency_ratio
         self.trial = trial
         self.target_reached = False
         self.reached_epoch: int | None = None
@@ -438,21 +442,32 @@ class SparsityHook(TrainHook):
         if self.check_every is not None and not self.target_reached and self._epoch_steps % self.check_every == 0:
             self._check_target(model, self._epoch, f"step {self._epoch_steps} of epoch {self._epoch + 1}")
 
-    def _check_target(self, model: nn.Module, epoch: int, moment: str, cache_key: int | None = None) -> float:
-        """Trial-prune now (``cache_key``: the trial's per-epoch cache, None mid-epoch); on reaching the target, lambda 0."""
-        ratio = self.trial.macs_ratio(model, "grad", epoch=cache_key)  # type: ignore[union-attr]
-        if ratio <= self.target_macs_ratio:  # type: ignore[operator]
+    @property
+    def targeted(self) -> bool:
+        """Whether a MACs or a latency target is set."""
+        return self.target_macs_ratio is not None or self.target_latency_ratio is not None
+
+    def _check_target(self, model: nn.Module, epoch: int, moment: str, cache_key: int | None = None) -> dict[str, float]:
+        """Trial-prune now (``cache_key``: the trial's per-epoch cache, None mid-epoch); on reaching a target,
+        lambda 0. Returns the ratios of the targets set (``trial_macs_ratio_grad``, ``trial_latency_ratio_grad``)."""
+        decision = self.trial.decide(model, "grad", epoch=cache_key)  # type: ignore[union-attr]
+        checks = [(what, key, ratio, target) for what, key, ratio, target in (
+            ("MACs", "trial_macs_ratio_grad", decision.macs_ratio, self.target_macs_ratio),
+            ("predicted latency", "trial_latency_ratio_grad", decision.cost_ratio, self.target_latency_ratio))
+            if target is not None]
+        met = [(what, ratio, target) for what, _, ratio, target in checks if ratio <= target]
+        if met:
             self.set_lambda(0.0)
             self.target_reached = True
             self.reached_epoch = epoch
-            log.warning("sparsity: trial prune (grad) leaves %.3f of the MACs <= target %.3f after %s; "
-                        "lambda set to 0 for the rest of training", ratio, self.target_macs_ratio, moment)
-        return ratio
+            log.warning("sparsity: trial prune (grad) leaves %.3f of the %s <= target %.3f after %s; "
+                        "lambda set to 0 for the rest of training", met[0][1], met[0][0], met[0][2], moment)
+        return {key: ratio for _, key, ratio, _ in checks}
 
     def on_epoch_end(self, model: nn.Module, epoch: int, writer: Any | None = None) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if self.target_macs_ratio is not None and not self.target_reached:
-            metrics["trial_macs_ratio_grad"] = self._check_target(model, epoch, f"the end of epoch {epoch + 1}", cache_key=epoch)
+        if self.targeted and not self.target_reached:
+            metrics.update(self._check_target(model, epoch, f"the end of epoch {epoch + 1}", cache_key=epoch))
         self._epoch, self._epoch_steps = epoch + 1, 0
         metrics["lambda"] = self.lbd
         metrics["sparsity_target_reached"] = float(self.target_reached)

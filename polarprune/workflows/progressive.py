@@ -1,7 +1,9 @@
-"""Progressive pruning: reach a MACs target in ``steps`` rounds of prune-a-share, fine-tune.
+"""Progressive pruning: reach a MACs (or latency) target in ``steps`` rounds of prune-a-share, fine-tune.
 
 Round ``k`` of ``K`` aims at ``macs_0 * (1 - target_macs_reduction) ** (k / K)`` MACs, always against
-the original count so rounding errors do not add up. ``flops-target`` gets the round's reduction;
+the original count so rounding errors do not add up. With ``target_latency_reduction`` the same steps
+are taken in predicted latency: the latency cost model of the source model (its tables price every
+narrower copy) counts ``latency_0`` and each round's model, and the rounds' trials aim with it. ``flops-target`` gets the round's reduction;
 the other strategies' knob (their record's ``knob``) is found by ``search.bisect_knob`` on ``TrialAnalysis`` decisions.
 
 Round ``k`` lives in ``<stage>/step-<k>/`` (``prune.json``, ``pruned.safetensors``, the fine-tuning,
@@ -21,7 +23,11 @@ from .. import distributed as dist
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json, atomic_write_json_lines, read_json
 from ..flops import count_model
+from ..deploy.latency_cost import latency_cost_model
 from ..pruning import TrialAnalysis, prune_model
+from ..pruning.cost import MACS
+from ..pruning.graph import analysed_copy
+from ..pruning.latency_cost import LatencyCost
 from ..models.layers import gamma_magnitude
 from ..pruning.options import PruneOptions
 from ..pruning.registry import STRATEGIES
@@ -29,7 +35,7 @@ from ..pruning.search import bisect_knob
 from ..serialization import load_any_model, save
 from ..training.engine import evaluate
 from .context import StageContext
-from .recipe import PROGRESSIVE_KNOBS, default_init, stage_config
+from .recipe import PROGRESSIVE_KNOBS, ProgressiveStage, default_init, stage_config
 from .train import run_training
 
 
@@ -72,25 +78,44 @@ def aimed_options(analysis: TrialAnalysis, model: nn.Module, options: PruneOptio
     return best.result, best.value
 
 
-def _prune_round(ctx: StageContext, model: nn.Module, options: PruneOptions, target_macs: float,
-                 step_dir: Path) -> dict[str, Any]:
-    """Rank 0 prunes ``model`` towards ``target_macs`` and writes the round's pruned model; the
-    record (MACs, top-1 right after pruning, the knob used) is returned on every rank."""
+def current_cost(model: nn.Module, inputs: torch.Tensor, cost: LatencyCost | None) -> float:
+    """What a round's target counts: the model's MACs (``cost`` None), else its predicted latency (ms)."""
+    if cost is None:
+        return float(count_model(model, inputs[:1]).macs)
+    return cost.cost(analysed_copy(model, inputs[:1]), {}, ())
+
+
+def stage_cost_model(ctx: StageContext, spec: ProgressiveStage, model: nn.Module) -> LatencyCost | None:
+    """Rank 0's latency cost model of the source model for a latency target (None: a MACs target, other ranks)."""
+    if spec.target_latency_reduction is None or not dist.is_main():
+        return None
+    opts = PruneOptions(**spec.prune_options())
+    return latency_cost_model(model, ctx.example_inputs()[:1], opts.runtime, opts.batch, opts.threads)
+
+
+def _prune_round(ctx: StageContext, model: nn.Module, options: PruneOptions, target: float,
+                 step_dir: Path, cost: LatencyCost | None = None) -> dict[str, Any]:
+    """Rank 0 prunes ``model`` towards ``target`` (MACs, else predicted ms under ``cost``) and writes the
+    round's pruned model; the record (MACs, top-1 right after pruning, the knob used) is returned on every rank."""
     record: dict[str, Any] = {}
     if dist.is_main():
         inputs = ctx.example_inputs()
         names = set(dict(model.named_modules()))
         bn_names = [n for n in (options.bn_names or []) if n in names] or None
         options = options.model_copy(update={"bn_names": bn_names})
-        macs_now = count_model(model, inputs[:1]).macs
-        analysis = TrialAnalysis(model, inputs)
-        aimed, _ = aimed_options(analysis, model, options, target_macs / max(macs_now, 1.0))
+        now = current_cost(model, inputs, cost)
+        analysis = TrialAnalysis(model, inputs, cost=cost or MACS)
+        aimed, _ = aimed_options(analysis, model, options, target / max(now, 1e-12))
         pruned, report = prune_model(model, inputs, options=aimed)
         step_dir.mkdir(parents=True, exist_ok=True)
         save(pruned, step_dir / "pruned.safetensors")
         report_dict = report.to_dict()
         record = {key: report_dict[key] for key in ("macs_before", "macs_after", "params_after")}
-        record.update(target_macs=target_macs, options=aimed.model_dump(mode="json", exclude={"masks", "bn_names"}),
+        if cost is not None:
+            record.update(target_latency_ms=target, latency_after_ms=current_cost(pruned, inputs, cost))
+        else:
+            record.update(target_macs=target)
+        record.update(options=aimed.model_dump(mode="json", exclude={"masks", "bn_names"}),
                       top1_after_prune=evaluate(pruned, ctx.data().eval_loader, torch.device("cpu"))["top1"])
         atomic_write_json(step_dir / "prune.json", record)
     dist.barrier()
@@ -106,8 +131,10 @@ def progressive_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[st
     model = ctx.model_of(source)
     options = PruneOptions(**spec.prune_options(), bn_names=ctx.bn_names(model, source))
     macs_0 = count_model(model, ctx.example_inputs()[:1]).macs
+    cost = stage_cost_model(ctx, spec, model)
+    base = dist.broadcast_object(current_cost(model, ctx.example_inputs(), cost) if dist.is_main() else None)
     rounds: list[dict[str, Any]] = []
-    for k, target in enumerate(step_targets(macs_0, spec.target_macs_reduction, spec.steps), start=1):
+    for k, target in enumerate(step_targets(base, spec.target_reduction, spec.steps), start=1):
         step_dir = stage_dir / f"step-{k}"
         done = read_json(step_dir / "done.json")
         if done is not None:
@@ -115,7 +142,7 @@ def progressive_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[st
             continue
         if rounds:  # always from the file, so a resumed run prunes exactly what a straight one does
             model = load_any_model(rounds[-1]["model_path"]).cpu().eval()
-        pruned_record = read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir)
+        pruned_record = read_json(step_dir / "prune.json") or _prune_round(ctx, model, options, target, step_dir, cost)
         pruned = load_any_model(step_dir / "pruned.safetensors")
         cfg = stage_config(ctx.recipe, stage, ctx.run_dir, out=str(step_dir), **ctx.distill_overrides(stage))
         result = run_training(cfg, model=pruned)
@@ -128,11 +155,15 @@ def progressive_stage(ctx: StageContext, stage: str, stage_dir: Path) -> dict[st
     if dist.is_main():
         atomic_write_json_lines(stage_dir / "metrics.jsonl", _joined_metrics(stage_dir, len(rounds)))
     last = rounds[-1]
-    return {"kind": "progressive", "source": source, "model_path": last["model_path"], "top1": last["top1"],
-            "macs_before": macs_0, "macs_after": last["macs_after"],
-            "macs_reduction": 1.0 - last["macs_after"] / max(macs_0, 1.0),
-            "target_macs_reduction": spec.target_macs_reduction, "epochs": sum(r["epochs"] for r in rounds),
-            "steps": rounds}
+    result = {"kind": "progressive", "source": source, "model_path": last["model_path"], "top1": last["top1"],
+              "macs_before": macs_0, "macs_after": last["macs_after"],
+              "macs_reduction": 1.0 - last["macs_after"] / max(macs_0, 1.0),
+              "target_macs_reduction": spec.target_macs_reduction, "epochs": sum(r["epochs"] for r in rounds),
+              "steps": rounds}
+    if spec.target_latency_reduction is not None:  # predicted by the source model's latency cost model
+        result.update(target_latency_reduction=spec.target_latency_reduction, latency_before_ms=base,
+                      latency_after_ms=last["latency_after_ms"], latency_reduction=1.0 - last["latency_after_ms"] / max(base, 1e-12))
+    return result
 
 
 def _joined_metrics(stage_dir: Path, steps: int) -> list[dict[str, Any]]:

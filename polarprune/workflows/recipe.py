@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..config import (Section, TrainConfig, deep_merge, describe_validation_error, parse_override, read_yaml, set_path,
                       validate)
 from ..data import get_source
+from ..deploy.runtimes import runtime
 from ..errors import PolarpruneError
 from ..pruning import registry as pruning_registry
 from ..pruning.options import PruneOptions, StrategyName
@@ -76,16 +77,22 @@ PROGRESSIVE_KNOBS = pruning_registry.PROGRESSIVE_KNOBS  # the strategy records' 
 
 
 class ProgressiveStage(TrainStage):
-    """Progressive pruning: ``steps`` rounds of pruning a share of the MACs and fine-tuning
-    (``train``: each round's fine-tuning) to ``target_macs_reduction`` of the source's MACs."""
+    """Progressive pruning: ``steps`` rounds of pruning a share of the MACs (or of the predicted latency)
+    and fine-tuning (``train``: each round's fine-tuning) to ``target_macs_reduction`` of the source's MACs
+    (or ``target_latency_reduction`` of its latency in ``prune.runtime`` at ``prune.batch``, ``prune.threads``)."""
 
     steps: int = Field(3, ge=1, description="rounds of prune + fine-tune")
-    target_macs_reduction: float = Field(gt=0, lt=1, description="MACs reduction after the last round, in (0, 1)")
+    target_macs_reduction: float | None = Field(None, gt=0, lt=1, description="MACs reduction after the last round, in (0, 1)")
+    target_latency_reduction: float | None = Field(
+        None, gt=0, lt=1, description="instead of target_macs_reduction: predicted latency reduction after the last round, in (0, 1), "
+        "in prune.runtime at prune.batch and prune.threads (the latency cost model of the source model)")
     strategy: StrategyName = Field("flops-target", description="how each round chooses channels (its knob is aimed at the round's MACs)")
     prune: dict[str, Any] = Field(default_factory=dict, description="other PruneOptions of every round (group_rule, min_channels, round_to, ...)")
 
     @model_validator(mode="after")
     def _aimable(self) -> "ProgressiveStage":
+        if (self.target_macs_reduction is None) == (self.target_latency_reduction is None):
+            raise ValueError("give exactly one of target_macs_reduction and target_latency_reduction")
         if self.strategy not in PROGRESSIVE_KNOBS:
             raise ValueError(
                 f"strategy {self.strategy!r} has no option to aim at a MACs target; use one of {', '.join(PROGRESSIVE_KNOBS)}"
@@ -99,8 +106,13 @@ class ProgressiveStage(TrainStage):
     def prune_options(self) -> dict[str, Any]:
         """The rounds' ``PruneOptions`` fields; the knob holds a placeholder each round replaces."""
         knob = PROGRESSIVE_KNOBS[self.strategy]
-        placeholder = self.target_macs_reduction if knob == "target_macs_reduction" else 0.0
+        placeholder = self.target_reduction if knob in ("target_macs_reduction", "target_latency_reduction") else 0.0
         return {**self.prune, "strategy": self.strategy, knob: placeholder}
+
+    @property
+    def target_reduction(self) -> float:
+        """The reduction the last round reaches, of the MACs or of the predicted latency."""
+        return float(self.target_macs_reduction if self.target_macs_reduction is not None else self.target_latency_reduction)  # type: ignore[arg-type]
 
 
 SECTIONS = ("model", "data", "train", "sparsity")  # the recipe's base sections, merged into training stages
@@ -243,8 +255,26 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     recipe = validate(Recipe, data, source=f"recipe {path.name}")
     for stage in recipe.present_stages():
         if stage_kind(stage).trains:
-            get_source(stage_config(recipe, stage, Path(".")).data.name)  # validates now, before anything runs
+            cfg = stage_config(recipe, stage, Path("."))  # validates now, before anything runs
+            get_source(cfg.data.name)
+            check_latency_runtimes(recipe, stage, cfg)
     return recipe
+
+
+def check_latency_runtimes(recipe: Recipe, stage: str, cfg: TrainConfig) -> None:
+    """The runtimes a training stage's latency targets name, checked before anything runs: an unknown
+    one, or one whose extra is missing, is one line naming the stage and the key."""
+    spec = recipe.stages[stage]
+    wanted = []
+    if cfg.sparsity.target_latency_ratio is not None:
+        wanted.append(("sparsity.latency_runtime", cfg.sparsity.latency_runtime))
+    if getattr(spec, "target_latency_reduction", None) is not None:
+        wanted.append(("prune.runtime", PruneOptions(**spec.prune_options()).runtime))
+    for key, name in wanted:
+        try:
+            runtime(name)
+        except PolarpruneError as exc:
+            raise PolarpruneError(f"recipe {recipe.name}: stages.{stage}.{key}: {exc}") from None
 
 
 def stage_config(recipe: Recipe, stage: str, run_dir: Path, **extra: Any) -> TrainConfig:

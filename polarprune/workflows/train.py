@@ -4,6 +4,7 @@ and a ``Trainer``. The order of the steps is fixed: it decides the random number
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -16,12 +17,15 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..config import DataConfig, DistillConfig, TrainConfig, TrainSection, apply_overrides, dump_yaml, read_yaml, validate
+from ..config import DataConfig, DistillConfig, SparsityConfig, TrainConfig, TrainSection, apply_overrides, dump_yaml, read_yaml, validate
 from ..data import build_data, probe_batch
+from ..deploy.latency_cost import latency_cost_model
+from ..deploy.runtimes import runtime
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_text
 from ..hardware import cpu_native_bf16
 from ..models import create, get_entry, init_bn_gamma, record_input_shape
+from ..pruning.latency_cost import LatencyCost
 from ..serialization import load_any_model
 from ..sparsity import build_hooks, resolve_sparsity
 from ..training.distill import DistillationLoss
@@ -167,6 +171,21 @@ def distillation_criterion(
     return DistillationLoss(teacher, task, temperature=distill.temperature, alpha=distill.alpha)
 
 
+def sparsity_cost_model(cfg: SparsityConfig, model: nn.Module, example_inputs: torch.Tensor) -> LatencyCost | None:
+    """The latency cost model ``cfg.target_latency_ratio`` is checked with (None without that target): tables
+    of a float32 CPU copy of ``model`` in ``cfg.latency_runtime``, measured on rank 0 (cached) and sent to the
+    others, so every rank decides from the same numbers. An unknown runtime is a one-line error."""
+    if cfg.target_latency_ratio is None:
+        return None
+    runtime(cfg.latency_runtime)  # checked on every rank before any work
+    cost = None
+    if dist.is_main():
+        cpu_model = copy.deepcopy(model).to("cpu", torch.float32)
+        cost = latency_cost_model(cpu_model, example_inputs[:1].to("cpu", torch.float32), cfg.latency_runtime,
+                                  cfg.latency_batch, cfg.latency_threads, cache_dir=cfg.latency_cache)
+    return dist.broadcast_object(cost)
+
+
 def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Sequence[TrainHook] | None = None,
                   resume: bool = True) -> Trainer:
     """A ``Trainer`` for ``cfg``: ``model`` (e.g. a pruned one to fine-tune) replaces the config's
@@ -187,7 +206,8 @@ def build_trainer(cfg: TrainConfig, *, model: nn.Module | None = None, hooks: Se
     dtype = getattr(torch, t.dtype)
     model.to(device, dtype)
     if hooks is None:
-        hooks = build_hooks(cfg.sparsity, model, probe_batch(data, 8).to(device, dtype))
+        probe = probe_batch(data, 8).to(device, dtype)
+        hooks = build_hooks(cfg.sparsity, model, probe, cost=sparsity_cost_model(cfg.sparsity, model, probe))
     amp_dtype = amp_dtype_of(t, device)
     warn_emulated_bf16(amp_dtype, device)
     return Trainer(

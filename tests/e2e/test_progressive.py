@@ -13,9 +13,11 @@ from polarprune.errors import PolarpruneError
 from polarprune.models import create
 from polarprune.pruning import TrialAnalysis, prune_model
 from polarprune.pruning.options import PruneOptions
-from polarprune.serialization import read_checkpoint
+from polarprune.serialization import load_any_model, read_checkpoint
 from polarprune.workflows import load_recipe
+from polarprune.workflows.pipeline import Pipeline
 from polarprune.workflows.progressive import aimed_options, step_targets
+from latency_fakes import fake_cost, fake_ms
 from test_pipeline import run_cli  # polarprune in a subprocess, optionally with a fault installed
 
 
@@ -111,3 +113,38 @@ def test_progressive_stage_reaches_its_target_and_resumes_after_a_kill_at_any_st
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), k
     again = json.loads((run / "progressive" / "done.json").read_text())
     assert [r["macs_after"] for r in again["steps"]] == macs[1:] and math.isclose(again["top1"], done["top1"])
+
+
+def test_a_progressive_stage_takes_exactly_one_target() -> None:
+    for both in ("{target_macs_reduction: 0.5, target_latency_reduction: 0.5}", "{steps: 2}"):
+        with pytest.raises(PolarpruneError, match="exactly one of target_macs_reduction and target_latency_reduction"):
+            load_recipe("demo-polarization", [f"stages.progressive={both}"])
+    with pytest.raises(PolarpruneError, match="target_latency_reduction"):
+        load_recipe("demo-polarization", ["stages.progressive={target_latency_reduction: 1.5}"])
+    with pytest.raises(PolarpruneError, match=r"stages.progressive.prune.runtime: .*'nope'") as info:
+        load_recipe("demo-polarization", ["stages.progressive={target_latency_reduction: 0.5, prune: {runtime: nope}}"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(PolarpruneError, match=r"stages.sparsity.sparsity.latency_runtime: .*'nope'"):
+        load_recipe("demo-polarization", ["sparsity.target_latency_ratio=0.5", "sparsity.latency_runtime=nope"])
+
+
+def test_the_progressive_latency_target_with_the_fake_runtime(tmp_path: Path, monkeypatch) -> None:
+    """Two rounds of l1-norm to half the predicted latency of the fake runtime (tests/latency_fakes.py: a conv
+    costs in * out * kernel area, nothing else, so the prediction is the fake cost exactly); one step
+    per epoch keeps it cheap. Each round removes about 1 - 0.5 ** (1/2) of the latency."""
+    monkeypatch.setattr("polarprune.deploy.latency_cost.runtime_measure", lambda *args, **kwargs: fake_ms)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    recipe = load_recipe("demo-polarization", [
+        "model.options.width=8", "stages.sparsity.train.epochs=1", "stages.prune=null", "stages.finetune=null",
+        "stages.progressive={steps: 2, target_latency_reduction: 0.5, strategy: l1-norm, train: {epochs: 1}}",
+        "train.progress=false", "train.max_steps_per_epoch=1"])
+    records = Pipeline(recipe, tmp_path / "run").run()
+    done = json.loads((tmp_path / "run" / "progressive" / "done.json").read_text())
+    assert abs(done["latency_reduction"] - 0.5) <= 0.02 and done["target_macs_reduction"] is None
+    latency = [done["latency_before_ms"]] + [r["latency_after_ms"] for r in done["steps"]]
+    for before, after in zip(latency, latency[1:]):
+        assert after / before == pytest.approx(0.5 ** 0.5, abs=0.05)
+    source = load_any_model(records["sparsity"].model_path)
+    final = load_any_model(done["model_path"])
+    assert fake_cost(source) == pytest.approx(done["latency_before_ms"], rel=1e-9)
+    assert fake_cost(final) / fake_cost(source) == pytest.approx(1 - done["latency_reduction"], rel=1e-9)

@@ -17,11 +17,13 @@ import torch
 
 from polarprune.config import TrainConfig, validate
 from polarprune.models import create
+from polarprune.pruning import prune_model
 from polarprune.pruning.trial import TrialAnalysis
 from polarprune.sparsity.masks import save_mask
 from polarprune.sparsity.selection import regularized_bn_names
 from polarprune.serialization import read_checkpoint
 from polarprune.workflows.train import run_training
+from latency_fakes import fake_cost, fake_ms
 
 NEAR_ZERO = 0.05
 GAP = (0.05, 0.15)
@@ -159,3 +161,32 @@ def test_trial_prune_matches_prune_model(name: str, shape: tuple[int, ...], opti
         assert params == pytest.approx(report.params_after / report.params_before, abs=1e-3), strategy
         if name == "resnet20":
             assert report.removed_blocks == ["layer2.1"]
+
+
+@pytest.mark.slow
+def test_target_latency_ratio_stops_at_the_fake_latency_and_survives_resume(tmp_path: Path, monkeypatch) -> None:
+    """The latency tables come from the fake runtime (tests/latency_fakes.py: a conv costs in * out * kernel area,
+    nothing else), so the trial's predicted latency ratio is the fake cost of the grad-pruned model over the
+    unpruned one's. At this strength (as in the check_every test above) the trial stays at 1.0 through epoch 1
+    and falls within epoch 2 (measured: 0.58 of the fake latency at its end; checked every 2 steps, 0.83 at
+    step 14). So the epoch-end stop fires at epoch 2, the every-2-steps stop within (0.75, 0.85]; the gammas
+    are frozen from then on, so the final model's grad prune has exactly the ratio of the stop."""
+    monkeypatch.setattr("polarprune.deploy.latency_cost.runtime_measure", lambda *args, **kwargs: fake_ms)
+    options = {"regularizer": "polarization", "lbd": 1e-2, "t": 1.2, "target_latency_ratio": 0.85,
+               "latency_cache": str(tmp_path / "cache"), "monitor": False}
+    _, by_epoch = train(tmp_path / "epoch", epochs=3, **options)
+    rows = by_epoch.history
+    assert [r["sparsity_target_reached"] for r in rows] == [0.0, 1.0, 1.0]
+    assert rows[0]["trial_latency_ratio_grad"] > 0.85 >= rows[1]["trial_latency_ratio_grad"]
+    assert "trial_macs_ratio_grad" not in rows[1] and rows[1]["lambda"] == rows[2]["lambda"] == 0.0
+    _, by_steps = train(tmp_path / "steps", epochs=3, target_check_every=2, **options)
+    assert [r["sparsity_target_reached"] for r in by_steps.history] == [0.0, 1.0, 1.0]
+    final = {}
+    for name, result in (("epoch", by_epoch), ("steps", by_steps)):
+        pruned, _ = prune_model(result.model, torch.randn(1, 1, 8, 8), "grad", bn_names=regularized_bn_names(result.model))
+        final[name] = fake_cost(pruned) / fake_cost(result.model)
+    assert final["epoch"] == pytest.approx(rows[1]["trial_latency_ratio_grad"], rel=1e-6)
+    assert 0.75 < final["steps"] <= 0.85 and final["epoch"] < 0.7, final
+    _, resumed = train(tmp_path / "epoch", epochs=4, **options)
+    assert resumed.resumed_from_epoch == 3
+    assert resumed.history[-1]["lambda"] == 0.0 and resumed.history[-1]["sparsity_target_reached"] == 1.0

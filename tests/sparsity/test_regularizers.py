@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -240,14 +242,18 @@ def test_polarization_hook_clamps_after_step() -> None:
 
 
 class FakeTrial:
-    def __init__(self, ratios: list[float]) -> None:
+    """Trial decisions whose MACs ratios (and latency ratios: ``latency``, else the same) are given in turn."""
+
+    def __init__(self, ratios: list[float], latency: list[float] | None = None) -> None:
         self.ratios = list(ratios)
+        self.latency = list(latency) if latency is not None else None
         self.calls = 0
 
-    def macs_ratio(self, model: nn.Module, strategy: str, epoch: int | None = None) -> float:
+    def decide(self, model: nn.Module, strategy: str, epoch: int | None = None) -> SimpleNamespace:
         self.calls += 1
         self.cache_keys = getattr(self, "cache_keys", []) + [epoch]
-        return self.ratios.pop(0)
+        macs = self.ratios.pop(0)
+        return SimpleNamespace(macs_ratio=macs, cost_ratio=self.latency.pop(0) if self.latency is not None else macs)
 
 
 def test_target_macs_ratio_stops_regularizing_and_survives_resume() -> None:
