@@ -201,3 +201,12 @@ def make_imagefolder(
             for number, image in enumerate(images):
                 Image.fromarray(image).save(folder / f"{number:04d}.{fmt}")
     return root
+
+
+def tiny_digits_recipe(name: str, stages: str, width: int = 4) -> str:
+    """A recipe YAML that trains a small CNN on 64 digits for two steps, then runs ``stages`` (YAML lines
+    under ``stages:``, e.g. ``"  baseline: {}\\n  copy: {}\\n"``): records added in tests run end to end."""
+    return (f"name: {name}\ndevice: cpu\nmodel: {{name: small_cnn, options: {{width: {width}}}}}\n"
+            "data: {name: digits, batch_size: 32, train_subset: 64, eval_subset: 32}\n"
+            "train: {epochs: 1, max_steps_per_epoch: 2, progress: false}\n"
+            f"stages:\n{stages}")

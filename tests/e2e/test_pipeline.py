@@ -18,6 +18,7 @@ from polarprune.workflows import STAGE_KINDS, Pipeline, StageKind, load_recipe, 
 from polarprune.workflows.context import StageContext
 from polarprune.workflows.kinds import unregister_stage_kind
 from polarprune.workflows.recipe import default_init, stage_config
+from fixtures import tiny_digits_recipe
 
 FAULT_RUNNER = str(Path(__file__).resolve().parents[1] / "fault_runner.py")
 
@@ -176,15 +177,7 @@ def copy_kind():
     unregister_stage_kind("copy")
 
 
-TOY_RECIPE = """name: toy-copy
-device: cpu
-model: {name: small_cnn, options: {width: 4}}
-data: {name: digits, batch_size: 32, train_subset: 64, eval_subset: 32}
-train: {epochs: 1, max_steps_per_epoch: 2, progress: false}
-stages:
-  baseline: {}
-  copy: {}
-"""
+TOY_RECIPE = tiny_digits_recipe("toy-copy", "  baseline: {}\n  copy: {}\n")
 
 
 def test_a_stage_kind_added_through_the_registry_runs_in_a_recipe_and_through_the_cli(copy_kind, tmp_path, capsys):

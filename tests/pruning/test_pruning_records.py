@@ -23,6 +23,7 @@ from polarprune.pruning.registry import (GROUP_RULES, PROGRESSIVE_KNOBS, SCORE_S
                                          register_group_rule, register_strategy, unregister_strategy)
 from polarprune.pruning.resolve import decide
 from polarprune.pruning.search import bisect_knob
+from fixtures import tiny_digits_recipe
 from test_pruning import one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -209,15 +210,7 @@ def test_negating_flags_say_what_they_do(capsys) -> None:
     assert PruneOptions.model_fields["compensate"].description.startswith("fold removed")  # the option itself
 
 
-TOY_STRATEGY_RECIPE = """name: toy-strategy
-device: cpu
-model: {name: small_cnn, options: {width: 8}}
-data: {name: digits, batch_size: 32, train_subset: 64, eval_subset: 32}
-train: {epochs: 1, max_steps_per_epoch: 2, progress: false}
-stages:
-  baseline: {}
-  prune: {strategy: keep-first-half}
-"""
+TOY_STRATEGY_RECIPE = tiny_digits_recipe("toy-strategy", "  baseline: {}\n  prune: {strategy: keep-first-half}\n", width=8)
 
 
 def test_a_toy_strategy_runs_through_the_cli_and_a_recipe(toy_strategy, tmp_path, capsys) -> None:
