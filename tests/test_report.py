@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latency_fakes import fixed_rounds
 from polarprune.report import add_reductions, cpu_latency_ms, format_markdown, format_table, latency_text, stage_row
 
 
@@ -80,21 +81,6 @@ def test_stage_row_without_accuracy() -> None:
     assert row["top1"] is None and add_reductions([row, dict(row)])["top1_change"] is None
 
 
-def fake_rounds(monkeypatch, seconds: list[float]) -> None:
-    """Every timed call of the latency measurement lasts the next of ``seconds`` (cycled), so the rounds are known."""
-    from itertools import cycle
-
-    from polarprune.deploy import latency
-
-    durations = cycle(seconds)
-
-    def fake_timed(fn) -> float:
-        fn()
-        return next(durations)
-
-    monkeypatch.setattr(latency, "timed", fake_timed)
-
-
 def warnings_of_stage_row(name: str, model: nn.Module, shape: tuple[int, ...]) -> tuple[dict, list[str]]:
     """``stage_row``'s row and the warnings it logged (caught on its own logger: the CLI's set-up stops
     ``polarprune`` records from reaching pytest's root handler)."""
@@ -117,7 +103,7 @@ def summary_of(row: dict) -> dict:
 
 
 def test_a_wide_spread_is_flagged_in_the_row_table_and_log(monkeypatch) -> None:
-    fake_rounds(monkeypatch, [0.001, 0.003])  # rounds alternate 1 ms and 3 ms
+    fixed_rounds(monkeypatch, [0.001, 0.003])  # rounds alternate 1 ms and 3 ms
     row, warnings = warnings_of_stage_row("pruned", nn.Linear(8, 2), (8,))
     assert row["latency_ms"] == 2.0 and row["latency_spread"] == 1.0 and row["latency_threads"] == 1
     assert "2.000 ms (noisy: spread 100%)" in format_table(summary_of(row))
@@ -126,7 +112,7 @@ def test_a_wide_spread_is_flagged_in_the_row_table_and_log(monkeypatch) -> None:
 
 
 def test_a_tight_spread_is_a_plain_figure(monkeypatch) -> None:
-    fake_rounds(monkeypatch, [0.001])
+    fixed_rounds(monkeypatch, [0.001])
     row, warnings = warnings_of_stage_row("pruned", nn.Linear(8, 2), (8,))
     assert row["latency_ms"] == 1.0 and row["latency_spread"] == 0.0
     table = format_table(summary_of(row))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latency_fakes import fixed_rounds
 from polarprune import serialization
 from polarprune.cli import main
 from polarprune.config import DataConfig
@@ -111,16 +112,6 @@ def test_eval_model_that_does_not_fit_the_images_is_one_line(model_file, tmp_pat
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("polarprune")]
     assert len(errors) == 1
     assert errors[0].startswith(f"polarprune: error: {path} does not run on input 1x3x8x8: it expects N x 1 x H x W")
-
-
-def fixed_rounds(monkeypatch, seconds: list[float]) -> None:
-    """The latency measurement's timed calls last the next of ``seconds`` (cycled)."""
-    from itertools import cycle
-
-    from polarprune.deploy import latency
-
-    durations = cycle(seconds)
-    monkeypatch.setattr(latency, "timed", lambda fn: (fn(), next(durations))[1])
 
 
 def test_eval_flags_a_noisy_latency(model_file, monkeypatch, capsys) -> None:
