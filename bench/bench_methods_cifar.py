@@ -249,8 +249,8 @@ def measure_latencies(models: dict[str, nn.Module], rounds: int) -> dict[str, di
     times: dict[str, dict[str, list[float]]] = {name: {"b1": [], "b64": []} for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            times[name]["b1"].append(cpu_latency_ms(model, INPUT_SHAPE, batch=1, repeats=20, warmup=3))
-            times[name]["b64"].append(cpu_latency_ms(model, INPUT_SHAPE, batch=64, repeats=5, warmup=1))
+            times[name]["b1"].append(cpu_latency_ms(model, INPUT_SHAPE, batch=1, repeats=20, warmup=3, threads=None).median_ms)
+            times[name]["b64"].append(cpu_latency_ms(model, INPUT_SHAPE, batch=64, repeats=5, warmup=1, threads=None).median_ms)
     out: dict[str, dict[str, float]] = {}
     for name, t in times.items():
         out[name] = {k: round(statistics.median(v), 3) for k, v in t.items()}

@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .deploy.latency import latency_ms
+from .deploy.latency import SUMMARY_THREADS, LatencyFigure, is_noisy, latency_figure, spread_too_wide
 from .flops import count_model
 from .fileio import atomic_write_json, atomic_write_text
 
+log = logging.getLogger(__name__)
+
+
 @torch.no_grad()
-def cpu_latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int = 1, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time (ms) of one eval-mode forward pass on the CPU (``polarprune latency``'s
-    eager figure: ``deploy.latency.latency_ms``, on a copy of the model)."""
-    return latency_ms(model, input_shape, batch=batch, rounds=repeats, warmup=warmup)
+def cpu_latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int = 1, repeats: int = 30, warmup: int = 5,
+                   threads: int | None = SUMMARY_THREADS) -> LatencyFigure:
+    """Eval-mode forward latency on the CPU in eager mode (``deploy.latency.latency_figure`` on a copy of the
+    model): the median ms of ``repeats`` rounds, their spread, with torch's threads pinned to ``threads``."""
+    return latency_figure(model, input_shape, batch=batch, rounds=repeats, warmup=warmup, threads=threads)
+
+
+def latency_text(ms: float, spread: float | None) -> str:
+    """A latency for people: ``0.290 ms``, or ``0.290 ms (noisy: spread 35%)`` when its spread is too wide."""
+    text = f"{ms:.3f} ms"
+    if spread is not None and spread_too_wide(spread):
+        text += f" (noisy: spread {100 * spread:.0f}%)"
+    return text
 
 
 def stage_row(name: str, model: nn.Module, top1: float | None, input_shape: Sequence[int]) -> dict[str, Any]:
-    """One stage's numbers (``top1`` in percent)."""
+    """One stage's numbers (``top1`` in percent); a noisy latency logs one warning naming the model."""
     cost = count_model(model, tuple(input_shape))
+    figure = cpu_latency_ms(model, input_shape)
+    if is_noisy(figure):
+        log.warning("latency of %s on %s is noisy: its rounds spread %.0f%% around the median %.3f ms "
+                    "(a loaded machine?)", name, figure.runtime, 100 * figure.spread, figure.median_ms)
     return {"name": name, "top1": None if top1 is None else round(float(top1), 4), "macs": cost.macs,
-            "flops": cost.flops, "params": cost.params, "latency_ms": round(cpu_latency_ms(model, input_shape), 4)}
+            "flops": cost.flops, "params": cost.params, "latency_ms": round(figure.median_ms, 4),
+            "latency_spread": round(figure.spread, 4), "latency_threads": figure.threads}
 
 
 def add_reductions(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -49,16 +67,29 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+def threads_text(count: int) -> str:
+    """``1 thread`` or ``N threads``."""
+    return f"{count} thread" + ("" if count == 1 else "s")
+
+
+def _threads_label(summary: dict[str, Any]) -> str:
+    """The stages' latency thread count as text (empty for files written before it was stated)."""
+    threads = {row.get("latency_threads") for row in summary["stages"]} - {None}
+    return threads_text(next(iter(threads))) if len(threads) == 1 else ""
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """A fixed-width table of the stages (for the terminal)."""
-    header = f"{'stage':<14} {'top-1 %':>8} {'MACs':>9} {'FLOPs':>9} {'params':>9} {'latency ms':>11} {'MACs -':>8} {'params -':>9}"
+    """A fixed-width table of the stages (for the terminal); a noisy latency says so."""
+    threads = _threads_label(summary)
+    latency = f"latency, {threads}" if threads else "latency"
+    header = f"{'stage':<14} {'top-1 %':>8} {'MACs':>9} {'FLOPs':>9} {'params':>9} {'MACs -':>8} {'params -':>9}  {latency}"
     lines = [header, "-" * len(header)]
     for row in summary["stages"]:
         top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
         lines.append(
             f"{row['name']:<14} {top1:>8} {_human(row['macs']):>9} {_human(row['flops']):>9} "
-            f"{_human(row['params']):>9} {row['latency_ms']:>11.3f} {100 * row['macs_reduction']:>7.1f}% "
-            f"{100 * row['params_reduction']:>8.1f}%"
+            f"{_human(row['params']):>9} {100 * row['macs_reduction']:>7.1f}% "
+            f"{100 * row['params_reduction']:>8.1f}%  {latency_text(row['latency_ms'], row.get('latency_spread'))}"
         )
     return "\n".join(lines)
 
@@ -66,17 +97,18 @@ def format_table(summary: dict[str, Any]) -> str:
 def format_markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown (``summary.md``)."""
     out = [f"# {summary['recipe']}", ""]
+    threads = _threads_label(summary)
     if summary.get("description"):
         out += [summary["description"], ""]
     out += [
-        "| stage | top-1 (%) | MACs | FLOPs | params | CPU latency, batch 1 (ms) | MACs reduction | params reduction |",
+        f"| stage | top-1 (%) | MACs | FLOPs | params | CPU latency, batch 1{', ' + threads if threads else ''} | MACs reduction | params reduction |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary["stages"]:
         top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
         out.append(
             f"| {row['name']} | {top1} | {row['macs']:,} | {row['flops']:,} | {row['params']:,} | "
-            f"{row['latency_ms']:.3f} | {100 * row['macs_reduction']:.1f}% | {100 * row['params_reduction']:.1f}% |"
+            f"{latency_text(row['latency_ms'], row.get('latency_spread'))} | {100 * row['macs_reduction']:.1f}% | {100 * row['params_reduction']:.1f}% |"
         )
     red = summary.get("reductions", {})
     if red:

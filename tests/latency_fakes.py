@@ -51,3 +51,19 @@ def tiny() -> nn.Module:
 
 
 X = torch.randn(1, 1, 4, 4)
+
+
+def fixed_rounds(monkeypatch, seconds: list[float]) -> None:
+    """Every timed call of ``deploy.latency`` lasts the next of ``seconds`` (cycled), so a measurement's
+    rounds are known numbers (tests/test_report.py, tests/commands/test_eval_command.py)."""
+    from itertools import cycle
+
+    from polarprune.deploy import latency
+
+    durations = cycle(seconds)
+
+    def fake_timed(fn) -> float:
+        fn()
+        return next(durations)
+
+    monkeypatch.setattr(latency, "timed", fake_timed)

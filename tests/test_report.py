@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polarprune.report import add_reductions, cpu_latency_ms, format_markdown, stage_row
+from latency_fakes import fixed_rounds
+from polarprune.report import add_reductions, cpu_latency_ms, format_markdown, format_table, latency_text, stage_row
 
 
 def conv_stack(width: int) -> nn.Module:
@@ -41,8 +42,8 @@ def test_cpu_latency_follows_the_cost_ordering() -> None:
         # interleaved, so that a load change on the shared machine hits both alike
         small_ms, large_ms = [], []
         for _ in range(3):
-            small_ms.append(cpu_latency_ms(small, (3, 32, 32), repeats=5, warmup=1))
-            large_ms.append(cpu_latency_ms(large, (3, 32, 32), repeats=5, warmup=1))
+            small_ms.append(cpu_latency_ms(small, (3, 32, 32), repeats=5, warmup=1).median_ms)
+            large_ms.append(cpu_latency_ms(large, (3, 32, 32), repeats=5, warmup=1).median_ms)
     finally:
         torch.set_num_threads(threads)
     assert min(small_ms) > 0
@@ -78,3 +79,50 @@ def test_add_reductions_of_nothing_is_empty() -> None:
 def test_stage_row_without_accuracy() -> None:
     row = stage_row("prune", nn.Linear(2, 2), None, (2,))
     assert row["top1"] is None and add_reductions([row, dict(row)])["top1_change"] is None
+
+
+def warnings_of_stage_row(name: str, model: nn.Module, shape: tuple[int, ...]) -> tuple[dict, list[str]]:
+    """``stage_row``'s row and the warnings it logged (caught on its own logger: the CLI's set-up stops
+    ``polarprune`` records from reaching pytest's root handler)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("polarprune.report")
+    logger.addHandler(handler)
+    try:
+        row = stage_row(name, model, None, shape)
+    finally:
+        logger.removeHandler(handler)
+    return row, [r.getMessage() for r in records]
+
+
+def summary_of(row: dict) -> dict:
+    return {"recipe": "r", "stages": [row], "reductions": add_reductions([row])}
+
+
+def test_a_wide_spread_is_flagged_in_the_row_table_and_log(monkeypatch) -> None:
+    fixed_rounds(monkeypatch, [0.001, 0.003])  # rounds alternate 1 ms and 3 ms
+    row, warnings = warnings_of_stage_row("pruned", nn.Linear(8, 2), (8,))
+    assert row["latency_ms"] == 2.0 and row["latency_spread"] == 1.0 and row["latency_threads"] == 1
+    assert "2.000 ms (noisy: spread 100%)" in format_table(summary_of(row))
+    assert "2.000 ms (noisy: spread 100%)" in format_markdown(summary_of(row))
+    assert len(warnings) == 1 and "pruned" in warnings[0] and "eager" in warnings[0]
+
+
+def test_a_tight_spread_is_a_plain_figure(monkeypatch) -> None:
+    fixed_rounds(monkeypatch, [0.001])
+    row, warnings = warnings_of_stage_row("pruned", nn.Linear(8, 2), (8,))
+    assert row["latency_ms"] == 1.0 and row["latency_spread"] == 0.0
+    table = format_table(summary_of(row))
+    assert "1.000 ms" in table and "noisy" not in table and "latency, 1 thread" in table.splitlines()[0]
+    assert warnings == []
+
+
+def test_latency_text_and_old_rows_without_a_spread() -> None:
+    assert latency_text(0.29, 0.35) == "0.290 ms (noisy: spread 35%)"
+    assert latency_text(0.29, 0.2) == "0.290 ms" and latency_text(0.29, None) == "0.290 ms"
+    old = {"name": "a", "top1": None, "macs": 1, "flops": 2, "params": 1, "latency_ms": 0.5}
+    table = format_table(summary_of(old))  # a summary.json written before the spread was stated
+    assert "0.500 ms" in table and table.splitlines()[0].endswith("latency")

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..data import build_data
-    from ..report import stage_row
+    from ..report import latency_text, stage_row, threads_text
     from ..serialization import read_model
     from ..training.engine import evaluate
     from ..workflows.train import resolve_device
@@ -43,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(model.to(device), data.eval_loader, device)
     row = stage_row(str(args.model), model, metrics["top1"], (data.in_channels, *data.input_size))
     result = {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "images": data.eval_size,
-              "macs": row["macs"], "flops": row["flops"], "params": row["params"], "latency_ms": row["latency_ms"]}
+              "macs": row["macs"], "flops": row["flops"], "params": row["params"], "latency_ms": row["latency_ms"],
+              "latency_spread": row["latency_spread"], "latency_threads": row["latency_threads"]}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images")
         print(f"MACs {result['macs']:,}  FLOPs {result['flops']:,}  params {result['params']:,}  "
-              f"CPU latency (batch 1) {result['latency_ms']:.3f} ms")
+              f"CPU latency (batch 1, {threads_text(result['latency_threads'])}) "
+              f"{latency_text(result['latency_ms'], result['latency_spread'])}")
     return 0

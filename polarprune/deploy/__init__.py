@@ -6,14 +6,16 @@ the runtime (``widths``), the runtime records (``runtimes``) and the latency cos
 from __future__ import annotations
 
 from .export import DEFAULT_TOLERANCE, EXPORT_FORMATS, ExportReport, export_model, load_artifact
-from .latency import RUNTIMES, STEADY_MALLOC_ENV, LatencyResult, latency_ms, measure_latency, steady_malloc
+from .latency import (RUNTIMES, STEADY_MALLOC_ENV, LatencyFigure, LatencyResult, is_noisy, latency_figure, latency_ms,
+                      measure_latency, steady_malloc)
 from .latency_cost import LatencyPrune, latency_cost_model, prune_to_latency
 from .runtimes import RUNTIME_RECORDS, Runtime, register_runtime, runtime
 from .widths import round_widths
 
 __all__ = [
     "DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "export_model", "load_artifact",
-    "RUNTIMES", "STEADY_MALLOC_ENV", "LatencyResult", "latency_ms", "measure_latency", "steady_malloc",
+    "RUNTIMES", "STEADY_MALLOC_ENV", "LatencyFigure", "LatencyResult", "is_noisy", "latency_figure", "latency_ms", "measure_latency",
+    "steady_malloc",
     "round_widths", "LatencyPrune", "latency_cost_model", "prune_to_latency", "RUNTIME_RECORDS", "Runtime", "register_runtime",
     "runtime",
 ]

@@ -233,16 +233,65 @@ def pinned_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+NOISE_LIMIT = 0.2  # a figure whose spread (IQR over median) is above this is reported as noisy
+SUMMARY_THREADS = 1  # the thread count of the latency in run summaries and ``eval``
+
+
+@dataclass(frozen=True)
+class LatencyFigure:
+    """One latency figure with how it was measured: median ms of the rounds, their spread (interquartile
+    range over the median), the number of rounds, torch's pinned thread count, the runtime and whether
+    glibc kept freed memory (``allocator``: ``steady`` or ``default``)."""
+
+    median_ms: float
+    spread: float
+    rounds: int
+    threads: int
+    runtime: str
+    allocator: str
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """Interquartile range of ``values`` over their median (0.0 for fewer than two values or a zero median)."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    middle = statistics.median(values)
+    return (q3 - q1) / middle if middle > 0 else 0.0
+
+
+def spread_too_wide(spread: float, limit: float = NOISE_LIMIT) -> bool:
+    """True when a relative spread is above ``limit`` (the figure is noise rather than a measurement)."""
+    return spread > limit
+
+
+def is_noisy(figure: LatencyFigure, limit: float = NOISE_LIMIT) -> bool:
+    """True when ``figure``'s rounds spread more than ``limit`` around their median."""
+    return spread_too_wide(figure.spread, limit)
+
+
+def latency_figure(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, runtime: str = "eager",
+                   rounds: int = 30, warmup: int = 5, threads: int | None = SUMMARY_THREADS) -> LatencyFigure:
+    """One forward of ``model`` measured with torch's threads pinned to ``threads`` (None: torch's current
+    count) and glibc keeping freed memory: the median and spread of ``rounds`` rounds after ``warmup``."""
+    with steady_malloc_here() as applied:
+        result = measure_latency({"model": model}, input_shape, runtime=runtime, batches=(batch,), rounds=rounds,
+                                 warmup=warmup, threads=threads, min_round_seconds=0.0)
+    ms = result.batches[0].ms["model"]
+    allocator = "steady" if applied or result.steady_malloc else "default"
+    return LatencyFigure(statistics.median(ms), relative_spread(ms), rounds, result.threads, runtime, allocator)
+
+
 def latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, runtime: str = "eager",
                rounds: int = 30, warmup: int = 5) -> float:
-    """Median milliseconds of one forward of ``model`` (the figure ``eval`` and run summaries report)."""
-    result = measure_latency({"model": model}, input_shape, runtime=runtime, batches=(batch,), rounds=rounds, warmup=warmup,
-                             min_round_seconds=0.0)
-    return result.batches[0].median_ms["model"]
+    """Median milliseconds of one forward of ``model`` at torch's current thread count."""
+    return latency_figure(model, input_shape, batch=batch, runtime=runtime, rounds=rounds, warmup=warmup,
+                          threads=None).median_ms
 
 
 __all__ = [
-    "RUNTIMES", "STEADY_MALLOC_ENV", "TIMING_EXPORT_TOLERANCE", "BatchLatency", "LatencyResult", "forward_runner", "interleaved", "latency_ms",
+    "NOISE_LIMIT", "RUNTIMES", "STEADY_MALLOC_ENV", "SUMMARY_THREADS", "TIMING_EXPORT_TOLERANCE", "BatchLatency", "LatencyFigure",
+    "LatencyResult", "forward_runner", "interleaved", "is_noisy", "latency_figure", "latency_ms", "relative_spread", "spread_too_wide",
     "measure_latency", "median_forward_ms", "pinned_threads", "steady_malloc_here", "minor_page_faults", "paired_ratios", "reexec_with_steady_malloc", "run_with_steady_malloc",
     "steady_malloc", "timed",
 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latency_fakes import fixed_rounds
 from polarprune import serialization
 from polarprune.cli import main
 from polarprune.config import DataConfig
@@ -111,3 +112,25 @@ def test_eval_model_that_does_not_fit_the_images_is_one_line(model_file, tmp_pat
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("polarprune")]
     assert len(errors) == 1
     assert errors[0].startswith(f"polarprune: error: {path} does not run on input 1x3x8x8: it expects N x 1 x H x W")
+
+
+def test_eval_flags_a_noisy_latency(model_file, monkeypatch, capsys) -> None:
+    _, path = model_file
+    fixed_rounds(monkeypatch, [0.001, 0.003])
+    assert main(["eval", str(path), "--data", "digits", "--subset", "20"]) == 0
+    captured = capsys.readouterr()
+    assert "CPU latency (batch 1, 1 thread) 2.000 ms (noisy: spread 100%)" in captured.out
+    warnings = [line for line in captured.err.splitlines() if "noisy" in line]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "eager" in warnings[0]
+    assert main(["eval", str(path), "--data", "digits", "--subset", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["latency_ms"], result["latency_spread"], result["latency_threads"]) == (2.0, 1.0, 1)
+
+
+def test_eval_prints_a_tight_latency_plainly(model_file, monkeypatch, capsys) -> None:
+    _, path = model_file
+    fixed_rounds(monkeypatch, [0.0005])
+    assert main(["eval", str(path), "--data", "digits", "--subset", "20"]) == 0
+    captured = capsys.readouterr()
+    assert "CPU latency (batch 1, 1 thread) 0.500 ms\n" in captured.out
+    assert "noisy" not in captured.out + captured.err

@@ -16,6 +16,10 @@ from torch import nn
 from polarprune.deploy.latency import (
     RUNTIMES,
     STEADY_MALLOC_ENV,
+    LatencyFigure,
+    is_noisy,
+    latency_figure,
+    relative_spread,
     forward_runner,
     interleaved,
     measure_latency,
@@ -145,7 +149,7 @@ def test_child_process_gets_the_steady_allocator():
 
 def test_report_latency_uses_a_copy():
     model = small().train()
-    assert cpu_latency_ms(model, (1, 8, 8), repeats=3, warmup=1) > 0
+    assert cpu_latency_ms(model, (1, 8, 8), repeats=3, warmup=1).median_ms > 0
     assert model.training  # the caller's model is not switched to eval
 
 
@@ -231,3 +235,39 @@ def test_latency_command_unknown_runtime_is_one_error_line():
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("polarprune")
     assert "argument --runtime: invalid choice: 'tpu'" in errors[0] and all(f"'{r}'" in errors[0] for r in RUNTIMES)
+
+
+def test_relative_spread_is_the_interquartile_range_over_the_median():
+    assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)  # q1 2, q3 4, median 3
+    assert relative_spread([5.0, 1.0, 4.0, 2.0, 3.0]) == pytest.approx(2.0 / 3.0)  # order does not matter
+    assert relative_spread([2.0, 2.0, 2.0, 2.0]) == 0.0
+    assert relative_spread([7.0]) == 0.0 and relative_spread([0.0, 0.0]) == 0.0
+
+
+def test_is_noisy_above_the_limit_only():
+    def figure(spread: float) -> LatencyFigure:
+        return LatencyFigure(median_ms=1.0, spread=spread, rounds=9, threads=1, runtime="eager", allocator="steady")
+
+    assert is_noisy(figure(0.35)) and is_noisy(figure(0.21))
+    assert not is_noisy(figure(0.2)) and not is_noisy(figure(0.0))
+    assert is_noisy(figure(0.15), limit=0.1) and not is_noisy(figure(0.35), limit=0.5)
+
+
+def test_latency_figure_pins_threads_during_the_forwards_and_restores_them():
+    seen: list[int] = []
+    model = small()
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    outer = 2 if before == 1 else 1  # a setting different from the measurement's own
+    torch.set_num_threads(outer)
+    try:
+        figure = latency_figure(model, (1, 8, 8), rounds=3, warmup=1)
+        assert torch.get_num_threads() == outer  # put back afterwards
+        at_one, seen[:] = list(seen), []
+        wide = latency_figure(model, (1, 8, 8), rounds=3, warmup=1, threads=3)
+        assert torch.get_num_threads() == outer
+    finally:
+        torch.set_num_threads(before)
+    assert figure.threads == 1 and len(at_one) >= 3 + 1 and set(at_one) == {1}  # the default: 1 thread, stated
+    assert wide.threads == 3 and set(seen) == {3}
+    assert figure.rounds == 3 and figure.runtime == "eager" and figure.allocator in ("steady", "default")
