@@ -126,11 +126,12 @@ def reaimed(target: float, predicted_ratio: float, measured_ratio: float) -> flo
 
 
 def _prune_once(model: nn.Module, example_inputs: Any, options: PruneOptions, cost: LatencyCost, aim: float,
-                compare: Compare) -> tuple[nn.Module, PruneReport, float, float]:
-    """Prune aiming the prediction at ``aim``; (pruned, report, predicted ratio, measured ratio)."""
+                compare: Compare, unpruned_ms: float) -> tuple[nn.Module, PruneReport, float, float]:
+    """Prune aiming the prediction at ``aim``; (pruned, report, predicted ratio, measured ratio)
+    (``unpruned_ms``: the unpruned model's predicted ms, analysed once by the caller)."""
     pruned, report = prune_model(model, example_inputs, options=options.model_copy(update={"target_latency_reduction": aim}),
                                  cost=cost)
-    predicted = cost.cost(analysed_copy(pruned, example_inputs), {}, ()) / cost.cost(analysed_copy(model, example_inputs), {}, ())
+    predicted = cost.cost(analysed_copy(pruned, example_inputs), {}, ()) / unpruned_ms
     return pruned, report, predicted, compare(model, pruned)
 
 
@@ -156,13 +157,14 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     cost = latency_cost_model(model, example_inputs, opts.runtime, opts.batch, opts.threads, cache_dir=cache_dir, measure=measure,
                         step=step)
     compare = compare or runtime_compare(opts, input_shape)
-    pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, target, compare)
+    unpruned_ms = cost.cost(analysed_copy(model, example_inputs), {}, ())
+    pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, target, compare, unpruned_ms)
     log.info("latency-target: predicted cut %.1f%%, measured %.1f%% (target %.1f%%)", 100 * (1 - predicted),
              100 * (1 - measured), 100 * target)
     aim, refined = target, False
     if _misses(measured, target):
         aim, refined = reaimed(target, predicted, measured), True
-        pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, aim, compare)
+        pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, aim, compare, unpruned_ms)
     if _misses(measured, target):
         raise PolarpruneError(f"latency-target: the measured latency cut {1 - measured:.1%} misses the target {target:.1%} "
                               f"by more than {TOLERANCE} after one refinement (predicted {1 - predicted:.1%}, "

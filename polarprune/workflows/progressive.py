@@ -26,7 +26,7 @@ from ..flops import count_model
 from ..deploy.latency_cost import latency_cost_model
 from ..pruning import TrialAnalysis, prune_model
 from ..pruning.cost import MACS
-from ..pruning.graph import analysed_copy
+from ..pruning.graph import ModelAnalysis, analysed_copy
 from ..pruning.latency_cost import LatencyCost
 from ..models.layers import gamma_magnitude
 from ..pruning.options import PruneOptions
@@ -78,11 +78,12 @@ def aimed_options(analysis: TrialAnalysis, model: nn.Module, options: PruneOptio
     return best.result, best.value
 
 
-def current_cost(model: nn.Module, inputs: torch.Tensor, cost: LatencyCost | None) -> float:
-    """What a round's target counts: the model's MACs (``cost`` None), else its predicted latency (ms)."""
+def current_cost(model: nn.Module, inputs: torch.Tensor, cost: LatencyCost | None, analysis: ModelAnalysis | None = None) -> float:
+    """What a round's target counts: the model's MACs (``cost`` None), else its predicted latency (ms)
+    (``analysis``: the model's, when the caller has one; else it is analysed here)."""
     if cost is None:
         return float(count_model(model, inputs[:1]).macs)
-    return cost.cost(analysed_copy(model, inputs[:1]), {}, ())
+    return cost.cost(analysis if analysis is not None else analysed_copy(model, inputs[:1]), {}, ())
 
 
 def stage_cost_model(ctx: StageContext, spec: ProgressiveStage, model: nn.Module) -> LatencyCost | None:
@@ -103,8 +104,8 @@ def _prune_round(ctx: StageContext, model: nn.Module, options: PruneOptions, tar
         names = set(dict(model.named_modules()))
         bn_names = [n for n in (options.bn_names or []) if n in names] or None
         options = options.model_copy(update={"bn_names": bn_names})
-        now = current_cost(model, inputs, cost)
         analysis = TrialAnalysis(model, inputs, cost=cost or MACS)
+        now = current_cost(model, inputs, cost, analysis.analysis)
         aimed, _ = aimed_options(analysis, model, options, target / max(now, 1e-12))
         pruned, report = prune_model(model, inputs, options=aimed)
         step_dir.mkdir(parents=True, exist_ok=True)
