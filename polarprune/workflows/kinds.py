@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel
 
 from ..errors import PolarpruneError
+from ..pruning.registry import lookup
 
 if TYPE_CHECKING:
     from .context import StageContext
@@ -89,10 +90,7 @@ def unregister_stage_kind(name: str) -> None:
 
 def stage_kind(name: str) -> StageKind:
     """The kind registered as ``name``; a one-line error listing the known kinds otherwise."""
-    try:
-        return STAGE_KINDS[name]
-    except KeyError:
-        raise PolarpruneError(f"unknown stage {name!r}; known: {', '.join(STAGE_KINDS)}") from None
+    return lookup(STAGE_KINDS, name, "stage")
 
 
 def stage_order() -> list[str]:
