@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
 
-from ..errors import PolarpruneError
 from ..pruning.registry import lookup
 
 if TYPE_CHECKING:
