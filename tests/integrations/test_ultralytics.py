@@ -1,0 +1,303 @@
+"""The ultralytics integration: sparsity inside ultralytics' own trainer (penalty gradient under AMP's loss
+scale, the target stop, EMA monitoring), the YOLO pipeline with resumption, and its one-line errors.
+
+Everything trains on a tiny YOLO-format set written by the test (64 px images, coloured boxes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics try a download
+pytest.importorskip("ultralytics")
+
+from polarprune.config import SparsityConfig  # noqa: E402
+from polarprune.errors import PolarpruneError  # noqa: E402
+from polarprune.integrations import ultralytics as ultra  # noqa: E402
+
+COLOURS = ((220, 40, 40), (40, 200, 60))
+# A YOLO of plain convs: small and fast, and prunable today (YOLOv8n's C2f needs the yolo branch's pruning).
+TINY_YAML = """nc: 2
+backbone:
+  - [-1, 1, Conv, [8, 3, 2]]
+  - [-1, 1, Conv, [16, 3, 2]]
+  - [-1, 1, Conv, [16, 3, 2]]
+  - [-1, 1, Conv, [32, 3, 2]]
+  - [-1, 1, Conv, [32, 3, 2]]
+head:
+  - [[2, 3, 4], 1, Detect, [nc]]
+"""
+
+
+def write_yolo_set(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """A tiny YOLO data set: each image holds one or two filled boxes of class 0 (red) or 1 (green)."""
+    from PIL import Image, ImageDraw
+
+    gen = torch.Generator().manual_seed(seed)
+    for split, count in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = Image.new("RGB", (size, size), tuple(int(v) for v in torch.randint(0, 80, (3,), generator=gen)))
+            draw, lines = ImageDraw.Draw(image), []
+            for _ in range(1 + i % 2):
+                cls = int(torch.randint(0, 2, (1,), generator=gen))
+                w, h = (int(v) for v in torch.randint(size // 5, size // 2, (2,), generator=gen))
+                x0, y0 = (int(v) for v in torch.randint(0, size - max(w, h), (2,), generator=gen))
+                draw.rectangle([x0, y0, x0 + w, y0 + h], fill=COLOURS[cls])
+                lines.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+            image.save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: green\n")
+    return data
+
+
+@pytest.fixture(scope="module")
+def yolo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_yolo_set(tmp_path_factory.mktemp("yolo_set"))
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("yolo_yaml") / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    return path
+
+
+def train_overrides(data: Path, model: str, out: Path, **more: object) -> dict[str, object]:
+    """A few CPU steps: batch 4 on 8 images, no accumulation (nbs = batch), SGD, no plots."""
+    return {"model": model, "data": str(data), "epochs": 1, "imgsz": 64, "batch": 4, "nbs": 4, "workers": 0,
+            "device": "cpu", "optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0, "amp": False, "plots": False,
+            "val": False, "mosaic": 0.0, "project": str(out), "name": "run", "exist_ok": True, "verbose": False, **more}
+
+
+def spread_gammas(values: tuple[float, ...]) -> object:
+    """A callback giving every BN's gammas distinct values (a fresh YOLO has all at 1, where sign(g - mean) = 0)."""
+    def callback(trainer: object) -> None:
+        model = trainer.model  # type: ignore[attr-defined]
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    pattern = torch.tensor(values)
+                    module.weight.copy_(pattern.repeat(module.weight.numel() // len(values) + 1)[: module.weight.numel()])
+    return callback
+
+
+def polarization_gradient(gammas: list[torch.Tensor], lbd: float, t: float, alpha: float) -> torch.Tensor:
+    """d/dg of lbd * sum_i (t|g_i| - |g_i - alpha*mean(g)|), worked out by hand: the mean over every regularized
+    gamma gives each channel the extra term lbd * alpha/N * sum_j sign(g_j - alpha*mean)."""
+    g = torch.cat([x.reshape(-1) for x in gammas]).double()
+    mean = g.mean()
+    inner = torch.sign(g - alpha * mean)
+    return lbd * (t * torch.sign(g) - inner + alpha / g.numel() * inner.sum())
+
+
+class StepProbe:
+    """Records, at each optimizer step, the regularized gammas' gradients before the integration adds its terms
+    (a global pre-hook runs before an optimizer's own) and after (a pre-hook registered after the integration's)."""
+
+    def __init__(self, sparsity: ultra.UltralyticsSparsity) -> None:
+        self.sparsity = sparsity
+        self.before: list[torch.Tensor] = []
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.scales: list[float] = []
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self._handle = register_optimizer_step_pre_hook(self._before)
+
+    def gammas(self) -> list[torch.Tensor]:
+        model = self.sparsity._model
+        return [model.get_submodule(name).weight for name in self.sparsity.hooks[0].bn_names]
+
+    def _before(self, optimizer: object, args: object, kwargs: object) -> None:
+        self.before = [g.grad.detach().clone() for g in self.gammas()]
+
+    def _after(self, optimizer: object, args: object, kwargs: object) -> None:
+        gammas = self.gammas()
+        flat = lambda ts: torch.cat([t.reshape(-1) for t in ts]).double()  # noqa: E731
+        self.rows.append((flat([g.detach() for g in gammas]), flat(self.before), flat([g.grad for g in gammas])))
+
+    def install(self, trainer: object) -> None:
+        trainer.optimizer.register_step_pre_hook(self._after)  # type: ignore[attr-defined]
+        self.scales.append(float(trainer.scaler.get_scale()))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def scaled_amp(trainer: object) -> None:
+    """AMP's loss scaling on the CPU: every loss is multiplied by 1024 before backward and the gradients are
+    divided back by ``unscale_``, exactly ultralytics' CUDA path (autocast itself does not change the grads' dtype)."""
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_polarization_gradient_inside_ultralytics_trainer_on_yolov8n(yolo_set: Path, tmp_path: Path) -> None:
+    """YOLOv8n trains a few steps in ultralytics' DetectionTrainer under a 1024x loss scale; at each step the
+    gradient the integration adds to the BN gammas equals the hand-computed polarization gradient (not 1024x it)."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    lbd, t, alpha = 0.05, 1.2, 1.0
+    trainer = DetectionTrainer(overrides=train_overrides(yolo_set, "yolov8n.yaml", tmp_path))
+    trainer.add_callback("on_pretrain_routine_end", scaled_amp)
+    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.2, 0.45, 0.7, 0.9)))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "polarization", "lbd": lbd, "t": t, "alpha": alpha, "monitor": False})
+    sparsity.attach(trainer)
+    probe = StepProbe(sparsity)
+    trainer.add_callback("on_pretrain_routine_end", probe.install)
+    try:
+        trainer.train()
+    finally:
+        probe.close()
+    assert probe.scales == [1024.0]
+    assert len(probe.rows) == 2  # 8 images, batch 4, one step each
+    assert len(sparsity.hooks[0].bn_names) > 50  # every YOLOv8n BN the analysis finds prunable
+    for gammas, before, after in probe.rows:
+        expected = polarization_gradient([gammas], lbd, t, alpha)
+        assert torch.allclose(after - before, expected, rtol=1e-5, atol=1e-7)
+        assert (after - before).abs().max() > 0.01  # the penalty is really there, at its unscaled size
+    gammas = torch.cat([m.weight.detach().reshape(-1) for m in trainer.ema.ema.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert float(gammas.min()) >= 0.0 and float(gammas.max()) <= 1.0  # clamped before the EMA followed
+
+
+def test_l1_subgradient_added_once_per_step_unscaled(yolo_set: Path, tiny_yaml: Path, tmp_path: Path) -> None:
+    """``l1`` adds lambda*sign(gamma) to the unscaled gradient of each regularized gamma, once per step."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    lbd = 0.03
+    trainer = DetectionTrainer(overrides=train_overrides(yolo_set, str(tiny_yaml), tmp_path))
+    trainer.add_callback("on_pretrain_routine_end", scaled_amp)
+    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.3, 0.6)))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "l1", "lbd": lbd, "monitor": False}).attach(trainer)
+    probe = StepProbe(sparsity)
+    trainer.add_callback("on_pretrain_routine_end", probe.install)
+    try:
+        trainer.train()
+    finally:
+        probe.close()
+    assert len(probe.rows) == 2
+    for gammas, before, after in probe.rows:
+        assert torch.allclose(after - before, lbd * torch.sign(gammas), rtol=1e-6, atol=1e-8)
+
+
+def test_target_stop_ends_training_and_ema_is_summarised(yolo_set: Path, tiny_yaml: Path, tmp_path: Path) -> None:
+    """Half of every BN's gammas near 0: the first step's trial prune meets target_macs_ratio, lambda drops to 0,
+    and ultralytics' own stop ends the run after epoch 1 of 3; the epoch row also summarises the EMA's gammas."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    trainer = DetectionTrainer(overrides=train_overrides(yolo_set, str(tiny_yaml), tmp_path, epochs=3))
+    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.8, 1e-4)))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "polarization", "lbd": 1e-3, "target_macs_ratio": 0.9,
+                                          "target_check_every": 1}).attach(trainer)
+    trainer.train()
+    hook = sparsity.hooks[0]
+    assert sparsity.target_reached and hook.lbd == 0.0
+    assert trainer.epoch == 0  # stopped in the first of three epochs
+    rows = (Path(trainer.save_dir) / ultra.SPARSITY_LOG).read_text().splitlines()
+    assert len(rows) == 1 and sparsity.epoch_rows[0]["sparsity_target_reached"] == 1.0
+    ema_gammas = [trainer.ema.ema.get_submodule(n).weight.detach() for n in hook.bn_names]
+    small = float((torch.cat(ema_gammas).abs() < 0.01).float().mean())
+    assert sparsity.epoch_rows[0]["ema_gamma_frac_below_0.01"] == pytest.approx(small)
+    assert 0.4 <= sparsity.epoch_rows[0]["gamma_frac_below_0.01"] <= 0.6  # the trained model: half near 0
+    assert sparsity.epoch_rows[0]["trial_macs_ratio_grad"] <= 0.9
+
+
+@pytest.mark.slow
+def test_target_stop_on_yolov8n(yolo_set: Path, tmp_path: Path) -> None:
+    """The same stop on YOLOv8n (needs YOLOv8n's trial prune: the yolo branch's fix of the C2f groups)."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    trainer = DetectionTrainer(overrides=train_overrides(yolo_set, "yolov8n.yaml", tmp_path, epochs=2))
+    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.8, 1e-4)))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "polarization", "lbd": 1e-3, "target_macs_ratio": 0.95,
+                                          "target_check_every": 1, "monitor": False}).attach(trainer)
+    trainer.train()
+    assert sparsity.target_reached and trainer.epoch == 0
+
+
+def pipeline_config(data: Path, model: str, out: Path, **more: object) -> dict[str, object]:
+    return {"data": str(data), "model": model, "out": str(out), "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu",
+            "epochs": 1, "sparsity_epochs": 1, "finetune_epochs": 1,
+            "sparsity": {"regularizer": "polarization", "lbd": 1e-3},
+            "prune": {"strategy": "percent", "percent": 0.3},
+            "train_args": {"optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0, "amp": False, "plots": False,
+                           "mosaic": 0.0, "nbs": 4, "verbose": False}, **more}
+
+
+@pytest.mark.slow
+def test_pipeline_prunes_finetunes_and_resumes(yolo_set: Path, tiny_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """baseline -> sparsity -> prune -> fine-tune: the fine-tuned checkpoint is ultralytics' own file of the pruned
+    network (fewer parameters, its val runs); a second call reuses every stage; without the fine-tune result only
+    that stage runs again."""
+    from ultralytics import YOLO
+
+    summary = ultra.run_yolo(pipeline_config(yolo_set, str(tiny_yaml), tmp_path / "run"))
+    report = summary["prune"]["report"]
+    assert report["macs_after"] < report["macs_before"] and report["params_after"] < report["params_before"]
+    pruned = ultra.load_pruned(summary["prune"]["weights"])
+    assert sum(p.numel() for p in pruned.parameters()) == report["params_after"]
+    tuned = YOLO(summary["finetune"]["last"])
+    assert sum(p.numel() for p in tuned.model.parameters()) == report["params_after"]
+    metrics = tuned.val(data=str(yolo_set), imgsz=64, batch=4, device="cpu", plots=False, verbose=False)
+    assert 0.0 <= float(metrics.box.map) <= 1.0
+    assert (tmp_path / "run" / "sparsity" / ultra.SPARSITY_LOG).is_file()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("run_baseline", "run_sparsity", "run_prune", "run_finetune"):
+        monkeypatch.setattr(ultra, name, boom)
+    assert ultra.run_yolo(pipeline_config(yolo_set, str(tiny_yaml), tmp_path / "run"))["prune"] == summary["prune"]
+    (tmp_path / "run" / "finetune" / ultra.RESULT).unlink()
+    monkeypatch.setattr(ultra, "run_finetune", lambda cfg, task, pruned: {"rerun": pruned})
+    again = ultra.run_yolo(pipeline_config(yolo_set, str(tiny_yaml), tmp_path / "run"))
+    assert again["finetune"] == {"rerun": summary["prune"]["weights"]}
+
+
+def test_data_folder_without_labels_is_one_line(tmp_path: Path) -> None:
+    data = write_yolo_set(tmp_path / "set", n_train=2, n_val=1)
+    for label in (tmp_path / "set" / "labels" / "train").iterdir():
+        label.unlink()
+    with pytest.raises(PolarpruneError, match=r"no labels for the train images") as info:
+        ultra.read_data_yaml(data)
+    assert "\n" not in str(info.value)
+    with pytest.raises(PolarpruneError, match=r"no labels for the train images"):
+        ultra.run_yolo(pipeline_config(data, "yolov8n.yaml", tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing written before the inputs are checked
+
+
+def test_yolo_yaml_that_does_not_build_is_one_line(yolo_set: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("nc: 2\nbackbone:\n  - [-1, 1, NoSuchBlock, [8, 3, 2]]\nhead:\n  - [[0], 1, Detect, [nc]]\n")
+    with pytest.raises(PolarpruneError, match=r"model YAML .*broken.yaml does not build") as info:
+        ultra.run_yolo(pipeline_config(yolo_set, str(broken), tmp_path / "run"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(PolarpruneError, match=r"model file not found: .*missing.pt"):
+        ultra.run_yolo(pipeline_config(yolo_set, str(tmp_path / "missing.pt"), tmp_path / "run"))
+
+
+def test_target_on_model_with_nothing_to_prune_is_one_line() -> None:
+    """A conv whose BN feeds the output directly: no channel can go, so a MACs target can never be met."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(imgsz=16),
+                              optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "l1", "lbd": 1e-4, "include": ["1"], "target_macs_ratio": 0.5})
+    with pytest.raises(PolarpruneError, match=r"no prunable channel group \(nothing to prune\)") as info:
+        sparsity.setup(trainer)
+    assert "\n" not in str(info.value) and "Sequential" in str(info.value)
+
+
+def test_bad_pipeline_settings_are_one_line(yolo_set: Path) -> None:
+    with pytest.raises(PolarpruneError, match=r"train_args may not set epochs"):
+        ultra.load_pipeline_config({"data": str(yolo_set), "train_args": {"epochs": 3}})
+    with pytest.raises(PolarpruneError, match=r"regularizer"):
+        ultra.load_pipeline_config({"data": str(yolo_set), "sparsity": {"regularizer": "none"}})
+    with pytest.raises(PolarpruneError, match=r"task"):
+        ultra.load_pipeline_config({"data": str(yolo_set), "task": "pose"})
+    assert ultra.label_path(Path("/d/images/train/a.jpg")) == Path("/d/labels/train/a.txt")
