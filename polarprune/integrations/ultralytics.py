@@ -242,8 +242,8 @@ def build_yolo(model_yaml: str | Path, nc: int, task: str | None = None) -> nn.M
     tasks = _module("ultralytics.nn.tasks")
     name = str(model_yaml)
     try:
-        chosen = task_of(task or tasks.guess_model_task(name))
-        return chosen.model()(name, nc=nc, verbose=False)
+        cfg = tasks.yaml_model_load(name)
+        return task_of(task or tasks.guess_model_task(cfg)).model()(cfg, nc=nc, verbose=False)
     except PolarpruneError:
         raise
     except Exception as exc:  # noqa: BLE001  ultralytics raises anything on a broken YAML
@@ -380,6 +380,8 @@ def load_trained(path: str | Path) -> nn.Module:
     if not source.is_file():
         raise PolarpruneError(f"ultralytics weights not found: {source}")
     model, _ = _module("ultralytics.nn.tasks").load_checkpoint(str(source))
+    for param in model.parameters():  # the EMA's are frozen; the dependency analysis prunes trainable layers only
+        param.requires_grad_(True)
     return model.float().eval()
 
 

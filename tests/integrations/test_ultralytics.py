@@ -225,7 +225,7 @@ def pipeline_config(data: Path, model: str, out: Path, **more: object) -> dict[s
     return {"data": str(data), "model": model, "out": str(out), "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu",
             "epochs": 1, "sparsity_epochs": 1, "finetune_epochs": 1,
             "sparsity": {"regularizer": "polarization", "lbd": 1e-3},
-            "prune": {"strategy": "percent", "percent": 0.3},
+            "prune": {"strategy": "l1-norm", "ratio": 0.25},  # fresh gammas are all 1: rank by weight norms
             "train_args": {"optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0, "amp": False, "plots": False,
                            "mosaic": 0.0, "nbs": 4, "verbose": False}, **more}
 
