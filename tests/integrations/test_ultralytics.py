@@ -301,3 +301,22 @@ def test_bad_pipeline_settings_are_one_line(yolo_set: Path) -> None:
     with pytest.raises(PolarpruneError, match=r"task"):
         ultra.load_pipeline_config({"data": str(yolo_set), "task": "pose"})
     assert ultra.label_path(Path("/d/images/train/a.jpg")) == Path("/d/labels/train/a.txt")
+
+
+def test_command_flags_become_pipeline_keys_and_bad_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from polarprune.cli import build_parser, main
+    from polarprune.commands.yolo import pipeline_settings
+
+    args = build_parser().parse_args(["yolo", "d.yaml", "prune.percent=0.4", "train_args.lr0=0.005", "--lbd", "3e-4",
+                                      "--epochs", "0", "--target-macs-ratio", "0.5", "--strategy", "percent"])
+    cfg = ultra.load_pipeline_config(pipeline_settings(args))
+    assert cfg.sparsity.regularizer == "polarization" and cfg.sparsity.regularizer_options()["lbd"] == 3e-4
+    assert cfg.sparsity.target_macs_ratio == 0.5 and cfg.epochs == 0
+    assert cfg.prune == {"strategy": "percent", "percent": 0.4} and cfg.train_args == {"lr0": 0.005}
+
+    data = write_yolo_set(tmp_path / "set", n_train=2, n_val=1)
+    for label in (tmp_path / "set" / "labels" / "val").iterdir():
+        label.unlink()
+    assert main(["yolo", str(data), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("polarprune: error: ") and "no labels for the val images" in err and "\n" not in err
