@@ -32,10 +32,12 @@ backbone:
 head:
   - [[2, 3, 4], 1, Detect, [nc]]
 """
+TINY_SEG_YAML = TINY_YAML.replace("Detect, [nc]", "Segment, [nc, 8, 16]")
 
 
-def write_yolo_set(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
-    """A tiny YOLO data set: each image holds one or two filled boxes of class 0 (red) or 1 (green)."""
+def write_yolo_set(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0, polygons: bool = False) -> Path:
+    """A tiny YOLO data set: each image holds one or two filled boxes of class 0 (red) or 1 (green); labelled as
+    boxes, or (``polygons``) as the four-corner polygons a segmentation set has."""
     from PIL import Image, ImageDraw
 
     gen = torch.Generator().manual_seed(seed)
@@ -50,7 +52,9 @@ def write_yolo_set(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64,
                 w, h = (int(v) for v in torch.randint(size // 5, size // 2, (2,), generator=gen))
                 x0, y0 = (int(v) for v in torch.randint(0, size - max(w, h), (2,), generator=gen))
                 draw.rectangle([x0, y0, x0 + w, y0 + h], fill=COLOURS[cls])
-                lines.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+                corners = [(x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0, y0 + h)]
+                shape = [v / size for c in corners for v in c] if polygons else [(x0 + w / 2) / size, (y0 + h / 2) / size, w / size, h / size]
+                lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in shape))
             image.save(root / "images" / split / f"{i}.png")
             (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
     data = root / "data.yaml"
@@ -137,6 +141,20 @@ def scaled_amp(trainer: object) -> None:
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # type: ignore[attr-defined]
 
 
+def train_probed(trainer: object, settings: dict[str, object], gammas: tuple[float, ...]) -> tuple[ultra.UltralyticsSparsity, StepProbe]:
+    """Train under a 1024x loss scale, gammas spread over ``gammas``, the regularizer of ``settings``, probed."""
+    trainer.add_callback("on_pretrain_routine_end", scaled_amp)  # type: ignore[attr-defined]
+    trainer.add_callback("on_pretrain_routine_end", spread_gammas(gammas))  # type: ignore[attr-defined]
+    sparsity = ultra.UltralyticsSparsity({**settings, "monitor": False}).attach(trainer)
+    probe = StepProbe(sparsity)
+    trainer.add_callback("on_pretrain_routine_end", probe.install)  # type: ignore[attr-defined]
+    try:
+        trainer.train()  # type: ignore[attr-defined]
+    finally:
+        probe.close()
+    return sparsity, probe
+
+
 @pytest.mark.slow
 def test_polarization_gradient_inside_ultralytics_trainer_on_yolov8n(yolo_set: Path, tmp_path: Path) -> None:
     """YOLOv8n trains a few steps in ultralytics' DetectionTrainer under a 1024x loss scale; at each step the
@@ -145,16 +163,8 @@ def test_polarization_gradient_inside_ultralytics_trainer_on_yolov8n(yolo_set: P
 
     lbd, t, alpha = 0.05, 1.2, 1.0
     trainer = DetectionTrainer(overrides=train_overrides(yolo_set, "yolov8n.yaml", tmp_path))
-    trainer.add_callback("on_pretrain_routine_end", scaled_amp)
-    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.2, 0.45, 0.7, 0.9)))
-    sparsity = ultra.UltralyticsSparsity({"regularizer": "polarization", "lbd": lbd, "t": t, "alpha": alpha, "monitor": False})
-    sparsity.attach(trainer)
-    probe = StepProbe(sparsity)
-    trainer.add_callback("on_pretrain_routine_end", probe.install)
-    try:
-        trainer.train()
-    finally:
-        probe.close()
+    sparsity, probe = train_probed(trainer, {"regularizer": "polarization", "lbd": lbd, "t": t, "alpha": alpha},
+                                   (0.2, 0.45, 0.7, 0.9))
     assert probe.scales == [1024.0]
     assert len(probe.rows) == 2  # 8 images, batch 4, one step each
     assert len(sparsity.hooks[0].bn_names) > 50  # every YOLOv8n BN the analysis finds prunable
@@ -172,18 +182,32 @@ def test_l1_subgradient_added_once_per_step_unscaled(yolo_set: Path, tiny_yaml: 
 
     lbd = 0.03
     trainer = DetectionTrainer(overrides=train_overrides(yolo_set, str(tiny_yaml), tmp_path))
-    trainer.add_callback("on_pretrain_routine_end", scaled_amp)
-    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.3, 0.6)))
-    sparsity = ultra.UltralyticsSparsity({"regularizer": "l1", "lbd": lbd, "monitor": False}).attach(trainer)
-    probe = StepProbe(sparsity)
-    trainer.add_callback("on_pretrain_routine_end", probe.install)
-    try:
-        trainer.train()
-    finally:
-        probe.close()
+    _, probe = train_probed(trainer, {"regularizer": "l1", "lbd": lbd}, (0.3, 0.6))
     assert len(probe.rows) == 2
     for gammas, before, after in probe.rows:
         assert torch.allclose(after - before, lbd * torch.sign(gammas), rtol=1e-6, atol=1e-8)
+
+
+def test_mask_l1_in_the_segmentation_trainer(tmp_path: Path) -> None:
+    """``mask-l1`` in ultralytics' SegmentationTrainer: lambda*sign(gamma) on exactly the channels the mask file
+    does not keep, nothing on the others, at the unscaled size."""
+    from ultralytics.models.yolo.segment import SegmentationTrainer
+
+    from polarprune.sparsity import save_mask
+
+    data = write_yolo_set(tmp_path / "seg", polygons=True)
+    (tmp_path / "seg.yaml").write_text(TINY_SEG_YAML)
+    model = ultra.build_yolo(tmp_path / "seg.yaml", nc=2)
+    keep = {name: torch.arange(m.num_features) % 2 == 0 for name, m in model.named_modules()
+            if isinstance(m, nn.BatchNorm2d) and name.startswith("model.") and name.count(".") == 2}
+    save_mask(keep, tmp_path / "mask.json", None)
+    trainer = SegmentationTrainer(overrides=train_overrides(data, str(tmp_path / "seg.yaml"), tmp_path))
+    lbd = 0.02
+    sparsity, probe = train_probed(trainer, {"regularizer": "mask-l1", "lbd": lbd, "mask": str(tmp_path / "mask.json")}, (0.3, 0.6))
+    assert sparsity.hooks[0].bn_names == list(keep) and len(probe.rows) == 2
+    pushed = torch.cat([~keep[n] for n in keep]).double()
+    for gammas, before, after in probe.rows:
+        assert torch.allclose(after - before, lbd * torch.sign(gammas) * pushed, rtol=1e-6, atol=1e-8)
 
 
 def test_target_stop_ends_training_and_ema_is_summarised(yolo_set: Path, tiny_yaml: Path, tmp_path: Path) -> None:
