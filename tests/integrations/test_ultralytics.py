@@ -284,6 +284,18 @@ def test_pipeline_prunes_finetunes_and_resumes(yolo_set: Path, tiny_yaml: Path, 
     assert again["finetune"] == {"rerun": summary["prune"]["weights"]}
 
 
+@pytest.mark.slow
+def test_pipeline_on_yolov8n(yolo_set: Path, tmp_path: Path) -> None:
+    """The pipeline on YOLOv8n (needs the yolo branch's YOLOv8 pruning): the fine-tuned file is the pruned network."""
+    from ultralytics import YOLO
+
+    summary = ultra.run_yolo(pipeline_config(yolo_set, "yolov8n.yaml", tmp_path / "run", epochs=0))
+    report = summary["prune"]["report"]
+    assert report["params_after"] < report["params_before"]
+    tuned = YOLO(summary["finetune"]["last"])
+    assert sum(p.numel() for p in tuned.model.parameters()) == report["params_after"]
+
+
 def test_data_folder_without_labels_is_one_line(tmp_path: Path) -> None:
     data = write_yolo_set(tmp_path / "set", n_train=2, n_val=1)
     for label in (tmp_path / "set" / "labels" / "train").iterdir():
