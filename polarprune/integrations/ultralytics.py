@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PURPOSE = "the ultralytics integration"
 IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 SPARSITY_LOG = "sparsity.jsonl"
+SPARSITY_STATE = "sparsity_state.json"  # in ultralytics' weights folder, written with each checkpoint
 RESULT = "result.json"
 STAGES = ("baseline", "sparsity", "prune", "finetune")
 
@@ -107,7 +108,8 @@ class UltralyticsSparsity:
         """Register the callbacks on ``trainer`` (an ultralytics trainer, or a ``YOLO`` model: both have
         ``add_callback``); returns self."""
         for event, callback in (("on_pretrain_routine_end", self.setup), ("on_train_start", self.on_train_start),
-                                ("on_train_batch_end", self.on_train_batch_end), ("on_train_epoch_end", self.on_train_epoch_end)):
+                                ("on_train_batch_end", self.on_train_batch_end), ("on_train_epoch_end", self.on_train_epoch_end),
+                                ("on_model_save", self.save_state)):
             trainer.add_callback(event, callback)
         return self
 
@@ -124,6 +126,8 @@ class UltralyticsSparsity:
         self.hooks = build_hooks(self.cfg, model, example, cost=self.cost)
         check_prunable(self.hooks, self.cfg, type(model).__name__)
         self._model = model
+        if getattr(trainer, "resume", False):
+            self.load_state(trainer)
         trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self.before_step())
         trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self.after_step())
         log.info("sparsity: %s on %d BNs of %s", self.cfg.regularizer, len(self.hooks[0].bn_names) if self.hooks else 0,
@@ -173,6 +177,24 @@ class UltralyticsSparsity:
                 handle.write(json.dumps(row) + "\n")
         if self.stop_on_target and self.target_reached:
             trainer.stop = True
+
+
+    def save_state(self, trainer: Any) -> None:
+        """Next to ultralytics' checkpoint: each hook's state (lambda, whether the target was reached), for a resume."""
+        states = [hook.state_dict() if hasattr(hook, "state_dict") else None for hook in self.hooks]
+        atomic_write_json(Path(trainer.wdir) / SPARSITY_STATE, {"hooks": states, "epoch_rows": self.epoch_rows})
+
+    def load_state(self, trainer: Any) -> None:
+        """A resumed ultralytics run: the hooks' state saved with its ``last.pt`` (none saved: a fresh start)."""
+        path = Path(trainer.wdir) / SPARSITY_STATE
+        if not path.is_file():
+            log.warning("sparsity: resuming without %s; lambda and the target state start afresh", path)
+            return
+        saved = read_json(path)
+        for hook, state in zip(self.hooks, saved.get("hooks", [])):
+            if state is not None and hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(state)
+        self.epoch_rows = list(saved.get("epoch_rows", []))
 
 
 def example_input(model: nn.Module, imgsz: int) -> torch.Tensor:
@@ -329,6 +351,25 @@ def train_args(cfg: YoloPipelineConfig, stage: str, model: str, epochs: int) -> 
     return args
 
 
+def stage_trainer(trainer_class: type, cfg: YoloPipelineConfig, stage: str, model: str, epochs: int) -> Any:
+    """The stage's ultralytics trainer; when an earlier run of the stage was interrupted (its ``last.pt`` still holds
+    the optimizer and epochs are left), ultralytics' own resume picks it up from there."""
+    overrides = train_args(cfg, stage, model, epochs)
+    last = Path(overrides["project"]) / stage / "weights" / "last.pt"
+    if interrupted(last, epochs):
+        log.info("yolo: %s resumes %s", stage, last)
+        overrides["resume"] = str(last)
+    return trainer_class(overrides=overrides)
+
+
+def interrupted(last: Path, epochs: int) -> bool:
+    """Whether ``last`` is a checkpoint of an unfinished run (a finished one has its optimizer stripped)."""
+    if not last.is_file():
+        return False
+    ckpt, _ = _module("ultralytics.nn.tasks").torch_safe_load(str(last))
+    return ckpt.get("optimizer") is not None and int(ckpt.get("epoch", -1)) + 1 < epochs
+
+
 def train_result(trainer: Any) -> dict[str, Any]:
     """What a finished ultralytics training leaves: its weights (best, last) and final validation metrics."""
     metrics = {str(k): float(v) for k, v in (trainer.metrics or {}).items() if _is_number(v)}
@@ -359,7 +400,7 @@ def run_baseline(cfg: YoloPipelineConfig, task: YoloTask) -> dict[str, Any]:
     """Plain ultralytics training of ``cfg.model``; with 0 epochs the model itself is the baseline."""
     if cfg.epochs == 0:
         return {"best": cfg.model, "last": cfg.model, "metrics": {}, "skipped": True}
-    trainer = task.trainer()(overrides=train_args(cfg, "baseline", cfg.model, cfg.epochs))
+    trainer = stage_trainer(task.trainer(), cfg, "baseline", cfg.model, cfg.epochs)
     trainer.train()
     return train_result(trainer)
 
@@ -367,7 +408,7 @@ def run_baseline(cfg: YoloPipelineConfig, task: YoloTask) -> dict[str, Any]:
 def run_sparsity(cfg: YoloPipelineConfig, task: YoloTask, start: str) -> dict[str, Any]:
     """ultralytics training with the sparsity callbacks, from the baseline's weights. The prune step takes
     ``last`` (the EMA when the target was reached, or at the end), not the best-fitness epoch."""
-    trainer = task.trainer()(overrides=train_args(cfg, "sparsity", start, cfg.sparsity_epochs))
+    trainer = stage_trainer(task.trainer(), cfg, "sparsity", start, cfg.sparsity_epochs)
     sparsity = UltralyticsSparsity(cfg.sparsity, stop_on_target=cfg.stop_on_target).attach(trainer)
     trainer.train()
     return {**train_result(trainer), "target_reached": sparsity.target_reached, "epochs": sparsity.epoch_rows}
@@ -418,6 +459,8 @@ def pruned_trainer(task: YoloTask, module: nn.Module) -> type:
     base = task.trainer()
 
     def get_model(self: Any, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
+        if weights is not None:  # ultralytics resumes: the interrupted run's weights, same pruned shapes
+            module.load_state_dict(weights.float().state_dict())
         return module
 
     return type(f"Pruned{base.__name__}", (base,), {"get_model": get_model, "__doc__": pruned_trainer.__doc__})
@@ -428,7 +471,7 @@ def run_finetune(cfg: YoloPipelineConfig, task: YoloTask, pruned: str) -> dict[s
     if cfg.finetune_epochs == 0:
         return {"best": None, "last": None, "metrics": {}, "skipped": True}
     module = load_pruned(pruned)
-    trainer = pruned_trainer(task, module)(overrides=train_args(cfg, "finetune", pruned, cfg.finetune_epochs))
+    trainer = stage_trainer(pruned_trainer(task, module), cfg, "finetune", pruned, cfg.finetune_epochs)
     trainer.train()
     return train_result(trainer)
 

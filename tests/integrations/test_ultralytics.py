@@ -284,6 +284,88 @@ def test_pipeline_prunes_finetunes_and_resumes(yolo_set: Path, tiny_yaml: Path, 
     assert again["finetune"] == {"rerun": summary["prune"]["weights"]}
 
 
+class Crash(Exception):
+    """The machine went away."""
+
+
+def interrupting_trainers(stage: str) -> tuple[type, type, list[int]]:
+    """Detection trainers: one that crashes after ``stage``'s first epoch was validated and saved, one that records
+    the epoch each training starts at."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    starts: list[int] = []
+
+    def crash(trainer: object) -> None:
+        if Path(trainer.save_dir).name == stage:  # type: ignore[attr-defined]
+            raise Crash
+
+    class CrashAfterSave(DetectionTrainer):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.add_callback("on_fit_epoch_end", crash)
+
+    class Recording(DetectionTrainer):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.add_callback("on_train_start", lambda trainer: starts.append(trainer.start_epoch))
+
+    return CrashAfterSave, Recording, starts
+
+
+def crash_then_rerun(config: dict[str, object], stage: str, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, object], list[int]]:
+    """Run the pipeline until ``stage`` crashes after its first epoch, then again; the second run's summary and
+    the epochs its trainings started at."""
+    crashing, recording, starts = interrupting_trainers(stage)
+    with monkeypatch.context() as patch:
+        patch.setattr(ultra.YoloTask, "trainer", lambda self: crashing)
+        with pytest.raises(Crash):
+            ultra.run_yolo(config)
+    assert not (Path(str(config["out"])) / stage / ultra.RESULT).exists()
+    monkeypatch.setattr(ultra.YoloTask, "trainer", lambda self: recording)
+    return ultra.run_yolo(config), starts
+
+
+@pytest.mark.slow
+def test_interrupted_sparsity_stage_resumes_where_it_stopped(yolo_set: Path, tiny_yaml: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sparsity stage killed after its first epoch was saved: the next call resumes ultralytics' run at epoch 2
+    with the hooks' saved state (their epoch rows and lambda), instead of starting over."""
+    config = pipeline_config(yolo_set, str(tiny_yaml), tmp_path / "run", epochs=0, sparsity_epochs=3, finetune_epochs=0,
+                             sparsity={"regularizer": "polarization", "lbd": 2e-3})
+    folder = tmp_path / "run" / "sparsity"
+    saved: list[dict[str, object]] = []
+    original = ultra.UltralyticsSparsity.load_state
+
+    def load_state(self: ultra.UltralyticsSparsity, trainer: object) -> None:  # what the resume finds, then loads
+        saved.append(ultra.read_json(folder / "weights" / ultra.SPARSITY_STATE))
+        original(self, trainer)
+
+    monkeypatch.setattr(ultra.UltralyticsSparsity, "load_state", load_state)
+    summary, starts = crash_then_rerun(config, "sparsity", monkeypatch)
+    assert starts == [1]  # ultralytics resumed at the second epoch
+    state = saved[0]
+    assert state["hooks"][0]["lbd"] == 2e-3 and state["hooks"][0]["next_epoch"] == 1 and len(state["epoch_rows"]) == 1
+    rows = summary["sparsity"]["epochs"]
+    assert [row["epoch"] for row in rows] == [1.0, 2.0, 3.0]  # epoch 1 from the first run, 2 and 3 resumed
+    assert rows[0] == state["epoch_rows"][0] and all(row["lambda"] == 2e-3 for row in rows)
+    assert len((folder / "results.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+@pytest.mark.slow
+def test_interrupted_finetune_resumes_the_pruned_network(yolo_set: Path, tiny_yaml: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fine-tuning killed after its first epoch: the next call reuses the other stages and resumes ultralytics'
+    run of the pruned network at epoch 2 (its weights from the interrupted run, not rebuilt from the YAML)."""
+    from ultralytics import YOLO
+
+    config = pipeline_config(yolo_set, str(tiny_yaml), tmp_path / "run", epochs=0, sparsity_epochs=1, finetune_epochs=2)
+    summary, starts = crash_then_rerun(config, "finetune", monkeypatch)
+    assert starts == [1]  # only the fine-tuning trained, from its second epoch
+    report = summary["prune"]["report"]
+    tuned = YOLO(summary["finetune"]["last"])
+    assert sum(p.numel() for p in tuned.model.parameters()) == report["params_after"] < report["params_before"]
+
+
 @pytest.mark.slow
 def test_pipeline_on_yolov8n(yolo_set: Path, tmp_path: Path) -> None:
     """The pipeline on YOLOv8n (needs the yolo branch's YOLOv8 pruning): the fine-tuned file is the pruned network."""
