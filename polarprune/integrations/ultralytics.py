@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -172,7 +173,7 @@ class UltralyticsSparsity:
         self.epoch_rows.append(row)
         log.info("sparsity epoch %d: %s", trainer.epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         save_dir = getattr(trainer, "save_dir", None)
-        if save_dir is not None:
+        if save_dir is not None and main_process():
             with open(Path(save_dir) / SPARSITY_LOG, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
         if self.stop_on_target and self.target_reached:
@@ -195,6 +196,11 @@ class UltralyticsSparsity:
             if state is not None and hasattr(hook, "load_state_dict"):
                 hook.load_state_dict(state)
         self.epoch_rows = list(saved.get("epoch_rows", []))
+
+
+def main_process() -> bool:
+    """Rank 0 of ultralytics' DDP workers, or a single process: the one that writes files."""
+    return int(os.environ.get("RANK", "-1")) in (-1, 0)
 
 
 def example_input(model: nn.Module, imgsz: int) -> torch.Tensor:
