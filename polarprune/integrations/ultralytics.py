@@ -95,9 +95,15 @@ class UltralyticsSparsity:
     of the run folder)."""
 
     def __init__(self, sparsity: SparsityConfig | Mapping[str, Any], *, stop_on_target: bool = True, cost: Any = None) -> None:
+        from pydantic import ValidationError
+
+        from ..config import format_validation_error
         from ..sparsity import resolve_sparsity
 
-        cfg = sparsity if isinstance(sparsity, SparsityConfig) else SparsityConfig.model_validate(dict(sparsity))
+        try:
+            cfg = sparsity if isinstance(sparsity, SparsityConfig) else SparsityConfig.model_validate(dict(sparsity))
+        except ValidationError as exc:
+            raise PolarpruneError(format_validation_error(exc, "ultralytics sparsity", prefix="sparsity")) from None
         self.cfg = resolve_sparsity(cfg, source="ultralytics sparsity")
         self.stop_on_target = bool(stop_on_target)
         self.cost = cost
@@ -119,12 +125,15 @@ class UltralyticsSparsity:
         return any(getattr(hook, "target_reached", False) for hook in self.hooks)
 
     def setup(self, trainer: Any) -> None:
-        """Build the hooks on the trainer's model and hook them into its optimizer."""
+        """Build the hooks on the trainer's model and hook them into its optimizer; a latency target without a
+        given ``cost`` gets the training workflow's latency cost model (measured once, cached)."""
         from ..sparsity import build_hooks
+        from ..workflows.train import sparsity_cost_model
 
         model = _module("ultralytics.utils.torch_utils").unwrap_model(trainer.model)
         example = example_input(model, int(trainer.args.imgsz))
-        self.hooks = build_hooks(self.cfg, model, example, cost=self.cost)
+        cost = self.cost if self.cost is not None else sparsity_cost_model(self.cfg, model, example)
+        self.hooks = build_hooks(self.cfg, model, example, cost=cost)
         check_prunable(self.hooks, self.cfg, type(model).__name__)
         self._model = model
         if getattr(trainer, "resume", False):

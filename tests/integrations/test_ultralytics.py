@@ -233,6 +233,31 @@ def test_target_stop_ends_training_and_ema_is_summarised(yolo_set: Path, tiny_ya
 
 
 @pytest.mark.slow
+def test_latency_target_stop(yolo_set: Path, tiny_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``target_latency_ratio``: the latency cost model is built as the training workflow builds it (here timed by a
+    fake runtime whose costs are known), and the trial's predicted latency stops the run."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from latency_fakes import fake_ms
+    from polarprune.deploy import latency_cost
+    from polarprune.workflows import train as workflow_train
+
+    def faked(model: nn.Module, example: torch.Tensor, runtime: str, batch: int, threads: int, cache_dir: object = None) -> object:
+        return latency_cost.latency_cost_model(model, example, runtime, batch, threads, cache_dir=tmp_path / "tables", measure=fake_ms)
+
+    monkeypatch.setattr(workflow_train, "latency_cost_model", faked)
+    trainer = DetectionTrainer(overrides=train_overrides(yolo_set, str(tiny_yaml), tmp_path, epochs=3))
+    trainer.add_callback("on_pretrain_routine_end", spread_gammas((0.8, 1e-4)))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "l1", "lbd": 1e-3, "target_latency_ratio": 0.9,
+                                          "target_check_every": 1, "monitor": False}).attach(trainer)
+    trainer.train()
+    assert sparsity.target_reached and trainer.epoch == 0
+    trial = sparsity.hooks[0].trial
+    assert type(trial.cost).__name__ == "LatencyCost"
+    assert trial.decide(sparsity._model, "grad").cost_ratio <= 0.9
+
+
+@pytest.mark.slow
 def test_target_stop_on_yolov8n(yolo_set: Path, tmp_path: Path) -> None:
     """The same stop on YOLOv8n (needs YOLOv8n's trial prune: the yolo branch's fix of the C2f groups)."""
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -412,6 +437,8 @@ def test_target_on_model_with_nothing_to_prune_is_one_line() -> None:
 
 
 def test_bad_pipeline_settings_are_one_line(yolo_set: Path) -> None:
+    with pytest.raises(PolarpruneError, match=r"sparsity.target_macs_ratio"):
+        ultra.UltralyticsSparsity({"regularizer": "l1", "target_macs_ratio": 2.0})
     with pytest.raises(PolarpruneError, match=r"train_args may not set epochs"):
         ultra.load_pipeline_config({"data": str(yolo_set), "train_args": {"epochs": 3}})
     with pytest.raises(PolarpruneError, match=r"regularizer"):
