@@ -442,18 +442,19 @@ def load_trained(path: str | Path) -> nn.Module:
 
 
 def run_prune(cfg: YoloPipelineConfig, task: YoloTask, weights: str, folder: Path) -> dict[str, Any]:
-    """``prune_model`` on the sparsity stage's model; the pruned model goes to a polarprune file (no pickle) that
-    carries the model YAML, so ``load_pruned`` rebuilds it into ultralytics' class."""
-    from ..pruning import prune_model
+    """The sparsity stage's model pruned with the cost model its strategy asks for (``latency-target``: measured
+    latency, as the prune command does); the pruned model goes to a polarprune file (no pickle) that carries the
+    model YAML, so ``load_pruned`` rebuilds it into ultralytics' class."""
+    from ..deploy.latency_cost import prune_with_cost_model
     from ..serialization import save
 
     model = load_trained(weights)
-    pruned, report = prune_model(model, example_input(model, cfg.imgsz), **cfg.prune)
+    pruned, report, latency = prune_with_cost_model(model, example_input(model, cfg.imgsz), **cfg.prune)
     folder.mkdir(parents=True, exist_ok=True)
     path = save(pruned, folder / "pruned.safetensors",
                 extra={"yolo_yaml": model.yaml, "nc": int(model.nc), "task": task.name})
     log.info("yolo: pruned MACs %s -> %s", f"{report.macs_before:,}", f"{report.macs_after:,}")
-    return {"weights": str(path), "report": report.summary()}
+    return {"weights": str(path), "report": report.summary(), "latency": latency.as_dict() if latency is not None else None}
 
 
 def load_pruned(path: str | Path) -> nn.Module:
