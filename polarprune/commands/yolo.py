@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="pipeline keys (dotted), e.g. sparsity.t=1.2")
     p.add_argument("--model", help="a model YAML such as yolov8n.yaml (random start) or a local .pt (default yolov8n.yaml)")
     p.add_argument("--method", choices=("polarization", "l1", "mask-l1"), help="the regularizer (default polarization)")
-    p.add_argument("--lbd", type=float, metavar="X", help="the regularizer's lambda (default 1e-4)")
+    p.add_argument("--lbd", type=float, metavar="X", help="the regularizer's lambda (default 5e-3 for polarization, 1e-3 for l1 and mask-l1; docs/yolo.md says why)")
     p.add_argument("--epochs", type=int, metavar="N", help="baseline epochs; 0: the model as given (default 100)")
     p.add_argument("--sparsity-epochs", type=int, metavar="N", help="sparsity epochs (default 50)")
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs; 0: none (default 50)")
@@ -48,11 +48,7 @@ def pipeline_settings(args: argparse.Namespace) -> dict[str, Any]:
     from ..config import apply_overrides
 
     flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
-    settings = apply_overrides({"data": args.data}, flags + list(args.overrides))
-    sparsity = settings.get("sparsity")
-    if isinstance(sparsity, dict) and "regularizer" not in sparsity:  # a partial section keeps the default method
-        sparsity["regularizer"] = "polarization"
-    return settings
+    return apply_overrides({"data": args.data}, flags + list(args.overrides))
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

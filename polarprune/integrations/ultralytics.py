@@ -297,8 +297,18 @@ def model_task(model: nn.Module) -> str:
 # The pipeline: baseline -> sparsity -> prune -> fine-tune, each stage's result file reused
 
 
-def _default_sparsity() -> SparsityConfig:
-    return SparsityConfig(regularizer="polarization", lbd=1e-4)
+# The pipeline's lambda when none is given: about 64x a mean-loss lambda (the CIFAR recipes' 1e-4 for L1-type
+# pushes), since ultralytics' loss sums over the ``nbs`` (64) images of a step (docs/yolo.md, "Tuning lambda").
+YOLO_LAMBDA = {"polarization": 5e-3, "l1": 1e-3, "mask-l1": 1e-3}
+YOLO_REGULARIZER = "polarization"
+
+
+def yolo_sparsity(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A sparsity section with the pipeline's defaults filled: the regularizer, and its YOLO lambda."""
+    filled = {"regularizer": YOLO_REGULARIZER, **section}
+    if "lbd" not in filled and filled["regularizer"] in YOLO_LAMBDA:
+        filled["lbd"] = YOLO_LAMBDA[filled["regularizer"]]
+    return filled
 
 
 class YoloPipelineConfig(Section):
@@ -315,10 +325,16 @@ class YoloPipelineConfig(Section):
     epochs: int = Field(100, ge=0, description="baseline epochs (0: no baseline, the model is used as given)")
     sparsity_epochs: int = Field(50, ge=1)
     finetune_epochs: int = Field(50, ge=0, description="0: no fine-tuning")
-    sparsity: SparsityConfig = Field(default_factory=_default_sparsity)
+    sparsity: SparsityConfig = Field(default_factory=lambda: SparsityConfig(**yolo_sparsity({})),
+                                     description="the sparsity section (default polarization; lambda from YOLO_LAMBDA)")
     stop_on_target: bool = Field(True, description="a reached sparsity target ends the sparsity stage")
     prune: dict[str, Any] = Field(default_factory=lambda: {"strategy": "grad"}, description="PruneOptions fields")
     train_args: dict[str, Any] = Field(default_factory=dict, description="more ultralytics training arguments, every stage")
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _yolo_defaults(cls, value: Any) -> Any:
+        return yolo_sparsity(value) if isinstance(value, Mapping) else value
 
     @field_validator("train_args")
     @classmethod

@@ -458,6 +458,9 @@ def test_command_flags_become_pipeline_keys_and_bad_data_is_one_line(tmp_path: P
     assert cfg.sparsity.regularizer == "polarization" and cfg.sparsity.regularizer_options()["lbd"] == 3e-4
     assert cfg.sparsity.target_macs_ratio == 0.5 and cfg.epochs == 0
     assert cfg.prune == {"strategy": "percent", "percent": 0.4} and cfg.train_args == {"lr0": 0.005}
+    l1 = ultra.load_pipeline_config(pipeline_settings(build_parser().parse_args(["yolo", "d.yaml", "--method", "l1"])))
+    assert l1.sparsity.regularizer == "l1" and l1.sparsity.regularizer_options()["lbd"] == ultra.YOLO_LAMBDA["l1"]
+    assert ultra.load_pipeline_config({"data": "d.yaml"}).sparsity.regularizer_options()["lbd"] == ultra.YOLO_LAMBDA["polarization"]
 
     data = write_yolo_set(tmp_path / "set", n_train=2, n_val=1)
     for label in (tmp_path / "set" / "labels" / "val").iterdir():
