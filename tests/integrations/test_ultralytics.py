@@ -210,6 +210,21 @@ def test_mask_l1_in_the_segmentation_trainer(tmp_path: Path) -> None:
         assert torch.allclose(after - before, lbd * torch.sign(gammas) * pushed, rtol=1e-6, atol=1e-8)
 
 
+def test_attached_to_a_yolo_model_its_train_call_regularizes(yolo_set: Path, tiny_yaml: Path, tmp_path: Path) -> None:
+    """``attach`` on a ``YOLO`` object: its ``train()`` builds the trainer with these callbacks, and the epoch row
+    shows the polarization clamp at work (no gamma above 1 after the step, from 1.5 before it)."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(tiny_yaml))
+    model.add_callback("on_pretrain_routine_end", spread_gammas((1.5, 0.5)))
+    sparsity = ultra.UltralyticsSparsity({"regularizer": "polarization", "lbd": 1e-3}).attach(model)
+    overrides = train_overrides(yolo_set, str(tiny_yaml), tmp_path)
+    model.train(**{k: v for k, v in overrides.items() if k != "model"})
+    assert len(sparsity.epoch_rows) == 1 and sparsity.hooks[0].bn_names
+    gammas = torch.cat([g.detach().reshape(-1) for g in sparsity.hooks[0].gammas(sparsity._model)])
+    assert float(gammas.max()) <= 1.0 and sparsity.epoch_rows[0]["gamma_mean"] == pytest.approx(float(gammas.abs().mean()))
+
+
 def test_target_stop_ends_training_and_ema_is_summarised(yolo_set: Path, tiny_yaml: Path, tmp_path: Path) -> None:
     """Half of every BN's gammas near 0: the first step's trial prune meets target_macs_ratio, lambda drops to 0,
     and ultralytics' own stop ends the run after epoch 1 of 3; the epoch row also summarises the EMA's gammas."""
