@@ -310,6 +310,11 @@ def test_pipeline_prunes_finetunes_and_resumes(yolo_set: Path, tiny_yaml: Path, 
     assert sum(p.numel() for p in tuned.model.parameters()) == report["params_after"]
     metrics = tuned.val(data=str(yolo_set), imgsz=64, batch=4, device="cpu", plots=False, verbose=False)
     assert 0.0 <= float(metrics.box.map) <= 1.0
+    onnx_file = tuned.export(format="onnx", imgsz=64, simplify=False)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(onnx_file)
+    (boxes,) = session.run(None, {session.get_inputs()[0].name: torch.zeros(1, 3, 64, 64).numpy()})
+    assert boxes.shape == (1, 4 + 2, 8 * 8 + 4 * 4 + 2 * 2)  # 4 box values + 2 classes, anchors at strides 8, 16, 32
     assert (tmp_path / "run" / "sparsity" / ultra.SPARSITY_LOG).is_file()
 
     def boom(*args: object, **kwargs: object) -> None:
