@@ -48,12 +48,14 @@ class TrialAnalysis:
         if model is None or model is self.model:
             return
         live = dict(model.named_parameters())
-        for prefix, module in self._view.named_modules():
-            for key in list(module._parameters):
-                name = f"{prefix}.{key}" if prefix else key
-                if name not in live:
-                    raise PolarpruneError(f"trial prune: the model has no parameter {name!r} (another architecture?)")
-                module._parameters[key] = live[name]
+        slots = {(f"{prefix}.{key}" if prefix else key): (module, key) for prefix, module in self._view.named_modules()
+                 for key, value in module._parameters.items() if value is not None}  # None: a conv without bias
+        missing = sorted(set(slots) ^ set(live))
+        if missing:
+            raise PolarpruneError(f"trial prune: the model has no parameter {missing[0]!r} (another architecture?)"
+                                  if missing[0] in slots else f"trial prune: the analysed model has no parameter {missing[0]!r} (another architecture?)")
+        for name, (module, key) in slots.items():
+            module._parameters[key] = live[name]
         self.model = model
         self._cache.clear()
 

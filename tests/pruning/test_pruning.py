@@ -660,6 +660,25 @@ def test_trial_follows_the_live_gammas_and_params() -> None:
     assert trial.channel_macs()["layer1.0.bn1"] == 2 * 9 * 16 * 32 * 32  # its producer's and consumer's share
 
 
+def test_trial_reads_another_model_of_the_same_architecture() -> None:
+    """A trial analysis reads the gammas of a copy (e.g. an EMA) passed to ``decide``; convs without a bias
+    (a None parameter slot) are not a different architecture."""
+    import copy
+
+    from polarprune.pruning import TrialAnalysis
+
+    model = create("resnet20").eval()
+    x = torch.randn(1, 3, 32, 32)
+    trial = TrialAnalysis(model, x)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.layer1[0].bn1.weight[:8] = 0.0
+    before = count_model(model, x).macs
+    assert trial.macs_ratio(other, "fixed") == (before - 2 * 9 * 16 * 8 * 32 * 32) / before
+    with pytest.raises(PolarpruneError, match="no parameter"):
+        trial.macs_ratio(create("resnet32").eval(), "fixed")
+
+
 def test_torchvision_shufflenet_prunes_exactly() -> None:
     """Torch-Pruning cannot trace the channel shuffle; polarprune keeps the shuffled channels whole
     and prunes the channels inside every branch."""
