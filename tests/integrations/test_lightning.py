@@ -1,0 +1,157 @@
+"""``SparsityCallback`` in a small LightningModule on CPU: the penalty's gradient on the BN gammas is the
+hand-computed one, the MACs and latency target stops end the fit, the gammas are monitored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pl = pytest.importorskip("pytorch_lightning")
+
+from polarprune.errors import PolarpruneError  # noqa: E402
+from polarprune.integrations.lightning import SparsityCallback  # noqa: E402
+from polarprune.sparsity import save_mask  # noqa: E402
+
+LBD = 0.01
+
+
+class Toy(pl.LightningModule):
+    """conv-BN-ReLU twice, pooled, a linear head; gammas spread over (0.1, 0.9) so no sign is 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                 nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        with torch.no_grad():
+            for bn in (self.net[1], self.net[4]):
+                bn.weight.copy_(torch.rand(8) * 0.8 + 0.1)
+        self.example_input_array = torch.zeros(2, 3, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def loader(n: int = 16) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def fit(module: Toy, callbacks: list, epochs: int = 1, batches: int = 2) -> pl.Trainer:
+    trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=batches, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, loader())
+    return trainer
+
+
+class Recorder(pl.Callback):
+    """The gammas' task gradient (after backward) and their gradient before the optimizer step, at the first step."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.task: dict[str, torch.Tensor] = {}
+        self.total: dict[str, torch.Tensor] = {}
+        self.gammas: dict[str, torch.Tensor] = {}
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if not self.task:
+            self.task = {n: pl_module.get_submodule(n).weight.grad.clone() for n in self.names}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.total:
+            self.total = {n: pl_module.get_submodule(n).weight.grad.clone() for n in self.names}
+            self.gammas = {n: pl_module.get_submodule(n).weight.detach().clone() for n in self.names}
+
+
+def polarization_grad(gammas: list[torch.Tensor], lbd: float, t: float, alpha: float = 1.0) -> torch.Tensor:
+    """d/dg_j of lbd * sum_i (t|g_i| - |g_i - alpha*mean(g)|) = lbd * (t sign(g_j) - sign(g_j - alpha*m)
+    + alpha/N * sum_i sign(g_i - alpha*m)), over the gammas of all regularized BNs together."""
+    flat = torch.cat(gammas)
+    side = torch.sign(flat - alpha * flat.mean())
+    return lbd * (t * torch.sign(flat) - side + alpha / flat.numel() * side.sum())
+
+
+BNS = ["net.1", "net.4"]
+
+
+def run_and_record(sparsity: dict) -> tuple[SparsityCallback, Recorder]:
+    callback = SparsityCallback(sparsity)
+    recorder = Recorder(BNS)
+    fit(Toy(), [callback, recorder], batches=1)
+    assert callback.sparsity_hook is not None and callback.sparsity_hook.bn_names == BNS
+    return callback, recorder
+
+
+def penalty_grad(recorder: Recorder) -> torch.Tensor:
+    return torch.cat([recorder.total[n] - recorder.task[n] for n in BNS])
+
+
+def test_polarization_penalty_gradient_on_the_gammas_is_the_hand_computed_one():
+    _, rec = run_and_record({"regularizer": "polarization", "lbd": LBD, "t": 1.2, "monitor": False})
+    expected = polarization_grad([rec.gammas[n] for n in BNS], LBD, 1.2)
+    assert expected.abs().max() > LBD * 0.1  # not a trivial zero
+    torch.testing.assert_close(penalty_grad(rec), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_l1_and_mask_l1_add_lambda_sign_where_they_regularize(tmp_path):
+    _, rec = run_and_record({"regularizer": "l1", "lbd": LBD, "monitor": False})
+    torch.testing.assert_close(penalty_grad(rec), LBD * torch.sign(torch.cat([rec.gammas[n] for n in BNS])))
+    keep = {n: torch.arange(8) % 2 == 0 for n in BNS}
+    save_mask(keep, tmp_path / "mask.json", None)
+    _, rec = run_and_record({"regularizer": "mask-l1", "lbd": LBD, "mask": str(tmp_path / "mask.json"), "monitor": False})
+    expected = torch.cat([LBD * torch.sign(rec.gammas[n]) * (~keep[n]).float() for n in BNS])
+    torch.testing.assert_close(penalty_grad(rec), expected)
+
+
+def halved() -> Toy:
+    """A Toy whose first BN has half its gammas at 0: a grad trial prune removes them at once."""
+    module = Toy()
+    with torch.no_grad():
+        module.net[1].weight[:4] = 0.0
+    return module
+
+
+@pytest.mark.parametrize("target, stops", [(0.95, True), (0.05, False)])
+def test_the_macs_target_stop_ends_the_fit(target: float, stops: bool):
+    callback = SparsityCallback({"regularizer": "polarization", "lbd": 1e-4, "target_macs_ratio": target, "target_check_every": 1})
+    trainer = fit(halved(), [callback], epochs=3, batches=2)
+    assert trainer.should_stop is stops and callback.target_reached is stops
+    assert trainer.global_step == (1 if stops else 6)  # checked after every step: stops after the first
+    assert callback.sparsity_hook.lbd == (0.0 if stops else 1e-4)
+    last = callback.history[-1]  # the monitor's numbers of the last epoch
+    assert last["sparsity_target_reached"] == float(stops) and 0.0 < last["trial_macs_ratio_grad"] < 1.0
+    assert last["gamma_frac_below_0.01"] >= 4 / 16 - 1e-6
+
+
+def test_the_latency_target_stop_uses_the_measured_cost_model(tmp_path, monkeypatch):
+    from latency_fakes import fake_ms
+
+    monkeypatch.setattr("polarprune.deploy.latency_cost.runtime_measure", lambda *args, **kwargs: fake_ms)
+    callback = SparsityCallback({"regularizer": "l1", "lbd": 1e-4, "target_latency_ratio": 0.95, "monitor": False,
+                                 "latency_cache": str(tmp_path)}, module="net", example_inputs=torch.zeros(2, 3, 8, 8))
+    trainer = fit(halved(), [callback], epochs=3, batches=2)
+    assert trainer.should_stop and callback.target_reached and trainer.global_step == 2  # stopped at the first epoch end
+    assert callback.history[-1]["trial_latency_ratio_grad"] < 0.95  # the fake runtime's price of the grad prune
+
+
+def test_bad_settings_get_one_line():
+    with pytest.raises(PolarpruneError, match="unknown regularizer 'nope'"):
+        SparsityCallback({"regularizer": "nope"})
+    with pytest.raises(PolarpruneError, match="sparsity.lbd"):
+        SparsityCallback({"regularizer": "l1", "lbd": -1})
+    module = Toy()
+    module.example_input_array = None
+    with pytest.raises(PolarpruneError, match="give example_inputs"):
+        fit(module, [SparsityCallback({"regularizer": "l1", "lbd": 1e-4})])
+    with pytest.raises(PolarpruneError, match="no sub-module 'body'"):
+        fit(Toy(), [SparsityCallback({"regularizer": "l1", "lbd": 1e-4}, module="body")])
