@@ -82,6 +82,7 @@ def evaluate(model: nn.Module, data: CocoImages, batch_size: int = 8) -> dict[st
 
 
 def parameters(model: nn.Module) -> int:
+    """The number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 
