@@ -147,3 +147,12 @@ def test_a_source_without_train_or_an_occupied_out_is_refused(tree: Path, tmp_pa
     (busy / "x").write_text("x")
     with pytest.raises(PolarpruneError, match="exists and is not an empty folder"):
         make_detection_set(tree, busy, SPEC)
+
+
+def test_ultralytics_reads_the_data_yaml(built: Path, monkeypatch):
+    """ultralytics' own data set check finds both splits and the class names (no ``path:``: the YAML's folder)."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    utils = pytest.importorskip("ultralytics.data.utils")
+    data = utils.check_det_dataset(str(built / "data.yaml"))
+    assert Path(data["train"]) == built / "images" / "train" and Path(data["val"]) == built / "images" / "val"
+    assert data["nc"] == 3 and data["names"] == dict(enumerate(CLASSES))

@@ -47,8 +47,9 @@ def loader(n: int = 16) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(data, batch_size=4)
 
 
-def fit(module: Toy, callbacks: list, epochs: int = 1, batches: int = 2) -> pl.Trainer:
+def fit(module: Toy, callbacks: list, epochs: int = 1, batches: int = 2, precision: str = "32-true") -> pl.Trainer:
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=batches, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                         precision=precision,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader())
     return trainer
@@ -84,10 +85,10 @@ def polarization_grad(gammas: list[torch.Tensor], lbd: float, t: float, alpha: f
 BNS = ["net.1", "net.4"]
 
 
-def run_and_record(sparsity: dict) -> tuple[SparsityCallback, Recorder]:
+def run_and_record(sparsity: dict, precision: str = "32-true") -> tuple[SparsityCallback, Recorder]:
     callback = SparsityCallback(sparsity)
     recorder = Recorder(BNS)
-    fit(Toy(), [callback, recorder], batches=1)
+    fit(Toy(), [callback, recorder], batches=1, precision=precision)
     assert callback.sparsity_hook is not None and callback.sparsity_hook.bn_names == BNS
     return callback, recorder
 
@@ -96,8 +97,10 @@ def penalty_grad(recorder: Recorder) -> torch.Tensor:
     return torch.cat([recorder.total[n] - recorder.task[n] for n in BNS])
 
 
-def test_polarization_penalty_gradient_on_the_gammas_is_the_hand_computed_one():
-    _, rec = run_and_record({"regularizer": "polarization", "lbd": LBD, "t": 1.2, "monitor": False})
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_polarization_penalty_gradient_on_the_gammas_is_the_hand_computed_one(precision: str):
+    """Also under autocast: the penalty is computed in float32 whatever the loss's precision."""
+    _, rec = run_and_record({"regularizer": "polarization", "lbd": LBD, "t": 1.2, "monitor": False}, precision)
     expected = polarization_grad([rec.gammas[n] for n in BNS], LBD, 1.2)
     assert expected.abs().max() > LBD * 0.1  # not a trivial zero
     torch.testing.assert_close(penalty_grad(rec), expected, rtol=1e-5, atol=1e-7)
@@ -155,3 +158,19 @@ def test_bad_settings_get_one_line():
         fit(module, [SparsityCallback({"regularizer": "l1", "lbd": 1e-4})])
     with pytest.raises(PolarpruneError, match="no sub-module 'body'"):
         fit(Toy(), [SparsityCallback({"regularizer": "l1", "lbd": 1e-4}, module="body")])
+
+
+def test_a_restored_state_keeps_lambda_zero_after_the_target():
+    settings = {"regularizer": "polarization", "lbd": 1e-4, "target_macs_ratio": 0.95, "target_check_every": 1}
+    first = SparsityCallback(settings)
+    fit(halved(), [first], epochs=1, batches=1)
+    state = first.state_dict()
+    assert state["target_reached"] and state["lbd"] == 0.0
+    resumed = SparsityCallback(settings, stop_on_target=False)
+    resumed.load_state_dict(state)  # what Lightning does when it restores a checkpoint
+    module = Toy()  # would not reach the target on its own
+    before = [module.get_submodule(n).weight.detach().clone() for n in BNS]
+    trainer = fit(module, [resumed], epochs=2, batches=2)
+    assert resumed.sparsity_hook.lbd == 0.0 and resumed.target_reached and trainer.global_step == 4
+    for name, gamma in zip(BNS, before):  # frozen on target (freeze_on_target): the optimizer skips them
+        torch.testing.assert_close(module.get_submodule(name).weight.detach(), gamma, rtol=0, atol=0)
