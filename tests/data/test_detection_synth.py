@@ -121,7 +121,9 @@ def test_command_reads_a_tar_archive_and_prints_a_summary(tree: Path, tmp_path: 
     out = tmp_path / "set"
     assert main(["make-detection-data", "--out", str(out), "--images", "2", "--val-images", "1", "--image-size", "48",
                  "--min-object", "8", "--max-object", "16", "--archive", str(archive), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "train: 2/2 images" in captured.err and "val: 1/1 images" in captured.err  # progress on stderr
     assert summary["classes"] == CLASSES and summary["train"]["images"] == 2 and summary["val"]["images"] == 1
     assert len(list((out / "images" / "train").glob("*.jpg"))) == 2 and len(list((out / "labels" / "val").glob("*.txt"))) == 1
 
@@ -156,3 +158,9 @@ def test_ultralytics_reads_the_data_yaml(built: Path, monkeypatch):
     data = utils.check_det_dataset(str(built / "data.yaml"))
     assert Path(data["train"]) == built / "images" / "train" and Path(data["val"]) == built / "images" / "val"
     assert data["nc"] == 3 and data["names"] == dict(enumerate(CLASSES))
+
+
+def test_help_names_the_options(capsys):
+    assert main(["make-detection-data", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(option in out for option in ("--out", "--images", "--image-size", "--seed", "--archive", "--max-objects"))
