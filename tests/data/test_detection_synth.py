@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tarfile
 from pathlib import Path
@@ -10,23 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detection_fakes import CLASSES, fake_tree
 from polarprune.cli import main
 from polarprune.data.detection_synth import (SynthSpec, boxes_overlap, make_detection_set, place_boxes,
                                              read_yolo_labels)
 from polarprune.errors import PolarpruneError
-
-CLASSES = ["ant", "bee", "cat"]
-
-
-def fake_tree(root: Path, per_class: int = 3) -> Path:
-    """train/ and test/ with ``per_class`` random 32x32 PNGs per class (distinct pixels)."""
-    rng = np.random.default_rng(7)
-    for split in ("train", "test"):
-        for name in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / f"{i:04d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +42,7 @@ def test_same_seed_same_bytes_other_seed_other_set(tree: Path, built: Path, tmp_
     make_detection_set(tree, again, SPEC)
     assert files(again) == files(built)
     other = tmp_path / "other"
-    make_detection_set(tree, other, SynthSpec(**{**SPEC.__dict__, "seed": 4}))
+    make_detection_set(tree, other, dataclasses.replace(SPEC, seed=4))
     assert files(other)["labels/train/000000.txt"] != files(built)["labels/train/000000.txt"] or \
         files(other)["images/train/000000.png"] != files(built)["images/train/000000.png"]
 

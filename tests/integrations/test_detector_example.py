@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from polarprune.data.detection_synth import SynthSpec, make_detection_set
 
+from detection_fakes import fake_tree
+
 pytest.importorskip("pycocotools")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from test_detection_synth import fake_tree  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLE = DOCS / "examples" / "detector_loop.py"
