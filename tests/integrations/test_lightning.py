@@ -47,30 +47,35 @@ def loader(n: int = 16) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(data, batch_size=4)
 
 
+def precision_settings(precision: str) -> dict:
+    """``16-mixed-scaled``: float16 autocast with a GradScaler at a loss scale of 1024 (CPU; Lightning's plain
+    ``16-mixed`` falls back to bf16 there), so gradients are scaled until Lightning unscales them."""
+    if precision != "16-mixed-scaled":
+        return {"precision": precision}
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    return {"plugins": [pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=scaler)]}
+
+
 def fit(module: Toy, callbacks: list, epochs: int = 1, batches: int = 2, precision: str = "32-true") -> pl.Trainer:
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=batches, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
-                         precision=precision,
+                         **precision_settings(precision),
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader())
     return trainer
 
 
 class Recorder(pl.Callback):
-    """The gammas' task gradient (after backward) and their gradient before the optimizer step, at the first step."""
+    """The gammas and their gradients at ``on_before_optimizer_step`` of the first step (gradients unscaled
+    there); placed before ``SparsityCallback`` it sees the task's gradient, after it the total."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.task: dict[str, torch.Tensor] = {}
-        self.total: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
         self.gammas: dict[str, torch.Tensor] = {}
 
-    def on_after_backward(self, trainer, pl_module) -> None:
-        if not self.task:
-            self.task = {n: pl_module.get_submodule(n).weight.grad.clone() for n in self.names}
-
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not self.total:
-            self.total = {n: pl_module.get_submodule(n).weight.grad.clone() for n in self.names}
+        if not self.grads:
+            self.grads = {n: pl_module.get_submodule(n).weight.grad.clone() for n in self.names}
             self.gammas = {n: pl_module.get_submodule(n).weight.detach().clone() for n in self.names}
 
 
@@ -85,34 +90,40 @@ def polarization_grad(gammas: list[torch.Tensor], lbd: float, t: float, alpha: f
 BNS = ["net.1", "net.4"]
 
 
-def run_and_record(sparsity: dict, precision: str = "32-true") -> tuple[SparsityCallback, Recorder]:
+def run_and_record(sparsity: dict, precision: str = "32-true") -> tuple[Recorder, Recorder]:
+    """(task, total): the gradients just before and just after the callback's moment."""
     callback = SparsityCallback(sparsity)
-    recorder = Recorder(BNS)
-    fit(Toy(), [callback, recorder], batches=1, precision=precision)
+    task, total = Recorder(BNS), Recorder(BNS)
+    fit(Toy(), [task, callback, total], batches=1, precision=precision)
     assert callback.sparsity_hook is not None and callback.sparsity_hook.bn_names == BNS
-    return callback, recorder
+    return task, total
 
 
-def penalty_grad(recorder: Recorder) -> torch.Tensor:
-    return torch.cat([recorder.total[n] - recorder.task[n] for n in BNS])
+def penalty_grad(records: tuple[Recorder, Recorder]) -> torch.Tensor:
+    task, total = records
+    return torch.cat([total.grads[n] - task.grads[n] for n in BNS])
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed-scaled"])
 def test_polarization_penalty_gradient_on_the_gammas_is_the_hand_computed_one(precision: str):
-    """Also under autocast: the penalty is computed in float32 whatever the loss's precision."""
-    _, rec = run_and_record({"regularizer": "polarization", "lbd": LBD, "t": 1.2, "monitor": False}, precision)
-    expected = polarization_grad([rec.gammas[n] for n in BNS], LBD, 1.2)
+    """Also under autocast, and with a loss scale: the penalty is computed in float32 and added to unscaled gradients."""
+    rec = run_and_record({"regularizer": "polarization", "lbd": LBD, "t": 1.2, "monitor": False}, precision)
+    expected = polarization_grad([rec[1].gammas[n] for n in BNS], LBD, 1.2)
     assert expected.abs().max() > LBD * 0.1  # not a trivial zero
     torch.testing.assert_close(penalty_grad(rec), expected, rtol=1e-5, atol=1e-7)
+    if precision != "32-true":  # the task gradient the penalty joins is unscaled: it matches float32's
+        reference = run_and_record({"regularizer": "polarization", "lbd": LBD, "t": 1.2, "monitor": False})
+        for name in BNS:
+            torch.testing.assert_close(rec[0].grads[name], reference[0].grads[name], rtol=0.05, atol=2e-3)
 
 
 def test_l1_and_mask_l1_add_lambda_sign_where_they_regularize(tmp_path):
-    _, rec = run_and_record({"regularizer": "l1", "lbd": LBD, "monitor": False})
-    torch.testing.assert_close(penalty_grad(rec), LBD * torch.sign(torch.cat([rec.gammas[n] for n in BNS])))
+    rec = run_and_record({"regularizer": "l1", "lbd": LBD, "monitor": False})
+    torch.testing.assert_close(penalty_grad(rec), LBD * torch.sign(torch.cat([rec[1].gammas[n] for n in BNS])))
     keep = {n: torch.arange(8) % 2 == 0 for n in BNS}
     save_mask(keep, tmp_path / "mask.json", None)
-    _, rec = run_and_record({"regularizer": "mask-l1", "lbd": LBD, "mask": str(tmp_path / "mask.json"), "monitor": False})
-    expected = torch.cat([LBD * torch.sign(rec.gammas[n]) * (~keep[n]).float() for n in BNS])
+    rec = run_and_record({"regularizer": "mask-l1", "lbd": LBD, "mask": str(tmp_path / "mask.json"), "monitor": False})
+    expected = torch.cat([LBD * torch.sign(rec[1].gammas[n]) * (~keep[n]).float() for n in BNS])
     torch.testing.assert_close(penalty_grad(rec), expected)
 
 
