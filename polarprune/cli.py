@@ -16,7 +16,7 @@ from .errors import PolarpruneError
 
 # The order is the order of `polarprune --help`.
 COMMAND_MODULES = ["demo", "run", "train", "prune", "mask", "eval", "inspect", "flops", "export", "latency", "recipes",
-                   "models", "yolo"]
+                   "models", "yolo", "detection_data"]
 
 DESCRIPTION = (
     "Structured channel pruning of CNNs through sparsity training: the polarization "

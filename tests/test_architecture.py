@@ -123,3 +123,12 @@ def test_nothing_below_imports_the_cli_or_the_commands():
     graph = import_graph()
     upward = {source: sorted(set(edges) & ON_TOP) for source, edges in graph.items() if set(edges) & ON_TOP}
     assert not upward, upward
+
+
+def test_only_the_top_imports_the_integrations():
+    """``integrations`` (trainers of other projects) sits beside the composition root: it may use every layer
+    below, and nothing below it, workflows included, imports it."""
+    graph = import_graph()
+    assert "polarprune.workflows" in graph["polarprune.integrations"]  # the graph sees the package (the lightning callback)
+    users = sorted(source for source, edges in graph.items() if "polarprune.integrations" in edges and source != "polarprune.integrations")
+    assert not users, users
