@@ -59,7 +59,8 @@ def list_models() -> list[str]:
     """All names ``create`` accepts (torchvision names that we shadow appear with ``tv:``)."""
     from .torchvision_models import TORCHVISION_PREFIX
 
-    classifiers = torchvision_names()  # imports torchvision's families first, so that their names are registered
+    _load_torchvision("")  # registers torchvision's families first, so that their names are listed
+    classifiers = torchvision_names()
     ours = _entry.registered_names()
     tv = [n if n not in ours else TORCHVISION_PREFIX + n for n in classifiers]
     return ours + tv

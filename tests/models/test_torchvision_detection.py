@@ -217,3 +217,14 @@ def test_pruned_part_exports_to_onnx(name: str, tmp_path: Path) -> None:
     side = polarprune.models.get_entry(name).input_size
     report = export_model(tvd.exportable_part(pruned), tmp_path / "part.onnx", input_size=side, batch=1)
     assert report.max_abs_diff <= report.tolerance and (tmp_path / "part.onnx").stat().st_size > 0
+
+
+def test_a_fresh_process_lists_the_families() -> None:
+    """``list_models`` registers torchvision's families before it lists (no earlier lookup needed)."""
+    import subprocess
+    import sys
+
+    code = "import polarprune.models as m; print(','.join(m.list_models()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    listed = set(done.stdout.strip().split(","))
+    assert set(tvd.DETECTION_NAMES) | set(tvd.SEGMENTATION_NAMES) <= listed and "resnet50" in listed
