@@ -219,6 +219,7 @@ def test_pruned_part_exports_to_onnx(name: str, tmp_path: Path) -> None:
     assert report.max_abs_diff <= report.tolerance and (tmp_path / "part.onnx").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_fresh_process_lists_the_families() -> None:
     """``list_models`` registers torchvision's families before it lists (no earlier lookup needed)."""
     import subprocess
