@@ -59,6 +59,7 @@ class ModelEntry:
     # (checks the form; None: the example inputs themselves)
     inputs_for_trace: Callable[[nn.Module, Any], Any] | None = None
     outputs: tuple[str, ...] = ()  # the outputs pruning preserves (the traced form's), for the docs and reports
+    kept_whole: tuple[str, ...] = ()  # what the family's pruning leaves whole and why (a note of every prune report)
 
     def blocks(self, model: nn.Module) -> dict[str, Any]:
         """The residual blocks whose branch pruning may remove (name -> ``BlockInfo``); none without a rule."""

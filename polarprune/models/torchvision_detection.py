@@ -46,6 +46,13 @@ SEGMENTATION_SIDE = 128
 DETECTORS = (detection.FasterRCNN, detection.RetinaNet, detection.FCOS, SSD)
 SEGMENTERS = (segmentation.DeepLabV3, segmentation.FCN, segmentation.LRASPP)
 DETECTION_OUTPUTS = ("backbone feature maps (traced form)", "boxes", "scores", "labels")
+DETECTION_KEPT = (
+    "every feature map the backbone returns (FPN outputs, SSD feature layers): the heads read them",
+    "the heads (RPN, RoI box/mask/keypoint heads, RetinaNet/FCOS/SSD heads), not traced: their outputs are the classes, "
+    "box coordinates and anchors per location, and their inner channels have no BatchNorm (FCOS: GroupNorm; SSDlite: "
+    "depth-wise convs tied to the feature maps)",
+)
+SEGMENTATION_KEPT = ("the classifiers' output convs (the classes): they reach the output",)
 
 # name -> (class, what its final outputs add, whether the transform's size is an option)
 DETECTION_NAMES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
@@ -217,13 +224,14 @@ def _detection_entry(name: str, cls: type[nn.Module], extra: tuple[str, ...], si
         name, functools.partial(build, name, sized=sized), family="torchvision_detection", task="detection",
         input_size=FIXED_SIDES.get(name, DETECTION_SIDE), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=91,
         classes=(cls,), prepare_for_pruning=detector_prepare, finish_pruning=detector_finish,
-        example_input=detector_example, inputs_for_trace=detector_batch, outputs=DETECTION_OUTPUTS + extra)
+        example_input=detector_example, inputs_for_trace=detector_batch, outputs=DETECTION_OUTPUTS + extra,
+        kept_whole=DETECTION_KEPT)
 
 
 def _segmentation_entry(name: str, cls: type[nn.Module]) -> ModelEntry:
     return ModelEntry(name, functools.partial(build, name), family="torchvision_segmentation", task="segmentation",
                       input_size=SEGMENTATION_SIDE, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=21, classes=(cls,),
-                      outputs=("out", "aux (when built with aux_loss=True)"))
+                      outputs=("out", "aux (when built with aux_loss=True)"), kept_whole=SEGMENTATION_KEPT)
 
 
 for _name, (_cls, _extra, _sized) in DETECTION_NAMES.items():

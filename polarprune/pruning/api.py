@@ -161,7 +161,7 @@ def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, in
     before: CostProfile = analysis.traced_cost  # type: ignore[assignment]
     with timer("decide"):
         decision = decide(analysis, options=opts, cost=cost)
-    notes = list(decision.notes)
+    notes = list(decision.notes) + [f"left whole: {what}" for what in pruning_entry(model).kept_whole]
     with timer("accounting"):
         accounting = paper_accounting(model, example_inputs, opts, decision, analysis, notes)
     folded, uncompensated = _compensate_and_slice(work, analysis, decision, opts, traced, timer)

@@ -20,6 +20,7 @@ import polarprune
 from polarprune.errors import PolarpruneError
 from polarprune.models import torchvision_detection as tvd
 from polarprune.pruning import prune_model
+from polarprune.pruning.api import channel_groups
 from prune_roundtrip import TOLERANCE, zero_half_of_every_bn
 
 FAST = {"fasterrcnn_mobilenet_v3_large_fpn", "ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
@@ -166,9 +167,23 @@ def test_a_tensor_given_to_a_detector_names_the_expected_form() -> None:
 def test_the_traced_form_is_undone_after_pruning() -> None:
     model = build("fasterrcnn_mobilenet_v3_large_fpn", 0)
     zero_half_of_every_bn(model)
-    pruned, _ = prune_model(model, example("fasterrcnn_mobilenet_v3_large_fpn", model), "fixed")
+    pruned, report = prune_model(model, example("fasterrcnn_mobilenet_v3_large_fpn", model), "fixed")
     assert type(pruned) is type(model)
+    assert [n for n in report.notes if n.startswith("left whole: ")] == [f"left whole: {t}" for t in tvd.DETECTION_KEPT]
     assert not any(isinstance(m, tvd.ThawedBatchNorm2d) for m in pruned.modules())
+
+
+def test_fpn_outputs_stay_whole_and_the_body_is_pruned() -> None:
+    model = build("fasterrcnn_mobilenet_v3_large_fpn", 0)
+    groups = channel_groups(model, example("fasterrcnn_mobilenet_v3_large_fpn", model))
+    whole = [g for g in groups if not g.prunable]
+    fpn_outputs = [g for g in whole if g.name.startswith("backbone.fpn.layer_blocks.")]  # named by their root conv
+    assert len(fpn_outputs) == len(model.backbone.fpn.layer_blocks)  # one per level
+    assert all(g.reason == "reaches the model output" for g in fpn_outputs)
+    prunable = [g for g in groups if g.prunable]
+    assert prunable and all(bn.startswith("backbone.body.") for g in prunable for bn in g.bn_names)
+    # the FPN's lateral convs read pruned widths: a body output group holds an fpn.inner_blocks input
+    assert any(it.module_name.startswith("backbone.fpn.inner_blocks.") for g in prunable for it in g.items)
 
 
 def test_frozen_batchnorm_is_pruned_and_frozen_again(tmp_path: Path) -> None:
