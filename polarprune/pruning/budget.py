@@ -145,6 +145,8 @@ def guarded(model: nn.Module, budget: Budget | None = None, name: str | None = N
         yield guard
     except BudgetExceeded:
         _stop(guard, watcher)
+        if not guard.reason:
+            raise  # an enclosing guard's: it reports it
         raise guard.error() from None
     finally:
         _stop(guard, watcher)

@@ -51,6 +51,16 @@ def test_the_watchdog_stops_a_stage_that_runs_too_long() -> None:
     assert time.perf_counter() - start < 30
 
 
+def test_an_enclosing_guard_reports_its_own_breach() -> None:
+    model = nn.Linear(2, 2)
+    start = time.perf_counter()
+    with pytest.raises(PolarpruneError, match=r"^pruning outer stopped in stage 'long': it took more than 0\.2 s"):
+        with guarded(model, Budget(seconds=0.2, interval=0.01), "outer") as outer, outer.step("long"):
+            with guarded(model, Budget(seconds=None, memory_gb=None), "inner") as inner, inner.step("inner step"):
+                while time.perf_counter() - start < 30:
+                    pass
+
+
 def test_a_tiny_budget_stops_prune_model_with_one_line_naming_model_and_stage() -> None:
     model = build_net().eval()
     zero_half_of_every_bn(model)
