@@ -10,11 +10,16 @@ from .engine import Results, renderer, table
 TOOLS = ("polarprune", "torch-pruning")
 
 
+def _short(error: str) -> str:
+    """An error without the budget guard's advice (the budget is stated above the table)."""
+    return error.split(" (budget:")[0].replace("PolarpruneError: pruning torch-pruning ", "")
+
+
 def _cell(run: dict[str, Any]) -> list[str]:
     """Seconds, peak memory and MACs of one run; its error in place of the MACs when it failed."""
     memory = f"{run['peak_memory_gb']:.2f}" if "peak_memory_gb" in run else "-"
     if run.get("error"):
-        return [f"{run['seconds']:.1f}", memory, f"failed: {run['error']}"]
+        return [f"{run['seconds']:.1f}", memory, f"failed: {_short(run['error'])}"]
     return [f"{run['seconds']:.1f}", memory, f"{run['macs_before'] / 1e9:.2f} -> {run['macs_after'] / 1e9:.2f}"]
 
 
