@@ -254,3 +254,27 @@ def test_a_fresh_process_lists_the_families() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     listed = set(done.stdout.strip().split(","))
     assert set(tvd.DETECTION_NAMES) | set(tvd.SEGMENTATION_NAMES) <= listed and "resnet50" in listed
+
+
+@pytest.mark.slow
+def test_the_whole_pruned_faster_rcnn_exports_to_onnx(tmp_path: Path) -> None:
+    """The full detector (transform, post-processing, NMS) with its pruned backbone, through torch's
+    TorchScript-based ONNX exporter (opset 11, the one torchvision's detection export uses), runs in
+    onnxruntime with the same detections as PyTorch."""
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    name = "fasterrcnn_mobilenet_v3_large_fpn"
+    original = build(name, 0)
+    zero_half_of_every_bn(original)
+    images = example(name, original)[:1]
+    pruned, _ = prune_model(original, images, "fixed")
+    path = tmp_path / "detector.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(pruned, (images,), str(path), dynamo=False, opset_version=11,
+                          input_names=["image"], output_names=["boxes", "labels", "scores"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, labels, scores = session.run(None, {"image": images[0].numpy()})
+    got = [{"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "scores": torch.from_numpy(scores)}]
+    assert_same_detections(final_outputs(original, images), got)
