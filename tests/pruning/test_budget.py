@@ -3,6 +3,7 @@ with one line naming the model and the stage; within budget nothing changes."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 from polarprune.errors import PolarpruneError
 from polarprune.pruning import prune_model
 from polarprune.pruning.api import channel_groups, plan_pruning
+from polarprune.pruning import budget as budget_module
 from polarprune.pruning.budget import GIB, Budget, guarded, model_bytes, over_budget, resident_bytes
 from own_models import build_net
 from prune_roundtrip import zero_half_of_every_bn
@@ -61,13 +63,15 @@ def test_an_enclosing_guard_reports_its_own_breach() -> None:
                     pass
 
 
-def test_a_tiny_budget_stops_prune_model_with_one_line_naming_model_and_stage() -> None:
+def test_a_tiny_budget_stops_prune_model_with_one_line_naming_model_and_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_net().eval()
     zero_half_of_every_bn(model)
     x = torch.randn(1, 3, 32, 32)
+    readings = itertools.count(0, GIB)  # a process whose memory grows by 1 GB at every reading (thread-safe)
+    monkeypatch.setattr(budget_module, "resident_bytes", lambda: next(readings))
     with pytest.raises(PolarpruneError, match=r"^pruning OwnNet stopped in stage '(graph|decide|compensation|surgery|report)': "
-                                              r"it grew memory by .* GB, above the 0\.0 GB allowed") as caught:
-        prune_model(model, x, "fixed", budget=Budget(seconds=None, memory_gb=1e-9, interval=0.001))
+                                              r"it grew memory by \d+\.0 GB, above the 1\.0 GB allowed") as caught:
+        prune_model(model, x, "fixed", budget=Budget(seconds=None, memory_gb=1.0, interval=0.001))
     assert "\n" not in str(caught.value)
     with pytest.raises(PolarpruneError, match=r"^pruning OwnNet stopped in stage 'graph'"):
         channel_groups(model, x, budget=Budget(seconds=1e-9))  # over before the stage starts
