@@ -35,7 +35,7 @@ def _load_torchvision(subject: object) -> None:
     """Register torchvision's families when a name may be torchvision's or torchvision is loaded
     (a torchvision instance implies it is); importing torchvision costs about a second."""
     if isinstance(subject, str) or "torchvision" in sys.modules:
-        from . import torchvision_models  # noqa: F401  (registers its entries and resolver)
+        from . import torchvision_detection, torchvision_models  # noqa: F401  (register their entries and resolver)
 
 
 _entry.add_loader(_load_torchvision)
@@ -59,8 +59,10 @@ def list_models() -> list[str]:
     """All names ``create`` accepts (torchvision names that we shadow appear with ``tv:``)."""
     from .torchvision_models import TORCHVISION_PREFIX
 
+    _load_torchvision("")  # registers torchvision's families first, so that their names are listed
+    classifiers = torchvision_names()
     ours = _entry.registered_names()
-    tv = [n if n not in ours else TORCHVISION_PREFIX + n for n in torchvision_names()]
+    tv = [n if n not in ours else TORCHVISION_PREFIX + n for n in classifiers]
     return ours + tv
 
 

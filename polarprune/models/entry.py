@@ -52,6 +52,14 @@ class ModelEntry:
     finish_pruning: Callable[[nn.Module], Any] | None = None  # undoes what prepare_for_pruning did only for the analysis
     # every prune report of this family also gives the original code's (scatter) accounting of MACs
     paper_accounting: bool = False
+    task: str = "classification"  # what the family does: "classification", "detection", "segmentation"
+    # ``example_input(model, side)``: an input of the form the model takes (None: one 4-D image batch)
+    example_input: Callable[[nn.Module, int], Any] | None = None
+    # ``inputs_for_trace(model, example_inputs)``: what the model adapted by ``prepare`` is traced with
+    # (checks the form; None: the example inputs themselves)
+    inputs_for_trace: Callable[[nn.Module, Any], Any] | None = None
+    outputs: tuple[str, ...] = ()  # the outputs pruning preserves (the traced form's), for the docs and reports
+    kept_whole: tuple[str, ...] = ()  # what the family's pruning leaves whole and why (a note of every prune report)
 
     def blocks(self, model: nn.Module) -> dict[str, Any]:
         """The residual blocks whose branch pruning may remove (name -> ``BlockInfo``); none without a rule."""
@@ -61,6 +69,10 @@ class ModelEntry:
         """Adapt ``model`` for pruning in place (e.g. option-A shortcuts become placement shortcuts);
         returns what was replaced, nothing without an adapter."""
         return list(self.prepare_for_pruning(model, example_inputs) or []) if self.prepare_for_pruning is not None else []
+
+    def trace_inputs(self, model: nn.Module, example_inputs: Any) -> Any:
+        """What ``model`` (adapted by ``prepare``) is traced with; the example inputs without an adapter."""
+        return self.inputs_for_trace(model, example_inputs) if self.inputs_for_trace is not None else example_inputs
 
     def finish(self, model: nn.Module) -> None:
         """Undo, after surgery, what ``prepare`` changed only for the analysis."""
@@ -140,6 +152,8 @@ def get_entry(name: str) -> ModelEntry | None:
     if name in _BY_NAME:
         return _BY_NAME[name]
     _load(name)
+    if name in _BY_NAME:  # a loader registered it
+        return _BY_NAME[name]
     for resolver in _RESOLVERS:
         entry = resolver(name)
         if entry is not None:

@@ -13,7 +13,8 @@ Public API (loaded lazily, so ``polarprune.pruning.options`` imports without tor
 - ``select_channels`` / ``grad_threshold``: the pure strategies;
 - ``STRATEGIES`` / ``register_strategy`` / ``Strategy``, ``GROUP_RULES``: the records (``registry.py``);
 - ``CostModel`` / ``MacsCost``: the cost seam (``cost.py``); ``LatencyCost`` / ``profile_latency``: predicted
-  latency from per-layer tables (``latency_cost.py``).
+  latency from per-layer tables (``latency_cost.py``);
+- ``Budget``: the time and memory a pruning call may use (``budget.py``; ``budget=`` of the calls above).
 
 See docs/pruning.md for the rules.
 """
@@ -33,6 +34,7 @@ _LAZY = {
     "trial_macs_ratio": "trial", "TrialAnalysis": "trial", "ChannelGroup": "graph", "PruneReport": "report",
     "GroupRow": "report", "SelectionResult": "strategies", "grad_threshold": "strategies", "select_channels": "strategies",
     "CostModel": "cost", "MacsCost": "cost", "LatencyCost": "latency_cost", "profile_latency": "latency_cost",
+    "Budget": "budget", "DEFAULT_BUDGET": "budget",
 }
 
 

@@ -21,9 +21,11 @@ from ..models.entry import pruning_entry
 from ..models.inputs import record_input_shape
 from ..modes import restored_modes
 from .base import as_input_tuple, deleted_with_block, max_abs_diff
+from .budget import Budget, Guard, guarded
 from .cost import MACS, CostModel
 from .compensation import CompensationResult, apply_adjustments, compensate as fold_constants
-from .graph import ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, prepare_for_pruning
+from .graph import (ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, prepare_for_pruning,
+                    traced_inputs)
 from .options import PruneOptions, parse_options
 from .plan import make_plan, unpruned_view
 from .report import GroupRow, PruneReport, build_report
@@ -33,17 +35,23 @@ from .surgery import apply_decision, set_block_shifts
 
 
 class Timer:
-    """Seconds spent per step (``with timer("decide"): ...`` adds to ``seconds["decide"]``)."""
+    """Seconds spent per step (``with timer("decide"): ...`` adds to ``seconds["decide"]``); with a
+    budget ``guard``, each step is also the stage the guard names when the budget runs out."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.guard = guard
 
     @contextmanager
     def __call__(self, step: str) -> Iterator[None]:
         tick = time.perf_counter()
         try:
-            yield
+            if self.guard is None:
+                yield
+            else:
+                with self.guard.step(step):
+                    yield
         finally:
             self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - tick
 
@@ -51,22 +59,34 @@ class Timer:
         return {**self.seconds, "total": time.perf_counter() - self.start}
 
 
+def model_label(model: nn.Module) -> str:
+    """The model's name for messages: its family name from the spec, else its class name."""
+    spec = getattr(model, "polarprune_spec", None)
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else type(model).__name__
+
+
 def plan_pruning(model: nn.Module, example_inputs: Any, strategy: str | None = None, *,
-                 options: PruneOptions | None = None, **fields: Any) -> dict[str, Tensor]:
+                 options: PruneOptions | None = None, budget: Budget | None = None, **fields: Any) -> dict[str, Tensor]:
     """The keep mask of every BN of a prunable group after group resolution (what ``prune_model`` would
     keep); the model is unchanged."""
     opts = parse_options(strategy, options, **fields)
-    return decide(analysed_copy(model, example_inputs), options=opts).bn_keep
+    with guarded(model, budget, model_label(model)) as guard:
+        with guard.step("graph"):
+            analysis = analysed_copy(model, example_inputs)
+        with guard.step("decide"):
+            return decide(analysis, options=opts).bn_keep
 
 
-def channel_groups(model: nn.Module, example_inputs: Any) -> list[ChannelGroup]:
+def channel_groups(model: nn.Module, example_inputs: Any, *, budget: Budget | None = None) -> list[ChannelGroup]:
     """Every channel group of the model (``.prunable`` False with ``.reason`` for whole ones)."""
-    return analysed_copy(model, example_inputs).groups
+    with guarded(model, budget, model_label(model)) as guard, guard.step("graph"):
+        return analysed_copy(model, example_inputs).groups
 
 
-def prunable_bn_names(model: nn.Module, example_inputs: Any) -> list[str]:
+def prunable_bn_names(model: nn.Module, example_inputs: Any, *, budget: Budget | None = None) -> list[str]:
     """Names of the BNs in prunable groups, in model order."""
-    names = {bn for g in channel_groups(model, example_inputs) if g.prunable for bn in g.bn_names}
+    names = {bn for g in channel_groups(model, example_inputs, budget=budget) if g.prunable for bn in g.bn_names}
     return [n for n, _ in model.named_modules() if n in names]
 
 
@@ -136,19 +156,20 @@ def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, in
         work = model if inplace else copy.deepcopy(model)
         prepare_for_pruning(work, example_inputs)
         work.eval()
-        analysis = analyze(work, example_inputs, count=True)  # one pass: groups, costs, the reference output
+        traced = traced_inputs(work, example_inputs)  # what the (adapted) model is traced with
+        analysis = analyze(work, traced, count=True)  # one pass: groups, costs, the reference output
     before: CostProfile = analysis.traced_cost  # type: ignore[assignment]
     with timer("decide"):
         decision = decide(analysis, options=opts, cost=cost)
-    notes = list(decision.notes)
+    notes = list(decision.notes) + [f"left whole: {what}" for what in pruning_entry(model).kept_whole]
     with timer("accounting"):
         accounting = paper_accounting(model, example_inputs, opts, decision, analysis, notes)
-    folded, uncompensated = _compensate_and_slice(work, analysis, decision, opts, example_inputs, timer)
+    folded, uncompensated = _compensate_and_slice(work, analysis, decision, opts, traced, timer)
     notes += folded.notes if folded is not None else []
     with timer("report"):
-        finish_pruning(work)
-        output, after = counted_forward(work, as_input_tuple(example_inputs))
+        output, after = counted_forward(work, as_input_tuple(traced))  # the traced form, as the analysis saw it
         diff = max_abs_diff(analysis.traced_output, output)
+        finish_pruning(work)
     if folded is not None and not folded.changes_outputs:
         uncompensated = diff
     return work, build_report(opts, group_rows(analysis, decision), before, after, diff, threshold=decision.threshold,
@@ -157,22 +178,24 @@ def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, in
 
 
 def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = None, *, inplace: bool = False,
-                options: PruneOptions | None = None, cost: CostModel = MACS, **fields: Any) -> tuple[nn.Module, PruneReport]:
+                options: PruneOptions | None = None, cost: CostModel = MACS, budget: Budget | None = None,
+                **fields: Any) -> tuple[nn.Module, PruneReport]:
     """Remove channels for real and return ``(pruned model, report)``.
 
     Options are ``PruneOptions`` fields (keywords and/or ``options``). ``inplace=False`` prunes a deep
     copy; the layers' modes are restored and the pruned model has the same. ``example_inputs`` is what
     the graph is traced with and the report's output difference is measured on. ``cost``: the cost model
     a search aims with (``latency-target`` needs a ``LatencyCost``: ``polarprune.deploy.prune_to_latency``).
+    ``budget``: the time and memory the call may use (``pruning.budget``; default ``DEFAULT_BUDGET``).
     """
     opts = parse_options(strategy, options, **fields)
     base_view = unpruned_view(model, (getattr(model, "polarprune_spec", None) or {}).get("plan"))
     if opts.residual == "scatter":
         work, report = prune_scatter(model, example_inputs, options=opts, inplace=inplace)
     else:
-        timer = Timer()
         known = {id(module) for module in model.modules()}
-        with restored_modes(model):
+        with guarded(model, budget, model_label(model)) as guard, restored_modes(model):
+            timer = Timer(guard)
             model.eval()
             work, report = _prune_grouped(model, example_inputs, opts, inplace, timer, cost)
         for module in work.modules():
@@ -191,4 +214,4 @@ def _record_traced_input(pruned: nn.Module, example_inputs: Any) -> None:
         record_input_shape(pruned, first.shape[1:])
 
 
-__all__ = ["max_abs_diff", "Timer", "paper_accounting", "prune_model", "plan_pruning", "channel_groups", "prunable_bn_names", "analysed_copy", "group_rows"]
+__all__ = ["max_abs_diff", "Timer", "model_label", "paper_accounting", "prune_model", "plan_pruning", "channel_groups", "prunable_bn_names", "analysed_copy", "group_rows"]

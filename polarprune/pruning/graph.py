@@ -194,12 +194,18 @@ def finish_pruning(model: nn.Module) -> None:
     pruning_entry(model).finish(model)
 
 
+def traced_inputs(model: nn.Module, example_inputs: Any) -> Any:
+    """What the model (adapted by ``prepare_for_pruning``) is traced with: the model entry's conversion of
+    ``example_inputs`` (a detector's list of images becomes its transformed batch), else them unchanged."""
+    return pruning_entry(model).trace_inputs(model, example_inputs)
+
+
 def analysed_copy(model: nn.Module, example_inputs: Any) -> "ModelAnalysis":
     """The analysis of a deep copy of ``model`` (adapted for pruning; ``model`` is unchanged)."""
     with restored_modes(model):
         work = copy.deepcopy(model)
         prepare_for_pruning(work, example_inputs)
-        return analyze(work, example_inputs)
+        return analyze(work, traced_inputs(work, example_inputs))
 
 
 def detached(value: Any) -> Any:
@@ -251,6 +257,6 @@ def analyze(model: nn.Module, example_inputs: Any, count: bool = False) -> Model
 
 
 __all__ = ["analysed_copy", "GroupItem", "ChannelGroup", "ModelAnalysis", "LayerCost", "analyze", "estimate_macs",
-           "estimate_params", "channel_macs", "residual_blocks", "prepare_for_pruning", "finish_pruning",
+           "estimate_params", "channel_macs", "residual_blocks", "prepare_for_pruning", "finish_pruning", "traced_inputs",
            "build_dependency_graph", "is_depthwise", "is_grouped", "run_model", "deleted_with_block", "OUT", "IN",
            "BOTH"]

@@ -29,9 +29,25 @@ SHORTCUT_BLOCK = "shortcut_block"
 SCATTER_BLOCK = "scatter_block"  # residual: scatter (a block whose output is scattered back; the family's scatter_block)
 
 
+FROZEN_BN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def frozen_bn_width(module: nn.Module) -> int | None:
+    """The width of a frozen BatchNorm (torchvision's ``FrozenBatchNorm2d``: no parameters, its affine
+    and statistics as four 1-D buffers of one length); None for any other layer."""
+    buffers = dict(module.named_buffers(recurse=False))
+    if next(module.parameters(recurse=False), None) is not None or set(buffers) != set(FROZEN_BN_BUFFERS):
+        return None
+    sizes = {tuple(b.shape) for b in buffers.values()}
+    return sizes.pop()[0] if len(sizes) == 1 and len(next(iter(sizes))) == 1 else None
+
+
 def module_shape(module: nn.Module) -> dict[str, Any] | None:
     """The shape description of a layer the surgery can change, or None."""
     kind = type(module).__name__
+    frozen = frozen_bn_width(module)
+    if frozen is not None:
+        return {"type": kind, "num_features": frozen}
     if isinstance(module, CONV_TYPES):
         return {"type": kind, "in_channels": module.in_channels, "out_channels": module.out_channels,
                 "groups": module.groups, "bias": module.bias is not None}
@@ -113,7 +129,11 @@ def resize_module(module: nn.Module, shape: dict[str, Any], name: str, where: st
     kind = shape.get("type")
     if kind != type(module).__name__:
         raise PolarpruneError(f"{where}: plan entry {name!r} is a {kind}, the layer is a {type(module).__name__}")
-    if isinstance(module, CONV_TYPES):
+    if frozen_bn_width(module) is not None:
+        n = _int(shape, "num_features", name, where)
+        for key in FROZEN_BN_BUFFERS:
+            setattr(module, key, (torch.ones if key == "running_var" else torch.zeros)(n, dtype=getattr(module, key).dtype))
+    elif isinstance(module, CONV_TYPES):
         cin, cout, groups = (_int(shape, k, name, where) for k in ("in_channels", "out_channels", "groups"))
         if groups < 1 or cin % groups or cout % groups:
             raise PolarpruneError(f"{where}: plan entry {name!r}: channels {cin}->{cout} do not divide into {groups} groups")

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import PolarpruneError
 from ..modes import restored_modes
 from .cost import MACS, CostModel, channel_macs
-from .graph import analyze, prepare_for_pruning
+from .graph import analyze, prepare_for_pruning, traced_inputs
 from .options import PruneOptions, parse_options
 from .resolve import Decision, decide
 
@@ -40,7 +40,7 @@ class TrialAnalysis:
         with restored_modes(model):
             self._view = shared_copy(model)
             prepare_for_pruning(self._view, example_inputs)
-            self.analysis = analyze(self._view, example_inputs)
+            self.analysis = analyze(self._view, traced_inputs(self._view, example_inputs))
         self._cache: dict[tuple[str, int], Decision] = {}
 
     def _bind(self, model: nn.Module | None) -> None:
