@@ -33,7 +33,7 @@ class Budget:
     """Limits of one pruning call: wall ``seconds`` and resident-memory growth ``memory_gb`` above the
     model's own size (None: no limit); ``interval``: seconds between the watchdog's checks."""
 
-    seconds: float | None = 60.0
+    seconds: float | None = 300.0
     memory_gb: float | None = 4.0
     interval: float = 0.05
 
