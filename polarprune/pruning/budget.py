@@ -143,10 +143,12 @@ def guarded(model: nn.Module, budget: Budget | None = None, name: str | None = N
         if limited:
             watcher.start()
         yield guard
-    except BudgetExceeded:
+    except BaseException:
         _stop(guard, watcher)
         if not guard.reason:
-            raise  # an enclosing guard's: it reports it
+            raise  # not ours (or an enclosing guard's BudgetExceeded: it reports it)
+        # ours; also when the code it interrupted swallowed it in a bare ``except`` and failed otherwise
+        # (Torch-Pruning's tracing retries a failed forward that way)
         raise guard.error() from None
     finally:
         _stop(guard, watcher)
