@@ -18,10 +18,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .errors import PolarpruneError
 from .modes import inference
+from .models.entry import entry_for
 from .models.inputs import input_shape_of
 
 # ---------------------------------------------------------------------------------------------
@@ -354,12 +355,13 @@ class CostCounter(TorchDispatchMode):
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | None = None, *, input_size: int | None = None,
-                  in_channels: int | None = None, batch: int = 1) -> torch.Tensor:
+                  in_channels: int | None = None, batch: int = 1) -> Any:
     """The tensor the model is run on: the given one, or ``batch`` random images of the given ``(C, H, W)``,
     else of the model's own input shape (``models.inputs.input_shape_of``: ``input_size``/``in_channels``,
     else recorded in the model, else its family's, else an error asking for --input-size). Random images
     come from a private generator (the global RNG is left alone), on the device and floating dtype of the
-    model's first parameter."""
+    model's first parameter. A family with its own input form (``ModelEntry.example_input``: a list of
+    images for torchvision detectors) gets that form at the shape's side."""
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -370,6 +372,10 @@ def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | 
     shape = input_shape_of(model, input_size, in_channels) if input_shape is None else tuple(input_shape)
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise PolarpruneError(f"input shape must be positive integers (C, H, W), got {shape!r}")
+    family = entry_for(model)
+    if family is not None and family.example_input is not None:  # e.g. a list of images (torchvision detection)
+        return tree_map(lambda t: t.to(device=device, dtype=dtype) if isinstance(t, torch.Tensor) else t,
+                        family.example_input(model, shape[-1]))
     generator = torch.Generator().manual_seed(0)
     return torch.randn((batch, *shape), generator=generator).to(device=device, dtype=dtype)
 
@@ -381,6 +387,12 @@ def counted_forward(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Cos
     with inference(model), counter:
         output = model(*inputs)
     return output, counter.profile(model, batch)
+
+
+def image_shape(example: Any) -> list[int]:
+    """The ``(C, H, W)`` of one image of an example input: a 4-D batch or a list of 3-D images."""
+    first = example[0] if isinstance(example, (list, tuple)) else example[0]
+    return list(first.shape)
 
 
 def profile_model(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | None = None) -> CostProfile:

@@ -117,7 +117,7 @@ def _check_args(args: argparse.Namespace) -> PruneOptions:
 def run(args: argparse.Namespace) -> int:
     from .. import serialization
     from ..deploy.latency_cost import prune_with_cost_model
-    from ..flops import example_input
+    from ..flops import example_input, image_shape
     from ..serialization import read_model
 
     options = _check_args(args)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     pruned, report, latency = prune_with_cost_model(model, x, options)
     top1_after = _top1(pruned, args) if args.data else None
     result = {**report.to_dict(), **(latency.as_dict() if latency else {})}
-    result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": list(x.shape[1:])})
+    result.update({"source": str(args.checkpoint), "out": str(args.out), "input_shape": image_shape(x)})
     if args.data:
         result["top1_before"], result["top1_after"] = top1_before, top1_after
     serialization.save(pruned, args.out, extra={"report": report.summary(), "source": str(args.checkpoint)})

@@ -201,3 +201,24 @@ def test_command_options_are_the_prune_options() -> None:
     args = command.parse_args(["x.pt", "--out", "o", "--strategy", "percent"])
     with pytest.raises(PolarpruneError, match="needs --percent"):
         prune.options_from_args(args, mask.MASK_FIELDS)
+
+
+@pytest.mark.slow
+def test_prune_command_on_a_detector_file_uses_its_input_form(tmp_path: Path) -> None:
+    """A torchvision detector file is pruned by the command with the family's input form (a list of images),
+    not a 4-D tensor; the report records one image's shape and the pruned file loads from itself."""
+    from prune_roundtrip import zero_half_of_every_bn
+
+    torch.manual_seed(0)
+    model = create("fasterrcnn_mobilenet_v3_large_fpn", num_classes=5, rpn_pre_nms_top_n_test=50,
+                   rpn_post_nms_top_n_test=20, box_detections_per_img=10).eval()
+    zero_half_of_every_bn(model)
+    source = serialization.save(model, tmp_path / "det.safetensors")
+    out, report = tmp_path / "pruned.safetensors", tmp_path / "report.json"
+    assert main(["prune", str(source), "--strategy", "fixed", "--out", str(out), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["input_shape"] == [3, 160, 160]
+    assert data["macs_after"] < 0.6 * data["macs_before"]
+    pruned = serialization.load(out)
+    assert type(pruned).__name__ == "FasterRCNN"
+    assert sum(p.numel() for p in pruned.parameters()) == data["params_after"]
