@@ -24,7 +24,7 @@ FLAG_KEYS = {"model": "model", "method": "sparsity.regularizer", "lbd": "sparsit
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "yolo", "baseline -> sparsity -> prune -> fine-tune a YOLO model in ultralytics' trainer",
-                       DESCRIPTION, run, trust_code=False)
+                       DESCRIPTION, run, trust_code=True)
     p.add_argument("data", metavar="DATA.yaml", help="a YOLO data set YAML (train, val, names)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="pipeline keys (dotted), e.g. sparsity.t=1.2")
     p.add_argument("--model", help="a model YAML such as yolov8n.yaml (random start) or a local .pt (default yolov8n.yaml)")

@@ -36,6 +36,7 @@ from torch import nn
 from ..config import Section, SparsityConfig
 from ..errors import PolarpruneError, require_extra
 from ..fileio import atomic_write_json, read_json
+from ..models.imports import code_trusted
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +514,10 @@ def check_model(cfg: YoloPipelineConfig, nc: int) -> YoloTask:
     if cfg.model.lower().endswith(".pt"):
         if not Path(cfg.model).is_file():
             raise PolarpruneError(f"model file not found: {cfg.model} (give a local .pt or a model YAML)")
+        if not code_trusted():
+            raise PolarpruneError(f"model {cfg.model}: an ultralytics .pt file is a pickle and loading it runs code; "
+                                  f"pass --trust-code (Python: inside polarprune.models.imports.trusting_code()) if you "
+                                  f"trust it, or give a model YAML")
         return task_of(cfg.task or str(_module("ultralytics.nn.tasks").guess_model_task(cfg.model)))
     return task_of(cfg.task or model_task(build_yolo(cfg.model, nc, cfg.task)))
 

@@ -443,6 +443,11 @@ def test_yolo_yaml_that_does_not_build_is_one_line(yolo_set: Path, tmp_path: Pat
     assert "\n" not in str(info.value)
     with pytest.raises(PolarpruneError, match=r"model file not found: .*missing.pt"):
         ultra.run_yolo(pipeline_config(yolo_set, str(tmp_path / "missing.pt"), tmp_path / "run"))
+    pickle = tmp_path / "yolov8n.pt"
+    pickle.write_bytes(b"not loaded")
+    with pytest.raises(PolarpruneError, match=r"yolov8n.pt: an ultralytics .pt file is a pickle .* --trust-code") as info:
+        ultra.run_yolo(pipeline_config(yolo_set, str(pickle), tmp_path / "run"))
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
 
 
 def test_target_on_model_with_nothing_to_prune_is_one_line() -> None:
