@@ -48,8 +48,11 @@ def add_prune_options(p: argparse.ArgumentParser, fields: Sequence[str], helps: 
             literal = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
             options = choices.get(name) or literal
             kwargs["default"] = default
+            metavar = dict(info.json_schema_extra or {}).get("metavar")  # type: ignore[arg-type]
             if options:
                 kwargs["choices"] = tuple(options)
+            elif metavar:  # a value of its own syntax (round_to: auto or N), checked by PruneOptions
+                kwargs["metavar"] = metavar
             else:
                 kwargs["type"] = int if isinstance(default, int) else float
                 kwargs["metavar"] = "N" if isinstance(default, int) else "X"
