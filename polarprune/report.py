@@ -137,7 +137,8 @@ def format_table(summary: dict[str, Any]) -> str:
     threads = _threads_label(summary)
     runtimes = summary_runtime_names(summary)
     latency = f"latency, {threads}" if threads else "latency"
-    labels = [latency] if runtimes == ["eager"] else [f"{rt}{', ' + threads if threads and i == 0 else ''}" for i, rt in enumerate(runtimes)]
+    named = [f"{rt} latency{', ' + threads if threads and i == 0 else ''}" for i, rt in enumerate(runtimes)]
+    labels = [latency] if runtimes == ["eager"] else named
     width = 30 if len(labels) > 1 else 0  # room for "0.290 ms (noisy: spread 35%)"
     header = (f"{'stage':<14} {'top-1 %':>8} {'MACs':>9} {'FLOPs':>9} {'params':>9} {'MACs -':>8} {'params -':>9}  "
               + "".join(f"{label:<{width}}" for label in labels).rstrip())

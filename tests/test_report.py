@@ -149,7 +149,7 @@ def test_stage_rows_in_eager_and_onnxruntime(monkeypatch) -> None:
     assert headline["latency_speedup_by_runtime"] == {"eager": 2.0, "onnxruntime": 0.8}
     summary = {"recipe": "r", "stages": rows, "reductions": headline, "warnings": ["prune: warning: slower in eager"]}
     table = format_table(summary).splitlines()
-    assert table[0].split("params -")[1].split() == ["eager,", "1", "thread", "onnxruntime"]
+    assert table[0].split("params -")[1].split() == ["eager", "latency,", "1", "thread", "onnxruntime", "latency"]
     assert table[3].split()[-4:] == ["1.000", "ms", "2.500", "ms"] and table[-1] == "prune: warning: slower in eager"
     text = format_markdown(summary)
     assert "| eager latency, batch 1, 1 thread | onnxruntime latency, batch 1, 1 thread |" in text
