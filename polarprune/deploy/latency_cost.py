@@ -11,6 +11,7 @@ the caller (this module, the prune command) builds it; pruning never imports dep
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -228,35 +229,40 @@ def check_latency(model: nn.Module, pruned: nn.Module, example_inputs: Any, opti
 
 def prune_with_cost_model(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
                           cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
-                          compare: Compare | None = None,
+                          compare: Compare | None = None, inplace: bool = False,
                           **fields: Any) -> tuple[nn.Module, PruneReport, LatencyPrune | LatencyCheck | None]:
     """Prune with the cost model the strategy's record asks for: ``prune_to_latency`` for ``cost="latency"``
     (its ``LatencyPrune`` third), ``prune_model`` otherwise, with the runtime's widths for ``round_to: auto``
     (a ``LatencyCheck`` third when the result was timed, else None). Where a runtime is in play the pruned
     model is timed against the unpruned one (unless ``measure_latency`` is off) and a slower one is
-    reported with a warning. The prune command, the recipes' prune stage and ``polarprune.prune_model`` call this."""
+    reported with a warning. The prune command, the recipes' prune stage and ``polarprune.prune_model`` call this
+    (``inplace``: as ``prune_model``'s; not with a latency strategy, which prunes more than once)."""
     opts = parse_options(fields.pop("strategy", None), options, **fields)
     if opts.strategy_record.cost == "latency":
+        if inplace:
+            raise PolarpruneError(f"strategy {opts.strategy!r} prunes copies (it may prune twice): drop inplace=True")
         result = prune_to_latency(model, example_inputs, opts, cache_dir=cache_dir, measure=measure, compare=compare)
         check_latency(model, result.pruned, example_inputs, opts, result.report, ratio=result.measured_ratio)
         return result.pruned, result.report, result
     widths = runtime_widths(model, example_inputs, opts, cache_dir=cache_dir, measure=measure)
-    pruned, report = prune_model(model, example_inputs, options=opts, widths=widths)
-    if widths is None or not opts.measure_latency:
+    checked = widths is not None and opts.measure_latency
+    unpruned = copy.deepcopy(model) if checked and inplace else model  # what the pruned model is timed against
+    pruned, report = prune_model(model, example_inputs, options=opts, widths=widths, inplace=inplace)
+    if not checked:
         return pruned, report, None
-    return pruned, report, check_latency(model, pruned, example_inputs, opts, report, compare)
+    return pruned, report, check_latency(unpruned, pruned, example_inputs, opts, report, compare)
 
 
 def prune_for_runtime(model: nn.Module, example_inputs: Any, strategy: str | None = None, *,
                       options: PruneOptions | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                      measure: Measure | None = None, compare: Compare | None = None,
+                      measure: Measure | None = None, compare: Compare | None = None, inplace: bool = False,
                       **fields: Any) -> tuple[nn.Module, PruneReport]:
     """``polarprune.prune_model``: ``prune_with_cost_model`` as ``(pruned, report)``; ``round_to: auto`` (the
     default) keeps the widths that pay in ``runtime`` (default eager), and the report's notes say what was measured."""
     if strategy is not None:
         fields["strategy"] = strategy
     pruned, report, _ = prune_with_cost_model(model, example_inputs, options, cache_dir=cache_dir, measure=measure,
-                                              compare=compare, **fields)
+                                              compare=compare, inplace=inplace, **fields)
     return pruned, report
 
 

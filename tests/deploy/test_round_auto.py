@@ -134,6 +134,19 @@ def test_the_python_api_prunes_to_the_runtime_widths(tmp_path) -> None:
     assert any("not faster than the unpruned one in eager" in note for note in report.notes)
 
 
+def test_inplace_is_timed_against_the_unpruned_model(tmp_path) -> None:
+    """``inplace=True`` prunes the caller's model; the check still compares with a copy of it before pruning."""
+    net = model()
+    seen = []
+    compare = lambda unpruned, pruned: seen.append((unpruned.features[0].out_channels, pruned.features[0].out_channels)) or 0.9
+    pruned, _ = polarprune.prune_model(net, X, "fixed", threshold=0.5, inplace=True, cache_dir=tmp_path, measure=blocked_ms(8),
+                                       compare=compare)
+    assert pruned is net and seen == [(32, 24)]
+    with pytest.raises(PolarpruneError, match="drop inplace=True"):
+        polarprune.prune_model(model(), X, "latency-target", target_latency_reduction=0.3, inplace=True, cache_dir=tmp_path,
+                               measure=blocked_ms(8), compare=answer(0.7))
+
+
 def test_the_prune_command_measures_and_warns(tmp_path, monkeypatch, capsys) -> None:
     """``polarprune prune`` with the default round_to: says it measures, prunes to the steps, warns when slower."""
     monkeypatch.setattr(lc, "runtime_measure", lambda *args, **kwargs: blocked_ms(8))
