@@ -481,7 +481,8 @@ def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneO
     opts = parse_options(strategy, options, **fields)
     record = STRATEGIES[opts.strategy]
     if record.decides == "search":
-        return record.function()(analysis, opts, quiet=quiet, cost=cost, widths=widths)
+        extra = {"widths": widths} if widths is not None else {}  # a search registered before widths existed takes none
+        return record.function()(analysis, opts, quiet=quiet, cost=cost, **extra)
     notes: list[str] = []
     scored = scored_bns(analysis, opts, notes)
     choice = CHOOSERS[record.decides](analysis, opts, scored, notes, quiet)

@@ -89,6 +89,15 @@ def test_auto_snaps_up_to_the_runtime_steps(tmp_path, block, expected) -> None:
     assert "measured latency in eager (batch 1, 1 thread): 0.80x the unpruned model's" in report.notes
 
 
+def test_flops_target_searches_among_the_runtime_widths(tmp_path) -> None:
+    """flops-target's bisection decides with the snapped widths, so every group lands on a step (a multiple of 8)
+    and the MACs cut is the one of those widths."""
+    _, report, _ = lc.prune_with_cost_model(model(), X, strategy="flops-target", target_macs_reduction=0.5, cache_dir=tmp_path,
+                                            measure=blocked_ms(8), compare=answer(0.7))
+    assert all(width % 8 == 0 for width in widths(report).values()), widths(report)
+    assert min(widths(report).values()) < 32 and abs(report.macs_reduction - 0.5) < 0.1
+
+
 def test_exact_counts_without_a_runtime(tmp_path) -> None:
     """round_to 1 never times anything; pruning.prune_model without a widths model keeps the exact counts."""
     def never(*args):
