@@ -209,6 +209,11 @@ def runtime_widths(model: nn.Module, example_inputs: Any, options: PruneOptions,
     if options.round_to != "auto" or options.residual == "scatter":
         return None
     runtime(options.runtime)  # unknown runtime or missing extra: one line before any work
+    inputs = as_input_tuple(example_inputs)
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 4:
+        log.warning("round_to auto: the runtime is timed on one image batch (N, C, H, W); these example inputs are "
+                    "not one, so the exact widths are kept (set round_to to silence this)")
+        return None
     return latency_cost_model(model, example_inputs, options.runtime, options.batch, options.threads, cache_dir=cache_dir,
                               measure=measure, step=step)
 

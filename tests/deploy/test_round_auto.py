@@ -111,6 +111,8 @@ def test_exact_counts_without_a_runtime(tmp_path) -> None:
     _, report, _ = lc.prune_with_cost_model(model(), X, strategy="fixed", threshold=0.5, round_to=8, cache_dir=tmp_path,
                                             measure=never, compare=never)
     assert widths(report)["features.4"] == 16 and widths(report)["features.11"] == 40
+    linear = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))  # not an image model: exact widths
+    assert lc.runtime_widths(linear, torch.randn(2, 4), prune_options.parse_options(), measure=never) is None
     scatter = prune_options.parse_options(residual="scatter")  # the original's accounting ignores rounding
     assert scatter.round_to == "auto" and lc.runtime_widths(model(), X, scatter, measure=never) is None
 
