@@ -148,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     print(report.table(max_rows=60))
     if args.data:
         print(f"top-1 {top1_before:.2f}% -> {top1_after:.2f}% on the {args.data} evaluation split (before fine-tuning)")
-    for note in report.notes[:10]:
+    warnings = [note for note in report.notes if note.startswith("warning:")]  # always shown (a slower model)
+    for note in [note for note in report.notes if note not in warnings][:10]:
         print(f"note: {note}")
+    for note in warnings:
+        print(note)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
     return 0

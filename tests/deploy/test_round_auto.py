@@ -169,7 +169,7 @@ def test_the_prune_command_measures_and_warns(tmp_path, monkeypatch, capsys) -> 
                  "--report", str(report_file)]) == 0
     printed, logged = capsys.readouterr()
     assert "measuring the latency of 6 layer shapes in eager at batch 1, 1 thread(s)" in logged
-    assert "note: warning: the pruned model is not faster than the unpruned one in eager" in printed
+    assert "\nwarning: the pruned model is not faster than the unpruned one in eager" in printed
     result = json.loads(report_file.read_text())
     assert result["slower_than_unpruned"] is True and result["latency_runtime"] == "eager"
     assert {g["group"]: g["channels_after"] for g in result["layers"]}["features.4"] == 16
