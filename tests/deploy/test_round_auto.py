@@ -128,6 +128,18 @@ def test_a_slower_pruned_model_is_reported_naming_the_runtime(tmp_path, caplog) 
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [warning[0].removeprefix("warning: ")]
 
 
+def test_the_check_times_both_models_in_the_runtime(tmp_path, monkeypatch) -> None:
+    """The real side-by-side check with fake timers (every timed call lasts 1 ms): equal latency is 'not faster'."""
+    from latency_fakes import fixed_rounds
+
+    net = model()
+    pruned, report = prune_model(net, X, "fixed", threshold=0.5, round_to=8)
+    fixed_rounds(monkeypatch, [0.001])
+    check = lc.check_latency(net, pruned, X, prune_options.parse_options(runtime="eager", batch=2), report)
+    assert (check.measured_ratio, check.slower, check.batch) == (1.0, True, 2)
+    assert report.notes[-1].startswith("warning: the pruned model is not faster than the unpruned one in eager (batch 2, 1 thread)")
+
+
 def test_no_measure_skips_the_check(tmp_path) -> None:
     def never(*args):
         raise AssertionError("timed with measure_latency off")
