@@ -3,7 +3,8 @@
 The main Python entry points (imported lazily, so ``import polarprune`` stays light):
 
 - ``polarprune.models.create(name, num_classes=...)``: build a model;
-- ``polarprune.prune_model(model, example_inputs, strategy=..., ...)``: remove channels;
+- ``polarprune.prune_model(model, example_inputs, strategy=..., ...)``: remove channels (``round_to: auto``,
+  the default, keeps the widths that pay in the chosen runtime, eager unless ``runtime=`` says otherwise);
 - ``polarprune.save(model, path)`` / ``polarprune.load(path, model=None, trust_code=False)``:
   self-describing model files for any ``nn.Module`` (``model=``: load into your fresh instance);
 - ``polarprune.count_model(model, input_shape)``: MACs, FLOPs, params;
@@ -22,7 +23,7 @@ from .errors import PolarpruneError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prune_model": ("polarprune.pruning", "prune_model"),
+    "prune_model": ("polarprune.deploy.latency_cost", "prune_for_runtime"),  # round_to auto: the runtime's widths
     "plan_pruning": ("polarprune.pruning", "plan_pruning"),
     "save": ("polarprune.serialization", "save"),
     "load": ("polarprune.serialization", "load"),

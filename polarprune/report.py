@@ -1,4 +1,5 @@
-"""Run summaries: per-stage accuracy, MACs, FLOPs, params and CPU latency, as a table, JSON and Markdown."""
+"""Run summaries: per-stage accuracy, MACs, FLOPs, params and CPU latency (eager, and onnxruntime where the
+deploy extra is installed), as a table, JSON and Markdown."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import torch
 from torch import nn
 
 from .deploy.latency import SUMMARY_THREADS, LatencyFigure, is_noisy, latency_figure, spread_too_wide
+from .deploy.runtimes import RUNTIME_RECORDS
 from .flops import count_model
 from .fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+# the runtimes a run summary times every stage in (first: the one of ``latency_ms``); one whose package is
+# missing is left out
+SUMMARY_RUNTIMES = ("eager", "onnxruntime")
+
+
+def summary_runtimes() -> list[str]:
+    """``SUMMARY_RUNTIMES`` whose package is installed (onnxruntime: the deploy extra)."""
+    return [name for name in SUMMARY_RUNTIMES if name in RUNTIME_RECORDS and RUNTIME_RECORDS[name].available]
 
 
 @torch.no_grad()
@@ -32,16 +43,29 @@ def latency_text(ms: float, spread: float | None) -> str:
     return text
 
 
-def stage_row(name: str, model: nn.Module, top1: float | None, input_shape: Sequence[int]) -> dict[str, Any]:
-    """One stage's numbers (``top1`` in percent); a noisy latency logs one warning naming the model."""
-    cost = count_model(model, tuple(input_shape))
-    figure = cpu_latency_ms(model, input_shape)
+def runtime_latency(name: str, model: nn.Module, input_shape: Sequence[int], runtime: str) -> LatencyFigure:
+    """One stage's latency in ``runtime`` (eager: ``cpu_latency_ms``; others with the runtime's quick
+    export); a noisy figure logs one warning naming the model and the runtime."""
+    figure = (cpu_latency_ms(model, input_shape) if runtime == "eager"
+              else latency_figure(model, input_shape, runtime=runtime, rounds=30, warmup=5, probe=True))
     if is_noisy(figure):
         log.warning("latency of %s on %s is noisy: its rounds spread %.0f%% around the median %.3f ms "
                     "(a loaded machine?)", name, figure.runtime, 100 * figure.spread, figure.median_ms)
+    return figure
+
+
+def stage_row(name: str, model: nn.Module, top1: float | None, input_shape: Sequence[int],
+              runtimes: Sequence[str] = ("eager",)) -> dict[str, Any]:
+    """One stage's numbers (``top1`` in percent); latency in each of ``runtimes`` (the first one's is
+    ``latency_ms``, every one's in ``latency_by_runtime``)."""
+    cost = count_model(model, tuple(input_shape))
+    figures = {runtime: runtime_latency(name, model, input_shape, runtime) for runtime in runtimes}
+    first = figures[runtimes[0]]
     return {"name": name, "top1": None if top1 is None else round(float(top1), 4), "macs": cost.macs,
-            "flops": cost.flops, "params": cost.params, "latency_ms": round(figure.median_ms, 4),
-            "latency_spread": round(figure.spread, 4), "latency_threads": figure.threads}
+            "flops": cost.flops, "params": cost.params, "latency_ms": round(first.median_ms, 4),
+            "latency_spread": round(first.spread, 4), "latency_threads": first.threads,
+            "latency_by_runtime": {runtime: {"ms": round(f.median_ms, 4), "spread": round(f.spread, 4)}
+                                   for runtime, f in figures.items()}}
 
 
 def add_reductions(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -53,11 +77,40 @@ def add_reductions(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("macs", "flops", "params"):
             row[f"{key}_reduction"] = round(1.0 - row[key] / ref[key], 6) if ref[key] else 0.0
         row["latency_speedup"] = round(ref["latency_ms"] / row["latency_ms"], 4) if row["latency_ms"] else None
+        row["latency_speedup_by_runtime"] = speedups(ref, row)
         if row["top1"] is not None and ref["top1"] is not None:
             row["top1_change"] = round(row["top1"] - ref["top1"], 4)
     last = rows[-1]
-    keys = ("macs_reduction", "flops_reduction", "params_reduction", "latency_speedup", "top1_change")
+    keys = ("macs_reduction", "flops_reduction", "params_reduction", "latency_speedup", "latency_speedup_by_runtime", "top1_change")
     return {"reference_stage": ref["name"], "final_stage": last["name"], **{k: last.get(k) for k in keys}}
+
+
+def latencies(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A row's latency per runtime (a row written before ``latency_by_runtime``: eager only)."""
+    return row.get("latency_by_runtime") or {"eager": {"ms": row["latency_ms"], "spread": row.get("latency_spread")}}
+
+
+def speedups(ref: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
+    """Per runtime both rows were timed in: the reference's latency over the row's."""
+    mine, theirs = latencies(row), latencies(ref)
+    return {rt: round(theirs[rt]["ms"] / mine[rt]["ms"], 4) for rt in mine if rt in theirs and mine[rt]["ms"]}
+
+
+def summary_runtime_names(summary: dict[str, Any]) -> list[str]:
+    """The runtimes the stages were timed in, in order."""
+    return list(dict.fromkeys(rt for row in summary["stages"] for rt in latencies(row)))
+
+
+def latency_cells(row: dict[str, Any], runtimes: Sequence[str]) -> list[str]:
+    """The row's latency text per runtime ("-" where it was not timed in it)."""
+    by = latencies(row)
+    return [latency_text(by[rt]["ms"], by[rt].get("spread")) if rt in by else "-" for rt in runtimes]
+
+
+def speedup_text(speedups_by_runtime: dict[str, float]) -> str:
+    """``CPU latency x1.20 faster in eager, not faster in onnxruntime (x0.95)``: every runtime, slower ones said so."""
+    parts = [f"x{v:.2f} faster in {rt}" if v > 1 else f"not faster in {rt} (x{v:.2f})" for rt, v in speedups_by_runtime.items()]
+    return "CPU latency " + ", ".join(parts) if parts else ""
 
 
 def _human(n: float) -> str:
@@ -79,19 +132,26 @@ def _threads_label(summary: dict[str, Any]) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A fixed-width table of the stages (for the terminal); a noisy latency says so."""
+    """A fixed-width table of the stages (for the terminal), one latency column per runtime; a noisy
+    latency says so; the run's warnings (a pruned model slower than its source) follow."""
     threads = _threads_label(summary)
+    runtimes = summary_runtime_names(summary)
     latency = f"latency, {threads}" if threads else "latency"
-    header = f"{'stage':<14} {'top-1 %':>8} {'MACs':>9} {'FLOPs':>9} {'params':>9} {'MACs -':>8} {'params -':>9}  {latency}"
+    named = [f"{rt} latency{', ' + threads if threads and i == 0 else ''}" for i, rt in enumerate(runtimes)]
+    labels = [latency] if runtimes == ["eager"] else named
+    width = 30 if len(labels) > 1 else 0  # room for "0.290 ms (noisy: spread 35%)"
+    header = (f"{'stage':<14} {'top-1 %':>8} {'MACs':>9} {'FLOPs':>9} {'params':>9} {'MACs -':>8} {'params -':>9}  "
+              + "".join(f"{label:<{width}}" for label in labels).rstrip())
     lines = [header, "-" * len(header)]
     for row in summary["stages"]:
         top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
+        cells = "".join(f"{cell:<{width}}" for cell in latency_cells(row, runtimes)).rstrip()
         lines.append(
             f"{row['name']:<14} {top1:>8} {_human(row['macs']):>9} {_human(row['flops']):>9} "
             f"{_human(row['params']):>9} {100 * row['macs_reduction']:>7.1f}% "
-            f"{100 * row['params_reduction']:>8.1f}%  {latency_text(row['latency_ms'], row.get('latency_spread'))}"
+            f"{100 * row['params_reduction']:>8.1f}%  {cells}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + list(summary.get("warnings") or []))
 
 
 def format_markdown(summary: dict[str, Any]) -> str:
@@ -100,15 +160,18 @@ def format_markdown(summary: dict[str, Any]) -> str:
     threads = _threads_label(summary)
     if summary.get("description"):
         out += [summary["description"], ""]
+    runtimes = summary_runtime_names(summary)
+    where = f"batch 1{', ' + threads if threads else ''}"
+    columns = [f"CPU latency, {where}"] if runtimes == ["eager"] else [f"{rt} latency, {where}" for rt in runtimes]
     out += [
-        f"| stage | top-1 (%) | MACs | FLOPs | params | CPU latency, batch 1{', ' + threads if threads else ''} | MACs reduction | params reduction |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| stage | top-1 (%) | MACs | FLOPs | params | {' | '.join(columns)} | MACs reduction | params reduction |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(columns) + "---:|---:|",
     ]
     for row in summary["stages"]:
         top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
         out.append(
             f"| {row['name']} | {top1} | {row['macs']:,} | {row['flops']:,} | {row['params']:,} | "
-            f"{latency_text(row['latency_ms'], row.get('latency_spread'))} | {100 * row['macs_reduction']:.1f}% | {100 * row['params_reduction']:.1f}% |"
+            f"{' | '.join(latency_cells(row, runtimes))} | {100 * row['macs_reduction']:.1f}% | {100 * row['params_reduction']:.1f}% |"
         )
     red = summary.get("reductions", {})
     if red:
@@ -118,8 +181,10 @@ def format_markdown(summary: dict[str, Any]) -> str:
             f"{100 * red['macs_reduction']:.1f}% of the MACs and {100 * red['params_reduction']:.1f}% of the "
             f"parameters"
             + (f", top-1 change {red['top1_change']:+.2f} points" if red.get("top1_change") is not None else "")
-            + (f", CPU latency x{red['latency_speedup']:.2f} faster." if red.get("latency_speedup") else "."),
+            + (f", {speedup_text(red['latency_speedup_by_runtime'])}." if red.get("latency_speedup_by_runtime")
+               else f", CPU latency x{red['latency_speedup']:.2f} faster." if red.get("latency_speedup") else "."),
         ]
+    out += ["", *summary["warnings"]] if summary.get("warnings") else []
     plots = summary.get("plots") or []
     if plots:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]

@@ -5,6 +5,12 @@
 - The longest tests run first, so that the two workers share them instead of one worker
   finishing them alone after the other has run out of work (``--maxschedchunk 2``: xdist would
   otherwise hand each worker a quarter of its share at once, all the long tests to the first).
+- ``round_to`` defaults to 1 in this process (``pruning.options.DEFAULT_ROUND_TO``), not to
+  ``auto``: the unit tests assert exact channel counts, and ``auto`` would profile the real
+  runtime in every prune (slow, and the widths would depend on the machine). ``auto`` is tested
+  with a fake runtime whose costs are known exactly (tests/deploy/test_round_auto.py, which sets
+  the default back). Tests that run polarprune in a subprocess pass ``round_to=1`` where they
+  assert exact counts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ LONGEST_FIRST = ("test_world_size.py", "test_integration_cifar.py", "test_pipeli
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from polarprune.pruning import options
+
+    options.DEFAULT_ROUND_TO = 1  # see the module's docstring
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses tests start

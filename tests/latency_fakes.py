@@ -27,6 +27,26 @@ def fake_ms(items) -> list[float]:
     return [fake_cost(module) for module, _ in items]
 
 
+def blocked_ms(block: int):
+    """``Measure`` of a fake runtime that computes ``block`` channels at a time: a conv or linear layer costs
+    ceil(in/block) * ceil(out/block) (convs times their kernel area), so its latency is flat between
+    multiples of ``block`` (tests/deploy/test_round_auto.py)."""
+
+    def blocks(channels: int) -> int:
+        return math.ceil(channels / block)
+
+    def cost(module: nn.Module) -> float:
+        total = 0.0
+        for m in module.modules():
+            if isinstance(m, CONV_TYPES):
+                total += blocks(m.in_channels // m.groups) * blocks(m.out_channels) * math.prod(m.kernel_size)
+            elif isinstance(m, nn.Linear):
+                total += blocks(m.in_features) * blocks(m.out_features)
+        return total
+
+    return lambda items: [cost(module) for module, _ in items]
+
+
 class Counting:
     """``fake_ms`` that counts the modules it times (a cache hit times nothing)."""
 

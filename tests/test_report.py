@@ -126,3 +126,33 @@ def test_latency_text_and_old_rows_without_a_spread() -> None:
     old = {"name": "a", "top1": None, "macs": 1, "flops": 2, "params": 1, "latency_ms": 0.5}
     table = format_table(summary_of(old))  # a summary.json written before the spread was stated
     assert "0.500 ms" in table and table.splitlines()[0].endswith("latency")
+
+
+def test_stage_rows_in_eager_and_onnxruntime(monkeypatch) -> None:
+    """The summary's columns: one per runtime (the demo's table: eager and onnxruntime), each timed with
+    the fixed rounds; the reductions say per runtime whether the last stage is faster, warnings follow."""
+    import pytest
+
+    from polarprune.report import summary_runtimes
+
+    pytest.importorskip("onnxruntime")
+    assert summary_runtimes() == ["eager", "onnxruntime"]
+    fixed_rounds(monkeypatch, [0.002])
+    big = stage_row("big", nn.Linear(8, 4), 90.0, (8,), ("eager", "onnxruntime"))
+    fixed_rounds(monkeypatch, [0.001])
+    small = stage_row("small", nn.Linear(8, 2), 88.5, (8,), ("eager", "onnxruntime"))
+    assert big["latency_by_runtime"] == {"eager": {"ms": 2.0, "spread": 0.0}, "onnxruntime": {"ms": 2.0, "spread": 0.0}}
+    assert small["latency_ms"] == 1.0 and small["latency_by_runtime"]["onnxruntime"]["ms"] == 1.0
+    small["latency_by_runtime"]["onnxruntime"]["ms"] = 2.5  # slower than big in onnxruntime
+    rows = [big, small]
+    headline = add_reductions(rows)
+    assert headline["latency_speedup_by_runtime"] == {"eager": 2.0, "onnxruntime": 0.8}
+    summary = {"recipe": "r", "stages": rows, "reductions": headline, "warnings": ["prune: warning: slower in eager"]}
+    table = format_table(summary).splitlines()
+    assert table[0].split("params -")[1].split() == ["eager", "latency,", "1", "thread", "onnxruntime", "latency"]
+    assert table[3].split()[-4:] == ["1.000", "ms", "2.500", "ms"] and table[-1] == "prune: warning: slower in eager"
+    text = format_markdown(summary)
+    assert "| eager latency, batch 1, 1 thread | onnxruntime latency, batch 1, 1 thread |" in text
+    assert "| 1.000 ms | 2.500 ms |" in text
+    assert "CPU latency x2.00 faster in eager, not faster in onnxruntime (x0.80)." in text
+    assert text.rstrip().endswith("prune: warning: slower in eager")

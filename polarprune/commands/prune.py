@@ -48,8 +48,11 @@ def add_prune_options(p: argparse.ArgumentParser, fields: Sequence[str], helps: 
             literal = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
             options = choices.get(name) or literal
             kwargs["default"] = default
+            metavar = dict(info.json_schema_extra or {}).get("metavar")  # type: ignore[arg-type]
             if options:
                 kwargs["choices"] = tuple(options)
+            elif metavar:  # a value of its own syntax (round_to: auto or N), checked by PruneOptions
+                kwargs["metavar"] = metavar
             else:
                 kwargs["type"] = int if isinstance(default, int) else float
                 kwargs["metavar"] = "N" if isinstance(default, int) else "X"
@@ -145,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     print(report.table(max_rows=60))
     if args.data:
         print(f"top-1 {top1_before:.2f}% -> {top1_after:.2f}% on the {args.data} evaluation split (before fine-tuning)")
-    for note in report.notes[:10]:
+    warnings = [note for note in report.notes if note.startswith("warning:")]  # always shown (a slower model)
+    for note in [note for note in report.notes if note not in warnings][:10]:
         print(f"note: {note}")
+    for note in warnings:
+        print(note)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .export import DEFAULT_TOLERANCE, EXPORT_FORMATS, ExportReport, export_model, load_artifact
 from .latency import (RUNTIMES, STEADY_MALLOC_ENV, LatencyFigure, LatencyResult, is_noisy, latency_figure, latency_ms,
                       measure_latency, steady_malloc)
-from .latency_cost import LatencyPrune, latency_cost_model, prune_to_latency
+from .latency_cost import LatencyCheck, LatencyPrune, latency_cost_model, prune_for_runtime, prune_to_latency, prune_with_cost_model
 from .runtimes import RUNTIME_RECORDS, Runtime, register_runtime, runtime
 from .widths import round_widths
 
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "export_model", "load_artifact",
     "RUNTIMES", "STEADY_MALLOC_ENV", "LatencyFigure", "LatencyResult", "is_noisy", "latency_figure", "latency_ms", "measure_latency",
     "steady_malloc",
-    "round_widths", "LatencyPrune", "latency_cost_model", "prune_to_latency", "RUNTIME_RECORDS", "Runtime", "register_runtime",
+    "round_widths", "LatencyCheck", "LatencyPrune", "latency_cost_model", "prune_for_runtime", "prune_to_latency",
+    "prune_with_cost_model", "RUNTIME_RECORDS", "Runtime", "register_runtime",
     "runtime",
 ]

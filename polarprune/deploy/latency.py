@@ -144,11 +144,12 @@ def median_forward_ms(runs: Sequence[Callable[[], Any]], rounds: int = 5, min_ro
 
 
 def forward_runner(model: nn.Module, runtime: str, input_shape: Sequence[int], batch: int, *,
-                   threads: int | None = None, workdir: str | os.PathLike[str] | None = None, seed: int = 0) -> Callable[[], Any]:
+                   threads: int | None = None, workdir: str | os.PathLike[str] | None = None, seed: int = 0,
+                   probe: bool = False) -> Callable[[], Any]:
     """A no-argument callable running one forward of a copy of ``model`` at ``batch`` in ``runtime`` (its
     record in ``runtimes.RUNTIME_RECORDS``); ``onnxruntime`` exports it into ``workdir`` (a new temporary
-    folder, left to the caller, when None)."""
-    return build_runner(model, runtime, input_shape, batch, threads=threads, workdir=workdir, seed=seed)
+    folder, left to the caller, when None); ``probe``: the record's quicker builder (no artifact check)."""
+    return build_runner(model, runtime, input_shape, batch, threads=threads, workdir=workdir, seed=seed, probe=probe)
 
 
 @dataclass
@@ -182,10 +183,10 @@ class LatencyResult:
 
 def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], *, runtime: str = "eager",
                     batches: Sequence[int] = (1, 64), rounds: int = 7, warmup: int = 1, threads: int | None = None,
-                    min_round_seconds: float = MIN_ROUND_SECONDS, seed: int = 0) -> LatencyResult:
+                    min_round_seconds: float = MIN_ROUND_SECONDS, seed: int = 0, probe: bool = False) -> LatencyResult:
     """Median per-forward latency of each model at each batch size in interleaved rounds, with the per-round
     ratios against the first model; a round repeats forwards (the same count for every model) to last
-    ``min_round_seconds``."""
+    ``min_round_seconds`` (``probe``: the runtime's quicker builder, ``forward_runner``)."""
     if not models:
         raise PolarpruneError("measure_latency needs at least one model")
     if rounds < 1 or warmup < 0:
@@ -199,8 +200,8 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
                            steady_malloc(), names)
     with tempfile.TemporaryDirectory(prefix="polarprune-latency-") as workdir, pinned_threads(threads):
         for batch in batches:
-            runners = {n: forward_runner(models[n], runtime, input_shape, int(batch), threads=threads, workdir=workdir, seed=seed)
-                       for n in names}
+            runners = {n: forward_runner(models[n], runtime, input_shape, int(batch), threads=threads, workdir=workdir, seed=seed,
+                                         probe=probe) for n in names}
             first = runners[names[0]]
             first()  # warm the reference once before sizing the rounds
             calls = max(1, min(MAX_CALLS_PER_ROUND, math.ceil(min_round_seconds / max(timed(first), 1e-9))))
@@ -271,12 +272,13 @@ def is_noisy(figure: LatencyFigure, limit: float = NOISE_LIMIT) -> bool:
 
 
 def latency_figure(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, runtime: str = "eager",
-                   rounds: int = 30, warmup: int = 5, threads: int | None = SUMMARY_THREADS) -> LatencyFigure:
+                   rounds: int = 30, warmup: int = 5, threads: int | None = SUMMARY_THREADS, probe: bool = False) -> LatencyFigure:
     """One forward of ``model`` measured with torch's threads pinned to ``threads`` (None: torch's current
-    count) and glibc keeping freed memory: the median and spread of ``rounds`` rounds after ``warmup``."""
+    count) and glibc keeping freed memory: the median and spread of ``rounds`` rounds after ``warmup``
+    (``probe``: the runtime's quicker builder, ``forward_runner``)."""
     with steady_malloc_here() as applied:
         result = measure_latency({"model": model}, input_shape, runtime=runtime, batches=(batch,), rounds=rounds,
-                                 warmup=warmup, threads=threads, min_round_seconds=0.0)
+                                 warmup=warmup, threads=threads, min_round_seconds=0.0, probe=probe)
     ms = result.batches[0].ms["model"]
     allocator = "steady" if applied or result.steady_malloc else "default"
     return LatencyFigure(statistics.median(ms), relative_spread(ms), rounds, result.threads, runtime, allocator)

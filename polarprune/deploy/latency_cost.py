@@ -11,6 +11,7 @@ the caller (this module, the prune command) builds it; pruning never imports dep
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -37,6 +38,7 @@ from .runtimes import build_runner, runtime
 log = logging.getLogger(__name__)
 
 TABLE_ROUND_SECONDS = 0.005  # a table point's timed round repeats the forward to last about this long
+CHECK_ROUNDS = 5  # interleaved rounds of the slower-model check (cheap: it only has to tell faster from slower)
 TOLERANCE = 0.05  # the measured cut may miss the target by this much before prune_to_latency re-aims
 # (unpruned model, pruned model) -> measured latency ratio pruned / unpruned
 Compare = Callable[[nn.Module, nn.Module], float]
@@ -130,7 +132,7 @@ def _prune_once(model: nn.Module, example_inputs: Any, options: PruneOptions, co
     """Prune aiming the prediction at ``aim``; (pruned, report, predicted ratio, measured ratio)
     (``unpruned_ms``: the unpruned model's predicted ms, analysed once by the caller)."""
     pruned, report = prune_model(model, example_inputs, options=options.model_copy(update={"target_latency_reduction": aim}),
-                                 cost=cost)
+                                 cost=cost, widths=cost if options.round_to == "auto" else None)
     predicted = cost.cost(analysed_copy(pruned, example_inputs), {}, ()) / unpruned_ms
     return pruned, report, predicted, compare(model, pruned)
 
@@ -174,19 +176,101 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
     return result
 
 
+@dataclass
+class LatencyCheck:
+    """The pruned model timed against the unpruned one, side by side, in the runtime that chose its widths."""
+
+    runtime: str
+    batch: int
+    threads: int
+    measured_ratio: float  # pruned / unpruned
+
+    @property
+    def slower(self) -> bool:
+        """The pruned model is not faster than the unpruned one."""
+        return self.measured_ratio >= 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"latency_runtime": self.runtime, "latency_batch": self.batch, "latency_threads": self.threads,
+                "measured_latency_ratio": self.measured_ratio, "slower_than_unpruned": self.slower}
+
+    def summary(self) -> str:
+        where = f"{self.runtime} (batch {self.batch}, {self.threads} thread{'s' if self.threads != 1 else ''})"
+        if self.slower:
+            return (f"warning: the pruned model is not faster than the unpruned one in {where}: measured "
+                    f"{self.measured_ratio:.2f}x its latency (try another round_to, or --strategy latency-target)")
+        return f"measured latency in {where}: {self.measured_ratio:.2f}x the unpruned model's"
+
+
+def runtime_widths(model: nn.Module, example_inputs: Any, options: PruneOptions, *, cache_dir: str | os.PathLike[str] | None = None,
+                   measure: Measure | None = None, step: int = 8) -> LatencyCost | None:
+    """The cost model whose ``steps`` ``round_to: auto`` snaps to (the runtime's ``LatencyCost``); None where
+    rounding is not auto or ``residual: scatter`` ignores it."""
+    if options.round_to != "auto" or options.residual == "scatter":
+        return None
+    runtime(options.runtime)  # unknown runtime or missing extra: one line before any work
+    inputs = as_input_tuple(example_inputs)
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 4:
+        log.warning("round_to auto: the runtime is timed on one image batch (N, C, H, W); these example inputs are "
+                    "not one, so the exact widths are kept (set round_to to silence this)")
+        return None
+    return latency_cost_model(model, example_inputs, options.runtime, options.batch, options.threads, cache_dir=cache_dir,
+                              measure=measure, step=step)
+
+
+def check_latency(model: nn.Module, pruned: nn.Module, example_inputs: Any, options: PruneOptions, report: PruneReport,
+                  compare: Compare | None = None, ratio: float | None = None) -> LatencyCheck:
+    """Time ``pruned`` against ``model`` (or take the measured ``ratio``), note it in ``report`` and warn,
+    naming the runtime, when the pruned model is not faster."""
+    if ratio is None:
+        input_shape = tuple(as_input_tuple(example_inputs)[0].shape[1:])
+        ratio = (compare or runtime_compare(options, input_shape, rounds=CHECK_ROUNDS))(model, pruned)
+    check = LatencyCheck(options.runtime, options.batch, options.threads, float(ratio))
+    report.notes.append(check.summary())
+    if check.slower:
+        log.warning("%s", check.summary().removeprefix("warning: "))
+    return check
+
+
 def prune_with_cost_model(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
                           cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
-                          compare: Compare | None = None, **fields: Any) -> tuple[nn.Module, PruneReport, LatencyPrune | None]:
+                          compare: Compare | None = None, inplace: bool = False,
+                          **fields: Any) -> tuple[nn.Module, PruneReport, LatencyPrune | LatencyCheck | None]:
     """Prune with the cost model the strategy's record asks for: ``prune_to_latency`` for ``cost="latency"``
-    (its ``LatencyPrune`` third), ``prune_model`` (MACs) otherwise (None third). The prune command and the
-    recipes' prune stage call this, so neither names a strategy."""
+    (its ``LatencyPrune`` third), ``prune_model`` otherwise, with the runtime's widths for ``round_to: auto``
+    (a ``LatencyCheck`` third when the result was timed, else None). Where a runtime is in play the pruned
+    model is timed against the unpruned one (unless ``measure_latency`` is off) and a slower one is
+    reported with a warning. The prune command, the recipes' prune stage and ``polarprune.prune_model`` call this
+    (``inplace``: as ``prune_model``'s; not with a latency strategy, which prunes more than once)."""
     opts = parse_options(fields.pop("strategy", None), options, **fields)
     if opts.strategy_record.cost == "latency":
+        if inplace:
+            raise PolarpruneError(f"strategy {opts.strategy!r} prunes copies (it may prune twice): drop inplace=True")
         result = prune_to_latency(model, example_inputs, opts, cache_dir=cache_dir, measure=measure, compare=compare)
+        check_latency(model, result.pruned, example_inputs, opts, result.report, ratio=result.measured_ratio)
         return result.pruned, result.report, result
-    pruned, report = prune_model(model, example_inputs, options=opts)
-    return pruned, report, None
+    widths = runtime_widths(model, example_inputs, opts, cache_dir=cache_dir, measure=measure)
+    checked = widths is not None and opts.measure_latency
+    unpruned = copy.deepcopy(model) if checked and inplace else model  # what the pruned model is timed against
+    pruned, report = prune_model(model, example_inputs, options=opts, widths=widths, inplace=inplace)
+    if not checked:
+        return pruned, report, None
+    return pruned, report, check_latency(unpruned, pruned, example_inputs, opts, report, compare)
 
 
-__all__ = ["TOLERANCE", "LatencyPrune", "prune_with_cost_model", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
+def prune_for_runtime(model: nn.Module, example_inputs: Any, strategy: str | None = None, *,
+                      options: PruneOptions | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                      measure: Measure | None = None, compare: Compare | None = None, inplace: bool = False,
+                      **fields: Any) -> tuple[nn.Module, PruneReport]:
+    """``polarprune.prune_model``: ``prune_with_cost_model`` as ``(pruned, report)``; ``round_to: auto`` (the
+    default) keeps the widths that pay in ``runtime`` (default eager), and the report's notes say what was measured."""
+    if strategy is not None:
+        fields["strategy"] = strategy
+    pruned, report, _ = prune_with_cost_model(model, example_inputs, options, cache_dir=cache_dir, measure=measure,
+                                              compare=compare, inplace=inplace, **fields)
+    return pruned, report
+
+
+__all__ = ["CHECK_ROUNDS", "TOLERANCE", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
+           "runtime_widths", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]

@@ -150,7 +150,7 @@ def _compensate_and_slice(work: nn.Module, analysis: ModelAnalysis, decision: De
 
 
 def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, inplace: bool,
-                   timer: Timer, cost: CostModel = MACS) -> tuple[nn.Module, PruneReport]:
+                   timer: Timer, cost: CostModel = MACS, widths: CostModel | None = None) -> tuple[nn.Module, PruneReport]:
     """``prune_model`` for ``residual: group`` (the model in eval mode, modes restored by the caller)."""
     with timer("graph"):
         work = model if inplace else copy.deepcopy(model)
@@ -160,7 +160,7 @@ def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, in
         analysis = analyze(work, traced, count=True)  # one pass: groups, costs, the reference output
     before: CostProfile = analysis.traced_cost  # type: ignore[assignment]
     with timer("decide"):
-        decision = decide(analysis, options=opts, cost=cost)
+        decision = decide(analysis, options=opts, cost=cost, widths=widths)
     notes = list(decision.notes) + [f"left whole: {what}" for what in pruning_entry(model).kept_whole]
     with timer("accounting"):
         accounting = paper_accounting(model, example_inputs, opts, decision, analysis, notes)
@@ -178,7 +178,8 @@ def _prune_grouped(model: nn.Module, example_inputs: Any, opts: PruneOptions, in
 
 
 def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = None, *, inplace: bool = False,
-                options: PruneOptions | None = None, cost: CostModel = MACS, budget: Budget | None = None,
+                options: PruneOptions | None = None, cost: CostModel = MACS, widths: CostModel | None = None,
+                budget: Budget | None = None,
                 **fields: Any) -> tuple[nn.Module, PruneReport]:
     """Remove channels for real and return ``(pruned model, report)``.
 
@@ -186,6 +187,9 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
     copy; the layers' modes are restored and the pruned model has the same. ``example_inputs`` is what
     the graph is traced with and the report's output difference is measured on. ``cost``: the cost model
     a search aims with (``latency-target`` needs a ``LatencyCost``: ``polarprune.deploy.prune_to_latency``).
+    ``widths``: the cost model whose ``steps`` ``round_to: auto`` snaps kept widths up to; without it every
+    width pays and auto keeps the exact counts (``polarprune.prune_model``, the prune command and the
+    recipes pass the runtime's ``LatencyCost``).
     ``budget``: the time and memory the call may use (``pruning.budget``; default ``DEFAULT_BUDGET``).
     """
     opts = parse_options(strategy, options, **fields)
@@ -197,7 +201,7 @@ def prune_model(model: nn.Module, example_inputs: Any, strategy: str | None = No
         with guarded(model, budget, model_label(model)) as guard, restored_modes(model):
             timer = Timer(guard)
             model.eval()
-            work, report = _prune_grouped(model, example_inputs, opts, inplace, timer, cost)
+            work, report = _prune_grouped(model, example_inputs, opts, inplace, timer, cost, widths)
         for module in work.modules():
             if id(module) not in known:  # the copy (or new layers): the model's mode
                 module.training = model.training

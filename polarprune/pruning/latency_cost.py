@@ -235,6 +235,10 @@ def _profile(model: nn.Module, example_inputs: Any, measure: Measure, key: Mappi
     if not probes:
         raise PolarpruneError("the model has no conv or linear layer to time")
     cache = TableCache(cache_dir, key)
+    missing = sum(cache.load({**p.shape_key(), "step": step}) is None for p in probes.values())
+    if missing:
+        log.info("measuring the latency of %d layer shapes in %s at batch %s, %s thread(s) (once; cached in %s)", missing,
+                 key.get("runtime", "the runtime"), key.get("batch", "?"), key.get("threads", "?"), cache.folder)
     tables: dict[str, LayerTable] = {}
     started = last = time.perf_counter()
     measured = 0

@@ -109,7 +109,7 @@ def _next_cut(offers: Mapping[str, Cut], now: float, goal: float) -> str:
 
 
 def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False,
-                          cost: CostModel | None = None) -> Decision:
+                          cost: CostModel | None = None, widths: CostModel | None = None) -> Decision:
     """The greedy decision whose predicted cost is at most ``1 - target_latency_reduction`` of the unpruned."""
     target = options.target_latency_reduction
     if target is None or not 0.0 < float(target) < 1.0:
@@ -136,7 +136,7 @@ def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, qui
              f"{1.0 - now / before:.2%} (target {float(target):.2%})"]
     if now > goal:
         notes.append(f"{options.strategy}: no further cut saves {cost.name}; the target is not reached")
-    return decision_of(analysis, Choice({}, dict(state.keep), {}, scored), options, notes, cost)
+    return decision_of(analysis, Choice({}, dict(state.keep), {}, scored), options, notes, cost, widths)
 
 
 __all__ = ["Cut", "select_latency_target"]

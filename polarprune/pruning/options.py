@@ -38,6 +38,28 @@ GroupRuleName = Annotated[Literal[BUILTIN_GROUP_RULES], PlainValidator(_known_gr
 GroupRule = GroupRuleName  # the old name of the annotation
 ResidualMode = Literal[RESIDUAL_MODES]  # type: ignore[valid-type]
 
+# round_to's default: "auto" snaps every kept width up to a width the runtime's latency cost model says pays
+# (docs/pruning.md); tests/conftest.py sets it to 1 for the unit tests, so they keep their exact counts
+DEFAULT_ROUND_TO: int | str = "auto"
+# the runtime whose latency counts when none is named (latency-target, round_to: auto, the slower-model check)
+DEFAULT_RUNTIME = "eager"
+
+
+def _round_to(value: Any) -> int | str:
+    """``round_to``: an int >= 1 (also given as text, "8") or "auto"."""
+    if value == "auto":
+        return "auto"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {value!r}") from None
+    if isinstance(value, bool) or number != value and str(number) != str(value).strip() or number < 1:
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {value!r}")
+    return number
+
+
+RoundTo = Annotated[int | Literal["auto"], PlainValidator(_round_to)]
+
 
 class PruneOptions(BaseModel):
     """How a pruning chooses channels (docs/pruning.md has the rules)."""
@@ -50,9 +72,9 @@ class PruneOptions(BaseModel):
     ratio: float | dict[str, float] | None = Field(None, description="uniform / l1-norm / random: fraction removed per group (or per group/BN name)")
     target_macs_reduction: float | None = Field(None, gt=0, lt=1, description="flops-target: MACs reduction to reach, in (0, 1)")
     target_latency_reduction: float | None = Field(None, gt=0, lt=1, description="latency-target: predicted latency reduction to reach, in (0, 1)")
-    runtime: str = Field("eager", min_length=1, description="latency-target: the runtime whose latency counts (deploy.runtimes)")
-    batch: int = Field(1, ge=1, description="latency-target: the batch size whose latency counts")
-    threads: int = Field(1, ge=1, description="latency-target: the thread count whose latency counts")
+    runtime: str = Field(DEFAULT_RUNTIME, min_length=1, description="latency-target and round_to auto: the runtime whose latency counts (deploy.runtimes)")
+    batch: int = Field(1, ge=1, description="latency-target and round_to auto: the batch size whose latency counts")
+    threads: int = Field(1, ge=1, description="latency-target and round_to auto: the thread count whose latency counts")
     masks: dict[str, Any] | None = Field(None, description="mask: BN name -> keep vector")
     bn_names: list[str] | None = Field(None, description="BNs that are scored (default: every BN of a prunable group)")
     bn_include: list[str] = Field(default_factory=list, description="score only BNs matching these fnmatch patterns")
@@ -62,7 +84,12 @@ class PruneOptions(BaseModel):
     min_channels: int = Field(1, ge=0, description="channels every group keeps")
     remove_empty_blocks: bool = Field(True, description="an emptied residual branch is removed (else it keeps min_channels)",
                                       json_schema_extra={"off_flag": "--keep-empty-blocks", "off_help": "keep an emptied residual branch (with min_channels) instead of removing it"})
-    round_to: int = Field(1, ge=1, description="round every group's kept channels to a multiple of N (16 for CPU inference)")
+    round_to: RoundTo = Field(default_factory=lambda: DEFAULT_ROUND_TO,  # read at call time (tests set it to 1)
+                              description="auto: snap every group's kept channels up to a width the runtime's latency tables say pays; "
+                                          "N: round them to a multiple of N (1: the exact count)",
+                              json_schema_extra={"metavar": "auto|N"})
+    measure_latency: bool = Field(True, description="where a runtime is in play (round_to auto, latency-target), time the pruned model against the unpruned one and warn when it is not faster",
+                                  json_schema_extra={"off_flag": "--no-measure", "off_help": "do not time the pruned model against the unpruned one (round_to auto)"})
     compensate: bool = Field(True, description="fold removed channels' constant shift into their consumers",
                              json_schema_extra={"off_flag": "--no-compensate", "off_help": "do not fold removed channels' constant shift into their consumers"})
     seed: int = Field(0, description="seed of the random strategy")
@@ -110,5 +137,5 @@ def parse_options(strategy: str | None = None, options: PruneOptions | None = No
         raise PolarpruneError(message) from None
 
 
-__all__ = ["PruneOptions", "parse_options", "STRATEGIES", "STRATEGY_NEEDS", "RATIO_STRATEGIES", "SCORE_STRATEGIES", "GROUP_RULES",
+__all__ = ["DEFAULT_ROUND_TO", "DEFAULT_RUNTIME", "PruneOptions", "parse_options", "STRATEGIES", "STRATEGY_NEEDS", "RATIO_STRATEGIES", "SCORE_STRATEGIES", "GROUP_RULES",
            "RESIDUAL_MODES"]

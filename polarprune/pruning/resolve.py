@@ -159,8 +159,28 @@ def round_kept(keep: Tensor, scores: Tensor, multiple: int, mode: str) -> Tensor
         target = min(size, math.ceil(count / multiple) * multiple)
     else:
         target = min(size, max(multiple, int(math.floor(count / multiple + 0.5)) * multiple))
+    return keep if target == count else _grown(keep, scores, target)
+
+
+def snapped_width(count: int, steps: Sequence[int], size: int) -> int:
+    """The smallest of ``steps`` at or above ``count`` (``size`` when none is): a width between two steps
+    costs as much as the step above it, so the channels up to it are kept for free."""
+    return min((int(s) for s in steps if count <= s <= size), default=size)
+
+
+def snap_kept(keep: Tensor, scores: Tensor, steps: Sequence[int]) -> Tensor:
+    """``keep`` grown to ``snapped_width`` channels by adding the best removed channels (``round_to: auto``)."""
+    size, count = keep.numel(), int(keep.sum())
+    if count == 0 or count == size:
+        return keep
+    target = snapped_width(count, steps, size)
     if target == count:
         return keep
+    return _grown(keep, scores, target)
+
+
+def _grown(keep: Tensor, scores: Tensor, target: int) -> Tensor:
+    """``keep`` with the best-scored removed channels added until ``target`` are kept."""
     by_score = torch.sort(scores, descending=True, stable=True).indices
     ranked = by_score[torch.sort(keep[by_score].to(torch.int8), descending=True, stable=True).indices]  # kept first, then by score
     new = torch.zeros_like(keep)
@@ -353,15 +373,18 @@ def inner_block(group: ChannelGroup, blocks: Mapping[str, BlockInfo], inner_of: 
 
 
 def _fit_group(group: ChannelGroup, keep: Tensor, scores: Tensor, opts: PruneOptions, record: Strategy,
-               notes: list[str]) -> Tensor:
-    """A group's keep mask after ``min_channels``, ``round_to`` and the grouped convs' balance."""
+               notes: list[str], analysis: ModelAnalysis, widths: CostModel | None) -> Tensor:
+    """A group's keep mask after ``min_channels``, ``round_to`` and the grouped convs' balance
+    (``round_to: auto`` snaps up to ``widths.steps``; without ``widths`` every width pays: no rounding)."""
     before = int(keep.sum())
     keep = keep_at_least(keep, scores, opts.min_channels)
     if int(keep.sum()) != before:
         notes.append(f"{group.name}: kept {int(keep.sum())} channels (min_channels={opts.min_channels}) instead of {before}")
     per_group = record.decides == "group"
     segments, problem = grouped_conv_segments(group)
-    if opts.round_to > 1 and not segments:
+    if opts.round_to == "auto" and widths is not None and not segments:
+        keep = snap_kept(keep, scores, widths.steps(analysis, group))
+    elif isinstance(opts.round_to, int) and opts.round_to > 1 and not segments:
         keep = round_kept(keep, scores, opts.round_to, "nearest" if per_group else "up")
     if problem:
         notes.append(f"{group.name}: left whole ({problem})")
@@ -372,7 +395,7 @@ def _fit_group(group: ChannelGroup, keep: Tensor, scores: Tensor, opts: PruneOpt
 
 
 def _resolve_group(group: ChannelGroup, block: BlockInfo | None, choice: Choice, state: _Resolution, opts: PruneOptions,
-                   record: Strategy, notes: list[str], model: nn.Module) -> None:
+                   record: Strategy, notes: list[str], analysis: ModelAnalysis, widths: CostModel | None) -> None:
     """Decide one group: its vote (or its own choice), branch removal, then ``_fit_group``."""
     if group.name in choice.group_keep:
         keep = choice.group_keep[group.name]
@@ -387,15 +410,16 @@ def _resolve_group(group: ChannelGroup, block: BlockInfo | None, choice: Choice,
     if block is not None and block.name in state.removed_blocks:
         state.group_keep[group.name] = torch.ones_like(keep)
         return
-    scores = group_scores(group, model, choice.scored, opts.group_rule, record.score)
-    keep = _fit_group(group, keep, scores, opts, record, notes)
+    scores = group_scores(group, analysis.model, choice.scored, opts.group_rule, record.score)
+    keep = _fit_group(group, keep, scores, opts, record, notes, analysis, widths)
     state.group_keep[group.name] = keep
     state.removals[group.name] = removals_of(group, keep)
     for key, idxs in state.removals[group.name].items():
         state.removed_so_far.setdefault(key, set()).update(idxs)
 
 
-def resolve_groups(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, notes: list[str]) -> _Resolution:
+def resolve_groups(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, notes: list[str],
+                   widths: CostModel | None = None) -> _Resolution:
     """Every scored group's keep mask. Inner groups go first (their emptiness decides which blocks go); a
     group fed by an option-A placement shortcut waits for the group that feeds it (placed channels vote keep)."""
     record = STRATEGIES[opts.strategy]
@@ -410,7 +434,7 @@ def resolve_groups(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, 
         ready = [g for g in pending if not _waits_for_placement(g, pending, feeds, fed_by)]
         group = (ready or pending)[0]
         pending.remove(group)
-        _resolve_group(group, inner_block(group, blocks, inner_of), choice, state, opts, record, notes, analysis.model)
+        _resolve_group(group, inner_block(group, blocks, inner_of), choice, state, opts, record, notes, analysis, widths)
     return state
 
 
@@ -449,30 +473,33 @@ def estimated(analysis: ModelAnalysis, decision: Decision, cost: CostModel) -> D
 
 
 def decide(analysis: ModelAnalysis, strategy: str | None = None, options: PruneOptions | None = None, *,
-           quiet: bool = False, cost: CostModel = MACS, **fields: Any) -> Decision:
+           quiet: bool = False, cost: CostModel = MACS, widths: CostModel | None = None, **fields: Any) -> Decision:
     """Resolve a strategy (``PruneOptions`` and/or keywords) into per-layer removals for the analysed model.
     ``quiet`` keeps ``grad``'s per-layer warnings out of the log (trial decisions every epoch); ``cost``:
-    the cost model searches aim with and ``Decision.cost_ratio`` reports."""
+    the cost model searches aim with and ``Decision.cost_ratio`` reports; ``widths``: the cost model whose
+    ``steps`` ``round_to: auto`` snaps to (None: every width pays, no rounding)."""
     opts = parse_options(strategy, options, **fields)
     record = STRATEGIES[opts.strategy]
     if record.decides == "search":
-        return record.function()(analysis, opts, quiet=quiet, cost=cost)
+        extra = {"widths": widths} if widths is not None else {}  # a search registered before widths existed takes none
+        return record.function()(analysis, opts, quiet=quiet, cost=cost, **extra)
     notes: list[str] = []
     scored = scored_bns(analysis, opts, notes)
     choice = CHOOSERS[record.decides](analysis, opts, scored, notes, quiet)
-    return decision_of(analysis, choice, opts, notes, cost)
+    return decision_of(analysis, choice, opts, notes, cost, widths)
 
 
-def decision_of(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, notes: list[str], cost: CostModel) -> Decision:
+def decision_of(analysis: ModelAnalysis, choice: Choice, opts: PruneOptions, notes: list[str], cost: CostModel,
+                widths: CostModel | None = None) -> Decision:
     """The decision of a first choice: its groups resolved, its removals gathered, its cost estimated."""
-    state = resolve_groups(analysis, choice, opts, notes)
+    state = resolve_groups(analysis, choice, opts, notes, widths)
     removed, bn_keep = _removed_and_bn_keep(analysis, state)
     decision = Decision(state.group_keep, removed, state.removed_blocks, bn_keep, choice.thresholds, notes)
     return estimated(analysis, decision, cost)
 
 
 def search_threshold(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False, cost: CostModel = MACS,
-                     tolerance: float = 0.005, iterations: int = 40) -> Decision:
+                     widths: CostModel | None = None, tolerance: float = 0.005, iterations: int = 40) -> Decision:
     """The decision of the searched strategy's ``aims`` (``fixed``) whose estimated cost reduction is closest
     to ``target_macs_reduction`` (threshold in ``decision.threshold``): bisection on the global |gamma|
     threshold, within ``tolerance``."""
@@ -486,7 +513,7 @@ def search_threshold(analysis: ModelAnalysis, options: PruneOptions, *, quiet: b
     top = max(float(score.max()) for score in bn_scores(analysis.model, sorted(scored)).values())
 
     def at(threshold: float) -> tuple[float, Decision]:
-        found = decide(analysis, options=base.model_copy(update={"threshold": threshold}), quiet=quiet, cost=cost)
+        found = decide(analysis, options=base.model_copy(update={"threshold": threshold}), quiet=quiet, cost=cost, widths=widths)
         found.threshold = threshold
         return found.cost_ratio, found
 
@@ -498,4 +525,4 @@ def search_threshold(analysis: ModelAnalysis, options: PruneOptions, *, quiet: b
 
 __all__ = ["ALL_STRATEGIES", "GROUP_RULES", "BlockInfo", "Decision", "Choice", "CHOOSERS", "decide", "decision_of", "removals_of", "search_threshold",
            "scored_bns", "vote", "keep_at_least", "balance_segments", "group_scores", "bn_scores", "resolve_groups",
-           "filter_l1"]
+           "filter_l1", "snap_kept", "snapped_width"]

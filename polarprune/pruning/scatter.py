@@ -181,7 +181,7 @@ def prune_scatter(model: nn.Module, example_inputs: Any, strategy: str | None = 
     notes: list[str] = []
     if opts.compensate:
         notes.append("residual: scatter: no shift compensation (as the original code)")
-    if opts.round_to > 1 or opts.min_channels != 1 or opts.group_rule != "any":
+    if opts.round_to not in (1, "auto") or opts.min_channels != 1 or opts.group_rule != "any":
         notes.append("residual: scatter: round_to, min_channels and group_rule do not apply (each BN decides alone)")
     names = list(opts.bn_names) if opts.bn_names is not None else scatter_bn_names(model)
     with restored_modes(model):

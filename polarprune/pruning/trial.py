@@ -31,11 +31,13 @@ def shared_copy(model: nn.Module) -> nn.Module:
 class TrialAnalysis:
     """One dependency analysis of ``model``, reused for every trial decision of a run (``defaults``:
     ``PruneOptions`` fields of every decision; ``cost``: the cost model decisions are priced and
-    searches aimed with); decisions are cached per (strategy, epoch)."""
+    searches aimed with; ``widths``: the one ``round_to: auto`` snaps to, None: exact widths); decisions
+    are cached per (strategy, epoch)."""
 
-    def __init__(self, model: nn.Module, example_inputs: Any, cost: CostModel = MACS, **defaults: Any) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Any, cost: CostModel = MACS, widths: CostModel | None = None,
+                 **defaults: Any) -> None:
         self.defaults = parse_options(**defaults)
-        self.cost = cost
+        self.cost, self.widths = cost, widths
         self.model = model
         with restored_modes(model):
             self._view = shared_copy(model)
@@ -71,7 +73,7 @@ class TrialAnalysis:
         if options is None and strategy is None:
             strategy = "grad"
         opts = parse_options(strategy, options if options is not None else self.defaults, **fields)
-        decision = decide(self.analysis, options=opts, quiet=True, cost=self.cost)
+        decision = decide(self.analysis, options=opts, quiet=True, cost=self.cost, widths=self.widths)
         if epoch is not None and plain:
             self._cache = {k: v for k, v in self._cache.items() if k[1] == epoch}
             self._cache[key] = decision  # type: ignore[index]

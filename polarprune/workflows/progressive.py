@@ -23,7 +23,7 @@ from .. import distributed as dist
 from ..errors import PolarpruneError
 from ..fileio import atomic_write_json, atomic_write_json_lines, read_json
 from ..flops import count_model
-from ..deploy.latency_cost import latency_cost_model
+from ..deploy.latency_cost import latency_cost_model, runtime_widths
 from ..pruning import TrialAnalysis, prune_model
 from ..pruning.cost import MACS
 from ..pruning.graph import ModelAnalysis, analysed_copy
@@ -104,10 +104,11 @@ def _prune_round(ctx: StageContext, model: nn.Module, options: PruneOptions, tar
         names = set(dict(model.named_modules()))
         bn_names = [n for n in (options.bn_names or []) if n in names] or None
         options = options.model_copy(update={"bn_names": bn_names})
-        analysis = TrialAnalysis(model, inputs, cost=cost or MACS)
+        widths = runtime_widths(model, inputs[:1], options)  # round_to auto: this round's model's steps in the runtime
+        analysis = TrialAnalysis(model, inputs, cost=cost or MACS, widths=widths)
         now = current_cost(model, inputs, cost, analysis.analysis)
         aimed, _ = aimed_options(analysis, model, options, target / max(now, 1e-12))
-        pruned, report = prune_model(model, inputs, options=aimed)
+        pruned, report = prune_model(model, inputs, options=aimed, widths=widths)
         step_dir.mkdir(parents=True, exist_ok=True)
         save(pruned, step_dir / "pruned.safetensors")
         report_dict = report.to_dict()

@@ -10,7 +10,7 @@ import torch
 
 from .. import plots as plotting
 from ..models import create
-from ..report import add_reductions, stage_row, write_summary
+from ..report import add_reductions, stage_row, summary_runtimes, write_summary
 from .context import StageContext
 from .kinds import stage_kind
 from .recipe import default_init, stage_config
@@ -20,8 +20,9 @@ def summarize(run: StageContext, *, plots: bool = True) -> dict[str, Any]:
     """Numbers of every model-producing stage, reductions against the first, plots; written to the run folder."""
     bundle = run.data()
     shape = (bundle.in_channels, *bundle.input_size)
+    runtimes = summary_runtimes()  # eager, and onnxruntime where the deploy extra is installed
     rows = [
-        stage_row(stage, run.model_of(stage), run.records[stage].data.get("top1"), shape)
+        stage_row(stage, run.model_of(stage), run.records[stage].data.get("top1"), shape, runtimes)
         for stage in run.recipe.present_stages()
         if stage_kind(stage).produces_model and stage in run.records
     ]
@@ -31,11 +32,24 @@ def summarize(run: StageContext, *, plots: bool = True) -> dict[str, Any]:
         "run_dir": str(run.run_dir),
         "stages": rows,
         "reductions": add_reductions(rows),
+        "warnings": prune_warnings(run),
     }
     if plots:
         summary["plots"] = [str(p) for p in make_plots(run, rows)]
     write_summary(summary, run.run_dir)
     return summary
+
+
+def prune_warnings(run: StageContext) -> list[str]:
+    """The warnings of the run's prune reports (a pruned model not faster than its source in the runtime
+    that chose its widths), each naming its stage."""
+    found = []
+    for stage in run.records:
+        path = run.run_dir / stage / "report.json"
+        if path.is_file():
+            notes = json.loads(path.read_text()).get("notes") or []
+            found += [f"{stage}: {note}" for note in notes if str(note).startswith("warning:")]
+    return found
 
 
 def _metrics_curve(stage_dir: Path) -> list[tuple[int, float]]:

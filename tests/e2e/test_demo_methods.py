@@ -17,7 +17,8 @@ from polarprune.serialization import read_model
 
 pytestmark = pytest.mark.slow
 
-SHORT = ["data.train_subset=512", "stages.finetune.train.epochs=1"]
+SHORT = ["data.train_subset=512", "stages.finetune.train.epochs=1",
+         "stages.prune.round_to=1"]  # exact widths in a subprocess (tests/conftest.py)
 
 
 def demo(method: str, out: Path, *overrides: str) -> dict:

@@ -24,6 +24,7 @@ FAULT_RUNNER = str(Path(__file__).resolve().parents[1] / "fault_runner.py")
 
 # MaskSparsity has every kind of stage: training, mask, mask-sparsity, prune, fine-tune (+ scratch).
 TINY_MASKSPARSITY = [
+    "stages.prune.round_to=1",  # exact widths in a subprocess (tests/conftest.py)
     "model.options.width=8",
     "stages.baseline.train.epochs=2",
     "stages.sparsity.train.epochs=2",

@@ -68,7 +68,7 @@ TINY_PROGRESSIVE = [
     "stages.sparsity.train.epochs=2",
     "stages.prune=null",
     "stages.finetune=null",
-    "stages.progressive={steps: 3, target_macs_reduction: 0.5, strategy: l1-norm, "
+    "stages.progressive={steps: 3, target_macs_reduction: 0.5, strategy: l1-norm, prune: {round_to: 1}, "  # exact widths in a subprocess (tests/conftest.py)
     "train: {epochs: 2, lr: 0.01, schedule: {type: cosine}}}",
     "train.progress=false",
 ]

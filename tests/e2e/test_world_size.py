@@ -39,7 +39,7 @@ def start_demo(out: Path, nproc: int, batch: int, epochs: tuple[int, int] | None
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cli = ["-m", "polarprune", "run", "demo-polarization", f"data.batch_size={batch}", "train.progress=false", "--no-plots",
-           "--out", str(out)]
+           "stages.prune.round_to=1", "--out", str(out)]  # exact widths in a subprocess (tests/conftest.py)
     if epochs is not None:
         cli += [f"stages.sparsity.train.epochs={epochs[0]}", f"stages.finetune.train.epochs={epochs[1]}"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
