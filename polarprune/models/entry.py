@@ -50,6 +50,13 @@ class ModelEntry:
     # pruned residual block so that its last BN's kept channels go back to ``positions`` of ``width``
     scatter_block: Callable[[nn.Module, Sequence[int], int], nn.Module] | None = None
     finish_pruning: Callable[[nn.Module], Any] | None = None  # undoes what prepare_for_pruning did only for the analysis
+    # makes a fresh, unpruned instance able to take a plan (e.g. a split whose sizes a plan changes
+    # reads them from its layers); run by ``apply_plan`` before it resizes layers
+    before_plan: Callable[[nn.Module], Any] | None = None
+    # layer classes the analysis keeps whole, with the reason (Torch-Pruning does not look inside them)
+    whole_layers: tuple[tuple[type[nn.Module], str], ...] = ()
+    # the module an export writes and checks (e.g. a detector whose head returns only its tensors)
+    for_export: Callable[[nn.Module], nn.Module] | None = None
     # every prune report of this family also gives the original code's (scatter) accounting of MACs
     paper_accounting: bool = False
 
@@ -66,6 +73,15 @@ class ModelEntry:
         """Undo, after surgery, what ``prepare`` changed only for the analysis."""
         if self.finish_pruning is not None:
             self.finish_pruning(model)
+
+    def plan_ready(self, model: nn.Module) -> None:
+        """Make a fresh instance able to take a pruning plan (nothing without an adapter)."""
+        if self.before_plan is not None:
+            self.before_plan(model)
+
+    def export_form(self, model: nn.Module) -> nn.Module:
+        """The module an export writes for ``model`` (the model itself without an adapter)."""
+        return self.for_export(model) if self.for_export is not None else model
 
     def scatters(self) -> bool:
         """The family can prune the original way (``residual: scatter``)."""
