@@ -241,9 +241,9 @@ class _Predictions(nn.Module):
 
 
 def for_export(model: nn.Module) -> nn.Module:
-    """The module an export writes: a copy whose head returns its predictions (boxes and scores
-    ``(N, 4 + classes, anchors)``; ``-seg``: also the mask prototypes)."""
-    return _Predictions(copy.deepcopy(model))
+    """The module an export writes: ``model`` (the export's own copy) with its head returning only its
+    predictions (boxes and scores ``(N, 4 + classes, anchors)``; ``-seg``: also the mask prototypes)."""
+    return _Predictions(model)
 
 
 def _whole_layers() -> tuple[tuple[type[nn.Module], str], ...]:
