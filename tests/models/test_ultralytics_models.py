@@ -138,9 +138,9 @@ def test_prune_save_load_s(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_yolo_instance_loads_back_into_yolo_and_predicts_the_same_boxes(tmp_path: Path) -> None:
-    """A model from ``YOLO(...)`` itself: pruned, loaded into a fresh ``YOLO(...).model``, and its
-    ``predict`` gives the unpruned model's boxes."""
+def test_yolo_instance_loads_back_into_yolo_and_predicts_the_same_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model from ``YOLO(...)`` itself: pruned, loaded into a fresh ``YOLO(...).model``; its ``predict``
+    gives the unpruned model's boxes, and so does ultralytics' own TorchScript export of it."""
     torch.manual_seed(0)
     original = ultralytics.YOLO("yolov8n.yaml").model.eval()
     zero_half_of_every_bn(original)
@@ -155,3 +155,7 @@ def test_yolo_instance_loads_back_into_yolo_and_predicts_the_same_boxes(tmp_path
     assert len(want) == 50 and got.xyxy.shape == want.xyxy.shape
     assert torch.allclose(got.xyxy, want.xyxy, atol=1e-3) and torch.equal(got.cls, want.cls)
     assert torch.allclose(got.conf, want.conf, atol=1e-5)
+    monkeypatch.chdir(tmp_path)  # ultralytics writes the export next to the working folder
+    exported = um.to_yolo(loaded).export(format="torchscript", imgsz=SIZE)
+    again = ultralytics.YOLO(exported, task="detect").predict(picture, **options)[0].boxes
+    assert torch.allclose(again.xyxy, want.xyxy, atol=1e-3) and torch.equal(again.cls, want.cls)
