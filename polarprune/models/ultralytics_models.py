@@ -50,12 +50,13 @@ def _ultralytics() -> Any:
 def build_yolo(name: str, num_classes: int = 80, in_channels: int = 3, **options: Any) -> nn.Module:
     """The YOLO model of ``name`` (e.g. ``"yolo11n-seg"``) from its YAML file, random weights, eval mode."""
     _ultralytics()
-    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel, yaml_model_load
 
     if options:
         raise ValueError(f"{name} takes no options, got {sorted(options)}")
     cls = SegmentationModel if name.endswith("-seg") else DetectionModel
-    model = cls(f"{name}.yaml", ch=in_channels, nc=num_classes, verbose=False)
+    cfg = {**yaml_model_load(f"{name}.yaml"), "nc": num_classes}  # set here: ultralytics logs an override of nc=
+    model = cls(cfg, ch=in_channels, nc=None, verbose=False)
     split_by_width(model)
     return model.eval()
 
