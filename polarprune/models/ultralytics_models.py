@@ -248,7 +248,7 @@ def for_export(model: nn.Module) -> nn.Module:
 
 
 def _whole_layers() -> tuple[tuple[type[nn.Module], str], ...]:
-    if "ultralytics" not in sys.modules:
+    if sys.modules.get("ultralytics") is None:  # not imported yet: the class entry adds it later
         return ()
     from ultralytics.nn.modules.block import Attention
 
@@ -273,7 +273,7 @@ _CLASSES_DONE: list[bool] = []  # set once the class entry is registered
 def _register_classes(subject: object) -> None:
     """Once ultralytics is loaded: its model classes (instances from ``YOLO(...).model``) and the
     attention kept whole (a class the name entries can only name once ultralytics is imported)."""
-    if "ultralytics" not in sys.modules or _CLASSES_DONE:
+    if sys.modules.get("ultralytics") is None or _CLASSES_DONE:
         return
     from ultralytics.nn.tasks import DetectionModel
 

@@ -62,6 +62,12 @@ def test_names_build_from_yaml_without_download() -> None:
     assert {"yolov8n", "yolov8s", "yolo11n", "yolo11s", "yolov8n-seg", "yolo11s-seg"} <= set(polarprune.models.list_models())
 
 
+def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "ultralytics", None)  # as if not installed
+    with pytest.raises(PolarpruneError, match=r"needs the ultralytics extra: pip install 'polarprune\[ultralytics\]'"):
+        create("yolov8n")
+
+
 def test_split_forms_compute_the_same() -> None:
     """The split-by-width blocks and the two-conv analysis form give the original outputs."""
     torch.manual_seed(0)
