@@ -301,7 +301,8 @@ def yaml_name(model: nn.Module) -> str:
 
 def to_yolo(model: nn.Module) -> Any:
     """An ``ultralytics.YOLO`` whose ``.model`` is ``model`` (e.g. pruned), so its own ``predict``,
-    ``val`` and ``export`` run it. The YOLO object's settings are those of the model's YAML file."""
+    ``val`` and ``export`` run it. The YOLO object's settings are those of the model's YAML file.
+    ultralytics' ``predict`` fuses each conv with its BN in place: save the pruned model first."""
     ultralytics = _ultralytics()
     name = yaml_name(model)
     yolo = ultralytics.YOLO(name, task="segment" if name.endswith("-seg.yaml") else "detect")
