@@ -138,17 +138,18 @@ def split_by_width(model: nn.Module) -> list[str]:
 # ---- conv halves: ultralytics' Conv is conv + bn + act ---------------------------------------------
 
 def _rows(conv_block: nn.Module, rows: slice) -> nn.Module:
-    """A copy of an ultralytics ``Conv`` that computes only output channels ``rows``."""
+    """An ultralytics ``Conv`` computing only output channels ``rows`` of ``conv_block``. Its tensors are
+    views of the block's (shared storage): a trial analysis reads the live weights and gammas."""
     part = copy.deepcopy(conv_block)
-    conv = part.conv
-    conv.weight = nn.Parameter(conv.weight.detach()[rows].clone())
-    if conv.bias is not None:
-        conv.bias = nn.Parameter(conv.bias.detach()[rows].clone())
+    conv, source = part.conv, conv_block.conv
+    conv.weight = nn.Parameter(source.weight.detach()[rows])
+    if source.bias is not None:
+        conv.bias = nn.Parameter(source.bias.detach()[rows])
     conv.out_channels = conv.weight.shape[0]
-    bn = getattr(part, "bn", None)
-    if isinstance(bn, nn.BatchNorm2d):
-        bn.weight, bn.bias = (nn.Parameter(p.detach()[rows].clone()) for p in (bn.weight, bn.bias))
-        bn.running_mean, bn.running_var = bn.running_mean[rows].clone(), bn.running_var[rows].clone()
+    bn, bn_source = getattr(part, "bn", None), getattr(conv_block, "bn", None)
+    if isinstance(bn, nn.BatchNorm2d) and isinstance(bn_source, nn.BatchNorm2d):
+        bn.weight, bn.bias = (nn.Parameter(p.detach()[rows]) for p in (bn_source.weight, bn_source.bias))
+        bn.running_mean, bn.running_var = bn_source.running_mean[rows], bn_source.running_var[rows]
         bn.num_features = conv.out_channels
     return part
 

@@ -165,3 +165,17 @@ def test_yolo_instance_loads_back_into_yolo_and_predicts_the_same_boxes(tmp_path
     exported = um.to_yolo(loaded).export(format="torchscript", imgsz=SIZE)
     again = ultralytics.YOLO(exported, task="detect").predict(picture, **options)[0].boxes
     assert torch.allclose(again.xyxy, want.xyxy, atol=1e-3) and torch.equal(again.cls, want.cls)
+
+
+def test_analysis_halves_share_the_live_tensors() -> None:
+    """A trial analysis (sparsity training's target stop) reads the live gammas through the two-conv form."""
+    model = create("yolov8n")
+    cv1 = model.model[2].cv1
+    um.prepare(model)
+    half = cv1.bn.num_features // 2
+    with torch.no_grad():
+        cv1.bn.weight[half - 2:half + 2] = 0.0  # the last two of the first half, the first two of the second
+        cv1.conv.weight[half] = 7.0
+    block = model.model[2]
+    assert block.cv1a.bn.weight[-2:].abs().sum() == 0 and block.cv1b.bn.weight[:2].abs().sum() == 0
+    assert torch.all(block.cv1b.conv.weight[0] == 7.0)
