@@ -57,6 +57,9 @@ class ModelEntry:
     whole_layers: tuple[tuple[type[nn.Module], str], ...] = ()
     # the module an export writes and checks (e.g. a detector whose head returns only its tensors)
     for_export: Callable[[nn.Module], nn.Module] | None = None
+    # the model's own name of a layer ``prepare`` renamed (e.g. a conv's two halves -> the conv), so
+    # BN names and keep masks from the analysis fit the model; None: prepare renames nothing
+    live_name: Callable[[str], str] | None = None
     # every prune report of this family also gives the original code's (scatter) accounting of MACs
     paper_accounting: bool = False
 
@@ -78,6 +81,10 @@ class ModelEntry:
         """Make a fresh instance able to take a pruning plan (nothing without an adapter)."""
         if self.before_plan is not None:
             self.before_plan(model)
+
+    def live(self, name: str) -> str:
+        """The model's own name of a layer of the analysed (prepared) model."""
+        return self.live_name(name) if self.live_name is not None else name
 
     def export_form(self, model: nn.Module) -> nn.Module:
         """The module an export writes for ``model`` (the model itself without an adapter)."""

@@ -256,9 +256,14 @@ def _whole_layers() -> tuple[tuple[type[nn.Module], str], ...]:
     return ((Attention, ATTENTION_REASON),)
 
 
+def live_name(name: str) -> str:
+    """The model's own name of a layer of the analysis form: ``x.cv1a.bn`` and ``x.cv1b.bn`` are ``x.cv1.bn``."""
+    return re.sub(r"\.cv1[ab](?=\.|$)", ".cv1", name)
+
+
 def _adapters() -> dict[str, Any]:
     return dict(family=FAMILY, input_size=640, num_classes=80, prepare_for_pruning=prepare, finish_pruning=finish,
-                before_plan=split_by_width, whole_layers=_whole_layers(), for_export=for_export)
+                before_plan=split_by_width, whole_layers=_whole_layers(), for_export=for_export, live_name=live_name)
 
 
 # ---- the entries -----------------------------------------------------------------------------------

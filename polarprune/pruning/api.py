@@ -23,7 +23,7 @@ from ..modes import restored_modes
 from .base import as_input_tuple, deleted_with_block, max_abs_diff
 from .cost import MACS, CostModel
 from .compensation import CompensationResult, apply_adjustments, compensate as fold_constants
-from .graph import ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, prepare_for_pruning
+from .graph import ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, live_keep, prepare_for_pruning
 from .options import PruneOptions, parse_options
 from .plan import make_plan, unpruned_view
 from .report import GroupRow, PruneReport, build_report
@@ -56,7 +56,8 @@ def plan_pruning(model: nn.Module, example_inputs: Any, strategy: str | None = N
     """The keep mask of every BN of a prunable group after group resolution (what ``prune_model`` would
     keep); the model is unchanged."""
     opts = parse_options(strategy, options, **fields)
-    return decide(analysed_copy(model, example_inputs), options=opts).bn_keep
+    analysis = analysed_copy(model, example_inputs)
+    return live_keep(model, analysis, decide(analysis, options=opts).bn_keep)
 
 
 def channel_groups(model: nn.Module, example_inputs: Any) -> list[ChannelGroup]:
@@ -66,7 +67,8 @@ def channel_groups(model: nn.Module, example_inputs: Any) -> list[ChannelGroup]:
 
 def prunable_bn_names(model: nn.Module, example_inputs: Any) -> list[str]:
     """Names of the BNs in prunable groups, in model order."""
-    names = {bn for g in channel_groups(model, example_inputs) if g.prunable for bn in g.bn_names}
+    entry = pruning_entry(model)
+    names = {entry.live(bn) for g in channel_groups(model, example_inputs) if g.prunable for bn in g.bn_names}
     return [n for n, _ in model.named_modules() if n in names]
 
 

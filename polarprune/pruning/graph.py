@@ -203,6 +203,17 @@ def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: 
     return ChannelGroup(name, num_channels, bn_names, len(producers) > 1 or shift_or_place, not reason, reason, items)
 
 
+def live_keep(model: nn.Module, analysis: ModelAnalysis, keep: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keep masks of the analysed (prepared) copy under the model's own BN names: a BN the family's
+    adapter split in parts (YOLO's split convs) gets its parts' masks joined in model order."""
+    entry = pruning_entry(model)
+    parts: dict[str, list[Tensor]] = {}
+    for name, _ in analysis.model.named_modules():
+        if name in keep:
+            parts.setdefault(entry.live(name), []).append(keep[name])
+    return {name: masks[0] if len(masks) == 1 else torch.cat(masks) for name, masks in parts.items()}
+
+
 def residual_blocks(model: nn.Module) -> dict[str, BlockInfo]:
     """The residual blocks whose branch pruning may remove: the model entry's rule, else none."""
     return pruning_entry(model).blocks(model)
@@ -275,7 +286,7 @@ def analyze(model: nn.Module, example_inputs: Any, count: bool = False) -> Model
                          traced.get("cost"), per_channel, other)
 
 
-__all__ = ["analysed_copy", "GroupItem", "ChannelGroup", "ModelAnalysis", "LayerCost", "analyze", "estimate_macs",
+__all__ = ["analysed_copy", "live_keep", "GroupItem", "ChannelGroup", "ModelAnalysis", "LayerCost", "analyze", "estimate_macs",
            "estimate_params", "channel_macs", "residual_blocks", "prepare_for_pruning", "finish_pruning",
            "build_dependency_graph", "is_depthwise", "is_grouped", "run_model", "deleted_with_block", "OUT", "IN",
            "BOTH"]

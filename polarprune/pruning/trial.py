@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import PolarpruneError
 from ..modes import restored_modes
 from .cost import MACS, CostModel, channel_macs
-from .graph import analyze, prepare_for_pruning
+from .graph import analyze, live_keep, prepare_for_pruning
 from .options import PruneOptions, parse_options
 from .resolve import Decision, decide
 
@@ -90,7 +90,7 @@ class TrialAnalysis:
 
     def keep_masks(self, model: nn.Module | None = None, strategy: str | None = None, **options: Any) -> dict[str, Any]:
         """Per BN of a prunable group, the channels the pruning would keep (``plan_pruning``)."""
-        return self.decide(model, strategy, **options).bn_keep
+        return live_keep(self.model, self.analysis, self.decide(model, strategy, **options).bn_keep)
 
     def channel_macs(self) -> dict[str, float]:
         """Per BN, the MACs one of its channels costs (the FLOPs weights of the regularizer)."""

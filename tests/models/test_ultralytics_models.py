@@ -179,3 +179,23 @@ def test_analysis_halves_share_the_live_tensors() -> None:
     block = model.model[2]
     assert block.cv1a.bn.weight[-2:].abs().sum() == 0 and block.cv1b.bn.weight[:2].abs().sum() == 0
     assert torch.all(block.cv1b.conv.weight[0] == 7.0)
+
+
+def test_bn_names_and_keep_masks_are_the_models_own() -> None:
+    """The analysis splits ``cv1`` in two; the BN names and keep masks it gives back are the model's:
+    ``cv1.bn`` is regularized, and its mask joins the two halves' masks."""
+    from polarprune.pruning import plan_pruning, prunable_bn_names
+
+    torch.manual_seed(0)
+    model = create("yolov8n").eval()
+    zero_half_of_every_bn(model)
+    x = image()
+    own = dict(model.named_modules())
+    names = prunable_bn_names(model, x)
+    assert "model.2.cv1.bn" in names and all(n in own for n in names)
+    keep = plan_pruning(model, x, "fixed")
+    assert set(keep) <= set(own) and "model.2.cv1.bn" in keep
+    pruned, _ = prune_model(model, x, "fixed")
+    for name in ("model.2.cv1.bn", "model.12.cv1.bn", "model.21.cv1.bn"):
+        assert keep[name].shape == (own[name].num_features,)
+        assert int(keep[name].sum()) == pruned.get_submodule(name).num_features
