@@ -199,3 +199,12 @@ def test_bn_names_and_keep_masks_are_the_models_own() -> None:
     for name in ("model.2.cv1.bn", "model.12.cv1.bn", "model.21.cv1.bn"):
         assert keep[name].shape == (own[name].num_features,)
         assert int(keep[name].sum()) == pruned.get_submodule(name).num_features
+
+
+def test_flops_weights_of_a_split_conv_are_the_models_own() -> None:
+    from polarprune.pruning.trial import TrialAnalysis
+
+    model = create("yolov8n").eval()
+    weights = TrialAnalysis(model, image()).channel_macs()
+    assert weights["model.2.cv1.bn"] > 0
+    assert not any(".cv1a." in n or ".cv1b." in n for n in weights)
