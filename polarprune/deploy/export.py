@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import PolarpruneError, first_line, require_extra
 from ..fileio import atomic_output
 from ..models import input_shape_of
+from ..models.entry import pruning_entry
 
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 DEFAULT_TOLERANCE = 1e-4
@@ -90,12 +91,18 @@ def _dynamic_batch(example: tuple[Any, ...]) -> tuple[dict[int, Any], ...]:
     return tuple({0: batch_dim} for _ in example)
 
 
-def _write(model: nn.Module, example: tuple[Any, ...], path: Path, fmt: str, dynamic: bool, opset: int | None) -> None:
-    """Write the artifact of ``fmt`` for ``model`` traced on ``example`` to ``path``."""
+def output_names(count: int) -> list[str]:
+    """The ONNX output names: ``output``, then ``output1``, ``output2``... for a model with several."""
+    return ["output"] + [f"output{i}" for i in range(1, count)]
+
+
+def _write(model: nn.Module, example: tuple[Any, ...], path: Path, fmt: str, dynamic: bool, opset: int | None,
+           outputs: int = 1) -> None:
+    """Write the artifact of ``fmt`` for ``model`` (``outputs`` tensors) traced on ``example`` to ``path``."""
     if fmt == "onnx":
         _quietly(lambda: torch.onnx.export(
             model, example, str(path), dynamo=True, opset_version=opset, external_data=False,
-            input_names=["input"], output_names=["output"],
+            input_names=["input"], output_names=output_names(outputs),
             dynamic_shapes=_dynamic_batch(example) if dynamic else None, verbose=False,
         ))
     elif fmt == "torchscript":
@@ -156,9 +163,16 @@ def failing_module(model: nn.Module, example: tuple[Any, ...], fmt: str) -> tupl
 
 
 def load_artifact(path: str | os.PathLike[str], fmt: str, *, threads: int | None = None,
-                  providers: list[str] | None = None) -> Runner:
+                  providers: list[str] | None = None, all_outputs: bool = False) -> Runner:
     """A callable running the exported artifact at ``path`` on a CPU tensor batch (ONNX in onnxruntime with
-    ``threads`` intra-op threads and ``providers``, default CPU; the others through torch)."""
+    ``threads`` intra-op threads and ``providers``, default CPU; the others through torch). It returns the
+    first output tensor, or (``all_outputs``) the tuple of all of them (a detector's boxes and masks)."""
+    run = _artifact_runner(path, fmt, threads, providers)
+    return (lambda x: output_tensors(run(x), "the artifact")) if all_outputs else (lambda x: output_tensors(run(x), "the artifact")[0])
+
+
+def _artifact_runner(path: str | os.PathLike[str], fmt: str, threads: int | None, providers: list[str] | None) -> Callable[[Tensor], Any]:
+    """A callable running the artifact and returning what it returns (ONNX: the list of its outputs)."""
     if fmt == "onnx":
         ort = require_extra("onnxruntime", "deploy", "running an onnx model")
 
@@ -170,7 +184,7 @@ def load_artifact(path: str | os.PathLike[str], fmt: str, *, threads: int | None
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
-        return lambda x: torch.from_numpy(session.run(None, {input_name: x.detach().cpu().numpy()})[0])
+        return lambda x: [torch.from_numpy(out) for out in session.run(None, {input_name: x.detach().cpu().numpy()})]
     if fmt == "torchscript":
         scripted = _quietly(lambda: torch.jit.load(str(path), map_location="cpu")).eval()
         return lambda x: scripted(x)
@@ -180,18 +194,23 @@ def load_artifact(path: str | os.PathLike[str], fmt: str, *, threads: int | None
     raise PolarpruneError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-def _output_tensor(output: Any, what: str) -> Tensor:
+def output_tensors(output: Any, what: str) -> tuple[Tensor, ...]:
+    """A model's output as a tuple of tensors: one tensor, or a flat tuple or list of them (e.g. a
+    segmenter's predictions and mask prototypes); anything else is a one-line error."""
     if isinstance(output, Tensor):
-        return output
-    raise PolarpruneError(f"{what} returned {type(output).__name__}; export needs a model with one tensor output")
+        return (output,)
+    if isinstance(output, (tuple, list)) and output and all(isinstance(t, Tensor) for t in output):
+        return tuple(output)
+    raise PolarpruneError(f"{what} returned {type(output).__name__}; export needs a model with tensor outputs "
+                          "(one tensor, or a flat tuple of tensors)")
 
 
-def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tensor, reference: Tensor, artifact: Path,
+def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tensor, reference: tuple[Tensor, ...], artifact: Path,
                       fmt: str, dynamic: bool, opset: int | None, tolerance: float, target: Path) -> float:
-    """Write the artifact, run it on ``probe`` and return its max abs difference from ``reference``."""
+    """Write the artifact, run it on ``probe`` and return its max abs difference from ``reference`` (every output)."""
     try:
         with torch.no_grad():
-            _write(work, example, artifact, fmt, dynamic, opset)
+            _write(work, example, artifact, fmt, dynamic, opset, len(reference))
     except Exception as exc:  # noqa: BLE001 - exporter errors become one line naming the module
         name, module = failing_module(work, example, fmt)
         where = f"module {name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
@@ -200,12 +219,14 @@ def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tenso
         # torch's exporter writes opset 18+ and converts down only some models, keeping 18 when it cannot
         raise PolarpruneError(f"{target}: torch's ONNX exporter cannot write this model at opset {opset} "
                               f"(it wrote opset {_onnx_opset(artifact)}); ask for that opset or higher; nothing written")
-    run = _quietly(lambda: load_artifact(artifact, fmt))
+    run = _quietly(lambda: load_artifact(artifact, fmt, all_outputs=True))
     with torch.no_grad():
-        got = _output_tensor(run(probe), f"the {fmt} artifact")
-    if tuple(got.shape) != tuple(reference.shape):
-        raise PolarpruneError(f"{target}: the {fmt} artifact's output has shape {tuple(got.shape)}, PyTorch's {tuple(reference.shape)}")
-    diff = float((got.float() - reference.float()).abs().max())
+        outputs = run(probe)
+    shapes, expected = [tuple(t.shape) for t in outputs], [tuple(t.shape) for t in reference]
+    if shapes != expected:
+        got_text, want_text = (" ".join(map(str, v)) for v in (shapes, expected))
+        raise PolarpruneError(f"{target}: the {fmt} artifact's output has shape {got_text}, PyTorch's {want_text}")
+    diff = max(float((got.float() - want.float()).abs().max()) if want.numel() else 0.0 for got, want in zip(outputs, reference))
     if not diff <= tolerance:
         raise PolarpruneError(
             f"{target}: the {fmt} artifact differs from PyTorch by {diff:.3g} (max abs) on a probe batch of "
@@ -239,14 +260,14 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
         raise PolarpruneError(f"{target}: is a folder; give the artifact's file name")
     start = time.perf_counter()
     shape = input_shape_of(model, input_size, in_channels)  # the given size, else recorded, else the family's
-    work = copy.deepcopy(model).cpu().eval()
+    work = pruning_entry(model).export_form(copy.deepcopy(model).cpu().eval())  # e.g. a detector's head: its tensors only
     dynamic = batch == "dynamic"
     generator = torch.Generator().manual_seed(seed)
     example = (torch.randn(EXAMPLE_BATCH if dynamic else int(batch), *shape, generator=generator),)
     probe = torch.randn(PROBE_BATCH if dynamic else int(batch), *shape, generator=generator)
     with torch.no_grad():
         try:
-            reference = _output_tensor(work(probe), f"the model on input {tuple(probe.shape)}")
+            reference = output_tensors(work(probe), f"the model on input {tuple(probe.shape)}")
         except PolarpruneError:
             raise
         except Exception as exc:  # noqa: BLE001 - a wrong input size is the user's input

@@ -29,6 +29,7 @@ from .imports import trusting_code
 from .inputs import input_shape_of, record_input_shape, recorded_input_shape
 from .small_cnn import SmallCNN
 from . import timm_models  # noqa: F401  (registers the timm: resolver; timm itself is imported on use)
+from . import ultralytics_models  # noqa: F401  (registers the YOLO names; ultralytics itself is imported on use)
 
 
 def _load_torchvision(subject: object) -> None:

@@ -50,6 +50,16 @@ class ModelEntry:
     # pruned residual block so that its last BN's kept channels go back to ``positions`` of ``width``
     scatter_block: Callable[[nn.Module, Sequence[int], int], nn.Module] | None = None
     finish_pruning: Callable[[nn.Module], Any] | None = None  # undoes what prepare_for_pruning did only for the analysis
+    # makes a fresh, unpruned instance able to take a plan (e.g. a split whose sizes a plan changes
+    # reads them from its layers); run by ``apply_plan`` before it resizes layers
+    before_plan: Callable[[nn.Module], Any] | None = None
+    # layer classes the analysis keeps whole, with the reason (Torch-Pruning does not look inside them)
+    whole_layers: tuple[tuple[type[nn.Module], str], ...] = ()
+    # the module an export writes and checks (e.g. a detector whose head returns only its tensors)
+    for_export: Callable[[nn.Module], nn.Module] | None = None
+    # the model's own name of a layer ``prepare`` renamed (e.g. a conv's two halves -> the conv), so
+    # BN names and keep masks from the analysis fit the model; None: prepare renames nothing
+    live_name: Callable[[str], str] | None = None
     # every prune report of this family also gives the original code's (scatter) accounting of MACs
     paper_accounting: bool = False
     task: str = "classification"  # what the family does: "classification", "detection", "segmentation"
@@ -78,6 +88,19 @@ class ModelEntry:
         """Undo, after surgery, what ``prepare`` changed only for the analysis."""
         if self.finish_pruning is not None:
             self.finish_pruning(model)
+
+    def plan_ready(self, model: nn.Module) -> None:
+        """Make a fresh instance able to take a pruning plan (nothing without an adapter)."""
+        if self.before_plan is not None:
+            self.before_plan(model)
+
+    def live(self, name: str) -> str:
+        """The model's own name of a layer of the analysed (prepared) model."""
+        return self.live_name(name) if self.live_name is not None else name
+
+    def export_form(self, model: nn.Module) -> nn.Module:
+        """The module an export writes for ``model`` (the model itself without an adapter)."""
+        return self.for_export(model) if self.for_export is not None else model
 
     def scatters(self) -> bool:
         """The family can prune the original way (``residual: scatter``)."""

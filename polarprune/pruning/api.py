@@ -24,7 +24,7 @@ from .base import as_input_tuple, deleted_with_block, max_abs_diff
 from .budget import Budget, Guard, guarded
 from .cost import MACS, CostModel
 from .compensation import CompensationResult, apply_adjustments, compensate as fold_constants
-from .graph import (ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, prepare_for_pruning,
+from .graph import (ChannelGroup, ModelAnalysis, analysed_copy, analyze, finish_pruning, live_keep, prepare_for_pruning,
                     traced_inputs)
 from .options import PruneOptions, parse_options
 from .plan import make_plan, unpruned_view
@@ -75,7 +75,7 @@ def plan_pruning(model: nn.Module, example_inputs: Any, strategy: str | None = N
         with guard.step("graph"):
             analysis = analysed_copy(model, example_inputs)
         with guard.step("decide"):
-            return decide(analysis, options=opts).bn_keep
+            return live_keep(model, analysis, decide(analysis, options=opts).bn_keep)
 
 
 def channel_groups(model: nn.Module, example_inputs: Any, *, budget: Budget | None = None) -> list[ChannelGroup]:
@@ -86,7 +86,8 @@ def channel_groups(model: nn.Module, example_inputs: Any, *, budget: Budget | No
 
 def prunable_bn_names(model: nn.Module, example_inputs: Any, *, budget: Budget | None = None) -> list[str]:
     """Names of the BNs in prunable groups, in model order."""
-    names = {bn for g in channel_groups(model, example_inputs, budget=budget) if g.prunable for bn in g.bn_names}
+    entry = pruning_entry(model)
+    names = {entry.live(bn) for g in channel_groups(model, example_inputs, budget=budget) if g.prunable for bn in g.bn_names}
     return [n for n, _ in model.named_modules() if n in names]
 
 

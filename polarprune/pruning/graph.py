@@ -26,7 +26,7 @@ from .base import (BN_TYPES, BOTH, CONV_TYPES, IN, OUT, SLICEABLE, as_input_tupl
                    is_grouped)
 from .cost import LayerCost, cost_hooks, params_split
 from .cost import channel_macs, estimate_macs, estimate_params  # noqa: F401  (their old home: re-exported for readers)
-from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners
+from .modules import ChannelPlacementShortcut, ChannelShift, torch_pruning_pruners, whole_layer_pruner
 
 _as_input_tuple = as_input_tuple  # the old private name
 
@@ -118,10 +118,11 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any, handles: Seque
     (forward hooks already registered) see the tracing pass and are removed afterwards."""
     import torch_pruning as tp
 
+    pruners, handles = _with_whole_layers(model, torch_pruning_pruners(), list(handles))
     try:
         with restored_modes(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=as_input_tuple(example_inputs),
-                                                          customized_pruners=torch_pruning_pruners(), verbose=False)
+                                                          customized_pruners=pruners, verbose=False)
     except PolarpruneError:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing failures are reported as one line
@@ -131,6 +132,25 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any, handles: Seque
         for handle in handles:
             handle.remove()
     return graph
+
+
+def _with_whole_layers(model: nn.Module, pruners: dict[type, Any], handles: list[Any]) -> tuple[dict[type, Any], list[Any]]:
+    """``pruners`` plus a leaf pruner for each of the model entry's whole-layer classes, and ``handles``
+    plus the hooks that record those layers' widths in the tracing pass (the pruners read them)."""
+    widths: dict[nn.Module, tuple[int, int]] = {}
+
+    def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        widths[module] = (int(as_input_tuple(inputs)[0].shape[1]), int(output.shape[1]))
+
+    for cls, _ in pruning_entry(model).whole_layers:
+        pruners[cls] = whole_layer_pruner(cls, widths)
+        handles += [m.register_forward_hook(record) for m in model.modules() if isinstance(m, cls)]
+    return pruners, handles
+
+
+def _whole_reason(module: nn.Module, name: str, whole: Sequence[tuple[type, str]]) -> str:
+    """Why a group through ``module`` stays whole, when its class is one the model entry keeps whole."""
+    return next((f"passes {name} ({type(module).__name__}: {why})" for cls, why in whole if isinstance(module, cls)), "")
 
 
 def _item_side(graph: Any, module: nn.Module, handler: Any) -> str:
@@ -145,7 +165,8 @@ def _terminal_modules(graph: Any) -> set[Any]:
     return {module for module, node in graph.module2node.items() if not node.outputs}
 
 
-def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: set[Any]) -> ChannelGroup:
+def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: set[Any],
+                   whole: Sequence[tuple[type, str]] = ()) -> ChannelGroup:
     import torch_pruning as tp
 
     items: list[GroupItem] = []
@@ -166,6 +187,9 @@ def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: 
         if isinstance(module, ChannelShuffle):
             reason = reason or f"passes the channel shuffle {name} (shuffled channels are kept whole)"
             continue
+        if _whole_reason(module, name, whole):
+            reason = reason or _whole_reason(module, name, whole)
+            continue
         if not isinstance(module, SLICEABLE):
             reason = reason or f"holds a {type(module).__name__} ({name}) that surgery does not slice"
             continue
@@ -177,6 +201,17 @@ def _convert_group(graph: Any, tp_group: Any, names: dict[Any, str], terminals: 
         reason = "has no BatchNorm"
     name = bn_names[0] if bn_names else names.get(tp_group[0].dep.target.module, "?")
     return ChannelGroup(name, num_channels, bn_names, len(producers) > 1 or shift_or_place, not reason, reason, items)
+
+
+def live_keep(model: nn.Module, analysis: ModelAnalysis, keep: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keep masks of the analysed (prepared) copy under the model's own BN names: a BN the family's
+    adapter split in parts (YOLO's split convs) gets its parts' masks joined in model order."""
+    entry = pruning_entry(model)
+    parts: dict[str, list[Tensor]] = {}
+    for name, _ in analysis.model.named_modules():
+        if name in keep:
+            parts.setdefault(entry.live(name), []).append(keep[name])
+    return {name: masks[0] if len(masks) == 1 else torch.cat(masks) for name, masks in parts.items()}
 
 
 def residual_blocks(model: nn.Module) -> dict[str, BlockInfo]:
@@ -249,14 +284,15 @@ def analyze(model: nn.Module, example_inputs: Any, count: bool = False) -> Model
         if "counter" in traced:  # the forward pass failed inside the counter
             traced["counter"].__exit__(None, None, None)
     terminals = _terminal_modules(graph)
-    groups = [_convert_group(graph, g, names, terminals) for g in graph.get_all_groups(root_module_types=CONV_TYPES + (nn.Linear,))]
+    whole = pruning_entry(model).whole_layers
+    groups = [_convert_group(graph, g, names, terminals, whole) for g in graph.get_all_groups(root_module_types=CONV_TYPES + (nn.Linear,))]
     successors = {names[m]: [names.get(o.module, "") for o in node.outputs] for m, node in graph.module2node.items() if m in names}
     per_channel, other = params_split(model, costs)
     return ModelAnalysis(model, groups, costs, names, successors, residual_blocks(model), traced.get("output"),
                          traced.get("cost"), per_channel, other)
 
 
-__all__ = ["analysed_copy", "GroupItem", "ChannelGroup", "ModelAnalysis", "LayerCost", "analyze", "estimate_macs",
+__all__ = ["analysed_copy", "live_keep", "GroupItem", "ChannelGroup", "ModelAnalysis", "LayerCost", "analyze", "estimate_macs",
            "estimate_params", "channel_macs", "residual_blocks", "prepare_for_pruning", "finish_pruning", "traced_inputs",
            "build_dependency_graph", "is_depthwise", "is_grouped", "run_model", "deleted_with_block", "OUT", "IN",
            "BOTH"]

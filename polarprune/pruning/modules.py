@@ -111,5 +111,27 @@ def torch_pruning_pruners() -> dict[type, Any]:
     return {ChannelPlacementShortcut: PlacementPruner(), ChannelShift: ShiftPruner(), ChannelShuffle: ShufflePruner()}
 
 
+def whole_layer_pruner(cls: type[nn.Module], widths: dict[nn.Module, tuple[int, int]]) -> Any:
+    """A Torch-Pruning pruner that makes ``cls`` a leaf whose channels stay whole: the graph does not
+    look inside it, and its input and output widths are those seen in the tracing pass (``widths``)."""
+    import torch_pruning as tp
+
+    class WholePruner(tp.pruner.BasePruningFunc):
+        TARGET_MODULES = cls
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            raise NotImplementedError(f"the channels of a {cls.__name__} are kept whole")
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return widths[layer][1]
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return widths[layer][0]
+
+    return WholePruner()
+
+
 __all__ = ["ChannelPlacementShortcut", "ChannelShift", "ShortcutOnlyBlock", "prune_placement_inputs",
-           "prune_placement_outputs", "prune_shift_channels", "torch_pruning_pruners", "set_module"]
+           "prune_placement_outputs", "prune_shift_channels", "torch_pruning_pruners", "whole_layer_pruner", "set_module"]

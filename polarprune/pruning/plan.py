@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import PolarpruneError
 from .graph import BN_TYPES, CONV_TYPES
 from ..models import entry_for
+from ..models.entry import pruning_entry
 from ..models.expand import ChannelScatter
 from .modules import ChannelPlacementShortcut, ChannelShift, ShortcutOnlyBlock, set_module
 
@@ -202,6 +203,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any] | None, where: str = "plan
     replace = plan.get("replace", [])
     if not isinstance(modules, dict) or not isinstance(replace, list):
         raise PolarpruneError(f"{where}: the plan's 'modules' must be a mapping and 'replace' a list")
+    pruning_entry(model).plan_ready(model)
     for entry in replace:
         if not isinstance(entry, dict):
             raise PolarpruneError(f"{where}: bad plan replacement {entry!r}")

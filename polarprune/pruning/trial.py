@@ -14,9 +14,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import PolarpruneError
+from ..models.entry import pruning_entry
 from ..modes import restored_modes
 from .cost import MACS, CostModel, channel_macs
-from .graph import analyze, prepare_for_pruning, traced_inputs
+from .graph import analyze, live_keep, prepare_for_pruning, traced_inputs
 from .options import PruneOptions, parse_options
 from .resolve import Decision, decide
 
@@ -94,11 +95,16 @@ class TrialAnalysis:
 
     def keep_masks(self, model: nn.Module | None = None, strategy: str | None = None, **options: Any) -> dict[str, Any]:
         """Per BN of a prunable group, the channels the pruning would keep (``plan_pruning``)."""
-        return self.decide(model, strategy, **options).bn_keep
+        return live_keep(self.model, self.analysis, self.decide(model, strategy, **options).bn_keep)
 
     def channel_macs(self) -> dict[str, float]:
-        """Per BN, the MACs one of its channels costs (the FLOPs weights of the regularizer)."""
-        return channel_macs(self.analysis)
+        """Per BN, the MACs one of its channels costs (the FLOPs weights of the regularizer); a BN the
+        family's adapter split in parts (YOLO's ``cv1``) gets the mean of its parts'."""
+        entry = pruning_entry(self.model)
+        parts: dict[str, list[float]] = {}
+        for name, value in channel_macs(self.analysis).items():
+            parts.setdefault(entry.live(name), []).append(value)
+        return {name: sum(values) / len(values) for name, values in parts.items()}
 
 
 def trial_macs_ratio(model: nn.Module, example_inputs: Any, strategy: str = "grad", **prune_options: Any) -> float:

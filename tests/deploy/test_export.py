@@ -305,3 +305,40 @@ def test_export_command_opset_below_the_exporters_is_written_or_refused(small_cn
 def test_pruned_torchvision_models_round_trip(tmp_path, name):
     model = pruned(create(name, 10), 64)
     round_trip_all_formats(model, tmp_path, size=64)
+
+
+class TwoHeads(nn.Module):
+    """A model with two tensor outputs (like a segmenter's predictions and prototypes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.conv(x)
+        return self.fc(maps.mean((2, 3))), maps
+
+
+@needs_onnx
+def test_every_tensor_output_is_exported_and_checked(tmp_path):
+    torch.manual_seed(0)
+    model = TwoHeads().eval()
+    report = export_model(model, tmp_path / "two.onnx", "onnx", input_size=8, batch=1)
+    x = torch.randn(1, 3, 8, 8)
+    logits, maps = load_artifact(tmp_path / "two.onnx", "onnx", all_outputs=True)(x)
+    with torch.no_grad():
+        want_logits, want_maps = model(x)
+    assert report.max_abs_diff <= 1e-4
+    assert maps.shape == (1, 4, 8, 8) and float((maps - want_maps).abs().max()) <= 1e-4
+    assert float((load_artifact(tmp_path / "two.onnx", "onnx")(x) - want_logits).abs().max()) <= 1e-4  # the first output
+
+
+def test_a_dict_output_is_one_line(tmp_path):
+    class Named(nn.Module):
+        def forward(self, x):
+            return {"y": x}
+
+    with pytest.raises(PolarpruneError, match="export needs a model with tensor outputs"):
+        export_model(Named(), tmp_path / "named.ts", "torchscript", input_size=8, in_channels=3)
+    assert not (tmp_path / "named.ts").exists()
