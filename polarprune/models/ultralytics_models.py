@@ -261,8 +261,9 @@ def live_name(name: str) -> str:
     return re.sub(r"\.cv1[ab](?=\.|$)", ".cv1", name)
 
 
-def _adapters() -> dict[str, Any]:
-    return dict(family=FAMILY, input_size=640, num_classes=80, prepare_for_pruning=prepare, finish_pruning=finish,
+def _adapters(name: str = "") -> dict[str, Any]:
+    task = "segmentation" if name.endswith("-seg") else "detection"
+    return dict(family=FAMILY, task=task, input_size=640, num_classes=80, prepare_for_pruning=prepare, finish_pruning=finish,
                 before_plan=split_by_width, whole_layers=_whole_layers(), for_export=for_export, live_name=live_name)
 
 
@@ -270,7 +271,7 @@ def _adapters() -> dict[str, Any]:
 
 def _register_names() -> None:
     for name in NAMES:
-        register(name, functools.partial(build_yolo, name), **_adapters())
+        register(name, functools.partial(build_yolo, name), **_adapters(name))
 
 
 _CLASSES_DONE: list[bool] = []  # set once the class entry is registered
@@ -288,7 +289,7 @@ def _register_classes(subject: object) -> None:
     entry = ModelEntry(FAMILY, functools.partial(build_yolo, "yolov8n"), classes=(DetectionModel,), **_adapters())
     add(entry, by_name=False)
     for name in NAMES:
-        register(name, functools.partial(build_yolo, name), **_adapters())
+        register(name, functools.partial(build_yolo, name), **_adapters(name))
 
 
 # ---- back into ultralytics -------------------------------------------------------------------------
