@@ -116,6 +116,16 @@ def _variants() -> dict[type, tuple[type, type]]:
     return made
 
 
+def __getattr__(name: str) -> type:
+    """The made classes by name (``SplitC2f``, ``TwoConvC3k2``, ...), so that pickle finds them: ultralytics'
+    own checkpoints of a pruned model (``torch.save`` of the module) name these classes."""
+    for forms in _variants().values():
+        for cls in forms:
+            if cls.__name__ == name:
+                return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _kind(module: nn.Module) -> type | None:
     """The ultralytics block class ``module`` is (plain, split or analysis form), else None."""
     for base, forms in _variants().items():

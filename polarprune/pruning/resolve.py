@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PolarpruneError
+from ..models.entry import pruning_entry
 from ..models.layers import BlockInfo, gamma_magnitude
 from .base import BN_TYPES, BOTH, IN, OUT, Removals, deleted_with_block, is_grouped
 from .cost import MACS, CostModel, estimate_macs, estimate_params
@@ -258,15 +259,25 @@ def removals_of(group: ChannelGroup, keep: Tensor) -> dict[tuple[str, str], set[
     return removed
 
 
+def analysed_bn_names(analysis: ModelAnalysis, all_bns: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``names`` (the model's own BN names) as the analysed model's: an adapter that split a layer for the
+    analysis (YOLO's ``cv1`` into ``cv1a`` and ``cv1b``) maps one name to several; an unknown name is one line."""
+    live = pruning_entry(analysis.model).live
+    found: list[str] = []
+    for name in names:
+        matches = [n for n in all_bns if n == name or live(n) == name]
+        if not matches:
+            raise PolarpruneError(f"no BatchNorm layer named {name!r} in the model")
+        found += matches
+    return found
+
+
 def scored_bns(analysis: ModelAnalysis, options: PruneOptions, notes: list[str]) -> set[str]:
     """The BNs whose scores decide: ``bn_names`` (default: every BN of a prunable group),
     narrowed by the ``bn_include`` / ``bn_exclude`` fnmatch patterns."""
     all_bns = [n for n, m in analysis.model.named_modules() if isinstance(m, BN_TYPES)]
     prunable = {bn for g in analysis.prunable_groups() for bn in g.bn_names}
-    names = options.bn_names
-    for name in names or ():
-        if name not in all_bns:
-            raise PolarpruneError(f"no BatchNorm layer named {name!r} in the model")
+    names = None if options.bn_names is None else analysed_bn_names(analysis, all_bns, options.bn_names)
     for pattern in options.bn_include:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in all_bns):
             raise PolarpruneError(f"bn_include pattern {pattern!r} matches no BatchNorm layer")

@@ -62,6 +62,35 @@ def test_names_build_from_yaml_without_download() -> None:
     assert {"yolov8n", "yolov8s", "yolo11n", "yolo11s", "yolov8n-seg", "yolo11s-seg"} <= set(polarprune.models.list_models())
 
 
+def test_split_blocks_pickle_as_ultralytics_checkpoints_do(tmp_path: Path) -> None:
+    """ultralytics saves its checkpoints with ``torch.save`` of the module: the split block classes must be
+    found by name when the file is read back (the pruned model's fine-tuning saves and resumes such files)."""
+    model = create("yolov8n", num_classes=2).eval()
+    assert {type(m).__name__ for m in model.modules()} >= {"SplitC2f"}
+    torch.save({"model": model}, tmp_path / "last.pt")
+    back = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    assert type(back.model[2]) is type(model.model[2])
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(back(x)[0], model(x)[0])
+
+
+def test_bn_names_of_the_model_select_the_split_halves() -> None:
+    """``bn_names`` given in the model's own names (a sparsity run's regularized BNs) reach the analysis'
+    split halves: ``model.2.cv1.bn`` scores both ``cv1a`` and ``cv1b``; an unknown name is one line."""
+    from polarprune.pruning import TrialAnalysis
+
+    model = create("yolov8n", num_classes=2).eval()
+    with torch.no_grad():
+        model.model[2].cv1.bn.weight[::2] = 0.0  # half of the split conv's channels, in both halves
+    trial = TrialAnalysis(model, torch.rand(1, 3, 64, 64))
+    keep = trial.decide(strategy="fixed", bn_names=["model.2.cv1.bn"]).bn_keep
+    cut = {name: (int(mask.sum()), len(mask)) for name, mask in keep.items() if not bool(mask.all())}
+    # both halves lose their zeroed half; the bottleneck's residual add ties m.0.cv2 to the second half
+    assert cut == {"model.2.cv1a.bn": (8, 16), "model.2.cv1b.bn": (8, 16), "model.2.m.0.cv2.bn": (8, 16)}
+    with pytest.raises(PolarpruneError, match=r"no BatchNorm layer named 'model.2.nope.bn'"):
+        trial.decide(strategy="fixed", bn_names=["model.2.nope.bn"])
+
+
 def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "ultralytics", None)  # as if not installed
     with pytest.raises(PolarpruneError, match=r"needs the ultralytics extra: pip install 'polarprune\[ultralytics\]'"):
