@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ..errors import PolarpruneError, require_extra
 
@@ -93,13 +92,11 @@ class CocoImages:
     def __getitem__(self, index: int) -> tuple[Any, dict]:
         import torch
 
+        from .loaders import open_rgb
+
         info = self.images[index]
         path = self.root / info["file_name"]
-        try:
-            with Image.open(path) as img:
-                pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise PolarpruneError(f"{path}: not a readable image ({exc})") from None
+        pixels = np.asarray(open_rgb(str(path)), dtype=np.float32) / 255.0
         anns = self.by_image.get(info["id"], [])
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4)

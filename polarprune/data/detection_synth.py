@@ -32,6 +32,7 @@ from PIL import Image, ImageFilter
 from ..errors import PolarpruneError
 from ..fileio import current_umask
 from .cache import ensure_extracted, is_archive
+from .loaders import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,7 @@ class SourcePool:
 
     def image(self, index: int) -> Image.Image:
         """Source image ``index`` as RGB."""
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except OSError as exc:
-            raise PolarpruneError(f"{path}: not a readable image ({exc})") from None
+        return open_rgb(str(self.samples[index][0]))
 
     def relative(self, index: int) -> str:
         """Source image ``index``'s path relative to the tree's root."""

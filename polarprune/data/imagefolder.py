@@ -16,7 +16,7 @@ from ..config import DataConfig
 from ..errors import PolarpruneError
 from .augment import channel_stats
 from .cache import decoded_cache_path, ensure_extracted, is_archive, write_npz_atomic
-from .loaders import image_error
+from .loaders import open_rgb, read_image
 from .sampling import evenly_spaced
 from .splits import ArraySplits, FolderSplits, nhwc_to_nchw
 
@@ -70,13 +70,7 @@ def find_classes(train_dir: Path) -> list[str]:
 
 def image_size_of(path: str) -> tuple[int, int]:
     """``(width, height)`` from the image header (no full decode)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError) as exc:
-        raise image_error(path, exc) from None
+    return read_image(path, lambda image: image.size)
 
 
 def small_image_size(samples: list[tuple[str, int]], max_side: int) -> tuple[int, int] | None:
@@ -94,14 +88,10 @@ def small_image_size(samples: list[tuple[str, int]], max_side: int) -> tuple[int
 def _decode_one(path: str, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if rgb.size != (size[1], size[0]):
-                rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise image_error(path, exc) from None
+    rgb = open_rgb(path)
+    if rgb.size != (size[1], size[0]):
+        rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def decode_images(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:

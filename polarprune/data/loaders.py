@@ -94,14 +94,7 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> Any:
-        from PIL import Image
-
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise image_error(path, exc) from None
+        return open_rgb(self.samples[index][0])
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, sample_seed = item
@@ -139,6 +132,24 @@ class _EpochBatchSampler(EpochSharded, torch.utils.data.Sampler):
         for step in range(len(self)):
             where = global_batch_slice(step, self.batch_size, self.world_size, self.rank)
             yield list(zip(order[where].tolist(), seeds[where].tolist()))
+
+
+def read_image(path: str, read: Callable[[Any], Any]) -> Any:
+    """``read(image)`` of the image file at ``path`` opened with PIL; an unreadable file is one line naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return read(image)
+    except (OSError, ValueError) as exc:
+        raise image_error(path, exc) from None
+    except ImportError:  # ultralytics, once imported, retries an unidentified file with a plugin it may lack
+        raise image_error(path, Image.UnidentifiedImageError("not an image format PIL can identify")) from None
+
+
+def open_rgb(path: str) -> Any:
+    """The image file at ``path`` as an RGB PIL image (one line when it cannot be read)."""
+    return read_image(path, lambda image: image.convert("RGB"))
 
 
 def image_error(path: str, exc: BaseException) -> PolarpruneError:

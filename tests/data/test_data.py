@@ -445,6 +445,24 @@ def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, size: int,
     assert message.startswith(f"{broken}: cannot read the image") and "\n" not in message
 
 
+def test_unreadable_image_is_one_line_also_after_ultralytics_patched_pil(tmp_path: Path) -> None:
+    """Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that, on an unidentified file, imports a
+    HEIF plugin (absent here: ImportError); the loader still says which file it cannot read, in one line."""
+    pytest.importorskip("ultralytics")
+    import PIL.Image
+
+    import ultralytics.utils.patches  # noqa: F401  (the patch is installed on import)
+
+    if getattr(PIL.Image.open, "__module__", "") != "ultralytics.utils.patches":
+        pytest.skip("this ultralytics does not patch PIL.Image.open")
+    root = make_imagefolder(tmp_path / "if", n_per_class=2, size=8, classes=2)
+    broken = root / "val" / "class1" / "0001.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(PolarpruneError) as info:
+        list(build_data(DataConfig(name="imagefolder", root=str(root), image_size=16, workers=0)).eval_loader)
+    assert str(info.value).startswith(f"{broken}: cannot read the image") and "\n" not in str(info.value)
+
+
 def test_imagefolder_missing_root_names_the_path(tmp_path: Path):
     with pytest.raises(PolarpruneError, match=str(tmp_path / "absent")):
         build_data(DataConfig(name="imagefolder", root=str(tmp_path / "absent")))
