@@ -16,7 +16,7 @@ to 0, then pruned in a fresh subprocess (so that its peak resident memory is its
 Peak memory is the subprocess's peak resident memory minus its resident memory just before the
 pruning call (the built model and the imports excluded).
 
-Run: ``python bench/bench_detector_pruning.py [--names a,b] [--tp-seconds 60]``; results in
+Run: ``python bench/bench_detector_pruning.py [--names a,b] [--skip PATTERNS] [--tp-seconds 60]``; results in
 ``bench/results/detector_pruning.{json,md}``.
 """
 
@@ -39,13 +39,18 @@ TASKS = ("detection", "segmentation")
 TOOLS = ("polarprune", "torch-pruning")
 
 
-def family_names() -> list[str]:
-    """The registered names whose entry is a detection or segmentation family."""
+def family_names(skip: str = "") -> list[str]:
+    """The registered names whose entry is a detection or segmentation family, less those matching a
+    comma-separated fnmatch pattern of ``skip``."""
+    import fnmatch
+
     import polarprune.models as models
     from polarprune.models.entry import get_entry
 
     models.list_models()  # loads the families that register on need
-    return [n for n in models.entry.registered_names() if (e := get_entry(n)) is not None and e.task in TASKS]
+    patterns = [p for p in skip.split(",") if p]
+    return [n for n in models.entry.registered_names() if (e := get_entry(n)) is not None and e.task in TASKS
+            and not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def example_for(name: str, model: Any) -> Any:
@@ -145,6 +150,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", default="", help="comma-separated family names (default: every registered one)")
+    parser.add_argument("--skip", default="yolo*[mlx],yolo*[mlx]-seg",
+                        help="comma-separated name patterns left out (default: the YOLO scales above s, which the tests do not cover)")
     parser.add_argument("--tp-seconds", type=float, default=60.0, help="Torch-Pruning's time budget per family")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tool", default="polarprune", choices=TOOLS, help=argparse.SUPPRESS)
@@ -155,7 +162,7 @@ def main() -> None:
         return
     from polarprune.models.entry import get_entry
 
-    names = [n for n in args.names.split(",") if n] or family_names()
+    names = [n for n in args.names.split(",") if n] or family_names(args.skip)
     rows = []
     for name in names:
         row = {"name": name, "task": get_entry(name).task, "input_size": get_entry(name).input_size}
