@@ -1,0 +1,125 @@
+"""Issue 26's acceptance benchmark (``bench/results/latency_target.json``): latency-target at R = 0.5 against
+flops-target and Torch-Pruning at equal MACs, the cost model's profiling time and its prediction."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .engine import Results, renderer, table
+
+STEM = "latency_target"
+LABELS = {"resnet56": "ResNet-56 (32 px)", "mobilenet_v2": "MobileNetV2 (224 px)", "resnet50": "ResNet-50 (224 px)"}
+ARMS = ("latency-target", "flops-target", "tp-r16")
+
+
+def _cells(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cells in protocol order (model, batch, runtime)."""
+    proto = result["protocol"]
+    order = [f"{m}/{r}/{b}" for m in proto["models"] for b in proto["batches"] for r in proto["runtimes"]]
+    cells = result["cells"]
+    return [cells[k] for k in order if k in cells] + [c for k, c in cells.items() if k not in order]
+
+
+def _label(cell: Mapping[str, Any]) -> str:
+    return LABELS.get(cell["model"], cell["model"])
+
+
+def _mark(flag: bool | None, text: str) -> str:
+    """``text`` in bold when ``flag`` is true, as it is otherwise."""
+    return f"**{text}**" if flag else text
+
+
+def cut_table(result: Mapping[str, Any]) -> str:
+    """Per cell: measured latency cut of latency-target (bold within the tolerance), its MACs cut, latency cut /
+    MACs cut of every arm, and latency-target's time over Torch-Pruning's."""
+    rows = []
+    for c in _cells(result):
+        if "arms" not in c:
+            seen = ", ".join(f"{1 - r:.1%}" for r in c.get("end_to_end_ratios", []))
+            rows.append([_label(c), c["runtime"], c["batch"], f"missed (measured {seen})", "-", "-", "-", "-", "-", "-", "-"])
+            continue
+        a, v = c["arms"], c["verdicts"]
+        ours = a["latency-target"]
+        ratios = [f"{a[k]['cut_over_macs_cut']:.2f}" if a[k]["cut_over_macs_cut"] is not None else "-" for k in ARMS]
+        ratios[0] = _mark(v["goal"], ratios[0])
+        tp = f"{c['ratio_to_tp']:.2f}" + ("" if v["tp_equal_macs"] else f" (tp MACs cut {a['tp-r16']['macs_cut']:.1%})")
+        rows.append([_label(c), c["runtime"], c["batch"], _mark(v["within_tolerance"], f"{ours['latency_cut']:.1%}"),
+                     f"{ours['macs_cut']:.1%}", *ratios, f"{a['flops-target']['latency_cut']:.1%}", f"{a['tp-r16']['latency_cut']:.1%}", tp])
+    return table(["model", "runtime", "batch", "latency cut (target 50%)", "MACs cut", "cut / MACs cut: latency-target",
+                  "flops-target", "tp-r16", "latency cut: flops-target", "tp-r16", "time latency-target / tp-r16"],
+                 rows, align="llrrrrrrrrr")
+
+
+def prediction_table(result: Mapping[str, Any]) -> str:
+    """Per cell: profiling time, tables, predicted vs measured (unpruned ms, and the latency ratio of every arm)."""
+    rows = []
+    for c in _cells(result):
+        if "arms" not in c:
+            continue
+        u, a, p = c["unpruned"], c["arms"], c["prune_to_latency"]
+        ratios = " / ".join(f"{a[k]['predicted_ratio']:.2f} vs {a[k]['latency_ratio']:.2f}" for k in ARMS)
+        rows.append([_label(c), c["runtime"], c["batch"], f"{c['profile_seconds']:.0f}", c["layers"], c["cache_files"],
+                     f"{u['predicted_ms']:.2f} vs {u['measured_ms']:.2f}", ratios,
+                     "yes" if p["refined"] else "no", f"{c['wall_seconds'] / 60:.1f}", f"{c['load_average_1min']:.1f}"])
+    return table(["model", "runtime", "batch", "profiling (s)", "layers", "tables", "unpruned ms: predicted vs measured",
+                  "latency ratio predicted vs measured: latency-target / flops-target / tp-r16", "refined", "cell (min)", "load"],
+                 rows, align="llrrrrllrrr")
+
+
+def missing_text(result: Mapping[str, Any]) -> str:
+    """The protocol's cells the file lacks, as one sentence."""
+    missing = result.get("missing") or []
+    return ("Every cell of the protocol was measured." if not missing
+            else "Not measured (the protocol is unchanged; these cells are simply absent): " + ", ".join(missing) + ".")
+
+
+def errors_text(result: Mapping[str, Any]) -> str:
+    """The one-line error of every cell where latency-target missed its target, as a list."""
+    lines = [f"- {c['model']}/{c['runtime']}/{c['batch']}: {c['error']}" for c in _cells(result) if "error" in c]
+    return "\n".join(lines) if lines else "No cell missed its target."
+
+
+def goal_text(result: Mapping[str, Any]) -> str:
+    """Counts of the goals met over the measured cells (never a summary beyond them)."""
+    cells = [c for c in _cells(result) if "arms" in c]
+    within = [c for c in cells if c["verdicts"]["within_tolerance"]]
+    big = [c for c in cells if c["verdicts"]["goal"] is not None]
+    met = [c for c in big if c["verdicts"]["goal"]]
+    equal = [c for c in cells if c["verdicts"]["tp_equal_macs"]]
+    slower = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in equal if not c["verdicts"]["not_slower_than_tp"]]
+    failed = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in _cells(result) if "arms" not in c]
+    return (f"Measured cut within {result['protocol']['tolerance']} of the target: {len(within)} of {len(_cells(result))} cells"
+            + (f" ({len(failed)} failed: {', '.join(failed)})" if failed else "") + ". "
+            f"Latency cut / MACs cut >= {result['protocol']['goal_cut_over_macs_cut']} at batch {result['protocol']['goal_batch']}: "
+            f"{len(met)} of {len(big)} cells. Torch-Pruning at equal MACs (within {result['protocol']['equal_macs']:.0%}): "
+            f"{len(equal)} cells; latency-target slower in {len(slower)}" + (f" ({', '.join(slower)})" if slower else "") + ".")
+
+
+def cells_markdown(result: Mapping[str, Any]) -> str:
+    """The whole result as Markdown (the script's ``.md``)."""
+    return "\n\n".join([cut_table(result), goal_text(result), missing_text(result), errors_text(result), prediction_table(result)])
+
+
+@renderer("latency-target-cuts")
+def latency_target_cuts(results: Results) -> str:
+    """The cut table of BENCHMARKS.md's latency-target section."""
+    return cut_table(results.load(STEM))
+
+
+@renderer("latency-target-prediction")
+def latency_target_prediction(results: Results) -> str:
+    """Profiling time and prediction vs measurement."""
+    return prediction_table(results.load(STEM))
+
+
+@renderer("latency-target-errors")
+def latency_target_errors(results: Results) -> str:
+    """The cells where latency-target missed, with the library's one-line error."""
+    return errors_text(results.load(STEM))
+
+
+@renderer("latency-target-goals")
+def latency_target_goals(results: Results) -> str:
+    """How many cells meet each goal, and which cells are missing."""
+    result = results.load(STEM)
+    return goal_text(result) + " " + missing_text(result)
