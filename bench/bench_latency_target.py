@@ -252,16 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     proto = protocol(args.threads, args.seed)
     cells = load_cells(RESULTS_DIR / f"{STEM}.json", proto)
+    # taken once, at the start: the run rewrites its own result file, so the tree is not clean later
+    prov = provenance(args.seed, LIBRARIES, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty)
     todo = [(MODELS[m], r, int(b)) for m in names for b in args.batches.split(",") for r in args.runtimes.split(",")]
     for model, runtime, batch in todo:
         key = cell_key(model.name, runtime, batch)
         if key in cells or skipped(key, [p for p in args.skip.split(",") if p]):
             continue
         print(f"{key} ...", file=sys.stderr, flush=True)
-        cells[key] = {**run_cell(model, runtime, batch, args.threads, args.seed),
-                      "provenance": provenance(args.seed, LIBRARIES, data=RANDOM_INPUTS, allow_dirty=args.allow_dirty)}
-        result = {"benchmark": STEM, "protocol": proto, "provenance": cells[key]["provenance"], "cells": cells,
-                  "missing": missing_cells(cells)}
+        cells[key] = {**run_cell(model, runtime, batch, args.threads, args.seed), "provenance": prov}
+        prov = {**prov, "load": {**prov["load"], "end": [round(v, 2) for v in os.getloadavg()]}}
+        result = {"benchmark": STEM, "protocol": proto, "provenance": prov, "cells": cells, "missing": missing_cells(cells)}
         print("wrote", *write_results(STEM, result, markdown(result)), file=sys.stderr, flush=True)
     return 0
 
