@@ -10,8 +10,8 @@ Per cell (model, runtime, batch), at one thread (torch intra-op and onnxruntime 
    end-to-end check (predicted vs measured, one refinement allowed, a miss of more than 0.05 is its error);
 4. ``flops-target`` (default widths) and Torch-Pruning's ``BNScalePruner`` (global, ``round_to=16``, ratio
    bisected) at the MACs cut the latency-target model reached;
-5. the unpruned model and the three pruned ones timed side by side (``measure_latency``: interleaved rounds,
-   medians of the per-round ratios to the unpruned model, glibc keeping freed memory), and every model's
+5. the unpruned model and the three pruned ones timed side by side (``measure_latency``: interleaved rounds of
+   at least ``ROUND_SECONDS``, medians of the per-round ratios to the unpruned model, glibc keeping freed memory), and every model's
    latency predicted by the cost model (prediction vs measurement).
 
 One result file, ``bench/results/latency_target.{json,md}``, with one entry per cell, rewritten after each
@@ -60,6 +60,9 @@ GOAL = 0.9  # latency cut / MACs cut of latency-target at batch 64 (issue 26)
 BIG_BATCH = 64
 TP_ROUND_TO = 16
 EQUAL_MACS = 0.02  # MACs cuts within 2 points count as equal
+# a side-by-side round repeats small forwards to last this long: longer than measure_latency's default, so that
+# the shared machine's scheduling (load 5-8 on 2 cores while other jobs run) averages out within a round
+ROUND_SECONDS = 0.25
 ARMS = ("latency-target", "flops-target", "tp-r16")  # the pruned models of a cell, timed with the unpruned
 
 
@@ -85,7 +88,7 @@ def cell_key(model: str, runtime: str, batch: int) -> str:
 def protocol(threads: int, seed: int) -> dict[str, Any]:
     """What every cell of one result file shares (a rerun with another protocol starts a new file)."""
     return {"target_latency_reduction": TARGET, "tolerance": TOLERANCE, "threads": threads, "seed": seed,
-            "tp_round_to": TP_ROUND_TO, "goal_cut_over_macs_cut": GOAL, "goal_batch": BIG_BATCH, "equal_macs": EQUAL_MACS,
+            "tp_round_to": TP_ROUND_TO, "min_round_seconds": ROUND_SECONDS, "goal_cut_over_macs_cut": GOAL, "goal_batch": BIG_BATCH, "equal_macs": EQUAL_MACS,
             "models": {m.name: {"input_size": m.size, "rounds": m.rounds} for m in MODELS.values()},
             "runtimes": list(RUNTIMES), "batches": list(BATCHES)}
 
@@ -197,7 +200,8 @@ def run_cell(model: BenchModel, runtime: str, batch: int, threads: int, seed: in
     models = {"unpruned": base, "latency-target": ours, "flops-target": flops.eval(), "tp-r16": tp16}
     start = time.perf_counter()
     with steady_malloc_here():
-        timing = measure_latency(models, shape, runtime=runtime, batches=(batch,), rounds=model.rounds, threads=threads, seed=seed).batches[0]
+        timing = measure_latency(models, shape, runtime=runtime, batches=(batch,), rounds=model.rounds, threads=threads, seed=seed,
+                                 min_round_seconds=ROUND_SECONDS).batches[0]
     cell["measure_seconds"] = time.perf_counter() - start
     base_ms = predicted(cost, base, example)
     cell["unpruned"] = {"macs": base_macs, "predicted_ms": base_ms, "measured_ms": timing.median_ms["unpruned"]}
