@@ -141,35 +141,35 @@ def sparsity_like(model: BenchModel, seed: int) -> tuple[nn.Module, torch.Tensor
     return base, example
 
 
-def recording(compare: Callable[[nn.Module, nn.Module], float], seen: list[float]) -> Callable[[nn.Module, nn.Module], float]:
-    """``compare`` that also appends every measured ratio to ``seen`` (a failed prune_to_latency keeps them)."""
+def recording(compare: Callable[[nn.Module, nn.Module], float], seen: list[tuple[float, nn.Module]]) -> Callable[[nn.Module, nn.Module], float]:
+    """``compare`` that also appends every measured ratio and its pruned model to ``seen`` (so a prune_to_latency that
+    misses its target still leaves its last model to time side by side)."""
 
     def wrapped(unpruned: nn.Module, pruned: nn.Module) -> float:
-        seen.append(compare(unpruned, pruned))
-        return seen[-1]
+        seen.append((compare(unpruned, pruned), pruned))
+        return seen[-1][0]
 
     return wrapped
 
 
 def latency_arm(base: nn.Module, example: torch.Tensor, opts: PruneOptions, cache: str, out: dict[str, Any]) -> nn.Module | None:
-    """Profile (timed, fresh cache) and prune with ``prune_to_latency``; its figures go into ``out``; None when
-    it fails (its one-line error recorded)."""
+    """Profile (timed, fresh cache) and prune with ``prune_to_latency``; its figures go into ``out``. When it misses
+    its target, its one-line error is recorded and its last (refined) model is returned all the same."""
     start = time.perf_counter()
     cost = latency_cost_model(base, example, opts.runtime, opts.batch, opts.threads, cache_dir=cache)
     out["profile_seconds"] = time.perf_counter() - start
     out["layers"], out["cache_files"] = len(cost.tables), len(list(Path(cache).glob("*.json")))
     out["cost"] = cost
-    seen: list[float] = []
+    seen: list[tuple[float, nn.Module]] = []
     start = time.perf_counter()
     try:
         result = prune_to_latency(base, example, opts, cache_dir=cache,
                                   compare=recording(runtime_compare(opts, tuple(example.shape[1:])), seen))
+        out.update(prune_to_latency=result.as_dict(), round_to=result.report.options.get("round_to"))
     except PolarpruneError as exc:
-        out.update(error=str(exc), end_to_end_ratios=seen, prune_seconds=time.perf_counter() - start)
-        return None
-    out.update(prune_to_latency=result.as_dict(), end_to_end_ratios=seen, prune_seconds=time.perf_counter() - start,
-               round_to=result.report.options.get("round_to"))
-    return result.pruned.eval()
+        out.update(error=str(exc), prune_to_latency={"refined": len(seen) > 1, "measured_latency_ratio": seen[-1][0] if seen else None})
+    out.update(end_to_end_ratios=[ratio for ratio, _ in seen], prune_seconds=time.perf_counter() - start)
+    return seen[-1][1].eval() if seen else None
 
 
 def predicted(cost: Any, model: nn.Module, example: torch.Tensor) -> float:

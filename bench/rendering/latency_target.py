@@ -35,15 +35,15 @@ def cut_table(result: Mapping[str, Any]) -> str:
     rows = []
     for c in _cells(result):
         if "arms" not in c:
-            seen = ", ".join(f"{1 - r:.1%}" for r in c.get("end_to_end_ratios", []))
-            rows.append([_label(c), c["runtime"], c["batch"], f"missed (measured {seen})", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([_label(c), c["runtime"], c["batch"], "failed", "-", "-", "-", "-", "-", "-", "-"])
             continue
         a, v = c["arms"], c["verdicts"]
         ours = a["latency-target"]
+        missed = " (missed)" if "error" in c else ""
         ratios = [f"{a[k]['cut_over_macs_cut']:.2f}" if a[k]["cut_over_macs_cut"] is not None else "-" for k in ARMS]
         ratios[0] = _mark(v["goal"], ratios[0])
         tp = f"{c['ratio_to_tp']:.2f}" + ("" if v["tp_equal_macs"] else f" (tp MACs cut {a['tp-r16']['macs_cut']:.1%})")
-        rows.append([_label(c), c["runtime"], c["batch"], _mark(v["within_tolerance"], f"{ours['latency_cut']:.1%}"),
+        rows.append([_label(c), c["runtime"], c["batch"], _mark(v["within_tolerance"], f"{ours['latency_cut']:.1%}") + missed,
                      f"{ours['macs_cut']:.1%}", *ratios, f"{a['flops-target']['latency_cut']:.1%}", f"{a['tp-r16']['latency_cut']:.1%}", tp])
     return table(["model", "runtime", "batch", "latency cut (target 50%)", "MACs cut", "cut / MACs cut: latency-target",
                   "flops-target", "tp-r16", "latency cut: flops-target", "tp-r16", "time latency-target / tp-r16"],
@@ -60,7 +60,7 @@ def prediction_table(result: Mapping[str, Any]) -> str:
         ratios = " / ".join(f"{a[k]['predicted_ratio']:.2f} vs {a[k]['latency_ratio']:.2f}" for k in ARMS)
         rows.append([_label(c), c["runtime"], c["batch"], f"{c['profile_seconds']:.0f}", c["layers"], c["cache_files"],
                      f"{u['predicted_ms']:.2f} vs {u['measured_ms']:.2f}", ratios,
-                     "yes" if p["refined"] else "no", f"{c['wall_seconds'] / 60:.1f}", f"{c['load_average_1min']:.1f}"])
+                     ("yes" if p["refined"] else "no") + (", missed" if "error" in c else ""), f"{c['wall_seconds'] / 60:.1f}", f"{c['load_average_1min']:.1f}"])
     return table(["model", "runtime", "batch", "profiling (s)", "layers", "tables", "unpruned ms: predicted vs measured",
                   "latency ratio predicted vs measured: latency-target / flops-target / tp-r16", "refined", "cell (min)", "load"],
                  rows, align="llrrrrllrrr")
@@ -87,9 +87,9 @@ def goal_text(result: Mapping[str, Any]) -> str:
     met = [c for c in big if c["verdicts"]["goal"]]
     equal = [c for c in cells if c["verdicts"]["tp_equal_macs"]]
     slower = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in equal if not c["verdicts"]["not_slower_than_tp"]]
-    failed = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in _cells(result) if "arms" not in c]
-    return (f"Measured cut within {result['protocol']['tolerance']} of the target: {len(within)} of {len(_cells(result))} cells"
-            + (f" ({len(failed)} failed: {', '.join(failed)})" if failed else "") + ". "
+    failed = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in _cells(result) if "error" in c]
+    return (f"Latency cut measured side by side within {result['protocol']['tolerance']} of the target: {len(within)} of {len(_cells(result))} cells"
+            + (f" (prune_to_latency failed in {len(failed)}: {', '.join(failed)})" if failed else "") + ". "
             f"Latency cut / MACs cut >= {result['protocol']['goal_cut_over_macs_cut']} at batch {result['protocol']['goal_batch']}: "
             f"{len(met)} of {len(big)} cells. Torch-Pruning at equal MACs (within {result['protocol']['equal_macs']:.0%}): "
             f"{len(equal)} cells; latency-target slower in {len(slower)}" + (f" ({', '.join(slower)})" if slower else "") + ".")

@@ -62,16 +62,21 @@ def test_rendered_tables_show_verdicts_misses_and_missing_cells() -> None:
     ok = _cell(latency_ratio=0.52, macs=50, tp_macs=51, ratio_to_tp=1.05)
     ok.update(unpruned={"predicted_ms": 2.0, "measured_ms": 2.5}, profile_seconds=12.0, layers=56, cache_files=8,
               prune_to_latency={"refined": True}, wall_seconds=90.0, load_average_1min=2.0)
-    missed = {"model": "resnet56", "runtime": "eager-channels-last", "batch": 1, "error": "latency-target: misses",
-              "end_to_end_ratios": [0.83, 0.74]}
+    missed = {**_cell(latency_ratio=0.75, macs=20, tp_macs=60, ratio_to_tp=0.9, batch=1), "runtime": "eager-channels-last",
+              "error": "latency-target: misses"}
+    missed.update({k: ok[k] for k in ("unpruned", "profile_seconds", "layers", "cache_files", "wall_seconds", "load_average_1min")},
+                  prune_to_latency={"refined": True})
     result = {"protocol": proto, "cells": {"resnet56/onnxruntime/64": ok, "resnet56/eager-channels-last/1": missed},
               "missing": ["resnet50/onnxruntime/64"]}
     cuts = rlt.cut_table(result)
     assert "| **48.0%** | 50.0% | **0.96** |" in cuts  # within the tolerance and the goal met: bold
-    assert "missed (measured 17.0%, 26.0%)" in cuts
+    assert "| 25.0% (missed) | 80.0% | 0.31 |" in cuts  # prune_to_latency's error: its last model, marked
     assert cuts.index("eager-channels-last") < cuts.index("onnxruntime")  # protocol order: batch 1 first
     goals = rlt.goal_text(result)
-    assert "1 of 2 cells (1 failed: resnet56/eager-channels-last/1)" in goals
+    assert "1 of 2 cells (prune_to_latency failed in 1: resnet56/eager-channels-last/1)" in goals
     assert "latency-target slower in 1 (resnet56/onnxruntime/64)" in goals
     assert "resnet50/onnxruntime/64" in rlt.missing_text(result)
-    assert "| 12 | 56 | 8 | 2.00 vs 2.50 | 0.50 vs 0.52 / 0.55 vs 0.60 / 0.60 vs 0.70 | yes |" in rlt.prediction_table(result)
+    prediction = rlt.prediction_table(result)
+    assert "| 12 | 56 | 8 | 2.00 vs 2.50 | 0.50 vs 0.52 / 0.55 vs 0.60 / 0.60 vs 0.70 | yes |" in prediction
+    assert "| yes, missed |" in prediction
+    assert rlt.errors_text(result) == "- resnet56/eager-channels-last/1: latency-target: misses"
