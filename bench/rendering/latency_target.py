@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .engine import Results, renderer, table
+from .engine import RenderError, Results, fmt, lookup, renderer, table
 
 STEM = "latency_target"
 LABELS = {"resnet56": "ResNet-56 (32 px)", "mobilenet_v2": "MobileNetV2 (224 px)", "resnet50": "ResNet-50 (224 px)"}
@@ -123,3 +123,15 @@ def latency_target_goals(results: Results) -> str:
     """How many cells meet each goal, and which cells are missing."""
     result = results.load(STEM)
     return goal_text(result) + " " + missing_text(result)
+
+
+@renderer("latency-target-cell")
+def latency_target_cell(results: Results, cell: str, path: str, spec: str = "g") -> str:
+    """One value of one cell (``MODEL/RUNTIME/BATCH``; the key holds slashes, so the generic ``value`` cannot reach it)."""
+    cells = results.load(STEM)["cells"]
+    if cell not in cells:
+        raise RenderError(f"{STEM}: no cell {cell!r}")
+    found = lookup(cells[cell], path)
+    if len(found) != 1:
+        raise RenderError(f"{STEM}:{cell}:{path} selects {len(found)} values, expected one")
+    return fmt(found[0], spec)

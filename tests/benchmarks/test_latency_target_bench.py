@@ -80,3 +80,14 @@ def test_rendered_tables_show_verdicts_misses_and_missing_cells() -> None:
     assert "| 12 | 56 | 8 | 2.00 vs 2.50 | 0.50 vs 0.52 / 0.55 vs 0.60 / 0.60 vs 0.70 | yes |" in prediction
     assert "| yes, missed |" in prediction
     assert rlt.errors_text(result) == "- resnet56/eager-channels-last/1: latency-target: misses"
+
+
+def test_a_cell_value_is_reached_by_its_key_with_slashes(tmp_path: Path) -> None:
+    from rendering.engine import RenderError, Results
+
+    cell = _cell(latency_ratio=0.52, macs=50, tp_macs=51, ratio_to_tp=1.05)
+    (tmp_path / "latency_target.json").write_text(json.dumps({"cells": {"resnet56/onnxruntime/64": cell}}))
+    results = Results(tmp_path)
+    assert rlt.latency_target_cell(results, "resnet56/onnxruntime/64", "arms/latency-target/latency_cut", ".1%") == "48.0%"
+    with pytest.raises(RenderError, match="no cell"):
+        rlt.latency_target_cell(results, "resnet50/onnxruntime/64", "ratio_to_tp")
