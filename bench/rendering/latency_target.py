@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .engine import RenderError, Results, fmt, lookup, renderer, table
+from .engine import RenderError, Results, fmt, lookup, renderer, span, table
 
 STEM = "latency_target"
 LABELS = {"resnet56": "ResNet-56 (32 px)", "mobilenet_v2": "MobileNetV2 (224 px)", "resnet50": "ResNet-50 (224 px)"}
@@ -61,7 +61,7 @@ def prediction_table(result: Mapping[str, Any]) -> str:
         rows.append([_label(c), c["runtime"], c["batch"], f"{c['profile_seconds']:.0f}", c["layers"], c["cache_files"],
                      f"{u['predicted_ms']:.2f} vs {u['measured_ms']:.2f}", ratios,
                      ("yes" if p["refined"] else "no") + (", missed" if "error" in c else ""), f"{c['wall_seconds'] / 60:.1f}", f"{c['load_average_1min']:.1f}"])
-    return table(["model", "runtime", "batch", "profiling (s)", "layers", "tables", "unpruned ms: predicted vs measured",
+    return table(["model", "runtime", "batch", "profiling (s)", "layers", "cache files (tables + 1)", "unpruned ms: predicted vs measured",
                   "latency ratio predicted vs measured: latency-target / flops-target / tp-r16", "refined", "cell (min)", "load"],
                  rows, align="llrrrrllrrr")
 
@@ -88,10 +88,12 @@ def goal_text(result: Mapping[str, Any]) -> str:
     equal = [c for c in cells if c["verdicts"]["tp_equal_macs"]]
     slower = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in equal if not c["verdicts"]["not_slower_than_tp"]]
     failed = [f"{c['model']}/{c['runtime']}/{c['batch']}" for c in _cells(result) if "error" in c]
+    beats_flops = [c for c in cells if c["arms"]["latency-target"]["latency_cut"] > c["arms"]["flops-target"]["latency_cut"]]
     return (f"Latency cut measured side by side within {result['protocol']['tolerance']} of the target: {len(within)} of {len(_cells(result))} cells"
             + (f" (prune_to_latency failed in {len(failed)}: {', '.join(failed)})" if failed else "") + ". "
             f"Latency cut / MACs cut >= {result['protocol']['goal_cut_over_macs_cut']} at batch {result['protocol']['goal_batch']}: "
-            f"{len(met)} of {len(big)} cells. Torch-Pruning at equal MACs (within {result['protocol']['equal_macs']:.0%}): "
+            f"{len(met)} of {len(big)} cells. Larger latency cut than flops-target at the same MACs: {len(beats_flops)} of {len(cells)} cells. "
+            f"Torch-Pruning at equal MACs (within {result['protocol']['equal_macs']:.0%}): "
             f"{len(equal)} cells; latency-target slower in {len(slower)}" + (f" ({', '.join(slower)})" if slower else "") + ".")
 
 
@@ -135,3 +137,27 @@ def latency_target_cell(results: Results, cell: str, path: str, spec: str = "g")
     if len(found) != 1:
         raise RenderError(f"{STEM}:{cell}:{path} selects {len(found)} values, expected one")
     return fmt(found[0], spec)
+
+
+def _spans(result: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Figures over the measured cells: how far the prediction for latency-target's own model falls below the
+    measurement (measured - predicted latency ratio), and the load."""
+    cells = [c for c in _cells(result) if "arms" in c]
+    return {"prediction-gap": [c["arms"]["latency-target"]["latency_ratio"] - c["arms"]["latency-target"]["predicted_ratio"] for c in cells],
+            "load": [c["load_average_1min"] for c in cells]}
+
+
+@renderer("latency-target-span")
+def latency_target_span(results: Results, what: str, spec: str = "g") -> str:
+    """``min-max`` of one figure over the measured cells (``prediction-gap`` or ``load``)."""
+    spans = _spans(results.load(STEM))
+    if what not in spans:
+        raise RenderError(f"latency-target-span: unknown figure {what!r}; expected one of {', '.join(spans)}")
+    return span(spans[what], spec)
+
+
+@renderer("latency-target-own-cut")
+def latency_target_own_cut(results: Results, cell: str, spec: str = ".1%") -> str:
+    """The latency cut ``prune_to_latency``'s own end-to-end check measured for a cell's last model."""
+    ratio = lookup(results.load(STEM)["cells"].get(cell) or {"missing": None}, "prune_to_latency/measured_latency_ratio")
+    return fmt(1.0 - ratio[0], spec)

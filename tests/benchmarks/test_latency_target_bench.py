@@ -75,6 +75,7 @@ def test_rendered_tables_show_verdicts_misses_and_missing_cells() -> None:
     goals = rlt.goal_text(result)
     assert "1 of 2 cells (prune_to_latency failed in 1: resnet56/eager-channels-last/1)" in goals
     assert "latency-target slower in 1 (resnet56/onnxruntime/64)" in goals
+    assert "Larger latency cut than flops-target at the same MACs: 1 of 2 cells." in goals  # 48% vs 40%; 25% vs 40%
     assert "resnet50/onnxruntime/64" in rlt.missing_text(result)
     prediction = rlt.prediction_table(result)
     assert "| 12 | 56 | 8 | 2.00 vs 2.50 | 0.50 vs 0.52 / 0.55 vs 0.60 / 0.60 vs 0.70 | yes |" in prediction
