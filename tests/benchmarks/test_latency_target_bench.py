@@ -92,3 +92,19 @@ def test_a_cell_value_is_reached_by_its_key_with_slashes(tmp_path: Path) -> None
     assert rlt.latency_target_cell(results, "resnet56/onnxruntime/64", "arms/latency-target/latency_cut", ".1%") == "48.0%"
     with pytest.raises(RenderError, match="no cell"):
         rlt.latency_target_cell(results, "resnet50/onnxruntime/64", "ratio_to_tp")
+
+
+def test_spans_and_the_own_check_cut_are_computed_from_the_cells(tmp_path: Path) -> None:
+    from rendering.engine import RenderError, Results
+
+    one = {**_cell(latency_ratio=0.6, macs=50, tp_macs=51, ratio_to_tp=1.0), "load_average_1min": 4.2,
+           "prune_to_latency": {"measured_latency_ratio": 0.59}}
+    two = {**_cell(latency_ratio=0.8, macs=50, tp_macs=51, ratio_to_tp=1.0, batch=1), "load_average_1min": 9.6}
+    result = {"protocol": blt.protocol(threads=1, seed=0), "cells": {"resnet56/onnxruntime/64": one, "resnet56/onnxruntime/1": two}}
+    (tmp_path / "latency_target.json").write_text(json.dumps(result))
+    results = Results(tmp_path)
+    assert rlt.latency_target_span(results, "prediction-gap", ".2f") == "0.10-0.30"  # 0.6 - 0.5 and 0.8 - 0.5
+    assert rlt.latency_target_span(results, "load", ".0f") == "4-10"
+    assert rlt.latency_target_own_cut(results, "resnet56/onnxruntime/64") == "41.0%"
+    with pytest.raises(RenderError, match="unknown figure"):
+        rlt.latency_target_span(results, "speed")
