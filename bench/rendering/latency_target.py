@@ -153,7 +153,7 @@ def latency_target_span(results: Results, what: str, spec: str = "g") -> str:
     spans = _spans(results.load(STEM))
     if what not in spans:
         raise RenderError(f"latency-target-span: unknown figure {what!r}; expected one of {', '.join(spans)}")
-    return span(spans[what], spec)
+    return span(spans[what], spec, sep=" to ")
 
 
 @renderer("latency-target-own-cut")

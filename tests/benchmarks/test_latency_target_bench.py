@@ -103,8 +103,8 @@ def test_spans_and_the_own_check_cut_are_computed_from_the_cells(tmp_path: Path)
     result = {"protocol": blt.protocol(threads=1, seed=0), "cells": {"resnet56/onnxruntime/64": one, "resnet56/onnxruntime/1": two}}
     (tmp_path / "latency_target.json").write_text(json.dumps(result))
     results = Results(tmp_path)
-    assert rlt.latency_target_span(results, "prediction-gap", ".2f") == "0.10-0.30"  # 0.6 - 0.5 and 0.8 - 0.5
-    assert rlt.latency_target_span(results, "load", ".0f") == "4-10"
+    assert rlt.latency_target_span(results, "prediction-gap", ".2f") == "0.10 to 0.30"  # 0.6 - 0.5 and 0.8 - 0.5
+    assert rlt.latency_target_span(results, "load", ".0f") == "4 to 10"
     assert rlt.latency_target_own_cut(results, "resnet56/onnxruntime/64") == "41.0%"
     with pytest.raises(RenderError, match="unknown figure"):
         rlt.latency_target_span(results, "speed")
