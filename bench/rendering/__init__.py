@@ -32,7 +32,7 @@ spec (``.1%`` -> ``53.6%``, ``.2f``, ``,d``, ``+.1f``); default ``g``.
 
 Layout: ``engine`` (markers, paths, formats, tables, ``--check``), ``stats`` (noise and the
 paired test) and one module per result family (``provenance``, ``methods``, ``full``,
-``latency``, ``training``, ``demo``, ``first_hour``).
+``latency``, ``latency_target``, ``training``, ``demo``, ``first_hour``).
 
 **Adding a result file** (e.g. ``bench/results/deploy_latency.json``): in the family's module
 (or a new one imported below) write ``@renderer("deploy-latency") def deploy_latency_table(results: Results) -> str``
@@ -47,7 +47,7 @@ second.
 
 from __future__ import annotations
 
-from . import demo, detectors, first_hour, full, latency, methods, provenance, training  # noqa: F401  (each registers its renderers)
+from . import demo, detectors, first_hour, full, latency, latency_target, methods, provenance, training  # noqa: F401  (each registers its renderers)
 from .engine import (  # noqa: F401  (the engine's API)
     MARKER,
     RENDERERS,
