@@ -114,13 +114,20 @@ def git_revision() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+_RUN_REVISION: dict[str, str | None] = {}  # the revision this process started from, once checked
+
+
 def checked_revision(allow_dirty: bool) -> str | None:
     """The git revision a result may record: a tree with uncommitted changes stops the script
-    (one line) unless ``allow_dirty``, and is then marked ``+dirty``."""
+    (one line) unless ``allow_dirty``, and is then marked ``+dirty``. Checked once per process: a
+    script that writes its own result files as it goes keeps the revision it started from."""
+    if "git" in _RUN_REVISION:
+        return _RUN_REVISION["git"]
     revision = git_revision()
     if revision is not None and revision.endswith("+dirty") and not allow_dirty:
         raise SystemExit("bench: the git tree has uncommitted changes; commit them first, or pass --allow-dirty "
                          "(the result is then marked +dirty)")
+    _RUN_REVISION["git"] = revision
     return revision
 
 

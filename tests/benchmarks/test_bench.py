@@ -106,6 +106,16 @@ def test_provenance_refuses_a_dirty_tree_unless_allowed(monkeypatch) -> None:
     assert parser.parse_args(["--allow-dirty"]).allow_dirty and not parser.parse_args([]).allow_dirty
 
 
+def test_a_run_keeps_the_revision_it_started_from(monkeypatch) -> None:
+    """A script that writes its result files as it goes dirties its own tree: later provenance records
+    keep the clean revision checked at the start instead of stopping the run (a methods re-run died so)."""
+    states = iter(["abc1234", "abc1234+dirty", "abc1234+dirty"])
+    monkeypatch.setattr(common, "git_revision", lambda: next(states))
+    assert common.checked_revision(False) == "abc1234"
+    assert common.provenance(0, data=common.RANDOM_INPUTS)["git"] == "abc1234"
+    assert common.checked_revision(False) == "abc1234"
+
+
 def test_data_sizes_count_the_loaders_images() -> None:
     import torch
 
