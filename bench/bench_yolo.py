@@ -11,7 +11,9 @@ Protocol (issue 29, point 5), every stage run by polarprune's ultralytics pipeli
    same measured onnxruntime latency cut (batch 1, ``--threads`` threads, ``round_to: auto``), then the
    same fine-tuning.
 4. ``tp``: Torch-Pruning's route as the anchor: its ``GroupNormPruner`` (``GroupMagnitudeImportance(p=2)``,
-   uniform ratio, the Detect head's output convs and DFL ignored) on the baseline, its ratio bisected until
+   uniform ratio, the Detect head's output convs and DFL ignored) on the baseline, with each C2f's chunked first
+   conv given to it as two convs (its YOLOv8 example's route; here polarprune's own YOLO adapter does the
+   rewrite and joins the halves again afterwards), its ratio bisected until
    the measured onnxruntime latency cut matches the same target, then the same fine-tuning. Its own sparsity
    training is not run (it would need its ``regularize`` inside ultralytics' step). A failure is recorded as
    its one line and rendered as such.
@@ -78,17 +80,18 @@ class Scale:
     bootstrap: int
     latency_rounds: int
     tp_tries: int
-    target: float  # the measured onnxruntime latency cut every pruned model aims at
+    target: float  # the cut every pruned model aims at
+    measured: bool  # True: the cut is of measured onnxruntime latency; False (smoke): of MACs, which noise cannot miss
 
 
 SCALES = {
     # 160 px canvases of 1-6 CIFAR objects (16-64 px): about 3 minutes an epoch of YOLOv8n on 2 cores
     "full": Scale(train_images=3000, val_images=1000, imgsz=160, min_object=16, max_object=64, epochs=30,
                   sparsity_epochs=10, finetune_epochs=10, batch=32, bootstrap=100, latency_rounds=15, tp_tries=6,
-                  target=0.5),
+                  target=0.5, measured=True),
     "smoke": Scale(train_images=16, val_images=8, imgsz=64, min_object=12, max_object=32, epochs=1,
                    sparsity_epochs=1, finetune_epochs=1, batch=8, bootstrap=5, latency_rounds=3, tp_tries=2,
-                   target=0.25)  # at 64 px fixed costs dominate: half is out of reach,
+                   target=0.3, measured=False)  # at 64 px a latency cut is noise: the smoke cuts MACs,
 }
 # lambda per arm: docs/yolo.md's starting points (ultralytics' summed loss, about 64x a mean-loss lambda)
 LAMBDA = {"polarization": 5e-3, "l1": 1e-3}
@@ -228,10 +231,19 @@ def make_data(workdir: Path, scale: Scale, archive: Path) -> dict[str, Any]:
                          max_object=scale.max_object)
         make_detection_set(archive, out, spec)
     return {"yaml": str(out / "data.yaml"), "val_annotations": str(out / "annotations" / "instances_val.json"),
-            "val_images": str(out / "images" / "val")}
+            "images": str(out / "images")}
 
 
-def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, threads: int, target: float) -> Any:
+def prune_section(scale: Scale, threads: int) -> dict[str, Any]:
+    """The prune step's options: ``latency-target`` on measured onnxruntime latency (batch 1, ``threads``), or
+    ``flops-target`` where the scale does not measure (the smoke)."""
+    if not scale.measured:
+        return {"strategy": "flops-target", "target_macs_reduction": scale.target, "round_to": 8}  # no latency tables
+    return {"strategy": "latency-target", "target_latency_reduction": scale.target, "runtime": "onnxruntime", "batch": 1,
+            "threads": threads}
+
+
+def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, threads: int) -> Any:
     """The ultralytics pipeline's config of one arm (the baseline's too: it only reads the shared keys)."""
     from polarprune.integrations.ultralytics import load_pipeline_config
 
@@ -240,8 +252,7 @@ def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, th
         "imgsz": scale.imgsz, "batch": scale.batch, "workers": 0, "device": "cpu", "epochs": scale.epochs,
         "sparsity_epochs": scale.sparsity_epochs, "finetune_epochs": scale.finetune_epochs, "stop_on_target": False,
         "sparsity": {"regularizer": regularizer, "lbd": LAMBDA[regularizer]},
-        "prune": {"strategy": "latency-target", "target_latency_reduction": target, "runtime": "onnxruntime",
-                  "batch": 1, "threads": threads},
+        "prune": prune_section(scale, threads),
         "train_args": TRAIN_ARGS})
 
 
@@ -251,7 +262,7 @@ def run_arm(workdir: Path, scale: Scale, arm: str, baseline: Mapping[str, Any], 
     ``result.json``), the result file written after each."""
     import polarprune.integrations.ultralytics as ultra
 
-    cfg = pipeline_config(workdir, scale, workdir / arm, arm, args.threads, scale.target)
+    cfg = pipeline_config(workdir, scale, workdir / arm, arm, args.threads)
     task = ultra.TASKS["detect"]
     start = baseline["best"] or baseline["last"]
     steps = (("sparsity", lambda: ultra.run_sparsity(cfg, task, start)),
@@ -290,19 +301,21 @@ def tp_prune(workdir: Path, scale: Scale, baseline: Mapping[str, Any], args: arg
     from polarprune.deploy.latency_cost import TOLERANCE, runtime_compare
     from polarprune.errors import first_line
     from polarprune.integrations.ultralytics import example_input, load_trained
+    from polarprune.models.ultralytics_models import finish, prepare
     from polarprune.pruning.options import parse_options
 
     base = load_trained(baseline["last"])
     example = example_input(base, scale.imgsz)
-    opts = parse_options("latency-target", None, target_latency_reduction=scale.target, runtime="onnxruntime", batch=1,
-                         threads=args.threads)
-    compare = runtime_compare(opts, (3, scale.imgsz, scale.imgsz))
+    opts = parse_options(options=None, **prune_section(scale, args.threads))
+    compare = runtime_compare(opts, (3, scale.imgsz, scale.imgsz)) if scale.measured else macs_ratio(scale.imgsz)
 
     def pruned_at(ratio: float) -> Any:
         candidate = copy.deepcopy(base)
+        prepare(candidate, example)  # TP's YOLOv8 route: each C2f's chunked cv1 as two convs, the head's predictions only
         pruner = tp.pruner.GroupNormPruner(candidate, example, tp.importance.GroupMagnitudeImportance(p=2),
                                            pruning_ratio=ratio, ignored_layers=tp_ignored(candidate))
         pruner.step()
+        finish(candidate)  # one cv1 again, split by the widths its halves kept; the head as before
         candidate(example)  # a pruned model that no longer runs fails here, not in the fine-tuning
         return candidate
 
@@ -316,7 +329,12 @@ def tp_prune(workdir: Path, scale: Scale, baseline: Mapping[str, Any], args: arg
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model, path)
     return {"weights": str(path), "pruning_ratio": ratio, "tries": tried,
-            "measured_latency_ratio": 1.0 - dict(tried)[ratio]}
+            "measured_latency_ratio" if scale.measured else "macs_ratio": 1.0 - dict(tried)[ratio]}
+
+
+def macs_ratio(imgsz: int) -> Callable[[Any, Any], float]:
+    """(unpruned, pruned) -> MACs of the pruned over the unpruned model: the smoke's stand-in for measured latency."""
+    return lambda unpruned, pruned: size_of(pruned, imgsz)["macs"] / size_of(unpruned, imgsz)["macs"]
 
 
 def tp_finetune(workdir: Path, scale: Scale, pruned: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -327,7 +345,7 @@ def tp_finetune(workdir: Path, scale: Scale, pruned: Mapping[str, Any], args: ar
 
     if pruned.get("error"):
         return {"error": f"no Torch-Pruning model to fine-tune ({pruned['error']})"}
-    cfg = pipeline_config(workdir, scale, workdir / "tp", "l1", args.threads, scale.target)
+    cfg = pipeline_config(workdir, scale, workdir / "tp", "l1", args.threads)
     module = torch.load(pruned["weights"], weights_only=False)  # written by tp_prune above
     task = ultra.TASKS["detect"]
     trainer = ultra.stage_trainer(ultra.pruned_trainer(task, module), cfg, "finetune", pruned["weights"], scale.finetune_epochs)
@@ -377,7 +395,7 @@ def predictions(model: Any, data: Mapping[str, Any], imgsz: int, batch: int = 16
     rows: list[dict[str, Any]] = []
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
-        pics = [open_rgb(Path(data["val_images"]) / info["file_name"]).resize((imgsz, imgsz)) for info in chunk]
+        pics = [open_rgb(Path(data["images"]) / info["file_name"]).resize((imgsz, imgsz)) for info in chunk]
         x = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in pics])).permute(0, 3, 1, 2)
         with torch.no_grad():
             found = non_max_suppression(model(x), conf_thres=0.001, iou_thres=0.7, max_det=300)
@@ -486,7 +504,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_results(STEM, result, markdown(result), folder=folder)
 
     done["data"] = cached(workdir / "data.json", lambda: make_data(workdir, scale, Path(args.archive)))
-    base_cfg = pipeline_config(workdir, scale, workdir, "polarization", args.threads, scale.target)
+    base_cfg = pipeline_config(workdir, scale, workdir, "polarization", args.threads)
     done["baseline"] = ultra.reuse_or_run(workdir / "baseline", lambda: ultra.run_baseline(base_cfg, ultra.TASKS["detect"]))
     report()
     for arm in ARMS:
