@@ -7,7 +7,7 @@ Protocol (issue 29, point 5), every stage run by polarprune's ultralytics pipeli
    images, val canvases from its test images), square canvases of ``imgsz`` pixels.
 2. ``baseline``: ultralytics trains YOLOv8n from its YAML (random start, SGD).
 3. For each arm (``polarization``, ``l1``): a sparsity stage of the same number of epochs from the baseline's
-   ``best.pt`` (no target stop, so both stages have the same length), then ``latency-target`` pruning to the
+   last epoch (no target stop, so both stages have the same length), then ``latency-target`` pruning to the
    same measured onnxruntime latency cut (batch 1, ``--threads`` threads, ``round_to: auto``), then the
    same fine-tuning.
 4. ``tp``: Torch-Pruning's route as the anchor: its ``GroupNormPruner`` (``GroupMagnitudeImportance(p=2)``,
@@ -186,21 +186,6 @@ def paired_differences(scores: Mapping[str, Sequence[float]], pairs: Sequence[tu
     return out
 
 
-def bisect_ratio(cut_of: Callable[[float], float], target: float, *, tolerance: float, tries: int,
-                 low: float = 0.0, high: float = 0.9) -> tuple[float, list[tuple[float, float]]]:
-    """The pruning ratio whose measured latency cut is closest to ``target`` (``cut_of`` increasing in the ratio),
-    bisected for at most ``tries`` measurements; returns it and every (ratio, cut) tried."""
-    tried: list[tuple[float, float]] = []
-    for _ in range(tries):
-        mid = (low + high) / 2
-        cut = cut_of(mid)
-        tried.append((mid, cut))
-        if abs(cut - target) <= tolerance:
-            break
-        low, high = (mid, high) if cut < target else (low, mid)
-    return min(tried, key=lambda pair: abs(pair[1] - target))[0], tried
-
-
 # ----------------------------------------------------------------------------- stages
 
 
@@ -264,7 +249,7 @@ def run_arm(workdir: Path, scale: Scale, arm: str, baseline: Mapping[str, Any], 
 
     cfg = pipeline_config(workdir, scale, workdir / arm, arm, args.threads)
     task = ultra.TASKS["detect"]
-    start = baseline["best"] or baseline["last"]
+    start = baseline["last"]  # the last epoch, as every scored model: nothing selected on the val images
     steps = (("sparsity", lambda: ultra.run_sparsity(cfg, task, start)),
              ("prune", lambda: ultra.run_prune(cfg, task, done[f"{arm}/sparsity"]["last"], workdir / arm / "prune")),
              ("finetune", lambda: ultra.run_finetune(cfg, task, done[f"{arm}/prune"]["weights"])))
@@ -303,6 +288,7 @@ def tp_prune(workdir: Path, scale: Scale, baseline: Mapping[str, Any], args: arg
     from polarprune.integrations.ultralytics import example_input, load_trained
     from polarprune.models.ultralytics_models import finish, prepare
     from polarprune.pruning.options import parse_options
+    from tp_baselines import bisect_ratio  # the CIFAR benchmark's bisection, on a measured cut here
 
     base = load_trained(baseline["last"])
     example = example_input(base, scale.imgsz)
@@ -321,7 +307,7 @@ def tp_prune(workdir: Path, scale: Scale, baseline: Mapping[str, Any], args: arg
 
     try:
         ratio, tried = bisect_ratio(lambda r: 1.0 - compare(base, pruned_at(r)), scale.target, tolerance=TOLERANCE,
-                                    tries=scale.tp_tries)
+                                    high=0.9, max_tries=scale.tp_tries)
         model = pruned_at(ratio)
     except Exception as exc:  # noqa: BLE001 - the anchor's failure is recorded as its one line
         return {"error": f"{type(exc).__name__}: {first_line(exc)}"[:300]}

@@ -1,5 +1,5 @@
 """bench/bench_yolo.py (YOLOv8n on the CIFAR-10 detection set): its pure helpers (stages, the paired bootstrap over
-val images, the ratio bisection), its rendering while stages are pending, done or failed, and a smoke run at a
+val images, the layers Torch-Pruning keeps), its rendering while stages are pending, done or failed, and a smoke run at a
 tiny scale (slow)."""
 
 from __future__ import annotations
@@ -87,13 +87,6 @@ def test_percentile_interval_and_paired_differences() -> None:
     l1 = diffs["l1/pruned - baseline"]
     assert l1["ci95"] == pytest.approx([-0.01, 0.01]) and not l1["beyond_noise"]  # the interval holds 0: within noise
     assert by.comparison_pairs(["polarization/finetuned", "tp/finetuned"]) == [("polarization/finetuned", "tp/finetuned")]
-
-
-def test_bisect_ratio_lands_on_the_measured_cut() -> None:
-    ratio, tried = by.bisect_ratio(lambda r: r, 0.3, tolerance=0.02, tries=6)
-    assert [t[0] for t in tried] == pytest.approx([0.45, 0.225, 0.3375, 0.28125]) and ratio == pytest.approx(0.28125)
-    ratio, tried = by.bisect_ratio(lambda r: 0.9 if r > 0.3 else 0.0, 0.5, tolerance=0.05, tries=2)
-    assert len(tried) == 2 and ratio == 0.45  # never within tolerance: the closer of 0.9 (0.45) and 0.0 (0.225)
 
 
 def test_tp_keeps_the_detect_heads_outputs() -> None:
