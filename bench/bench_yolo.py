@@ -206,6 +206,17 @@ def cached(path: Path, run: Callable[[], Any]) -> Any:
     return record
 
 
+def fresh(path: Path, run: Callable[[], Any]) -> Any:
+    """``run()`` without caching it at ``path`` (``cached``'s form, for a stage whose inputs may still change)."""
+    return run()
+
+
+def settled(done: Mapping[str, Any]) -> bool:
+    """Whether every model is made for good: each ready, except Torch-Pruning's whose failure is cached and final
+    (an arm's failed prune is not cached: a re-run tries it again)."""
+    return all(ready(name, done) or (name.startswith("tp/") and "tp/finetune" in done) for name in model_names())
+
+
 def make_data(workdir: Path, scale: Scale, archive: Path) -> dict[str, Any]:
     """The generated detection set (reused when its ``data.yaml`` is there)."""
     from polarprune.data.detection_synth import SynthSpec, make_detection_set
@@ -499,9 +510,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report()
     done["tp/finetune"] = cached(workdir / "tp" / "finetune.json", lambda: tp_finetune(workdir, scale, done["tp/prune"], args))
     report()
-    done["evaluate"] = cached(workdir / "evaluate.json", lambda: evaluate(workdir, scale, done["data"], done))
+    keep = settled(done)  # with an arm still to redo, the last two stages run again next time (models cached)
+    done["evaluate"] = (cached if keep else fresh)(workdir / "evaluate.json", lambda: evaluate(workdir, scale, done["data"], done))
     report()
-    done["latency"] = cached(workdir / "latency.json", lambda: latency(scale, done, args.threads))
+    done["latency"] = (cached if keep else fresh)(workdir / "latency.json", lambda: latency(scale, done, args.threads))
     report()
     return done
 

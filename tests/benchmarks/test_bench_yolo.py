@@ -41,6 +41,16 @@ def test_models_and_stages_are_listed_in_run_order() -> None:
     assert [s for s, v in status.items() if v == "pending"] == by.stage_names()[2:8] + by.stage_names()[9:]
 
 
+def test_scores_are_kept_only_once_every_model_is_made_for_good() -> None:
+    stages = ["baseline", "polarization/sparsity", "polarization/prune", "polarization/finetune", "l1/sparsity",
+              "l1/prune", "l1/finetune"]
+    done = {stage: {} for stage in stages}
+    assert not by.settled(done)  # Torch-Pruning not run yet
+    assert by.settled({**done, "tp/prune": {"error": "x"}, "tp/finetune": {"error": "no model"}})  # its failure is final
+    assert not by.settled({**done, "l1/prune": {"error": "missed the target"}, "tp/prune": {}, "tp/finetune": {}})
+    assert by.ready("l1/sparsity", done) and not by.ready("l1/pruned", {**done, "l1/prune": {"error": "x"}})
+
+
 def test_bootstrap_samples_are_paired_and_seeded() -> None:
     first, again = by.bootstrap_samples(5, 4, seed=3), by.bootstrap_samples(5, 4, seed=3)
     assert first == again and len(first) == 4 and all(len(s) == 5 and all(0 <= i < 5 for i in s) for s in first)
