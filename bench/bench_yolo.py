@@ -467,7 +467,8 @@ def assemble(done: Mapping[str, Any], scale_name: str, scale: Scale, args: argpa
                                       f"CIFAR-10 detection canvases ({ARCHIVE.name}, seed 0)"), allow_dirty=args.allow_dirty)
     prunes = {arm: done.get(f"{arm}/prune") for arm in (*ARMS, "tp")}
     return {"provenance": prov, "scale_name": scale_name, "scale": asdict(scale), "lambda": LAMBDA,
-            "train_args": TRAIN_ARGS, "target_latency_reduction": scale.target, "threads": args.threads,
+            "train_args": TRAIN_ARGS, "target_reduction": scale.target, "target_of": "onnxruntime latency, measured" if scale.measured else "MACs",
+            "threads": args.threads,
             "status": stage_status(done), "prune": {arm: p for arm, p in prunes.items() if p is not None},
             "evaluate": done.get("evaluate"), "latency": done.get("latency"), "workdir": str(args.workdir)}
 

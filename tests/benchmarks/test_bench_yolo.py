@@ -142,7 +142,7 @@ def test_rendering_a_finished_run_gives_numbers_and_verdicts(tmp_path: Path) -> 
                                         "polarization/finetuned - l1/finetuned": pair(0.045, 0.03, 0.06)}}}
     latency = {"onnxruntime": {"baseline": {"median_ms": 10.0, "ratio_to_baseline": 1.0},
                                "polarization/finetuned": {"median_ms": 5.1, "ratio_to_baseline": 0.51}}, "eager": {}}
-    prune = {"polarization": {"latency": {"measured_latency_ratio": 0.51}}, "tp": {"error": "RuntimeError: chunk"}}
+    prune = {"polarization": {"latency": {"measured_latency_ratio": 0.52}}, "tp": {"error": "RuntimeError: chunk"}}
     (tmp_path / "yolo_cifar.json").write_text(json.dumps(_result(
         stages=by.stage_names()[2:8] + ["tp/prune", "tp/finetune", "evaluate", "latency"], prune=prune, evaluate=evaluate,
         latency=latency)))
@@ -151,8 +151,11 @@ def test_rendering_a_finished_run_gives_numbers_and_verdicts(tmp_path: Path) -> 
     assert "| polarization, pruned + fine-tuned | 59.5 | -0.5 [-1.2, +0.2] | 79.5 | 200 | 1.50 | 5.1 (0.51x) | pending |" in table
     assert "| Torch-Pruning GroupNorm, pruned | failed: RuntimeError: chunk |" in table
     reading = ry.yolo_cifar_reading(results)
-    assert "polarization meets it (-0.5 points at 0.51x the baseline's onnxruntime latency)" in reading
-    assert "L1 misses it (-5.0 points)" in reading
+    assert "polarization meets it (-0.5 points at 0.51x the baseline's onnxruntime latency)" in reading  # side by side
+    assert "L1 misses it (-5.0 points)" in reading  # no latency figure: mAP alone decides
+    slow = {**latency, "onnxruntime": {**latency["onnxruntime"], "polarization/finetuned": {"median_ms": 6.0, "ratio_to_baseline": 0.6}}}
+    (tmp_path / "yolo_cifar.json").write_text(json.dumps({**json.loads((tmp_path / "yolo_cifar.json").read_text()), "latency": slow}))
+    assert "polarization misses it (-0.5 points at 0.60x" in ry.yolo_cifar_reading(render.Results(tmp_path))  # 0.6 > 0.5 + 0.05
     assert "- At the prune step, polarization is ahead of L1 (+20.0 points, 95% CI [+18.0, +22.0])." in reading
     assert "- After fine-tuning, polarization is ahead of L1 (+4.5 points, 95% CI [+3.0, +6.0])." in reading
     assert "- Polarization against Torch-Pruning GroupNorm at the prune step: no model (its stage failed)." in reading
