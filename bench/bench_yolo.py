@@ -41,9 +41,7 @@ result goes to the workdir, never to ``bench/results``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import json
 import os
 import random
