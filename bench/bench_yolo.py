@@ -30,7 +30,9 @@ Every stage is cached in ``--workdir`` (outside the repository): re-running the 
 where it stopped. The result file is written after every completed stage; stages not yet run are
 ``pending`` in it and in BENCHMARKS.md.
 
-Run (full scale, a few hours on 2 cores)::
+Run (full scale: 80 training epochs in all, estimated 3.5-5 hours on an otherwise quiet 2-core CPU, longer while
+other jobs share it; the first ``latency-target`` prune also builds onnxruntime's per-layer latency tables, cached
+per machine)::
 
     YOLO_OFFLINE=1 python bench/bench_yolo.py --workdir ~/polarprune-bench/yolo_cifar
 
@@ -83,7 +85,8 @@ class Scale:
 
 
 SCALES = {
-    # 160 px canvases of 1-6 CIFAR objects (16-64 px): about 3 minutes an epoch of YOLOv8n on 2 cores
+    # 160 px canvases of 1-6 CIFAR objects (16-64 px). A forward and backward of YOLOv8n on 32 such images took
+    # 0.55 s on 2 cores here: with data loading, the loss and validation, about 2-3 minutes an epoch, 80 epochs in all
     "full": Scale(train_images=3000, val_images=1000, imgsz=160, min_object=16, max_object=64, epochs=30,
                   sparsity_epochs=10, finetune_epochs=10, batch=32, bootstrap=100, latency_rounds=15, tp_tries=6,
                   target=0.5, measured=True),
