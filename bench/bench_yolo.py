@@ -399,6 +399,7 @@ def predictions(model: Any, data: Mapping[str, Any], imgsz: int, batch: int = 16
             found = non_max_suppression(model(x), conf_thres=0.001, iou_thres=0.7, max_det=300)
         for info, det in zip(chunk, found):
             sx, sy = info["width"] / imgsz, info["height"] / imgsz
+            det[:, :4] = det[:, :4].clamp(0, imgsz)  # boxes clipped to the image, as ultralytics' predict and val do
             for x1, y1, x2, y2, score, cls in det.tolist():
                 rows.append({"image_id": int(info["id"]), "category_id": int(cls) + 1, "score": float(score),
                              "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy]})

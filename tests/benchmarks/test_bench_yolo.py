@@ -110,6 +110,37 @@ def test_tp_keeps_the_detect_heads_outputs() -> None:
     assert {m.out_channels for m in kept[:3]} == {64} and {m.out_channels for m in kept[3:6]} == {10}  # 4 x 16 bins; classes
 
 
+def test_predictions_are_ultralytics_own(tmp_path: Path) -> None:
+    """The benchmark's scorer sees what ultralytics' predict sees on the same model and image: classes, scores and
+    boxes (clipped to the image, in pixels, COCO's x, y, w, h; category = class + 1)."""
+    pytest.importorskip("ultralytics")
+    import numpy as np
+    import torch
+    from PIL import Image
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / "val" / "a.png")
+    (tmp_path / "val.json").write_text(json.dumps({"images": [{"id": 5, "file_name": "val/a.png", "width": 64, "height": 64}],
+                                                   "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    yolo = YOLO("yolov8n.yaml")
+    with torch.no_grad():  # a new head's class bias scores every box below 0.001: lift it so there is something to keep
+        for branch in yolo.model.model[-1].cv3:
+            branch[-1].bias.add_(6.0)
+    rows = by.predictions(yolo.model.float().eval(), {"val_annotations": tmp_path / "val.json", "images": tmp_path / "images"}, 64)
+    found = yolo.predict(str(tmp_path / "images" / "val" / "a.png"), imgsz=64, conf=0.001, iou=0.7, max_det=300, verbose=False)[0].boxes
+    # the top boxes agree; near the 0.001 floor a few differ (ultralytics' predict runs the fused model: rounding)
+    assert len(rows) >= 5 and len(found) >= 5 and {r["image_id"] for r in rows} == {5}
+    ours = sorted(rows, key=lambda r: -r["score"])[:5]
+    theirs = [(int(c) + 1, float(s), [float(x[0]), float(x[1]), float(x[2] - x[0]), float(x[3] - x[1])])
+              for c, s, x in list(zip(found.cls, found.conf, found.xyxy))[:5]]
+    assert [r["category_id"] for r in ours] == [t[0] for t in theirs]
+    assert [r["score"] for r in ours] == pytest.approx([t[1] for t in theirs], abs=1e-4)
+    assert [r["bbox"] for r in ours] == [pytest.approx(t[2], abs=1e-2) for t in theirs]
+
+
 def _result(**parts: object) -> dict:
     done = {"data": {}, "baseline": {}, **{k: {} for k in parts.pop("stages", [])}}
     return {"status": by.stage_status(done), "prune": parts.pop("prune", {}), "evaluate": parts.pop("evaluate", None),
