@@ -61,6 +61,7 @@ from common import RESULTS_DIR, add_provenance_options, data_sizes, provenance, 
 STEM = "yolo_cifar"
 ARCHIVE = Path("/work/shared/data/cifar10-jpg.tar.gz")
 ARMS = ("polarization", "l1")
+OVERRIDABLE = ("train_images", "epochs", "sparsity_epochs", "finetune_epochs")  # the scale's fields the command line sets
 PENDING = "pending"
 
 
@@ -475,6 +476,15 @@ def assemble(done: Mapping[str, Any], scale_name: str, scale: Scale, args: argpa
             "evaluate": done.get("evaluate"), "latency": done.get("latency"), "workdir": str(args.workdir)}
 
 
+def chosen_scale(args: argparse.Namespace) -> tuple[str, Scale]:
+    """The named scale with the command line's overrides; a scale with overrides is named after them."""
+    name = "smoke" if args.smoke else "full"
+    changes = {key: getattr(args, key) for key in ("target", *OVERRIDABLE) if getattr(args, key) is not None}
+    changes = {key: value for key, value in changes.items() if getattr(SCALES[name], key) != value}
+    label = name + "".join(f", {key}={value}" for key, value in changes.items())
+    return label, replace(SCALES[name], **changes)
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """A short Markdown page of the result (the table BENCHMARKS.md renders, and the stage status)."""
     lines = ["# YOLOv8n on the CIFAR-10 detection set", "", provenance_markdown(result["provenance"]), "",
@@ -492,9 +502,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every stage in order, each cached in the workdir; the result file written after each."""
     import polarprune.integrations.ultralytics as ultra
 
-    scale_name = "smoke" if args.smoke else "full"
-    scale = replace(SCALES[scale_name], **{k: v for k, v in (("target", args.target), ("epochs", args.epochs), ("sparsity_epochs", args.sparsity_epochs),
-                                                              ("finetune_epochs", args.finetune_epochs)) if v is not None})
+    scale_name, scale = chosen_scale(args)
     workdir = Path(args.workdir).expanduser().resolve()
     folder = workdir if args.smoke else RESULTS_DIR
     done: dict[str, Any] = {}
@@ -529,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=None, help="the measured onnxruntime latency cut every pruned model aims at "
                         "(default: the scale's, 0.5 at full scale)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every latency measurement (batch 1)")
-    for key in ("epochs", "sparsity_epochs", "finetune_epochs"):
+    for key in OVERRIDABLE:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"override the scale's {key}")
     add_provenance_options(parser)
     args = parser.parse_args(argv)

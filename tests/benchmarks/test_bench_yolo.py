@@ -4,6 +4,7 @@ tiny scale (slow)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -211,3 +212,12 @@ def test_smoke_run_writes_every_stage_and_resumes(tmp_path: Path) -> None:
     stamp = (tmp_path / "w" / "evaluate.json").stat().st_mtime_ns
     subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
     assert (tmp_path / "w" / "evaluate.json").stat().st_mtime_ns == stamp  # reused, not run again
+
+
+def test_scale_overrides_are_applied_and_named() -> None:
+    parse = lambda *extra: by.chosen_scale(argparse.Namespace(smoke=False, target=None, train_images=None, epochs=None,
+                                                              sparsity_epochs=None, finetune_epochs=None, **dict(extra)))
+    assert parse() == ("full", by.SCALES["full"])
+    name, scale = parse(("epochs", 20), ("train_images", 3000), ("finetune_epochs", 6))
+    assert name == "full, epochs=20, finetune_epochs=6"  # the default train_images is no change
+    assert (scale.epochs, scale.finetune_epochs, scale.train_images, scale.sparsity_epochs) == (20, 6, 3000, 10)
