@@ -215,8 +215,11 @@ def test_smoke_run_writes_every_stage_and_resumes(tmp_path: Path) -> None:
 
 
 def test_scale_overrides_are_applied_and_named() -> None:
-    parse = lambda *extra: by.chosen_scale(argparse.Namespace(smoke=False, target=None, train_images=None, epochs=None,
-                                                              sparsity_epochs=None, finetune_epochs=None, **dict(extra)))
+    def parse(*extra: tuple[str, int]) -> tuple[str, by.Scale]:
+        given = {"smoke": False, "target": None, "train_images": None, "epochs": None, "sparsity_epochs": None,
+                 "finetune_epochs": None, **dict(extra)}
+        return by.chosen_scale(argparse.Namespace(**given))
+
     assert parse() == ("full", by.SCALES["full"])
     name, scale = parse(("epochs", 20), ("train_images", 3000), ("finetune_epochs", 6))
     assert name == "full, epochs=20, finetune_epochs=6"  # the default train_images is no change
