@@ -7,7 +7,7 @@ Per cell (model, runtime, batch), at one thread (torch intra-op and onnxruntime 
    [0, 1], in every residual group a shared 30% of the channels near 0; betas and running statistics random);
 2. its latency cost model profiled in a fresh cache folder (timed: how long profiling takes);
 3. ``prune_to_latency`` (strategy ``latency-target``, R = 0.5, default widths) with that cache: its own
-   end-to-end check (predicted vs measured, one refinement allowed, a miss of more than 0.05 is its error);
+   end-to-end check (predicted vs measured, re-aimed up to ``REFINEMENTS`` times, a miss of more than 0.05 after them is its error);
 4. ``flops-target`` (default widths) and Torch-Pruning's ``BNScalePruner`` (global, ``round_to=16``, ratio
    bisected) at the MACs cut the latency-target model reached;
 5. the unpruned model and the three pruned ones timed side by side (``measure_latency``: interleaved rounds of

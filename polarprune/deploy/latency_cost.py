@@ -4,8 +4,9 @@
 record (``runtimes.py``) at a batch and thread count, cached under ``cache_folder()``, keyed by the
 CPU model, the runtime, the library versions, the threads and the batch. ``prune_to_latency`` prunes
 with it, then measures the pruned model against the unpruned one end to end (interleaved rounds)
-and, when the measured cut misses the target by more than ``TOLERANCE``, re-aims once with the
-measured ratio; a second miss is a one-line error. This is the seam: pruning asks for a cost model,
+and, while the measured cut misses the target by more than ``TOLERANCE``, re-aims (``next_aim``: first by
+the measured/predicted ratio, then by interpolating between the tries that bracket the target), at most
+``REFINEMENTS`` times; a miss after the last is a one-line error. This is the seam: pruning asks for a cost model,
 the caller (this module, the prune command) builds it; pruning never imports deploy.
 """
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 TABLE_ROUND_SECONDS = 0.005  # a table point's timed round repeats the forward to last about this long
 CHECK_ROUNDS = 5  # interleaved rounds of the slower-model check (cheap: it only has to tell faster from slower)
 TOLERANCE = 0.05  # the measured cut may miss the target by this much before prune_to_latency re-aims
+REFINEMENTS = 4  # re-aims after the first pruning before prune_to_latency gives up (each prunes and measures once)
+MIN_AIM_STEP = 0.01  # a re-aim moves the aim by at least this much (noise must not make it try the same aim again)
 # (unpruned model, pruned model) -> measured latency ratio pruned / unpruned
 Compare = Callable[[nn.Module, nn.Module], float]
 
@@ -108,33 +111,82 @@ class LatencyPrune:
     aimed: float  # the reduction the last pruning aimed at (differs from target after a refinement)
     predicted_ratio: float
     measured_ratio: float
-    refined: bool
+    refinements: int = 0  # re-aims after the first pruning
+
+    @property
+    def refined(self) -> bool:
+        return self.refinements > 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"target_latency_reduction": self.target, "aimed_latency_reduction": self.aimed,
                 "predicted_latency_ratio": self.predicted_ratio, "measured_latency_ratio": self.measured_ratio,
-                "refined": self.refined}
+                "refined": self.refined, "refinements": self.refinements}
 
     def summary(self) -> str:
         return (f"latency cut: predicted {1 - self.predicted_ratio:.1%}, measured {1 - self.measured_ratio:.1%} "
-                f"(target {self.target:.1%}{', after one refinement' if self.refined else ''})")
+                f"(target {self.target:.1%}{_after(self.refinements) if self.refined else ''})")
+
+
+def _after(refinements: int) -> str:
+    return f", after {refinements} refinement{'s' if refinements != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class Try:
+    """One pruning of ``prune_to_latency``: the reduction its prediction aimed at, and its ratios."""
+
+    aim: float
+    predicted_ratio: float
+    measured_ratio: float
+
+    @property
+    def measured_cut(self) -> float:
+        return 1.0 - self.measured_ratio
+
+
+def _clamped(aim: float) -> float:
+    return min(0.99, max(0.01, aim))
 
 
 def reaimed(target: float, predicted_ratio: float, measured_ratio: float) -> float:
     """The reduction to aim the prediction at so the measured cut lands on ``target``, assuming the
     measured/predicted ratio stays as it was (clamped into [0.01, 0.99])."""
-    aim = 1.0 - (1.0 - target) * predicted_ratio / max(measured_ratio, 1e-9)
-    return min(0.99, max(0.01, aim))
+    return _clamped(1.0 - (1.0 - target) * predicted_ratio / max(measured_ratio, 1e-9))
+
+
+def next_aim(target: float, tries: Sequence[Try]) -> float:
+    """The next aim, from every try so far: between the closest tries below and above the target, the linear
+    interpolation of measured cut over aim (secant); with the target not bracketed yet, the closest try re-aimed by
+    its measured/predicted ratio (``reaimed``), and at least ``MIN_AIM_STEP`` beyond every aim tried (a noisy
+    measurement must not send the search back to an aim that already missed on the same side)."""
+    below = [t for t in tries if t.measured_cut < target]
+    above = [t for t in tries if t.measured_cut >= target]
+    if below and above:
+        low = max(below, key=lambda t: t.measured_cut)
+        high = min(above, key=lambda t: t.measured_cut)
+        span = high.measured_cut - low.measured_cut
+        aim = low.aim + (target - low.measured_cut) * (high.aim - low.aim) / span if span > 0 else (low.aim + high.aim) / 2
+    else:
+        closest = min(tries, key=lambda t: abs(t.measured_cut - target))
+        aim = reaimed(target, closest.predicted_ratio, closest.measured_ratio)
+    if not above:  # every cut too small so far: aim beyond the largest aim tried (a larger aim never cuts less)
+        aim = max(aim, max(t.aim for t in tries) + MIN_AIM_STEP)
+    elif not below:
+        aim = min(aim, min(t.aim for t in tries) - MIN_AIM_STEP)
+    return _clamped(aim)
 
 
 def _prune_once(model: nn.Module, example_inputs: Any, options: PruneOptions, cost: LatencyCost, aim: float,
-                compare: Compare, unpruned_ms: float) -> tuple[nn.Module, PruneReport, float, float]:
-    """Prune aiming the prediction at ``aim``; (pruned, report, predicted ratio, measured ratio)
+                compare: Compare, unpruned_ms: float) -> tuple[nn.Module, PruneReport, Try]:
+    """Prune aiming the prediction at ``aim``; (pruned, report, the try's aim and ratios)
     (``unpruned_ms``: the unpruned model's predicted ms, analysed once by the caller)."""
     pruned, report = prune_model(model, example_inputs, options=options.model_copy(update={"target_latency_reduction": aim}),
                                  cost=cost, widths=cost if options.round_to == "auto" else None)
     predicted = cost.cost(analysed_copy(pruned, example_inputs), {}, ()) / unpruned_ms
-    return pruned, report, predicted, compare(model, pruned)
+    measured = compare(model, pruned)
+    log.info("latency-target: aimed at %.1f%%, predicted cut %.1f%%, measured %.1f%%", 100 * aim, 100 * (1 - predicted),
+             100 * (1 - measured))
+    return pruned, report, Try(aim, predicted, measured)
 
 
 def _misses(measured_ratio: float, target: float) -> bool:
@@ -143,12 +195,14 @@ def _misses(measured_ratio: float, target: float) -> bool:
 
 def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOptions | None = None, *,
                      cache_dir: str | os.PathLike[str] | None = None, measure: Measure | None = None,
-                     compare: Compare | None = None, step: int = 8, **fields: Any) -> LatencyPrune:
+                     compare: Compare | None = None, step: int = 8, refinements: int = REFINEMENTS,
+                     **fields: Any) -> LatencyPrune:
     """Prune ``model`` with ``latency-target`` (``options``: ``target_latency_reduction``, ``runtime``,
-    ``batch``, ``threads``), measure the result against the unpruned model and re-aim once when the
-    measured cut misses the target by more than ``TOLERANCE``. ``measure`` / ``compare`` replace the
-    runtime's per-layer timing and end-to-end comparison (tests: a fake runtime); ``step``: the tables'
-    width grid (multiples of it, 1 and the full width; the widths latency-target may keep)."""
+    ``batch``, ``threads``), measure the result against the unpruned model and, while the measured cut
+    misses the target by more than ``TOLERANCE``, re-aim (``next_aim``) up to ``refinements`` times.
+    ``measure`` / ``compare`` replace the runtime's per-layer timing and end-to-end comparison (tests: a
+    fake runtime); ``step``: the tables' width grid (multiples of it, 1 and the full width; the widths
+    latency-target may keep)."""
     strategy = fields.pop("strategy", None) or (None if options is not None else "latency-target")
     opts = parse_options(strategy, options, **fields)
     if opts.strategy_record.cost != "latency":
@@ -160,18 +214,18 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, options: PruneOption
                         step=step)
     compare = compare or runtime_compare(opts, input_shape)
     unpruned_ms = cost.cost(analysed_copy(model, example_inputs), {}, ())
-    pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, target, compare, unpruned_ms)
-    log.info("latency-target: predicted cut %.1f%%, measured %.1f%% (target %.1f%%)", 100 * (1 - predicted),
-             100 * (1 - measured), 100 * target)
-    aim, refined = target, False
-    if _misses(measured, target):
-        aim, refined = reaimed(target, predicted, measured), True
-        pruned, report, predicted, measured = _prune_once(model, example_inputs, opts, cost, aim, compare, unpruned_ms)
-    if _misses(measured, target):
-        raise PolarpruneError(f"latency-target: the measured latency cut {1 - measured:.1%} misses the target {target:.1%} "
-                              f"by more than {TOLERANCE} after one refinement (predicted {1 - predicted:.1%}, "
-                              f"runtime {opts.runtime}, batch {opts.batch}, threads {opts.threads})")
-    result = LatencyPrune(pruned, report, target, aim, predicted, measured, refined)
+    pruned, report, last = _prune_once(model, example_inputs, opts, cost, target, compare, unpruned_ms)
+    tries = [last]
+    while _misses(last.measured_ratio, target) and len(tries) <= refinements:
+        pruned, report, last = _prune_once(model, example_inputs, opts, cost, next_aim(target, tries), compare, unpruned_ms)
+        tries.append(last)
+    if _misses(last.measured_ratio, target):
+        closest = min(tries, key=lambda t: abs(t.measured_cut - target))
+        raise PolarpruneError(f"latency-target: the measured latency cut {closest.measured_cut:.1%} (the closest of {len(tries)} "
+                              f"tries) misses the target {target:.1%} by more than {TOLERANCE}{_after(len(tries) - 1)} "
+                              f"(predicted {1 - closest.predicted_ratio:.1%}, runtime {opts.runtime}, batch {opts.batch}, "
+                              f"threads {opts.threads})")
+    result = LatencyPrune(pruned, report, target, last.aim, last.predicted_ratio, last.measured_ratio, len(tries) - 1)
     report.notes.append(result.summary())
     return result
 
@@ -271,6 +325,6 @@ def prune_for_runtime(model: nn.Module, example_inputs: Any, strategy: str | Non
     return pruned, report
 
 
-__all__ = ["CHECK_ROUNDS", "TOLERANCE", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
+__all__ = ["CHECK_ROUNDS", "REFINEMENTS", "TOLERANCE", "Try", "next_aim", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
            "runtime_widths", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]

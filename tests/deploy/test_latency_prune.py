@@ -54,10 +54,53 @@ def test_prune_to_latency_reaims_once_with_the_measured_ratio(tmp_path):
     assert result.aimed == pytest.approx(lc.reaimed(0.5, 0.5, 0.7)) == pytest.approx(1 - 0.5 * 0.5 / 0.7)
 
 
-def test_prune_to_latency_fails_in_one_line_after_a_second_miss(tmp_path):
-    with pytest.raises(PolarpruneError, match="misses the target 50.0% by more than 0.05 after one refinement"):
+def test_prune_to_latency_fails_in_one_line_after_its_last_refinement(tmp_path):
+    with pytest.raises(PolarpruneError, match=r"^latency-target: the measured latency cut 30.0% \(the closest of 3 tries\) "
+                                              r"misses the target 50.0% by more than 0.05, after 2 refinements \("):
         lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms, step=1,
-                            compare=scripted(0.9, 0.9))
+                            compare=scripted(0.9, 0.7, 0.8), refinements=2)
+
+
+def test_prune_to_latency_refines_until_the_measured_cut_is_within_tolerance(tmp_path):
+    """A runtime whose fixed overhead the tables miss (measured = 0.3 + 0.7 x predicted): the first pruning cuts
+    35% instead of 50%; the re-aims converge on a pruning whose measured cut is within 0.05 of 50%."""
+    def overhead(unpruned: nn.Module, pruned: nn.Module) -> float:
+        return 0.3 + 0.7 * fake_compare(unpruned, pruned)
+
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.weight.copy_(torch.linspace(0.01, 1.0, 16))
+    result = lc.prune_to_latency(model, X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms, step=1,
+                                 compare=overhead)
+    assert result.refined and abs((1 - result.measured_ratio) - 0.5) <= lc.TOLERANCE
+    assert result.measured_ratio == pytest.approx(0.3 + 0.7 * result.predicted_ratio)
+    assert result.aimed > 0.6  # the tables had to be aimed well beyond the target
+    assert result.as_dict()["refinements"] == result.refinements >= 1
+
+
+def test_next_aim_reaims_then_interpolates_between_bracketing_tries():
+    Try = lc.Try
+    # not bracketed: the closest try re-aimed by its measured/predicted ratio, 1 - 0.5 x 0.3125 / 0.6
+    tries = [Try(0.5, 0.5, 0.8), Try(0.6875, 0.3125, 0.6)]
+    assert lc.next_aim(0.5, tries) == pytest.approx(1 - 0.5 * 0.3125 / 0.6)
+    # bracketed (cuts 0.2 at aim 0.5 and 0.6 at aim 0.7): the secant gives 0.5 + 0.3 x 0.2 / 0.4
+    assert lc.next_aim(0.5, [Try(0.5, 0.5, 0.8), Try(0.7, 0.3, 0.4)]) == pytest.approx(0.65)
+    # the closest bracketing pair is used, not the first tries
+    tries = [Try(0.5, 0.5, 0.8), Try(0.9, 0.1, 0.2), Try(0.6, 0.4, 0.6), Try(0.8, 0.2, 0.45)]
+    assert lc.next_aim(0.5, tries) == pytest.approx(0.6 + 0.1 * 0.2 / 0.15)
+
+
+def test_next_aim_never_goes_back_to_an_aim_that_missed_on_the_same_side():
+    Try = lc.Try
+    # both cuts too small; re-aiming the closest (aim 0.5) gives 0.545, below the aim 0.6 that already cut too little
+    tries = [Try(0.6, 0.4, 0.62), Try(0.5, 0.5, 0.55)]
+    assert lc.reaimed(0.5, 0.5, 0.55) == pytest.approx(1 - 0.25 / 0.55)
+    assert lc.next_aim(0.5, tries) == pytest.approx(0.6 + lc.MIN_AIM_STEP)
+    # both cuts too large: below the smallest aim tried
+    assert lc.next_aim(0.5, [Try(0.3, 0.7, 0.3), Try(0.4, 0.6, 0.45)]) == pytest.approx(0.3 - lc.MIN_AIM_STEP)
+    assert lc.next_aim(0.9, [Try(0.99, 0.01, 0.5)]) == 0.99  # clamped
 
 
 def test_the_strategy_record_picks_the_cost_model(tmp_path):
