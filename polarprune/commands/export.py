@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="the artifact to write (exported-program: *.pt2)")
     p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="a dynamic batch dimension (default) or a fixed batch size")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: torch's exporter default)")
-    p.add_argument("--tolerance", type=float, default=1e-4, metavar="T", help="largest accepted max abs difference (default 1e-4)")
+    p.add_argument("--tolerance", type=float, default=1e-4, metavar="T", help="largest accepted max abs difference, relative to the output's scale "
+                   "(its max |value|, at least 1; default 1e-4)")
     add_model_name_arguments(p)
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
@@ -45,5 +46,9 @@ def run(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, report.input_shape))
         print(f"wrote {report.path} ({report.format}{opset}, batch {report.batch}, input {shape}, {report.bytes:,} bytes)")
         print(f"verified: max abs difference {report.max_abs_diff:.3g} from PyTorch on a probe batch of "
-              f"{report.probe_batch} (tolerance {report.tolerance:g})")
+              f"{report.probe_batch} (tolerance {report.tolerance:g}{_scaled(report.output_scale)})")
     return 0
+
+
+def _scaled(scale: float) -> str:
+    return f" x output scale {scale:.3g}" if scale > 1 else ""

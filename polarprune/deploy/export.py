@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,8 @@ class ExportReport:
     probe_batch: int
     opset: int | None  # ONNX opset (None for the torch formats)
     max_abs_diff: float
-    tolerance: float
+    tolerance: float  # relative to ``output_scale``: the check is max_abs_diff <= tolerance * output_scale
+    output_scale: float  # max |output| of PyTorch on the probe batch, at least 1
     bytes: int
     seconds: float
 
@@ -207,7 +208,9 @@ def output_tensors(output: Any, what: str) -> tuple[Tensor, ...]:
 
 def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tensor, reference: tuple[Tensor, ...], artifact: Path,
                       fmt: str, dynamic: bool, opset: int | None, tolerance: float, target: Path) -> float:
-    """Write the artifact, run it on ``probe`` and return its max abs difference from ``reference`` (every output)."""
+    """Write the artifact, run it on ``probe`` and return its max abs difference from ``reference`` (every output),
+    held to ``tolerance`` times the outputs' scale (``output_scale``: float32 rounding grows with the values, so a
+    detector's pixel boxes get the bar a classifier's logits get, relative to their size)."""
     try:
         with torch.no_grad():
             _write(work, example, artifact, fmt, dynamic, opset, len(reference))
@@ -227,12 +230,19 @@ def _write_and_verify(work: nn.Module, example: tuple[Tensor, ...], probe: Tenso
         got_text, want_text = (" ".join(map(str, v)) for v in (shapes, expected))
         raise PolarpruneError(f"{target}: the {fmt} artifact's output has shape {got_text}, PyTorch's {want_text}")
     diff = max(float((got.float() - want.float()).abs().max()) if want.numel() else 0.0 for got, want in zip(outputs, reference))
-    if not diff <= tolerance:
+    scale = output_scale(reference)
+    if not diff <= tolerance * scale:
+        of_scale = f" x the output scale {scale:.3g}" if scale > 1 else ""
         raise PolarpruneError(
             f"{target}: the {fmt} artifact differs from PyTorch by {diff:.3g} (max abs) on a probe batch of "
-            f"{probe.shape[0]}, above the tolerance {tolerance:g}; nothing written"
+            f"{probe.shape[0]}, above the tolerance {tolerance:g}{of_scale}; nothing written"
         )
     return diff
+
+
+def output_scale(outputs: Sequence[Tensor]) -> float:
+    """The largest |value| over every output, at least 1: what the export tolerance is relative to."""
+    return max([1.0, *(float(t.float().abs().max()) for t in outputs if t.numel())])
 
 
 def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "onnx", *, input_size: int | None = None,
@@ -286,6 +296,7 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
     return ExportReport(
         path=str(target), format=format, input_shape=shape, batch=batch, probe_batch=int(probe.shape[0]),
         opset=_onnx_opset(target) if format == "onnx" else None, max_abs_diff=diff, tolerance=tolerance,
+        output_scale=output_scale(reference),
         bytes=size, seconds=time.perf_counter() - start,
     )
 
@@ -299,4 +310,4 @@ def _onnx_opset(path: Path) -> int | None:
 
 
 __all__ = ["DEFAULT_TOLERANCE", "EXPORT_FORMATS", "ExportReport", "check_batch", "export_model", "failing_module",
-           "load_artifact", "require_onnx"]
+           "load_artifact", "output_scale", "require_onnx"]

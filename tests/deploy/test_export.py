@@ -183,9 +183,32 @@ def test_unsupported_module_is_named_and_nothing_written(tmp_path, fmt):
 
 
 def test_artifact_outside_tolerance_fails_and_nothing_written(tmp_path):
-    with pytest.raises(PolarpruneError, match=r"differs from PyTorch by .* above the tolerance 0.0001; nothing written"):
+    with pytest.raises(PolarpruneError, match=r"differs from PyTorch by .* above the tolerance 0.0001( x the output scale [0-9.]+)?; nothing written"):
         export_model(net_with(ViaNumpy()), tmp_path / "m.ts", "torchscript", input_size=8)
     assert list(tmp_path.iterdir()) == []
+
+
+class Amplified(nn.Module):
+    """A linear map times 1e4 with a rounding error of the artifact's known size: the output's scale is about
+    1e4, so an artifact that differs by 1e-3 is within 1e-4 of the scale, and by 10 is not."""
+
+    def __init__(self, error: float) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ones_like(x) * 1e4
+        return out + self.error if torch.jit.is_tracing() else out
+
+
+def test_tolerance_is_relative_to_the_output_scale(tmp_path):
+    report = export_model(Amplified(1e-3), tmp_path / "m.ts", "torchscript", input_size=8)
+    assert report.output_scale == pytest.approx(1e4) and report.max_abs_diff == pytest.approx(1e-3, rel=0.05)  # float32 near 1e4
+    assert report.max_abs_diff > report.tolerance  # above the bar in absolute terms, within it relative to 1e4
+    with pytest.raises(PolarpruneError, match=r"differs from PyTorch by 10 \(max abs\) .* above the tolerance 0.0001 x the "
+                                              r"output scale 1e\+04; nothing written"):
+        export_model(Amplified(10.0), tmp_path / "n.ts", "torchscript", input_size=8)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ts"]
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
