@@ -22,6 +22,7 @@ from polarprune.models import ultralytics_models as um  # noqa: E402
 from polarprune.pruning import channel_groups, prune_model  # noqa: E402
 
 from prune_roundtrip import TOLERANCE, zero_half_of_every_bn  # noqa: E402
+from yolo_data import write_yolo_set  # noqa: E402
 
 SIZE = 128  # a multiple of 32; small enough for the 2-core machine
 
@@ -194,6 +195,56 @@ def test_yolo_instance_loads_back_into_yolo_and_predicts_the_same_boxes(tmp_path
     exported = um.to_yolo(loaded).export(format="torchscript", imgsz=SIZE)
     again = ultralytics.YOLO(exported, task="detect").predict(picture, **options)[0].boxes
     assert torch.allclose(again.xyxy, want.xyxy, atol=1e-3) and torch.equal(again.cls, want.cls)
+
+
+def sharpened_head(model: nn.Module, factor: float = 30.0) -> nn.Module:
+    """The Detect head's output convs' weights times ``factor``: a random YOLO's boxes are then no longer nearly all the
+    whole image, so its val predictions differ from image to image."""
+    with torch.no_grad():
+        for seq in (*model.model[-1].cv2, *model.model[-1].cv3):
+            seq[-1].weight.mul_(factor)
+    return model
+
+
+def val_predictions(yolo: Any, data: Path, folder: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """ultralytics' own ``val``: its metrics and its predictions (``save_json``), sorted."""
+    import json
+
+    metrics = yolo.val(data=str(data), imgsz=SIZE, batch=4, device="cpu", plots=False, verbose=False, conf=0.001,
+                       save_json=True, project=str(folder.parent), name=folder.name, exist_ok=True)
+    found = json.loads((folder / "predictions.json").read_text())
+    return metrics.results_dict, sorted(found, key=lambda p: (p["image_id"], -p["score"], p["bbox"]))
+
+
+def top(predictions: list[dict[str, Any]], per_image: int = 10) -> list[dict[str, Any]]:
+    """Each image's most confident predictions (``val_predictions`` sorts by image, then score)."""
+    kept: list[dict[str, Any]] = []
+    for found in predictions:
+        if sum(p["image_id"] == found["image_id"] for p in kept) < per_image:
+            kept.append(found)
+    return kept
+
+
+@pytest.mark.slow
+def test_yolo_val_of_the_loaded_pruned_model_equals_the_unpruned(tmp_path: Path) -> None:
+    """ultralytics' own ``val`` of the pruned model, loaded back into a fresh instance and wrapped in ``YOLO``, makes the
+    unpruned model's predictions on the same images and the same metrics. (Random weights: the metrics are 0, so the
+    predictions are what is compared.)"""
+    data = write_yolo_set(tmp_path / "set", n_train=1, n_val=8, size=SIZE)
+    torch.manual_seed(0)
+    original = sharpened_head(create("yolov8n", num_classes=2).eval())
+    zero_half_of_every_bn(original)
+    pruned, report = prune_model(original, image(), "fixed")
+    loaded = polarprune.load(polarprune.save(pruned, tmp_path / "pruned.safetensors"), model=create("yolov8n", num_classes=2))
+    assert sum(p.numel() for p in loaded.parameters()) == report.params_after < report.params_before
+    want_metrics, want = val_predictions(um.to_yolo(original), data, tmp_path / "val_unpruned")
+    got_metrics, got = val_predictions(um.to_yolo(loaded), data, tmp_path / "val_pruned")
+    assert got_metrics == pytest.approx(want_metrics, abs=1e-6)
+    assert len(want) > 100 and len({tuple(p["bbox"]) for p in want}) > 5
+    assert abs(len(got) - len(want)) <= 0.02 * len(want)  # near-tied boxes at the confidence floor may swap in NMS
+    for mine, theirs in zip(top(got), top(want)):
+        assert (mine["image_id"], mine["category_id"]) == (theirs["image_id"], theirs["category_id"])
+        assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-2) and mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
 
 
 def test_analysis_halves_share_the_live_tensors() -> None:
