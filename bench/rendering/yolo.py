@@ -91,6 +91,23 @@ def yolo_cifar_table(results: Results) -> str:
                   "onnxruntime ms (x baseline)", "eager ms (x baseline)"], rows, align="lrrrrrrr")
 
 
+SCALE_WHEN_PENDING = ("the run's scale is not recorded yet (no stage finished); the script's full scale is 3,000 train and "
+                      "1,000 val canvases of 160 pixels, a 30-epoch baseline, 10 sparsity and 10 fine-tuning epochs")
+
+
+@renderer("yolo-cifar-scale")
+def yolo_cifar_scale(results: Results) -> str:
+    """The scale the run used (images, image size, epochs per stage), from its result file."""
+    data = _load(results)
+    if data is None:
+        return SCALE_WHEN_PENDING
+    s = data["scale"]
+    return (f"{s['train_images']:,} train and {s['val_images']:,} val canvases of {s['imgsz']} x {s['imgsz']} pixels, "
+            f"{s['min_object']} to {s['max_object']} pixels an object; a {s['epochs']}-epoch baseline, "
+            f"{s['sparsity_epochs']} sparsity epochs per arm and {s['finetune_epochs']} fine-tuning epochs per pruned model, "
+            f"batch {s['batch']}; {s['bootstrap']} bootstrap resamples (scale `{data['scale_name']}`)")
+
+
 @renderer("yolo-cifar-status")
 def yolo_cifar_status(results: Results) -> str:
     """Which stages of the run are done, and which are still pending or failed."""

@@ -5,6 +5,7 @@ tiny scale (slow)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -157,6 +158,17 @@ def test_rendering_says_pending_until_a_stage_is_done(tmp_path: Path) -> None:
     assert lines[2] == "| baseline |" + " pending |" * 7 and len(lines) == 2 + len(ry.MODELS)  # not scored yet
     assert ry.yolo_cifar_status(results).startswith("done: data, baseline; pending: polarization/sparsity")
     assert "polarization: pending" in ry.yolo_cifar_reading(results)
+
+
+def test_rendering_states_the_scale_the_run_used(tmp_path: Path) -> None:
+    assert ry.yolo_cifar_scale(render.Results(tmp_path)) == ry.SCALE_WHEN_PENDING
+    args = argparse.Namespace(smoke=False, target=None, train_images=None, epochs=20, sparsity_epochs=6, finetune_epochs=6)
+    name, scale = by.chosen_scale(args)
+    (tmp_path / "yolo_cifar.json").write_text(json.dumps({**_result(), "scale": dataclasses.asdict(scale), "scale_name": name}))
+    assert ry.yolo_cifar_scale(render.Results(tmp_path)) == (
+        "3,000 train and 1,000 val canvases of 160 x 160 pixels, 16 to 64 pixels an object; a 20-epoch baseline, "
+        "6 sparsity epochs per arm and 6 fine-tuning epochs per pruned model, batch 32; 100 bootstrap resamples "
+        "(scale `full, epochs=20, sparsity_epochs=6, finetune_epochs=6`)")
 
 
 def test_rendering_a_finished_run_gives_numbers_and_verdicts(tmp_path: Path) -> None:
