@@ -167,7 +167,8 @@ def latency_arm(base: nn.Module, example: torch.Tensor, opts: PruneOptions, cach
                                   compare=recording(runtime_compare(opts, tuple(example.shape[1:])), seen))
         out.update(prune_to_latency=result.as_dict(), round_to=result.report.options.get("round_to"))
     except PolarpruneError as exc:
-        out.update(error=str(exc), prune_to_latency={"refined": len(seen) > 1, "measured_latency_ratio": seen[-1][0] if seen else None})
+        out.update(error=str(exc), prune_to_latency={"refined": len(seen) > 1, "refinements": max(0, len(seen) - 1),
+                                                     "measured_latency_ratio": seen[-1][0] if seen else None})
     out.update(end_to_end_ratios=[ratio for ratio, _ in seen], prune_seconds=time.perf_counter() - start)
     return seen[-1][1].eval() if seen else None
 
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--skip", default="", help="comma-separated glob patterns of cells to leave out, e.g. resnet50/*/64")
+    parser.add_argument("--redo", default="", help="comma-separated glob patterns of cells to measure again although the "
+                        "result file has them (e.g. 'resnet56/*' after a change to latency-target); each cell keeps its revision")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     add_provenance_options(parser)
@@ -261,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(MODELS[m], r, int(b)) for m in names for b in args.batches.split(",") for r in args.runtimes.split(",")]
     for model, runtime, batch in todo:
         key = cell_key(model.name, runtime, batch)
-        if key in cells or skipped(key, [p for p in args.skip.split(",") if p]):
+        redo = skipped(key, [p for p in args.redo.split(",") if p])
+        if (key in cells and not redo) or skipped(key, [p for p in args.skip.split(",") if p]):
             continue
         print(f"{key} ...", file=sys.stderr, flush=True)
         cells[key] = {**run_cell(model, runtime, batch, args.threads, args.seed), "provenance": prov}

@@ -60,10 +60,19 @@ def prediction_table(result: Mapping[str, Any]) -> str:
         ratios = " / ".join(f"{a[k]['predicted_ratio']:.2f} vs {a[k]['latency_ratio']:.2f}" for k in ARMS)
         rows.append([_label(c), c["runtime"], c["batch"], f"{c['profile_seconds']:.0f}", c["layers"], c["cache_files"],
                      f"{u['predicted_ms']:.2f} vs {u['measured_ms']:.2f}", ratios,
-                     ("yes" if p["refined"] else "no") + (", missed" if "error" in c else ""), f"{c['wall_seconds'] / 60:.1f}", f"{c['load_average_1min']:.1f}"])
+                     _refinements(p) + (", missed" if "error" in c else ""), f"{c['wall_seconds'] / 60:.1f}", f"{c['load_average_1min']:.1f}",
+                     c.get("provenance", {}).get("git", "-")])
     return table(["model", "runtime", "batch", "profiling (s)", "layers", "cache files (tables + 1)", "unpruned ms: predicted vs measured",
-                  "latency ratio predicted vs measured: latency-target / flops-target / tp-r16", "refined", "cell (min)", "load"],
-                 rows, align="llrrrrllrrr")
+                  "latency ratio predicted vs measured: latency-target / flops-target / tp-r16", "re-aims", "cell (min)", "load", "git"],
+                 rows, align="llrrrrllrrrl")
+
+
+def _refinements(record: Mapping[str, Any]) -> str:
+    """How often prune_to_latency re-aimed: a count where the cell records one (revisions that allow several re-aims),
+    else yes / no (the earlier revision re-aimed at most once)."""
+    if "refinements" in record:
+        return str(record["refinements"])
+    return "1" if record["refined"] else "0"
 
 
 def missing_text(result: Mapping[str, Any]) -> str:

@@ -65,7 +65,7 @@ def test_rendered_tables_show_verdicts_misses_and_missing_cells() -> None:
     missed = {**_cell(latency_ratio=0.75, macs=20, tp_macs=60, ratio_to_tp=0.9, batch=1), "runtime": "eager-channels-last",
               "error": "latency-target: misses"}
     missed.update({k: ok[k] for k in ("unpruned", "profile_seconds", "layers", "cache_files", "wall_seconds", "load_average_1min")},
-                  prune_to_latency={"refined": True})
+                  prune_to_latency={"refined": True, "refinements": 3}, provenance={"git": "abc1234"})
     result = {"protocol": proto, "cells": {"resnet56/onnxruntime/64": ok, "resnet56/eager-channels-last/1": missed},
               "missing": ["resnet50/onnxruntime/64"]}
     cuts = rlt.cut_table(result)
@@ -78,8 +78,9 @@ def test_rendered_tables_show_verdicts_misses_and_missing_cells() -> None:
     assert "Larger latency cut than flops-target at the same MACs: 1 of 2 cells." in goals  # 48% vs 40%; 25% vs 40%
     assert "resnet50/onnxruntime/64" in rlt.missing_text(result)
     prediction = rlt.prediction_table(result)
-    assert "| 12 | 56 | 8 | 2.00 vs 2.50 | 0.50 vs 0.52 / 0.55 vs 0.60 / 0.60 vs 0.70 | yes |" in prediction
-    assert "| yes, missed |" in prediction
+    assert "| 12 | 56 | 8 | 2.00 vs 2.50 | 0.50 vs 0.52 / 0.55 vs 0.60 / 0.60 vs 0.70 | 1 | 1.5 | 2.0 | - |" in prediction
+    assert "| 3, missed |" in prediction  # a cell of a revision that re-aims several times records how often
+    assert "| abc1234 |" in prediction  # each cell's own revision
     assert rlt.errors_text(result) == "- resnet56/eager-channels-last/1: latency-target: misses"
 
 
