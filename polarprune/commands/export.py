@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {report.path} ({report.format}{opset}, batch {report.batch}, input {shape}, {report.bytes:,} bytes)")
         print(f"verified: max abs difference {report.max_abs_diff:.3g} from PyTorch on a probe batch of "
               f"{report.probe_batch} (tolerance {report.tolerance:g}{_scaled(report.output_scale)})")
+        if report.note:
+            print(f"note: {report.note}")
     return 0
 
 

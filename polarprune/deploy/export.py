@@ -52,6 +52,7 @@ class ExportReport:
     output_scale: float  # max |output| of PyTorch on the probe batch, at least 1
     bytes: int
     seconds: float
+    note: str | None = None  # what was written when it is not the whole model (the family's ``export_note``)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,7 +271,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
         raise PolarpruneError(f"{target}: is a folder; give the artifact's file name")
     start = time.perf_counter()
     shape = input_shape_of(model, input_size, in_channels)  # the given size, else recorded, else the family's
-    work = pruning_entry(model).export_form(copy.deepcopy(model).cpu().eval())  # e.g. a detector's head: its tensors only
+    entry = pruning_entry(model)
+    work = entry.export_form(copy.deepcopy(model).cpu().eval())  # e.g. a detector's head: its tensors only
     dynamic = batch == "dynamic"
     generator = torch.Generator().manual_seed(seed)
     example = (torch.randn(EXAMPLE_BATCH if dynamic else int(batch), *shape, generator=generator),)
@@ -296,7 +298,7 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
     return ExportReport(
         path=str(target), format=format, input_shape=shape, batch=batch, probe_batch=int(probe.shape[0]),
         opset=_onnx_opset(target) if format == "onnx" else None, max_abs_diff=diff, tolerance=tolerance,
-        output_scale=output_scale(reference),
+        output_scale=output_scale(reference), note=entry.export_note,
         bytes=size, seconds=time.perf_counter() - start,
     )
 

@@ -57,6 +57,7 @@ class ModelEntry:
     whole_layers: tuple[tuple[type[nn.Module], str], ...] = ()
     # the module an export writes and checks (e.g. a detector whose head returns only its tensors)
     for_export: Callable[[nn.Module], nn.Module] | None = None
+    export_note: str | None = None  # what an export writes when it is not the whole model (shown to the user)
     # the model's own name of a layer ``prepare`` renamed (e.g. a conv's two halves -> the conv), so
     # BN names and keep masks from the analysis fit the model; None: prepare renames nothing
     live_name: Callable[[str], str] | None = None

@@ -217,6 +217,13 @@ def exportable_part(model: nn.Module) -> nn.Module:
     return FlatOutputs(model.backbone if isinstance(model, DETECTORS) else model)
 
 
+DETECTOR_EXPORT_NOTE = ("exported the detector's pruned part, its backbone with the FPN or feature layers (input: the "
+                        "transformed batch; output: the feature maps, flattened and concatenated); torchvision's transform, "
+                        "heads and post-processing are unchanged by pruning and not in the file (docs/pruning.md shows the "
+                        "whole detector's export)")
+SEGMENTER_EXPORT_NOTE = "exported the whole segmenter, its outputs ('out', and 'aux' when built) flattened and concatenated"
+
+
 # -- the entries -----------------------------------------------------------------------------------
 
 def _detection_entry(name: str, cls: type[nn.Module], extra: tuple[str, ...], sized: bool) -> ModelEntry:
@@ -225,13 +232,14 @@ def _detection_entry(name: str, cls: type[nn.Module], extra: tuple[str, ...], si
         input_size=FIXED_SIDES.get(name, DETECTION_SIDE), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=91,
         classes=(cls,), prepare_for_pruning=detector_prepare, finish_pruning=detector_finish,
         example_input=detector_example, inputs_for_trace=detector_batch, outputs=DETECTION_OUTPUTS + extra,
-        kept_whole=DETECTION_KEPT)
+        kept_whole=DETECTION_KEPT, for_export=exportable_part, export_note=DETECTOR_EXPORT_NOTE)
 
 
 def _segmentation_entry(name: str, cls: type[nn.Module]) -> ModelEntry:
     return ModelEntry(name, functools.partial(build, name), family="torchvision_segmentation", task="segmentation",
                       input_size=SEGMENTATION_SIDE, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=21, classes=(cls,),
-                      outputs=("out", "aux (when built with aux_loss=True)"), kept_whole=SEGMENTATION_KEPT)
+                      outputs=("out", "aux (when built with aux_loss=True)"), kept_whole=SEGMENTATION_KEPT,
+                      for_export=exportable_part, export_note=SEGMENTER_EXPORT_NOTE)
 
 
 for _name, (_cls, _extra, _sized) in DETECTION_NAMES.items():

@@ -169,8 +169,14 @@ def export_part(name: str, pruned: nn.Module, tmp_path: Path) -> None:
     from polarprune.deploy.export import export_model
 
     side = tvd.FIXED_SIDES.get(name, EXPORT_SIDE)
-    report = export_model(tvd.exportable_part(pruned), tmp_path / "part.onnx", input_size=side, batch=1)
-    assert report.max_abs_diff <= report.tolerance and (tmp_path / "part.onnx").stat().st_size > 0
+    report = export_model(pruned, tmp_path / "part.onnx", input_size=side, batch=1)  # the entry's for_export: the part
+    assert report.max_abs_diff <= report.tolerance * report.output_scale and (tmp_path / "part.onnx").stat().st_size > 0
+    assert report.note == (tvd.DETECTOR_EXPORT_NOTE if isinstance(pruned, tvd.DETECTORS) else tvd.SEGMENTER_EXPORT_NOTE)
+    with torch.no_grad():  # the file computes the part: its output size is the flattened feature maps'
+        want = tvd.exportable_part(pruned)(torch.zeros(1, 3, side, side))
+    from polarprune.deploy import load_artifact
+
+    assert load_artifact(tmp_path / "part.onnx", "onnx")(torch.zeros(1, 3, side, side)).shape == want.shape
 
 
 @pytest.mark.parametrize("name", family_params())
@@ -182,6 +188,20 @@ def test_every_family_is_registered_with_its_task() -> None:
     tasks = {e.name: e.task for e in tvd.entries()}
     assert tasks == {**{n: "detection" for n in tvd.DETECTION_NAMES}, **{n: "segmentation" for n in tvd.SEGMENTATION_NAMES}}
     assert set(tvd.DETECTION_NAMES) | set(tvd.SEGMENTATION_NAMES) <= set(polarprune.models.list_models())
+
+
+def test_export_command_on_a_pruned_detector_file_writes_its_part_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+        pytest.skip("the deploy extra is not installed")
+    from polarprune.cli import main
+
+    model = build("lraspp_mobilenet_v3_large", 0)
+    zero_half_of_every_bn(model)
+    pruned, _ = prune_model(model, example("lraspp_mobilenet_v3_large", model), "fixed")
+    source = polarprune.save(pruned, tmp_path / "pruned.safetensors")
+    assert main(["export", str(source), "--format", "onnx", "--out", str(tmp_path / "seg.onnx"), "--input-size", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wrote {tmp_path / 'seg.onnx'} (onnx") and lines[-1] == f"note: {tvd.SEGMENTER_EXPORT_NOTE}"
 
 
 def test_a_tensor_given_to_a_detector_names_the_expected_form() -> None:
