@@ -96,8 +96,15 @@ SCALES = {
                    target=0.3, measured=False)  # at 64 px a latency cut is noise: the smoke cuts MACs,
 }
 # lambda per arm: docs/yolo.md's starting points (ultralytics' summed loss, about 64x a mean-loss lambda)
-LAMBDA = {"polarization": 5e-3, "l1": 1e-3}
+# lambda per arm, the same for both: at 5e-3 (polarization) and 1e-3 (L1), 4 sparsity epochs with ultralytics' 3-epoch
+# warm-up left every gamma where it was (mean 0.97, none below 0.01), and the pruned model lost nearly all its mAP.
+# The penalty moves a gamma by about lambda * (t + 1) * lr / (1 - momentum) per optimizer step (47 steps an epoch
+# here: batch 32, nbs 64), so 4 epochs at a mean lr near 0.005 move a low gamma by about 30 x lambda: 0.05 can take
+# it from 1 to 0 where the loss does not hold it up.
+LAMBDA = {"polarization": 0.05, "l1": 0.05}
 TRAIN_ARGS = {"optimizer": "SGD", "lr0": 0.01, "plots": False, "seed": 0, "amp": False}
+# the stages after the baseline continue a trained model: no warm-up from lr 0 (ultralytics' default is 3 epochs)
+ARM_TRAIN_ARGS = {**TRAIN_ARGS, "warmup_epochs": 0}
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -241,8 +248,10 @@ def prune_section(scale: Scale, threads: int) -> dict[str, Any]:
             "threads": threads}
 
 
-def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, threads: int) -> Any:
-    """The ultralytics pipeline's config of one arm (the baseline's too: it only reads the shared keys)."""
+def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, threads: int,
+                    train_args: Mapping[str, Any] = ARM_TRAIN_ARGS) -> Any:
+    """The ultralytics pipeline's config of one arm (the baseline's too, with ``TRAIN_ARGS``: it only reads the
+    shared keys)."""
     from polarprune.integrations.ultralytics import load_pipeline_config
 
     return load_pipeline_config({
@@ -251,7 +260,7 @@ def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, th
         "sparsity_epochs": scale.sparsity_epochs, "finetune_epochs": scale.finetune_epochs, "stop_on_target": False,
         "sparsity": {"regularizer": regularizer, "lbd": LAMBDA[regularizer]},
         "prune": prune_section(scale, threads),
-        "train_args": TRAIN_ARGS})
+        "train_args": dict(train_args)})
 
 
 def run_arm(workdir: Path, scale: Scale, arm: str, baseline: Mapping[str, Any], args: argparse.Namespace,
@@ -470,7 +479,7 @@ def assemble(done: Mapping[str, Any], scale_name: str, scale: Scale, args: argpa
                                       f"CIFAR-10 detection canvases ({ARCHIVE.name}, seed 0)"), allow_dirty=args.allow_dirty)
     prunes = {arm: done.get(f"{arm}/prune") for arm in (*ARMS, "tp")}
     return {"provenance": prov, "scale_name": scale_name, "scale": asdict(scale), "lambda": LAMBDA,
-            "train_args": TRAIN_ARGS, "target_reduction": scale.target, "target_of": "onnxruntime latency, measured" if scale.measured else "MACs",
+            "train_args": TRAIN_ARGS, "arm_train_args": ARM_TRAIN_ARGS, "target_reduction": scale.target, "target_of": "onnxruntime latency, measured" if scale.measured else "MACs",
             "threads": args.threads,
             "status": stage_status(done), "prune": {arm: p for arm, p in prunes.items() if p is not None},
             "evaluate": done.get("evaluate"), "latency": done.get("latency"), "workdir": str(args.workdir)}
@@ -512,7 +521,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_results(STEM, result, markdown(result), folder=folder)
 
     done["data"] = cached(workdir / "data.json", lambda: make_data(workdir, scale, Path(args.archive)))
-    base_cfg = pipeline_config(workdir, scale, workdir, "polarization", args.threads)
+    base_cfg = pipeline_config(workdir, scale, workdir, "polarization", args.threads, TRAIN_ARGS)
     done["baseline"] = ultra.reuse_or_run(workdir / "baseline", lambda: ultra.run_baseline(base_cfg, ultra.TASKS["detect"]))
     report()
     for arm in ARMS:
