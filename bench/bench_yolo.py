@@ -61,7 +61,7 @@ from common import RESULTS_DIR, add_provenance_options, data_sizes, provenance, 
 STEM = "yolo_cifar"
 ARCHIVE = Path("/work/shared/data/cifar10-jpg.tar.gz")
 ARMS = ("polarization", "l1")
-OVERRIDABLE = ("train_images", "epochs", "sparsity_epochs", "finetune_epochs")  # the scale's fields the command line sets
+OVERRIDABLE = ("train_images", "epochs", "sparsity_epochs", "finetune_epochs", "bootstrap")  # the scale's fields the command line sets
 PENDING = "pending"
 
 
@@ -135,6 +135,40 @@ def stage_status(done: Mapping[str, Any], arms: Sequence[str] = ARMS) -> dict[st
         record = done.get(stage)
         status[stage] = PENDING if record is None else ("failed" if isinstance(record, Mapping) and record.get("error") else "done")
     return status
+
+
+COCO_MAX_DETS = 100  # COCOeval's detections per image and category: only the best 100 of each count
+
+
+def top_per_image(predictions: Sequence[Mapping[str, Any]], keep: int = COCO_MAX_DETS) -> list[Mapping[str, Any]]:
+    """Each (image, category)'s ``keep`` highest-scoring predictions: the only ones COCOeval (maxDets 100, per image
+    and category) reads, so the mAP is the same and no bootstrap evaluation carries the rest."""
+    groups: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+    for row in predictions:
+        groups.setdefault((int(row["image_id"]), int(row["category_id"])), []).append(row)
+    return [row for rows in groups.values() for row in sorted(rows, key=lambda r: -float(r["score"]))[:keep]]
+
+
+_BOOTSTRAP: dict[str, Any] = {}  # what the forked bootstrap workers read (set before the pool forks)
+
+
+def _resampled_map(task: tuple[str, list[int]]) -> float:
+    from polarprune.data.coco import coco_map
+
+    name, picks = task
+    return coco_map(*reversed(resampled(_BOOTSTRAP["gt"], _BOOTSTRAP["rows"][name], picks)))["map50_95"]
+
+
+def bootstrap_maps(gt: Mapping[str, Any], rows_of: Mapping[str, Sequence[Mapping[str, Any]]], samples: list[list[int]],
+                   workers: int = 2) -> dict[str, list[float]]:
+    """Every model's mAP50-95 on every resample, the evaluations spread over ``workers`` forked processes."""
+    import multiprocessing
+
+    _BOOTSTRAP.update(gt=gt, rows=rows_of)
+    tasks = [(name, picks) for name in rows_of for picks in samples]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        maps = pool.map(_resampled_map, tasks, chunksize=2)
+    return {name: maps[i * len(samples):(i + 1) * len(samples)] for i, name in enumerate(rows_of)}
 
 
 def bootstrap_samples(n: int, reps: int, seed: int = 0) -> list[list[int]]:
@@ -427,7 +461,7 @@ def size_of(model: Any, imgsz: int) -> dict[str, int]:
 def evaluate(workdir: Path, scale: Scale, data: Mapping[str, Any], done: Mapping[str, Any]) -> dict[str, Any]:
     """mAP50-95, mAP50, MACs and params of every model whose stage is done (each cached in ``workdir/eval``), and
     the paired bootstrap over val images of each model's difference to the baseline."""
-    from polarprune.data.coco import coco_map, read_coco
+    from polarprune.data.coco import read_coco
 
     gt = read_coco(data["val_annotations"])
     scored: dict[str, Any] = {}
@@ -435,11 +469,10 @@ def evaluate(workdir: Path, scale: Scale, data: Mapping[str, Any], done: Mapping
     for name in (n for n in model_names() if ready(n, done)):
         path = workdir / "eval" / f"{name.replace('/', '_')}.json"
         record = cached(path, lambda: score_model(name, done, data, scale.imgsz, gt))
-        rows_of[name] = record.pop("predictions")
+        rows_of[name] = top_per_image(record.pop("predictions"))
         scored[name] = record
     samples = bootstrap_samples(len(gt["images"]), scale.bootstrap)
-    boot = {name: [coco_map(*reversed(resampled(gt, rows, picks)))["map50_95"] for picks in samples]
-            for name, rows in rows_of.items()}
+    boot = bootstrap_maps(gt, rows_of, samples)
     return {"models": scored, "bootstrap": {"reps": scale.bootstrap, "images": len(gt["images"]), "metric": "map50_95",
                                             "pairs": paired_differences(boot, comparison_pairs(list(boot)))}}
 

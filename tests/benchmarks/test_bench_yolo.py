@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import os
 import subprocess
 import sys
@@ -162,7 +163,8 @@ def test_rendering_says_pending_until_a_stage_is_done(tmp_path: Path) -> None:
 
 def test_rendering_states_the_scale_the_run_used(tmp_path: Path) -> None:
     assert ry.yolo_cifar_scale(render.Results(tmp_path)) == ry.SCALE_WHEN_PENDING
-    args = argparse.Namespace(smoke=False, target=None, train_images=None, epochs=20, sparsity_epochs=6, finetune_epochs=6)
+    args = argparse.Namespace(smoke=False, target=None, train_images=None, epochs=20, sparsity_epochs=6, finetune_epochs=6,
+                              bootstrap=None)
     name, scale = by.chosen_scale(args)
     (tmp_path / "yolo_cifar.json").write_text(json.dumps({**_result(), "scale": dataclasses.asdict(scale), "scale_name": name}))
     assert ry.yolo_cifar_scale(render.Results(tmp_path)) == (
@@ -229,10 +231,34 @@ def test_smoke_run_writes_every_stage_and_resumes(tmp_path: Path) -> None:
 def test_scale_overrides_are_applied_and_named() -> None:
     def parse(*extra: tuple[str, int]) -> tuple[str, by.Scale]:
         given = {"smoke": False, "target": None, "train_images": None, "epochs": None, "sparsity_epochs": None,
-                 "finetune_epochs": None, **dict(extra)}
+                 "finetune_epochs": None, "bootstrap": None, **dict(extra)}
         return by.chosen_scale(argparse.Namespace(**given))
 
     assert parse() == ("full", by.SCALES["full"])
     name, scale = parse(("epochs", 20), ("train_images", 3000), ("finetune_epochs", 6))
     assert name == "full, epochs=20, finetune_epochs=6"  # the default train_images is no change
     assert (scale.epochs, scale.finetune_epochs, scale.train_images, scale.sparsity_epochs) == (20, 6, 3000, 10)
+
+
+def test_top_per_image_keeps_the_map_and_the_bootstrap_workers_agree_with_one_process() -> None:
+    """COCOeval reads each image's best 100 detections only, so dropping the rest keeps the mAP; the forked
+    bootstrap gives the same mAPs as evaluating the resamples one by one."""
+    pytest.importorskip("pycocotools")
+    from polarprune.data.coco import coco_map
+
+    rng = random.Random(0)
+    gt = {"images": [{"id": i, "width": 64, "height": 64, "file_name": f"{i}.png"} for i in range(4)],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+          "annotations": [{"id": k, "image_id": k % 4, "category_id": 1 + k % 2, "bbox": [4.0 * (k % 5), 8.0, 20.0, 24.0],
+                           "area": 480.0, "iscrowd": 0} for k in range(10)]}
+    rows = [{"image_id": i, "category_id": rng.choice((1, 2)), "score": rng.random(),
+             "bbox": [rng.uniform(0, 30), rng.uniform(0, 30), rng.uniform(8, 30), rng.uniform(8, 30)]}
+            for i in range(4) for _ in range(150)]
+    rows = [{**r, "category_id": 1} for r in rows[:300]] + rows[300:]  # images 0 and 1: 150 of one category
+    top = by.top_per_image(rows)
+    assert [sum(r["image_id"] == i for r in top) for i in range(2)] == [100, 100] and len(top) == 500
+    assert coco_map(top, gt) == coco_map(rows, gt) and coco_map(rows, gt)["map50_95"] > 0
+    assert coco_map(sorted(rows, key=lambda r: -r["score"])[:380], gt) != coco_map(rows, gt)  # any other cut changes it
+    samples = by.bootstrap_samples(4, 3)
+    maps = by.bootstrap_maps(gt, {"m": top}, samples)
+    assert maps["m"] == [coco_map(*reversed(by.resampled(gt, top, picks)))["map50_95"] for picks in samples]
