@@ -157,10 +157,14 @@ class Bench(CifarStages):
 
     # -- methods
 
-    def run_polarization(self) -> dict[str, Any]:
+    def polarization_settings(self) -> dict[str, Any]:
+        """The polarization sparsity stage's ``sparsity:`` section (also bench_latency_accuracy's start)."""
         pol = self.proto["polarization"]
-        spars = {"regularizer": "polarization", "lbd": pol["lbd"], "t": pol["t"], "clamp": 1.0,
-                 "target_macs_ratio": pol["target_macs_ratio"], "monitor": True}
+        return {"regularizer": "polarization", "lbd": pol["lbd"], "t": pol["t"], "clamp": 1.0,
+                "target_macs_ratio": pol["target_macs_ratio"], "monitor": True}
+
+    def run_polarization(self) -> dict[str, Any]:
+        spars = self.polarization_settings()
         model, rec = self.sparsity("polarization", spars)
         pruned, prune_rec = self.polarprune_prune(model, strategy="grad")
         return self.finish("polarization", model, rec, pruned, prune_rec, {"regularizer": spars})

@@ -47,7 +47,7 @@ second.
 
 from __future__ import annotations
 
-from . import demo, detectors, first_hour, full, latency, latency_target, methods, provenance, training, yolo  # noqa: F401  (each registers its renderers)
+from . import demo, detectors, first_hour, full, latency, latency_accuracy, latency_target, methods, provenance, training, yolo  # noqa: F401  (each registers its renderers)
 from .engine import (  # noqa: F401  (the engine's API)
     MARKER,
     RENDERERS,
