@@ -255,7 +255,7 @@ def test_every_renderer_is_registered_by_its_family_module() -> None:
     each function from the engine or a family module, a second registration refused."""
     families = {"rendering.engine", "rendering.provenance", "rendering.methods", "rendering.full", "rendering.latency",
                 "rendering.training", "rendering.demo", "rendering.first_hour", "rendering.detectors",
-                "rendering.latency_target", "rendering.yolo"}
+                "rendering.latency_target", "rendering.latency_accuracy", "rendering.yolo"}
     assert {func.__module__ for func in render.RENDERERS.values()} <= families
     assert {"value", "range", "max", "full-table", "methods-table", "demo-table"} <= set(render.RENDERERS)
     with pytest.raises(render.RenderError, match="registered twice"):
