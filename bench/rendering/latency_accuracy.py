@@ -21,8 +21,8 @@ def verdict(paired: Mapping[str, Any]) -> str:
     """latency-target against flops-target after fine-tuning, by McNemar's exact test on the same test images."""
     diff = paired["difference"]
     if paired["p"] >= ALPHA:
-        return f"{diff:+.2f} points, within noise (p = {paired['p']:.2f})"
-    return f"{diff:+.2f} points, {'ahead' if diff > 0 else 'behind'} beyond noise (p = {paired['p']:.3f})"
+        return f"{diff:+.2f} points, within noise (p = {paired['p']:.2g})"
+    return f"{diff:+.2f} points, {'ahead' if diff > 0 else 'behind'} beyond noise (p = {paired['p']:.2g})"
 
 
 def cell_table(result: Mapping[str, Any]) -> str:

@@ -51,15 +51,15 @@ def _cell(p_model: str, lt_ok: list[bool], ft_ok: list[bool], confirmation: tupl
 
 
 def test_rendering_says_within_noise_or_beyond_from_the_paired_test() -> None:
-    same = [True, False] * 50
+    same = [True] * 50 + [False] * 50
     better = [True] * 80 + [False] * 20  # right on 30 more of the 100 images, wrong on none that the other got
     result = {"protocol": {"match": 0.02}, "cells": {
         "resnet20/64": _cell("resnet20", same, same, (0.50, 0.51)),
         "resnet56/64": _cell("resnet56", better, same, (0.50, 0.55)),
         "resnet56/1": {"model": "resnet56", "batch": 1, "error": "latency-target: missed"}}}
     text = rla.cells_markdown(result)
-    assert "+0.00 points, within noise (p = 1.00)" in text
-    assert "+30.00 points, ahead beyond noise (p = 0.000)" in text
+    assert "+0.00 points, within noise (p = 1)" in text
+    assert "+30.00 points, ahead beyond noise (p = 1.9e-09)" in text
     assert "| resnet56 | 1 | latency-target failed |" in text
     assert ("within 0.02 of each other in the confirmation run: 1 of 2 cells. After fine-tuning, latency-target ahead of "
             "flops-target beyond noise in 1 cells, behind in 0, within noise in 1; latency-target failed in resnet56/1.") in text
