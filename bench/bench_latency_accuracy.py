@@ -15,7 +15,10 @@ Per cell (model, batch), in onnxruntime at ``--threads`` threads:
 3. the unpruned model and both pruned ones timed side by side again (interleaved rounds, medians of per-round
    ratios): the confirmation that the table reports next to the match's own ratios;
 4. both fine-tuned with the same schedule from the same start; top-1 on the same test images, compared by
-   McNemar's exact test on their per-image correctness.
+   McNemar's exact test on their per-image correctness;
+5. a third arm, ``latency-threshold`` (flops-target's global threshold searched on the predicted latency, checked
+   end to end like latency-target), pruned, timed and fine-tuned alike (added after the first run: a cell pruned
+   before gains the arm, and its confirmation timing and verdicts are taken again).
 
 Every step is cached under ``--workdir`` (pruned models, fine-tuning stages, the cell's record), so a rerun
 resumes; the result file ``bench/results/latency_accuracy.{json,md}`` is rewritten after each cell.
@@ -55,7 +58,7 @@ MATCH = 0.02  # flops-target's measured latency ratio counts as equal to latency
 SPAN, STEP = 0.25, 0.025  # flops-target MACs cuts tried: latency-target's MACs cut +- SPAN in steps of STEP
 ROUNDS = 9  # interleaved rounds of each side-by-side timing (the match's, then the confirmation's)
 ROUND_SECONDS = 0.25
-ARMS = ("latency-target", "flops-target")
+ARMS = ("latency-target", "flops-target", "latency-threshold")
 
 
 # ----------------------------------------------------------------------------- matching (pure)
@@ -97,8 +100,8 @@ class Cell:
     def options(self, strategy: str, **fields: Any) -> PruneOptions:
         return PruneOptions(strategy=strategy, runtime=RUNTIME, batch=self.batch, threads=self.threads, **fields)
 
-    def latency_arm(self, cache: Path) -> tuple[nn.Module, dict[str, Any]]:
-        opts = self.options("latency-target", target_latency_reduction=self.target)
+    def latency_arm(self, cache: Path, strategy: str = "latency-target") -> tuple[nn.Module, dict[str, Any]]:
+        opts = self.options(strategy, target_latency_reduction=self.target)
         result = prune_to_latency(self.sparse, self.example, opts, cache_dir=cache)
         return result.pruned.eval(), result.as_dict()
 
@@ -128,19 +131,25 @@ class Cell:
                                   "matched_ratio": ratios[pick]}
 
     def pruned(self) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-        """Both pruned models (read back when an earlier run saved them) and their pruning records."""
+        """The arms' pruned models (read back when an earlier run saved them) and their pruning records."""
         record = read_record(self.folder / "pruned.json")
-        if record is not None:
-            return {arm: load_model(self.folder / f"{arm}.safetensors") for arm in ARMS}, record
         cache = self.folder / "latency-cache"
+        if record is not None:
+            if "latency-threshold" not in record:  # a cell pruned before that strategy existed: add its arm
+                model, record["latency-threshold"] = self.latency_arm(cache, "latency-threshold")
+                save_model(model, self.folder / "latency-threshold.safetensors")
+                write_record(self.folder / "pruned.json", record)
+            return {arm: load_model(self.folder / f"{arm}.safetensors") for arm in ARMS}, record
         start = time.perf_counter()
         lt, lt_rec = self.latency_arm(cache)
         lt_cut = 1.0 - count_model(lt, INPUT_SHAPE).macs / self.macs
         ft, ft_rec = self.flops_arm(cache, lt, lt_cut)
-        models = {"latency-target": lt, "flops-target": ft}
+        th, th_rec = self.latency_arm(cache, "latency-threshold")
+        models = {"latency-target": lt, "flops-target": ft, "latency-threshold": th}
         for arm, model in models.items():
             save_model(model, self.folder / f"{arm}.safetensors")
-        record = {"latency-target": lt_rec, "flops-target": ft_rec, "prune_seconds": time.perf_counter() - start}
+        record = {"latency-target": lt_rec, "flops-target": ft_rec, "latency-threshold": th_rec,
+                  "prune_seconds": time.perf_counter() - start}
         write_record(self.folder / "pruned.json", record)
         return models, record
 
@@ -155,7 +164,7 @@ class Cell:
     def run(self) -> dict[str, Any]:
         """The cell's record (read back when an earlier run finished it)."""
         done = read_record(self.folder / "cell.json")
-        if done is not None:
+        if done is not None and set(done["arms"]) == set(ARMS):
             return done
         cell = self.measure_and_finetune()
         write_record(self.folder / "cell.json", cell)
@@ -180,8 +189,11 @@ class Cell:
                              "ms": timing["median_ms"]["unpruned"]},
                 "arms": arms, "timing": timing, "prune_seconds": record["prune_seconds"],
                 "match_ratios": {"latency-target": record["flops-target"]["latency_target_ratio"],
-                                 "flops-target": record["flops-target"]["matched_ratio"]},
+                                 "flops-target": record["flops-target"]["matched_ratio"],
+                                 "latency-threshold": record["latency-threshold"]["measured_latency_ratio"]},  # its own check
                 "paired": paired(arms["flops-target"]["finetune"]["per_image"], arms["latency-target"]["finetune"]["per_image"]),
+                "paired_threshold": paired(arms["flops-target"]["finetune"]["per_image"],
+                                           arms["latency-threshold"]["finetune"]["per_image"]),
                 "latency_ratios_differ_by": abs(arms["latency-target"]["latency_ratio"] - arms["flops-target"]["latency_ratio"]),
                 "wall_seconds": time.perf_counter() - started, "load_average_1min": os.getloadavg()[0]}
 
@@ -192,7 +204,7 @@ class Cell:
 def markdown(result: Mapping[str, Any]) -> str:
     from rendering.latency_accuracy import cells_markdown
 
-    return "\n".join(["# Accuracy at equal latency: latency-target vs flops-target (CIFAR-10, onnxruntime)", "",
+    return "\n".join(["# Accuracy at equal latency: latency-target and latency-threshold vs flops-target (CIFAR-10, onnxruntime)", "",
                       provenance_markdown(result["provenance"]), "", cells_markdown(result)])
 
 

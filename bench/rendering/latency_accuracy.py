@@ -10,7 +10,8 @@ from stats import ALPHA
 from .engine import Results, renderer, table
 
 STEM = "latency_accuracy"
-ARMS = ("latency-target", "flops-target")
+ARMS = ("latency-target", "flops-target", "latency-threshold")
+VERDICTS = {"latency-target": "paired", "latency-threshold": "paired_threshold"}  # each against flops-target
 
 
 def _cells(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -34,13 +35,21 @@ def cell_table(result: Mapping[str, Any]) -> str:
         if "arms" not in c:
             rows.append([c["model"], c["batch"], "latency-target failed", "-", "-", "-", "-", "-", "-"])
             continue
-        for arm in ARMS:
+        for arm in [a for a in ARMS if a in c["arms"]]:
             a = c["arms"][arm]
             rows.append([c["model"], c["batch"], arm, f"{a['macs_cut']:.1%}", f"{c['match_ratios'][arm]:.2f}", f"{a['latency_ratio']:.2f}",
                          f"{a['top1_pruned']:.2f}", f"{a['finetune']['top1']:.2f}",
-                         verdict(c["paired"]) if arm == "latency-target" else "(reference)"])
+                         verdict(c[VERDICTS[arm]]) if arm in VERDICTS else "(reference)"])
     return table(["model", "batch", "arm", "MACs cut", "latency / unpruned: match", "confirmation", "top-1 after prune",
-                  "top-1 after fine-tuning", "latency-target vs flops-target (McNemar)"], rows, align="lrlrrrrrl")
+                  "top-1 after fine-tuning", "vs flops-target after fine-tuning (McNemar)"], rows, align="lrlrrrrrl")
+
+
+def _tally(cells: list[dict[str, Any]], arm: str) -> str:
+    """How ``arm`` came out against flops-target after fine-tuning, over the cells that have it."""
+    tests = [c[VERDICTS[arm]] for c in cells if arm in c["arms"]]
+    ahead = sum(1 for t in tests if t["p"] < ALPHA and t["difference"] > 0)
+    behind = sum(1 for t in tests if t["p"] < ALPHA and t["difference"] < 0)
+    return f"{arm} ahead of flops-target beyond noise in {ahead} cells, behind in {behind}, within noise in {len(tests) - ahead - behind}"
 
 
 def summary_text(result: Mapping[str, Any]) -> str:
@@ -48,12 +57,10 @@ def summary_text(result: Mapping[str, Any]) -> str:
     cells = [c for c in _cells(result) if "arms" in c]
     match = result["protocol"]["match"]
     matched = [c for c in cells if c["latency_ratios_differ_by"] <= match]
-    ahead = [c for c in cells if c["paired"]["p"] < ALPHA and c["paired"]["difference"] > 0]
-    behind = [c for c in cells if c["paired"]["p"] < ALPHA and c["paired"]["difference"] < 0]
     failed = [f"{c['model']}/{c['batch']}" for c in _cells(result) if "error" in c]
-    return (f"Latency ratios of the two arms within {match} of each other in the confirmation run: {len(matched)} of {len(cells)} cells. "
-            f"After fine-tuning, latency-target ahead of flops-target beyond noise in {len(ahead)} cells, behind in "
-            f"{len(behind)}, within noise in {len(cells) - len(ahead) - len(behind)}"
+    tallies = [_tally(cells, arm) for arm in VERDICTS if any(arm in c["arms"] for c in cells)]
+    return (f"Latency ratios of latency-target and flops-target within {match} of each other in the confirmation run: "
+            f"{len(matched)} of {len(cells)} cells. After fine-tuning, " + "; ".join(tallies)
             + (f"; latency-target failed in {', '.join(failed)}" if failed else "") + ".")
 
 

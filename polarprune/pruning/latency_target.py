@@ -23,7 +23,7 @@ from .base import Removals
 from .cost import CostModel, MacsCost
 from .graph import ChannelGroup, ModelAnalysis
 from .options import PruneOptions
-from .resolve import Choice, Decision, decision_of, group_scores, removals_of, scored_bns
+from .resolve import Choice, Decision, decision_of, group_scores, removals_of, scored_bns, search_threshold
 
 
 @dataclass
@@ -108,19 +108,36 @@ def _next_cut(offers: Mapping[str, Cut], now: float, goal: float) -> str:
     return min(offers, key=lambda n: offers[n].price)
 
 
-def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False,
-                          cost: CostModel | None = None, widths: CostModel | None = None) -> Decision:
-    """The greedy decision whose predicted cost is at most ``1 - target_latency_reduction`` of the unpruned."""
+def latency_target_of(options: PruneOptions, cost: CostModel | None) -> float:
+    """The latency reduction a latency strategy aims at, checked with its cost model (one line when either is wrong)."""
     target = options.target_latency_reduction
     if target is None or not 0.0 < float(target) < 1.0:
         raise PolarpruneError(f"target latency reduction must be in (0, 1), got {target}")
     if cost is None or isinstance(cost, MacsCost):
         raise PolarpruneError(f"strategy {options.strategy!r} needs a latency cost model: prune with "
                               "polarprune.deploy.prune_to_latency or `polarprune prune`")
+    return float(target)
+
+
+def search_latency_threshold(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False,
+                             cost: CostModel | None = None, widths: CostModel | None = None) -> Decision:
+    """``latency-threshold``: flops-target's search on the latency cost model: the one global |gamma| threshold
+    whose predicted latency reduction is closest to ``target_latency_reduction``. Unlike latency-target's greedy it
+    never trades a larger gamma for a larger saving: the smallest gammas go, wherever they are."""
+    target = latency_target_of(options, cost)
+    return search_threshold(analysis, options.model_copy(update={"target_macs_reduction": target}), quiet=quiet,
+                            cost=cost, widths=widths)  # type: ignore[arg-type]
+
+
+def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, quiet: bool = False,
+                          cost: CostModel | None = None, widths: CostModel | None = None) -> Decision:
+    """The greedy decision whose predicted cost is at most ``1 - target_latency_reduction`` of the unpruned."""
+    target = latency_target_of(options, cost)
+    assert cost is not None  # latency_target_of refused None
     state, groups, scored = _start(analysis, options, cost)
     floor = max(1, options.min_channels)
     before = now = cost.cost(analysis, {}, ())
-    goal = (1.0 - float(target)) * before
+    goal = (1.0 - target) * before
     by_name, near = {g.name: g for g in groups}, _neighbours(groups)
     cuts = {g.name: state.cut(g, floor, now) for g in groups}
     while now > goal:
@@ -133,7 +150,7 @@ def select_latency_target(analysis: ModelAnalysis, options: PruneOptions, *, qui
         now = cost.cost(analysis, state.removed(), ())
         cuts.update({other: state.cut(by_name[other], floor, now) for other in near[name]})
     notes = [f"{options.strategy}: predicted {cost.name} {now:.4g} vs {before:.4g} unpruned, a reduction of "
-             f"{1.0 - now / before:.2%} (target {float(target):.2%})"]
+             f"{1.0 - now / before:.2%} (target {target:.2%})"]
     if now > goal:
         notes.append(f"{options.strategy}: no further cut saves {cost.name}; the target is not reached")
     return decision_of(analysis, Choice({}, dict(state.keep), {}, scored), options, notes, cost, widths)

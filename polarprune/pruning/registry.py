@@ -194,6 +194,10 @@ for _record in (
              select="polarprune.pruning.latency_target:select_latency_target", needs_cost_model=True, cost="latency",
              progressive=False,
              description="the least important channels per ms of predicted latency saved go, until the target is reached"),
+    Strategy("latency-threshold", "search", knob="target_latency_reduction", needs="target_latency_reduction", hint=" in (0, 1)",
+             select="polarprune.pruning.latency_target:search_latency_threshold", aims="fixed", needs_cost_model=True,
+             cost="latency", progressive=False,
+             description="the global |gamma| threshold whose predicted latency reduction is closest to the target (flops-target's search on latency)"),
 ):
     register_strategy(_record)
 

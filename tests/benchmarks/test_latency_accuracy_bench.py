@@ -63,3 +63,16 @@ def test_rendering_says_within_noise_or_beyond_from_the_paired_test() -> None:
     assert "| resnet56 | 1 | latency-target failed |" in text
     assert ("within 0.02 of each other in the confirmation run: 1 of 2 cells. After fine-tuning, latency-target ahead of "
             "flops-target beyond noise in 1 cells, behind in 0, within noise in 1; latency-target failed in resnet56/1.") in text
+    assert "latency-threshold" not in text  # cells from before that arm: no row, no tally
+
+
+def test_the_threshold_arm_gets_its_own_row_and_tally() -> None:
+    same, worse = [True] * 50 + [False] * 50, [True] * 20 + [False] * 80
+    cell = _cell("resnet20", same, same, (0.50, 0.51))
+    cell["arms"]["latency-threshold"] = {"macs_cut": 0.7, "latency_ratio": 0.49, "top1_pruned": 22.0,
+                                         "finetune": {"top1": 20.0, "per_image": _per_image(worse)}}
+    cell["match_ratios"]["latency-threshold"] = 0.52
+    cell["paired_threshold"] = bla.paired(cell["arms"]["flops-target"]["finetune"]["per_image"], _per_image(worse))
+    text = rla.cells_markdown({"protocol": {"match": 0.02}, "cells": {"resnet20/64": cell}})
+    assert "| resnet20 | 64 | latency-threshold | 70.0% | 0.52 | 0.49 | 22.00 | 20.00 | -30.00 points, behind beyond noise (p = 1.9e-09) |" in text
+    assert "latency-threshold ahead of flops-target beyond noise in 0 cells, behind in 1, within noise in 0." in text

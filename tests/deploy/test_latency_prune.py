@@ -47,6 +47,15 @@ def test_prune_to_latency_reports_predicted_and_measured(tmp_path):
     assert any("latency cut: predicted 50.0%, measured 50.0%" in note for note in result.report.notes)
 
 
+def test_prune_to_latency_with_the_threshold_search(tmp_path):
+    """latency-threshold through prune_to_latency: one global threshold (13 of 28, tests/pruning), measured
+    end to end by the fake runtime within the tolerance, so no re-aim."""
+    result = lc.prune_to_latency(tiny(), X, strategy="latency-threshold", target_latency_reduction=0.5, cache_dir=tmp_path,
+                                 measure=fake_ms, step=1, compare=fake_compare)
+    assert result.predicted_ratio == pytest.approx(13 / 28) and result.measured_ratio == pytest.approx(13 / 28)
+    assert not result.refined and (result.pruned[0].out_channels, result.pruned[3].out_channels) == (3, 2)
+
+
 def test_prune_to_latency_reaims_once_with_the_measured_ratio(tmp_path):
     result = lc.prune_to_latency(tiny(), X, target_latency_reduction=0.5, cache_dir=tmp_path, measure=fake_ms, step=1,
                                  compare=scripted(0.7, 0.52))
@@ -154,18 +163,21 @@ def small_file(tmp_path: Path) -> Path:
     return serialization.save(model, tmp_path / "small.safetensors")
 
 
-def test_prune_command_latency_target(small_file, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("strategy", ["latency-target", "latency-threshold"])
+def test_prune_command_latency_target(small_file, tmp_path, monkeypatch, capsys, strategy):
     """The command builds the cost model (fake runtime here) and reports predicted vs measured."""
     monkeypatch.setattr(lc, "runtime_measure", lambda *args, **kwargs: fake_ms)  # the grid's steps of 8 stay
     monkeypatch.setattr(lc, "runtime_compare", lambda *args, **kwargs: fake_compare)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out, report = tmp_path / "p.safetensors", tmp_path / "r.json"
-    code = main(["prune", str(small_file), "--strategy", "latency-target", "--target-latency-reduction", "0.4",
+    code = main(["prune", str(small_file), "--strategy", strategy, "--target-latency-reduction", "0.4",
                  "--runtime", "eager", "--batch", "4", "--threads", "1", "--out", str(out), "--report", str(report)])
     assert code == 0 and out.exists()
     data = json.loads(report.read_text())
     assert data["measured_latency_ratio"] == pytest.approx(data["predicted_latency_ratio"])
-    assert data["predicted_latency_ratio"] <= 0.6 and data["target_latency_reduction"] == 0.4
+    assert abs(data["predicted_latency_ratio"] - 0.6) <= lc.TOLERANCE and data["target_latency_reduction"] == 0.4
+    if strategy == "latency-target":  # the greedy lands at or below the goal; the threshold search on the closest side
+        assert data["predicted_latency_ratio"] <= 0.6
     assert "latency cut: predicted" in capsys.readouterr().out
     assert list((tmp_path / "cache" / "polarprune" / "latency").glob("*.json"))
 

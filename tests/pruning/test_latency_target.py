@@ -130,6 +130,27 @@ def test_latency_target_prunes_a_cifar_resnet_with_the_fake_runtime(tmp_path):
     assert pruned(x).shape == (1, 10) and report.channels_after < report.channels_before
 
 
+def test_latency_threshold_removes_the_smallest_gammas_wherever_they_are(tmp_path):
+    """The same costs (28 unpruned, goal ratio 0.5). One global threshold: removing |gamma| < t gives 22
+    (bn2 0.05), 18 (+ bn1 0.1), 13 (+ bn2 0.2), 10 (+ bn1 0.3); 13 / 28 = 0.464 is the closest to 0.5. So bn2's
+    0.2 goes where latency-target's greedy removed bn1's 0.3 (it saves more) and landed at 14."""
+    model = tiny()
+    cost = profile_latency(model, X, fake_ms, KEY, tmp_path, step=1)
+    decision = decide(analysed_copy(model, X), "latency-threshold", target_latency_reduction=0.5, cost=cost)
+    assert decision.bn_keep["1"].tolist() == [False, True, True, True]
+    assert decision.bn_keep["4"].tolist() == [False, False, True, True]
+    assert decision.estimated_cost == pytest.approx(13.0) and 0.2 < decision.threshold <= 0.3
+    pruned, report = prune_model(model, X, "latency-threshold", target_latency_reduction=0.5, cost=cost)
+    assert (pruned[0].out_channels, pruned[3].in_channels, pruned[3].out_channels, pruned[8].in_features) == (3, 3, 2, 2)
+    assert any("latency-threshold: threshold" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("strategy", ["latency-target", "latency-threshold"])
+def test_latency_strategies_refuse_a_macs_cost_model(strategy):
+    with pytest.raises(PolarpruneError, match=f"strategy '{strategy}' needs a latency cost model"):
+        decide(analysed_copy(tiny(), X), strategy, target_latency_reduction=0.5)
+
+
 def test_latency_target_without_a_latency_cost_model_is_one_line():
     with pytest.raises(PolarpruneError, match="needs a latency cost model"):
         decide(analysed_copy(tiny(), X), "latency-target", target_latency_reduction=0.5)

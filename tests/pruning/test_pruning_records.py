@@ -83,7 +83,7 @@ def test_records_say_what_each_strategy_needs_and_aims() -> None:
     assert STRATEGIES["flops-target"].needs_cost_model and STRATEGIES["flops-target"].aims == "fixed"
     assert dict(PROGRESSIVE_KNOBS) == {"fixed": "threshold", "percent": "percent", "uniform": "ratio", "l1-norm": "ratio",
                                        "random": "ratio", "flops-target": "target_macs_reduction"}
-    assert set(SCORE_STRATEGIES) == set(STRATEGIES) - {"mask", "flops-target", "latency-target"}
+    assert set(SCORE_STRATEGIES) == set(STRATEGIES) - {"mask", "flops-target", "latency-target", "latency-threshold"}
     assert STRATEGIES["latency-target"].needs_cost_model and STRATEGIES["latency-target"].cost == "latency"
     assert STRATEGIES["flops-target"].cost == "macs" and STRATEGIES["latency-target"].needs == "target_latency_reduction"
     with pytest.raises(PolarpruneError, match="strategy 'percent' needs percent in \\[0, 1\\]"):
