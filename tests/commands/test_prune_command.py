@@ -177,7 +177,7 @@ def test_command_strategy_lists_match_the_library() -> None:
 
     assert set(prune.STRATEGY_CHOICES) == set(ALL_STRATEGIES)
     assert set(typing.get_args(PruneOptions.model_fields["strategy"].annotation)) == set(ALL_STRATEGIES)
-    assert set(mask.STRATEGY_CHOICES) == set(ALL_STRATEGIES) - {"mask", "flops-target", "latency-target"} == set(SELECTORS)
+    assert set(mask.STRATEGY_CHOICES) == set(ALL_STRATEGIES) - {"mask", "flops-target", "latency-target", "latency-threshold"} == set(SELECTORS)
 
 
 def test_command_options_are_the_prune_options() -> None:
