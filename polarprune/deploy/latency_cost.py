@@ -43,6 +43,11 @@ CHECK_ROUNDS = 5  # interleaved rounds of the slower-model check (cheap: it only
 TOLERANCE = 0.05  # the measured cut may miss the target by this much before prune_to_latency re-aims
 REFINEMENTS = 4  # re-aims after the first pruning before prune_to_latency gives up (each prunes and measures once)
 MIN_AIM_STEP = 0.01  # a re-aim moves the aim by at least this much (noise must not make it try the same aim again)
+# the layer probes timed side by side at once hold at most about this many bytes of activations (inputs, times
+# PROBE_MEMORY_FACTOR for outputs and the runtime's buffers): ResNet-50's 81 probes of one layer at batch 64 all
+# built at once took more than 24 GB in onnxruntime (an out-of-memory kill)
+PROBE_MEMORY_BUDGET = 2 << 30
+PROBE_MEMORY_FACTOR = 4
 # (unpruned model, pruned model) -> measured latency ratio pruned / unpruned
 Compare = Callable[[nn.Module, nn.Module], float]
 
@@ -70,11 +75,38 @@ def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | 
     side by side (median of ``rounds`` interleaved rounds of about ``TABLE_ROUND_SECONDS`` each)."""
 
     def measure(items: Sequence[tuple[nn.Module, Sequence[int]]]) -> list[float]:
-        runs = [build_runner(module, runtime_name, shape, batch, threads=threads, workdir=workdir, probe=True)
-                for module, shape in items]
-        return median_forward_ms(runs, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
+        sizes = [probe_bytes(shape, batch) for _, shape in items]
+        ms: list[float] = []
+        for chunk in memory_chunks(sizes, PROBE_MEMORY_BUDGET):  # the runners of one chunk alive at a time
+            runs = [build_runner(items[i][0], runtime_name, items[i][1], batch, threads=threads, workdir=workdir, probe=True)
+                    for i in chunk]
+            ms += median_forward_ms(runs, rounds=rounds, min_round_seconds=TABLE_ROUND_SECONDS)
+            del runs
+        return ms
 
     return measure
+
+
+def probe_bytes(input_shape: Sequence[int], batch: int) -> int:
+    """The memory a layer probe's runner is assumed to hold: its float32 input at ``batch`` times ``PROBE_MEMORY_FACTOR``."""
+    count = batch
+    for dim in input_shape:
+        count *= int(dim)
+    return 4 * count * PROBE_MEMORY_FACTOR
+
+
+def memory_chunks(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped so that each group's sum stays within ``budget`` (an item larger than
+    the budget is a group of its own): the probes timed side by side at once."""
+    chunks: list[list[int]] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if not chunks or total + size > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(index)
+        total += size
+    return chunks
 
 
 def latency_cost_model(model: nn.Module, example_inputs: Any, runtime_name: str = "eager", batch: int = 1, threads: int = 1, *,
@@ -325,6 +357,6 @@ def prune_for_runtime(model: nn.Module, example_inputs: Any, strategy: str | Non
     return pruned, report
 
 
-__all__ = ["CHECK_ROUNDS", "REFINEMENTS", "TOLERANCE", "Try", "next_aim", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
+__all__ = ["CHECK_ROUNDS", "PROBE_MEMORY_BUDGET", "REFINEMENTS", "TOLERANCE", "memory_chunks", "probe_bytes", "Try", "next_aim", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
            "runtime_widths", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]

@@ -253,3 +253,39 @@ def test_steady_malloc_here_applies_on_glibc_and_defers_to_the_environment(monke
     assert steady_malloc()
     with steady_malloc_here() as applied:
         assert not applied  # the process's own settings stay
+
+
+def test_memory_chunks_group_consecutive_probes_within_the_budget():
+    assert lc.memory_chunks([3, 3, 3, 5, 1], 6) == [[0, 1], [2], [3, 4]]
+    assert lc.memory_chunks([10, 1], 6) == [[0], [1]]  # larger than the budget: alone
+    assert lc.memory_chunks([], 6) == []
+    assert lc.probe_bytes((256, 56, 56), 64) == 4 * 64 * 256 * 56 * 56 * lc.PROBE_MEMORY_FACTOR
+
+
+def test_runtime_measure_keeps_one_chunk_of_runners_alive(monkeypatch, tmp_path):
+    """Five probes whose inputs fill the budget two at a time: at most two runners exist at once (ResNet-50's
+    probes at batch 64, all built together, were killed for memory), and every probe gets its time."""
+    import gc
+    import weakref
+
+    alive: set[int] = set()
+    most = [0]
+
+    class Runner:
+        def __call__(self) -> None:
+            return None
+
+    def build(module, name, shape, batch, **kwargs):
+        gc.collect()
+        runner = Runner()
+        alive.add(id(runner))
+        weakref.finalize(runner, alive.discard, id(runner))
+        most[0] = max(most[0], len(alive))
+        return runner
+
+    monkeypatch.setattr(lc, "build_runner", build)
+    monkeypatch.setattr(lc, "PROBE_MEMORY_BUDGET", 2 * lc.probe_bytes((4, 8, 8), 2))
+    measure = lc.runtime_measure("eager", batch=2, threads=1, workdir=tmp_path, rounds=1)
+    times = measure([(nn.Identity(), (4, 8, 8))] * 5)
+    assert len(times) == 5 and all(t >= 0 for t in times)
+    assert most[0] == 2
