@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import platform
 import sys
@@ -89,10 +90,7 @@ def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | 
 
 def probe_bytes(input_shape: Sequence[int], batch: int) -> int:
     """The memory a layer probe's runner is assumed to hold: its float32 input at ``batch`` times ``PROBE_MEMORY_FACTOR``."""
-    count = batch
-    for dim in input_shape:
-        count *= int(dim)
-    return 4 * count * PROBE_MEMORY_FACTOR
+    return 4 * batch * math.prod(int(dim) for dim in input_shape) * PROBE_MEMORY_FACTOR
 
 
 def memory_chunks(sizes: Sequence[int], budget: int) -> list[list[int]]:
