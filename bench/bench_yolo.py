@@ -102,6 +102,41 @@ SCALES = {
 # here: batch 32, nbs 64), so 4 epochs at a mean lr near 0.005 move a low gamma by about 30 x lambda: 0.05 can take
 # it from 1 to 0 where the loss does not hold it up.
 LAMBDA = {"polarization": 0.05, "l1": 0.05}
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """The arms' sparsity settings: lambda for both arms (None: ``LAMBDA``), polarization's t (None: the
+    regularizer's default, 1.0) and the predicted onnxruntime latency ratio (batch 1) at which lambda drops to 0
+    for the rest of the stage (None: no target; either way both stages run all their epochs)."""
+
+    lbd: float | None = None
+    polarization_t: float | None = None
+    target_latency_ratio: float | None = None
+
+    def label(self) -> str:
+        """The settings that differ from the defaults, for the run's name ("" when none does)."""
+        parts = [f"lbd={self.lbd}" if self.lbd is not None else "",
+                 f"t={self.polarization_t}" if self.polarization_t is not None else "",
+                 f"sparsity target latency {self.target_latency_ratio}" if self.target_latency_ratio is not None else ""]
+        return "".join(f", {part}" for part in parts if part)
+
+
+def sparsity_section(regularizer: str, reg: Regularization, threads: int) -> dict[str, Any]:
+    """An arm's sparsity section: its regularizer at ``reg``'s lambda (and t for polarization), with the latency
+    target (measured in onnxruntime at batch 1 and ``threads``, like the prune step's) when ``reg`` has one."""
+    section: dict[str, Any] = {"regularizer": regularizer, "lbd": LAMBDA[regularizer] if reg.lbd is None else reg.lbd}
+    if regularizer == "polarization" and reg.polarization_t is not None:
+        section["t"] = reg.polarization_t
+    if reg.target_latency_ratio is not None:
+        section.update(target_latency_ratio=reg.target_latency_ratio, latency_runtime="onnxruntime", latency_batch=1,
+                       latency_threads=threads)
+    return section
+
+
+def regularization(args: argparse.Namespace) -> Regularization:
+    """The command line's sparsity settings."""
+    return Regularization(args.lbd, args.polarization_t, args.sparsity_target_latency_ratio)
 TRAIN_ARGS = {"optimizer": "SGD", "lr0": 0.01, "plots": False, "seed": 0, "amp": False}
 # the stages after the baseline continue a trained model: no warm-up from lr 0 (ultralytics' default is 3 epochs)
 ARM_TRAIN_ARGS = {**TRAIN_ARGS, "warmup_epochs": 0}
@@ -283,7 +318,7 @@ def prune_section(scale: Scale, threads: int) -> dict[str, Any]:
 
 
 def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, threads: int,
-                    train_args: Mapping[str, Any] = ARM_TRAIN_ARGS) -> Any:
+                    train_args: Mapping[str, Any] = ARM_TRAIN_ARGS, reg: Regularization = Regularization()) -> Any:
     """The ultralytics pipeline's config of one arm (the baseline's too, with ``TRAIN_ARGS``: it only reads the
     shared keys)."""
     from polarprune.integrations.ultralytics import load_pipeline_config
@@ -292,7 +327,7 @@ def pipeline_config(workdir: Path, scale: Scale, out: Path, regularizer: str, th
         "data": str(workdir / "data" / "data.yaml"), "model": "yolov8n.yaml", "task": "detect", "out": str(out),
         "imgsz": scale.imgsz, "batch": scale.batch, "workers": 0, "device": "cpu", "epochs": scale.epochs,
         "sparsity_epochs": scale.sparsity_epochs, "finetune_epochs": scale.finetune_epochs, "stop_on_target": False,
-        "sparsity": {"regularizer": regularizer, "lbd": LAMBDA[regularizer]},
+        "sparsity": sparsity_section(regularizer, reg, threads),
         "prune": prune_section(scale, threads),
         "train_args": dict(train_args)})
 
@@ -303,7 +338,7 @@ def run_arm(workdir: Path, scale: Scale, arm: str, baseline: Mapping[str, Any], 
     ``result.json``), the result file written after each."""
     import polarprune.integrations.ultralytics as ultra
 
-    cfg = pipeline_config(workdir, scale, workdir / arm, arm, args.threads)
+    cfg = pipeline_config(workdir, scale, workdir / arm, arm, args.threads, reg=regularization(args))
     task = ultra.TASKS["detect"]
     start = baseline["last"]  # the last epoch, as every scored model: nothing selected on the val images
     steps = (("sparsity", lambda: ultra.run_sparsity(cfg, task, start)),
@@ -511,7 +546,10 @@ def assemble(done: Mapping[str, Any], scale_name: str, scale: Scale, args: argpa
                       data=data_sizes(scale.train_images, scale.val_images,
                                       f"CIFAR-10 detection canvases ({ARCHIVE.name}, seed 0)"), allow_dirty=args.allow_dirty)
     prunes = {arm: done.get(f"{arm}/prune") for arm in (*ARMS, "tp")}
-    return {"provenance": prov, "scale_name": scale_name, "scale": asdict(scale), "lambda": LAMBDA,
+    reg = regularization(args)
+    return {"provenance": prov, "scale_name": scale_name, "scale": asdict(scale),
+            "lambda": {arm: sparsity_section(arm, reg, args.threads)["lbd"] for arm in ARMS},
+            "polarization_t": reg.polarization_t, "sparsity_target_latency_ratio": reg.target_latency_ratio,
             "train_args": TRAIN_ARGS, "arm_train_args": ARM_TRAIN_ARGS, "target_reduction": scale.target, "target_of": "onnxruntime latency, measured" if scale.measured else "MACs",
             "threads": args.threads,
             "status": stage_status(done), "prune": {arm: p for arm, p in prunes.items() if p is not None},
@@ -523,7 +561,7 @@ def chosen_scale(args: argparse.Namespace) -> tuple[str, Scale]:
     name = "smoke" if args.smoke else "full"
     changes = {key: getattr(args, key) for key in ("target", *OVERRIDABLE) if getattr(args, key) is not None}
     changes = {key: value for key, value in changes.items() if getattr(SCALES[name], key) != value}
-    label = name + "".join(f", {key}={value}" for key, value in changes.items())
+    label = name + "".join(f", {key}={value}" for key, value in changes.items()) + regularization(args).label()
     return label, replace(SCALES[name], **changes)
 
 
@@ -551,7 +589,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def report() -> None:
         result = assemble(done, scale_name, scale, args)
-        write_results(STEM, result, markdown(result), folder=folder)
+        write_results(args.stem, result, markdown(result), folder=folder)
 
     done["data"] = cached(workdir / "data.json", lambda: make_data(workdir, scale, Path(args.archive)))
     base_cfg = pipeline_config(workdir, scale, workdir, "polarization", args.threads, TRAIN_ARGS)
@@ -579,6 +617,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=None, help="the measured onnxruntime latency cut every pruned model aims at "
                         "(default: the scale's, 0.5 at full scale)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every latency measurement (batch 1)")
+    parser.add_argument("--lbd", type=float, default=None, help=f"lambda of both arms (default: {LAMBDA})")
+    parser.add_argument("--polarization-t", type=float, default=None,
+                        help="polarization's t (default: the regularizer's, 1.0; larger: more channels to 0)")
+    parser.add_argument("--sparsity-target-latency-ratio", type=float, default=None,
+                        help="lambda drops to 0 once the sparsity stage's trial prune is predicted at this onnxruntime "
+                             "latency ratio (default: no target); the stage still runs all its epochs")
+    parser.add_argument("--stem", default=STEM, help=f"the result files' name in bench/results (default {STEM}): "
+                        "a run with other settings can keep its own")
     for key in OVERRIDABLE:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"override the scale's {key}")
     add_provenance_options(parser)

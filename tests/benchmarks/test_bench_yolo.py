@@ -164,7 +164,7 @@ def test_rendering_says_pending_until_a_stage_is_done(tmp_path: Path) -> None:
 def test_rendering_states_the_scale_the_run_used(tmp_path: Path) -> None:
     assert ry.yolo_cifar_scale(render.Results(tmp_path)) == ry.SCALE_WHEN_PENDING
     args = argparse.Namespace(smoke=False, target=None, train_images=None, epochs=20, sparsity_epochs=6, finetune_epochs=6,
-                              bootstrap=None)
+                              bootstrap=None, lbd=None, polarization_t=None, sparsity_target_latency_ratio=None)
     name, scale = by.chosen_scale(args)
     (tmp_path / "yolo_cifar.json").write_text(json.dumps({**_result(), "scale": dataclasses.asdict(scale), "scale_name": name}))
     assert ry.yolo_cifar_scale(render.Results(tmp_path)) == (
@@ -231,13 +231,30 @@ def test_smoke_run_writes_every_stage_and_resumes(tmp_path: Path) -> None:
 def test_scale_overrides_are_applied_and_named() -> None:
     def parse(*extra: tuple[str, int]) -> tuple[str, by.Scale]:
         given = {"smoke": False, "target": None, "train_images": None, "epochs": None, "sparsity_epochs": None,
-                 "finetune_epochs": None, "bootstrap": None, **dict(extra)}
+                 "finetune_epochs": None, "bootstrap": None, "lbd": None, "polarization_t": None,
+                 "sparsity_target_latency_ratio": None, **dict(extra)}
         return by.chosen_scale(argparse.Namespace(**given))
 
     assert parse() == ("full", by.SCALES["full"])
     name, scale = parse(("epochs", 20), ("train_images", 3000), ("finetune_epochs", 6))
     assert name == "full, epochs=20, finetune_epochs=6"  # the default train_images is no change
     assert (scale.epochs, scale.finetune_epochs, scale.train_images, scale.sparsity_epochs) == (20, 6, 3000, 10)
+    name, _ = parse(("sparsity_epochs", 4), ("lbd", 0.02), ("polarization_t", 1.8), ("sparsity_target_latency_ratio", 0.5))
+    assert name == "full, sparsity_epochs=4, lbd=0.02, t=1.8, sparsity target latency 0.5"
+
+
+def test_sparsity_sections_follow_the_command_line() -> None:
+    """Defaults: LAMBDA per arm, no t, no target; overrides: one lambda for both arms, t for polarization only, and
+    the latency target measured like the prune step's (onnxruntime, batch 1, the benchmark's threads)."""
+    default = by.Regularization()
+    assert by.sparsity_section("polarization", default, 1) == {"regularizer": "polarization", "lbd": by.LAMBDA["polarization"]}
+    assert by.sparsity_section("l1", default, 1) == {"regularizer": "l1", "lbd": by.LAMBDA["l1"]}
+    tuned = by.Regularization(lbd=0.02, polarization_t=1.8, target_latency_ratio=0.5)
+    target = {"target_latency_ratio": 0.5, "latency_runtime": "onnxruntime", "latency_batch": 1, "latency_threads": 2}
+    assert by.sparsity_section("polarization", tuned, 2) == {"regularizer": "polarization", "lbd": 0.02, "t": 1.8, **target}
+    assert by.sparsity_section("l1", tuned, 2) == {"regularizer": "l1", "lbd": 0.02, **target}
+    cfg = by.pipeline_config(Path("/w"), by.SCALES["full"], Path("/w/polarization"), "polarization", 2, reg=tuned)
+    assert (cfg.sparsity.lbd, cfg.sparsity.t, cfg.sparsity.target_latency_ratio, cfg.sparsity.latency_runtime) == (0.02, 1.8, 0.5, "onnxruntime")
 
 
 def test_top_per_image_keeps_the_map_and_the_bootstrap_workers_agree_with_one_process() -> None:
