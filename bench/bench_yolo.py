@@ -36,6 +36,14 @@ per machine)::
 
     YOLO_OFFLINE=1 python bench/bench_yolo.py --workdir ~/polarprune-bench/yolo_cifar
 
+The arms' sparsity settings default to ``LAMBDA`` with polarization's default t (1.0) and no target;
+``--lbd``, ``--polarization-t`` and ``--sparsity-target-latency-ratio`` change them (the run's name says so), and
+``--stem`` gives such a run its own result files, e.g. (reusing the first run's data, baseline and Torch-Pruning
+prune through links in the new workdir)::
+
+    python bench/bench_yolo.py --workdir ~/polarprune-bench/yolo_cifar_t18 --epochs 20 --sparsity-epochs 10 \
+        --finetune-epochs 10 --lbd 0.02 --polarization-t 1.8 --sparsity-target-latency-ratio 0.5 --stem yolo_cifar_t18
+
 ``--smoke``: a tiny scale (16 images, imgsz 64, 1 epoch per stage) that checks the script's logic; its
 result goes to the workdir, never to ``bench/results``.
 """
