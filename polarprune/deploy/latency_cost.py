@@ -44,11 +44,12 @@ CHECK_ROUNDS = 5  # interleaved rounds of the slower-model check (cheap: it only
 TOLERANCE = 0.05  # the measured cut may miss the target by this much before prune_to_latency re-aims
 REFINEMENTS = 4  # re-aims after the first pruning before prune_to_latency gives up (each prunes and measures once)
 MIN_AIM_STEP = 0.01  # a re-aim moves the aim by at least this much (noise must not make it try the same aim again)
-# the layer probes timed side by side at once hold at most about this many bytes of activations (inputs, times
-# PROBE_MEMORY_FACTOR for outputs and the runtime's buffers): ResNet-50's 81 probes of one layer at batch 64 all
-# built at once took more than 24 GB in onnxruntime (an out-of-memory kill)
+# the layer probes timed side by side at once hold at most about this many bytes: ResNet-50's 81 probes of one
+# layer at batch 64 all built at once took more than 24 GB in onnxruntime (an out-of-memory kill)
 PROBE_MEMORY_BUDGET = 2 << 30
-PROBE_MEMORY_FACTOR = 4
+# a probe's runner holds about this many times its float32 input and output: measured 2.4-2.7 for onnxruntime
+# sessions of ResNet-50's 56 px convs at batch 64 (the arena keeps the output and the op's buffers)
+PROBE_MEMORY_FACTOR = 3
 # (unpruned model, pruned model) -> measured latency ratio pruned / unpruned
 Compare = Callable[[nn.Module, nn.Module], float]
 
@@ -76,7 +77,7 @@ def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | 
     side by side (median of ``rounds`` interleaved rounds of about ``TABLE_ROUND_SECONDS`` each)."""
 
     def measure(items: Sequence[tuple[nn.Module, Sequence[int]]]) -> list[float]:
-        sizes = [probe_bytes(shape, batch) for _, shape in items]
+        sizes = [probe_bytes(shape, output_shape(module, shape), batch) for module, shape in items]
         ms: list[float] = []
         for chunk in memory_chunks(sizes, PROBE_MEMORY_BUDGET):  # the runners of one chunk alive at a time
             runs = [build_runner(items[i][0], runtime_name, items[i][1], batch, threads=threads, workdir=workdir, probe=True)
@@ -88,9 +89,23 @@ def runtime_measure(runtime_name: str, batch: int, threads: int, workdir: str | 
     return measure
 
 
-def probe_bytes(input_shape: Sequence[int], batch: int) -> int:
-    """The memory a layer probe's runner is assumed to hold: its float32 input at ``batch`` times ``PROBE_MEMORY_FACTOR``."""
-    return 4 * batch * math.prod(int(dim) for dim in input_shape) * PROBE_MEMORY_FACTOR
+def output_shape(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of one sample of ``module``'s output on one sample of ``input_shape`` (a forward at batch 1, in
+    eval mode so that no BatchNorm statistics change; the module's mode is restored)."""
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return tuple(module(torch.zeros(1, *input_shape)).shape[1:])
+    finally:
+        module.train(training)
+
+
+def probe_bytes(input_shape: Sequence[int], out_shape: Sequence[int], batch: int) -> int:
+    """The memory a layer probe's runner is assumed to hold: its float32 input and output at ``batch``, times
+    ``PROBE_MEMORY_FACTOR`` (an expanding 1x1 conv's output is 4x its input: the output counts as much)."""
+    numel = math.prod(int(dim) for dim in input_shape) + math.prod(int(dim) for dim in out_shape)
+    return 4 * batch * numel * PROBE_MEMORY_FACTOR
 
 
 def memory_chunks(sizes: Sequence[int], budget: int) -> list[list[int]]:
@@ -355,6 +370,6 @@ def prune_for_runtime(model: nn.Module, example_inputs: Any, strategy: str | Non
     return pruned, report
 
 
-__all__ = ["CHECK_ROUNDS", "PROBE_MEMORY_BUDGET", "REFINEMENTS", "TOLERANCE", "memory_chunks", "probe_bytes", "Try", "next_aim", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
+__all__ = ["CHECK_ROUNDS", "PROBE_MEMORY_BUDGET", "REFINEMENTS", "TOLERANCE", "memory_chunks", "output_shape", "probe_bytes", "Try", "next_aim", "LatencyCheck", "LatencyPrune", "check_latency", "prune_for_runtime", "prune_with_cost_model",
            "runtime_widths", "cache_folder", "cache_key", "latency_cost_model", "prune_to_latency",
            "reaimed", "runtime_compare", "runtime_measure"]

@@ -259,7 +259,13 @@ def test_memory_chunks_group_consecutive_probes_within_the_budget():
     assert lc.memory_chunks([3, 3, 3, 5, 1], 6) == [[0, 1], [2], [3, 4]]
     assert lc.memory_chunks([10, 1], 6) == [[0], [1]]  # larger than the budget: alone
     assert lc.memory_chunks([], 6) == []
-    assert lc.probe_bytes((256, 56, 56), 64) == 4 * 64 * 256 * 56 * 56 * lc.PROBE_MEMORY_FACTOR
+    # ResNet-50's expanding 1x1 conv at batch 64: 64 -> 256 channels at 56 px, input and output counted
+    assert lc.probe_bytes((64, 56, 56), (256, 56, 56), 64) == 4 * 64 * (64 + 256) * 56 * 56 * lc.PROBE_MEMORY_FACTOR
+    conv = nn.Sequential(nn.Conv2d(64, 256, 1), nn.BatchNorm2d(256), nn.ReLU())
+    assert lc.output_shape(conv, (64, 56, 56)) == (256, 56, 56)
+    assert conv.training and int(conv[1].num_batches_tracked) == 0  # its mode restored, no statistics updated
+    assert lc.output_shape(nn.Sequential(nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8)), (4, 1, 1)) == (8, 1, 1)  # 1 value
+    assert lc.output_shape(nn.Conv2d(8, 16, 3, stride=2, padding=1), (8, 9, 9)) == (16, 5, 5)
 
 
 def test_runtime_measure_keeps_one_chunk_of_runners_alive(monkeypatch, tmp_path):
@@ -284,7 +290,7 @@ def test_runtime_measure_keeps_one_chunk_of_runners_alive(monkeypatch, tmp_path)
         return runner
 
     monkeypatch.setattr(lc, "build_runner", build)
-    monkeypatch.setattr(lc, "PROBE_MEMORY_BUDGET", 2 * lc.probe_bytes((4, 8, 8), 2))
+    monkeypatch.setattr(lc, "PROBE_MEMORY_BUDGET", 2 * lc.probe_bytes((4, 8, 8), (4, 8, 8), 2))
     measure = lc.runtime_measure("eager", batch=2, threads=1, workdir=tmp_path, rounds=1)
     times = measure([(nn.Identity(), (4, 8, 8))] * 5)
     assert len(times) == 5 and all(t >= 0 for t in times)
