@@ -1,7 +1,9 @@
 """BENCHMARKS.md section 8: YOLOv8n on the CIFAR-10 detection set (``bench/bench_yolo.py``).
 
 The result file is written after every stage of the run, so any part may be missing: a stage not yet run
-renders as ``pending`` (the whole section, while the file is not there)."""
+renders as ``pending`` (the whole section, while the file is not there). Every block takes an optional result
+file stem (default ``yolo_cifar``): ``<!-- render: yolo-cifar-table yolo_cifar_t18 -->`` renders a run made with
+``--stem yolo_cifar_t18``."""
 
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ GOAL_POINTS = 1.0  # the issue's goal: within 1 point of the baseline's mAP50-95
 LATENCY_TOLERANCE = 0.05  # as latency-target's (polarprune.deploy.latency_cost.TOLERANCE; rendering imports no torch)
 
 
-def _load(results: Results) -> dict[str, Any] | None:
-    """The result file, or None while it is not there (the run has not written its first stage)."""
+def _load(results: Results, stem: str = STEM) -> dict[str, Any] | None:
+    """The result file ``stem`` (a run with its own settings has its own, ``bench_yolo.py --stem``), or None while
+    it is not there (the run has not written its first stage)."""
     try:
-        return results.load(STEM)
+        return results.load(stem)
     except RenderError as exc:
         if "is missing" in str(exc):
             return None
@@ -81,9 +84,9 @@ def _row(data: Mapping[str, Any], name: str) -> list[str]:
 
 
 @renderer("yolo-cifar-table")
-def yolo_cifar_table(results: Results) -> str:
+def yolo_cifar_table(results: Results, stem: str = STEM) -> str:
     """One row per model: mAP50-95 and its paired difference to the baseline, mAP50, MACs, params, latency."""
-    data = _load(results)
+    data = _load(results, stem)
     if data is None:
         return "Pending: the run has not written its result file yet (no stage finished).\n"
     rows = [_row(data, name) for name in MODELS]
@@ -96,9 +99,9 @@ SCALE_WHEN_PENDING = ("the run's scale is not recorded yet (no stage finished); 
 
 
 @renderer("yolo-cifar-scale")
-def yolo_cifar_scale(results: Results) -> str:
+def yolo_cifar_scale(results: Results, stem: str = STEM) -> str:
     """The scale the run used (images, image size, epochs per stage), from its result file."""
-    data = _load(results)
+    data = _load(results, stem)
     if data is None:
         return SCALE_WHEN_PENDING
     s = data["scale"]
@@ -109,9 +112,9 @@ def yolo_cifar_scale(results: Results) -> str:
 
 
 @renderer("yolo-cifar-status")
-def yolo_cifar_status(results: Results) -> str:
+def yolo_cifar_status(results: Results, stem: str = STEM) -> str:
     """Which stages of the run are done, and which are still pending or failed."""
-    data = _load(results)
+    data = _load(results, stem)
     if data is None:
         return "every stage is pending"
     groups: dict[str, list[str]] = {}
@@ -163,9 +166,9 @@ def _ahead(data: Mapping[str, Any], kind: str, other: str) -> str:
 
 
 @renderer("yolo-cifar-reading")
-def yolo_cifar_reading(results: Results) -> str:
+def yolo_cifar_reading(results: Results, stem: str = STEM) -> str:
     """The verdicts the numbers give: the 1-point goal per arm, polarization against L1 and Torch-Pruning."""
-    data = _load(results)
+    data = _load(results, stem)
     if data is None:
         return "- Pending: no result yet.\n"
     items = ["The goal (within 1 point of the baseline's mAP50-95 after fine-tuning, at half its latency): "

@@ -173,6 +173,20 @@ def test_rendering_states_the_scale_the_run_used(tmp_path: Path) -> None:
         "(scale `full, epochs=20, sparsity_epochs=6, finetune_epochs=6`)")
 
 
+def test_rendering_reads_the_result_file_a_block_names(tmp_path: Path) -> None:
+    """A run with its own settings (``--stem``) renders from its own file; the default stem stays pending."""
+    args = argparse.Namespace(smoke=False, target=None, train_images=None, epochs=20, sparsity_epochs=10, finetune_epochs=10,
+                              bootstrap=20, lbd=0.02, polarization_t=1.8, sparsity_target_latency_ratio=0.5)
+    name, scale = by.chosen_scale(args)
+    (tmp_path / "yolo_cifar_t18.json").write_text(json.dumps({**_result(), "scale": dataclasses.asdict(scale), "scale_name": name}))
+    results = render.Results(tmp_path)
+    assert ry.yolo_cifar_scale(results) == ry.SCALE_WHEN_PENDING
+    assert ry.yolo_cifar_scale(results, "yolo_cifar_t18").endswith(
+        "10 sparsity epochs per arm and 10 fine-tuning epochs per pruned model, batch 32; 20 bootstrap resamples "
+        "(scale `full, epochs=20, bootstrap=20, lbd=0.02, t=1.8, sparsity target latency 0.5`)")  # 10 and 10: the defaults
+    assert ry.yolo_cifar_status(results, "yolo_cifar_t18").startswith("done: data, baseline; pending: polarization/sparsity")
+
+
 def test_rendering_a_finished_run_gives_numbers_and_verdicts(tmp_path: Path) -> None:
     def model(m: float) -> dict:
         return {"map50_95": m, "map50": m + 0.2, "macs": 200e6, "params": 1.5e6}
