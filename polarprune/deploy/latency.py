@@ -54,7 +54,12 @@ def run_with_steady_malloc(argv: Sequence[str]) -> int:
 # glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems (32 MiB)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
-DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD = 128 * 1024, 128 * 1024
+# What steady_malloc_here leaves behind. glibc cannot be given its dynamic thresholds back: any mallopt of them
+# turns the adjustment off for good. Setting back the start values (128 KiB) then left every later allocation
+# above 128 KiB to mmap and page-fault afresh: training after a latency table (e.g. a sparsity stage with a
+# latency target) ran 2.4x slower, half of it in the kernel. These are the values glibc's own adjustment reaches
+# in a process that frees tensors of 32 MiB or more (mmap threshold, and trim threshold twice that).
+RESTORED_MMAP_THRESHOLD, RESTORED_TRIM_THRESHOLD = MAX_MMAP_THRESHOLD, 2 * MAX_MMAP_THRESHOLD
 
 
 def _mallopt(param: int, value: int) -> bool:
@@ -72,9 +77,10 @@ def _mallopt(param: int, value: int) -> bool:
 @contextmanager
 def steady_malloc_here() -> Iterator[bool]:
     """Inside, glibc keeps freed memory in this process (``mallopt``: no trimming, mmap only above
-    ``MAX_MMAP_THRESHOLD``), as ``STEADY_MALLOC_ENV`` does for a process from its start; glibc's
-    defaults are set back afterwards. Yields whether it took effect (False off glibc, or when the
-    process already runs with ``STEADY_MALLOC_ENV``, which stays)."""
+    ``MAX_MMAP_THRESHOLD``), as ``STEADY_MALLOC_ENV`` does for a process from its start; afterwards
+    the thresholds glibc's own adjustment would reach (``RESTORED_*``), never its small start values.
+    Yields whether it took effect (False off glibc, or when the process already runs with
+    ``STEADY_MALLOC_ENV``, which stays)."""
     if steady_malloc():
         yield False
         return
@@ -83,8 +89,8 @@ def steady_malloc_here() -> Iterator[bool]:
         yield applied
     finally:
         if applied:
-            _mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
-            _mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+            _mallopt(M_MMAP_THRESHOLD, RESTORED_MMAP_THRESHOLD)
+            _mallopt(M_TRIM_THRESHOLD, RESTORED_TRIM_THRESHOLD)
 
 
 def minor_page_faults() -> int:

@@ -271,3 +271,51 @@ def test_latency_figure_pins_threads_during_the_forwards_and_restores_them():
     assert figure.threads == 1 and len(at_one) >= 3 + 1 and set(at_one) == {1}  # the default: 1 thread, stated
     assert wide.threads == 3 and set(seen) == {3}
     assert figure.rounds == 3 and figure.runtime == "eager" and figure.allocator in ("steady", "default")
+
+
+MALLOC_WORKLOAD = """
+import platform, resource, torch
+from torch import nn
+from polarprune.deploy.latency import steady_malloc_here
+torch.set_num_threads(1)
+model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1))
+x = torch.randn(8, 3, 64, 64)  # activations of 1-8 MiB: above glibc's 128 KiB start threshold, below 32 MiB
+def faults(steps=20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        model.zero_grad(); model(x).mean().backward()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults(3)
+first = faults()
+with steady_malloc_here() as applied:
+    pass
+print(applied, first, faults())
+"""
+
+
+def test_training_after_steady_malloc_here_page_faults_no_more_than_before():
+    """glibc's dynamic thresholds cannot be set back: restoring its 128 KiB start values mmapped every activation
+    afresh after a latency table (twice the page faults, training 2.4x slower). A fresh process: the same training
+    steps page-fault no more after the context than before it (a count, not a timing)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", MALLOC_WORKLOAD], capture_output=True, text=True, check=True, env=env, timeout=120)
+    applied, before, after = out.stdout.split()
+    assert applied == "True"
+    assert int(after) <= 1.2 * int(before), (before, after)
+
+
+def test_steady_malloc_here_leaves_the_thresholds_glibc_would_reach(monkeypatch):
+    """Inside: no trimming, mmap only from 32 MiB; afterwards mmap from 32 MiB and trimming above 64 MiB (the
+    values of glibc's own adjustment), never the 128 KiB start values."""
+    import polarprune.deploy.latency as latency
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(latency, "_mallopt", lambda param, value: calls.append((param, value)) or True)
+    monkeypatch.setattr(latency, "steady_malloc", lambda: False)
+    with latency.steady_malloc_here() as applied:
+        assert applied and calls == [(latency.M_TRIM_THRESHOLD, 2**31 - 1), (latency.M_MMAP_THRESHOLD, 32 << 20)]
+    assert calls[2:] == [(latency.M_MMAP_THRESHOLD, 32 << 20), (latency.M_TRIM_THRESHOLD, 64 << 20)]
