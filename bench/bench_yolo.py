@@ -171,6 +171,18 @@ def stage_names(arms: Sequence[str] = ARMS) -> list[str]:
     return stages + ["tp/prune", "tp/finetune", "evaluate", "latency"]
 
 
+SPARSITY_KEYS = ("epoch", "lambda", "gamma_frac_below_0.01", "gamma_mean", "trial_macs_ratio_grad", "trial_latency_ratio_grad")
+
+
+def sparsity_trace(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What an arm's sparsity stage did epoch by epoch (lambda, the share of gammas near 0, their mean, the trial
+    prune's MACs and predicted latency ratios) and whether its target stop fired; None before the stage is done."""
+    if record is None or record.get("error"):
+        return None
+    epochs = [{key: row[key] for key in SPARSITY_KEYS if key in row} for row in record.get("epochs", [])]
+    return {"target_reached": bool(record.get("target_reached", False)), "epochs": epochs}
+
+
 def stage_status(done: Mapping[str, Any], arms: Sequence[str] = ARMS) -> dict[str, str]:
     """``done``, ``failed`` or ``pending`` for every stage (a stage's record with an ``error`` failed)."""
     status = {}
@@ -561,6 +573,7 @@ def assemble(done: Mapping[str, Any], scale_name: str, scale: Scale, args: argpa
             "train_args": TRAIN_ARGS, "arm_train_args": ARM_TRAIN_ARGS, "target_reduction": scale.target, "target_of": "onnxruntime latency, measured" if scale.measured else "MACs",
             "threads": args.threads,
             "status": stage_status(done), "prune": {arm: p for arm, p in prunes.items() if p is not None},
+            "sparsity": {arm: sparsity_trace(done.get(f"{arm}/sparsity")) for arm in ARMS},
             "evaluate": done.get("evaluate"), "latency": done.get("latency"), "workdir": str(args.workdir)}
 
 

@@ -175,3 +175,23 @@ def yolo_cifar_reading(results: Results, stem: str = STEM) -> str:
              + "; ".join(_goal(data, arm) for arm in ("polarization", "l1", "tp")) + "."]
     items += [_ahead(data, kind, other) + "." for kind in ("pruned", "finetuned") for other in ("l1", "tp")]
     return "".join(f"- {item}\n" for item in items)
+
+
+def _fraction(row: Mapping[str, Any], key: str) -> str:
+    return f"{row[key]:.3f}" if key in row else "-"
+
+
+@renderer("yolo-cifar-sparsity")
+def yolo_cifar_sparsity(results: Results, stem: str = STEM) -> str:
+    """Each arm's sparsity stage epoch by epoch: lambda, the share of gammas below 0.01, their mean, and the trial
+    prune's MACs and predicted onnxruntime latency ratios (runs before this record have none: "not recorded")."""
+    data = _load(results, stem)
+    traces = (data or {}).get("sparsity")
+    if not traces:
+        return "Not recorded by this run's result file.\n"
+    rows = [[ARM_LABELS[arm], f"{row['epoch']:.0f}", f"{row['lambda']:g}" if "lambda" in row else "-",
+             _fraction(row, "gamma_frac_below_0.01"), _fraction(row, "gamma_mean"), _fraction(row, "trial_macs_ratio_grad"),
+             _fraction(row, "trial_latency_ratio_grad")]
+            for arm, trace in traces.items() if trace for row in trace["epochs"]]
+    return table(["arm", "epoch", "lambda", "gammas below 0.01", "gamma mean", "trial MACs ratio (grad)",
+                  "trial predicted latency ratio"], rows, align="lrrrrrr")

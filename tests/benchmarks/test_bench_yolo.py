@@ -293,3 +293,25 @@ def test_top_per_image_keeps_the_map_and_the_bootstrap_workers_agree_with_one_pr
     samples = by.bootstrap_samples(4, 3)
     maps = by.bootstrap_maps(gt, {"m": top}, samples)
     assert maps["m"] == [coco_map(*reversed(by.resampled(gt, top, picks)))["map50_95"] for picks in samples]
+
+
+def test_sparsity_traces_are_recorded_and_rendered(tmp_path: Path) -> None:
+    """The stage's per-epoch rows keep the tuning keys only; the renderer gives one row per arm and epoch, "-" where
+    a key was not logged (after the target stop the trial no longer runs)."""
+    record = {"last": "x.pt", "target_reached": True, "epochs": [
+        {"epoch": 1.0, "lambda": 0.02, "gamma_frac_below_0.01": 0.0, "gamma_mean": 0.8, "trial_macs_ratio_grad": 1.0,
+         "trial_latency_ratio_grad": 1.0, "ema_gamma_mean": 0.8},
+        {"epoch": 2.0, "lambda": 0.0, "gamma_frac_below_0.01": 0.788, "gamma_mean": 0.036, "trial_macs_ratio_grad": 0.268}]}
+    trace = by.sparsity_trace(record)
+    assert trace == {"target_reached": True, "epochs": [
+        {"epoch": 1.0, "lambda": 0.02, "gamma_frac_below_0.01": 0.0, "gamma_mean": 0.8, "trial_macs_ratio_grad": 1.0,
+         "trial_latency_ratio_grad": 1.0},
+        {"epoch": 2.0, "lambda": 0.0, "gamma_frac_below_0.01": 0.788, "gamma_mean": 0.036, "trial_macs_ratio_grad": 0.268}]}
+    assert by.sparsity_trace(None) is None and by.sparsity_trace({"error": "boom"}) is None
+    (tmp_path / "yolo_cifar.json").write_text(json.dumps({**_result(), "sparsity": {"polarization": trace, "l1": None}}))
+    lines = ry.yolo_cifar_sparsity(render.Results(tmp_path)).splitlines()
+    assert lines[2] == "| polarization | 1 | 0.02 | 0.000 | 0.800 | 1.000 | 1.000 |"
+    assert lines[3] == "| polarization | 2 | 0 | 0.788 | 0.036 | 0.268 | - |"
+    assert len(lines) == 4
+    (tmp_path / "yolo_cifar.json").write_text(json.dumps(_result()))
+    assert ry.yolo_cifar_sparsity(render.Results(tmp_path)).startswith("Not recorded")
