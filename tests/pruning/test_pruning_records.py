@@ -228,7 +228,7 @@ def test_a_toy_strategy_runs_through_the_cli_and_a_recipe(toy_strategy, tmp_path
     assert [c.out_channels for c in convs] == [4, 4, 8, 8]
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(TOY_STRATEGY_RECIPE)
-    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-plots"]) == 0
+    assert main(["--debug", "run", str(recipe), "--out", str(tmp_path / "run"), "--no-plots"]) == 0
     report = json.loads((tmp_path / "run" / "prune" / "report.json").read_text())
     assert report["strategy"] == "keep-first-half"
     pruned = load(tmp_path / "run" / "prune" / "pruned.safetensors")
