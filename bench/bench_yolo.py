@@ -110,6 +110,12 @@ SCALES = {
 # here: batch 32, nbs 64), so 4 epochs at a mean lr near 0.005 move a low gamma by about 30 x lambda: 0.05 can take
 # it from 1 to 0 where the loss does not hold it up.
 LAMBDA = {"polarization": 0.05, "l1": 0.05}
+TRAIN_ARGS = {"optimizer": "SGD", "lr0": 0.01, "plots": False, "seed": 0, "amp": False}
+# the stages after the baseline continue a trained model: no warm-up from lr 0 (ultralytics' default is 3 epochs)
+ARM_TRAIN_ARGS = {**TRAIN_ARGS, "warmup_epochs": 0}
+
+
+# ----------------------------------------------------------------------------- pure helpers
 
 
 @dataclass(frozen=True)
@@ -145,12 +151,6 @@ def sparsity_section(regularizer: str, reg: Regularization, threads: int) -> dic
 def regularization(args: argparse.Namespace) -> Regularization:
     """The command line's sparsity settings."""
     return Regularization(args.lbd, args.polarization_t, args.sparsity_target_latency_ratio)
-TRAIN_ARGS = {"optimizer": "SGD", "lr0": 0.01, "plots": False, "seed": 0, "amp": False}
-# the stages after the baseline continue a trained model: no warm-up from lr 0 (ultralytics' default is 3 epochs)
-ARM_TRAIN_ARGS = {**TRAIN_ARGS, "warmup_epochs": 0}
-
-
-# ----------------------------------------------------------------------------- pure helpers
 
 
 def model_names(arms: Sequence[str] = ARMS) -> list[str]:
